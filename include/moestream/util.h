@@ -1,0 +1,138 @@
+/*
+ * util.h - small helpers every room may use: error messages that travel with
+ * a negative errno, overflow-checked arithmetic, and a logger.
+ *
+ * Header-only on purpose: the rooms at the bottom of the dependency graph
+ * (model/, iouring/) may use nothing else, and these are a few lines each.
+ */
+#ifndef MOESTREAM_UTIL_H
+#define MOESTREAM_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Error convention (see STYLE.md): functions return 0 or a negative errno and,
+ * when the caller passes a struct ms_err, leave one human line in it that names
+ * the field and the offending value. `err` may be NULL everywhere.
+ */
+#define MS_ERR_MSG_MAX 512
+
+struct ms_err {
+	int code;                  /* the negative errno last returned */
+	char msg[MS_ERR_MSG_MAX];  /* "" when no message was left */
+};
+
+#if defined(__GNUC__)
+#define MS_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MS_PRINTF(a, b)
+#endif
+
+/* Records `code` and a message in `err` (if any) and returns `code`, so a
+ * failure is one line: `return ms_err_set(err, -EINVAL, "...", ...);` */
+static inline MS_PRINTF(3, 4) int ms_err_set(struct ms_err *err, int code,
+					     const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+		va_end(ap);
+		err->code = code;
+	}
+	return code;
+}
+
+static inline void ms_err_clear(struct ms_err *err)
+{
+	if (err) {
+		err->code = 0;
+		err->msg[0] = '\0';
+	}
+}
+
+/* Prefixes the existing message with more context ("shard 2: ..."). */
+static inline MS_PRINTF(2, 3) void ms_err_prefix(struct ms_err *err,
+						 const char *fmt, ...)
+{
+	if (!err)
+		return;
+	char pre[MS_ERR_MSG_MAX], old[MS_ERR_MSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(pre, sizeof(pre), fmt, ap);
+	va_end(ap);
+	snprintf(old, sizeof(old), "%s", err->msg);
+	snprintf(err->msg, sizeof(err->msg), "%s: %s", pre, old);
+}
+
+/* Overflow-checked arithmetic: true when the result does not fit. */
+static inline bool ms_add_overflow_u64(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return __builtin_add_overflow(a, b, r);
+}
+
+static inline bool ms_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return __builtin_mul_overflow(a, b, r);
+}
+
+static inline bool ms_mul_overflow_i64(int64_t a, int64_t b, int64_t *r)
+{
+	return __builtin_mul_overflow(a, b, r);
+}
+
+/* Rounds `v` up to a multiple of `align` (a power of two); true on overflow.
+ * This is the GGML_PAD of the 2024 padding-wrap CVEs, done safely. */
+static inline bool ms_pad_overflow_u64(uint64_t v, uint64_t align, uint64_t *r)
+{
+	uint64_t t;
+	if (align == 0 || (align & (align - 1)))
+		return true;
+	if (__builtin_add_overflow(v, align - 1, &t))
+		return true;
+	*r = t & ~(align - 1);
+	return false;
+}
+
+static inline bool ms_is_pow2_u64(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+/* Logging. Levels follow syslog so that, under systemd, lines can carry the
+ * "<N>" priority prefix. ms_log returns before formatting anything when the
+ * level is above the threshold (Redis's serverLog habit). */
+enum ms_log_level {
+	MS_LOG_ERR = 3,
+	MS_LOG_WARNING = 4,
+	MS_LOG_NOTICE = 5,
+	MS_LOG_INFO = 6,
+	MS_LOG_DEBUG = 7,
+};
+
+extern int ms_log_threshold;  /* default MS_LOG_NOTICE; defined in model/log.c */
+extern bool ms_log_syslog_prefix;  /* prefix "<N>" (set under systemd) */
+
+void ms_log_write(int level, const char *func, const char *fmt, ...)
+	MS_PRINTF(3, 4);
+
+#define ms_log(level, ...)                                                     \
+	do {                                                                   \
+		if ((level) <= ms_log_threshold)                               \
+			ms_log_write((level), __func__, __VA_ARGS__);          \
+	} while (0)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOESTREAM_UTIL_H */

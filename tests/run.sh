@@ -1,0 +1,46 @@
+#!/bin/bash
+# tests/run.sh - run test programs, each under a timeout; exit 0 pass, 1 fail,
+# 77 skip. Ends with the line "N passed, N failed, N skipped"; exits 1 if any
+# test failed. Each test's output is kept in $MS_BUILD/test-logs/NAME.log and
+# the tail of a failure is printed.
+#
+#   tests/run.sh [--timeout SECONDS] PROGRAM...
+#
+# Tests find the build through MS_BUILD (default build) and ggml's reference
+# library through MS_GGML_LIB (set here from tests/fetch-ggml.sh's cache).
+set -u
+timeout_s=300
+if [ "${1:-}" = --timeout ]; then timeout_s=$2; shift 2; fi
+[ $# -gt 0 ] || { echo "usage: tests/run.sh [--timeout SECONDS] PROGRAM..." >&2; exit 2; }
+
+export MS_BUILD=${MS_BUILD:-build}
+cache=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}/ggml-3.22.1
+export MS_GGML_LIB=${MS_GGML_LIB:-$cache/libggml-base.so}
+export MS_GGML_FETCH_FAILED=$cache/FETCH_FAILED
+logs=$MS_BUILD/test-logs
+mkdir -p "$logs"
+
+pass=0 fail=0 skip=0 failed=
+t0=$(date +%s)
+for t in "$@"; do
+	name=$(basename "$t")
+	log=$logs/$name.log
+	s=$(date +%s.%N)
+	timeout -k 5 "$timeout_s" "$t" >"$log" 2>&1
+	rc=$?
+	dt=$(awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+	case $rc in
+	0) pass=$((pass + 1)); printf 'PASS  %-28s %6ss\n' "$name" "$dt" ;;
+	77) skip=$((skip + 1))
+	    printf 'SKIP  %-28s %6ss  %s\n' "$name" "$dt" "$(tail -n 1 "$log")" ;;
+	124|137) fail=$((fail + 1)); failed="$failed $name"
+	    printf 'FAIL  %-28s %6ss  timed out after %ss\n' "$name" "$dt" "$timeout_s"
+	    tail -n 20 "$log" | sed 's/^/      | /' ;;
+	*) fail=$((fail + 1)); failed="$failed $name"
+	    printf 'FAIL  %-28s %6ss  exit %d\n' "$name" "$dt" "$rc"
+	    tail -n 20 "$log" | sed 's/^/      | /' ;;
+	esac
+done
+echo "(logs in $logs; $(( $(date +%s) - t0 ))s in all)${failed:+ failed:$failed}"
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]

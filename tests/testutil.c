@@ -1,0 +1,198 @@
+/*
+ * testutil.c - the shared test helpers (see testutil.h).
+ */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int t_failures;
+
+void t_fail_at(const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "FAIL %s:%d: ", file, line);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	t_failures++;
+}
+
+void t_skip(const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stdout, "skip: ");
+	va_start(ap, fmt);
+	vfprintf(stdout, fmt, ap);
+	va_end(ap);
+	fputc('\n', stdout);
+	fflush(stdout);
+	exit(T_SKIP);
+}
+
+void t_fatal(const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "FATAL: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(T_FAIL);
+}
+
+int t_done(void)
+{
+	if (t_failures) {
+		fprintf(stderr, "%d check(s) failed\n", t_failures);
+		return T_FAIL;
+	}
+	return T_PASS;
+}
+
+static char *tmp_path;
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st;
+	(void)flag;
+	(void)f;
+	return remove(p);
+}
+
+static void tmp_cleanup(void)
+{
+	if (tmp_path && !getenv("MS_KEEP_TMP"))
+		nftw(tmp_path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *t_tmpdir(void)
+{
+	if (tmp_path)
+		return tmp_path;
+	const char *base = getenv("MS_TMP");
+	if (!base || !*base)
+		base = getenv("TMPDIR");
+	if (!base || !*base)
+		base = "/tmp";
+	size_t n = strlen(base) + 32;
+	tmp_path = malloc(n);
+	if (!tmp_path)
+		t_fatal("out of memory");
+	snprintf(tmp_path, n, "%s/ms-test.XXXXXX", base);
+	if (!mkdtemp(tmp_path))
+		t_fatal("mkdtemp %s: %s", tmp_path, strerror(errno));
+	atexit(tmp_cleanup);
+	return tmp_path;
+}
+
+/* Paths handed out stay reachable from here (so LeakSanitizer does not count
+ * them) and are freed at exit. */
+static char *build_paths[64];
+static unsigned n_build_paths;
+
+static void build_paths_free(void)
+{
+	for (unsigned i = 0; i < n_build_paths; i++)
+		free(build_paths[i]);
+}
+
+const char *t_build_path(const char *rel)
+{
+	const char *b = getenv("MS_BUILD");
+	if (!b || !*b)
+		b = "build";
+	for (unsigned i = 0; i < n_build_paths; i++) {
+		size_t lb = strlen(b);
+		if (!strncmp(build_paths[i], b, lb) && build_paths[i][lb] == '/' &&
+		    !strcmp(build_paths[i] + lb + 1, rel))
+			return build_paths[i];
+	}
+	if (n_build_paths == sizeof(build_paths) / sizeof(build_paths[0]))
+		t_fatal("t_build_path: more than 64 distinct paths");
+	size_t n = strlen(b) + strlen(rel) + 2;
+	char *p = malloc(n);
+	if (!p)
+		t_fatal("out of memory");
+	snprintf(p, n, "%s/%s", b, rel);
+	if (!n_build_paths)
+		atexit(build_paths_free);
+	build_paths[n_build_paths++] = p;
+	return p;
+}
+
+int t_run(const char *cmd, char **out, size_t max)
+{
+	FILE *f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	char *buf = NULL;
+	size_t len = 0;
+	if (out) {
+		buf = malloc(max + 1);
+		if (!buf)
+			t_fatal("out of memory");
+		len = fread(buf, 1, max, f);
+		buf[len] = '\0';
+		*out = buf;
+	}
+	char sink[4096];
+	while (fread(sink, 1, sizeof(sink), f) > 0)
+		;
+	int st = pclose(f);
+	if (st == -1 || !WIFEXITED(st))
+		return -1;
+	return WEXITSTATUS(st);
+}
+
+uint64_t t_rand(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+uint64_t t_seed(void)
+{
+	const char *e = getenv("MS_SEED");
+	uint64_t seed;
+	if (e && *e) {
+		seed = strtoull(e, NULL, 0);
+	} else {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+		       (uint64_t)getpid();
+	}
+	printf("seed: MS_SEED=%llu\n", (unsigned long long)seed);
+	return seed;
+}
+
+int t_write_file(const char *path, const void *buf, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	const char *p = buf;
+	while (len) {
+		ssize_t w = write(fd, p, len);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = -errno;
+			close(fd);
+			return e;
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+	return close(fd) ? -errno : 0;
+}

@@ -1,0 +1,75 @@
+/*
+ * testutil.h - what every test program shares: verdict exit codes, checks
+ * that print the exact bad value, a private temporary folder, and running a
+ * command to capture its output.
+ *
+ * A test is a program; its exit code is its verdict (0 pass, 1 fail, 77 skip).
+ */
+#ifndef MS_TESTUTIL_H
+#define MS_TESTUTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define T_PASS 0
+#define T_FAIL 1
+#define T_SKIP 77
+
+extern int t_failures;
+
+/* Records a failure with file:line and a formatted message; the test goes on
+ * so that one run reports every bad value. */
+void t_fail_at(const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define T_CHECK(cond, ...)                                                     \
+	do {                                                                   \
+		if (!(cond))                                                   \
+			t_fail_at(__FILE__, __LINE__, __VA_ARGS__);            \
+	} while (0)
+
+#define T_EQ_U64(a, b)                                                         \
+	do {                                                                   \
+		unsigned long long _a = (unsigned long long)(a);               \
+		unsigned long long _b = (unsigned long long)(b);               \
+		if (_a != _b)                                                  \
+			t_fail_at(__FILE__, __LINE__, "%s = %llu, expected "   \
+				  "%s = %llu", #a, _a, #b, _b);                \
+	} while (0)
+
+/* Prints the reason and exits 77. */
+void t_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Prints the reason and exits 1 at once (for setup that cannot go on). */
+void t_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Exit code for the end of main: 0 when no check failed, else 1. */
+int t_done(void);
+
+/* A fresh folder under $MS_TMP, else $TMPDIR, else /tmp, removed at exit
+ * (unless MS_KEEP_TMP is set). */
+const char *t_tmpdir(void);
+
+/* "$MS_BUILD/<rel>" (MS_BUILD defaults to "build"); the result lives to
+ * exit (the same string for the same `rel`). */
+const char *t_build_path(const char *rel);
+
+/* Runs `cmd` through /bin/sh, captures stdout (up to `max` bytes, malloc'ed,
+ * NUL-terminated into *out when out != NULL) and returns the exit status
+ * (or -1 if it could not run / was killed). stderr is left alone unless the
+ * command redirects it. */
+int t_run(const char *cmd, char **out, size_t max);
+
+/* A 64-bit PRNG (splitmix64) for tests that pick random data. The seed is
+ * printed by t_seed() so that a failure can be replayed with MS_SEED=... */
+uint64_t t_rand(uint64_t *state);
+uint64_t t_seed(void);
+
+/* Writes `len` bytes to a new file; returns 0 or -errno. */
+int t_write_file(const char *path, const void *buf, size_t len);
+
+#endif /* MS_TESTUTIL_H */

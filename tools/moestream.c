@@ -1,0 +1,110 @@
+/*
+ * moestream - the command-line tool, git-style: `moestream SUBCOMMAND ...`.
+ * Each subcommand lives in its own file and parses its own options; this file
+ * dispatches and teaches.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moestream/kernels.h"
+#include "tools.h"
+
+static const struct {
+	const char *name;
+	int (*fn)(int, char **);
+	const char *help;
+} commands[] = {
+	{ "inspect", cmd_inspect,
+	  "summarise a GGUF model: experts, bytes per token, the extents map" },
+	{ "mkmodel", cmd_mkmodel, "write a test model (GGUF) with real shapes" },
+	{ "gpu", cmd_gpu, "list the CUDA devices this build can use" },
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: moestream COMMAND [OPTIONS] [ARGS]\n"
+		"\n"
+		"moestream runs giant Mixture-of-Experts models on machines that "
+		"cannot hold\nthem: moestreamd streams cold experts from NVMe; "
+		"this tool inspects models,\nmakes test models and checks the "
+		"machine.\n\ncommands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+	fprintf(f,
+		"\n'moestream COMMAND --help' explains a command.\n"
+		"examples:\n"
+		"  moestream inspect ~/models/GLM-4.7-UD-Q2_K_XL-00001-of-00003.gguf\n"
+		"  moestream inspect --extents model.gguf | head\n"
+		"exit codes: 0 ok, 1 failed, 2 bad usage, 3 not available in this "
+		"build/machine\n");
+}
+
+const char *fmt_bytes(uint64_t b, char *buf, size_t len)
+{
+	static const char *const unit[] = { "B", "kB", "MB", "GB", "TB", "PB" };
+	double v = (double)b;
+	int u = 0;
+	while (v >= 1000.0 && u < 5) {
+		v /= 1000.0;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)b);
+	else
+		snprintf(buf, len, "%.*f %s", v < 10 ? 2 : 1, v, unit[u]);
+	return buf;
+}
+
+const char *fmt_count(uint64_t v, char *buf, size_t len)
+{
+	char tmp[32];
+	int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+	size_t o = 0;
+	for (int i = 0; i < n && o + 1 < len; i++) {
+		if (i && (n - i) % 3 == 0 && o + 2 < len)
+			buf[o++] = ',';
+		buf[o++] = tmp[i];
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+void tool_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "moestream %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	const char *c = argv[1];
+	if (!strcmp(c, "-h") || !strcmp(c, "--help") || !strcmp(c, "help")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(c, "--version") || !strcmp(c, "version")) {
+		printf("moestream %s (%s)\n", MS_VERSION, ms_gpu_build_info());
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(c, commands[i].name)) {
+			/* getopt's messages then read "moestream inspect: ..." */
+			char prog[64];
+			snprintf(prog, sizeof(prog), "moestream %s", c);
+			argv[1] = prog;
+			return commands[i].fn(argc - 1, argv + 1);
+		}
+	fprintf(stderr, "moestream: '%s' is not a command; see 'moestream --help'\n",
+		c);
+	return EXIT_USAGE;
+}

@@ -1,0 +1,32 @@
+/*
+ * tools.h - what the `moestream` subcommands share.
+ *
+ * Exit codes, for every subcommand: 0 success, 1 the work failed (a bad or
+ * unreadable model, an I/O error; one line on stderr says which), 2 bad
+ * usage, 3 a feature this build or machine does not have (no GPU, built
+ * without CUDA).
+ */
+#ifndef MS_TOOLS_H
+#define MS_TOOLS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moestream/model.h"
+
+enum { EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3 };
+
+int cmd_inspect(int argc, char **argv);
+int cmd_mkmodel(int argc, char **argv);
+int cmd_gpu(int argc, char **argv);
+
+/* "1.23 GB" (decimal units, as disks are sold) into buf. */
+const char *fmt_bytes(uint64_t b, char *buf, size_t len);
+/* "8,540,160" into buf. */
+const char *fmt_count(uint64_t v, char *buf, size_t len);
+
+/* Prints "moestream CMD: message" on stderr. */
+void tool_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+#endif
