@@ -78,14 +78,14 @@ endif
 CORE_OBJ    := $(call obj,$(MODEL_SRC) $(IOURING_SRC) $(CACHE_SRC) $(DAEMON_SRC))
 KERN_OBJ    := $(call obj,$(KERN_SRC)) $(patsubst %.cu,$(O)/obj/%.cu.o,$(CU_SRC))
 LIB_OBJ     := $(CORE_OBJ) $(KERN_OBJ)
-TOOLS_OBJ   := $(call obj,$(TOOLS_SRC))
+TOOLS_OBJ   := $(call obj,$(filter-out tools/moestream.c,$(TOOLS_SRC)))
 HELPER_OBJ  := $(call obj,$(TEST_HELPER))
 TEST_BIN    := $(patsubst tests/%.c,$(O)/tests/%,$(TEST_SRC))
 
 BINS        := $(O)/moestreamd $(O)/moestream $(O)/libmoestream.a $(O)/libmoestream.so
 
 .PHONY: all deps deps-check run test check fuzz install clean tests ggml-ref
-.SECONDARY:
+.PRECIOUS: $(O)/obj/%.o
 .DEFAULT_GOAL := all
 
 all: deps-check $(BINS)
@@ -119,10 +119,15 @@ $(O)/libmoestream.so: $(LIB_OBJ)
 $(O)/moestreamd: $(O)/obj/daemon/moestreamd.o $(O)/libms_core.a
 	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(O)/moestream: $(TOOLS_OBJ) $(O)/libmoestream.a
+# The subcommands, as a library the tests can link too.
+$(O)/libms_tools.a: $(TOOLS_OBJ)
+	@mkdir -p $(dir $@)
+	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
+
+$(O)/moestream: $(O)/obj/tools/moestream.o $(O)/libms_tools.a $(O)/libmoestream.a
 	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(CUDA_LIBS)
 
-$(O)/tests/%: $(O)/obj/tests/%.o $(HELPER_OBJ) $(O)/libmoestream.a
+$(O)/tests/%: $(O)/obj/tests/%.o $(HELPER_OBJ) $(O)/libms_tools.a $(O)/libmoestream.a
 	@mkdir -p $(dir $@)
 	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(CUDA_LIBS) -ldl
 

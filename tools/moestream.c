@@ -18,6 +18,14 @@ static const struct {
 	{ "inspect", cmd_inspect,
 	  "summarise a GGUF model: experts, bytes per token, the extents map" },
 	{ "mkmodel", cmd_mkmodel, "write a test model (GGUF) with real shapes" },
+	{ "trace", cmd_trace,
+	  "routing traces: gen, export --csv, import --csv, stats" },
+	{ "simulate", cmd_simulate,
+	  "replay a trace against a cache policy (lru, lfu, fifo, min)" },
+	{ "dump", cmd_dump, "one expert projection, dequantised to f32" },
+	{ "route", cmd_route, "run a layer's router on a hidden state" },
+	{ "ffn", cmd_ffn, "run one expert's FFN on a batch of hidden states" },
+	{ "bench", cmd_bench, "benchmarks: kernels" },
 	{ "gpu", cmd_gpu, "list the CUDA devices this build can use" },
 };
 

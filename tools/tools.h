@@ -19,6 +19,12 @@ enum { EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3 };
 int cmd_inspect(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
 int cmd_gpu(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
+int cmd_route(int argc, char **argv);
+int cmd_ffn(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* "1.23 GB" (decimal units, as disks are sold) into buf. */
 const char *fmt_bytes(uint64_t b, char *buf, size_t len);

@@ -19,6 +19,40 @@
 extern "C" {
 #endif
 
+/* ------------------------------------------------------------------------ */
+/* C reference: dequantisation (kernels/dequant.c). The truth every other   */
+/* path is checked against; bit-identical to ggml's dequantize_row_*.       */
+
+/* True when `type` has a dequantiser: F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4. */
+bool ms_dequant_supported(uint32_t type);
+
+/* Dequantises `n` elements (a multiple of the type's block size) from `src`
+ * into `dst`: 0, or -EINVAL (unsupported type, bad n) / -ENOTSUP. */
+int ms_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Router and expert FFN, CPU (kernels/router.c, kernels/ffn.c).            */
+
+/* llama.cpp's {arch}.expert_gating_func values. */
+enum ms_gating {
+	MS_GATING_NONE = 0,           /* not set: the arch's default */
+	MS_GATING_SOFTMAX = 1,
+	MS_GATING_SIGMOID = 2,
+	MS_GATING_SOFTMAX_WEIGHT = 3, /* softmax over the selected logits */
+};
+
+/* One expert's three projections, as they lie in memory (a cache slot or a
+ * mapping of the file): gate/up [n_embd -> n_ff], down [n_ff -> n_embd];
+ * fused: gate_up [n_embd -> 2 n_ff] (gate rows first) in data[0] and
+ * down in data[1]. Rows are ne0-major, as in GGUF. */
+struct ms_expert_view {
+	bool fused;
+	int64_t n_embd, n_ff;
+	uint32_t type[3];
+	const void *data[3];
+};
+
 #define MS_GPU_MAX 16
 
 struct ms_gpu_info {
