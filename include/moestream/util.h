@@ -108,6 +108,51 @@ static inline bool ms_is_pow2_u64(uint64_t v)
 	return v && !(v & (v - 1));
 }
 
+/* Parses a size: a number of bytes with an optional K, M, G or T suffix
+ * (powers of 1024; "KiB"/"KB"/"k" spellings accepted, fractions like "1.5G"
+ * too). 0 and *out, -EINVAL for anything else, -ERANGE when it overflows. */
+static inline int ms_parse_size(const char *s, uint64_t *out)
+{
+	uint64_t whole = 0, frac = 0, frac_div = 1;
+	const char *p = s;
+	if (!p || *p < '0' || *p > '9')
+		return -22; /* EINVAL, without pulling errno.h into every user */
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (whole > (UINT64_MAX - 9) / 10)
+			return -34; /* ERANGE */
+		whole = whole * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++)
+			if (frac_div < 1000000ull) {
+				frac = frac * 10 + (uint64_t)(*p - '0');
+				frac_div *= 10;
+			}
+	}
+	unsigned shift = 0;
+	switch (*p) {
+	case 'k': case 'K': shift = 10; p++; break;
+	case 'm': case 'M': shift = 20; p++; break;
+	case 'g': case 'G': shift = 30; p++; break;
+	case 't': case 'T': shift = 40; p++; break;
+	default: break;
+	}
+	if (shift && *p == 'i')
+		p++;
+	if (*p == 'B' || (*p == 'b' && !shift))
+		p++;
+	if (*p)
+		return -22;
+	if (frac && !shift)
+		return -22; /* a fraction of a byte */
+	uint64_t v;
+	if (__builtin_mul_overflow(whole, 1ull << shift, &v) ||
+	    __builtin_add_overflow(v, (frac << shift) / frac_div, &v))
+		return -34;
+	*out = v;
+	return 0;
+}
+
 /* Logging. Levels follow syslog so that, under systemd, lines can carry the
  * "<N>" priority prefix. ms_log returns before formatting anything when the
  * level is above the threshold (Redis's serverLog habit). */
