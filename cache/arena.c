@@ -1,0 +1,268 @@
+/*
+ * arena.c - the one shared mapping every expert lives in.
+ *
+ * A memfd (so that clients can map it read-only, zero copy: the fd travels
+ * over the socket), backed by hugetlbfs pages where they are reserved and
+ * asked for, else advised for transparent huge pages; bound to a NUMA node
+ * (the GPU's, where one is named, else the daemon's own) before the first
+ * touch; locked, so that the kernel never pages expert bytes out behind the
+ * cache's back. Sealed against growing and shrinking: a client's mapping can
+ * never lose its pages.
+ *
+ * Every fallback is recorded in a->mode, one line, for the log and stats.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <numa.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "moestream/cache.h"
+
+#define HUGE_2M (2ull << 20)
+
+static void mode_add(struct ms_arena *a, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void mode_add(struct ms_arena *a, const char *fmt, ...)
+{
+	size_t n = strlen(a->mode);
+	if (n + 3 >= sizeof(a->mode))
+		return;
+	if (n)
+		n += (size_t)snprintf(a->mode + n, sizeof(a->mode) - n, ", ");
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(a->mode + n, sizeof(a->mode) - n, fmt, ap);
+	va_end(ap);
+}
+
+/* Free 2 MiB huge pages, from /proc/meminfo. */
+static uint64_t huge_free_bytes(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	uint64_t free_pages = 0, size_kb = 0;
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		sscanf(line, "HugePages_Free: %lu", &free_pages);
+		sscanf(line, "Hugepagesize: %lu kB", &size_kb);
+	}
+	fclose(f);
+	return size_kb == 2048 ? free_pages * HUGE_2M : 0;
+}
+
+static bool shmem_thp_possible(void)
+{
+	char buf[256] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	return strstr(buf, "[advise]") || strstr(buf, "[always]") ||
+	       strstr(buf, "[within_size]") || strstr(buf, "[force]");
+}
+
+/* The NUMA node of a PCI device (from sysfs), or -1. */
+static int pci_node(const char *bdf)
+{
+	char path[256];
+	int node = -1;
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/numa_node", bdf);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%d", &node) != 1)
+			node = -1;
+		fclose(f);
+	}
+	return node;
+}
+
+static int place(struct ms_arena *a, const struct ms_arena_config *cfg,
+		 struct ms_err *err)
+{
+	a->numa_node = MS_NUMA_NONE;
+	if (cfg->numa_node == MS_NUMA_NONE)
+		return 0;
+	if (numa_available() < 0) {
+		if (cfg->numa_node >= 0)
+			return ms_err_set(err, -ENOSYS,
+					  "cache.numa_node = %d but this kernel has "
+					  "no NUMA support (set auto)",
+					  cfg->numa_node);
+		mode_add(a, "no NUMA support: not bound");
+		return 0;
+	}
+	int max = numa_max_node();
+	int node = cfg->numa_node;
+	if (node == MS_NUMA_INTERLEAVE) {
+		numa_interleave_memory(a->base, a->size, numa_all_nodes_ptr);
+		a->numa_node = MS_NUMA_INTERLEAVE;
+		mode_add(a, "interleaved over %d NUMA node(s)", max + 1);
+		return 0;
+	}
+	if (node == MS_NUMA_AUTO) {
+		if (max == 0) {
+			a->numa_node = 0;
+			mode_add(a, "one NUMA node");
+			return 0;
+		}
+		if (cfg->gpu_pci && (node = pci_node(cfg->gpu_pci)) >= 0) {
+			mode_add(a, "NUMA node %d (of GPU %s)", node, cfg->gpu_pci);
+		} else {
+			int cpu = sched_getcpu();
+			node = cpu >= 0 ? numa_node_of_cpu(cpu) : 0;
+			if (node < 0)
+				node = 0;
+			mode_add(a, "NUMA node %d (of the daemon's CPU%s)", node,
+				 cfg->gpu_pci ? "; the GPU's node is unknown" : "");
+		}
+	} else if (node > max) {
+		return ms_err_set(err, -EINVAL,
+				  "cache.numa_node = %d but the highest node is %d",
+				  node, max);
+	} else {
+		mode_add(a, "NUMA node %d", node);
+	}
+	numa_tonode_memory(a->base, a->size, node);
+	a->numa_node = node;
+	return 0;
+}
+
+int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
+		  struct ms_err *err)
+{
+	memset(a, 0, sizeof(*a));
+	a->memfd = -1;
+	a->page_size = 4096;
+	if (!cfg->size)
+		return ms_err_set(err, -EINVAL, "cache.size is 0");
+
+	uint64_t want = cfg->size;
+	bool huge = false;
+	if (cfg->huge != MS_HUGE_OFF) {
+		uint64_t rounded = (want + HUGE_2M - 1) & ~(HUGE_2M - 1);
+		if (huge_free_bytes() >= rounded) {
+			a->memfd = memfd_create("moestream-arena",
+						MFD_CLOEXEC | MFD_ALLOW_SEALING |
+							MFD_HUGETLB);
+			if (a->memfd >= 0) {
+				huge = true;
+				want = rounded;
+				a->page_size = HUGE_2M;
+			}
+		}
+		if (!huge && cfg->huge == MS_HUGE_ON)
+			return ms_err_set(err, -ENOMEM,
+					  "cache.hugepages = on but %llu MB of 2 MiB "
+					  "huge pages are not free (reserve them: "
+					  "echo %llu > /proc/sys/vm/nr_hugepages, or "
+					  "set hugepages = auto)",
+					  (unsigned long long)(rounded >> 20),
+					  (unsigned long long)(rounded / HUGE_2M));
+	}
+	if (!huge) {
+		want = (want + 4095) & ~4095ull;
+		a->memfd = memfd_create("moestream-arena",
+					MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	}
+	if (a->memfd < 0)
+		return ms_err_set(err, -errno, "memfd_create: %s", strerror(errno));
+	a->size = want;
+	int rc;
+	if (ftruncate(a->memfd, (off_t)a->size)) {
+		rc = ms_err_set(err, -errno, "sizing the arena to %llu bytes: %s",
+				(unsigned long long)a->size, strerror(errno));
+		goto fail;
+	}
+	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	void *p = mmap(NULL, a->size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       a->memfd, 0);
+	if (p == MAP_FAILED) {
+		rc = ms_err_set(err, -errno, "mapping the %llu-byte arena: %s",
+				(unsigned long long)a->size, strerror(errno));
+		goto fail;
+	}
+	a->base = p;
+	if (huge) {
+		a->hugetlb = true;
+		mode_add(a, "2 MiB huge pages");
+	} else if (cfg->huge != MS_HUGE_OFF) {
+		if (shmem_thp_possible() && !madvise(a->base, a->size, MADV_HUGEPAGE)) {
+			a->thp = true;
+			mode_add(a, "transparent huge pages (no hugetlbfs pages "
+				    "reserved)");
+		} else {
+			mode_add(a, "4 KiB pages (no hugetlbfs pages reserved; THP "
+				    "for shared memory is off in "
+				    "/sys/kernel/mm/transparent_hugepage/"
+				    "shmem_enabled)");
+		}
+	} else {
+		mode_add(a, "4 KiB pages (hugepages = off)");
+	}
+
+	/* Bind before the first touch: pages are placed when faulted in. */
+	if ((rc = place(a, cfg, err)))
+		goto fail;
+
+	if (cfg->lock) {
+		if (mlock(a->base, a->size)) {
+			int e = errno;
+			struct rlimit rl = { 0 };
+			getrlimit(RLIMIT_MEMLOCK, &rl);
+			char lim[32];
+			if (rl.rlim_cur == RLIM_INFINITY)
+				snprintf(lim, sizeof(lim), "unlimited");
+			else
+				snprintf(lim, sizeof(lim), "%llu MB",
+					 (unsigned long long)(rl.rlim_cur >> 20));
+			rc = ms_err_set(err, -e,
+					"cannot lock the %llu MB cache in memory "
+					"(%s): RLIMIT_MEMLOCK is %s; raise it "
+					"(ulimit -l unlimited, or LimitMEMLOCK=infinity "
+					"in the systemd unit) or lower cache.size",
+					(unsigned long long)(a->size >> 20),
+					strerror(e), lim);
+			goto fail;
+		}
+		a->locked = true;
+		mode_add(a, "locked");
+	} else {
+		/* Unlocked (tests): still fault every page in, on our node. */
+		for (uint64_t o = 0; o < a->size; o += a->page_size)
+			((volatile uint8_t *)a->base)[o] = 0;
+		mode_add(a, "not locked");
+	}
+	return 0;
+fail:
+	ms_arena_free(a);
+	return rc;
+}
+
+void ms_arena_free(struct ms_arena *a)
+{
+	if (a->base)
+		munmap(a->base, a->size);
+	if (a->memfd >= 0)
+		close(a->memfd);
+	a->base = NULL;
+	a->memfd = -1;
+}
+
+int ms_arena_ro_fd(const struct ms_arena *a)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", a->memfd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}

@@ -1,0 +1,169 @@
+/*
+ * cache.h - the cache room's contract: the arena (one shareable, NUMA-local,
+ * locked mapping of cache.size bytes), slots for experts, and the expert
+ * cache (EMPTY -> LOADING -> READY | FAILED, pins, LRU, budget).
+ *
+ * The budget is strict: expert bytes held never exceed the arena; a pinned
+ * or loading entry is never evicted. Knows no sockets: the daemon drives it
+ * through callbacks.
+ *
+ * Threads: every call may come from any thread. Callbacks (ms_cache_cb) run
+ * on an I/O thread or inside the calling thread, never with a cache lock
+ * held; they may call ms_cache_* again.
+ */
+#ifndef MOESTREAM_CACHE_H
+#define MOESTREAM_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "iouring.h"
+#include "model.h"
+#include "util.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the arena ------------------------------------------------------------ */
+
+enum ms_huge {
+	MS_HUGE_AUTO = 0,  /* hugetlbfs pages if reserved, else THP (advised) */
+	MS_HUGE_ON = 1,    /* hugetlbfs pages or fail */
+	MS_HUGE_OFF = 2,
+};
+
+#define MS_NUMA_AUTO (-1)        /* the GPU's node if one is named, else ours */
+#define MS_NUMA_INTERLEAVE (-2)
+#define MS_NUMA_NONE (-3)        /* no binding */
+
+struct ms_arena_config {
+	uint64_t size;           /* bytes; rounded up to the page size */
+	enum ms_huge huge;
+	int numa_node;           /* >= 0, or MS_NUMA_* */
+	const char *gpu_pci;     /* "0000:65:00.0" for auto placement, or NULL */
+	bool lock;               /* mlock: required unless false (tests) */
+};
+
+struct ms_arena {
+	uint8_t *base;           /* read-write mapping, shared */
+	uint64_t size;
+	int memfd;               /* the memfd behind it (clients map it RO) */
+	uint64_t page_size;      /* 4 KiB, or the huge page size */
+	bool hugetlb, thp, locked;
+	int numa_node;           /* node bound to, or MS_NUMA_* */
+	char mode[256];          /* one line: how it was made and why */
+};
+
+int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
+		  struct ms_err *err);
+void ms_arena_free(struct ms_arena *a);
+
+/* A new read-only descriptor of the arena for a client (O_RDONLY reopen of
+ * the memfd: the client cannot write the cache), or -errno. */
+int ms_arena_ro_fd(const struct ms_arena *a);
+
+/* ---- the expert cache --------------------------------------------------------- */
+
+enum ms_entry_state {
+	MS_ENTRY_EMPTY = 0,
+	MS_ENTRY_LOADING = 1,
+	MS_ENTRY_READY = 2,
+	MS_ENTRY_FAILED = 3,
+};
+
+struct ms_cache_config {
+	struct ms_arena_config arena;
+	struct ms_io_config io;
+	uint32_t acquire_timeout_ms; /* wait for a slot when all are pinned */
+	uint64_t max_prefetch_bytes; /* in flight at prefetch class; 0 = 1/8
+					of the arena */
+	const char *pin;             /* "L:E,L:E" (block:expert), or NULL */
+	uint32_t pin_top;            /* keep the N most used pinned, 0 = off */
+};
+
+void ms_cache_config_default(struct ms_cache_config *cfg);
+
+/* Where an expert's bytes are: one range per projection, inside the arena
+ * (offsets from arena base), in the layer's projection order. */
+struct ms_expert_loc {
+	uint32_t n_proj;
+	uint64_t off[MS_MOE_MAX_PROJ];
+	uint64_t len[MS_MOE_MAX_PROJ];
+};
+
+/* result: 0 (READY, *loc valid) or a negative errno (-EIO and the like from
+ * the load, -EBUSY when no slot came free in time, -ECANCELED). */
+typedef void (*ms_cache_cb)(void *ctx, uint32_t layer, uint32_t expert,
+			    int result, const struct ms_expert_loc *loc);
+
+struct ms_cache_stats {
+	uint64_t hits, misses, evictions, bytes_read;
+	uint64_t loads, load_failures, busy;       /* busy: -EBUSY answers */
+	uint64_t prefetch_issued, prefetch_used, prefetch_wasted_bytes;
+	uint64_t prefetch_cancelled;
+	uint64_t pinned_entries, loading_entries, ready_entries;
+	uint64_t held_bytes;        /* slot bytes of LOADING + READY entries */
+	uint64_t budget_bytes;      /* the arena */
+	uint64_t waste_bytes;       /* arena bytes no expert can use */
+	uint64_t slots, slot_classes;
+	uint64_t lat_us_hist[24];   /* load latency: bucket i = [2^i, 2^(i+1)) us */
+};
+
+struct ms_cache;
+
+/* Makes the arena, opens the model's shards through the engine, carves slots
+ * (one class per distinct slot size, each class a region in proportion to
+ * the bytes of the experts it holds), applies cache.pin. */
+int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
+		  const struct ms_cache_config *cfg, struct ms_err *err);
+void ms_cache_free(struct ms_cache *c);
+
+const struct ms_arena *ms_cache_arena(const struct ms_cache *c);
+void ms_cache_get_stats(struct ms_cache *c, struct ms_cache_stats *st);
+void ms_cache_get_io_mode(const struct ms_cache *c, struct ms_io_mode *mode);
+
+/* Pins (layer index, expert) and makes it READY. If it is READY now: returns
+ * 0 and fills *loc (cb not called). Otherwise returns -EINPROGRESS and calls
+ * cb exactly once later (from another thread, or from this one before
+ * returning when the answer is immediate, e.g. a failure). When cb reports
+ * failure the pin is already dropped. On 0 or a successful cb the caller
+ * owns one pin: call ms_cache_release once. */
+int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
+		     ms_cache_cb cb, void *ctx, struct ms_expert_loc *loc);
+
+/* The same, blocking up to timeout_ms (0 = the configured timeout). */
+int ms_cache_acquire_wait(struct ms_cache *c, uint32_t layer, uint32_t expert,
+			  uint32_t timeout_ms, struct ms_expert_loc *loc);
+
+/* Drops one pin. */
+void ms_cache_release(struct ms_cache *c, uint32_t layer, uint32_t expert);
+
+/* A hint: load (layer, expert) at prefetch priority if it is absent and a
+ * slot is free or evictable without touching pinned or loading entries;
+ * never waits. 0 (issued or already there) or -EBUSY / -E2BIG (over the
+ * in-flight prefetch cap). */
+int ms_cache_prefetch(struct ms_cache *c, uint32_t layer, uint32_t expert);
+
+/* Cancels prefetches of layers before `layer` that are still loading (the
+ * token moved past them). Returns how many were cancelled. */
+unsigned ms_cache_cancel_stale(struct ms_cache *c, uint32_t layer);
+
+/* Fails slot waiters whose deadline passed with -EBUSY; the daemon calls it
+ * from its timer (blocking acquires handle their own deadline). */
+void ms_cache_tick(struct ms_cache *c);
+
+/* State of one entry (for tests and stats). */
+enum ms_entry_state ms_cache_state(struct ms_cache *c, uint32_t layer,
+				   uint32_t expert, uint32_t *pins);
+
+/* Checks every invariant (budget, pins, lists, counters) under the lock:
+ * 0, or -EFAULT with a message. For tests. */
+int ms_cache_check(struct ms_cache *c, struct ms_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOESTREAM_CACHE_H */

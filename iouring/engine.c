@@ -1,0 +1,952 @@
+/*
+ * engine.c - the I/O engine: requests of file extents, cut into chunks,
+ * read by io_uring rings (or a preadv thread pool) from one shared queue,
+ * demand before prefetch.
+ *
+ * Why one shared queue: a demand read must overtake every prefetch that is
+ * not yet on the device, whichever thread would have issued it; a per-ring
+ * queue would strand demand behind a busy ring. The queue lock is held only
+ * to move chunk pointers; SQE preparation and completion handling happen
+ * outside it.
+ *
+ * A ring thread keeps up to queue_depth reads in flight and sleeps in
+ * io_uring_submit_and_wait; a POLL_ADD on its eventfd wakes it when new work
+ * or a cancellation arrives, so a demand read never waits for an unrelated
+ * completion. Chunk pointers are the user_data; a chunk lives as long as its
+ * request, and a request is freed only after its last chunk completed.
+ *
+ * Completion rules: a short read is resubmitted for the rest (a short read
+ * at end of file is the end of the data: the rest of the widened buffer is
+ * zeroed); -EAGAIN and -EINTR are retried; any other error fails the request
+ * with the first error, its queued chunks are dropped and its in-flight ones
+ * drained; the engine carries on. A cancelled prefetch drops its queued
+ * chunks, asks the rings to cancel its in-flight ones, and reports
+ * -ECANCELED once the last one is back (unless it had already finished).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moestream/iouring.h"
+
+#define REG_BUF_MAX (1ull << 30)  /* the kernel's cap per registered iovec */
+#define TAG_WAKE 1ull
+#define TAG_CANCEL 2ull
+#define N_BUCKETS 4096
+
+struct req;
+
+struct chunk {
+	struct req *req;
+	struct chunk *next;   /* queue link */
+	uint64_t off, len;    /* what is still to read */
+	uint8_t *dst;
+	uint32_t file;
+	uint16_t buf_index;   /* registered iovec holding dst */
+	int16_t ring;         /* ring reading it, -1 when queued or done */
+	bool inflight, done;
+};
+
+struct req {
+	uint64_t id;
+	struct req *hnext;
+	enum ms_io_class cls;
+	ms_io_done_fn done;
+	void *ctx;
+	unsigned n_chunks, n_pending;
+	int result;
+	bool cancelled;
+	struct chunk chunks[];
+};
+
+struct cancel_ask {
+	struct chunk *c;
+	struct cancel_ask *next;
+};
+
+struct ring {
+	struct ms_io *io;
+	unsigned idx;
+	struct io_uring ring;
+	bool ring_ok;
+	int efd;
+	pthread_t thread;
+	bool started;
+	struct cancel_ask *cancels;   /* under io->mu */
+	uint64_t wake_buf;
+	uint64_t rng;                 /* fault injection */
+};
+
+struct fifo {
+	struct chunk *head, *tail;
+};
+
+struct worker_arg {
+	struct ms_io *io;
+	uint64_t rng;
+};
+
+struct ms_io {
+	struct ms_io_config cfg;
+	struct ms_io_mode mode;
+	unsigned n_files;
+	int *fds;
+	uint64_t *file_size;
+	uint32_t *block_size;
+	uint8_t *mem;
+	size_t mem_len;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;           /* preadv workers wait here */
+	struct fifo q[MS_IO_N_CLASSES];
+	struct req *bucket[N_BUCKETS];
+	uint64_t next_id;
+	bool stopping;
+	struct ms_io_stats st;
+
+	unsigned n_rings;
+	struct ring *rings;
+	unsigned n_workers;          /* preadv */
+	pthread_t *workers;
+	struct worker_arg *worker_args;
+};
+
+void ms_io_config_default(struct ms_io_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->engine = MS_IO_ENGINE_AUTO;
+	cfg->direct = MS_IO_DIRECT_AUTO;
+	cfg->threads = 1;
+	cfg->queue_depth = 32;
+	cfg->request_size = 1u << 20;
+	cfg->fixed_buffers = true;
+	cfg->fixed_files = true;
+}
+
+/* ---- queue and request bookkeeping (io->mu held: do_ functions) ------------- */
+
+static void do_push(struct fifo *f, struct chunk *c, bool front)
+{
+	c->next = NULL;
+	if (!f->head) {
+		f->head = f->tail = c;
+	} else if (front) {
+		c->next = f->head;
+		f->head = c;
+	} else {
+		f->tail->next = c;
+		f->tail = c;
+	}
+}
+
+static struct chunk *do_pop(struct ms_io *io)
+{
+	for (int k = 0; k < MS_IO_N_CLASSES; k++) {
+		struct fifo *f = &io->q[k];
+		struct chunk *c = f->head;
+		if (!c)
+			continue;
+		f->head = c->next;
+		if (!f->head)
+			f->tail = NULL;
+		io->st.queued_bytes[k] -= c->len;
+		return c;
+	}
+	return NULL;
+}
+
+static bool do_queues_empty(const struct ms_io *io)
+{
+	return !io->q[0].head && !io->q[1].head;
+}
+
+/* Removes the request's queued chunks from its class queue. */
+static void do_unqueue(struct ms_io *io, struct req *r)
+{
+	struct fifo *f = &io->q[r->cls];
+	struct chunk *prev = NULL, *c = f->head;
+	while (c) {
+		struct chunk *next = c->next;
+		if (c->req == r) {
+			if (prev)
+				prev->next = next;
+			else
+				f->head = next;
+			if (f->tail == c)
+				f->tail = prev;
+			io->st.queued_bytes[r->cls] -= c->len;
+			c->done = true;
+			r->n_pending--;
+		} else {
+			prev = c;
+		}
+		c = next;
+	}
+}
+
+static struct req **do_slot(struct ms_io *io, uint64_t id)
+{
+	struct req **p = &io->bucket[id & (N_BUCKETS - 1)];
+	while (*p && (*p)->id != id)
+		p = &(*p)->hnext;
+	return p;
+}
+
+/* Wakes whoever may now have work. */
+static void wake_all(struct ms_io *io)
+{
+	uint64_t one = 1;
+	for (unsigned i = 0; i < io->n_rings; i++)
+		if (io->rings[i].efd >= 0 &&
+		    write(io->rings[i].efd, &one, sizeof(one)) < 0) {
+			/* eventfd overflow cannot happen at 1 per write */
+		}
+	pthread_cond_broadcast(&io->cv);
+}
+
+/* ---- completion --------------------------------------------------------------- */
+
+static uint64_t xrand(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Test-only: turn a good completion into a fault, at the configured rates.
+ * A short read keeps whole MS_IO_ALIGN blocks so O_DIRECT can resume. */
+static int inject(const struct ms_io_faults *f, uint64_t *rng, int res)
+{
+	if (res <= 0)
+		return res;
+	uint32_t x = (uint32_t)(xrand(rng) % 1000000);
+	if (x < f->eio_ppm)
+		return -EIO;
+	x -= f->eio_ppm;
+	if (x < f->eagain_ppm)
+		return -EAGAIN;
+	x -= f->eagain_ppm;
+	if (x < f->eintr_ppm)
+		return -EINTR;
+	x -= f->eintr_ppm;
+	if (x < f->short_ppm && res > (int)MS_IO_ALIGN)
+		return (int)(((unsigned)res / 2) & ~(MS_IO_ALIGN - 1));
+	return res;
+}
+
+static bool faults_on(const struct ms_io_faults *f)
+{
+	return f->short_ppm || f->eagain_ppm || f->eintr_ppm || f->eio_ppm;
+}
+
+/* Called by the thread that read chunk c, with the read's result. */
+static void complete_chunk(struct ms_io *io, struct chunk *c, int res,
+			   uint64_t *rng)
+{
+	struct req *r = c->req;
+	if (faults_on(&io->cfg.faults))
+		res = inject(&io->cfg.faults, rng, res);
+
+	pthread_mutex_lock(&io->mu);
+	c->inflight = false;
+	c->ring = -1;
+	io->st.inflight_bytes[r->cls] -= c->len;
+	if (!r->cancelled && !r->result) {
+		/* -ECANCELED on a request nobody cancelled: a cancel aimed at
+		 * a finished chunk whose address this one reuses. Read again. */
+		if (res == -EAGAIN || res == -EINTR || res == -ECANCELED) {
+			io->st.retries++;
+			io->st.queued_bytes[r->cls] += c->len;
+			do_push(&io->q[r->cls], c, true);
+			pthread_mutex_unlock(&io->mu);
+			wake_all(io);
+			return;
+		}
+		if (res >= 0 && (uint64_t)res < c->len) {
+			uint64_t end = c->off + (uint64_t)res;
+			if (end >= io->file_size[c->file] || res == 0) {
+				if (end < io->file_size[c->file]) {
+					/* 0 bytes before EOF: the file shrank */
+					r->result = -EIO;
+				} else {
+					memset(c->dst + res, 0, c->len - (uint64_t)res);
+					io->st.bytes_read += (uint64_t)res;
+					res = (int)c->len;
+				}
+			} else {
+				io->st.short_reads++;
+				io->st.bytes_read += (uint64_t)res;
+				c->off += (uint64_t)res;
+				c->dst += res;
+				c->len -= (uint64_t)res;
+				io->st.queued_bytes[r->cls] += c->len;
+				do_push(&io->q[r->cls], c, true);
+				pthread_mutex_unlock(&io->mu);
+				wake_all(io);
+				return;
+			}
+		} else if (res < 0) {
+			r->result = res;
+		} else {
+			io->st.bytes_read += (uint64_t)res;
+		}
+		if (r->result)
+			do_unqueue(io, r); /* the rest is pointless */
+	}
+	c->done = true;
+	bool last = --r->n_pending == 0;
+	if (last) {
+		*do_slot(io, r->id) = r->hnext;
+		if (r->cancelled && !r->result)
+			r->result = -ECANCELED;
+		if (r->cancelled)
+			io->st.cancelled++;
+		else if (r->result)
+			io->st.failed++;
+		io->st.completed[r->cls]++;
+	}
+	pthread_mutex_unlock(&io->mu);
+	if (last) {
+		r->done(r->ctx, r->id, r->result);
+		free(r);
+	}
+}
+
+/* ---- io_uring rings ------------------------------------------------------------ */
+
+static void arm_wake(struct ring *r)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (!sqe)
+		return; /* retried on the next loop: the SQ has room then */
+	io_uring_prep_read(sqe, r->efd, &r->wake_buf, sizeof(r->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, TAG_WAKE);
+}
+
+static bool prep_read(struct ring *r, struct chunk *c)
+{
+	struct ms_io *io = r->io;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (!sqe)
+		return false;
+	int fd = io->mode.fixed_files ? (int)c->file : io->fds[c->file];
+	if (io->mode.fixed_buffers)
+		io_uring_prep_read_fixed(sqe, fd, c->dst, (unsigned)c->len, c->off,
+					 c->buf_index);
+	else
+		io_uring_prep_read(sqe, fd, c->dst, (unsigned)c->len, c->off);
+	if (io->mode.fixed_files)
+		sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data(sqe, c);
+	return true;
+}
+
+static void *ring_main(void *arg)
+{
+	struct ring *r = arg;
+	struct ms_io *io = r->io;
+	unsigned inflight = 0;
+	bool wake_armed = false;
+
+	for (;;) {
+		if (!wake_armed) {
+			arm_wake(r);
+			wake_armed = true;
+		}
+		pthread_mutex_lock(&io->mu);
+		while (r->cancels) {
+			struct cancel_ask *a = r->cancels;
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+			if (!sqe)
+				break;
+			r->cancels = a->next;
+			io_uring_prep_cancel(sqe, a->c, 0);
+			io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+			free(a);
+		}
+		while (inflight < io->cfg.queue_depth) {
+			struct chunk *c = do_pop(io);
+			if (!c)
+				break;
+			if (!prep_read(r, c)) {
+				io->st.queued_bytes[c->req->cls] += c->len;
+				do_push(&io->q[c->req->cls], c, true);
+				break;
+			}
+			c->inflight = true;
+			c->ring = (int16_t)r->idx;
+			io->st.inflight_bytes[c->req->cls] += c->len;
+			io->st.chunks++;
+			inflight++;
+		}
+		bool stop = io->stopping && !inflight && do_queues_empty(io);
+		pthread_mutex_unlock(&io->mu);
+		if (stop)
+			break;
+
+		int rc = io_uring_submit_and_wait(&r->ring, 1);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+			ms_log(MS_LOG_ERR, "io_uring ring %u: submit failed: %s",
+			       r->idx, strerror(-rc));
+			usleep(1000);
+		}
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&r->ring, head, cqe) {
+			uint64_t tag = io_uring_cqe_get_data64(cqe);
+			seen++;
+			if (tag == TAG_WAKE) {
+				wake_armed = false;
+				continue;
+			}
+			if (tag == TAG_CANCEL)
+				continue;
+			struct chunk *c = (struct chunk *)(uintptr_t)tag;
+			inflight--;
+			complete_chunk(io, c, cqe->res, &r->rng);
+		}
+		io_uring_cq_advance(&r->ring, seen);
+	}
+	return NULL;
+}
+
+static int ring_setup(struct ring *r, struct ms_err *err)
+{
+	struct ms_io *io = r->io;
+	struct io_uring_params p;
+	memset(&p, 0, sizeof(p));
+	if (io->cfg.sqpoll) {
+		p.flags |= IORING_SETUP_SQPOLL;
+		p.sq_thread_idle = 50;
+	}
+	unsigned entries = io->cfg.queue_depth + 16;
+	int rc = io_uring_queue_init_params(entries, &r->ring, &p);
+	if (rc == -EPERM && io->cfg.sqpoll) {
+		/* SQPOLL needs privilege on some kernels: go without, say so */
+		io->mode.sqpoll = false;
+		snprintf(io->mode.why + strlen(io->mode.why),
+			 sizeof(io->mode.why) - strlen(io->mode.why),
+			 "%sSQPOLL refused (EPERM)", *io->mode.why ? "; " : "");
+		memset(&p, 0, sizeof(p));
+		rc = io_uring_queue_init_params(entries, &r->ring, &p);
+	}
+	if (rc)
+		return ms_err_set(err, rc, "io_uring_queue_init: %s", strerror(-rc));
+	r->ring_ok = true;
+	if (io->mode.fixed_files) {
+		rc = io_uring_register_files(&r->ring, io->fds, io->n_files);
+		if (rc) {
+			io->mode.fixed_files = false;
+			snprintf(io->mode.why + strlen(io->mode.why),
+				 sizeof(io->mode.why) - strlen(io->mode.why),
+				 "%sfixed files refused (%s)",
+				 *io->mode.why ? "; " : "", strerror(-rc));
+		}
+	}
+	if (io->mode.fixed_buffers) {
+		unsigned n = (unsigned)((io->mem_len + REG_BUF_MAX - 1) / REG_BUF_MAX);
+		struct iovec *iov = calloc(n, sizeof(*iov));
+		if (!iov)
+			return ms_err_set(err, -ENOMEM, "out of memory");
+		for (unsigned i = 0; i < n; i++) {
+			iov[i].iov_base = io->mem + (size_t)i * REG_BUF_MAX;
+			uint64_t left = io->mem_len - (size_t)i * REG_BUF_MAX;
+			iov[i].iov_len = left < REG_BUF_MAX ? left : REG_BUF_MAX;
+		}
+		rc = io_uring_register_buffers(&r->ring, iov, n);
+		free(iov);
+		if (rc) {
+			io->mode.fixed_buffers = false;
+			snprintf(io->mode.why + strlen(io->mode.why),
+				 sizeof(io->mode.why) - strlen(io->mode.why),
+				 "%sfixed buffers refused (%s%s)",
+				 *io->mode.why ? "; " : "", strerror(-rc),
+				 rc == -ENOMEM || rc == -EPERM
+					 ? ": raise RLIMIT_MEMLOCK (ulimit -l, "
+					   "LimitMEMLOCK=infinity)"
+					 : "");
+		}
+	}
+	r->efd = eventfd(0, EFD_CLOEXEC);
+	if (r->efd < 0)
+		return ms_err_set(err, -errno, "eventfd: %s", strerror(errno));
+	return 0;
+}
+
+/* ---- preadv workers -------------------------------------------------------------- */
+
+static void *pread_main(void *arg)
+{
+	struct worker_arg *w = arg;
+	struct ms_io *io = w->io;
+	for (;;) {
+		pthread_mutex_lock(&io->mu);
+		struct chunk *c;
+		while (!(c = do_pop(io)) && !io->stopping)
+			pthread_cond_wait(&io->cv, &io->mu);
+		if (!c) {
+			pthread_mutex_unlock(&io->mu);
+			break;
+		}
+		c->inflight = true;
+		io->st.inflight_bytes[c->req->cls] += c->len;
+		io->st.chunks++;
+		pthread_mutex_unlock(&io->mu);
+		ssize_t n = pread(io->fds[c->file], c->dst, c->len, (off_t)c->off);
+		complete_chunk(io, c, n < 0 ? -errno : (int)n, &w->rng);
+	}
+	return NULL;
+}
+
+/* ---- setup ------------------------------------------------------------------------ */
+
+static uint32_t dio_align(int fd)
+{
+#ifdef STATX_DIOALIGN
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+	    (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align)
+		return sx.stx_dio_offset_align;
+#else
+	(void)fd;
+#endif
+	return 512;
+}
+
+static int open_files(struct ms_io *io, const char *const *paths,
+		      struct ms_err *err)
+{
+	bool want_direct = io->cfg.direct != MS_IO_DIRECT_OFF;
+	io->mode.direct = want_direct;
+	for (unsigned i = 0; i < io->n_files; i++) {
+		int fd = -1;
+		if (io->mode.direct) {
+			fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_DIRECT);
+			if (fd < 0 && errno == EINVAL &&
+			    io->cfg.direct == MS_IO_DIRECT_AUTO) {
+				/* The file system refuses O_DIRECT: every file
+				 * goes buffered, said once. */
+				io->mode.direct = false;
+				snprintf(io->mode.why + strlen(io->mode.why),
+					 sizeof(io->mode.why) - strlen(io->mode.why),
+					 "%s%s: O_DIRECT refused, reading through "
+					 "the page cache",
+					 *io->mode.why ? "; " : "", paths[i]);
+				for (unsigned k = 0; k < i; k++) {
+					close(io->fds[k]);
+					io->fds[k] = open(paths[k], O_RDONLY | O_CLOEXEC);
+					if (io->fds[k] < 0)
+						return ms_err_set(err, -errno, "%s: %s",
+								  paths[k],
+								  strerror(errno));
+				}
+			} else if (fd < 0 && errno == EINVAL) {
+				return ms_err_set(err, -EINVAL,
+						  "%s: O_DIRECT refused by the file "
+						  "system (io.direct = on; set auto "
+						  "or off)",
+						  paths[i]);
+			}
+		}
+		if (fd < 0 && !io->mode.direct)
+			fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return ms_err_set(err, -errno, "%s: %s", paths[i],
+					  strerror(errno));
+		io->fds[i] = fd;
+		struct stat st;
+		if (fstat(fd, &st))
+			return ms_err_set(err, -errno, "%s: %s", paths[i],
+					  strerror(errno));
+		io->file_size[i] = (uint64_t)st.st_size;
+		io->block_size[i] = dio_align(fd);
+		if (io->mode.direct && (io->block_size[i] > MS_IO_ALIGN ||
+					MS_IO_ALIGN % io->block_size[i]))
+			return ms_err_set(err, -EINVAL,
+					  "%s: O_DIRECT needs %u-byte alignment, "
+					  "which does not divide %u",
+					  paths[i], io->block_size[i], MS_IO_ALIGN);
+	}
+	return 0;
+}
+
+int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
+	       const char *const *paths, unsigned n_paths, void *mem,
+	       size_t mem_len, struct ms_err *err)
+{
+	*out = NULL;
+	if (!n_paths || n_paths > MS_IO_MAX_FILES)
+		return ms_err_set(err, -EINVAL, "%u files (1..%d)", n_paths,
+				  MS_IO_MAX_FILES);
+	if (!cfg->threads || cfg->threads > MS_IO_MAX_THREADS)
+		return ms_err_set(err, -EINVAL, "io.threads = %u is not in 1..%d",
+				  cfg->threads, MS_IO_MAX_THREADS);
+	if (!cfg->queue_depth || cfg->queue_depth > MS_IO_MAX_DEPTH)
+		return ms_err_set(err, -EINVAL,
+				  "io.queue_depth = %u is not in 1..%d",
+				  cfg->queue_depth, MS_IO_MAX_DEPTH);
+	if (!cfg->request_size || cfg->request_size % MS_IO_ALIGN ||
+	    cfg->request_size > (64u << 20))
+		return ms_err_set(err, -EINVAL,
+				  "io.request_size = %u is not a multiple of %u up "
+				  "to 64M",
+				  cfg->request_size, MS_IO_ALIGN);
+	if (!mem || !mem_len)
+		return ms_err_set(err, -EINVAL, "no destination memory");
+
+	struct ms_io *io = calloc(1, sizeof(*io));
+	if (!io)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	io->cfg = *cfg;
+	io->n_files = n_paths;
+	io->mem = mem;
+	io->mem_len = mem_len;
+	io->next_id = 1;
+	pthread_mutex_init(&io->mu, NULL);
+	pthread_cond_init(&io->cv, NULL);
+	io->fds = malloc(n_paths * sizeof(*io->fds));
+	io->file_size = calloc(n_paths, sizeof(*io->file_size));
+	io->block_size = calloc(n_paths, sizeof(*io->block_size));
+	int rc;
+	if (!io->fds || !io->file_size || !io->block_size) {
+		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (unsigned i = 0; i < n_paths; i++)
+		io->fds[i] = -1;
+	if ((rc = open_files(io, paths, err)))
+		goto fail;
+
+	/* io_uring, unless told otherwise or it cannot be had. */
+	bool uring = cfg->engine != MS_IO_ENGINE_PREADV;
+	if (uring) {
+		io->mode.engine = MS_IO_ENGINE_URING;
+		io->mode.sqpoll = cfg->sqpoll;
+		io->mode.fixed_buffers = cfg->fixed_buffers;
+		io->mode.fixed_files = cfg->fixed_files;
+		io->n_rings = cfg->threads;
+		io->rings = calloc(io->n_rings, sizeof(*io->rings));
+		if (!io->rings) {
+			rc = ms_err_set(err, -ENOMEM, "out of memory");
+			goto fail;
+		}
+		for (unsigned i = 0; i < io->n_rings; i++) {
+			io->rings[i].io = io;
+			io->rings[i].idx = i;
+			io->rings[i].efd = -1;
+			io->rings[i].rng = cfg->faults.seed * 1000003u + i;
+		}
+		for (unsigned i = 0; i < io->n_rings && !rc; i++)
+			rc = ring_setup(&io->rings[i], err);
+		if (rc && cfg->engine == MS_IO_ENGINE_AUTO &&
+		    (rc == -ENOSYS || rc == -EPERM || rc == -EACCES)) {
+			/* seccomp, kernel.io_uring_disabled, or no io_uring */
+			snprintf(io->mode.why + strlen(io->mode.why),
+				 sizeof(io->mode.why) - strlen(io->mode.why),
+				 "%sio_uring unavailable (%s): preadv thread pool",
+				 *io->mode.why ? "; " : "", strerror(-rc));
+			for (unsigned i = 0; i < io->n_rings; i++) {
+				if (io->rings[i].ring_ok)
+					io_uring_queue_exit(&io->rings[i].ring);
+				if (io->rings[i].efd >= 0)
+					close(io->rings[i].efd);
+			}
+			free(io->rings);
+			io->rings = NULL;
+			io->n_rings = 0;
+			uring = false;
+			rc = 0;
+			ms_err_clear(err);
+		} else if (rc) {
+			goto fail;
+		}
+	}
+	if (!uring) {
+		io->mode.engine = MS_IO_ENGINE_PREADV;
+		io->mode.sqpoll = io->mode.fixed_buffers = io->mode.fixed_files = false;
+		unsigned n = cfg->threads * cfg->queue_depth;
+		io->n_workers = n > 64 ? 64 : n;
+		io->workers = calloc(io->n_workers, sizeof(*io->workers));
+		struct worker_arg *wa = calloc(io->n_workers, sizeof(*wa));
+		io->worker_args = wa;
+		if (!io->workers || !wa) {
+			rc = ms_err_set(err, -ENOMEM, "out of memory");
+			goto fail;
+		}
+		for (unsigned i = 0; i < io->n_workers; i++) {
+			wa[i].io = io;
+			wa[i].rng = cfg->faults.seed * 1000003u + i;
+			if ((rc = -pthread_create(&io->workers[i], NULL, pread_main,
+						  &wa[i]))) {
+				io->n_workers = i;
+				ms_err_set(err, rc, "cannot start I/O threads");
+				goto fail;
+			}
+		}
+	} else {
+		for (unsigned i = 0; i < io->n_rings; i++) {
+			if ((rc = -pthread_create(&io->rings[i].thread, NULL, ring_main,
+						  &io->rings[i]))) {
+				ms_err_set(err, rc, "cannot start I/O threads");
+				goto fail;
+			}
+			io->rings[i].started = true;
+		}
+	}
+	if (*io->mode.why)
+		ms_log(MS_LOG_WARNING, "I/O engine: %s", io->mode.why);
+	*out = io;
+	return 0;
+fail:
+	ms_io_free(io);
+	return rc;
+}
+
+void ms_io_free(struct ms_io *io)
+{
+	if (!io)
+		return;
+	/* Cancel queued prefetches; let demand finish. */
+	pthread_mutex_lock(&io->mu);
+	io->stopping = true;
+	struct req *dead = NULL;
+	struct chunk *c;
+	while ((c = io->q[MS_IO_PREFETCH].head)) {
+		struct req *r = c->req;
+		r->cancelled = true;
+		do_unqueue(io, r);
+		if (!r->n_pending) {
+			*do_slot(io, r->id) = r->hnext;
+			r->hnext = dead;
+			dead = r;
+		}
+	}
+	pthread_mutex_unlock(&io->mu);
+	while (dead) {
+		struct req *r = dead;
+		dead = r->hnext;
+		io->st.cancelled++;
+		r->done(r->ctx, r->id, -ECANCELED);
+		free(r);
+	}
+	wake_all(io);
+	for (unsigned i = 0; i < io->n_rings; i++) {
+		struct ring *r = &io->rings[i];
+		if (r->started)
+			pthread_join(r->thread, NULL);
+		while (r->cancels) {
+			struct cancel_ask *a = r->cancels;
+			r->cancels = a->next;
+			free(a);
+		}
+		if (r->ring_ok)
+			io_uring_queue_exit(&r->ring);
+		if (r->efd >= 0)
+			close(r->efd);
+	}
+	for (unsigned i = 0; i < io->n_workers; i++)
+		pthread_join(io->workers[i], NULL);
+	for (unsigned i = 0; io->fds && i < io->n_files; i++)
+		if (io->fds[i] >= 0)
+			close(io->fds[i]);
+	free(io->rings);
+	free(io->workers);
+	free(io->worker_args);
+	free(io->fds);
+	free(io->file_size);
+	free(io->block_size);
+	pthread_mutex_destroy(&io->mu);
+	pthread_cond_destroy(&io->cv);
+	free(io);
+}
+
+/* ---- submit, cancel, promote -------------------------------------------------------- */
+
+int ms_io_submit(struct ms_io *io, const struct ms_io_extent *ext, unsigned n,
+		 enum ms_io_class cls, ms_io_done_fn done, void *ctx, uint64_t *id)
+{
+	if (!n || (unsigned)cls >= MS_IO_N_CLASSES || !done)
+		return -EINVAL;
+	uint64_t n_chunks = 0;
+	uint64_t rs = io->cfg.request_size;
+	for (unsigned i = 0; i < n; i++) {
+		const struct ms_io_extent *e = &ext[i];
+		uint8_t *d = e->dst;
+		if (e->file >= io->n_files || !e->len || d < io->mem ||
+		    d + e->len > io->mem + io->mem_len || e->len > (1ull << 40))
+			return -EINVAL;
+		if (io->mode.direct &&
+		    ((e->offset | e->len | (uintptr_t)d) & (MS_IO_ALIGN - 1)))
+			return -EINVAL;
+		/* chunks: <= request_size, never across a registered iovec */
+		uint64_t at = (uint64_t)(d - io->mem), left = e->len;
+		while (left) {
+			uint64_t room = REG_BUF_MAX - at % REG_BUF_MAX;
+			uint64_t take = left < rs ? left : rs;
+			if (take > room)
+				take = room;
+			at += take;
+			left -= take;
+			n_chunks++;
+		}
+	}
+	if (n_chunks > (1u << 24))
+		return -E2BIG;
+	struct req *r = calloc(1, sizeof(*r) + n_chunks * sizeof(struct chunk));
+	if (!r)
+		return -ENOMEM;
+	r->cls = cls;
+	r->done = done;
+	r->ctx = ctx;
+	r->n_chunks = r->n_pending = (unsigned)n_chunks;
+	unsigned k = 0;
+	for (unsigned i = 0; i < n; i++) {
+		const struct ms_io_extent *e = &ext[i];
+		uint64_t at = (uint64_t)((uint8_t *)e->dst - io->mem), left = e->len;
+		uint64_t off = e->offset;
+		while (left) {
+			uint64_t room = REG_BUF_MAX - at % REG_BUF_MAX;
+			uint64_t take = left < rs ? left : rs;
+			if (take > room)
+				take = room;
+			struct chunk *c = &r->chunks[k++];
+			c->req = r;
+			c->file = e->file;
+			c->off = off;
+			c->len = take;
+			c->dst = io->mem + at;
+			c->buf_index = (uint16_t)(at / REG_BUF_MAX);
+			c->ring = -1;
+			at += take;
+			off += take;
+			left -= take;
+		}
+	}
+	pthread_mutex_lock(&io->mu);
+	if (io->stopping) {
+		pthread_mutex_unlock(&io->mu);
+		free(r);
+		return -ESHUTDOWN;
+	}
+	r->id = io->next_id++;
+	struct req **slot = do_slot(io, r->id);
+	*slot = r;
+	for (unsigned i = 0; i < r->n_chunks; i++) {
+		io->st.queued_bytes[cls] += r->chunks[i].len;
+		do_push(&io->q[cls], &r->chunks[i], false);
+	}
+	io->st.submitted[cls]++;
+	if (id)
+		*id = r->id;
+	pthread_mutex_unlock(&io->mu);
+	wake_all(io);
+	return 0;
+}
+
+int ms_io_cancel(struct ms_io *io, uint64_t id)
+{
+	pthread_mutex_lock(&io->mu);
+	struct req *r = *do_slot(io, id);
+	if (!r || r->cls != MS_IO_PREFETCH || r->cancelled) {
+		pthread_mutex_unlock(&io->mu);
+		return -ENOENT;
+	}
+	r->cancelled = true;
+	do_unqueue(io, r);
+	bool wake = false;
+	for (unsigned i = 0; i < r->n_chunks; i++) {
+		struct chunk *c = &r->chunks[i];
+		if (!c->inflight || c->ring < 0)
+			continue;
+		struct cancel_ask *a = malloc(sizeof(*a));
+		if (!a)
+			continue; /* it will finish on its own */
+		struct ring *rg = &io->rings[c->ring];
+		a->c = c;
+		a->next = rg->cancels;
+		rg->cancels = a;
+		wake = true;
+	}
+	struct req *finished = NULL;
+	if (!r->n_pending) {
+		*do_slot(io, r->id) = r->hnext;
+		io->st.cancelled++;
+		io->st.completed[r->cls]++;
+		finished = r;
+	}
+	pthread_mutex_unlock(&io->mu);
+	if (wake)
+		wake_all(io);
+	if (finished) {
+		finished->done(finished->ctx, finished->id, -ECANCELED);
+		free(finished);
+	}
+	return 0;
+}
+
+int ms_io_promote(struct ms_io *io, uint64_t id)
+{
+	pthread_mutex_lock(&io->mu);
+	struct req *r = *do_slot(io, id);
+	if (!r || r->cls != MS_IO_PREFETCH || r->cancelled) {
+		pthread_mutex_unlock(&io->mu);
+		return -ENOENT;
+	}
+	/* Move its queued chunks to the demand queue, in order. */
+	struct fifo *f = &io->q[MS_IO_PREFETCH];
+	struct chunk *prev = NULL, *c = f->head;
+	while (c) {
+		struct chunk *next = c->next;
+		if (c->req == r) {
+			if (prev)
+				prev->next = next;
+			else
+				f->head = next;
+			if (f->tail == c)
+				f->tail = prev;
+			io->st.queued_bytes[MS_IO_PREFETCH] -= c->len;
+			io->st.queued_bytes[MS_IO_DEMAND] += c->len;
+			do_push(&io->q[MS_IO_DEMAND], c, false);
+		} else {
+			prev = c;
+		}
+		c = next;
+	}
+	for (unsigned i = 0; i < r->n_chunks; i++)
+		if (r->chunks[i].inflight) {
+			io->st.inflight_bytes[MS_IO_PREFETCH] -= r->chunks[i].len;
+			io->st.inflight_bytes[MS_IO_DEMAND] += r->chunks[i].len;
+		}
+	r->cls = MS_IO_DEMAND;
+	io->st.submitted[MS_IO_PREFETCH]--;
+	io->st.submitted[MS_IO_DEMAND]++;
+	pthread_mutex_unlock(&io->mu);
+	wake_all(io);
+	return 0;
+}
+
+void ms_io_get_mode(const struct ms_io *io, struct ms_io_mode *mode)
+{
+	*mode = io->mode;
+}
+
+void ms_io_get_stats(struct ms_io *io, struct ms_io_stats *st)
+{
+	pthread_mutex_lock(&io->mu);
+	*st = io->st;
+	pthread_mutex_unlock(&io->mu);
+}
+
+uint32_t ms_io_block_size(const struct ms_io *io, uint32_t file)
+{
+	return file < io->n_files ? io->block_size[file] : 0;
+}
