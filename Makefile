@@ -1,7 +1,9 @@
 # moestream - top-level Makefile.
 #
 #   make                 build moestreamd, moestream, libmoestream.{a,so} into build/
-#   make run             build, write the demo model, inspect it
+#   make run             build, then the demo: a GLM-4.7-shaped model, moestreamd,
+#                        a routing trace replayed through it, the stats
+#                        (MODEL=/path/to/model.gguf for a real one)
 #   make test            build and run every test (installs missing packages as root)
 #   make check           the tests again under ASan+UBSan (build/san/)
 #   make fuzz            libFuzzer targets for FUZZ_TIME seconds each (default 60)
@@ -150,10 +152,7 @@ check:
 run:
 	@mk/deps.sh install
 	@$(MAKE) --no-print-directory all
-	@mkdir -p $(O)/demo
-	$(O)/moestream mkmodel --preset tiny --force -o $(O)/demo/tiny-moe.gguf
-	$(O)/moestream inspect $(O)/demo/tiny-moe.gguf
-	$(O)/moestream inspect --extents $(O)/demo/tiny-moe.gguf | head -n 7
+	@MS_BUILD=$(O) MODEL='$(MODEL)' tools/run-demo.sh
 
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
@@ -177,13 +176,16 @@ fuzz: $(FUZZ_BIN)
 # ---- install ----------------------------------------------------------------
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
-	           $(DESTDIR)$(PREFIX)/include/moestream
+	           $(DESTDIR)$(PREFIX)/include/moestream $(DESTDIR)$(PREFIX)/share/moestream
 	install -m 0755 $(O)/moestreamd $(O)/moestream $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(O)/libmoestream.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 $(O)/libmoestream.so $(DESTDIR)$(PREFIX)/lib/libmoestream.so.$(VERSION)
 	ln -sf libmoestream.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmoestream.so.0
 	ln -sf libmoestream.so.0 $(DESTDIR)$(PREFIX)/lib/libmoestream.so
 	install -m 0644 include/moestream/*.h $(DESTDIR)$(PREFIX)/include/moestream/
+	install -m 0644 etc/moestream.conf etc/moestreamd.service $(DESTDIR)$(PREFIX)/share/moestream/
+	@echo "the sample config and the systemd unit are in $(PREFIX)/share/moestream: copy"
+	@echo "moestream.conf to /etc/moestream/ and moestreamd.service to /etc/systemd/system/"
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
 	    -e 's|@CUDA_LIBS@|$(if $(NVCC),-L$(CUDA_HOME)/lib64 -lcublas -lcudart,)|g' \
 	    mk/moestream.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/moestream.pc

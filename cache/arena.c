@@ -25,6 +25,10 @@
 
 #include "moestream/cache.h"
 
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010 /* Linux 5.1 */
+#endif
+
 #define HUGE_2M (2ull << 20)
 
 static void mode_add(struct ms_arena *a, const char *fmt, ...)
@@ -48,14 +52,17 @@ static uint64_t huge_free_bytes(void)
 {
 	FILE *f = fopen("/proc/meminfo", "r");
 	char line[128];
-	uint64_t free_pages = 0, size_kb = 0;
+	uint64_t free_pages = 0, rsvd = 0, size_kb = 0;
 	if (!f)
 		return 0;
 	while (fgets(line, sizeof(line), f)) {
 		sscanf(line, "HugePages_Free: %lu", &free_pages);
+		sscanf(line, "HugePages_Rsvd: %lu", &rsvd);
 		sscanf(line, "Hugepagesize: %lu kB", &size_kb);
 	}
 	fclose(f);
+	/* Reserved pages are promised to mappings that exist already. */
+	free_pages = free_pages > rsvd ? free_pages - rsvd : 0;
 	return size_kb == 2048 ? free_pages * HUGE_2M : 0;
 }
 
@@ -130,6 +137,11 @@ static int place(struct ms_arena *a, const struct ms_arena_config *cfg,
 		return ms_err_set(err, -EINVAL,
 				  "cache.numa_node = %d but the highest node is %d",
 				  node, max);
+	} else if (node < 0) {
+		return ms_err_set(err, -EINVAL,
+				  "cache.numa_node = %d is not a node (0..%d), auto, "
+				  "interleave or none",
+				  node, max);
 	} else {
 		mode_add(a, "NUMA node %d", node);
 	}
@@ -184,12 +196,23 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 				(unsigned long long)a->size, strerror(errno));
 		goto fail;
 	}
-	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
 	void *p = mmap(NULL, a->size, PROT_READ | PROT_WRITE, MAP_SHARED,
 		       a->memfd, 0);
 	if (p == MAP_FAILED) {
 		rc = ms_err_set(err, -errno, "mapping the %llu-byte arena: %s",
 				(unsigned long long)a->size, strerror(errno));
+		goto fail;
+	}
+	/* Our mapping is the only writable one there will ever be: a client
+	 * can reopen its read-only fd through /proc/self/fd/N read-write (a
+	 * memfd's inode is mode 0777), and only this seal makes that reopen
+	 * useless (write() and writable shared mmaps fail with EPERM). */
+	if (fcntl(a->memfd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)) {
+		rc = ms_err_set(err, -errno, "sealing the arena against writes by "
+				"clients (F_SEAL_FUTURE_WRITE, Linux 5.1): %s",
+				strerror(errno));
+		munmap(p, a->size);
 		goto fail;
 	}
 	a->base = p;

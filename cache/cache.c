@@ -6,7 +6,8 @@
  * in dynamic quants). Each expert's projections are read widened to
  * MS_IO_ALIGN, so a slot holds the widened projections back to back; the
  * slot size of a layer is the largest widened total over its experts, rounded
- * up to 64 KiB so that layers that differ only by alignment share a class.
+ * up to 4 KiB; layers whose sizes differ by under 3% (alignment) share a
+ * class, at the larger size.
  * Each class gets a region of the arena in proportion to the bytes of the
  * experts it holds (routing spreads over layers, so each layer's share of the
  * cache follows its share of the model), and at least one token's worth
@@ -83,8 +84,10 @@ struct klass {
 	uint32_t *free;       /* stack of free slot indices */
 	uint32_t n_free;
 	struct list lru[3];   /* [LRU_MAIN], [LRU_PREFETCH] */
-	uint32_t *waitq;      /* ring of entries waiting for a slot */
+	uint32_t *waitq;      /* ring of entries waiting for a slot (answered
+				 ones are skipped lazily) */
 	uint32_t wq_head, wq_len, wq_cap;
+	uint32_t n_waiting;   /* entries in waitq still waiting */
 	uint32_t n_sticky;
 };
 
@@ -336,6 +339,7 @@ static void do_serve_waiters(struct ms_cache *c, struct klass *k,
 		k->wq_len--;
 		e->slot_wait = false;
 		c->n_waiting--;
+		k->n_waiting--;
 		int rc = do_start_load(c, idx, slot, MS_IO_DEMAND);
 		if (rc)
 			do_answer(c, idx, rc, out);
@@ -374,9 +378,12 @@ static void io_done(void *ctx, uint64_t id, int result)
 		e->err = 0;
 		c->st.bytes_read += k->raw_bytes;
 		do_answer(c, idx, 0, &out);
-		if (!e->refs && !e->sticky)
+		if (!e->refs && !e->sticky) {
 			do_list_append(c, idx, e->prefetched ? LRU_PREFETCH
 							     : LRU_MAIN);
+			/* evictable now: an acquire may be waiting for it */
+			do_serve_waiters(c, k, &out);
+		}
 	} else if (result == -ECANCELED && e->waiters) {
 		/* A stale prefetch was cancelled just as a reader joined it:
 		 * the reader must not pay for our guess. Read it again, now. */
@@ -444,6 +451,7 @@ static int do_queue_for_slot(struct ms_cache *c, uint32_t idx)
 	e->slot_wait = true;
 	e->deadline_ns = now_ns() + (uint64_t)c->cfg.acquire_timeout_ms * 1000000ull;
 	c->n_waiting++;
+	k->n_waiting++;
 	pthread_cond_signal(&c->reap_cv);
 	return 0;
 }
@@ -510,11 +518,11 @@ int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		if ((rc = add_waiter(e, cb, ctx)))
 			break;
 		e->refs++;
+		c->st.misses++; /* joining a slot wait is a miss too */
 		if (e->slot_wait) { /* already queued for a slot */
 			pthread_mutex_unlock(&c->mu);
 			return -EINPROGRESS;
 		}
-		c->st.misses++;
 		uint32_t slot = do_take_slot(c, idx);
 		if (slot == NONE) {
 			if ((rc = do_queue_for_slot(c, idx)))
@@ -530,45 +538,93 @@ int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 	return rc;
 }
 
+/* A blocking acquire waits on one of these. It lives on the heap with two
+ * references (the waiter and the callback): a waiter that gives up leaves
+ * it to the callback, which then drops the pin nobody will release. */
 struct sync_wait {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	bool done;
+	struct ms_cache *c;
+	int refs;
+	bool done, abandoned;
 	int result;
 	struct ms_expert_loc loc;
 };
+
+static void sync_put(struct sync_wait *w)
+{
+	/* w->mu held */
+	if (--w->refs == 0) {
+		pthread_mutex_unlock(&w->mu);
+		pthread_mutex_destroy(&w->mu);
+		pthread_cond_destroy(&w->cv);
+		free(w);
+		return;
+	}
+	pthread_mutex_unlock(&w->mu);
+}
 
 static void sync_cb(void *ctx, uint32_t layer, uint32_t expert, int result,
 		    const struct ms_expert_loc *loc)
 {
 	struct sync_wait *w = ctx;
-	(void)layer;
-	(void)expert;
 	pthread_mutex_lock(&w->mu);
 	w->result = result;
 	if (loc)
 		w->loc = *loc;
 	w->done = true;
+	if (w->abandoned && !result) {
+		pthread_mutex_unlock(&w->mu);
+		ms_cache_release(w->c, layer, expert); /* nobody took it */
+		pthread_mutex_lock(&w->mu);
+	}
 	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
+	sync_put(w);
 }
 
 int ms_cache_acquire_wait(struct ms_cache *c, uint32_t layer, uint32_t expert,
 			  uint32_t timeout_ms, struct ms_expert_loc *loc)
 {
-	struct sync_wait w = { .mu = PTHREAD_MUTEX_INITIALIZER,
-			       .cv = PTHREAD_COND_INITIALIZER };
-	(void)timeout_ms; /* the slot wait carries the configured deadline */
-	int rc = ms_cache_acquire(c, layer, expert, sync_cb, &w, loc);
-	if (rc != -EINPROGRESS)
+	struct sync_wait *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* immune to clock steps */
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	w->c = c;
+	w->refs = 2;
+	int rc = ms_cache_acquire(c, layer, expert, sync_cb, w, loc);
+	if (rc != -EINPROGRESS) {
+		/* answered now: the callback will never run */
+		pthread_mutex_destroy(&w->mu);
+		pthread_cond_destroy(&w->cv);
+		free(w);
 		return rc;
-	pthread_mutex_lock(&w.mu);
-	while (!w.done)
-		pthread_cond_wait(&w.cv, &w.mu);
-	pthread_mutex_unlock(&w.mu);
-	if (!w.result)
-		*loc = w.loc;
-	return w.result;
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)timeout_ms * 1000000ull;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	pthread_mutex_lock(&w->mu);
+	while (!w->done) {
+		if (!timeout_ms) {
+			pthread_cond_wait(&w->cv, &w->mu);
+		} else if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT &&
+			   !w->done) {
+			w->abandoned = true; /* the callback releases the pin */
+			sync_put(w);
+			return -ETIMEDOUT;
+		}
+	}
+	rc = w->result;
+	if (!rc)
+		*loc = w->loc;
+	sync_put(w);
+	return rc;
 }
 
 void ms_cache_release(struct ms_cache *c, uint32_t layer, uint32_t expert)
@@ -609,7 +665,7 @@ int ms_cache_prefetch(struct ms_cache *c, uint32_t layer, uint32_t expert)
 		rc = 0;
 	} else if (c->pf_inflight_bytes + k->raw_bytes > c->cfg.max_prefetch_bytes) {
 		rc = -E2BIG;
-	} else if (k->wq_len) {
+	} else if (k->n_waiting) {
 		rc = -EBUSY; /* demand is waiting for slots: do not compete */
 	} else {
 		uint32_t slot = do_take_slot(c, idx);
@@ -656,6 +712,7 @@ static void do_reap(struct ms_cache *c, uint64_t now, struct done_list **out)
 				continue;
 			e->slot_wait = false; /* removed lazily from the ring */
 			c->n_waiting--;
+			k->n_waiting--;
 			uint32_t before = e->refs;
 			do_answer(c, idx, -EBUSY, out);
 			c->st.busy += before - e->refs;
@@ -682,7 +739,7 @@ static void *reaper_main(void *arg)
 			continue;
 		}
 		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ts.tv_nsec += 10 * 1000000;
 		if (ts.tv_nsec >= 1000000000) {
 			ts.tv_sec++;
@@ -795,8 +852,13 @@ static int apply_pins(struct ms_cache *c, const char *spec, struct ms_err *err)
 	const char *p = spec;
 	while (*p) {
 		char *end;
+		if (*p < '0' || *p > '9')
+			return ms_err_set(err, -EINVAL,
+					  "cache.pin: '%s' is not a list of "
+					  "block:expert (e.g. 3:17,3:42)",
+					  spec);
 		unsigned long blk = strtoul(p, &end, 10);
-		if (end == p || *end != ':')
+		if (end == p || *end != ':' || end[1] < '0' || end[1] > '9')
 			return ms_err_set(err, -EINVAL,
 					  "cache.pin: '%s' is not a list of "
 					  "block:expert (e.g. 3:17,3:42)",
@@ -917,6 +979,7 @@ static int carve_slots(struct ms_cache *c, struct ms_err *err)
 	for (uint32_t k = 0; k < c->n_classes; k++)
 		wsum += weight[k];
 	uint64_t rest = c->arena.size - need, base = 0;
+	bool all_fit = true;
 	for (uint32_t k = 0; k < c->n_classes; k++) {
 		struct klass *K = &c->cls[k];
 		uint64_t cap = 0; /* never more slots than experts */
@@ -943,8 +1006,14 @@ static int carve_slots(struct ms_cache *c, struct ms_err *err)
 		for (int w = 0; w < 3; w++)
 			K->lru[w].head = K->lru[w].tail = NONE;
 		c->st.waste_bytes += n * (K->slot_bytes - K->raw_bytes);
+		all_fit &= n == cap;
 	}
-	c->st.waste_bytes += c->arena.size - base;
+	/* What is left: waste when experts compete for room, surplus when the
+	 * arena holds every expert of the model and then some. */
+	if (all_fit)
+		c->st.surplus_bytes = c->arena.size - base;
+	else
+		c->st.waste_bytes += c->arena.size - base;
 	c->slot_entry = malloc(c->n_slots * sizeof(*c->slot_entry));
 	if (!c->slot_entry) {
 		rc = ms_err_set(err, -ENOMEM, "out of memory");
@@ -956,6 +1025,16 @@ out:
 	free(slot_of);
 	free(weight);
 	return rc;
+}
+
+/* An eighth of the arena, but never less than one expert of each size. */
+static uint64_t default_prefetch_cap(const struct ms_cache *c)
+{
+	uint64_t cap = c->arena.size / 8, big = 0;
+	for (uint32_t k = 0; k < c->n_classes; k++)
+		if (c->cls[k].raw_bytes > big)
+			big = c->cls[k].raw_bytes;
+	return cap > big ? cap : big;
 }
 
 int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
@@ -976,8 +1055,12 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 	c->n_layers = m->n_layers;
 	c->n_expert = m->n_expert;
 	c->pf_loading.head = c->pf_loading.tail = NONE;
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->reap_cv, NULL);
+	pthread_cond_init(&c->reap_cv, &ca);
+	pthread_condattr_destroy(&ca);
 	int rc;
 	c->e = calloc((size_t)c->n_layers * c->n_expert, sizeof(*c->e));
 	if (!c->e) {
@@ -991,12 +1074,13 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 	}
 	if ((rc = ms_arena_init(&c->arena, &cfg->arena, err)))
 		goto fail;
-	if (!c->cfg.max_prefetch_bytes)
-		c->cfg.max_prefetch_bytes = c->arena.size / 8;
+	/* (the default cap is set once the slots are known) */
 	if (!c->cfg.acquire_timeout_ms)
 		c->cfg.acquire_timeout_ms = 5000;
 	if ((rc = carve_slots(c, err)))
 		goto fail;
+	if (!c->cfg.max_prefetch_bytes)
+		c->cfg.max_prefetch_bytes = default_prefetch_cap(c);
 
 	const char **paths = calloc(m->n_shards, sizeof(*paths));
 	if (!paths) {
@@ -1063,6 +1147,23 @@ void ms_cache_free(struct ms_cache *c)
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->reap_cv);
 	free(c);
+}
+
+void ms_cache_set_tunables(struct ms_cache *c, uint32_t acquire_timeout_ms,
+			   uint64_t max_prefetch_bytes, uint32_t pin_top)
+{
+	pthread_mutex_lock(&c->mu);
+	if (acquire_timeout_ms)
+		c->cfg.acquire_timeout_ms = acquire_timeout_ms;
+	c->cfg.max_prefetch_bytes = max_prefetch_bytes ? max_prefetch_bytes
+						       : default_prefetch_cap(c);
+	if (c->cfg.pin_top && !pin_top) {
+		/* pin_top turned off: the sticky set goes back to the LRU */
+		for (uint32_t i = 0; i < c->n_layers * c->n_expert; i++)
+			do_unstick(c, i);
+	}
+	c->cfg.pin_top = pin_top;
+	pthread_mutex_unlock(&c->mu);
 }
 
 const struct ms_arena *ms_cache_arena(const struct ms_cache *c)

@@ -238,8 +238,10 @@ static int inject(const struct ms_io_faults *f, uint64_t *rng, int res)
 	if (x < f->eintr_ppm)
 		return -EINTR;
 	x -= f->eintr_ppm;
-	if (x < f->short_ppm && res > (int)MS_IO_ALIGN)
-		return (int)(((unsigned)res / 2) & ~(MS_IO_ALIGN - 1));
+	if (x < f->short_ppm && res > (int)MS_IO_ALIGN) {
+		unsigned s = ((unsigned)res / 2) & ~(MS_IO_ALIGN - 1);
+		return (int)(s ? s : MS_IO_ALIGN);
+	}
 	return res;
 }
 
@@ -323,13 +325,16 @@ static void complete_chunk(struct ms_io *io, struct chunk *c, int res,
 
 /* ---- io_uring rings ------------------------------------------------------------ */
 
-static void arm_wake(struct ring *r)
+/* Arms the eventfd read that wakes this ring; false when the SQ is full
+ * (the caller tries again on its next loop, once the SQ has drained). */
+static bool arm_wake(struct ring *r)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
 	if (!sqe)
-		return; /* retried on the next loop: the SQ has room then */
+		return false;
 	io_uring_prep_read(sqe, r->efd, &r->wake_buf, sizeof(r->wake_buf), 0);
 	io_uring_sqe_set_data64(sqe, TAG_WAKE);
+	return true;
 }
 
 static bool prep_read(struct ring *r, struct chunk *c)
@@ -358,10 +363,8 @@ static void *ring_main(void *arg)
 	bool wake_armed = false;
 
 	for (;;) {
-		if (!wake_armed) {
-			arm_wake(r);
-			wake_armed = true;
-		}
+		if (!wake_armed)
+			wake_armed = arm_wake(r);
 		pthread_mutex_lock(&io->mu);
 		while (r->cancels) {
 			struct cancel_ask *a = r->cancels;
@@ -728,13 +731,14 @@ void ms_io_free(struct ms_io *io)
 			*do_slot(io, r->id) = r->hnext;
 			r->hnext = dead;
 			dead = r;
+			io->st.cancelled++;
+			io->st.completed[MS_IO_PREFETCH]++;
 		}
 	}
 	pthread_mutex_unlock(&io->mu);
 	while (dead) {
 		struct req *r = dead;
 		dead = r->hnext;
-		io->st.cancelled++;
 		r->done(r->ctx, r->id, -ECANCELED);
 		free(r);
 	}
@@ -781,8 +785,16 @@ int ms_io_submit(struct ms_io *io, const struct ms_io_extent *ext, unsigned n,
 	for (unsigned i = 0; i < n; i++) {
 		const struct ms_io_extent *e = &ext[i];
 		uint8_t *d = e->dst;
-		if (e->file >= io->n_files || !e->len || d < io->mem ||
-		    d + e->len > io->mem + io->mem_len || e->len > (1ull << 40))
+		uint64_t end, limit;
+		if (e->file >= io->n_files || !e->len || e->len > io->mem_len ||
+		    d < io->mem || (size_t)(d - io->mem) > io->mem_len - e->len)
+			return -EINVAL;
+		/* Nothing past the file: a widened read may reach the next
+		 * MS_IO_ALIGN boundary after EOF, no further (this also refuses
+		 * wrapping offsets and -1, which io_uring reads as "the file
+		 * position"). */
+		if (ms_pad_overflow_u64(io->file_size[e->file], MS_IO_ALIGN, &limit) ||
+		    ms_add_overflow_u64(e->offset, e->len, &end) || end > limit)
 			return -EINVAL;
 		if (io->mode.direct &&
 		    ((e->offset | e->len | (uintptr_t)d) & (MS_IO_ALIGN - 1)))

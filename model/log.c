@@ -10,6 +10,7 @@
 
 int ms_log_threshold = MS_LOG_NOTICE;
 bool ms_log_syslog_prefix;
+const char *ms_log_prog = "moestream";
 
 void ms_log_write(int level, const char *func, const char *fmt, ...)
 {
@@ -22,7 +23,7 @@ void ms_log_write(int level, const char *func, const char *fmt, ...)
 	if (ms_log_syslog_prefix)
 		fprintf(stderr, "<%d>%s: %s\n", level, func, line);
 	else if (level >= MS_LOG_DEBUG)
-		fprintf(stderr, "moestream: %s: %s\n", func, line);
+		fprintf(stderr, "%s: %s: %s\n", ms_log_prog, func, line);
 	else
-		fprintf(stderr, "moestream: %s\n", line);
+		fprintf(stderr, "%s: %s\n", ms_log_prog, line);
 }

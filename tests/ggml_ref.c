@@ -178,6 +178,13 @@ int ggml_ref_load(struct ggml_ref *r)
 	SYM(gguf_set_arr_str);
 	SYM(gguf_add_tensor);
 	SYM(gguf_write_to_file);
+	SYM(ggml_quantize_chunk);
+	SYM(ggml_quantize_init);
+	SYM(ggml_quantize_requires_imatrix);
+	SYM(ggml_fp32_to_fp16_row);
+	SYM(ggml_fp32_to_bf16_row);
+	SYM(ggml_fp16_to_fp32_row);
+	SYM(ggml_bf16_to_fp32_row);
 #undef SYM
 	if (missing) {
 		fprintf(stderr,
@@ -201,7 +208,42 @@ int ggml_ref_load(struct ggml_ref *r)
 		r->handle = NULL;
 		return -1;
 	}
+	/* dequantize_row_<name> for every type ggml knows; optional, since
+	 * f32/f16/bf16 and the integer types have none. */
+	for (int t = 0; t < GGML_REF_TYPE_COUNT; t++) {
+		if (!ggml_ref_type_ok(r, t))
+			continue;
+		char sym[96];
+		snprintf(sym, sizeof(sym), "dequantize_row_%s",
+			 r->ggml_type_name(t));
+		r->dequantize_row[t] = (typeof(r->dequantize_row[t]))dlsym(
+			r->handle, sym);
+	}
 	return 0;
+}
+
+int ggml_ref_dequantize(const struct ggml_ref *r, int type, const void *src,
+			float *dst, int64_t n)
+{
+	if (!ggml_ref_type_ok(r, type) || n < 0 ||
+	    n % r->ggml_blck_size(type))
+		return -1;
+	switch (type) {
+	case 0: /* f32 */
+		memcpy(dst, src, (size_t)n * sizeof(float));
+		return 0;
+	case 1: /* f16 */
+		r->ggml_fp16_to_fp32_row(src, dst, n);
+		return 0;
+	case 30: /* bf16 */
+		r->ggml_bf16_to_fp32_row(src, dst, n);
+		return 0;
+	default:
+		if (!r->dequantize_row[type])
+			return -1;
+		r->dequantize_row[type](src, dst, n);
+		return 0;
+	}
 }
 
 void ggml_ref_load_or_fail(struct ggml_ref *r)

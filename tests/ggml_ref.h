@@ -151,6 +151,27 @@ struct ggml_ref {
 				const struct ggml_tensor *t);
 	bool (*gguf_write_to_file)(const struct gguf_context *ctx,
 				   const char *fname, bool only_meta);
+
+	/* ---- quantizers and dequantizers (added for t_dequant, t_dump) ---- */
+	/* ggml.h: quantizes nrows rows of n_per_row floats starting at element
+	 * `start` of src (a multiple of n_per_row) into dst + the matching
+	 * byte offset; returns the bytes written. Aborts on bad input, so the
+	 * caller checks n_per_row against the block size first. */
+	size_t (*ggml_quantize_chunk)(int type, const float *src, void *dst,
+				      int64_t start, int64_t nrows,
+				      int64_t n_per_row, const float *imatrix);
+	void (*ggml_quantize_init)(int type);
+	bool (*ggml_quantize_requires_imatrix)(int type);
+	/* ggml_fp16_t and ggml_bf16_t are 16-bit patterns (bf16 is a struct
+	 * of one uint16_t), passed by pointer. */
+	void (*ggml_fp32_to_fp16_row)(const float *x, uint16_t *y, int64_t n);
+	void (*ggml_fp32_to_bf16_row)(const float *x, uint16_t *y, int64_t n);
+	void (*ggml_fp16_to_fp32_row)(const uint16_t *x, float *y, int64_t n);
+	void (*ggml_bf16_to_fp32_row)(const uint16_t *x, float *y, int64_t n);
+	/* dequantize_row_<ggml_type_name> by type id, from ggml-quants.h; NULL
+	 * where the library exports none (f32, f16, bf16, i8, ...). */
+	void (*dequantize_row[GGML_REF_TYPE_COUNT])(const void *x, float *y,
+						     int64_t k);
 };
 
 /* Opens the library named by MS_GGML_LIB (else
@@ -170,6 +191,14 @@ bool ggml_ref_type_ok(const struct ggml_ref *r, int type);
 /* Same as ggml's ggml_n_dims() on a plain ne[4]: trailing 1s do not count
  * (this is what ggml's writer stores as n_dims). */
 int ggml_ref_n_dims(const int64_t ne[4]);
+
+/* ggml's own dequantisation of `n` elements of `type` (a multiple of its
+ * block size): dequantize_row_* for quantized types, ggml_fp16_to_fp32_row /
+ * ggml_bf16_to_fp32_row for f16 / bf16, a copy for f32. 0, or -1 (nothing
+ * written) when ggml has no dequantizer for the type or n is not a multiple
+ * of the block. */
+int ggml_ref_dequantize(const struct ggml_ref *r, int type, const void *src,
+			float *dst, int64_t n);
 
 /* "PREFIX-%05u-of-%05u.gguf" (no is 0-based, the name 1-based). */
 void ggml_ref_shard_path(char *buf, size_t len, const char *prefix,

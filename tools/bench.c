@@ -1,12 +1,790 @@
 /*
- * bench.c - `moestream bench` (being written).
+ * bench.c - `moestream bench kernels [--json]`: how close the CPU expert FFN
+ * comes to the memory bandwidth of the machine it runs on. (`moestream
+ * bench io` lives in bench_io.c; this file only dispatches to it.)
+ *
+ * Decode (B = 1) on the CPU is a stream over the expert's quantised bytes:
+ * each byte is read once and a few multiply-adds are done per weight. The
+ * best it can do is the rate at which memory delivers bytes, so the figure
+ * reported is a ratio: GB/s of quantised weights consumed by the FFN over the
+ * read bandwidth measured in the same run, on the same threads, over a buffer
+ * several times the last-level cache. Absolute times vary from box to box;
+ * the ratio says how much of the box the kernel uses.
+ *
+ * The expert has GLM-4.7's shape (n_embd 5120, n_ff 1536) and the type under
+ * test for all three projections. Enough copies of it to exceed 4x the LLC
+ * are cycled through, so every call reads from DRAM, as a cold expert that
+ * has just arrived from NVMe would be. Weights are random but valid blocks
+ * (small finite scales, as `mkmodel` writes them), so no denormal or NaN
+ * arithmetic skews the timing.
+ *
+ * Each figure is the best over windows of tens of milliseconds: passes
+ * over the buffer (memory), runs of calls of at least 25 ms (FFN), both
+ * sides alike. On a machine that other work shares, the best is what the
+ * hardware does and the median is what the neighbours left (per-call
+ * medians are in the JSON). Every type is measured between two bandwidth
+ * measurements, so a ratio compares figures taken at the same time.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "bench_io.h"
+#include "bench_rpc.h"
+#include "moestream/kernels.h"
 #include "tools.h"
+
+#define CMD "bench"
+#define N_EMBD 5120
+#define N_FF 1536
+#define MAX_THREADS 512
+#define WINDOW_S 0.025 /* seconds of FFN calls per measurement */
+
+static const char usage_line[] =
+	"usage: moestream bench kernels [--json] [--threads N] [--types LIST] "
+	"[--time S] [--mem SIZE]";
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"%s\n"
+		"\n"
+		"Measures, per quant type, the GB/s of quantised weights the CPU "
+		"expert FFN\nreads at B = 1 (one decode token) on an expert of "
+		"GLM-4.7's shape (n_embd 5120,\nn_ff 1536), on the scalar "
+		"reference path and the AVX2 path, and the memory\nread "
+		"bandwidth of this machine in the same run (and a memcpy's, for "
+		"scale). The\nfigure is the ratio: 1.0 would be an FFN as fast as "
+		"reading its weights.\n"
+		"\n"
+		"  --json          the results as JSON\n"
+		"  -t, --threads N threads for the FFN and the bandwidth loops "
+		"(default 0: all\n"
+		"                  online CPUs)\n"
+		"  --types LIST    comma-separated types (default: every type the "
+		"FFN has):\n"
+		"                  q2_K,q3_K,q4_K,q5_K,q6_K,q8_0,q4_0,q4_1,q5_0,"
+		"q5_1,iq4_nl,\n"
+		"                  iq4_xs,mxfp4,f16,bf16,f32\n"
+		"  --time S        seconds per measurement (default 0.5)\n"
+		"  --mem SIZE      bytes streamed over, for the bandwidth loop and "
+		"the expert\n"
+		"                  copies (default 4x the LLC, at least 256M; K/M/G "
+		"suffixes);\n"
+		"                  smaller than the LLC measures caches, not "
+		"memory\n"
+		"  -h, --help      this text\n"
+		"\n"
+		"example:\n"
+		"  moestream bench kernels --types q2_K,q3_K,q4_K,q6_K,q8_0\n"
+		"\n"
+		"exit: 0 ok; 1 out of memory; 2 bad usage\n",
+		usage_line);
+}
+
+static int bad_usage(void)
+{
+	fprintf(stderr, "%s  (see --help)\n", usage_line);
+	return EXIT_USAGE;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Last-level cache size in bytes: sysfs's highest cache level on cpu0
+ * (sysconf's answer is wrong on some VMs), else sysconf, else 32 MiB. */
+static uint64_t llc_bytes(void)
+{
+	uint64_t best = 0;
+	int best_level = 0;
+	for (int i = 0; i < 16; i++) {
+		char p[128], buf[64];
+		int level = 0;
+		unsigned long long v = 0;
+		char unit = 0;
+		snprintf(p, sizeof(p),
+			 "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			break;
+		if (fgets(buf, sizeof(buf), f))
+			level = atoi(buf);
+		fclose(f);
+		snprintf(p, sizeof(p),
+			 "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+		f = fopen(p, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f) &&
+		    sscanf(buf, "%llu%c", &v, &unit) >= 1) {
+			uint64_t bytes = v << (unit == 'K'   ? 10
+					       : unit == 'M' ? 20
+							     : 0);
+			if (level > best_level ||
+			    (level == best_level && bytes > best)) {
+				best_level = level;
+				best = bytes;
+			}
+		}
+		fclose(f);
+	}
+	if (best)
+		return best;
+	long v = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+	v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+	return v > 0 ? (uint64_t)v : 32ull << 20;
+}
+
+/* ---- memory bandwidth ------------------------------------------------------------ */
+
+struct bw_job {
+	uint8_t *buf;
+	size_t bytes;
+	int nth;
+	bool copy;
+	uint64_t sink[MAX_THREADS];
+};
+
+struct bw_arg {
+	struct bw_job *job;
+	int ith;
+};
+
+static void *bw_worker(void *p)
+{
+	struct bw_arg *a = p;
+	struct bw_job *j = a->job;
+	/* Each thread its own contiguous part, in whole 4 KiB pages. */
+	size_t half = j->copy ? j->bytes / 2 : j->bytes;
+	size_t pages = half / 4096;
+	size_t p0 = pages * (size_t)a->ith / (size_t)j->nth;
+	size_t p1 = pages * (size_t)(a->ith + 1) / (size_t)j->nth;
+	if (j->copy) {
+		memcpy(j->buf + half + p0 * 4096, j->buf + p0 * 4096,
+		       (p1 - p0) * 4096);
+		j->sink[a->ith] = j->buf[half + p0 * 4096];
+		return NULL;
+	}
+	/* Four sequential streams per thread, read side by side: one stream
+	 * per core leaves bandwidth unused on many CPUs (the FFN itself reads
+	 * two or three at a time: gate, up, and later down). */
+	size_t q = (p1 - p0) / 4 * 4096 / 8; /* words per stream */
+	const uint64_t *w0 = (const uint64_t *)(j->buf + p0 * 4096);
+	const uint64_t *w1 = w0 + q, *w2 = w1 + q, *w3 = w2 + q;
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	for (size_t i = 0; i < q; i += 2) {
+		s0 += w0[i] + w0[i + 1];
+		s1 += w1[i] + w1[i + 1];
+		s2 += w2[i] + w2[i + 1];
+		s3 += w3[i] + w3[i + 1];
+	}
+	j->sink[a->ith] = s0 ^ s1 ^ s2 ^ s3;
+	return NULL;
+}
+
+/* Bytes a read pass covers: each thread's whole pages, in 4 streams. */
+static size_t read_bytes(size_t bytes, int nth)
+{
+	size_t pages = bytes / 4096, sum = 0;
+	for (int i = 0; i < nth; i++) {
+		size_t p0 = pages * (size_t)i / (size_t)nth;
+		size_t p1 = pages * (size_t)(i + 1) / (size_t)nth;
+		sum += (p1 - p0) / 4 * 4 * 4096;
+	}
+	return sum;
+}
+
+/* One pass over the buffer on nth threads: seconds. */
+static double bw_pass(struct bw_job *j)
+{
+	pthread_t th[MAX_THREADS];
+	struct bw_arg args[MAX_THREADS];
+	bool ok[MAX_THREADS];
+	double t0 = now();
+	for (int i = 1; i < j->nth; i++) {
+		args[i] = (struct bw_arg){ j, i };
+		ok[i] = pthread_create(&th[i], NULL, bw_worker, &args[i]) == 0;
+	}
+	args[0] = (struct bw_arg){ j, 0 };
+	bw_worker(&args[0]);
+	for (int i = 1; i < j->nth; i++) {
+		if (ok[i])
+			pthread_join(th[i], NULL);
+		else
+			bw_worker(&args[i]);
+	}
+	return now() - t0;
+}
+
+/* Best GB/s of passes over `seconds` (the median into *med when not NULL):
+ * bytes read (and, for copy, bytes read + written). */
+static double bandwidth(uint8_t *buf, size_t bytes, int nth, bool copy,
+			double seconds, double *med)
+{
+	struct bw_job j = {
+		.buf = buf, .bytes = bytes, .nth = nth, .copy = copy
+	};
+	double v[256];
+	int n = 0;
+	double t_end = now() + seconds;
+	bw_pass(&j); /* warm-up: page faults, frequency */
+	while (n < 256 && (n < 5 || now() < t_end)) {
+		double t = bw_pass(&j);
+		size_t moved = copy ? (bytes / 2 / 4096) * 4096 * 2
+				    : read_bytes(bytes, nth);
+		v[n++] = (double)moved / t / 1e9;
+	}
+	double m = median(v, n); /* sorts v */
+	if (med)
+		*med = m;
+	return v[n - 1];
+}
+
+/* ---- experts --------------------------------------------------------------------- */
+
+/* Where a block keeps its f16 scales; MXFP4 has an e8m0 byte at 0 instead. */
+static const struct {
+	uint32_t type;
+	int f16[2];
+} scale_fields[] = {
+	{ MS_TYPE_Q4_0, { 0, -1 } },   { MS_TYPE_Q4_1, { 0, 2 } },
+	{ MS_TYPE_Q5_0, { 0, -1 } },   { MS_TYPE_Q5_1, { 0, 2 } },
+	{ MS_TYPE_Q8_0, { 0, -1 } },   { MS_TYPE_Q2_K, { 80, 82 } },
+	{ MS_TYPE_Q3_K, { 108, -1 } }, { MS_TYPE_Q4_K, { 0, 2 } },
+	{ MS_TYPE_Q5_K, { 0, 2 } },    { MS_TYPE_Q6_K, { 208, -1 } },
+	{ MS_TYPE_IQ4_NL, { 0, -1 } }, { MS_TYPE_IQ4_XS, { 0, -1 } },
+};
+
+/* f16 bits of a small value: +-2^-(8..10) x (1 + m/1024). */
+static uint16_t small_f16(uint64_t r, bool sign)
+{
+	uint16_t exp = (uint16_t)(15 - 8 - (r % 3));
+	return (uint16_t)((sign ? 0x8000 : 0) | exp << 10 | ((r >> 8) & 0x3ff));
+}
+
+/* Valid random blocks of `type` (so that no NaN, infinity or denormal
+ * reaches the arithmetic). */
+static void fill_weights(uint8_t *buf, size_t size, uint32_t type, uint64_t *s)
+{
+	const struct ms_type_info *ti = ms_type_get(type);
+	if (type == MS_TYPE_F32) {
+		for (size_t i = 0; i + 4 <= size; i += 4) {
+			float f = (float)((double)(splitmix(s) >> 11) /
+						  9007199254740992.0 -
+					  0.5) *
+				  0.05f;
+			memcpy(buf + i, &f, 4);
+		}
+		return;
+	}
+	if (type == MS_TYPE_F16 || type == MS_TYPE_BF16) {
+		for (size_t i = 0; i + 2 <= size; i += 2) {
+			uint64_t r = splitmix(s);
+			uint16_t h;
+			if (type == MS_TYPE_F16) {
+				h = small_f16(r, r >> 63);
+			} else {
+				float f = (float)((double)(r >> 11) /
+							  9007199254740992.0 -
+						  0.5) *
+					  0.05f;
+				uint32_t u;
+				memcpy(&u, &f, 4);
+				h = (uint16_t)(u >> 16);
+			}
+			memcpy(buf + i, &h, 2);
+		}
+		return;
+	}
+	for (size_t i = 0; i < size; i += 8) {
+		uint64_t r = splitmix(s);
+		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
+	}
+	if (type == MS_TYPE_MXFP4) {
+		for (size_t b = 0; b < size; b += ti->type_size)
+			buf[b] = (uint8_t)(127 - 6 - splitmix(s) % 2);
+		return;
+	}
+	for (size_t k = 0; k < sizeof(scale_fields) / sizeof(scale_fields[0]);
+	     k++) {
+		if (scale_fields[k].type != type)
+			continue;
+		for (size_t b = 0; b < size; b += ti->type_size)
+			for (int j = 0; j < 2; j++) {
+				if (scale_fields[k].f16[j] < 0)
+					continue;
+				uint16_t h = small_f16(splitmix(s), false);
+				memcpy(buf + b + scale_fields[k].f16[j], &h, 2);
+			}
+	}
+}
+
+struct result {
+	uint32_t type;
+	uint64_t bytes;			/* one expert */
+	int n_experts;			/* cycled through */
+	bool vectorised;		/* AVX2 has its own dequantiser */
+	double read_gbps;		/* best pass around this type */
+	double read_median;		/* median passes, mean of both */
+	double gbps[MS_FFN_PATH_COUNT]; /* best call; 0: not run */
+	double ms[MS_FFN_PATH_COUNT];	/* best call */
+	double ms_median[MS_FFN_PATH_COUNT];
+};
+
+/* Times the FFN on `type`: 0, or 1 after saying why. */
+static int bench_type(uint32_t type, uint64_t span, struct ms_ffn_pool *pool,
+		      double seconds, struct result *res)
+{
+	struct ms_expert_view v = { .n_embd = N_EMBD,
+				    .n_ff = N_FF,
+				    .type = { type, type, type } };
+	uint64_t b[3];
+	struct ms_err err = { 0 };
+	if (ms_expert_view_bytes(&v, b, &err)) {
+		tool_error(CMD, "%s: %s", ms_type_name(type), err.msg);
+		return 1;
+	}
+	memset(res, 0, sizeof(*res));
+	res->type = type;
+	res->bytes = b[0] + b[1] + b[2];
+	res->vectorised = ms_ffn_type_vectorised(type, MS_FFN_PATH_AVX2);
+	int n = (int)((span + res->bytes - 1) / res->bytes);
+	n = n < 2 ? 2 : n;
+	res->n_experts = n;
+
+	uint8_t *mem = malloc((size_t)res->bytes * (size_t)n);
+	float x[N_EMBD], y[N_EMBD];
+	if (!mem) {
+		tool_error(CMD, "out of memory for %d %s experts (%llu bytes)",
+			   n, ms_type_name(type),
+			   (unsigned long long)res->bytes *
+				   (unsigned long long)n);
+		return 1;
+	}
+	uint64_t s = 0x5eed0000ull + type;
+	fill_weights(mem, (size_t)res->bytes * (size_t)n, type, &s);
+	for (int i = 0; i < N_EMBD; i++)
+		x[i] = (float)((double)(splitmix(&s) >> 11) /
+				       9007199254740992.0 -
+			       0.5);
+
+	for (int p = MS_FFN_PATH_SCALAR; p < MS_FFN_PATH_COUNT; p++) {
+		if (!ms_ffn_path_available((enum ms_ffn_path)p))
+			continue;
+		struct ms_ffn_opts o = { .path = (enum ms_ffn_path)p,
+					 .pool = pool };
+		/* Calls are grouped into windows of >= WINDOW_S, about as long
+		 * as a bandwidth pass, so that the best window and the best
+		 * pass are figures of the same kind. */
+		double t[4096], win[4096], win_t = 0, win_b = 0;
+		int k = 0, nw = 0, call = 0;
+		double t_end = now() + seconds;
+		/* one warm-up call per expert would cost as much as the run:
+		 * one call only, then the copies are cold anyway (4x LLC) */
+		while (k < 4096 && (nw < 3 || now() < t_end)) {
+			uint8_t *e = mem + (size_t)(call++ % n) * res->bytes;
+			v.data[0] = e;
+			v.data[1] = e + b[0];
+			v.data[2] = e + b[0] + b[1];
+			double t0 = now();
+			if (ms_expert_ffn(&v, x, y, 1, &o, &err)) {
+				tool_error(
+					CMD, "%s %s: %s", ms_type_name(type),
+					ms_ffn_path_name((enum ms_ffn_path)p),
+					err.msg);
+				free(mem);
+				return 1;
+			}
+			double dt = now() - t0;
+			if (call == 1)
+				continue;
+			t[k++] = dt;
+			win_t += dt;
+			win_b += (double)res->bytes;
+			if (win_t >= WINDOW_S) {
+				win[nw++] = win_b / win_t / 1e9;
+				win_t = win_b = 0;
+			}
+		}
+		double med = median(t, k); /* sorts t */
+		double best = median(win, nw) > 0 ? win[nw - 1] : 0; /* sorts */
+		res->ms[p] = t[0] * 1e3;
+		res->ms_median[p] = med * 1e3;
+		res->gbps[p] = best;
+	}
+	free(mem);
+	return 0;
+}
+
+static const uint32_t default_types[] = {
+	MS_TYPE_Q2_K,  MS_TYPE_Q3_K, MS_TYPE_Q4_K,   MS_TYPE_Q5_K,
+	MS_TYPE_Q6_K,  MS_TYPE_Q8_0, MS_TYPE_Q4_0,   MS_TYPE_Q4_1,
+	MS_TYPE_Q5_0,  MS_TYPE_Q5_1, MS_TYPE_IQ4_NL, MS_TYPE_IQ4_XS,
+	MS_TYPE_MXFP4, MS_TYPE_F16,  MS_TYPE_BF16,   MS_TYPE_F32,
+};
+#define N_DEFAULT (sizeof(default_types) / sizeof(default_types[0]))
+
+static int parse_types(const char *s, uint32_t *out, int *n)
+{
+	char buf[512];
+	snprintf(buf, sizeof(buf), "%s", s);
+	*n = 0;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+	     t = strtok_r(NULL, ",", &save)) {
+		int id = ms_type_from_name(t);
+		if (id < 0 || !ms_ffn_type_supported((uint32_t)id)) {
+			tool_error(CMD,
+				   "--types: '%s' is not a type the FFN "
+				   "computes",
+				   t);
+			return -1;
+		}
+		if (*n == (int)N_DEFAULT * 2) {
+			tool_error(CMD, "--types: too many");
+			return -1;
+		}
+		out[(*n)++] = (uint32_t)id;
+	}
+	if (!*n) {
+		tool_error(CMD, "--types: empty list");
+		return -1;
+	}
+	return 0;
+}
+
+static int bench_kernels(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, 0, 'j' },
+		{ "threads", required_argument, 0, 't' },
+		{ "types", required_argument, 0, 'T' },
+		{ "time", required_argument, 0, 's' },
+		{ "mem", required_argument, 0, 'm' },
+		{ "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	bool json = false;
+	int threads = 0, n_types = (int)N_DEFAULT;
+	double seconds = 0.5;
+	uint64_t span = 0;
+	uint32_t types[N_DEFAULT * 2];
+	memcpy(types, default_types, sizeof(default_types));
+	char *end;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "jt:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 't': {
+			errno = 0;
+			long v = strtol(optarg, &end, 10);
+			if (errno || *end || !*optarg || v < 0 ||
+			    v > MAX_THREADS) {
+				tool_error(CMD,
+					   "--threads '%s': expected 0..%d",
+					   optarg, MAX_THREADS);
+				return bad_usage();
+			}
+			threads = (int)v;
+			break;
+		}
+		case 'T':
+			if (parse_types(optarg, types, &n_types))
+				return bad_usage();
+			break;
+		case 's':
+			errno = 0;
+			seconds = strtod(optarg, &end);
+			if (errno || *end || !*optarg || !(seconds > 0) ||
+			    seconds > 60) {
+				tool_error(CMD,
+					   "--time '%s': expected seconds "
+					   "in (0, 60]",
+					   optarg);
+				return bad_usage();
+			}
+			break;
+		case 'm': {
+			errno = 0;
+			unsigned long long v = strtoull(optarg, &end, 10);
+			int sh = *end == 'K' || *end == 'k'   ? 10
+				 : *end == 'M' || *end == 'm' ? 20
+				 : *end == 'G' || *end == 'g' ? 30
+							      : 0;
+			if (sh)
+				end++;
+			if (errno || *end || !isdigit((unsigned char)*optarg) ||
+			    v < 1 || v > (64ull << 30) >> sh) {
+				tool_error(CMD,
+					   "--mem '%s': expected a size "
+					   "like 512M (at most 64G)",
+					   optarg);
+				return bad_usage();
+			}
+			span = v << sh;
+			break;
+		}
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			return bad_usage();
+		}
+	}
+	if (optind < argc) {
+		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
+		return bad_usage();
+	}
+
+	struct ms_err err = { 0 };
+	struct ms_ffn_pool *pool;
+	if (ms_ffn_pool_init(&pool, threads, &err)) {
+		tool_error(CMD, "%s", err.msg);
+		return 1;
+	}
+	int nth = ms_ffn_pool_threads(pool);
+	uint64_t llc = llc_bytes();
+	if (!span) {
+		span = 4 * llc > (256u << 20) ? 4 * llc : (256u << 20);
+		span = span > (4ull << 30) ? 4ull << 30 : span;
+	}
+	size_t buf_bytes = (size_t)span < 8192 ? 8192 : (size_t)span;
+	uint8_t *buf = malloc(buf_bytes);
+	struct result *res = calloc((size_t)n_types, sizeof(*res));
+	int rc = 1;
+	if (!buf || !res) {
+		tool_error(CMD, "out of memory for a %zu-byte buffer",
+			   buf_bytes);
+		goto out;
+	}
+	uint64_t s = 1;
+	for (size_t i = 0; i < buf_bytes; i += 8) {
+		uint64_t r = splitmix(&s);
+		memcpy(buf + i, &r, 8);
+	}
+	/* The machine may be shared and its bandwidth may drift: every type's
+	 * FFN is measured between two bandwidth measurements and its ratio is
+	 * to the better of them, so both halves of a ratio see the same
+	 * machine. */
+	double copy_gbps = bandwidth(buf, buf_bytes, nth, true, seconds, NULL);
+	double *reads = calloc((size_t)n_types, sizeof(double));
+	if (!reads) {
+		tool_error(CMD, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n_types; i++) {
+		double m0, m1;
+		double before =
+			bandwidth(buf, buf_bytes, nth, false, seconds / 2, &m0);
+		if (bench_type(types[i], span, pool, seconds, &res[i])) {
+			free(reads);
+			goto out;
+		}
+		double after =
+			bandwidth(buf, buf_bytes, nth, false, seconds / 2, &m1);
+		res[i].read_gbps = reads[i] = before > after ? before : after;
+		res[i].read_median = 0.5 * (m0 + m1);
+	}
+	double read_gbps = median(reads, n_types);
+	free(reads);
+	free(buf);
+	buf = NULL;
+
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err gerr = { 0 };
+	int ngpu = ms_gpu_list(g, MS_GPU_MAX, &gerr);
+	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
+	char b1[32], b2[32];
+
+	if (json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON *mem = cJSON_AddObjectToObject(o, "memory");
+		cJSON_AddNumberToObject(mem, "read_gbps", read_gbps);
+		cJSON_AddNumberToObject(mem, "copy_gbps", copy_gbps);
+		cJSON_AddNumberToObject(mem, "buffer_bytes", (double)buf_bytes);
+		cJSON_AddNumberToObject(mem, "llc_bytes", (double)llc);
+		cJSON_AddNumberToObject(o, "threads", nth);
+		cJSON *ex = cJSON_AddObjectToObject(o, "expert");
+		cJSON_AddNumberToObject(ex, "n_embd", N_EMBD);
+		cJSON_AddNumberToObject(ex, "n_ff", N_FF);
+		cJSON_AddNumberToObject(ex, "tokens", 1);
+		cJSON_AddBoolToObject(o, "avx2", avx2);
+		cJSON *arr = cJSON_AddArrayToObject(o, "types");
+		for (int i = 0; i < n_types; i++) {
+			cJSON *t = cJSON_CreateObject();
+			cJSON_AddStringToObject(t, "type",
+						ms_type_name(res[i].type));
+			cJSON_AddNumberToObject(t, "expert_bytes",
+						(double)res[i].bytes);
+			cJSON_AddNumberToObject(t, "experts_cycled",
+						res[i].n_experts);
+			cJSON_AddBoolToObject(t, "avx2_dequantiser",
+					      res[i].vectorised);
+			cJSON_AddNumberToObject(t, "read_gbps",
+						res[i].read_gbps);
+			cJSON_AddNumberToObject(t, "read_gbps_median",
+						res[i].read_median);
+			for (int p = MS_FFN_PATH_SCALAR; p < MS_FFN_PATH_COUNT;
+			     p++) {
+				const char *name =
+					ms_ffn_path_name((enum ms_ffn_path)p);
+				if (!res[i].gbps[p]) {
+					cJSON_AddNullToObject(t, name);
+					continue;
+				}
+				cJSON *x = cJSON_AddObjectToObject(t, name);
+				cJSON_AddNumberToObject(x, "gbps",
+							res[i].gbps[p]);
+				cJSON_AddNumberToObject(
+					x, "ratio",
+					res[i].gbps[p] / res[i].read_gbps);
+				cJSON_AddNumberToObject(x, "ms_per_call",
+							res[i].ms[p]);
+				cJSON_AddNumberToObject(x, "ms_per_call_median",
+							res[i].ms_median[p]);
+			}
+			cJSON_AddItemToArray(arr, t);
+		}
+		if (ngpu < 0)
+			cJSON_AddStringToObject(o, "gpu", gerr.msg);
+		else
+			cJSON_AddStringToObject(o, "gpu",
+						"present; the GPU FFN "
+						"is not in this build yet");
+		char *str = cJSON_Print(o);
+		if (str)
+			puts(str);
+		free(str);
+		cJSON_Delete(o);
+	} else {
+		printf("memory      read %.1f GB/s (median over types of the best "
+		       "pass around each),\n            memcpy %.1f GB/s (read + "
+		       "write); %d thread%s, %s buffer, LLC %s\n",
+		       read_gbps, copy_gbps, nth, nth == 1 ? "" : "s",
+		       fmt_bytes(buf_bytes, b1, sizeof(b1)),
+		       fmt_bytes(llc, b2, sizeof(b2)));
+		printf("expert      n_embd %d, n_ff %d (GLM-4.7), one type for "
+		       "gate/up/down, B = 1,\n            cycled over copies "
+		       "worth %s; best 25 ms window\n",
+		       N_EMBD, N_FF, fmt_bytes(span, b1, sizeof(b1)));
+		printf("\n%-7s %13s %10s %12s %6s %12s %6s\n", "type",
+		       "bytes/expert", "read GB/s", "scalar GB/s", "ratio",
+		       avx2 ? "avx2 GB/s" : "avx2 (n/a)", "ratio");
+		for (int i = 0; i < n_types; i++) {
+			const struct result *r = &res[i];
+			printf("%-7s %13s %10.1f", ms_type_name(r->type),
+			       fmt_count(r->bytes, b1, sizeof(b1)),
+			       r->read_gbps);
+			for (int p = MS_FFN_PATH_SCALAR; p < MS_FFN_PATH_COUNT;
+			     p++) {
+				if (!r->gbps[p]) {
+					printf(" %12s %6s", "-", "-");
+					continue;
+				}
+				printf(" %11.2f%s %6.2f", r->gbps[p],
+				       p == MS_FFN_PATH_AVX2 && !r->vectorised
+					       ? "*"
+					       : " ",
+				       r->gbps[p] / r->read_gbps);
+			}
+			printf("\n");
+		}
+		printf("\nratio = FFN GB/s / the read GB/s measured around it "
+		       "(same threads).");
+		for (int i = 0; i < n_types; i++)
+			if (avx2 && !res[i].vectorised) {
+				printf(" * scalar dequantiser\ninside the AVX2 "
+				       "path (no vector kernel for that type).");
+				break;
+			}
+		printf("\ngpu         %s\n",
+		       ngpu < 0 ? gerr.msg
+				: "present; the GPU FFN is "
+				  "not in this build yet");
+	}
+	rc = fflush(stdout) || ferror(stdout) ? 1 : 0;
+	if (rc)
+		tool_error(CMD, "writing the output failed");
+out:
+	free(buf);
+	free(res);
+	ms_ffn_pool_free(pool);
+	return rc;
+}
 
 int cmd_bench(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
-	tool_error("bench", "not implemented in this build yet");
-	return 1;
+	static char kernels[] = "moestream bench kernels",
+		    io[] = "moestream bench io", rpc[] = "moestream bench rpc";
+	if (argc >= 2 && !strcmp(argv[1], "kernels")) {
+		argv[1] = kernels; /* getopt's messages name the command */
+		return bench_kernels(argc - 1, argv + 1);
+	}
+	if (argc >= 2 && !strcmp(argv[1], "io")) {
+		argv[1] = io;
+		return bench_io_main(argc - 1, argv + 1);
+	}
+	if (argc >= 2 && !strcmp(argv[1], "rpc")) {
+		argv[1] = rpc;
+		return bench_rpc_main(argc - 1, argv + 1);
+	}
+	if (argc >= 2 &&
+	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("usage: moestream bench kernels|io|rpc [OPTIONS]\n\n"
+		       "Benchmarks, each against the machine's own limit "
+		       "measured in the same run:\n"
+		       "  kernels  the CPU expert FFN against memory bandwidth\n"
+		       "  io       whole-expert loads through the I/O engine "
+		       "against the device\n"
+		       "  rpc      moestreamd's ACQUIRE+RELEASE round trip and "
+		       "64-client rate on\n"
+		       "           resident experts, against the socket's PING\n"
+		       "'moestream bench NAME --help' explains each.\n");
+		return 0;
+	}
+	if (argc < 2)
+		tool_error(CMD, "which benchmark? (kernels, io, rpc)");
+	else
+		tool_error(CMD, "'%s' is not a benchmark (kernels, io, rpc)",
+			   argv[1]);
+	fprintf(stderr, "usage: moestream bench kernels|io|rpc [OPTIONS]  (see "
+			"--help)\n");
+	return EXIT_USAGE;
 }

@@ -3,7 +3,6 @@
  * Each subcommand lives in its own file and parses its own options; this file
  * dispatches and teaches.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,7 +24,13 @@ static const struct {
 	{ "dump", cmd_dump, "one expert projection, dequantised to f32" },
 	{ "route", cmd_route, "run a layer's router on a hidden state" },
 	{ "ffn", cmd_ffn, "run one expert's FFN on a batch of hidden states" },
-	{ "bench", cmd_bench, "benchmarks: kernels" },
+	{ "bench", cmd_bench,
+	  "benchmarks against the machine's own limits: kernels, io, rpc" },
+	{ "status", cmd_status, "what a running moestreamd serves, and how" },
+	{ "stats", cmd_stats, "moestreamd's counters (--json, --prometheus)" },
+	{ "get", cmd_get, "an expert's bytes as moestreamd serves them" },
+	{ "replay", cmd_replay,
+	  "replay a routing trace through moestreamd: tok/s, latency, hit rate" },
 	{ "gpu", cmd_gpu, "list the CUDA devices this build can use" },
 };
 
@@ -47,46 +52,6 @@ static void usage(FILE *f)
 		"  moestream inspect --extents model.gguf | head\n"
 		"exit codes: 0 ok, 1 failed, 2 bad usage, 3 not available in this "
 		"build/machine\n");
-}
-
-const char *fmt_bytes(uint64_t b, char *buf, size_t len)
-{
-	static const char *const unit[] = { "B", "kB", "MB", "GB", "TB", "PB" };
-	double v = (double)b;
-	int u = 0;
-	while (v >= 1000.0 && u < 5) {
-		v /= 1000.0;
-		u++;
-	}
-	if (u == 0)
-		snprintf(buf, len, "%llu B", (unsigned long long)b);
-	else
-		snprintf(buf, len, "%.*f %s", v < 10 ? 2 : 1, v, unit[u]);
-	return buf;
-}
-
-const char *fmt_count(uint64_t v, char *buf, size_t len)
-{
-	char tmp[32];
-	int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-	size_t o = 0;
-	for (int i = 0; i < n && o + 1 < len; i++) {
-		if (i && (n - i) % 3 == 0 && o + 2 < len)
-			buf[o++] = ',';
-		buf[o++] = tmp[i];
-	}
-	buf[o] = '\0';
-	return buf;
-}
-
-void tool_error(const char *cmd, const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "moestream %s: ", cmd);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
 }
 
 int main(int argc, char **argv)

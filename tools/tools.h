@@ -25,6 +25,19 @@ int cmd_dump(int argc, char **argv);
 int cmd_route(int argc, char **argv);
 int cmd_ffn(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_get(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+
+struct ms_client;
+/* The socket to talk to: --socket, else the configuration's (-c FILE, else
+ * the default file), else the built-in default. 0, or -1 after a message. */
+int tool_socket_path(const char *cmd, const char *opt_socket,
+		     const char *opt_config, char *buf, size_t len);
+/* Connects to moestreamd (as above): 0, or -1 after a message. */
+int tool_connect(const char *cmd, const char *opt_socket,
+		 const char *opt_config, struct ms_client **c);
 
 /* "1.23 GB" (decimal units, as disks are sold) into buf. */
 const char *fmt_bytes(uint64_t b, char *buf, size_t len);

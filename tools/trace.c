@@ -150,7 +150,10 @@ int ms_trace_save(const struct ms_trace *t, const char *path,
 		put32(h + HDR_FIXED + 4 * l, t->blocks[l]);
 
 	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+		rc = ms_err_set(err, -ENAMETOOLONG, "%.64s...: path too long", path);
+		goto out;
+	}
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		rc = ms_err_set(err, -errno, "%s: %s", tmp, strerror(errno));
@@ -217,10 +220,22 @@ int ms_trace_load(struct ms_trace **out, const char *path, struct ms_err *err)
 		rc = ms_err_set(err, -EINVAL, "%s: not a regular file", path);
 		goto out;
 	}
-	if ((rc = read_all(fd, h, sizeof(h))) || memcmp(h, MS_TRACE_MAGIC, 8)) {
+	ssize_t got = pread(fd, h, sizeof(h), 0);
+	if (got < 8 || memcmp(h, MS_TRACE_MAGIC, 8)) {
 		rc = ms_err_set(err, -EINVAL,
 				"%s: not a moestream trace (no MSTRACE1 header)",
 				path);
+		goto out;
+	}
+	if ((size_t)got < sizeof(h)) {
+		rc = ms_err_set(err, -EINVAL,
+				"%s: truncated: %lld bytes, less than the %u-byte "
+				"header",
+				path, (long long)st.st_size, (unsigned)sizeof(h));
+		goto out;
+	}
+	if (lseek(fd, sizeof(h), SEEK_SET) < 0) {
+		rc = ms_err_set(err, -errno, "%s: %s", path, strerror(errno));
 		goto out;
 	}
 	uint32_t ver = get32(h + 8), hdr = get32(h + 12);
@@ -234,8 +249,19 @@ int ms_trace_load(struct ms_trace **out, const char *path, struct ms_err *err)
 				"%s: trace version %u (this build reads 1)", path, ver);
 		goto out;
 	}
-	if ((rc = ms_trace_alloc(&t, arch, n_tokens, n_layers, n_expert, k, err))) {
-		ms_err_prefix(err, "%s", path);
+	/* The shape first (alloc checks it again), then the size the header
+	 * implies against the file's: only then allocate, so that a corrupt
+	 * count cannot make us allocate gigabytes. With the shape in range
+	 * (layers <= 4096, k <= 64) the products below fit in 64 bits. */
+	if (!n_layers || n_layers > MS_TRACE_MAX_LAYERS || !n_expert ||
+	    n_expert > MS_TRACE_MAX_EXPERT || !k || k > MS_TRACE_MAX_K ||
+	    k > n_expert) {
+		rc = ms_err_set(err, -EINVAL,
+				"%s: trace shape %u layers x %u experts, k = %u is "
+				"out of range (layers 1..%d, experts 1..%d, k 1..%d "
+				"and <= experts)",
+				path, n_layers, n_expert, k, MS_TRACE_MAX_LAYERS,
+				MS_TRACE_MAX_EXPERT, MS_TRACE_MAX_K);
 		goto out;
 	}
 	uint64_t rec = (uint64_t)k * 6;
@@ -243,9 +269,14 @@ int ms_trace_load(struct ms_trace **out, const char *path, struct ms_err *err)
 	if (hdr != HDR_FIXED + 4ull * n_layers || (uint64_t)st.st_size != want) {
 		rc = ms_err_set(err, -EINVAL,
 				"%s: %llu bytes, but its header (%u tokens x %u "
-				"layers x k %u, header %u bytes) means %llu",
+				"layers x k %u, header %u bytes) means %llu%s",
 				path, (unsigned long long)st.st_size, n_tokens,
-				n_layers, k, hdr, (unsigned long long)want);
+				n_layers, k, hdr, (unsigned long long)want,
+				(uint64_t)st.st_size < want ? " (truncated?)" : "");
+		goto out;
+	}
+	if ((rc = ms_trace_alloc(&t, arch, n_tokens, n_layers, n_expert, k, err))) {
+		ms_err_prefix(err, "%s", path);
 		goto out;
 	}
 	uint8_t *b = malloc(4ull * n_layers);

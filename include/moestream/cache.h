@@ -106,7 +106,9 @@ struct ms_cache_stats {
 	uint64_t pinned_entries, loading_entries, ready_entries;
 	uint64_t held_bytes;        /* slot bytes of LOADING + READY entries */
 	uint64_t budget_bytes;      /* the arena */
-	uint64_t waste_bytes;       /* arena bytes no expert can use */
+	uint64_t waste_bytes;       /* arena bytes no expert can use: padding
+				       in slots, region tails */
+	uint64_t surplus_bytes;     /* arena beyond every expert of the model */
 	uint64_t slots, slot_classes;
 	uint64_t lat_us_hist[24];   /* load latency: bucket i = [2^i, 2^(i+1)) us */
 };
@@ -133,7 +135,10 @@ void ms_cache_get_io_mode(const struct ms_cache *c, struct ms_io_mode *mode);
 int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		     ms_cache_cb cb, void *ctx, struct ms_expert_loc *loc);
 
-/* The same, blocking up to timeout_ms (0 = the configured timeout). */
+/* The same, blocking: 0 (pinned, *loc valid), the load's error, -EBUSY when
+ * no slot came free within the configured acquire_timeout, or -ETIMEDOUT
+ * after timeout_ms (0 = no limit of its own); a pin that arrives after
+ * -ETIMEDOUT is dropped by the cache. */
 int ms_cache_acquire_wait(struct ms_cache *c, uint32_t layer, uint32_t expert,
 			  uint32_t timeout_ms, struct ms_expert_loc *loc);
 
@@ -150,6 +155,11 @@ int ms_cache_prefetch(struct ms_cache *c, uint32_t layer, uint32_t expert);
  * token moved past them). Returns how many were cancelled. */
 unsigned ms_cache_cancel_stale(struct ms_cache *c, uint32_t layer);
 
+/* The options that may change while running (SIGHUP): the slot-wait
+ * timeout, the in-flight prefetch cap (0 = 1/8 of the arena) and pin_top. */
+void ms_cache_set_tunables(struct ms_cache *c, uint32_t acquire_timeout_ms,
+			   uint64_t max_prefetch_bytes, uint32_t pin_top);
+
 /* Fails slot waiters whose deadline passed with -EBUSY; the daemon calls it
  * from its timer (blocking acquires handle their own deadline). */
 void ms_cache_tick(struct ms_cache *c);
@@ -161,6 +171,31 @@ enum ms_entry_state ms_cache_state(struct ms_cache *c, uint32_t layer,
 /* Checks every invariant (budget, pins, lists, counters) under the lock:
  * 0, or -EFAULT with a message. For tests. */
 int ms_cache_check(struct ms_cache *c, struct ms_err *err);
+
+/* ---- the history prefetch policy (cache/prefetch.c) ---------------------------- */
+
+struct ms_prefetcher;
+
+/* A transition table for n_layers x n_expert, older observations weighing
+ * `decay` (0 < decay <= 1) less per observation of their layer. */
+int ms_prefetcher_init(struct ms_prefetcher **out, uint32_t n_layers,
+		       uint32_t n_expert, float decay, struct ms_err *err);
+void ms_prefetcher_free(struct ms_prefetcher *p);
+
+/* After experts `prev` at layer index layer-1, `cur` were chosen at layer. */
+void ms_prefetcher_observe(struct ms_prefetcher *p, uint32_t layer,
+			   const uint16_t *prev, unsigned n_prev,
+			   const uint16_t *cur, unsigned n_cur);
+
+/* The likeliest experts of layer+1 given `cur` at layer (weighted by
+ * cur_score, NULL = 1 each): up to `width`, best first, each with a score in
+ * [0, 1] >= min_prob. Returns how many. Thread-safe. */
+unsigned ms_prefetcher_predict(struct ms_prefetcher *p, uint32_t layer,
+			       const uint16_t *cur, const float *cur_score,
+			       unsigned n_cur, unsigned width, float min_prob,
+			       uint16_t *out, float *out_score);
+
+uint64_t ms_prefetcher_observed(const struct ms_prefetcher *p);
 
 #ifdef __cplusplus
 }

@@ -127,7 +127,9 @@ void ms_io_free(struct ms_io *io);
 
 /* Queues a request of `n` extents at class `cls`; `done` is called exactly
  * once (possibly before this returns, from another thread). *id identifies
- * it for ms_io_cancel. 0, or -EINVAL (bad extent, stopped engine). */
+ * it for ms_io_cancel. 0, or -EINVAL (a bad extent: outside the memory,
+ * misaligned under O_DIRECT, past the end of the file), -E2BIG (over 2^24
+ * chunks), -ENOMEM, -ESHUTDOWN (the engine is stopping). */
 int ms_io_submit(struct ms_io *io, const struct ms_io_extent *ext, unsigned n,
 		 enum ms_io_class cls, ms_io_done_fn done, void *ctx,
 		 uint64_t *id);

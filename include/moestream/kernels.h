@@ -32,26 +32,156 @@ bool ms_dequant_supported(uint32_t type);
 int ms_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
 
 /* ------------------------------------------------------------------------ */
-/* Router and expert FFN, CPU (kernels/router.c, kernels/ffn.c).            */
+/* Router and expert FFN, CPU (kernels/router.c, kernels/ffn.c,             */
+/* kernels/ffn_avx2.c). Owner: the router / FFN block, from here to the     */
+/* "end of router / FFN" line.                                              */
 
-/* llama.cpp's {arch}.expert_gating_func values. */
+/* llama.cpp's {arch}.expert_gating_func values (src/llama-hparams.h). */
 enum ms_gating {
 	MS_GATING_NONE = 0,           /* not set: the arch's default */
 	MS_GATING_SOFTMAX = 1,
 	MS_GATING_SIGMOID = 2,
 	MS_GATING_SOFTMAX_WEIGHT = 3, /* softmax over the selected logits */
+	MS_GATING_SQRT_SOFTPLUS = 4,  /* sqrt(softplus(logit)): DeepSeek V4 */
+	MS_GATING_COUNT = 5,
 };
+
+const char *ms_gating_name(enum ms_gating g); /* "softmax", ..., "invalid" */
+
+/* Most experts a router may select per token. */
+#define MS_ROUTER_MAX_USED 64
+
+struct ms_model; /* model.h */
+
+/* How one layer's router turns logits into a choice, as llama.cpp's
+ * build_moe_ffn() does:
+ *   probs     = gating(logits)             (softmax_weight: probs = logits)
+ *   selection = top n_used of probs + exp_probs_b (ties: lower expert first)
+ *   weights   = probs of the selected      (unbiased)
+ *               softmax over them           (softmax_weight only)
+ *               / their sum, the sum clamped >= 2^-14 (when norm)
+ *               x scale                     (when scale is neither 0 nor 1) */
+struct ms_router_params {
+	enum ms_gating gating; /* never MS_GATING_NONE once resolved */
+	bool norm;             /* {arch}.expert_weights_norm */
+	float scale;           /* {arch}.expert_weights_scale; 0 = absent */
+	uint32_t n_expert;     /* logits per token */
+	uint32_t n_used;       /* experts selected, 1..min(n_expert, MAX_USED) */
+};
+
+/* The router parameters llama.cpp would use for model `m`: the keys where
+ * the arch's graph reads them, its constants where it hard-codes them
+ * (qwen3moe and llama/Mixtral: softmax + norm; gpt-oss: softmax_weight, no
+ * norm), and the arch's default gating when the key is absent (glm4moe:
+ * sigmoid; everything else: softmax). -EINVAL (message names the key) for a
+ * gating value we do not know, a non-finite scale or a dense model. */
+int ms_router_params_from_model(const struct ms_model *m,
+				struct ms_router_params *p, struct ms_err *err);
+
+/* Top-k selection and weights from `logits` [n_expert] (one token), with an
+ * optional selection bias `exp_probs_b` [n_expert] (NULL: none). Writes
+ * n_used expert ids, best first, and their weights. Computes in double.
+ * 0, or -EINVAL (bad params, non-finite logits or bias). */
+int ms_router_select(const struct ms_router_params *p, const float *logits,
+		     const float *exp_probs_b, uint32_t *experts,
+		     float *weights, struct ms_err *err);
+
+/* The whole router for one token: logits = W_gate_inp . x (+ gate_inp_b),
+ * then ms_router_select. W_gate_inp is n_expert rows of n_embd elements of
+ * `w_type` (normally F32; any type with a dequantiser is accepted), as
+ * GGUF's ne = [n_embd, n_expert]. gate_inp_b: gpt-oss's logit bias or NULL.
+ * `logits` (may be NULL) receives the raw logits. Dots in double. */
+int ms_router_run(const struct ms_router_params *p, uint32_t w_type,
+		  const void *w_gate_inp, const float *gate_inp_b,
+		  const float *exp_probs_b, int64_t n_embd, const float *x,
+		  uint32_t *experts, float *weights, float *logits,
+		  struct ms_err *err);
 
 /* One expert's three projections, as they lie in memory (a cache slot or a
  * mapping of the file): gate/up [n_embd -> n_ff], down [n_ff -> n_embd];
- * fused: gate_up [n_embd -> 2 n_ff] (gate rows first) in data[0] and
- * down in data[1]. Rows are ne0-major, as in GGUF. */
+ * fused: gate_up [n_embd -> 2 n_ff] (gate rows first) in data[0]/type[0]
+ * and down in data[1]/type[1] (entry 2 unused). Rows are ne0-major, as in
+ * GGUF: gate has n_ff rows of n_embd elements, down n_embd rows of n_ff. */
 struct ms_expert_view {
 	bool fused;
 	int64_t n_embd, n_ff;
 	uint32_t type[3];
 	const void *data[3];
 };
+
+/* Bytes of each projection of `v` (bytes[2] = 0 when fused): 0, or -EINVAL
+ * (a dimension < 1 or not a multiple of the type's block, an unknown type)
+ * / -EOVERFLOW. */
+int ms_expert_view_bytes(const struct ms_expert_view *v, uint64_t bytes[3],
+			 struct ms_err *err);
+
+/* Which CPU code computes the FFN. */
+enum ms_ffn_path {
+	MS_FFN_PATH_AUTO = 0,   /* the best this CPU has */
+	MS_FFN_PATH_SCALAR = 1, /* C reference: ms_dequant_row + double dots */
+	MS_FFN_PATH_AVX2 = 2,   /* AVX2/FMA/F16C: at B = 1 fused
+				   dequantise-and-dot kernels, scales taken
+				   out of the sums; at B > 1 vector
+				   dequantisers (bit-identical to the scalar
+				   ones) and 4x2-tiled f32 FMA dots; f32
+				   accumulators flushed to double every 1024
+				   elements */
+	MS_FFN_PATH_COUNT = 3,
+};
+
+const char *ms_ffn_path_name(enum ms_ffn_path p); /* "auto", "scalar", "avx2" */
+
+/* True when this CPU (and build) can run `p` (AUTO and SCALAR: always).
+ * MS_FFN_NO_AVX2=1 in the environment makes AVX2 unavailable. */
+bool ms_ffn_path_available(enum ms_ffn_path p);
+
+/* True when the FFN accepts weights of `type` (it has a dequantiser). */
+bool ms_ffn_type_supported(uint32_t type);
+
+/* True when `p` has its own vectorised dequantiser for `type`; other
+ * supported types use the scalar dequantiser inside the vector path. */
+bool ms_ffn_type_vectorised(uint32_t type, enum ms_ffn_path p);
+
+/* The dequantiser `p` uses for `type` (bit-identical to ms_dequant_row by
+ * design; the tests hold it to that). 0, -ENOTSUP (path unavailable or type
+ * unsupported), -EINVAL (n not a positive multiple of the block). */
+int ms_ffn_dequant_row(enum ms_ffn_path p, uint32_t type, const void *src,
+		       float *dst, int64_t n);
+
+/* A pool of worker threads for the FFN, so that a decode step does not pay
+ * for thread creation (tens of microseconds each). Optional: without one,
+ * ms_expert_ffn starts and joins threads per call. One call at a time per
+ * pool. */
+struct ms_ffn_pool;
+
+/* n_threads: total threads including the caller's; 0 = all online CPUs.
+ * 0, -EINVAL, -ENOMEM, or -errno from pthread_create. */
+int ms_ffn_pool_init(struct ms_ffn_pool **out, int n_threads,
+		     struct ms_err *err);
+void ms_ffn_pool_free(struct ms_ffn_pool *pool);
+int ms_ffn_pool_threads(const struct ms_ffn_pool *pool);
+
+struct ms_ffn_opts {
+	int n_threads;           /* 0: all online CPUs (ignored with a pool) */
+	enum ms_ffn_path path;   /* AUTO: AVX2 where the CPU has it */
+	struct ms_ffn_pool *pool;/* NULL: threads per call */
+};
+
+/* For n_tokens inputs x [n_tokens][n_embd] (row-major, f32):
+ *   y = W_down . (silu(W_gate . x) * (W_up . x))     y [n_tokens][n_embd]
+ * dequantising the weights on the fly a few rows at a time (never the whole
+ * expert), on opts->n_threads threads. The result does not depend on the
+ * thread count (bit for bit); a token's result may depend on whether it is
+ * alone (B = 1 takes the fused kernels) or in a batch, within the 1e-5
+ * relative L2 both keep to a float64 computation. opts NULL = defaults.
+ * y must not overlap x. Not weighted by the router (the caller scales).
+ * 0, or -EINVAL (bad view or sizes), -ENOTSUP (a type without a kernel,
+ * path unavailable), -ENOMEM; the message says which. */
+int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
+		  int64_t n_tokens, const struct ms_ffn_opts *opts,
+		  struct ms_err *err);
+
+/* ------------------------ end of router / FFN ---------------------------- */
 
 #define MS_GPU_MAX 16
 

@@ -166,6 +166,7 @@ enum ms_log_level {
 
 extern int ms_log_threshold;  /* default MS_LOG_NOTICE; defined in model/log.c */
 extern bool ms_log_syslog_prefix;  /* prefix "<N>" (set under systemd) */
+extern const char *ms_log_prog;    /* "moestream" unless a program says */
 
 void ms_log_write(int level, const char *func, const char *fmt, ...)
 	MS_PRINTF(3, 4);

@@ -1,0 +1,663 @@
+/*
+ * ffn.c - one routed expert's FFN on the CPU, for a batch of tokens:
+ *
+ *     y = W_down . (silu(W_gate . x) * (W_up . x))
+ *
+ * This is what a machine without VRAM for the cold experts computes them
+ * with (llama.cpp's `-ot exps=CPU`), and the C reference every GPU kernel is
+ * checked against.
+ *
+ * The weights stay quantised. A thread dequantises a few rows (one on the
+ * scalar path, R on the vector path, R chosen so that R rows fit in L2) into
+ * its own buffer and dots them with all B inputs before moving on, so an
+ * expert is read from memory once per call whatever B is, and no f32 copy
+ * of a whole projection ever exists.
+ *
+ * Two phases, each split over the threads by rows: (1) gate and up rows ->
+ * h[b][r] = silu(g) * u, computed in double from the two f32 dots; (2) down
+ * rows -> y. Every output element is computed by exactly one thread with the
+ * same instructions whatever the split, so the result is bit-for-bit the same
+ * for any thread count; only the path (scalar or AVX2) changes rounding.
+ *
+ * The scalar path is the reference: ms_dequant_row (bit-identical to ggml)
+ * and dots accumulated in double. The AVX2 path (ffn_avx2.c) at B = 1 uses
+ * fused kernels that never write a dequantised row (the store and reload
+ * would cost as much as the dequantisation): each takes the block scales
+ * out of the sum and needs the sums of the input over every 16 and 32
+ * elements, computed here once per call. At B > 1 it dequantises R rows
+ * with vector dequantisers (bit-identical to the scalar ones) and dots them
+ * with all inputs in 4x2 tiles. Both keep f32 accumulators and flush them
+ * into double every 1024 elements.
+ *
+ * Threads: a struct ms_ffn_pool keeps workers parked on a condition
+ * variable, which is what a decode loop wants; without one each call starts
+ * and joins its threads (if a thread cannot be started, the caller runs its
+ * share: slower, never wrong).
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "moestream/kernels.h"
+#include "moestream/model.h"
+
+#include "ffn_internal.h"
+
+#define MAX_THREADS 512
+#define MAX_TOKENS (1 << 20)
+
+static const char *const path_names[MS_FFN_PATH_COUNT] = {
+	[MS_FFN_PATH_AUTO] = "auto",
+	[MS_FFN_PATH_SCALAR] = "scalar",
+	[MS_FFN_PATH_AVX2] = "avx2",
+};
+
+const char *ms_ffn_path_name(enum ms_ffn_path p)
+{
+	return (unsigned)p < MS_FFN_PATH_COUNT ? path_names[p] : "invalid";
+}
+
+bool ms_ffn_path_available(enum ms_ffn_path p)
+{
+	switch (p) {
+	case MS_FFN_PATH_AUTO:
+	case MS_FFN_PATH_SCALAR:
+		return true;
+	case MS_FFN_PATH_AVX2:
+		return ms_ffn_avx2_cpu();
+	default:
+		return false;
+	}
+}
+
+static enum ms_ffn_path resolve_path(enum ms_ffn_path p)
+{
+	if (p == MS_FFN_PATH_AUTO)
+		return ms_ffn_avx2_cpu() ? MS_FFN_PATH_AVX2
+					 : MS_FFN_PATH_SCALAR;
+	return p;
+}
+
+bool ms_ffn_type_supported(uint32_t type)
+{
+	return ms_dequant_supported(type);
+}
+
+bool ms_ffn_type_vectorised(uint32_t type, enum ms_ffn_path p)
+{
+	p = resolve_path(p);
+	return p == MS_FFN_PATH_AVX2 && ms_ffn_avx2_cpu() &&
+	       ms_ffn_type_supported(type) && ms_ffn_avx2_has(type);
+}
+
+/* Caller checked the path and the type. */
+static int dequant(enum ms_ffn_path p, uint32_t type, const void *src,
+		   float *dst, int64_t n)
+{
+	if (p == MS_FFN_PATH_AVX2 && ms_ffn_avx2_has(type))
+		return ms_ffn_avx2_dequant(type, src, dst, n);
+	return ms_dequant_row(type, src, dst, n);
+}
+
+int ms_ffn_dequant_row(enum ms_ffn_path p, uint32_t type, const void *src,
+		       float *dst, int64_t n)
+{
+	p = resolve_path(p);
+	if (!ms_ffn_path_available(p) || !ms_ffn_type_supported(type))
+		return -ENOTSUP;
+	const struct ms_type_info *ti = ms_type_get(type);
+	if (!ti || n < 1 || n % ti->blck)
+		return -EINVAL;
+	return dequant(p, type, src, dst, n);
+}
+
+int ms_expert_view_bytes(const struct ms_expert_view *v, uint64_t bytes[3],
+			 struct ms_err *err)
+{
+	uint64_t row, rows;
+	int rc;
+	if (v->n_embd < 1 || v->n_ff < 1)
+		return ms_err_set(err, -EINVAL,
+				  "expert: n_embd %lld, n_ff %lld: "
+				  "both must be >= 1",
+				  (long long)v->n_embd, (long long)v->n_ff);
+	int np = v->fused ? 2 : 3;
+	bytes[2] = 0;
+	for (int j = 0; j < np; j++) {
+		bool down = j == np - 1;
+		int64_t in = down ? v->n_ff : v->n_embd;
+		int64_t out =
+			down ? v->n_embd : (v->fused ? 2 * v->n_ff : v->n_ff);
+		static const char *const names[2][3] = {
+			{ "gate", "up", "down" }, { "gate_up", "down", "" }
+		};
+		if ((rc = ms_type_row_size(v->type[j], in, &row, err)) != 0) {
+			ms_err_prefix(err, "expert %s", names[v->fused][j]);
+			return rc;
+		}
+		rows = (uint64_t)out;
+		if (ms_mul_overflow_u64(row, rows, &bytes[j]))
+			return ms_err_set(err, -EOVERFLOW,
+					  "expert %s: %llu rows "
+					  "of %llu bytes overflow",
+					  names[v->fused][j],
+					  (unsigned long long)rows,
+					  (unsigned long long)row);
+	}
+	return 0;
+}
+
+/* ---- threads ------------------------------------------------------------------- */
+
+typedef void (*task_fn)(void *ctx, int ith, int nth);
+
+struct ms_ffn_pool {
+	int n; /* threads, the caller's included */
+	pthread_t *th;
+	int started; /* workers running */
+	pthread_mutex_t mu;
+	pthread_cond_t go, done;
+	uint64_t gen; /* bumped for every job */
+	int pending;  /* workers still in the current job */
+	bool stop;
+	task_fn fn;
+	void *ctx;
+};
+
+struct worker_arg {
+	struct ms_ffn_pool *pool;
+	int ith;
+};
+
+static void *pool_worker(void *arg)
+{
+	struct worker_arg *a = arg;
+	struct ms_ffn_pool *p = a->pool;
+	int ith = a->ith;
+	free(a);
+	uint64_t seen = 0;
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->gen == seen && !p->stop)
+			pthread_cond_wait(&p->go, &p->mu);
+		if (p->stop)
+			break;
+		seen = p->gen;
+		task_fn fn = p->fn;
+		void *ctx = p->ctx;
+		int n = p->n;
+		pthread_mutex_unlock(&p->mu);
+		fn(ctx, ith, n);
+		pthread_mutex_lock(&p->mu);
+		if (--p->pending == 0)
+			pthread_cond_signal(&p->done);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static int online_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+int ms_ffn_pool_init(struct ms_ffn_pool **out, int n_threads,
+		     struct ms_err *err)
+{
+	*out = NULL;
+	if (n_threads < 0 || n_threads > MAX_THREADS)
+		return ms_err_set(err, -EINVAL,
+				  "ffn pool: %d threads: expected "
+				  "0 (all CPUs) .. %d",
+				  n_threads, MAX_THREADS);
+	struct ms_ffn_pool *p = calloc(1, sizeof(*p));
+	if (!p)
+		return ms_err_set(err, -ENOMEM, "ffn pool: out of memory");
+	p->n = n_threads ? n_threads : online_cpus();
+	p->th = calloc((size_t)p->n, sizeof(*p->th));
+	if (!p->th) {
+		free(p);
+		return ms_err_set(err, -ENOMEM, "ffn pool: out of memory");
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->go, NULL);
+	pthread_cond_init(&p->done, NULL);
+	for (int i = 1; i < p->n; i++) {
+		struct worker_arg *a = malloc(sizeof(*a));
+		int rc = a ? 0 : ENOMEM;
+		if (a) {
+			a->pool = p;
+			a->ith = i;
+			rc = pthread_create(&p->th[i], NULL, pool_worker, a);
+			if (rc)
+				free(a);
+		}
+		if (rc) {
+			ms_ffn_pool_free(p);
+			return ms_err_set(err, -rc,
+					  "ffn pool: starting thread "
+					  "%d of %d: %s",
+					  i + 1, n_threads, strerror(rc));
+		}
+		p->started = i;
+	}
+	*out = p;
+	return 0;
+}
+
+void ms_ffn_pool_free(struct ms_ffn_pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 1; i <= p->started; i++)
+		pthread_join(p->th[i], NULL);
+	pthread_cond_destroy(&p->go);
+	pthread_cond_destroy(&p->done);
+	pthread_mutex_destroy(&p->mu);
+	free(p->th);
+	free(p);
+}
+
+int ms_ffn_pool_threads(const struct ms_ffn_pool *p)
+{
+	return p ? p->n : 0;
+}
+
+static void pool_run(struct ms_ffn_pool *p, task_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&p->mu);
+	p->fn = fn;
+	p->ctx = ctx;
+	p->pending = p->n - 1;
+	p->gen++;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	fn(ctx, 0, p->n);
+	pthread_mutex_lock(&p->mu);
+	while (p->pending)
+		pthread_cond_wait(&p->done, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}
+
+struct spawn_arg {
+	task_fn fn;
+	void *ctx;
+	int ith, nth;
+};
+
+static void *spawn_main(void *arg)
+{
+	struct spawn_arg *a = arg;
+	a->fn(a->ctx, a->ith, a->nth);
+	return NULL;
+}
+
+/* Without a pool: threads for this one job. A share whose thread could not
+ * start runs on the caller. */
+static void spawn_run(int n, task_fn fn, void *ctx)
+{
+	pthread_t th[MAX_THREADS];
+	struct spawn_arg args[MAX_THREADS];
+	bool ok[MAX_THREADS];
+	for (int i = 1; i < n; i++) {
+		args[i] = (struct spawn_arg){ fn, ctx, i, n };
+		ok[i] = pthread_create(&th[i], NULL, spawn_main, &args[i]) == 0;
+	}
+	fn(ctx, 0, n);
+	for (int i = 1; i < n; i++) {
+		if (ok[i])
+			pthread_join(th[i], NULL);
+		else
+			fn(ctx, i, n);
+	}
+}
+
+/* ---- the FFN ---------------------------------------------------------------------- */
+
+struct ffn_job {
+	enum ms_ffn_path path;
+	int64_t n_embd, n_ff, n_tok;
+	const uint8_t *gate, *up, *down;
+	uint32_t t_gate, t_up, t_down;
+	uint64_t rs_gate, rs_up, rs_down; /* bytes per row */
+	const float *x;
+	float *h;     /* [n_tok][n_ff] */
+	float *y;     /* [n_tok][n_embd] */
+	int rows;     /* rows dequantised at a time */
+	float **wbuf; /* per thread: rows x max(in) */
+	float **tbuf; /* per thread: 2 x rows x n_tok */
+	/* B = 1 on the AVX2 path: fused kernels (NULL: dequantise + dot) and
+	 * the sums of x and of h over every 16 and 32 elements they need */
+	ms_ffn_rowdot_fn rd_gate, rd_up, rd_down;
+	float *xs16, *xs32, *hs16, *hs32;
+	int rc; /* first failure, atomically */
+};
+
+/* s16[k] = sum of x[16k .. 16k+15], s32[k] likewise over 32 (n % 32 == 0). */
+static void block_sums(const float *x, int64_t n, float *s16, float *s32)
+{
+	for (int64_t k = 0; k < n / 16; k++) {
+		float s = 0.0f;
+		for (int i = 0; i < 16; i++)
+			s += x[16 * k + i];
+		s16[k] = s;
+	}
+	for (int64_t k = 0; k < n / 32; k++)
+		s32[k] = s16[2 * k] + s16[2 * k + 1];
+}
+
+static void job_fail(struct ffn_job *j, int rc)
+{
+	int zero = 0;
+	__atomic_compare_exchange_n(&j->rc, &zero, rc, false, __ATOMIC_SEQ_CST,
+				    __ATOMIC_SEQ_CST);
+}
+
+/* out[b * ld_out + r] = dot(w_r, x_b): the scalar reference in double. */
+static void dot_scalar(const float *w, int n_rows, const float *x, int64_t ldx,
+		       int64_t nb, int64_t n, float *out, int64_t ld_out)
+{
+	for (int64_t b = 0; b < nb; b++)
+		for (int r = 0; r < n_rows; r++) {
+			const float *wr = w + r * n, *xb = x + b * ldx;
+			double s[4] = { 0, 0, 0, 0 };
+			for (int64_t i = 0; i < n; i += 4) /* n % 32 == 0 */
+				for (int k = 0; k < 4; k++)
+					s[k] += (double)wr[i + k] *
+						(double)xb[i + k];
+			out[b * ld_out + r] =
+				(float)((s[0] + s[1]) + (s[2] + s[3]));
+		}
+}
+
+static void dot_rows(const struct ffn_job *j, const float *w, int n_rows,
+		     const float *x, int64_t ldx, int64_t n, float *out,
+		     int64_t ld_out)
+{
+	if (j->path == MS_FFN_PATH_AVX2)
+		ms_ffn_avx2_dot(w, n_rows, x, ldx, j->n_tok, n, out, ld_out);
+	else
+		dot_scalar(w, n_rows, x, ldx, j->n_tok, n, out, ld_out);
+}
+
+static int dequant_rows(const struct ffn_job *j, uint32_t type,
+			const uint8_t *base, uint64_t row_bytes, int64_t r0,
+			int n_rows, int64_t n, float *w)
+{
+	for (int i = 0; i < n_rows; i++) {
+		int rc = dequant(j->path, type,
+				 base + (uint64_t)(r0 + i) * row_bytes,
+				 w + (int64_t)i * n, n);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static void share(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
+{
+	*r0 = n * ith / nth;
+	*r1 = n * (ith + 1) / nth;
+}
+
+/* Phase 1: gate and up rows of this thread's share -> h. */
+static void phase_gate_up(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	int64_t r0, r1, B = j->n_tok, E = j->n_embd, F = j->n_ff;
+	float *w = j->wbuf[ith], *g = j->tbuf[ith],
+	      *u = g + (int64_t)j->rows * B;
+	share(F, ith, nth, &r0, &r1);
+	if (j->rd_gate && j->rd_up) {
+		for (int64_t r = r0; r < r1; r++) {
+			double gv =
+				j->rd_gate(j->gate + (uint64_t)r * j->rs_gate,
+					   j->x, j->xs16, j->xs32, E);
+			double uv = j->rd_up(j->up + (uint64_t)r * j->rs_up,
+					     j->x, j->xs16, j->xs32, E);
+			j->h[r] = (float)(gv / (1.0 + exp(-gv)) * uv);
+		}
+		return;
+	}
+	for (int64_t r = r0; r < r1; r += j->rows) {
+		int nr = r1 - r < j->rows ? (int)(r1 - r) : j->rows;
+		int rc = dequant_rows(j, j->t_gate, j->gate, j->rs_gate, r, nr,
+				      E, w);
+		if (rc) {
+			job_fail(j, rc);
+			return;
+		}
+		dot_rows(j, w, nr, j->x, E, E, g, j->rows);
+		rc = dequant_rows(j, j->t_up, j->up, j->rs_up, r, nr, E, w);
+		if (rc) {
+			job_fail(j, rc);
+			return;
+		}
+		dot_rows(j, w, nr, j->x, E, E, u, j->rows);
+		for (int64_t b = 0; b < B; b++)
+			for (int i = 0; i < nr; i++) {
+				double gv = g[b * j->rows + i],
+				       uv = u[b * j->rows + i];
+				j->h[b * F + r + i] =
+					(float)(gv / (1.0 + exp(-gv)) * uv);
+			}
+	}
+}
+
+/* Phase 2: down rows of this thread's share -> y. */
+static void phase_down(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	int64_t r0, r1, E = j->n_embd, F = j->n_ff;
+	float *w = j->wbuf[ith];
+	share(E, ith, nth, &r0, &r1);
+	if (j->rd_down) {
+		for (int64_t r = r0; r < r1; r++)
+			j->y[r] = j->rd_down(j->down + (uint64_t)r * j->rs_down,
+					     j->h, j->hs16, j->hs32, F);
+		return;
+	}
+	for (int64_t r = r0; r < r1; r += j->rows) {
+		int nr = r1 - r < j->rows ? (int)(r1 - r) : j->rows;
+		int rc = dequant_rows(j, j->t_down, j->down, j->rs_down, r, nr,
+				      F, w);
+		if (rc) {
+			job_fail(j, rc);
+			return;
+		}
+		dot_rows(j, w, nr, j->h, F, F, j->y + r, E);
+	}
+}
+
+/* Validates the view against the path: sizes, types, pointers. */
+static int check_view(const struct ms_expert_view *v, enum ms_ffn_path path,
+		      uint64_t bytes[3], struct ms_err *err)
+{
+	int rc = ms_expert_view_bytes(v, bytes, err);
+	if (rc)
+		return rc;
+	/* Every kernel steps through rows 32 elements at a time (a block of
+	 * the 32-element types; f32/f16/bf16 rows are held to the same). */
+	if (v->n_embd % 32 || v->n_ff % 32)
+		return ms_err_set(err, -EINVAL,
+				  "expert: n_embd %lld and n_ff %lld must be "
+				  "multiples of 32",
+				  (long long)v->n_embd, (long long)v->n_ff);
+	int np = v->fused ? 2 : 3;
+	for (int j = 0; j < np; j++) {
+		if (!v->data[j])
+			return ms_err_set(err, -EINVAL,
+					  "expert: projection %d "
+					  "has no data",
+					  j);
+		if (!ms_ffn_type_supported(v->type[j]))
+			return ms_err_set(err, -ENOTSUP,
+					  "expert: no CPU kernel for type %s "
+					  "(projection %s)",
+					  ms_type_name(v->type[j]),
+					  j == np - 1 ? "down"
+					  : v->fused  ? "gate_up"
+					  : j == 0    ? "gate"
+						      : "up");
+	}
+	if (!ms_ffn_path_available(path))
+		return ms_err_set(err, -ENOTSUP,
+				  "ffn: the %s path is not "
+				  "available on this CPU",
+				  ms_ffn_path_name(path));
+	return 0;
+}
+
+int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
+		  int64_t n_tokens, const struct ms_ffn_opts *opts,
+		  struct ms_err *err)
+{
+	struct ms_ffn_opts def = { 0 };
+	if (!opts)
+		opts = &def;
+	if (!v || !x || !y)
+		return ms_err_set(err, -EINVAL,
+				  "ffn: NULL view, input or output");
+	if (n_tokens < 1 || n_tokens > MAX_TOKENS)
+		return ms_err_set(err, -EINVAL,
+				  "ffn: %lld tokens: expected "
+				  "1..%d",
+				  (long long)n_tokens, MAX_TOKENS);
+	if ((unsigned)opts->path >= MS_FFN_PATH_COUNT)
+		return ms_err_set(err, -EINVAL, "ffn: path %d unknown",
+				  (int)opts->path);
+	if (opts->n_threads < 0 || opts->n_threads > MAX_THREADS)
+		return ms_err_set(err, -EINVAL,
+				  "ffn: %d threads: expected 0 "
+				  "(all CPUs) .. %d",
+				  opts->n_threads, MAX_THREADS);
+	enum ms_ffn_path path = resolve_path(opts->path);
+	uint64_t bytes[3];
+	int rc = check_view(v, path, bytes, err);
+	if (rc)
+		return rc;
+
+	struct ffn_job j = {
+		.path = path,
+		.n_embd = v->n_embd,
+		.n_ff = v->n_ff,
+		.n_tok = n_tokens,
+		.x = x,
+		.y = y,
+	};
+	int64_t E = v->n_embd, F = v->n_ff;
+	if (v->fused) {
+		j.gate = v->data[0];
+		j.t_gate = j.t_up = v->type[0];
+		j.rs_gate = j.rs_up = bytes[0] / (uint64_t)(2 * F);
+		j.up = j.gate + (uint64_t)F * j.rs_gate;
+		j.down = v->data[1];
+		j.t_down = v->type[1];
+	} else {
+		j.gate = v->data[0];
+		j.up = v->data[1];
+		j.down = v->data[2];
+		j.t_gate = v->type[0];
+		j.t_up = v->type[1];
+		j.t_down = v->type[2];
+		j.rs_gate = bytes[0] / (uint64_t)F;
+		j.rs_up = bytes[1] / (uint64_t)F;
+	}
+	j.rs_down = (v->fused ? bytes[1] : bytes[2]) / (uint64_t)E;
+
+	/* Rows per dequantisation: the vector path amortises the load of each
+	 * input over R rows; R rows of the longer projection input stay within
+	 * ~192 KiB, i.e. in L2. The scalar reference keeps one. */
+	int64_t n_in = E > F ? E : F;
+	if (path == MS_FFN_PATH_AVX2) {
+		int64_t r = (192 << 10) / (n_in * (int64_t)sizeof(float));
+		r &= ~(int64_t)3;
+		j.rows = r < 4 ? 4 : r > 16 ? 16 : (int)r;
+	} else {
+		j.rows = 1;
+	}
+
+	/* Decode on the AVX2 path: fused kernels where the types have them. */
+	if (path == MS_FFN_PATH_AVX2 && n_tokens == 1) {
+		j.rd_gate = ms_ffn_avx2_rowdot(j.t_gate);
+		j.rd_up = ms_ffn_avx2_rowdot(j.t_up);
+		if (!j.rd_gate || !j.rd_up)
+			j.rd_gate = j.rd_up = NULL;
+		j.rd_down = ms_ffn_avx2_rowdot(j.t_down);
+	}
+
+	int nth = opts->pool	    ? opts->pool->n
+		  : opts->n_threads ? opts->n_threads
+				    : online_cpus();
+	int64_t rows_max = E > F ? E : F;
+	if (!opts->pool && nth > rows_max)
+		nth = (int)rows_max; /* no idle threads to start */
+
+	/* All memory up front, so that workers cannot fail for lack of it;
+	 * row buffers only where rows are dequantised. */
+	bool rows_needed = !(j.rd_gate && j.rd_down);
+	size_t wsz =
+		rows_needed ? (size_t)j.rows * (size_t)n_in * sizeof(float) : 0;
+	size_t tsz = rows_needed ? 2 * (size_t)j.rows * (size_t)n_tokens *
+					   sizeof(float)
+				 : 0;
+	j.h = malloc((size_t)n_tokens * (size_t)F * sizeof(float));
+	j.xs16 = malloc(((size_t)E / 16 + (size_t)E / 32 + (size_t)F / 16 +
+			 (size_t)F / 32 + 4) *
+			sizeof(float));
+	if (j.xs16) {
+		j.xs32 = j.xs16 + E / 16;
+		j.hs16 = j.xs32 + E / 32;
+		j.hs32 = j.hs16 + F / 16;
+	}
+	j.wbuf = calloc((size_t)nth, sizeof(*j.wbuf));
+	j.tbuf = calloc((size_t)nth, sizeof(*j.tbuf));
+	rc = !j.h || !j.wbuf || !j.tbuf || !j.xs16 ? -ENOMEM : 0;
+	for (int i = 0; !rc && i < nth; i++) {
+		j.wbuf[i] = aligned_alloc(64, (wsz + 64) & ~(size_t)63);
+		j.tbuf[i] = malloc(tsz + 1);
+		if (!j.wbuf[i] || !j.tbuf[i])
+			rc = -ENOMEM;
+	}
+	if (rc) {
+		rc = ms_err_set(err, rc,
+				"ffn: out of memory for %lld tokens on "
+				"%d threads",
+				(long long)n_tokens, nth);
+		goto out;
+	}
+
+	if (j.rd_gate)
+		block_sums(x, E, j.xs16, j.xs32);
+	if (opts->pool)
+		pool_run(opts->pool, phase_gate_up, &j);
+	else
+		spawn_run(nth, phase_gate_up, &j);
+	if (!j.rc && j.rd_down)
+		block_sums(j.h, F, j.hs16, j.hs32);
+	if (!j.rc && opts->pool)
+		pool_run(opts->pool, phase_down, &j);
+	else if (!j.rc)
+		spawn_run(nth, phase_down, &j);
+	if (j.rc)
+		rc = ms_err_set(err, j.rc, "ffn: dequantisation failed: %s",
+				strerror(-j.rc));
+out:
+	for (int i = 0; j.wbuf && i < nth; i++)
+		free(j.wbuf[i]);
+	for (int i = 0; j.tbuf && i < nth; i++)
+		free(j.tbuf[i]);
+	free(j.wbuf);
+	free(j.tbuf);
+	free(j.h);
+	free(j.xs16);
+	return rc;
+}
