@@ -463,6 +463,33 @@ static bool valid(const struct ms_cache *c, uint32_t layer, uint32_t expert)
 
 static void do_pin_top(struct ms_cache *c);
 
+int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
+			 struct ms_expert_loc *loc)
+{
+	if (!valid(c, layer, expert))
+		return -EINVAL;
+	uint32_t idx = layer * c->n_expert + expert;
+	struct entry *e = &c->e[idx];
+	pthread_mutex_lock(&c->mu);
+	if (c->stopping || e->state != MS_ENTRY_READY) {
+		pthread_mutex_unlock(&c->mu);
+		return -EAGAIN;
+	}
+	e->uses++;
+	if (c->cfg.pin_top && ++c->acquires % PIN_TOP_EVERY == 0)
+		do_pin_top(c);
+	e->refs++;
+	do_list_remove(c, idx);
+	if (e->prefetched) {
+		e->prefetched = false;
+		c->st.prefetch_used++;
+	}
+	c->st.hits++;
+	expert_loc(c, idx, loc);
+	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
 int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		     ms_cache_cb cb, void *ctx, struct ms_expert_loc *loc)
 {

@@ -36,6 +36,7 @@ struct ms_prefetcher {
 			   was followed by f at l (row l = into layer l) */
 	float *rowsum;  /* [n_layers][n_expert] */
 	float *w;       /* [n_layers]: the weight of the next observation */
+	float *votes;   /* [n_expert]: predict's scratch, under mu */
 	uint64_t observed;
 	pthread_mutex_t mu;
 };
@@ -62,7 +63,8 @@ int ms_prefetcher_init(struct ms_prefetcher **out, uint32_t n_layers,
 	p->t = calloc(cells, sizeof(float));
 	p->rowsum = calloc((size_t)n_layers * n_expert, sizeof(float));
 	p->w = malloc(n_layers * sizeof(float));
-	if (!p->t || !p->rowsum || !p->w) {
+	p->votes = malloc(n_expert * sizeof(float));
+	if (!p->t || !p->rowsum || !p->w || !p->votes) {
 		ms_prefetcher_free(p);
 		return ms_err_set(err, -ENOMEM,
 				  "out of memory for the prefetch history (%llu MB)",
@@ -82,6 +84,7 @@ void ms_prefetcher_free(struct ms_prefetcher *p)
 	free(p->t);
 	free(p->rowsum);
 	free(p->w);
+	free(p->votes);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }
@@ -141,10 +144,9 @@ unsigned ms_prefetcher_predict(struct ms_prefetcher *p, uint32_t layer,
 {
 	if (!p || layer + 1 >= p->n_layers || !width || !n_cur)
 		return 0;
-	float *votes = calloc(p->n_expert, sizeof(float));
-	if (!votes)
-		return 0;
 	pthread_mutex_lock(&p->mu);
+	float *votes = p->votes;
+	memset(votes, 0, p->n_expert * sizeof(float));
 	float voters = 0;
 	for (unsigned i = 0; i < n_cur; i++) {
 		if (cur[i] >= p->n_expert)
@@ -161,7 +163,6 @@ unsigned ms_prefetcher_predict(struct ms_prefetcher *p, uint32_t layer,
 				votes[f] = v;
 		}
 	}
-	pthread_mutex_unlock(&p->mu);
 	unsigned n = 0;
 	if (voters > 0) {
 		/* Top `width` by votes: selection, width is small. */
@@ -187,7 +188,7 @@ unsigned ms_prefetcher_predict(struct ms_prefetcher *p, uint32_t layer,
 			n++;
 		}
 	}
-	free(votes);
+	pthread_mutex_unlock(&p->mu);
 	return n;
 }
 

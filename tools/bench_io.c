@@ -969,22 +969,6 @@ struct worker {
 	pthread_t th;
 };
 
-static int pread_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
-{
-	uint64_t done = 0;
-	while (done < len) {
-		ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO; /* the file ends before the extent does */
-		done += (uint64_t)n;
-	}
-	return 0;
-}
-
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -1004,7 +988,7 @@ static void *worker_main(void *arg)
 						    x[j].bytes);
 				continue;
 			}
-			int rc = pread_full(w->fds[x[j].shard], w->buf + at,
+			int rc = tool_pread_full(w->fds[x[j].shard], w->buf + at,
 					    x[j].bytes, x[j].offset);
 			if (rc) {
 				w->err = rc;

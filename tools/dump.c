@@ -90,21 +90,6 @@ static int bad_usage(void)
 	return EXIT_USAGE;
 }
 
-/* A whole decimal number 0..UINT32_MAX, nothing else. */
-static int parse_u32(const char *opt, const char *s, uint32_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || !*s || *end || *s == '-' || *s == '+' || *s == ' ' ||
-	    v > UINT32_MAX) {
-		tool_error(CMD, "--%s '%s' is not a whole number", opt, s);
-		return -1;
-	}
-	*out = (uint32_t)v;
-	return 0;
-}
-
 static int parse_proj(const char *s, enum ms_proj *out)
 {
 	for (int p = 0; p < MS_PROJ_COUNT; p++) {
@@ -127,28 +112,6 @@ struct slice {
 	int fd;
 };
 
-/* "blk.1-2, blk.4" for the MoE layers, into buf. */
-static const char *moe_blocks(const struct ms_model *m, char *buf, size_t len)
-{
-	size_t o = 0;
-	buf[0] = '\0';
-	for (uint32_t l = 0; l < m->n_layers && o + 1 < len; l++) {
-		uint32_t b = m->layers[l].block, e = l;
-		while (e + 1 < m->n_layers && m->layers[e + 1].block ==
-						      m->layers[e].block + 1)
-			e++;
-		int w = snprintf(buf + o, len - o, "%sblk.%u", l ? ", " : "", b);
-		if (w > 0 && e > l)
-			w += snprintf(buf + o + (size_t)w, len - o - (size_t)w,
-				      "-%u", m->layers[e].block);
-		if (w < 0 || (size_t)w >= len - o)
-			break;
-		o += (size_t)w;
-		l = e;
-	}
-	return buf;
-}
-
 /* Finds the bytes of (block, expert, proj): 0, or 1 after one line saying
  * why not. */
 static int resolve(const struct ms_model *m, const char *path, uint32_t block,
@@ -163,14 +126,14 @@ static int resolve(const struct ms_model *m, const char *path, uint32_t block,
 	if (block >= m->n_block) {
 		tool_error(CMD, "layer %u out of range: %s has blocks 0..%u "
 			   "(MoE layers %s)", block, path, m->n_block - 1,
-			   moe_blocks(m, list, sizeof(list)));
+			   tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	int32_t li = m->block_layer[block];
 	if (li < 0) {
 		tool_error(CMD, "blk.%u is a dense layer: it has no routed "
 			   "experts (MoE layers %s)", block,
-			   moe_blocks(m, list, sizeof(list)));
+			   tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	if (expert >= m->n_expert) {
@@ -251,39 +214,6 @@ static int resolve(const struct ms_model *m, const char *path, uint32_t block,
 	return 0;
 }
 
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-	uint8_t *p = buf;
-	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ENODATA;
-		p += r;
-		off += (uint64_t)r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Reads, dequantises and writes the slice: 0, or 1 after saying why. */
 static int copy_out(const struct ms_model *m, const struct slice *s,
 		    int out_fd, const char *out_name)
@@ -303,7 +233,7 @@ static int copy_out(const struct ms_model *m, const struct slice *s,
 	for (int64_t r = 0; r < s->rows; r += chunk) {
 		int64_t n = s->rows - r < chunk ? s->rows - r : chunk;
 		uint64_t off = s->offset + (uint64_t)r * s->row_bytes;
-		int e = pread_full(s->fd, in, (size_t)n * s->row_bytes, off);
+		int e = tool_pread_full(s->fd, in, (size_t)n * s->row_bytes, off);
 		if (e) {
 			tool_error(CMD, "%s: reading %llu bytes at offset %llu: "
 				   "%s", m->shards[s->shard]->path,
@@ -331,7 +261,7 @@ static int copy_out(const struct ms_model *m, const struct slice *s,
 			}
 #endif
 		}
-		e = write_full(out_fd, out, (size_t)n * (size_t)s->ne0 *
+		e = tool_write_full(out_fd, out, (size_t)n * (size_t)s->ne0 *
 						    sizeof(float));
 		if (e) {
 			tool_error(CMD, "writing %s: %s", out_name, strerror(-e));
@@ -377,12 +307,12 @@ int cmd_dump(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "l:e:p:o:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
-			if (parse_u32("layer", optarg, &block))
+			if (tool_parse_u32(CMD, "layer", optarg, &block))
 				return bad_usage();
 			have_layer = true;
 			break;
 		case 'e':
-			if (parse_u32("expert", optarg, &expert))
+			if (tool_parse_u32(CMD, "expert", optarg, &expert))
 				return bad_usage();
 			have_expert = true;
 			break;

@@ -82,126 +82,6 @@ static int bad_usage(void)
 	return EXIT_USAGE;
 }
 
-static int parse_u32(const char *opt, const char *s, uint32_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || !*s || *end || *s == '-' || *s == '+' || *s == ' ' ||
-	    v > UINT32_MAX) {
-		tool_error(CMD, "--%s '%s' is not a whole number", opt, s);
-		return -1;
-	}
-	*out = (uint32_t)v;
-	return 0;
-}
-
-/* "blk.1-2, blk.4" for the MoE layers, into buf. */
-static const char *moe_blocks(const struct ms_model *m, char *buf, size_t len)
-{
-	size_t o = 0;
-	buf[0] = '\0';
-	for (uint32_t l = 0; l < m->n_layers && o + 1 < len; l++) {
-		uint32_t e = l;
-		while (e + 1 < m->n_layers &&
-		       m->layers[e + 1].block == m->layers[e].block + 1)
-			e++;
-		int w = snprintf(buf + o, len - o, "%sblk.%u", l ? ", " : "",
-				 m->layers[l].block);
-		if (w > 0 && e > l)
-			w += snprintf(buf + o + (size_t)w, len - o - (size_t)w,
-				      "-%u", m->layers[e].block);
-		if (w < 0 || (size_t)w >= len - o)
-			break;
-		o += (size_t)w;
-		l = e;
-	}
-	return buf;
-}
-
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-	uint8_t *p = buf;
-	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ENODATA;
-		p += r;
-		off += (uint64_t)r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static void swap_f32(float *f, size_t n)
-{
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-	for (size_t i = 0; i < n; i++) {
-		uint32_t u;
-		memcpy(&u, &f[i], 4);
-		u = __builtin_bswap32(u);
-		memcpy(&f[i], &u, 4);
-	}
-#else
-	(void)f, (void)n;
-#endif
-}
-
-/* Reads a whole little-endian f32 file: 0 and *out / *n, or 1 after one
- * line saying why. Non-finite values are refused. */
-static int read_f32(const char *path, float **out, size_t *n)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st)) {
-		tool_error(CMD, "%s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return 1;
-	}
-	if (!S_ISREG(st.st_mode) || st.st_size > MAX_INPUT_BYTES) {
-		tool_error(CMD, "%s: %s", path,
-			   !S_ISREG(st.st_mode) ? "not a regular file"
-						: "larger than 1 GiB");
-		close(fd);
-		return 1;
-	}
-	size_t bytes = (size_t)st.st_size;
-	float *f = malloc(bytes ? bytes : 1);
-	int rc = f ? pread_full(fd, f, bytes, 0) : -ENOMEM;
-	close(fd);
-	if (rc) {
-		tool_error(CMD, "%s: %s", path,
-			   rc == -ENODATA ? "the file shrank while being read"
-					  : strerror(-rc));
-		free(f);
-		return 1;
-	}
-	swap_f32(f, bytes / 4);
-	*out = f;
-	*n = bytes;
-	return 0;
-}
-
 /* The expert's bytes, read from its extents, as a view. */
 struct expert_buf {
 	struct ms_expert_view v;
@@ -226,7 +106,7 @@ static int load_expert(const struct ms_model *m, const char *path,
 			   "layer %u out of range: %s has blocks 0..%u "
 			   "(MoE layers %s)",
 			   block, path, m->n_block - 1,
-			   moe_blocks(m, list, sizeof(list)));
+			   tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	int32_t li = m->block_layer[block];
@@ -234,7 +114,7 @@ static int load_expert(const struct ms_model *m, const char *path,
 		tool_error(CMD,
 			   "blk.%u is a dense layer: it has no routed "
 			   "experts (MoE layers %s)",
-			   block, moe_blocks(m, list, sizeof(list)));
+			   block, tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	if (expert >= m->n_expert) {
@@ -345,7 +225,7 @@ static int load_expert(const struct ms_model *m, const char *path,
 				   (unsigned long long)x[j].bytes);
 			return 1;
 		}
-		int rc = pread_full(m->shards[x[j].shard]->fd, eb->mem[j],
+		int rc = tool_pread_full(m->shards[x[j].shard]->fd, eb->mem[j],
 				    x[j].bytes, x[j].offset);
 		if (rc) {
 			tool_error(CMD,
@@ -398,7 +278,7 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 
 	if (load_expert(m, path, a->block, a->expert, &eb))
 		goto out;
-	if (read_f32(a->in_path, &x, &bytes))
+	if (tool_read_f32(CMD, a->in_path, MAX_INPUT_BYTES, &x, &bytes))
 		goto out;
 	size_t row = (size_t)eb.v.n_embd * sizeof(float);
 	if (!bytes || bytes % row) {
@@ -429,7 +309,7 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 			   err.msg);
 		goto out;
 	}
-	swap_f32(y, bytes / 4);
+	tool_swap_f32(y, bytes / 4);
 
 	if (a->out_path) {
 		if (is_model_file(m, a->out_path)) {
@@ -444,7 +324,7 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 			goto out;
 		}
 	}
-	e = write_full(fd >= 0 ? fd : STDOUT_FILENO, y, bytes);
+	e = tool_write_full(fd >= 0 ? fd : STDOUT_FILENO, y, bytes);
 	if (!e && fd >= 0 && close(fd))
 		e = -errno;
 	fd = -1;
@@ -495,12 +375,12 @@ int cmd_ffn(int argc, char **argv)
 	       -1) {
 		switch (c) {
 		case 'l':
-			if (parse_u32("layer", optarg, &a.block))
+			if (tool_parse_u32(CMD, "layer", optarg, &a.block))
 				return bad_usage();
 			have_layer = true;
 			break;
 		case 'e':
-			if (parse_u32("expert", optarg, &a.expert))
+			if (tool_parse_u32(CMD, "expert", optarg, &a.expert))
 				return bad_usage();
 			have_expert = true;
 			break;
@@ -520,7 +400,7 @@ int cmd_ffn(int argc, char **argv)
 			gpu = !strcmp(optarg, "gpu");
 			break;
 		case 't':
-			if (parse_u32("threads", optarg, &u))
+			if (tool_parse_u32(CMD, "threads", optarg, &u))
 				return bad_usage();
 			if (u > 512) {
 				tool_error(CMD, "--threads %u: at most 512", u);

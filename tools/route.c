@@ -74,114 +74,6 @@ static int bad_usage(void)
 	return EXIT_USAGE;
 }
 
-static int parse_u32(const char *opt, const char *s, uint32_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || !*s || *end || *s == '-' || *s == '+' || *s == ' ' ||
-	    v > UINT32_MAX) {
-		tool_error(CMD, "--%s '%s' is not a whole number", opt, s);
-		return -1;
-	}
-	*out = (uint32_t)v;
-	return 0;
-}
-
-/* "blk.1-2, blk.4" for the MoE layers, into buf. */
-static const char *moe_blocks(const struct ms_model *m, char *buf, size_t len)
-{
-	size_t o = 0;
-	buf[0] = '\0';
-	for (uint32_t l = 0; l < m->n_layers && o + 1 < len; l++) {
-		uint32_t e = l;
-		while (e + 1 < m->n_layers &&
-		       m->layers[e + 1].block == m->layers[e].block + 1)
-			e++;
-		int w = snprintf(buf + o, len - o, "%sblk.%u", l ? ", " : "",
-				 m->layers[l].block);
-		if (w > 0 && e > l)
-			w += snprintf(buf + o + (size_t)w, len - o - (size_t)w,
-				      "-%u", m->layers[e].block);
-		if (w < 0 || (size_t)w >= len - o)
-			break;
-		o += (size_t)w;
-		l = e;
-	}
-	return buf;
-}
-
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-	uint8_t *p = buf;
-	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ENODATA;
-		p += r;
-		off += (uint64_t)r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
-/* Reads a whole little-endian f32 file: 0 and *out / *n, or 1 after one
- * line saying why. Non-finite values are refused: they can only be a
- * mistake. */
-static int read_f32(const char *path, float **out, size_t *n)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st)) {
-		tool_error(CMD, "%s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return 1;
-	}
-	if (!S_ISREG(st.st_mode) || st.st_size > MAX_INPUT_BYTES ||
-	    st.st_size % 4) {
-		tool_error(CMD, "%s: %s", path,
-			   !S_ISREG(st.st_mode) ? "not a regular file"
-			   : st.st_size % 4 ? "its size is not a whole number "
-					      "of f32 values"
-					    : "larger than 1 GiB");
-		close(fd);
-		return 1;
-	}
-	size_t bytes = (size_t)st.st_size;
-	float *f = malloc(bytes ? bytes : 1);
-	int rc = f ? pread_full(fd, f, bytes, 0) : -ENOMEM;
-	close(fd);
-	if (rc) {
-		tool_error(CMD, "%s: %s", path,
-			   rc == -ENODATA ? "the file shrank while being read"
-					  : strerror(-rc));
-		free(f);
-		return 1;
-	}
-	for (size_t i = 0; i < bytes / 4; i++) {
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-		uint32_t u;
-		memcpy(&u, &f[i], 4);
-		u = __builtin_bswap32(u);
-		memcpy(&f[i], &u, 4);
-#endif
-		if (!isfinite(f[i])) {
-			tool_error(CMD, "%s: value %zu is %g", path, i,
-				   (double)f[i]);
-			free(f);
-			return 1;
-		}
-	}
-	*out = f;
-	*n = bytes / 4;
-	return 0;
-}
-
 /* Reads tensor `name` of the model if present: 0 and *out (malloc'ed), 0
  * and *out = NULL when absent and optional, or 1 after saying why. Checks
  * its shape against ne0 x ne1 and, for f32 tensors (want_f32), its type. */
@@ -228,7 +120,7 @@ static int read_tensor(const struct ms_model *m, const char *name, int64_t ne0,
 		tool_error(CMD, "out of memory for %s", name);
 		return 1;
 	}
-	int rc = pread_full(g->fd, buf, t->size, t->file_offset);
+	int rc = tool_pread_full(g->fd, buf, t->size, t->file_offset);
 	if (rc) {
 		tool_error(CMD, "%s: reading %s (%llu bytes at %llu): %s",
 			   g->path, name, (unsigned long long)t->size,
@@ -260,14 +152,14 @@ static int route(const struct ms_model *m, const char *path, uint32_t block,
 			   "layer %u out of range: %s has blocks 0..%u "
 			   "(MoE layers %s)",
 			   block, path, m->n_block - 1,
-			   moe_blocks(m, list, sizeof(list)));
+			   tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	if (m->block_layer[block] < 0) {
 		tool_error(CMD,
 			   "blk.%u is a dense layer: it has no router (MoE "
 			   "layers %s)",
-			   block, moe_blocks(m, list, sizeof(list)));
+			   block, tool_moe_blocks(m, list, sizeof(list)));
 		return 1;
 	}
 	struct ms_router_params p;
@@ -287,8 +179,9 @@ static int route(const struct ms_model *m, const char *path, uint32_t block,
 	uint32_t w_type = MS_TYPE_F32;
 	size_t n = 0;
 	int rc = 1;
-	if (read_f32(in_path, &x, &n))
+	if (tool_read_f32(CMD, in_path, MAX_INPUT_BYTES, &x, &n))
 		goto out;
+	n /= sizeof(float);
 	if (n != (size_t)E) {
 		tool_error(CMD,
 			   "%s holds %zu f32 values; the router takes one "
@@ -350,7 +243,7 @@ int cmd_route(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "l:i:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
-			if (parse_u32("layer", optarg, &block))
+			if (tool_parse_u32(CMD, "layer", optarg, &block))
 				return bad_usage();
 			have_layer = true;
 			break;

@@ -44,6 +44,21 @@ const char *fmt_bytes(uint64_t b, char *buf, size_t len);
 /* "8,540,160" into buf. */
 const char *fmt_count(uint64_t v, char *buf, size_t len);
 
+/* --opt VALUE as a whole number 0..UINT32_MAX: 0, or -1 after a message. */
+int tool_parse_u32(const char *cmd, const char *opt, const char *s,
+		   uint32_t *out);
+/* "blk.1-2, blk.4": the model's MoE layers, for messages. */
+const char *tool_moe_blocks(const struct ms_model *m, char *buf, size_t len);
+/* Whole reads and writes: 0 or -errno (-ENODATA: end of file first). */
+int tool_pread_full(int fd, void *buf, uint64_t n, uint64_t off);
+int tool_write_full(int fd, const void *buf, size_t n);
+/* f32 values between the host and little-endian files. */
+void tool_swap_f32(float *f, size_t n);
+/* A whole little-endian f32 file of at most max_bytes, every value finite:
+ * 0 and *out (malloc'ed) and *bytes, or 1 after one line saying why. */
+int tool_read_f32(const char *cmd, const char *path, uint64_t max_bytes,
+		  float **out, size_t *bytes);
+
 /* Prints "moestream CMD: message" on stderr. */
 void tool_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -135,6 +135,12 @@ void ms_cache_get_io_mode(const struct ms_cache *c, struct ms_io_mode *mode);
 int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		     ms_cache_cb cb, void *ctx, struct ms_expert_loc *loc);
 
+/* The hit path alone: 0 and *loc when (layer, expert) is READY (pinned as
+ * by ms_cache_acquire), -EAGAIN otherwise (nothing changed: call
+ * ms_cache_acquire). Spares a caller the callback context on hits. */
+int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
+			 struct ms_expert_loc *loc);
+
 /* The same, blocking: 0 (pinned, *loc valid), the load's error, -EBUSY when
  * no slot came free within the configured acquire_timeout, or -ETIMEDOUT
  * after timeout_ms (0 = no limit of its own); a pin that arrives after
