@@ -6,7 +6,20 @@
 #                        (MODEL=/path/to/model.gguf for a real one)
 #   make test            build and run every test (installs missing packages as root)
 #   make check           the tests again under ASan+UBSan (build/san/)
+#   make gpu-emu         the GPU tests (t_gpu*, t_kernel_cli) without a GPU: the
+#                        kernels' own source built by g++ against a CPU emulation
+#                        of CUDA (tests/cuda-emu/), run in build/emu/; checks
+#                        indexing, tiling, barriers, shuffles, cp.async use,
+#                        launch limits and the numbers against the C reference,
+#                        not the GPU's float behaviour, the real cuBLAS, or any
+#                        timing (on 2 cores ~15 s to compile, ~15 s of tests;
+#                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~1 min;
+#                        EMU_TESTS= to choose)
 #   make fuzz            libFuzzer targets for FUZZ_TIME seconds each (default 60)
+#   make bench           the end-to-end benchmark (issue 7), as root: GLM-4.7 cut
+#                        to 8 MoE layers (build/bench/glm8.gguf, 13.4 GB, written
+#                        once), cache 25% of the expert bytes, memory limit just
+#                        above it; a few minutes (BENCH_ARGS="--json" and so on)
 #   make install         PREFIX=/usr/local DESTDIR=
 #   make SANITIZER=address,undefined   any build with sanitizers (in build/san/)
 #
@@ -86,7 +99,7 @@ TEST_BIN    := $(patsubst tests/%.c,$(O)/tests/%,$(TEST_SRC))
 
 BINS        := $(O)/moestreamd $(O)/moestream $(O)/libmoestream.a $(O)/libmoestream.so
 
-.PHONY: all deps deps-check run test check fuzz install clean tests ggml-ref
+.PHONY: all deps deps-check run test check fuzz install clean tests ggml-ref bench
 .PRECIOUS: $(O)/obj/%.o
 .DEFAULT_GOAL := all
 
@@ -149,29 +162,78 @@ test:
 check:
 	@$(MAKE) --no-print-directory SANITIZER=address,undefined test
 
+# The GPU tests on a CPU emulation of CUDA (tests/cuda-emu/build.sh explains
+# what it checks and what it cannot): this build's C objects, the .cu files
+# through g++, the programs in EMU_O. No nvcc or GPU needed; a real GPU run
+# (tools/gpu-check.sh) is still the verdict on the device.
+EMU_O       ?= build/emu
+# t_kernel_cli: the commands with a (emulated) GPU, ffn --device gpu included
+EMU_TESTS   ?= $(patsubst tests/%.c,%,$(wildcard tests/t_gpu*.c)) t_kernel_cli
+.PHONY: gpu-emu
+gpu-emu: tests
+	@$(MAKE) --no-print-directory ggml-ref
+	@TESTS="$(EMU_TESTS)" EMU_SAN=$(if $(SANITIZER),1,$(EMU_SAN)) tests/cuda-emu/build.sh $(O) $(EMU_O)
+	@MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) $(addprefix $(EMU_O)/,$(EMU_TESTS))
+
 run:
 	@mk/deps.sh install
 	@$(MAKE) --no-print-directory all
 	@MS_BUILD=$(O) MODEL='$(MODEL)' tools/run-demo.sh
 
+# ---- benchmarks ---------------------------------------------------------------
+# moestream bench e2e on the GLM-4.7 preset (8 MoE layers), against llama.cpp's
+# mmap and a pread + LRU engine under one memory limit; tools/bench-e2e.sh
+# writes the model once and says what it runs.
+bench: all
+	@MS_BUILD=$(O) tools/bench-e2e.sh $(BENCH_ARGS)
+
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------
+# One binary per tests/fuzz/fuzz_NAME.c, built with clang's libFuzzer, ASan
+# and UBSan from the sources it tests (compiled into it, so that they carry
+# the coverage instrumentation), and run from its committed seeds in
+# tests/fuzz/corpus/NAME for FUZZ_TIME seconds (new inputs go to
+# build/fuzz/work-fuzz_NAME; the seeds are only read; tests/fuzz/run.sh).
+# A crash leaves its input in build/fuzz/crash-NAME-*: fix the bug, then
+# commit that file under tests/fuzz/corpus/NAME/ where t_fuzz_seeds /
+# t_fuzz_seeds_more run it in every `make test`. FUZZ_TARGETS="config
+# protocol" (or make fuzz-config) runs some of them; make -jN runs N at once.
+#
+#   gguf      the GGUF reader and the expert map        model/
+#   protocol  the wire decoders and encoders            daemon/protocol.c, model/
+#   config    the configuration parser (libinih)        daemon/config.c, and the
+#             cache's defaults it reads: cache/, iouring/, model/
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_BIN    := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_NAMES  := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_CC     ?= clang
 FUZZ_CFLAGS := -std=gnu11 -O1 -g $(filter-out -Wno-format-truncation,$(WARN)) -D_GNU_SOURCE -Iinclude -I/usr/include/cjson \
                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_OPTS   ?= -timeout=10 -rss_limit_mb=2048
 
-build/fuzz/%: tests/fuzz/%.c $(MODEL_SRC) include/moestream/*.h
-	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(MODEL_SRC) -lm
+FUZZ_DEPS_gguf     := $(MODEL_SRC)
+FUZZ_LIBS_gguf     := -lm
+FUZZ_DEPS_protocol := daemon/protocol.c $(MODEL_SRC)
+FUZZ_LIBS_protocol := -lm
+FUZZ_DEPS_config   := daemon/config.c $(CACHE_SRC) $(IOURING_SRC) $(MODEL_SRC)
+FUZZ_LIBS_config   := -luring -lnuma -linih -lpthread -lm
 
-fuzz: $(FUZZ_BIN)
-	@for f in $(FUZZ_BIN); do \
-		name=$$(basename $$f); corpus=tests/fuzz/corpus/$${name#fuzz_}; \
-		mkdir -p build/fuzz/work-$$name; \
-		echo "fuzz: $$name for $(FUZZ_TIME)s (seeds: $$corpus)"; \
-		$$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
-		    -artifact_prefix=build/fuzz/ build/fuzz/work-$$name $$corpus || exit 1; \
-	done
+# A target without its own lines above gets the model/ sources.
+define fuzz_rule
+build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c $$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) \
+		$$(wildcard include/moestream/*.h daemon/*.h) Makefile
+	@mkdir -p $$(dir $$@)
+	@command -v $$(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang (FUZZ_CC=$$(FUZZ_CC))" >&2; exit 1; }
+	$$(call say,FUZZ,$$@)$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ $$< \
+		$$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) $$(or $$(FUZZ_LIBS_$(1)),-lm)
+endef
+$(foreach n,$(FUZZ_NAMES),$(eval $(call fuzz_rule,$(n))))
+
+# One phony fuzz-NAME per target, so that make -j2 fuzz runs two at once.
+$(foreach n,$(FUZZ_NAMES),$(eval fuzz-$(n): build/fuzz/fuzz_$(n) ; \
+	@tests/fuzz/run.sh $(n) $$(FUZZ_TIME) $$(FUZZ_OPTS)))
+.PHONY: $(patsubst %,fuzz-%,$(FUZZ_NAMES))
+
+fuzz: $(patsubst %,fuzz-%,$(FUZZ_TARGETS))
 
 # ---- install ----------------------------------------------------------------
 install: all

@@ -46,10 +46,23 @@
 
 enum { LRU_NONE = 0, LRU_MAIN = 1, LRU_PREFETCH = 2, LRU_PF_LOADING = 3 };
 
+/* An answer on its way to a waiter, collected under the lock and delivered
+ * after it is dropped. */
+struct done_list {
+	struct waiter *w;
+	uint32_t idx;
+	int result;
+	struct ms_expert_loc loc;
+	struct done_list *next;
+};
+
+/* Each waiter carries the node of its answer: answering allocates nothing,
+ * so no answer (and no pin) is lost when memory runs out. */
 struct waiter {
 	ms_cache_cb cb;
 	void *ctx;
 	struct waiter *next;
+	struct done_list done;
 };
 
 struct entry {
@@ -66,6 +79,7 @@ struct entry {
 	uint32_t prev, next;  /* list links (entry indices) */
 	uint64_t io_id;
 	uint64_t uses;
+	uint64_t pf_seq;       /* c->seq when its prefetch started */
 	uint64_t t_start_ns;
 	uint64_t deadline_ns; /* slot wait */
 	struct waiter *waiters;
@@ -111,6 +125,9 @@ struct ms_cache {
 	struct list pf_loading;   /* prefetches in flight (for cancel_stale) */
 	uint64_t pf_inflight_bytes;
 	uint64_t acquires;
+	uint64_t seq;             /* acquire calls so far */
+	uint64_t *layer_seq;      /* [n_layers]: seq of the layer's last acquire */
+	uint32_t cur_layer;       /* layer of the last acquire */
 	uint32_t n_waiting;       /* entries in slot wait queues */
 	struct ms_cache_stats st;
 };
@@ -195,17 +212,40 @@ static void expert_loc(const struct ms_cache *c, uint32_t idx,
 	}
 }
 
-/* A slot for entry idx: a free one, else the least recently used unpinned
- * READY entry of the class (never-used prefetches first). NONE if all are
- * pinned or loading. */
+/* A prefetch is stale once its layer has been acquired since it started and
+ * the reader has moved on to another layer: the token it was for came, did
+ * not take it, and is gone. (While the layer is still being acquired, as in
+ * one batched ACQUIRE, it is not stale: the next expert may be it.) */
+static bool do_pf_stale(const struct ms_cache *c, uint32_t idx)
+{
+	uint32_t l = idx / c->n_expert;
+	return c->layer_seq[l] > c->e[idx].pf_seq && c->cur_layer != l;
+}
+
+static void do_note_acquire(struct ms_cache *c, uint32_t layer)
+{
+	c->layer_seq[layer] = ++c->seq;
+	c->cur_layer = layer;
+}
+
+/* A slot for entry idx: a free one, else an unpinned READY entry of the
+ * class, in the order below. NONE if all are pinned or loading. */
 static uint32_t do_take_slot(struct ms_cache *c, uint32_t idx)
 {
 	struct klass *k = &c->cls[c->layer_class[idx / c->n_expert]];
 	if (k->n_free)
 		return k->free[--k->n_free];
-	for (int which = LRU_PREFETCH; which >= LRU_MAIN; which--) {
+	/* Stale unused prefetches first (a guess that did not pay), then the
+	 * least recently used, then prefetches still ahead of their reader:
+	 * evicting those first would throw away the next layer's experts to
+	 * make room for this one's. */
+	for (int pass = 0; pass < 3; pass++) {
+		int which = pass == 1 ? LRU_MAIN : LRU_PREFETCH;
 		uint32_t v = k->lru[which].head;
-		if (v == NONE)
+		if (pass == 0)
+			for (unsigned n = 0; v != NONE && !do_pf_stale(c, v) && n < 64; n++)
+				v = c->e[v].next;
+		if (v == NONE || (pass == 0 && !do_pf_stale(c, v)))
 			continue;
 		struct entry *ve = &c->e[v];
 		do_list_remove(c, v);
@@ -234,14 +274,6 @@ static void do_free_slot(struct ms_cache *c, uint32_t idx)
 }
 
 /* ---- loads ----------------------------------------------------------------------------- */
-
-struct done_list {
-	struct waiter *w;
-	uint32_t idx;
-	int result;
-	struct ms_expert_loc loc;
-	struct done_list *next;
-};
 
 static void io_done(void *ctx, uint64_t id, int result);
 
@@ -293,9 +325,8 @@ static void do_answer(struct ms_cache *c, uint32_t idx, int result,
 	struct waiter *w = e->waiters;
 	e->waiters = NULL;
 	for (; w; w = w->next) {
-		struct done_list *d = calloc(1, sizeof(*d));
-		if (!d)
-			continue; /* cannot happen in practice; pin stays */
+		struct done_list *d = &w->done;
+		memset(d, 0, sizeof(*d));
 		d->w = w;
 		d->idx = idx;
 		d->result = result;
@@ -314,8 +345,7 @@ static void deliver(struct ms_cache *c, struct done_list *d)
 		struct done_list *next = d->next;
 		d->w->cb(d->w->ctx, d->idx / c->n_expert, d->idx % c->n_expert,
 			 d->result, d->result ? NULL : &d->loc);
-		free(d->w);
-		free(d);
+		free(d->w); /* d lives in it */
 		d = next;
 	}
 }
@@ -471,6 +501,7 @@ int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 	uint32_t idx = layer * c->n_expert + expert;
 	struct entry *e = &c->e[idx];
 	pthread_mutex_lock(&c->mu);
+	do_note_acquire(c, layer);
 	if (c->stopping || e->state != MS_ENTRY_READY) {
 		pthread_mutex_unlock(&c->mu);
 		return -EAGAIN;
@@ -505,6 +536,7 @@ int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		pthread_mutex_unlock(&c->mu);
 		return -ESHUTDOWN;
 	}
+	do_note_acquire(c, layer);
 	e->uses++;
 	if (c->cfg.pin_top && ++c->acquires % PIN_TOP_EVERY == 0)
 		do_pin_top(c);
@@ -699,6 +731,7 @@ int ms_cache_prefetch(struct ms_cache *c, uint32_t layer, uint32_t expert)
 		if (slot == NONE) {
 			rc = -EBUSY;
 		} else if (!(rc = do_start_load(c, idx, slot, MS_IO_PREFETCH))) {
+			e->pf_seq = c->seq;
 			e->prefetched = true;
 			c->st.prefetch_issued++;
 		}
@@ -718,7 +751,7 @@ unsigned ms_cache_cancel_stale(struct ms_cache *c, uint32_t layer)
 	for (uint32_t idx = c->pf_loading.head; idx != NONE && n_ids < 256;
 	     idx = c->e[idx].next) {
 		const struct entry *e = &c->e[idx];
-		if (idx / c->n_expert < layer && !e->refs)
+		if ((do_pf_stale(c, idx) || idx / c->n_expert < layer) && !e->refs)
 			ids[n_ids++] = e->io_id;
 	}
 	pthread_mutex_unlock(&c->mu);
@@ -867,8 +900,7 @@ static void do_pin_top(struct ms_cache *c)
 	/* do_stick answers only on a failed submit; nobody waits then */
 	while (out) {
 		struct done_list *d = out->next;
-		free(out->w);
-		free(out);
+		free(out->w); /* the node lives in it */
 		out = d;
 	}
 }
@@ -946,11 +978,13 @@ static int carve_slots(struct ms_cache *c, struct ms_err *err)
 	const struct ms_model *m = c->m;
 	uint64_t *slot_of = calloc(c->n_layers, sizeof(*slot_of));
 	c->layer_class = calloc(c->n_layers, sizeof(*c->layer_class));
+	c->layer_seq = calloc(c->n_layers, sizeof(*c->layer_seq));
 	c->cls = calloc(c->n_layers, sizeof(*c->cls));
 	double *weight = calloc(c->n_layers, sizeof(*weight));
 	int rc = 0;
-	if (!slot_of || !c->layer_class || !c->cls || !weight) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+	if (!slot_of || !c->layer_class || !c->layer_seq || !c->cls || !weight) {
+		rc = ms_err_set(err, -ENOMEM, "cache: out of memory for the "
+				"tables of %u layers", c->n_layers);
 		goto out;
 	}
 	for (uint32_t l = 0; l < c->n_layers; l++) {
@@ -1024,7 +1058,9 @@ static int carve_slots(struct ms_cache *c, struct ms_err *err)
 		c->n_slots += K->n_slots;
 		K->free = malloc(n * sizeof(*K->free));
 		if (!K->free) {
-			rc = ms_err_set(err, -ENOMEM, "out of memory");
+			rc = ms_err_set(err, -ENOMEM, "cache: out of memory for "
+					"the free list of %llu slots",
+					(unsigned long long)n);
 			goto out;
 		}
 		for (uint32_t i = 0; i < n; i++)
@@ -1043,7 +1079,8 @@ static int carve_slots(struct ms_cache *c, struct ms_err *err)
 		c->st.waste_bytes += c->arena.size - base;
 	c->slot_entry = malloc(c->n_slots * sizeof(*c->slot_entry));
 	if (!c->slot_entry) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		rc = ms_err_set(err, -ENOMEM, "cache: out of memory for the "
+				"table of %u slots", c->n_slots);
 		goto out;
 	}
 	for (uint32_t s = 0; s < c->n_slots; s++)
@@ -1075,7 +1112,8 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 				  m->shards[0]->path);
 	struct ms_cache *c = calloc(1, sizeof(*c));
 	if (!c)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+		return ms_err_set(err, -ENOMEM, "cache: out of memory (%zu bytes)",
+				  sizeof(*c));
 	c->m = m;
 	c->cfg = *cfg;
 	c->arena.memfd = -1;
@@ -1091,7 +1129,8 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 	int rc;
 	c->e = calloc((size_t)c->n_layers * c->n_expert, sizeof(*c->e));
 	if (!c->e) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		rc = ms_err_set(err, -ENOMEM, "cache: out of memory for %u x %u "
+				"expert entries", c->n_layers, c->n_expert);
 		goto fail;
 	}
 	for (uint32_t i = 0; i < c->n_layers * c->n_expert; i++) {
@@ -1111,7 +1150,8 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 
 	const char **paths = calloc(m->n_shards, sizeof(*paths));
 	if (!paths) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		rc = ms_err_set(err, -ENOMEM, "cache: out of memory for %u shard "
+				"paths", m->n_shards);
 		goto fail;
 	}
 	for (uint32_t s = 0; s < m->n_shards; s++)
@@ -1122,7 +1162,8 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 	if (rc)
 		goto fail;
 	if ((rc = -pthread_create(&c->reaper, NULL, reaper_main, c))) {
-		ms_err_set(err, rc, "cannot start the cache's timer thread");
+		ms_err_set(err, rc, "cannot start the cache's timer thread: %s",
+			   strerror(-rc));
 		goto fail;
 	}
 	c->reaper_started = true;
@@ -1168,6 +1209,7 @@ void ms_cache_free(struct ms_cache *c)
 	}
 	free(c->cls);
 	free(c->layer_class);
+	free(c->layer_seq);
 	free(c->slot_entry);
 	free(c->e);
 	ms_arena_free(&c->arena);

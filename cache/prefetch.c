@@ -56,7 +56,8 @@ int ms_prefetcher_init(struct ms_prefetcher **out, uint32_t n_layers,
 				  (double)decay);
 	struct ms_prefetcher *p = calloc(1, sizeof(*p));
 	if (!p)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+		return ms_err_set(err, -ENOMEM,
+				  "out of memory for the prefetch history");
 	p->n_layers = n_layers;
 	p->n_expert = n_expert;
 	p->decay = decay;

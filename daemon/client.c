@@ -434,6 +434,13 @@ const struct ms_client_layer *ms_client_layer(const struct ms_client *c,
 	return &c->layers[c->block_layer[block]];
 }
 
+const void *ms_client_arena(const struct ms_client *c, uint64_t *len)
+{
+	if (len)
+		*len = c->arena_len;
+	return c->arena;
+}
+
 static int send_experts(struct ms_client *c, uint16_t type, uint32_t block,
 			const uint16_t *experts, const float *scores, unsigned n,
 			uint64_t *id)

@@ -841,40 +841,83 @@ static void section_keys(const char *section, char *out, size_t len)
 #define ORIGIN_FMT "%s%s"
 #define ORIGIN_ARG(o) ((o) && *(o) ? (o) : ""), ((o) && *(o) ? ": " : "")
 
-/* Values are quoted in messages up to this many bytes. */
+/* Text from a file or the command line is quoted in messages up to this
+ * many bytes; QUOTE_BUF holds the quote (every byte escaped, "...", NUL). */
 #define QUOTE_MAX 80
-#define QUOTE(v) (int)(strlen(v) > QUOTE_MAX ? QUOTE_MAX : strlen(v)), (v), \
-	(strlen(v) > QUOTE_MAX ? "..." : "")
+#define QUOTE_BUF (4 * QUOTE_MAX + 4)
+
+/*
+ * The first `n` bytes of `s` (at most QUOTE_MAX of them) as message text
+ * in out[QUOTE_BUF]: control bytes and DEL written \n, \r, \t or \xNN,
+ * "..." when cut. A message is one line (a log line, a reply to a client)
+ * whatever a section name, key or value holds.
+ */
+static const char *quote_n(char out[QUOTE_BUF], const char *s, size_t n)
+{
+	size_t o = 0, i;
+	for (i = 0; i < n && i < QUOTE_MAX; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch >= 0x20 && ch != 0x7f && ch != '\\') {
+			out[o++] = (char)ch;
+			continue;
+		}
+		out[o++] = '\\';
+		switch (ch) {
+		case '\\': out[o++] = '\\'; break;
+		case '\n': out[o++] = 'n'; break;
+		case '\r': out[o++] = 'r'; break;
+		case '\t': out[o++] = 't'; break;
+		default:
+			snprintf(out + o, 4, "x%02x", ch);
+			o += 3;
+		}
+	}
+	if (i < n) {
+		memcpy(out + o, "...", 3);
+		o += 3;
+	}
+	out[o] = '\0';
+	return out;
+}
+
+static const char *quote(char out[QUOTE_BUF], const char *s)
+{
+	return quote_n(out, s, strlen(s));
+}
 
 static int set_one(struct ms_config *c, const char *section, const char *key,
 		   const char *value, const char *origin, struct ms_err *err)
 {
 	char why[256], range[256];
+	char qs[QUOTE_BUF], qk[QUOTE_BUF], qv[QUOTE_BUF];
 	if (!section || !*section)
 		return ms_err_set(err, -EINVAL,
-				  ORIGIN_FMT "%s = '%.*s%s': key before any "
+				  ORIGIN_FMT "%s = '%s': key before any "
 				  "[section] (allowed: " SECTIONS_TEXT ")",
-				  ORIGIN_ARG(origin), key, QUOTE(value));
+				  ORIGIN_ARG(origin), quote(qk, key),
+				  quote(qv, value));
 	if (!section_known(section))
 		return ms_err_set(err, -EINVAL,
-				  ORIGIN_FMT "[%s] %s = '%.*s%s': unknown section "
+				  ORIGIN_FMT "[%s] %s = '%s': unknown section "
 				  "(allowed: " SECTIONS_TEXT ")",
-				  ORIGIN_ARG(origin), section, key, QUOTE(value));
+				  ORIGIN_ARG(origin), quote(qs, section),
+				  quote(qk, key), quote(qv, value));
 	const struct opt *o = opt_find(section, key);
 	if (!o) {
 		section_keys(section, range, sizeof(range));
 		return ms_err_set(err, -EINVAL,
-				  ORIGIN_FMT "[%s] %s = '%.*s%s': unknown key "
+				  ORIGIN_FMT "[%s] %s = '%s': unknown key "
 				  "(allowed in [%s]: %s)",
-				  ORIGIN_ARG(origin), section, key, QUOTE(value),
-				  section, range);
+				  ORIGIN_ARG(origin), quote(qs, section),
+				  quote(qk, key), quote(qv, value),
+				  quote(qs, section), range);
 	}
 	if (opt_parse(o, c, value, why, sizeof(why))) {
 		opt_range(o, range, sizeof(range));
 		return ms_err_set(err, -EINVAL,
-				  ORIGIN_FMT "[%s] %s = '%.*s%s': %s (allowed: "
+				  ORIGIN_FMT "[%s] %s = '%s': %s (allowed: "
 				  "%s)", ORIGIN_ARG(origin), o->section, o->key,
-				  QUOTE(value), why, range);
+				  quote(qv, value), why, range);
 	}
 	return 0;
 }
@@ -956,28 +999,28 @@ static const char *ini_end(const char *s, const char *chars)
 static void check_line(struct load_ctx *x)
 {
 	const char *s = x->cur;
+	char q[QUOTE_BUF];
 	if (!*s || *s == ';' || *s == '#')
 		return;
 	if (*s == '[') {
 		const char *e = ini_end(s + 1, "]");
 		if (*e != ']') {
-			load_fail(x, "syntax error: '%.*s%s': a section header "
-				  "without ']'", QUOTE(s));
+			load_fail(x, "syntax error: '%s': a section header "
+				  "without ']'", quote(q, s));
 			return;
 		}
 		char name[64];
 		size_t n = (size_t)(e - s - 1);
 		snprintf(name, sizeof(name), "%.*s", (int)n, s + 1);
 		if (n >= sizeof(name) || !section_known(name))
-			load_fail(x, "[%.*s%s]: unknown section (allowed: "
-				  SECTIONS_TEXT ")", (int)(n > 60 ? 60 : n),
-				  s + 1, n > 60 ? "..." : "");
+			load_fail(x, "[%s]: unknown section (allowed: "
+				  SECTIONS_TEXT ")", quote_n(q, s + 1, n));
 		return;
 	}
 	const char *e = ini_end(s, "=:");
 	if (*e != '=' && *e != ':')
-		load_fail(x, "syntax error: '%.*s%s' (expected [section], "
-			  "key = value, or a # comment)", QUOTE(s));
+		load_fail(x, "syntax error: '%s' (expected [section], "
+			  "key = value, or a # comment)", quote(q, s));
 }
 
 /* ini_reader: one whole physical line per call, counted. */
@@ -1016,7 +1059,7 @@ static int load_handler(void *user, const char *section, const char *name,
 			const char *value)
 {
 	struct load_ctx *x = user;
-	char full[8192];
+	char full[8192], qs[QUOTE_BUF], qk[QUOTE_BUF];
 
 	if (x->err_line)
 		return 1; /* the first error is the one reported */
@@ -1033,7 +1076,8 @@ static int load_handler(void *user, const char *section, const char *name,
 			ve--;
 		if ((size_t)(ve - v) >= sizeof(full)) {
 			load_fail(x, "[%s] %s: a value of %zu bytes (at most "
-				  "%zu)", section, name, (size_t)(ve - v),
+				  "%zu)", quote(qs, section), quote(qk, name),
+				  (size_t)(ve - v),
 				  sizeof(full) - 1);
 			return 1;
 		}
@@ -1045,9 +1089,9 @@ static int load_handler(void *user, const char *section, const char *name,
 	if (o) {
 		size_t i = (size_t)(o - opts);
 		if (x->seen[i]) {
-			load_fail(x, "[%s] %s = '%.*s%s': duplicate key (first "
+			load_fail(x, "[%s] %s = '%s': duplicate key (first "
 				  "set on line %d)", o->section, o->key,
-				  QUOTE(value), x->seen[i]);
+				  quote(qk, value), x->seen[i]);
 			return 1;
 		}
 		x->seen[i] = x->line;

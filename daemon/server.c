@@ -4,11 +4,20 @@
  * I/O threads) back to the loop (an eventfd and a locked queue).
  *
  * One thread runs the loop: every client's state is touched only here, so
- * nothing in it needs a lock. A cache callback copies its answer into the
- * completion queue and pokes the eventfd; the loop sends it. A client that
- * vanished in between is recognised by its generation number, and the pin
- * its answer carried is released at once: a client's pins die with its
- * connection, however it ends.
+ * nothing in it needs a lock. A cache callback puts its answer on the
+ * completion queue and pokes the eventfd; the loop sends it. The queue's
+ * node is the callback's context, allocated with the request: queueing an
+ * answer never allocates, so no answer (and no pin) is lost when memory runs
+ * out. A client that vanished in between is recognised by its generation
+ * number, and the pin its answer carried is released at once: a client's
+ * pins die with its connection, however it ends.
+ *
+ * A client counts its pins per expert in 16 bits and may hold at most
+ * MS_PROTO_MAX_PINS of one expert; an ACQUIRE past that is answered
+ * -EOVERFLOW for that expert (protocol.h). The count cannot wrap, so every
+ * pin is released when the connection ends; and all clients together (at
+ * most 4096 x 65535 pins of an expert) stay far below the cache's 32-bit
+ * reference count.
  *
  * Idle, the daemon sleeps in epoll_wait: no timers fire unless a client has
  * an idle timeout to enforce or the cache has waiters.
@@ -114,9 +123,12 @@ struct client {
 	gid_t gid;
 	pid_t pid;
 	char name[32];
-	uint16_t *pins;         /* [layers * experts], allocated at HELLO */
+	uint16_t *pins;         /* [layers * experts], allocated at HELLO; each
+				   at most MS_PROTO_MAX_PINS */
 	uint64_t n_pins;        /* pins held */
 	uint32_t n_pending;     /* acquires the cache will still answer */
+	bool hints;             /* it sends PREFETCH hints */
+	bool pin_limit_said;    /* the pin limit was logged for it */
 	uint64_t last_active_ns;
 	int32_t last_layer;     /* the layer of its last ACQUIRE, -1 none */
 	uint32_t n_last;
@@ -126,21 +138,20 @@ struct client {
 	bool want_out;
 };
 
-/* An answer from the cache, on its way to the loop. */
-struct completion {
-	uint32_t slot, gen;
-	uint64_t req_id;
-	uint32_t layer, expert;
-	int result;
-	struct ms_expert_loc loc;
-	uint64_t t0_ns;
-};
+_Static_assert(MS_PROTO_MAX_PINS <= UINT16_MAX,
+	       "a client counts its pins of an expert in 16 bits");
 
-struct pending_ctx {           /* the ctx of a cache callback */
+/* An acquire the cache answers later: the ctx of its callback, then (the
+ * answer filled in) a node of the completion queue. */
+struct completion {
+	struct completion *next;
 	struct ms_server *s;
 	uint32_t slot, gen;
 	uint64_t req_id;
 	uint64_t t0_ns;
+	uint32_t layer, expert;  /* the answer, from here on */
+	int result;
+	struct ms_expert_loc loc;
 };
 
 struct ms_server {
@@ -158,8 +169,7 @@ struct ms_server {
 	uint32_t *gens;            /* generation per slot */
 
 	pthread_mutex_t cq_mu;     /* completion queue, filled by I/O threads */
-	struct completion *cq;
-	uint32_t cq_len, cq_cap;
+	struct completion *cq, *cq_tail;
 
 	uid_t allow_uid[MAX_ALLOW];
 	gid_t allow_gid[MAX_ALLOW];
@@ -456,7 +466,10 @@ static void accept_clients(struct ms_server *s)
 			slot++;
 		struct client *c = calloc(1, sizeof(*c));
 		if (!c) {
-			close(fd);
+			s->n_refused++;
+			ms_log(MS_LOG_WARNING, "refused pid %d: out of memory",
+			       (int)cr.pid);
+			refuse(s, fd, -ENOMEM, "the daemon is out of memory; try again");
 			continue;
 		}
 		c->fd = fd;
@@ -507,13 +520,22 @@ static void on_hello(struct ms_server *s, struct client *c,
 	}
 	memcpy(c->name, q.name, sizeof(c->name));
 	c->name[sizeof(c->name) - 1] = '\0';
-	c->pins = calloc((size_t)s->m->n_layers * s->m->n_expert, sizeof(*c->pins));
+	size_t n_ent = (size_t)s->m->n_layers * s->m->n_expert;
+	c->pins = calloc(n_ent, sizeof(*c->pins));
+	if (!c->pins) {
+		snprintf(why, sizeof(why), "HELLO: the daemon is out of memory for "
+			 "this client's pin table (%zu bytes); try again",
+			 n_ent * sizeof(*c->pins));
+		if (send_error(s, c, h->id, -ENOMEM, why))
+			client_close(s, c, why);
+		return;
+	}
 	int fd = ms_arena_ro_fd(ms_cache_arena(s->cache));
-	if (!c->pins || fd < 0) {
-		if (send_error(s, c, h->id, -ENOMEM, "out of memory"))
-			client_close(s, c, "out of memory");
-		if (fd >= 0)
-			close(fd);
+	if (fd < 0) {
+		snprintf(why, sizeof(why), "HELLO: the daemon cannot open the cache "
+			 "arena for this client: %s", strerror(-fd));
+		if (send_error(s, c, h->id, fd, why))
+			client_close(s, c, why);
 		return;
 	}
 	c->hello = true;
@@ -531,35 +553,25 @@ static int32_t layer_of(const struct ms_server *s, uint32_t block)
 static void cache_cb(void *ctx, uint32_t layer, uint32_t expert, int result,
 		     const struct ms_expert_loc *loc)
 {
-	struct pending_ctx *pc = ctx;
-	struct ms_server *s = pc->s;
-	struct completion co = { .slot = pc->slot, .gen = pc->gen,
-				 .req_id = pc->req_id, .layer = layer,
-				 .expert = expert, .result = result,
-				 .t0_ns = pc->t0_ns };
+	struct completion *co = ctx;
+	struct ms_server *s = co->s;
+	co->next = NULL;
+	co->layer = layer;
+	co->expert = expert;
+	co->result = result;
 	if (loc)
-		co.loc = *loc;
-	free(pc);
+		co->loc = *loc;
 	pthread_mutex_lock(&s->cq_mu);
 	if (s->stopped) { /* the cache is being freed: nobody to tell */
 		pthread_mutex_unlock(&s->cq_mu);
+		free(co);
 		return;
 	}
-	if (s->cq_len == s->cq_cap) {
-		uint32_t cap = s->cq_cap ? 2 * s->cq_cap : 256;
-		struct completion *q = realloc(s->cq, cap * sizeof(*q));
-		if (!q) {
-			pthread_mutex_unlock(&s->cq_mu);
-			/* cannot tell the loop: give the pin back */
-			if (!result)
-				ms_cache_release(s->cache, layer, expert);
-			ms_log(MS_LOG_ERR, "out of memory queueing an answer");
-			return;
-		}
-		s->cq = q;
-		s->cq_cap = cap;
-	}
-	s->cq[s->cq_len++] = co;
+	if (s->cq_tail)
+		s->cq_tail->next = co;
+	else
+		s->cq = co;
+	s->cq_tail = co;
 	pthread_mutex_unlock(&s->cq_mu);
 	uint64_t one = 1;
 	if (write(s->efd, &one, sizeof(one)) < 0) {
@@ -586,14 +598,17 @@ static void fill_ent(const struct ms_server *s, struct ms_expert_ent *e,
 
 /* The history policy: learn the step from this client's previous layer to
  * this one, then prefetch the likeliest experts of the next `depth` layers.
- * Prefetches of layers this client has moved past are cancelled. */
+ * Stale prefetches (their layer read and left without them) are cancelled. */
 static void history_prefetch(struct ms_server *s, struct client *c,
 			     uint32_t layer, const struct ms_experts_req *q)
 {
 	enum ms_prefetch_policy pol = s->cfg.prefetch_policy;
 	if (pol == MS_PREFETCH_NONE)
 		return;
-	ms_cache_cancel_stale(s->cache, layer);
+	/* Only the prefetches the reader came past and left: not "every layer
+	 * before this one", which would cancel the next token's first layers
+	 * hinted at the end of this one. */
+	ms_cache_cancel_stale(s->cache, 0);
 	if (!s->pf || (pol != MS_PREFETCH_HISTORY && pol != MS_PREFETCH_AUTO))
 		return;
 	if (c->last_layer >= 0 && (uint32_t)c->last_layer + 1 == layer)
@@ -602,6 +617,11 @@ static void history_prefetch(struct ms_server *s, struct client *c,
 	c->last_layer = (int32_t)layer;
 	c->n_last = q->n;
 	memcpy(c->last, q->experts, q->n * sizeof(q->experts[0]));
+	/* auto: a client that sends hints knows its next layer better than
+	 * the table guesses it; guesses would only take disk time from the
+	 * hinted reads. The table still learns from it. */
+	if (pol == MS_PREFETCH_AUTO && c->hints)
+		return;
 
 	uint16_t cur[64], next[64];
 	float cur_s[64], next_s[64];
@@ -627,6 +647,40 @@ static void history_prefetch(struct ms_server *s, struct client *c,
 		if (!n)
 			break;
 	}
+}
+
+/* Whether c may take one more pin of (layer, expert); logs the refusal
+ * once per client. */
+static bool pin_room(struct ms_server *s, struct client *c, uint32_t layer,
+		     uint32_t expert)
+{
+	if (c->pins[layer * s->m->n_expert + expert] < MS_PROTO_MAX_PINS)
+		return true;
+	if (!c->pin_limit_said) {
+		c->pin_limit_said = true;
+		ms_log(MS_LOG_WARNING,
+		       "client %u (pid %d, %s) holds %u pins of block %u expert "
+		       "%u, the most one connection may hold: further ACQUIREs "
+		       "of it are answered EOVERFLOW until it releases some",
+		       c->slot, (int)c->pid, *c->name ? c->name : "?",
+		       (unsigned)MS_PROTO_MAX_PINS, s->m->layers[layer].block,
+		       expert);
+	}
+	return false;
+}
+
+/* Books a pin the cache granted to c: 0, or -EOVERFLOW when c holds the
+ * most it may of that expert (the pin then goes back to the cache). */
+static int pin_take(struct ms_server *s, struct client *c, uint32_t layer,
+		    uint32_t expert)
+{
+	if (!pin_room(s, c, layer, expert)) {
+		ms_cache_release(s->cache, layer, expert);
+		return -EOVERFLOW;
+	}
+	c->pins[layer * s->m->n_expert + expert]++;
+	c->n_pins++;
+	return 0;
 }
 
 static void on_acquire(struct ms_server *s, struct client *c,
@@ -659,38 +713,45 @@ static void on_acquire(struct ms_server *s, struct client *c,
 				 NULL);
 			continue;
 		}
-		rc = ms_cache_try_acquire(s->cache, (uint32_t)layer, e, &loc);
-		if (!rc) { /* a hit: no callback context needed */
-			c->pins[(uint32_t)layer * s->m->n_expert + e]++;
-			c->n_pins++;
-			lat_add(&s->lat_hit, now_ns() - t0);
-			fill_ent(s, &rep->e[rep->n++], (uint32_t)layer, e, 0, &loc);
+		/* At its limit already: refused before the cache is asked (an
+		 * answer still loading is checked again when it lands). */
+		if (!pin_room(s, c, (uint32_t)layer, e)) {
+			fill_ent(s, &rep->e[rep->n++], (uint32_t)layer, e,
+				 -EOVERFLOW, NULL);
 			continue;
 		}
-		struct pending_ctx *pc = malloc(sizeof(*pc));
+		rc = ms_cache_try_acquire(s->cache, (uint32_t)layer, e, &loc);
+		if (!rc) { /* a hit: no callback context needed */
+			rc = pin_take(s, c, (uint32_t)layer, e);
+			if (!rc)
+				lat_add(&s->lat_hit, now_ns() - t0);
+			fill_ent(s, &rep->e[rep->n++], (uint32_t)layer, e, rc,
+				 rc ? NULL : &loc);
+			continue;
+		}
+		struct completion *pc = malloc(sizeof(*pc));
 		if (!pc) {
 			fill_ent(s, &rep->e[rep->n++], (uint32_t)layer, e, -ENOMEM,
 				 NULL);
 			continue;
 		}
-		*pc = (struct pending_ctx){ .s = s, .slot = c->slot, .gen = c->gen,
-					    .req_id = h->id, .t0_ns = t0 };
+		*pc = (struct completion){ .s = s, .slot = c->slot, .gen = c->gen,
+					   .req_id = h->id, .t0_ns = t0 };
 		rc = ms_cache_acquire(s->cache, (uint32_t)layer, e, cache_cb, pc, &loc);
 		if (rc == -EINPROGRESS) {
 			c->n_pending++;
 			continue;
 		}
 		free(pc);
-		if (!rc) {
-			c->pins[(uint32_t)layer * s->m->n_expert + e]++;
-			c->n_pins++;
+		if (!rc && !(rc = pin_take(s, c, (uint32_t)layer, e)))
 			lat_add(&s->lat_hit, now_ns() - t0);
-		}
 		fill_ent(s, &rep->e[rep->n++], (uint32_t)layer, e, rc, rc ? NULL : &loc);
 	}
-	if (rep->n)
-		client_send(s, c, s->wbuf, ms_msg_encode_expert_rep(s->wbuf, h->id, rep),
-			    -1);
+	/* A send that fails closes (and frees) c: no guesses for a client
+	 * that is gone. */
+	if (rep->n && !client_send(s, c, s->wbuf,
+				   ms_msg_encode_expert_rep(s->wbuf, h->id, rep), -1))
+		return;
 	history_prefetch(s, c, (uint32_t)layer, q);
 }
 
@@ -757,6 +818,7 @@ static void on_prefetch(struct ms_server *s, struct client *c,
 	if (s->cfg.prefetch_policy != MS_PREFETCH_HINT &&
 	    s->cfg.prefetch_policy != MS_PREFETCH_AUTO)
 		return;
+	c->hints = true;
 	for (uint32_t i = 0; i < q->n; i++) {
 		if (q->experts[i] >= s->m->n_expert)
 			continue;
@@ -766,6 +828,8 @@ static void on_prefetch(struct ms_server *s, struct client *c,
 	}
 }
 
+/* The STATS object as JSON (malloc'ed), or NULL when memory ran out: an
+ * answer is whole or not given, never an object with keys missing. */
 static char *stats_json(struct ms_server *s)
 {
 	struct ms_cache_stats st;
@@ -775,24 +839,28 @@ static char *stats_json(struct ms_server *s)
 	const struct ms_arena *a = ms_cache_arena(s->cache);
 	double up = (double)(now_ns() - s->start_ns) / 1e9;
 	cJSON *o = cJSON_CreateObject();
-#define N(k, v) cJSON_AddNumberToObject(o, k, (double)(v))
-	cJSON_AddStringToObject(o, "version", MS_VERSION);
-	cJSON_AddStringToObject(o, "model", s->m->shards[0]->path);
-	cJSON_AddStringToObject(o, "architecture", s->m->arch);
+	if (!o)
+		return NULL;
+	bool ok = true; /* every item made it in */
+#define N(k, v) (ok &= cJSON_AddNumberToObject(o, k, (double)(v)) != NULL)
+#define S(k, v) (ok &= cJSON_AddStringToObject(o, k, v) != NULL)
+#define B(k, v) (ok &= cJSON_AddBoolToObject(o, k, v) != NULL)
+	S("version", MS_VERSION);
+	S("model", s->m->shards[0]->path);
+	S("architecture", s->m->arch);
 	N("pid", getpid());
 	N("uptime_s", up);
 	N("clients", s->n_clients);
 	N("clients_accepted", s->n_accepted);
 	N("clients_refused", s->n_refused);
-	cJSON_AddStringToObject(o, "io_engine",
-				io.engine == MS_IO_ENGINE_URING ? "io_uring" : "preadv");
-	cJSON_AddBoolToObject(o, "io_direct", io.direct);
-	cJSON_AddBoolToObject(o, "io_fixed_buffers", io.fixed_buffers);
-	cJSON_AddBoolToObject(o, "io_fixed_files", io.fixed_files);
-	cJSON_AddBoolToObject(o, "io_sqpoll", io.sqpoll);
-	cJSON_AddStringToObject(o, "io_fallbacks", io.why);
-	cJSON_AddStringToObject(o, "arena", a->mode);
-	cJSON_AddBoolToObject(o, "arena_hugetlb", a->hugetlb);
+	S("io_engine", io.engine == MS_IO_ENGINE_URING ? "io_uring" : "preadv");
+	B("io_direct", io.direct);
+	B("io_fixed_buffers", io.fixed_buffers);
+	B("io_fixed_files", io.fixed_files);
+	B("io_sqpoll", io.sqpoll);
+	S("io_fallbacks", io.why);
+	S("arena", a->mode);
+	B("arena_hugetlb", a->hugetlb);
 	N("arena_numa_node", a->numa_node);
 	N("hits", st.hits);
 	N("misses", st.misses);
@@ -828,10 +896,18 @@ static char *stats_json(struct ms_server *s)
 	N("demand_stall_s", (double)s->lat_miss.sum_ns / 1e9);
 	N("prefetch_history_observed", ms_prefetcher_observed(s->pf));
 	cJSON *h = cJSON_AddArrayToObject(o, "load_latency_us_log2");
-	for (int i = 0; i < 24; i++)
-		cJSON_AddItemToArray(h, cJSON_CreateNumber((double)st.lat_us_hist[i]));
+	ok &= h != NULL;
+	for (int i = 0; h && i < 24; i++) {
+		cJSON *v = cJSON_CreateNumber((double)st.lat_us_hist[i]);
+		if (!cJSON_AddItemToArray(h, v)) {
+			cJSON_Delete(v);
+			ok = false;
+		}
+	}
 #undef N
-	char *txt = cJSON_PrintUnformatted(o);
+#undef S
+#undef B
+	char *txt = ok ? cJSON_PrintUnformatted(o) : NULL;
 	cJSON_Delete(o);
 	return txt;
 }
@@ -868,9 +944,15 @@ static void on_message(struct ms_server *s, struct client *c, uint32_t n,
 	case MS_MSG_STATS: {
 		char *txt = stats_json(s);
 		size_t len = txt ? strlen(txt) : 0;
-		if (!txt || len > MS_MSG_MAX_PAYLOAD)
-			send_error(s, c, h.id, -ENOMEM, "stats do not fit");
-		else
+		if (!txt) {
+			send_error(s, c, h.id, -ENOMEM,
+				   "STATS: the daemon is out of memory; try again");
+		} else if (len > MS_MSG_MAX_PAYLOAD) {
+			snprintf(why, sizeof(why),
+				 "STATS: %zu bytes of JSON exceed the %d-byte "
+				 "payload cap", len, MS_MSG_MAX_PAYLOAD);
+			send_error(s, c, h.id, -EMSGSIZE, why);
+		} else
 			client_send(s, c, s->wbuf,
 				    ms_msg_encode_blob(s->wbuf, MS_MSG_STATS, h.id,
 						       txt, (uint32_t)len),
@@ -957,48 +1039,42 @@ static void drain_completions(struct ms_server *s)
 		/* nothing: another wakeup already took the count */
 	}
 	pthread_mutex_lock(&s->cq_mu);
-	struct completion *q = s->cq;
-	uint32_t n = s->cq_len;
-	s->cq = NULL;
-	s->cq_len = s->cq_cap = 0;
+	struct completion *co = s->cq;
+	s->cq = s->cq_tail = NULL;
 	pthread_mutex_unlock(&s->cq_mu);
 
-	for (uint32_t i = 0; i < n; i++) {
-		struct completion *co = &q[i];
-		struct client *c = s->clients[co->slot];
-		if (!c || c->gen != co->gen) {
+	while (co) {
+		uint32_t slot = co->slot, gen = co->gen;
+		uint64_t req_id = co->req_id;
+		struct client *c = s->clients[slot];
+		struct completion *next;
+		if (!c || c->gen != gen) {
 			/* Its client is gone: the pin dies here. */
 			if (!co->result)
 				ms_cache_release(s->cache, co->layer, co->expert);
+			next = co->next;
+			free(co);
+			co = next;
 			continue;
-		}
-		c->n_pending--;
-		if (!co->result) {
-			c->pins[co->layer * s->m->n_expert + co->expert]++;
-			c->n_pins++;
-			lat_add(&s->lat_miss, now_ns() - co->t0_ns);
 		}
 		/* Answers of one request that arrived together go out together. */
 		struct ms_expert_rep *rep = s->rep;
 		rep->n = 0;
-		fill_ent(s, &rep->e[rep->n++], co->layer, co->expert, co->result,
-			 co->result ? NULL : &co->loc);
-		while (i + 1 < n && q[i + 1].slot == co->slot && q[i + 1].gen == co->gen &&
-		       q[i + 1].req_id == co->req_id && rep->n < MS_MSG_MAX_EXPERTS) {
-			struct completion *nx = &q[++i];
+		do {
+			int st = co->result;
 			c->n_pending--;
-			if (!nx->result) {
-				c->pins[nx->layer * s->m->n_expert + nx->expert]++;
-				c->n_pins++;
-				lat_add(&s->lat_miss, now_ns() - nx->t0_ns);
-			}
-			fill_ent(s, &rep->e[rep->n++], nx->layer, nx->expert, nx->result,
-				 nx->result ? NULL : &nx->loc);
-		}
+			if (!st && !(st = pin_take(s, c, co->layer, co->expert)))
+				lat_add(&s->lat_miss, now_ns() - co->t0_ns);
+			fill_ent(s, &rep->e[rep->n++], co->layer, co->expert, st,
+				 st ? NULL : &co->loc);
+			next = co->next;
+			free(co);
+			co = next;
+		} while (co && co->slot == slot && co->gen == gen &&
+			 co->req_id == req_id && rep->n < MS_MSG_MAX_EXPERTS);
 		client_send(s, c, s->wbuf,
-			    ms_msg_encode_expert_rep(s->wbuf, co->req_id, rep), -1);
+			    ms_msg_encode_expert_rep(s->wbuf, req_id, rep), -1);
 	}
-	free(q);
 }
 
 /* ---- the socket ------------------------------------------------------------------------ */
@@ -1069,7 +1145,8 @@ int ms_server_precheck(const struct ms_config *cfg, bool probe,
 {
 	struct ms_server *tmp = calloc(1, sizeof(*tmp));
 	if (!tmp)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+		return ms_err_set(err, -ENOMEM, "server: out of memory (%zu bytes)",
+				  sizeof(*tmp));
 	tmp->cfg = *cfg;
 	int rc = parse_allow(tmp, err);
 	free(tmp);
@@ -1110,7 +1187,8 @@ int ms_server_init(struct ms_server **out, const struct ms_config *cfg,
 	*out = NULL;
 	struct ms_server *s = calloc(1, sizeof(*s));
 	if (!s)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+		return ms_err_set(err, -ENOMEM, "server: out of memory (%zu bytes)",
+				  sizeof(*s));
 	s->cfg = *cfg;
 	s->m = m;
 	s->cache = cache;
@@ -1130,7 +1208,9 @@ int ms_server_init(struct ms_server **out, const struct ms_config *cfg,
 	s->req = calloc(1, sizeof(*s->req));
 	if (!s->clients || !s->gens || !s->rbuf || !s->wbuf || !s->hello || !s->rep ||
 	    !s->req) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		rc = ms_err_set(err, -ENOMEM, "server: out of memory for the "
+				"client table (%u slots) and message buffers",
+				s->n_slots);
 		goto fail;
 	}
 	if (m->n_layers > MS_PROTO_MAX_LAYERS) {
@@ -1348,16 +1428,27 @@ void ms_server_stop(struct ms_server *s)
 	for (uint32_t i = 0; s->clients && i < s->n_slots; i++)
 		if (s->clients[i])
 			client_close(s, s->clients[i], NULL);
-	/* Answers that raced with the end: their pins go back. */
-	pthread_mutex_lock(&s->cq_mu);
-	for (uint32_t i = 0; i < s->cq_len; i++)
-		if (!s->cq[i].result)
-			ms_cache_release(s->cache, s->cq[i].layer, s->cq[i].expert);
-	free(s->cq);
-	s->cq = NULL;
-	s->cq_len = s->cq_cap = 0;
-	s->stopped = true;
-	pthread_mutex_unlock(&s->cq_mu);
+	/* Answers that raced with the end: their pins go back. Released
+	 * without cq_mu held (a release can start a waiter's load, whose
+	 * failure calls cache_cb at once); such answers are taken on the next
+	 * round. */
+	for (;;) {
+		pthread_mutex_lock(&s->cq_mu);
+		struct completion *co = s->cq;
+		s->cq = s->cq_tail = NULL;
+		if (!co)
+			s->stopped = true;
+		pthread_mutex_unlock(&s->cq_mu);
+		if (!co)
+			break;
+		while (co) {
+			struct completion *next = co->next;
+			if (!co->result)
+				ms_cache_release(s->cache, co->layer, co->expert);
+			free(co);
+			co = next;
+		}
+	}
 	if (s->lfd >= 0) {
 		close(s->lfd);
 		s->lfd = -1;

@@ -459,7 +459,8 @@ static int ring_setup(struct ring *r, struct ms_err *err)
 		unsigned n = (unsigned)((io->mem_len + REG_BUF_MAX - 1) / REG_BUF_MAX);
 		struct iovec *iov = calloc(n, sizeof(*iov));
 		if (!iov)
-			return ms_err_set(err, -ENOMEM, "out of memory");
+			return ms_err_set(err, -ENOMEM, "I/O engine: out of memory "
+					  "for %u buffer registrations", n);
 		for (unsigned i = 0; i < n; i++) {
 			iov[i].iov_base = io->mem + (size_t)i * REG_BUF_MAX;
 			uint64_t left = io->mem_len - (size_t)i * REG_BUF_MAX;
@@ -608,7 +609,8 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 
 	struct ms_io *io = calloc(1, sizeof(*io));
 	if (!io)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+		return ms_err_set(err, -ENOMEM, "I/O engine: out of memory (%zu "
+				  "bytes)", sizeof(*io));
 	io->cfg = *cfg;
 	io->n_files = n_paths;
 	io->mem = mem;
@@ -621,7 +623,8 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 	io->block_size = calloc(n_paths, sizeof(*io->block_size));
 	int rc;
 	if (!io->fds || !io->file_size || !io->block_size) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		rc = ms_err_set(err, -ENOMEM, "I/O engine: out of memory for "
+				"the table of %u files", n_paths);
 		goto fail;
 	}
 	for (unsigned i = 0; i < n_paths; i++)
@@ -636,12 +639,14 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 		io->mode.sqpoll = cfg->sqpoll;
 		io->mode.fixed_buffers = cfg->fixed_buffers;
 		io->mode.fixed_files = cfg->fixed_files;
-		io->n_rings = cfg->threads;
-		io->rings = calloc(io->n_rings, sizeof(*io->rings));
+		/* n_rings only once the array exists: ms_io_free walks it. */
+		io->rings = calloc(cfg->threads, sizeof(*io->rings));
 		if (!io->rings) {
-			rc = ms_err_set(err, -ENOMEM, "out of memory");
+			rc = ms_err_set(err, -ENOMEM, "I/O engine: out of memory for "
+					"%u rings", cfg->threads);
 			goto fail;
 		}
+		io->n_rings = cfg->threads;
 		for (unsigned i = 0; i < io->n_rings; i++) {
 			io->rings[i].io = io;
 			io->rings[i].idx = i;
@@ -677,29 +682,35 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 		io->mode.engine = MS_IO_ENGINE_PREADV;
 		io->mode.sqpoll = io->mode.fixed_buffers = io->mode.fixed_files = false;
 		unsigned n = cfg->threads * cfg->queue_depth;
-		io->n_workers = n > 64 ? 64 : n;
-		io->workers = calloc(io->n_workers, sizeof(*io->workers));
-		struct worker_arg *wa = calloc(io->n_workers, sizeof(*wa));
+		if (n > 64)
+			n = 64;
+		/* n_workers counts the threads started: ms_io_free joins
+		 * exactly those. */
+		io->workers = calloc(n, sizeof(*io->workers));
+		struct worker_arg *wa = calloc(n, sizeof(*wa));
 		io->worker_args = wa;
 		if (!io->workers || !wa) {
-			rc = ms_err_set(err, -ENOMEM, "out of memory");
+			rc = ms_err_set(err, -ENOMEM, "I/O engine: out of memory "
+					"for %u threads", n);
 			goto fail;
 		}
-		for (unsigned i = 0; i < io->n_workers; i++) {
+		for (unsigned i = 0; i < n; i++) {
 			wa[i].io = io;
 			wa[i].rng = cfg->faults.seed * 1000003u + i;
 			if ((rc = -pthread_create(&io->workers[i], NULL, pread_main,
 						  &wa[i]))) {
-				io->n_workers = i;
-				ms_err_set(err, rc, "cannot start I/O threads");
+				ms_err_set(err, rc, "cannot start I/O thread %u of "
+					   "%u: %s", i + 1, n, strerror(-rc));
 				goto fail;
 			}
+			io->n_workers = i + 1;
 		}
 	} else {
 		for (unsigned i = 0; i < io->n_rings; i++) {
 			if ((rc = -pthread_create(&io->rings[i].thread, NULL, ring_main,
 						  &io->rings[i]))) {
-				ms_err_set(err, rc, "cannot start I/O threads");
+				ms_err_set(err, rc, "cannot start I/O thread %u of "
+					   "%u: %s", i + 1, io->n_rings, strerror(-rc));
 				goto fail;
 			}
 			io->rings[i].started = true;

@@ -24,3 +24,365 @@ int ms_gpu_list(struct ms_gpu_info *out, int max, struct ms_err *err)
 	(void)max;
 	return ms_err_set(err, -ENOTSUP, "%s", ms_gpu_build_info());
 }
+
+/* ---- GPU block (kernels/gpu_*.cu): every entry point, answering as the
+ * header says a build without CUDA does ---------------------------------- */
+
+static int no_cuda(struct ms_err *err)
+{
+	return ms_err_set(err, -ENOTSUP, "%s", ms_gpu_build_info());
+}
+
+int ms_gpu_set_device(int device, struct ms_err *err)
+{
+	(void)device;
+	return no_cuda(err);
+}
+
+int ms_gpu_malloc(void **dev, size_t bytes, struct ms_err *err)
+{
+	(void)bytes;
+	if (dev)
+		*dev = NULL;
+	return no_cuda(err);
+}
+
+void ms_gpu_free(void *dev)
+{
+	(void)dev;
+}
+
+int ms_gpu_upload(void *dev, const void *host, size_t bytes,
+		  struct ms_err *err)
+{
+	(void)dev;
+	(void)host;
+	(void)bytes;
+	return no_cuda(err);
+}
+
+int ms_gpu_download(void *host, const void *dev, size_t bytes,
+		    struct ms_err *err)
+{
+	(void)host;
+	(void)dev;
+	(void)bytes;
+	return no_cuda(err);
+}
+
+int ms_gpu_memset(void *dev, int byte, size_t bytes, struct ms_err *err)
+{
+	(void)dev;
+	(void)byte;
+	(void)bytes;
+	return no_cuda(err);
+}
+
+int ms_gpu_stream_sync(void *stream, struct ms_err *err)
+{
+	(void)stream;
+	return no_cuda(err);
+}
+
+bool ms_gpu_dequant_supported(uint32_t type)
+{
+	(void)type;
+	return false;
+}
+
+int ms_gpu_dequant(uint32_t type, const void *src_dev, void *dst_dev,
+		   int64_t n, bool f16, void *stream, struct ms_err *err)
+{
+	(void)type;
+	(void)src_dev;
+	(void)dst_dev;
+	(void)n;
+	(void)f16;
+	(void)stream;
+	return no_cuda(err);
+}
+
+bool ms_gpu_matvec_supported(uint32_t type)
+{
+	(void)type;
+	return false;
+}
+
+const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p)
+{
+	switch (p) {
+	case MS_GPU_FFN_AUTO:
+		return "auto";
+	case MS_GPU_FFN_MATVEC:
+		return "matvec";
+	case MS_GPU_FFN_CUBLAS:
+		return "cublas";
+	default:
+		return "invalid";
+	}
+}
+
+int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device, void *stream,
+		    struct ms_err *err)
+{
+	(void)device;
+	(void)stream;
+	if (out)
+		*out = NULL;
+	return no_cuda(err);
+}
+
+void ms_gpu_ctx_free(struct ms_gpu_ctx *c)
+{
+	(void)c;
+}
+
+void *ms_gpu_ctx_stream(const struct ms_gpu_ctx *c)
+{
+	(void)c;
+	return NULL;
+}
+
+int ms_gpu_ctx_device(const struct ms_gpu_ctx *c)
+{
+	(void)c;
+	return -1;
+}
+
+int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+		       int n_experts, const float *x_dev, int64_t x_stride,
+		       float *y_dev, int64_t n_tokens,
+		       enum ms_gpu_ffn_path path, struct ms_err *err)
+{
+	(void)c;
+	(void)e;
+	(void)n_experts;
+	(void)x_dev;
+	(void)x_stride;
+	(void)y_dev;
+	(void)n_tokens;
+	(void)path;
+	return no_cuda(err);
+}
+
+int ms_gpu_expert_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+		      const float *x_dev, float *y_dev, int64_t n_tokens,
+		      enum ms_gpu_ffn_path path, struct ms_err *err)
+{
+	(void)c;
+	(void)e;
+	(void)x_dev;
+	(void)y_dev;
+	(void)n_tokens;
+	(void)path;
+	return no_cuda(err);
+}
+
+int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type, const void *w_dev,
+		 int64_t rows, int64_t cols, const float *x_dev, float *y_dev,
+		 int64_t n_tokens, struct ms_err *err)
+{
+	(void)c;
+	(void)w_type;
+	(void)w_dev;
+	(void)rows;
+	(void)cols;
+	(void)x_dev;
+	(void)y_dev;
+	(void)n_tokens;
+	return no_cuda(err);
+}
+
+int ms_gpu_expert_ffn_host(const struct ms_expert_view *v, const float *x,
+			   float *y, int64_t n_tokens,
+			   enum ms_gpu_ffn_path path, int device,
+			   struct ms_err *err)
+{
+	(void)v;
+	(void)x;
+	(void)y;
+	(void)n_tokens;
+	(void)path;
+	(void)device;
+	return no_cuda(err);
+}
+
+int ms_gpu_fill_blocks(uint32_t type, void *dev, uint64_t bytes,
+		       uint64_t seed, void *stream, struct ms_err *err)
+{
+	(void)type;
+	(void)dev;
+	(void)bytes;
+	(void)seed;
+	(void)stream;
+	return no_cuda(err);
+}
+
+int ms_gpu_ctx_mark(struct ms_gpu_ctx *c, struct ms_err *err)
+{
+	(void)c;
+	return no_cuda(err);
+}
+
+int ms_gpu_ctx_elapsed(struct ms_gpu_ctx *c, double *ms, struct ms_err *err)
+{
+	(void)c;
+	if (ms)
+		*ms = 0;
+	return no_cuda(err);
+}
+
+int ms_gpu_copy_bandwidth(struct ms_gpu_ctx *c, uint64_t bytes, int reps,
+			  double *best_gbps, double *median_gbps,
+			  struct ms_err *err)
+{
+	(void)c;
+	(void)bytes;
+	(void)reps;
+	if (best_gbps)
+		*best_gbps = 0;
+	if (median_gbps)
+		*median_gbps = 0;
+	return no_cuda(err);
+}
+
+/* ---- the GPU tier (kernels/gpu_tier.cu, gpu_tier.h): every entry point
+ * answers -ENOTSUP "built without CUDA" -------------------------------- */
+
+#include <string.h>
+
+#include "moestream/gpu_tier.h"
+
+int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
+		     const struct ms_gpu_tier_opts *opts, struct ms_err *err)
+{
+	(void)c;
+	(void)opts;
+	if (out)
+		*out = NULL;
+	return no_cuda(err);
+}
+
+void ms_gpu_tier_free(struct ms_gpu_tier *t)
+{
+	(void)t;
+}
+
+int ms_gpu_tier_acquire(struct ms_gpu_tier *t, uint32_t block,
+			const uint16_t *experts, unsigned n,
+			struct ms_gpu_expert *out, struct ms_err *err)
+{
+	(void)t;
+	(void)block;
+	(void)experts;
+	(void)n;
+	(void)out;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_prefetch(struct ms_gpu_tier *t, uint32_t block,
+			 const uint16_t *experts, unsigned n,
+			 struct ms_err *err)
+{
+	(void)t;
+	(void)block;
+	(void)experts;
+	(void)n;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_release(struct ms_gpu_tier *t, uint32_t block,
+			const uint16_t *experts, unsigned n,
+			struct ms_err *err)
+{
+	(void)t;
+	(void)block;
+	(void)experts;
+	(void)n;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_ffn(struct ms_gpu_tier *t, struct ms_gpu_ctx *ctx,
+		    uint32_t block, const uint16_t *experts, unsigned n,
+		    const float *x_dev, int64_t x_stride, float *y_dev,
+		    int64_t n_tokens, enum ms_gpu_ffn_path path,
+		    struct ms_err *err)
+{
+	(void)t;
+	(void)ctx;
+	(void)block;
+	(void)experts;
+	(void)n;
+	(void)x_dev;
+	(void)x_stride;
+	(void)y_dev;
+	(void)n_tokens;
+	(void)path;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_sync(struct ms_gpu_tier *t, struct ms_err *err)
+{
+	(void)t;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_flush(struct ms_gpu_tier *t, struct ms_err *err)
+{
+	(void)t;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_stats(struct ms_gpu_tier *t, struct ms_gpu_tier_stats *s,
+		      struct ms_err *err)
+{
+	(void)t;
+	if (s)
+		memset(s, 0, sizeof(*s));
+	return no_cuda(err);
+}
+
+void *ms_gpu_tier_stream(const struct ms_gpu_tier *t)
+{
+	(void)t;
+	return NULL;
+}
+
+void *ms_gpu_tier_copy_stream(const struct ms_gpu_tier *t)
+{
+	(void)t;
+	return NULL;
+}
+
+int ms_gpu_host_alloc(void **p, size_t bytes, struct ms_err *err)
+{
+	(void)bytes;
+	if (p)
+		*p = NULL;
+	return no_cuda(err);
+}
+
+void ms_gpu_host_free(void *p)
+{
+	(void)p;
+}
+
+int ms_gpu_h2d_time(void *dst_dev, const void *const *src,
+		    const uint64_t *len, int n, void *stream, double *ms,
+		    struct ms_err *err)
+{
+	(void)dst_dev;
+	(void)src;
+	(void)len;
+	(void)n;
+	(void)stream;
+	if (ms)
+		*ms = 0;
+	return no_cuda(err);
+}
+
+int ms_gpu_host_is_pinned(const void *p, struct ms_err *err)
+{
+	(void)p;
+	return no_cuda(err);
+}

@@ -56,78 +56,12 @@ static const char *dir;
 static char model_path[4096];
 static struct ms_model *model;
 
-static char *read_all(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 4096, len = 0;
-	char *buf = malloc(cap);
-	size_t n;
-	while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-		len += n;
-		if (cap - len < 2) {
-			char *nb = realloc(buf, cap *= 2);
-			if (!nb) {
-				free(buf);
-				buf = NULL;
-			}
-			buf = nb;
-		}
-	}
-	fclose(f);
-	if (buf)
-		buf[len] = '\0';
-	return buf;
-}
-
 /* Runs fn(argc, argv) in a child with stdout and stderr in files; returns
  * the exit code and both outputs (caller frees). argv[0] is `name`. */
 static int call(int (*fn)(int, char **), const char *name, const char *args,
 		char **out, char **err)
 {
-	char line[8192], *argv[64];
-	int argc = 0;
-	snprintf(line, sizeof(line), "%s", args);
-	argv[argc++] = (char *)name;
-	for (char *save = NULL, *t = strtok_r(line, " ", &save); t && argc < 63;
-	     t = strtok_r(NULL, " ", &save))
-		argv[argc++] = t;
-	argv[argc] = NULL;
-	char po[4200], pe[4200];
-	snprintf(po, sizeof(po), "%s/out", dir);
-	snprintf(pe, sizeof(pe), "%s/err", dir);
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
-	if (pid < 0)
-		t_fatal("fork: %s", strerror(errno));
-	if (pid == 0) {
-		int o = open(po, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int e = open(pe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
-			_exit(126);
-		int rc = fn(argc, argv);
-		fflush(stdout);
-		fflush(stderr);
-		_exit(rc);
-	}
-	int st = 0;
-	waitpid(pid, &st, 0);
-	int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-	char *o = read_all(po), *e = read_all(pe);
-	printf("$ %s %s -> exit %d\n", name, args, rc);
-	if (e && *e)
-		printf("%s", e);
-	if (out)
-		*out = o;
-	else
-		free(o);
-	if (err)
-		*err = e;
-	else
-		free(e);
-	return rc;
+	return t_call_main(fn, name, args, dir, NULL, false, out, err);
 }
 
 static int bench(const char *args, char **out, char **err)

@@ -328,8 +328,22 @@ struct sim {
 	uint64_t *stamp;        /* order within the list: older = smaller */
 	uint64_t tick;
 	uint64_t raw;
+	uint32_t n_expert;
+	uint64_t seq;           /* acquires so far */
+	uint64_t *layer_seq;    /* [layer]: seq of its last acquire */
+	uint64_t *pf_seq;       /* [entry]: seq when its prefetch started */
+	uint32_t cur_layer;     /* layer of the last acquire */
+	unsigned took[3];       /* evictions: stale prefetch, LRU, ahead prefetch */
 	struct ms_cache_stats st;
 };
+
+/* Stale: an unused prefetch whose layer was acquired since it started, the
+ * reader since gone on to another layer. */
+static bool sim_stale(const struct sim *s, uint32_t i)
+{
+	uint32_t l = i / s->n_expert;
+	return s->layer_seq[l] > s->pf_seq[i] && s->cur_layer != l;
+}
 
 static void sim_append(struct sim *s, uint32_t i, uint8_t which)
 {
@@ -337,17 +351,19 @@ static void sim_append(struct sim *s, uint32_t i, uint8_t which)
 	s->stamp[i] = ++s->tick;
 }
 
-/* A slot: free, else the oldest never-used prefetch, else the LRU. */
+/* A slot: free, else the oldest stale never-used prefetch, else the LRU,
+ * else the oldest prefetch still ahead of its reader. */
 static bool sim_take(struct sim *s)
 {
 	if (s->free_slots) {
 		s->free_slots--;
 		return true;
 	}
-	for (uint8_t w = SIM_PF; w >= SIM_MAIN; w--) {
+	for (int pass = 0; pass < 3; pass++) {
+		uint8_t w = pass == 1 ? SIM_MAIN : SIM_PF;
 		uint32_t best = UINT32_MAX;
 		for (uint32_t i = 0; i < s->n; i++)
-			if (s->list[i] == w &&
+			if (s->list[i] == w && (pass || sim_stale(s, i)) &&
 			    (best == UINT32_MAX || s->stamp[i] < s->stamp[best]))
 				best = i;
 		if (best == UINT32_MAX)
@@ -358,6 +374,7 @@ static bool sim_take(struct sim *s)
 		s->prefetched[best] = false;
 		s->list[best] = SIM_NONE;
 		s->st.evictions++;
+		s->took[pass]++;
 		return true;
 	}
 	return false;
@@ -375,6 +392,8 @@ static bool sim_can_take(const struct sim *s)
 
 static void sim_acquire(struct sim *s, uint32_t i)
 {
+	s->layer_seq[i / s->n_expert] = ++s->seq;
+	s->cur_layer = i / s->n_expert;
 	if (s->ready[i]) {
 		s->st.hits++;
 		if (s->prefetched[i]) {
@@ -411,6 +430,7 @@ static int sim_prefetch(struct sim *s, uint32_t i)
 	s->st.bytes_read += s->raw;
 	s->ready[i] = true;
 	s->prefetched[i] = true;
+	s->pf_seq[i] = s->seq;
 	sim_append(s, i, SIM_PF);
 	return 0;
 }
@@ -480,10 +500,14 @@ static void test_reference(void)
 	s.prefetched = calloc(s.n, sizeof(*s.prefetched));
 	s.list = calloc(s.n, sizeof(*s.list));
 	s.stamp = calloc(s.n, sizeof(*s.stamp));
+	s.n_expert = m->n_expert;
+	s.layer_seq = calloc(m->n_layers, sizeof(*s.layer_seq));
+	s.pf_seq = calloc(s.n, sizeof(*s.pf_seq));
 	uint32_t held[8], n_held = 0, pf_last = UINT32_MAX;
 	uint64_t rng = seed ^ 0x5eed;
 	unsigned counts[6] = { 0 };
-	if (!s.ready || !s.pins || !s.prefetched || !s.list || !s.stamp)
+	if (!s.ready || !s.pins || !s.prefetched || !s.list || !s.stamp ||
+	    !s.layer_seq || !s.pf_seq)
 		t_fatal("out of memory");
 
 	int failures0 = t_failures;
@@ -582,8 +606,11 @@ static void test_reference(void)
 	       (unsigned long long)st.prefetch_issued,
 	       (unsigned long long)st.prefetch_used,
 	       (unsigned long long)st.prefetch_wasted_bytes);
+	printf("evictions: %u stale prefetches, %u LRU, %u prefetches ahead of "
+	       "their reader\n", s.took[0], s.took[1], s.took[2]);
 	T_CHECK(st.evictions > 100 && st.hits > 100 && st.prefetch_used > 10 &&
-			st.prefetch_wasted_bytes > 0 && counts[3] > 0,
+			st.prefetch_wasted_bytes > 0 && counts[3] > 0 &&
+			s.took[0] > 0 && s.took[1] > 0,
 		"the sequence did not exercise the policy");
 	ms_cache_free(c);
 	free(s.ready);
@@ -591,6 +618,8 @@ static void test_reference(void)
 	free(s.prefetched);
 	free(s.list);
 	free(s.stamp);
+	free(s.layer_seq);
+	free(s.pf_seq);
 }
 
 /* ---- every slot pinned ------------------------------------------------------------------ */
@@ -964,7 +993,9 @@ static void prefetch_busy(void)
 	ct_answer_destroy(&d);
 }
 
-/* A never-used prefetch goes before the least recently used expert. */
+/* Eviction order: a never-used prefetch whose reader came and went (stale)
+ * goes first, then the least recently used expert; a prefetch still ahead of
+ * its reader is kept over the LRU. */
 static void prefetch_order(void)
 {
 	struct ms_cache_config cfg;
@@ -975,26 +1006,55 @@ static void prefetch_order(void)
 			ms_cache_release(c, 0, e);
 	T_EQ_U64(ms_cache_prefetch(c, 1, 0), 0);
 	T_CHECK(ct_wait_settled(c, 1, 0, 10) == MS_ENTRY_READY, "prefetch (1, 0)");
+	/* layer 1 not read yet: the prefetch is ahead of its reader, kept */
 	if (!HOLD(c, &tiny, 2, 0, NULL))
 		ms_cache_release(c, 2, 0);
-	EXPECT_STATE(c, 1, 0, MS_ENTRY_EMPTY, 0); /* the unused prefetch ... */
-	EXPECT_STATE(c, 0, 0, MS_ENTRY_READY, 0); /* ... not the LRU */
+	EXPECT_STATE(c, 1, 0, MS_ENTRY_READY, 0); /* the prefetch ahead ... */
+	EXPECT_STATE(c, 0, 0, MS_ENTRY_EMPTY, 0); /* ... over the LRU */
 	struct ms_cache_stats st = stats(c);
 	T_EQ_U64(st.evictions, 1);
-	T_EQ_U64(st.prefetch_wasted_bytes, tiny_raw);
-	T_EQ_U64(ms_cache_prefetch(c, 1, 1), 0); /* no prefetch left: the LRU */
-	T_CHECK(ct_wait_settled(c, 1, 1, 10) == MS_ENTRY_READY, "prefetch (1, 1)");
-	EXPECT_STATE(c, 0, 0, MS_ENTRY_EMPTY, 0);
-	if (!HOLD(c, &tiny, 1, 1, NULL)) /* used: now an ordinary entry */
+	T_EQ_U64(st.prefetch_wasted_bytes, 0);
+	/* layer 1 being read (another expert of it): not stale yet, the next
+	 * expert of the batch may be it */
+	if (!HOLD(c, &tiny, 1, 1, NULL))
 		ms_cache_release(c, 1, 1);
+	EXPECT_STATE(c, 1, 0, MS_ENTRY_READY, 0);
+	EXPECT_STATE(c, 0, 1, MS_ENTRY_EMPTY, 0);
+	/* the reader moved on to layer 2 without it: stale, evicted first */
 	if (!HOLD(c, &tiny, 2, 1, NULL))
 		ms_cache_release(c, 2, 1);
-	EXPECT_STATE(c, 0, 1, MS_ENTRY_EMPTY, 0); /* the LRU ... */
-	EXPECT_STATE(c, 1, 1, MS_ENTRY_READY, 0); /* ... not the used prefetch */
+	EXPECT_STATE(c, 1, 0, MS_ENTRY_EMPTY, 0);
+	EXPECT_STATE(c, 0, 2, MS_ENTRY_READY, 0);
 	st = stats(c);
 	T_EQ_U64(st.evictions, 3);
+	T_EQ_U64(st.prefetch_wasted_bytes, tiny_raw);
+	T_EQ_U64(ms_cache_prefetch(c, 3, 0), 0); /* no prefetch left: the LRU */
+	T_CHECK(ct_wait_settled(c, 3, 0, 10) == MS_ENTRY_READY, "prefetch (3, 0)");
+	EXPECT_STATE(c, 0, 2, MS_ENTRY_EMPTY, 0);
+	if (!HOLD(c, &tiny, 3, 0, NULL)) /* used: now an ordinary entry */
+		ms_cache_release(c, 3, 0);
+	if (!HOLD(c, &tiny, 4, 0, NULL))
+		ms_cache_release(c, 4, 0);
+	EXPECT_STATE(c, 0, 3, MS_ENTRY_EMPTY, 0); /* the LRU ... */
+	EXPECT_STATE(c, 3, 0, MS_ENTRY_READY, 0); /* ... not the used prefetch */
+	st = stats(c);
+	T_EQ_U64(st.evictions, 5);
 	T_EQ_U64(st.prefetch_used, 1);
 	T_EQ_U64(st.prefetch_wasted_bytes, tiny_raw);
+	/* every slot a prefetch ahead of its reader but one pinned: the
+	 * oldest such prefetch goes when nothing else can */
+	HOLD(c, &tiny, 4, 1, NULL);
+	for (uint32_t e = 5; e < 10; e++) {
+		T_EQ_U64(ms_cache_prefetch(c, 1, e), 0);
+		T_CHECK(ct_wait_settled(c, 1, e, 10) == MS_ENTRY_READY,
+			"prefetch (1, %u)", e);
+	}
+	T_EQ_U64(ms_cache_prefetch(c, 2, 5), 0);
+	T_CHECK(ct_wait_settled(c, 2, 5, 10) == MS_ENTRY_READY, "prefetch (2, 5)");
+	EXPECT_STATE(c, 1, 5, MS_ENTRY_EMPTY, 0);
+	EXPECT_STATE(c, 1, 6, MS_ENTRY_READY, 0);
+	EXPECT_STATE(c, 4, 1, MS_ENTRY_READY, 1);
+	ms_cache_release(c, 4, 1);
 	CT_CACHE_OK(c, "order");
 	ms_cache_free(c);
 }
@@ -1105,6 +1165,29 @@ static void test_cancel(void)
 	T_CHECK(ct_wait_settled(c, 1, 3, 60) == MS_ENTRY_READY, "prefetch again");
 	ms_cache_release(c, 0, 3);
 	CT_CACHE_OK(c, "end of cancel");
+	/* stale by reading: prefetches of layer 3 in flight, a reader takes
+	 * one expert of layer 3 (still reading it: nothing stale), then moves
+	 * on to layer 4: the rest of layer 3's are stale, cancelled */
+	ct_wait_quiet(c, 60);
+	before = stats(c);
+	for (uint32_t e = 0; e < 6; e++)
+		T_EQ_U64(ms_cache_prefetch(c, 3, e), 0);
+	if (!HOLD(c, &tiny, 3, 9, NULL))
+		ms_cache_release(c, 3, 9);
+	T_EQ_U64(ms_cache_cancel_stale(c, 0), 0);
+	if (!HOLD(c, &tiny, 4, 0, NULL))
+		ms_cache_release(c, 4, 0);
+	unsigned loading = count_state(c, 3, 0, 5, MS_ENTRY_LOADING);
+	n = ms_cache_cancel_stale(c, 0);
+	printf("cancel_stale(0) after the reader left layer 3: %u cancelled, %u "
+	       "were loading\n", n, loading);
+	T_CHECK(n >= 1 && n <= loading, "cancel_stale(0) = %u with %u loading", n,
+		loading);
+	T_CHECK(ct_wait_quiet(c, 60), "loads never finished");
+	st = stats(c);
+	T_EQ_U64(st.prefetch_cancelled - before.prefetch_cancelled, n);
+	T_EQ_U64(count_state(c, 3, 0, 5, MS_ENTRY_EMPTY), n);
+	CT_CACHE_OK(c, "end of stale cancel");
 	ms_cache_free(c);
 	ct_answer_destroy(&d);
 }

@@ -254,50 +254,9 @@ static const char *corpus_dir(void)
 	const char *e = getenv("MS_FUZZ_CORPUS");
 	if (e && *e)
 		return e;
-	struct stat st;
-	if (!stat("tests/fuzz/corpus/gguf", &st))
-		return "tests/fuzz/corpus/gguf";
-	/* From build/tests/t_fuzz_seeds (or build/san/tests/...) upwards. */
-	static char path[PATH_MAX];
-	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n > 0) {
-		exe[n] = '\0';
-		for (int up = 0; up < 5; up++) {
-			char *slash = strrchr(exe, '/');
-			if (!slash)
-				break;
-			*slash = '\0';
-			snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/gguf",
-				 exe);
-			if (!stat(path, &st))
-				return path;
-		}
-	}
-	return NULL;
-}
-
-static uint8_t *read_all(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
-	struct stat st;
-	if (fstat(fd, &st) || st.st_size > (64 << 20)) {
-		close(fd);
-		return NULL;
-	}
-	uint8_t *p = malloc((size_t)st.st_size + 1);
-	size_t got = 0;
-	while (p && got < (size_t)st.st_size) {
-		ssize_t r = read(fd, p + got, (size_t)st.st_size - got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	close(fd);
-	*len = got;
-	return p;
+	/* Here, or from build/tests/t_fuzz_seeds (or build/san/tests/...)
+	 * upwards. */
+	return t_source_path("tests/fuzz/corpus/gguf", 5);
 }
 
 /* Hostile numbers a mutation may plant. */
@@ -398,7 +357,7 @@ int main(int argc, char **argv)
 		char path[PATH_MAX];
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		size_t n = 0;
-		uint8_t *p = read_all(path, &n);
+		uint8_t *p = t_read_file(path, 64 << 20, &n);
 		if (!p) {
 			t_fail_at(__FILE__, __LINE__, "cannot read %s", path);
 			continue;

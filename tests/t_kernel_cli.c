@@ -13,7 +13,11 @@
  *   out-of-range layer and expert, a dense layer, a dense model, a type
  *   without a kernel (1), bad usage (2), --device gpu without a GPU or CUDA
  *   (3);
- * - bench kernels --json gives a ratio per type and path.
+ * - where a GPU is present (or emulated: tests/cuda-emu), ffn --device gpu
+ *   is within 1e-5 of the float64 FFN too, and says it ran on the gpu;
+ * - bench kernels --json gives a ratio per type and path, and either a GPU
+ *   column (the same ratios, to the GPU's copy bandwidth) or the reason
+ *   there is none.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +35,7 @@
 static char cmd[16384];
 static const char *dir;
 static uint64_t rng;
+static bool have_gpu; /* ms_gpu_list found one (real or emulated) */
 
 /* Runs "moestream ARGS 2>&1" (or with stderr dropped when !with_err),
  * checks the exit code, that the output holds `want` and, for errors, is
@@ -293,20 +298,24 @@ static void check_ffn(const struct ms_model *m, uint32_t block, uint32_t expert,
 	ref_ffn(m, block, expert, x, B, ref);
 
 	static const char *const paths[] = { "", " --path scalar",
-					     " --path avx2 --threads 1" };
-	for (int p = 0; p < 3; p++) {
+					     " --path avx2 --threads 1",
+					     " --device gpu" };
+	for (int p = 0; p < 4; p++) {
 		enum ms_ffn_path path =
 			p == 1 ? MS_FFN_PATH_SCALAR : MS_FFN_PATH_AUTO;
 		if (p == 2 && !ms_ffn_path_available(MS_FFN_PATH_AVX2))
 			continue;
-		lib_ffn(m, block, expert, x, B, path, lib);
+		if (p == 3 && !have_gpu)
+			continue;
+		if (p < 3)
+			lib_ffn(m, block, expert, x, B, path, lib);
 		snprintf(y_path, sizeof(y_path), "%s/y-%u-%u-%d.f32", dir,
 			 block, expert, p);
 		snprintf(
 			args, sizeof(args),
 			"ffn %s/tiny.gguf --layer %u --expert %u --in %s -o %s%s",
 			dir, block, expert, x_path, y_path, paths[p]);
-		free(expect(args, 0, "wrote", true));
+		free(expect(args, 0, p == 3 ? "gpu path" : "wrote", true));
 		size_t len;
 		float *y = read_file(y_path, &len);
 		T_CHECK(y && len == sizeof(float) * (size_t)(B * E),
@@ -315,7 +324,8 @@ static void check_ffn(const struct ms_model *m, uint32_t block, uint32_t expert,
 			free(y);
 			continue;
 		}
-		T_CHECK(!memcmp(y, lib, len),
+		/* the GPU's sums are in another order: only the bound */
+		T_CHECK(p == 3 || !memcmp(y, lib, len),
 			"blk.%u expert %u%s: the command "
 			"and the library differ",
 			block, expert, paths[p]);
@@ -495,7 +505,9 @@ static void check_errors(const char *x1, const char *x8)
 	free(expect("bench kernels --types q9_K", 2, "q9_K", false));
 	free(expect("bench kernels --help", 0, "ratio", false));
 
-	/* --device gpu: 3, saying why */
+	/* --device gpu without a GPU: 3, saying why in one line (the
+	 * runtime's reason, or "built without CUDA"); with one, a type
+	 * without a GPU kernel is 1 as on the CPU */
 	struct ms_gpu_info g[MS_GPU_MAX];
 	struct ms_err err = { 0 };
 	int ng = ms_gpu_list(g, MS_GPU_MAX, &err);
@@ -503,9 +515,18 @@ static void check_errors(const char *x1, const char *x8)
 		 "ffn %s/%s -l 1 -e 0 --in %s -o %s/y "
 		 "--device gpu",
 		 dir, t, x1, dir);
-	free(expect(args, 3, ng < 0 ? err.msg : "not in this build yet", true));
-	if (!ms_gpu_built())
-		free(expect(args, 3, "built without CUDA", true));
+	if (ng < 0) {
+		free(expect(args, 3, err.msg, true));
+		free(expect(args, 3, "--device gpu", true));
+		if (!ms_gpu_built())
+			free(expect(args, 3, "built without CUDA", true));
+	} else {
+		snprintf(args, sizeof(args),
+			 "ffn %s/iq2.gguf -l 1 -e 3 --in %s -o %s/y --device "
+			 "gpu",
+			 dir, p, dir);
+		free(expect(args, 1, "iq2_xxs: no GPU kernel", true));
+	}
 }
 
 /* ---- a fused gate_up model (qwen3moe: softmax, norm), filled by ggml ------------- */
@@ -703,6 +724,19 @@ static void check_bench(void)
 		cJSON *types = cJSON_GetObjectItem(o, "types");
 		T_CHECK(cJSON_GetArraySize(types) == 2, "%d types",
 			cJSON_GetArraySize(types));
+		/* the GPU column: bench gpu's report, or null and why */
+		cJSON *gpu = cJSON_GetObjectItem(o, "gpu");
+		double copy = cJSON_GetNumberValue(
+			cJSON_GetObjectItem(gpu, "copy_gbps"));
+		const char *absent = cJSON_GetStringValue(
+			cJSON_GetObjectItem(o, "gpu_absent"));
+		T_CHECK(cJSON_IsNull(gpu) ? absent && *absent
+					  : cJSON_IsObject(gpu) && copy > 0,
+			"bench kernels: gpu %s, copy %g, absent '%s'",
+			cJSON_IsNull(gpu) ? "null" : "present", copy,
+			absent ? absent : "(none)");
+		printf("bench kernels: %s\n",
+		       cJSON_IsNull(gpu) ? absent : "a GPU column");
 		cJSON *t;
 		cJSON_ArrayForEach(t, types)
 		{
@@ -736,6 +770,21 @@ static void check_bench(void)
 					ms_ffn_path_name((enum ms_ffn_path)p),
 					r, gb, rd);
 			}
+			/* q8_0 and q4_K have fused GPU kernels: a figure
+			 * wherever there is a GPU column */
+			cJSON *x = cJSON_GetObjectItem(t, "gpu");
+			if (cJSON_IsNull(gpu)) {
+				T_CHECK(cJSON_IsNull(x), "%s: gpu not null",
+					name);
+			} else {
+				double r = cJSON_GetNumberValue(
+					cJSON_GetObjectItem(x, "ratio"));
+				double gb = cJSON_GetNumberValue(
+					cJSON_GetObjectItem(x, "gbps"));
+				T_CHECK(r > 0 && fabs(r - gb / copy) < 1e-9 * r,
+					"%s gpu: ratio %g, gbps %g, copy %g",
+					name, r, gb, copy);
+			}
 		}
 		cJSON_Delete(o);
 	}
@@ -749,6 +798,12 @@ int main(void)
 	ggml_ref_load_or_fail(&R);
 	rng = t_seed();
 	dir = t_tmpdir();
+	{
+		struct ms_gpu_info g[MS_GPU_MAX];
+		struct ms_err e = { 0 };
+		have_gpu = ms_gpu_list(g, MS_GPU_MAX, &e) > 0;
+		printf("gpu: %s\n", have_gpu ? ms_gpu_build_info() : e.msg);
+	}
 	char args[8192], x1[4096], x8[4096], x3[4096];
 
 	snprintf(args, sizeof(args), "mkmodel --preset tiny -o %s/tiny.gguf",

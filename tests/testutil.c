@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -195,4 +196,122 @@ int t_write_file(const char *path, const void *buf, size_t len)
 		len -= (size_t)w;
 	}
 	return close(fd) ? -errno : 0;
+}
+
+const char *t_source_path(const char *rel, int levels)
+{
+	struct stat st;
+	if (!stat(rel, &st))
+		return rel;
+	static char path[PATH_MAX];
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		for (int up = 0; up < levels; up++) {
+			char *slash = strrchr(exe, '/');
+			if (!slash)
+				break;
+			*slash = '\0';
+			snprintf(path, sizeof(path), "%s/%s", exe, rel);
+			if (!stat(path, &st))
+				return path;
+		}
+	}
+	return NULL;
+}
+
+uint8_t *t_read_file(const char *path, size_t max, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) || (uint64_t)st.st_size > max) {
+		close(fd);
+		return NULL;
+	}
+	uint8_t *p = malloc((size_t)st.st_size + 1);
+	size_t got = 0;
+	while (p && got < (size_t)st.st_size) {
+		ssize_t r = read(fd, p + got, (size_t)st.st_size - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	*len = got;
+	return p;
+}
+
+char *t_read_text(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 4096, len = 0, n;
+	char *buf = malloc(cap);
+	while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+		len += n;
+		if (cap - len < 2) {
+			char *nb = realloc(buf, cap *= 2);
+			if (!nb)
+				free(buf);
+			buf = nb;
+		}
+	}
+	fclose(f);
+	if (buf)
+		buf[len] = '\0';
+	return buf;
+}
+
+int t_call_main(int (*fn)(int, char **), const char *name, const char *args,
+		const char *dir, const char *path, bool err_if_failed,
+		char **out, char **err)
+{
+	char line[8192], *argv[64];
+	int argc = 0;
+	snprintf(line, sizeof(line), "%s", args);
+	argv[argc++] = (char *)name;
+	for (char *save = NULL, *t = strtok_r(line, " ", &save); t && argc < 63;
+	     t = strtok_r(NULL, " ", &save))
+		argv[argc++] = t;
+	argv[argc] = NULL;
+	char po[4200], pe[4200];
+	snprintf(po, sizeof(po), "%s/out", dir);
+	snprintf(pe, sizeof(pe), "%s/err", dir);
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid < 0)
+		t_fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		int o = open(po, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		int e = open(pe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
+			_exit(126);
+		if (path)
+			setenv("PATH", path, 1);
+		int rc = fn(argc, argv);
+		fflush(stdout);
+		fflush(stderr);
+		_exit(rc);
+	}
+	int st = 0;
+	waitpid(pid, &st, 0);
+	int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	char *o = t_read_text(po), *e = t_read_text(pe);
+	printf("$ %s %s -> exit %d\n", name, args, rc);
+	if (e && *e && (rc || !err_if_failed))
+		printf("%s", e);
+	if (out)
+		*out = o;
+	else
+		free(o);
+	if (err)
+		*err = e;
+	else
+		free(e);
+	return rc;
 }

@@ -72,4 +72,28 @@ uint64_t t_seed(void);
 /* Writes `len` bytes to a new file; returns 0 or -errno. */
 int t_write_file(const char *path, const void *buf, size_t len);
 
+/* `rel` as it stands from the current folder, else from the folder of this
+ * program or one of its first `levels` parents: the path (the last in a
+ * buffer that the next call reuses), or NULL when none has it. */
+const char *t_source_path(const char *rel, int levels);
+
+/* A whole file of at most `max` bytes, malloc'ed with a byte to spare, its
+ * length (what could be read) in *len: NULL when it cannot be opened or is
+ * larger. */
+uint8_t *t_read_file(const char *path, size_t max, size_t *len);
+
+/* A whole file as a NUL-terminated string (malloc'ed), NULL when it cannot
+ * be read. */
+char *t_read_text(const char *path);
+
+/* Runs fn(argc, argv) in a child, argv[0] `name` and the rest `args` split
+ * at spaces, with stdout and stderr in DIR/out and DIR/err and PATH set to
+ * `path` when not NULL; prints "$ NAME ARGS -> exit N" and then the child's
+ * stderr (only when the exit is not 0, with err_if_failed). Returns the exit
+ * code and both outputs (malloc'ed, the caller frees; NULL out or err: not
+ * wanted). */
+int t_call_main(int (*fn)(int, char **), const char *name, const char *args,
+		const char *dir, const char *path, bool err_if_failed,
+		char **out, char **err);
+
 #endif /* MS_TESTUTIL_H */

@@ -1,7 +1,9 @@
 /*
  * bench.c - `moestream bench kernels [--json]`: how close the CPU expert FFN
- * comes to the memory bandwidth of the machine it runs on. (`moestream
- * bench io` lives in bench_io.c; this file only dispatches to it.)
+ * comes to the memory bandwidth of the machine it runs on, and, where a GPU
+ * is present, the GPU's fused matvec to the GPU's. (`moestream bench
+ * io|rpc|e2e|gpu|gpu-tier` live in bench_io.c, bench_rpc.c, bench_e2e.c,
+ * bench_gpu.c and bench_gpu_tier.c; this file only dispatches to them.)
  *
  * Decode (B = 1) on the CPU is a stream over the expert's quantised bytes:
  * each byte is read once and a few multiply-adds are done per weight. The
@@ -24,6 +26,13 @@
  * hardware does and the median is what the neighbours left (per-call
  * medians are in the JSON). Every type is measured between two bandwidth
  * measurements, so a ratio compares figures taken at the same time.
+ *
+ * The GPU column is bench_gpu_run's (tools/bench_gpu.c, `moestream bench
+ * gpu` in full): the same expert shape and types, B = 1, 32 experts per call
+ * (the GPU kept busy: one expert per call measures launch latency, not the
+ * kernel), experts cycled over 1 GiB of device memory, against the device's
+ * own device-to-device copy measured in the same run. The two ratios are to
+ * different memories, each the limit of its own processor.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -38,6 +47,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "bench_e2e.h"
+#include "bench_gpu.h"
+#include "bench_gpu_tier.h"
 #include "bench_io.h"
 #include "bench_rpc.h"
 #include "moestream/kernels.h"
@@ -51,7 +63,7 @@
 
 static const char usage_line[] =
 	"usage: moestream bench kernels [--json] [--threads N] [--types LIST] "
-	"[--time S] [--mem SIZE]";
+	"[--time S] [--mem SIZE] [--no-gpu]";
 
 static void usage(FILE *f)
 {
@@ -64,7 +76,10 @@ static void usage(FILE *f)
 		"reference path and the AVX2 path, and the memory\nread "
 		"bandwidth of this machine in the same run (and a memcpy's, for "
 		"scale). The\nfigure is the ratio: 1.0 would be an FFN as fast as "
-		"reading its weights.\n"
+		"reading its weights.\nWhere a GPU is present, a GPU column: its "
+		"fused matvec (B = 1, 32 experts per\ncall) against its own "
+		"device-to-device copy bandwidth, as `moestream bench gpu`\n"
+		"measures it (that command has more).\n"
 		"\n"
 		"  --json          the results as JSON\n"
 		"  -t, --threads N threads for the FFN and the bandwidth loops "
@@ -82,12 +97,14 @@ static void usage(FILE *f)
 		"suffixes);\n"
 		"                  smaller than the LLC measures caches, not "
 		"memory\n"
+		"  --no-gpu        no GPU column, even where a GPU is present\n"
 		"  -h, --help      this text\n"
 		"\n"
 		"example:\n"
 		"  moestream bench kernels --types q2_K,q3_K,q4_K,q6_K,q8_0\n"
 		"\n"
-		"exit: 0 ok; 1 out of memory; 2 bad usage\n",
+		"exit: 0 ok; 1 out of memory or the GPU benchmark failed; 2 bad "
+		"usage\n",
 		usage_line);
 }
 
@@ -104,24 +121,10 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 static double median(double *v, int n)
 {
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	qsort(v, (size_t)n, sizeof(*v), tool_cmp_double);
 	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
 }
 
 /* Last-level cache size in bytes: sysfs's highest cache level on cpu0
@@ -277,19 +280,6 @@ static double bandwidth(uint8_t *buf, size_t bytes, int nth, bool copy,
 
 /* ---- experts --------------------------------------------------------------------- */
 
-/* Where a block keeps its f16 scales; MXFP4 has an e8m0 byte at 0 instead. */
-static const struct {
-	uint32_t type;
-	int f16[2];
-} scale_fields[] = {
-	{ MS_TYPE_Q4_0, { 0, -1 } },   { MS_TYPE_Q4_1, { 0, 2 } },
-	{ MS_TYPE_Q5_0, { 0, -1 } },   { MS_TYPE_Q5_1, { 0, 2 } },
-	{ MS_TYPE_Q8_0, { 0, -1 } },   { MS_TYPE_Q2_K, { 80, 82 } },
-	{ MS_TYPE_Q3_K, { 108, -1 } }, { MS_TYPE_Q4_K, { 0, 2 } },
-	{ MS_TYPE_Q5_K, { 0, 2 } },    { MS_TYPE_Q6_K, { 208, -1 } },
-	{ MS_TYPE_IQ4_NL, { 0, -1 } }, { MS_TYPE_IQ4_XS, { 0, -1 } },
-};
-
 /* f16 bits of a small value: +-2^-(8..10) x (1 + m/1024). */
 static uint16_t small_f16(uint64_t r, bool sign)
 {
@@ -304,7 +294,7 @@ static void fill_weights(uint8_t *buf, size_t size, uint32_t type, uint64_t *s)
 	const struct ms_type_info *ti = ms_type_get(type);
 	if (type == MS_TYPE_F32) {
 		for (size_t i = 0; i + 4 <= size; i += 4) {
-			float f = (float)((double)(splitmix(s) >> 11) /
+			float f = (float)((double)(tool_splitmix(s) >> 11) /
 						  9007199254740992.0 -
 					  0.5) *
 				  0.05f;
@@ -314,7 +304,7 @@ static void fill_weights(uint8_t *buf, size_t size, uint32_t type, uint64_t *s)
 	}
 	if (type == MS_TYPE_F16 || type == MS_TYPE_BF16) {
 		for (size_t i = 0; i + 2 <= size; i += 2) {
-			uint64_t r = splitmix(s);
+			uint64_t r = tool_splitmix(s);
 			uint16_t h;
 			if (type == MS_TYPE_F16) {
 				h = small_f16(r, r >> 63);
@@ -332,26 +322,25 @@ static void fill_weights(uint8_t *buf, size_t size, uint32_t type, uint64_t *s)
 		return;
 	}
 	for (size_t i = 0; i < size; i += 8) {
-		uint64_t r = splitmix(s);
+		uint64_t r = tool_splitmix(s);
 		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
 	}
 	if (type == MS_TYPE_MXFP4) {
 		for (size_t b = 0; b < size; b += ti->type_size)
-			buf[b] = (uint8_t)(127 - 6 - splitmix(s) % 2);
+			buf[b] = (uint8_t)(127 - 6 - tool_splitmix(s) % 2);
 		return;
 	}
-	for (size_t k = 0; k < sizeof(scale_fields) / sizeof(scale_fields[0]);
-	     k++) {
-		if (scale_fields[k].type != type)
-			continue;
-		for (size_t b = 0; b < size; b += ti->type_size)
-			for (int j = 0; j < 2; j++) {
-				if (scale_fields[k].f16[j] < 0)
-					continue;
-				uint16_t h = small_f16(splitmix(s), false);
-				memcpy(buf + b + scale_fields[k].f16[j], &h, 2);
-			}
-	}
+	/* where the block keeps its f16 scales; MXFP4 has an e8m0 byte at 0 */
+	const struct tool_scales *sf = tool_scales_of(type);
+	if (!sf)
+		return;
+	for (size_t b = 0; b < size; b += ti->type_size)
+		for (int j = 0; j < 2; j++) {
+			if (sf->f16[j] < 0)
+				continue;
+			uint16_t h = small_f16(tool_splitmix(s), false);
+			memcpy(buf + b + sf->f16[j], &h, 2);
+		}
 }
 
 struct result {
@@ -399,7 +388,7 @@ static int bench_type(uint32_t type, uint64_t span, struct ms_ffn_pool *pool,
 	uint64_t s = 0x5eed0000ull + type;
 	fill_weights(mem, (size_t)res->bytes * (size_t)n, type, &s);
 	for (int i = 0; i < N_EMBD; i++)
-		x[i] = (float)((double)(splitmix(&s) >> 11) /
+		x[i] = (float)((double)(tool_splitmix(&s) >> 11) /
 				       9007199254740992.0 -
 			       0.5);
 
@@ -459,31 +448,54 @@ static const uint32_t default_types[] = {
 };
 #define N_DEFAULT (sizeof(default_types) / sizeof(default_types[0]))
 
-static int parse_types(const char *s, uint32_t *out, int *n)
+/* The GPU's row for `type`, or NULL (not measured, or no fused matvec). */
+static const struct bench_gpu_row *gpu_row(const struct bench_gpu_report *g,
+					   uint32_t type)
 {
-	char buf[512];
-	snprintf(buf, sizeof(buf), "%s", s);
-	*n = 0;
-	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
-	     t = strtok_r(NULL, ",", &save)) {
-		int id = ms_type_from_name(t);
-		if (id < 0 || !ms_ffn_type_supported((uint32_t)id)) {
-			tool_error(CMD,
-				   "--types: '%s' is not a type the FFN "
-				   "computes",
-				   t);
-			return -1;
-		}
-		if (*n == (int)N_DEFAULT * 2) {
-			tool_error(CMD, "--types: too many");
-			return -1;
-		}
-		out[(*n)++] = (uint32_t)id;
+	for (int i = 0; i < g->n_rows; i++)
+		if (g->rows[i].type == type)
+			return g->rows[i].ran && g->copy_gbps > 0 ? &g->rows[i]
+								  : NULL;
+	return NULL;
+}
+
+/* Runs the GPU benchmark into *out when a real GPU is there and wanted;
+ * otherwise leaves *out NULL and says why in `why` (and sets *failed when
+ * the GPU was there but its benchmark failed). 1 only when out of memory. */
+static int gpu_column(bool want, const uint32_t *types, int n_types,
+		      double seconds, struct bench_gpu_report **out, char *why,
+		      size_t len, bool *failed)
+{
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err err = { 0 };
+	*out = NULL;
+	if (!want) {
+		snprintf(why, len, "--no-gpu");
+		return 0;
 	}
-	if (!*n) {
-		tool_error(CMD, "--types: empty list");
-		return -1;
+	if (ms_gpu_list(g, MS_GPU_MAX, &err) < 0) {
+		snprintf(why, len, "%s", err.msg);
+		return 0;
 	}
+	if (strstr(ms_gpu_build_info(), "emulation")) {
+		snprintf(why, len,
+			 "%s: its figures would not be a GPU's",
+			 ms_gpu_build_info());
+		return 0;
+	}
+	struct bench_gpu_report *r = malloc(sizeof(*r));
+	if (!r) {
+		tool_error(CMD, "out of memory");
+		return 1;
+	}
+	int n = n_types < BENCH_GPU_MAX_TYPES ? n_types : BENCH_GPU_MAX_TYPES;
+	if (bench_gpu_run(types, n, seconds, 0, 0, false, r, &err)) {
+		snprintf(why, len, "the GPU benchmark failed: %s", err.msg);
+		*failed = true;
+		free(r);
+		return 0;
+	}
+	*out = r;
 	return 0;
 }
 
@@ -495,10 +507,11 @@ static int bench_kernels(int argc, char **argv)
 		{ "types", required_argument, 0, 'T' },
 		{ "time", required_argument, 0, 's' },
 		{ "mem", required_argument, 0, 'm' },
+		{ "no-gpu", no_argument, 0, 'G' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	bool json = false;
+	bool json = false, want_gpu = true;
 	int threads = 0, n_types = (int)N_DEFAULT;
 	double seconds = 0.5;
 	uint64_t span = 0;
@@ -526,20 +539,13 @@ static int bench_kernels(int argc, char **argv)
 			break;
 		}
 		case 'T':
-			if (parse_types(optarg, types, &n_types))
+			if (tool_parse_types(CMD, optarg, ms_ffn_type_supported,
+					     types, (int)N_DEFAULT * 2, &n_types))
 				return bad_usage();
 			break;
 		case 's':
-			errno = 0;
-			seconds = strtod(optarg, &end);
-			if (errno || *end || !*optarg || !(seconds > 0) ||
-			    seconds > 60) {
-				tool_error(CMD,
-					   "--time '%s': expected seconds "
-					   "in (0, 60]",
-					   optarg);
+			if (tool_parse_seconds(CMD, optarg, 60, &seconds))
 				return bad_usage();
-			}
 			break;
 		case 'm': {
 			errno = 0;
@@ -561,6 +567,9 @@ static int bench_kernels(int argc, char **argv)
 			span = v << sh;
 			break;
 		}
+		case 'G':
+			want_gpu = false;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -575,6 +584,7 @@ static int bench_kernels(int argc, char **argv)
 
 	struct ms_err err = { 0 };
 	struct ms_ffn_pool *pool;
+	struct bench_gpu_report *gpu = NULL;
 	if (ms_ffn_pool_init(&pool, threads, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		return 1;
@@ -596,7 +606,7 @@ static int bench_kernels(int argc, char **argv)
 	}
 	uint64_t s = 1;
 	for (size_t i = 0; i < buf_bytes; i += 8) {
-		uint64_t r = splitmix(&s);
+		uint64_t r = tool_splitmix(&s);
 		memcpy(buf + i, &r, 8);
 	}
 	/* The machine may be shared and its bandwidth may drift: every type's
@@ -627,9 +637,12 @@ static int bench_kernels(int argc, char **argv)
 	free(buf);
 	buf = NULL;
 
-	struct ms_gpu_info g[MS_GPU_MAX];
-	struct ms_err gerr = { 0 };
-	int ngpu = ms_gpu_list(g, MS_GPU_MAX, &gerr);
+	/* the GPU column, or the reason there is none */
+	char no_gpu[sizeof(err.msg) + 64] = "";
+	bool gpu_failed = false;
+	if (gpu_column(want_gpu, types, n_types, seconds, &gpu, no_gpu,
+		       sizeof(no_gpu), &gpu_failed))
+		goto out;
 	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
 	char b1[32], b2[32];
 
@@ -680,14 +693,38 @@ static int bench_kernels(int argc, char **argv)
 				cJSON_AddNumberToObject(x, "ms_per_call_median",
 							res[i].ms_median[p]);
 			}
+			/* "gpu": like a CPU path (null: no GPU, or no
+			 * fused matvec for the type) */
+			const struct bench_gpu_row *gr =
+				gpu ? gpu_row(gpu, res[i].type) : NULL;
+			if (!gr) {
+				cJSON_AddNullToObject(t, "gpu");
+			} else {
+				cJSON *x = cJSON_AddObjectToObject(t, "gpu");
+				cJSON_AddNumberToObject(
+					x, "gbps", gr->gbps[BENCH_GPU_E32]);
+				cJSON_AddNumberToObject(
+					x, "ratio",
+					gr->gbps[BENCH_GPU_E32] / gpu->copy_gbps);
+				cJSON_AddNumberToObject(x, "experts_per_call",
+							32);
+				cJSON_AddNumberToObject(
+					x, "ms_per_call",
+					gr->us_call[BENCH_GPU_E32] * 1e-3);
+				cJSON_AddNumberToObject(
+					x, "gbps_median",
+					gr->median[BENCH_GPU_E32]);
+			}
 			cJSON_AddItemToArray(arr, t);
 		}
-		if (ngpu < 0)
-			cJSON_AddStringToObject(o, "gpu", gerr.msg);
-		else
-			cJSON_AddStringToObject(o, "gpu",
-						"present; the GPU FFN "
-						"is not in this build yet");
+		/* "gpu": bench gpu's report (device, copy bandwidth, every
+		 * configuration), or null and "gpu_absent" saying why */
+		if (gpu) {
+			bench_gpu_json(gpu, o);
+		} else {
+			cJSON_AddNullToObject(o, "gpu");
+			cJSON_AddStringToObject(o, "gpu_absent", no_gpu);
+		}
 		char *str = cJSON_Print(o);
 		if (str)
 			puts(str);
@@ -704,9 +741,18 @@ static int bench_kernels(int argc, char **argv)
 		       "gate/up/down, B = 1,\n            cycled over copies "
 		       "worth %s; best 25 ms window\n",
 		       N_EMBD, N_FF, fmt_bytes(span, b1, sizeof(b1)));
-		printf("\n%-7s %13s %10s %12s %6s %12s %6s\n", "type",
+		if (gpu)
+			printf("gpu         %s, %d SMs: device-to-device copy "
+			       "%.0f GB/s (read + write);\n            fused "
+			       "matvec, B = 1, 32 experts per call, over %s\n",
+			       gpu->device, gpu->sms, gpu->copy_gbps,
+			       fmt_bytes(gpu->ring_bytes, b1, sizeof(b1)));
+		printf("\n%-7s %13s %10s %12s %6s %12s %6s", "type",
 		       "bytes/expert", "read GB/s", "scalar GB/s", "ratio",
 		       avx2 ? "avx2 GB/s" : "avx2 (n/a)", "ratio");
+		if (gpu)
+			printf(" %10s %6s", "gpu GB/s", "ratio");
+		printf("\n");
 		for (int i = 0; i < n_types; i++) {
 			const struct result *r = &res[i];
 			printf("%-7s %13s %10.1f", ms_type_name(r->type),
@@ -724,25 +770,39 @@ static int bench_kernels(int argc, char **argv)
 					       : " ",
 				       r->gbps[p] / r->read_gbps);
 			}
+			const struct bench_gpu_row *gr =
+				gpu ? gpu_row(gpu, r->type) : NULL;
+			if (gpu && gr)
+				printf(" %10.0f %6.2f", gr->gbps[BENCH_GPU_E32],
+				       gr->gbps[BENCH_GPU_E32] / gpu->copy_gbps);
+			else if (gpu)
+				printf(" %10s %6s", "-", "-");
 			printf("\n");
 		}
 		printf("\nratio = FFN GB/s / the read GB/s measured around it "
-		       "(same threads).");
+		       "(same threads)%s",
+		       gpu ? "; for the gpu, to\nits device-to-device copy "
+			     "GB/s (-: no fused matvec for the type)."
+			   : ".");
 		for (int i = 0; i < n_types; i++)
 			if (avx2 && !res[i].vectorised) {
-				printf(" * scalar dequantiser\ninside the AVX2 "
+				printf("\n* scalar dequantiser inside the AVX2 "
 				       "path (no vector kernel for that type).");
 				break;
 			}
-		printf("\ngpu         %s\n",
-		       ngpu < 0 ? gerr.msg
-				: "present; the GPU FFN is "
-				  "not in this build yet");
+		printf("\n");
+		if (!gpu)
+			printf("gpu         no GPU column: %s\n", no_gpu);
 	}
 	rc = fflush(stdout) || ferror(stdout) ? 1 : 0;
 	if (rc)
 		tool_error(CMD, "writing the output failed");
+	if (gpu_failed) {
+		tool_error(CMD, "%s", no_gpu);
+		rc = 1;
+	}
 out:
+	free(gpu);
 	free(buf);
 	free(res);
 	ms_ffn_pool_free(pool);
@@ -752,7 +812,9 @@ out:
 int cmd_bench(int argc, char **argv)
 {
 	static char kernels[] = "moestream bench kernels",
-		    io[] = "moestream bench io", rpc[] = "moestream bench rpc";
+		    io[] = "moestream bench io", rpc[] = "moestream bench rpc",
+		    e2e[] = "moestream bench e2e", gpu[] = "moestream bench gpu",
+		    tier[] = "moestream bench gpu-tier";
 	if (argc >= 2 && !strcmp(argv[1], "kernels")) {
 		argv[1] = kernels; /* getopt's messages name the command */
 		return bench_kernels(argc - 1, argv + 1);
@@ -765,26 +827,59 @@ int cmd_bench(int argc, char **argv)
 		argv[1] = rpc;
 		return bench_rpc_main(argc - 1, argv + 1);
 	}
+	if (argc >= 2 && !strcmp(argv[1], "e2e")) {
+		argv[1] = e2e;
+		return bench_e2e_main(argc - 1, argv + 1);
+	}
+	if (argc >= 2 && !strcmp(argv[1], "gpu")) {
+		argv[1] = gpu;
+		return bench_gpu_main(argc - 1, argv + 1);
+	}
+	if (argc >= 2 && !strcmp(argv[1], "gpu-tier")) {
+		argv[1] = tier;
+		return bench_gpu_tier_main(argc - 1, argv + 1);
+	}
 	if (argc >= 2 &&
 	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-		printf("usage: moestream bench kernels|io|rpc [OPTIONS]\n\n"
+		printf("usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier "
+		       "[OPTIONS]\n\n"
 		       "Benchmarks, each against the machine's own limit "
 		       "measured in the same run:\n"
-		       "  kernels  the CPU expert FFN against memory bandwidth\n"
+		       "  kernels  the CPU expert FFN against memory bandwidth "
+		       "(and the GPU's fused\n"
+		       "           matvec against the GPU's, where one is "
+		       "present)\n"
 		       "  io       whole-expert loads through the I/O engine "
 		       "against the device\n"
 		       "  rpc      moestreamd's ACQUIRE+RELEASE round trip and "
 		       "64-client rate on\n"
 		       "           resident experts, against the socket's PING\n"
+		       "  e2e      decoding end to end under a memory limit: "
+		       "moestreamd against\n"
+		       "           llama.cpp's mmap and a pread + LRU engine, with "
+		       "the device's\n"
+		       "           and Belady's bounds (make bench)\n"
+		       "  gpu      the GPU's fused decode matvec per type "
+		       "against the device's own\n"
+		       "           copy bandwidth, and the cuBLAS prefill path "
+		       "(exit 3 without a GPU)\n"
+		       "  gpu-tier the GPU expert tier: host->device GB/s from "
+		       "moestreamd's cache\n"
+		       "           against pinned memory, and copies under "
+		       "compute (exit 3 without\n"
+		       "           a GPU)\n"
 		       "'moestream bench NAME --help' explains each.\n");
 		return 0;
 	}
 	if (argc < 2)
-		tool_error(CMD, "which benchmark? (kernels, io, rpc)");
+		tool_error(CMD, "which benchmark? (kernels, io, rpc, e2e, gpu, "
+				"gpu-tier)");
 	else
-		tool_error(CMD, "'%s' is not a benchmark (kernels, io, rpc)",
+		tool_error(CMD,
+			   "'%s' is not a benchmark (kernels, io, rpc, e2e, gpu, "
+			   "gpu-tier)",
 			   argv[1]);
-	fprintf(stderr, "usage: moestream bench kernels|io|rpc [OPTIONS]  (see "
-			"--help)\n");
+	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier "
+			"[OPTIONS]  (see --help)\n");
 	return EXIT_USAGE;
 }

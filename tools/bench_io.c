@@ -187,21 +187,6 @@ struct result {
 	uint64_t misses, evictions; /* cache */
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* n distinct experts of the layers run: a partial Fisher-Yates shuffle of
  * all of them, so the list depends only on the model and the seed. n == 0
  * asks for the default (~DEFAULT_READ_BYTES, or all). */
@@ -229,7 +214,7 @@ static int pick_loads(struct bench *b, uint32_t n, uint64_t seed)
 		n = (uint32_t)total;
 	uint64_t rng = seed;
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t j = i + splitmix(&rng) % (total - i);
+		uint64_t j = i + tool_splitmix(&rng) % (total - i);
 		struct load t = all[i];
 		all[i] = all[j];
 		all[j] = t;
@@ -300,19 +285,6 @@ static uint64_t slot_sum(const struct bench *b, uint32_t i, uint8_t *slot)
 	for (uint32_t j = 0; j < n; j++)
 		s += touch_sum((const uint8_t *)ext[j].dst + skip[j], x[j].bytes);
 	return s;
-}
-
-/* sync, then drop clean page cache, dentries and inodes. false: not
- * allowed (not root) or not possible. */
-static bool drop_caches(void)
-{
-	sync();
-	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	bool ok = write(fd, "3", 1) == 1;
-	close(fd);
-	return ok;
 }
 
 /* The destination of engine and raw: D slots in one anonymous mapping,
@@ -494,7 +466,7 @@ static int run_engine(const struct bench *b, uint8_t *mem, size_t mem_len,
 	uint32_t next = 0;
 	unsigned inflight = 0;
 	int first_err = 0;
-	double t0 = now_s();
+	double t0 = tool_now_s();
 	for (uint32_t s = 0; s < b->depth; s++)
 		refs[s] = (struct slot_ref){ &q, s };
 	/* Fill every slot, then refill each as it completes (the sum happens
@@ -535,7 +507,7 @@ static int run_engine(const struct bench *b, uint8_t *mem, size_t mem_len,
 		else
 			inflight++;
 	}
-	res->seconds = now_s() - t0;
+	res->seconds = tool_now_s() - t0;
 	if ((rc = first_err))
 		ms_err_set(err, rc, "engine: a load failed: %s", strerror(-rc));
 out:
@@ -637,7 +609,7 @@ static int run_cache(const struct bench *b, struct result *res,
 	}
 	/* D acquires outstanding; each answer is summed and released, and its
 	 * ref carries the next expert. */
-	double t0 = now_s();
+	double t0 = tool_now_s();
 	for (;;) {
 		while (!first_err && next < b->n_loads && n_free) {
 			uint32_t s = free_s[--n_free], i = next++;
@@ -675,7 +647,7 @@ static int run_cache(const struct bench *b, struct result *res,
 		}
 		free_s[n_free++] = s;
 	}
-	res->seconds = now_s() - t0;
+	res->seconds = tool_now_s() - t0;
 	if ((rc = first_err))
 		ms_err_set(err, rc, "cache: a load failed: %s", strerror(-rc));
 out:
@@ -845,7 +817,7 @@ static int run_raw(const struct bench *b, uint8_t *mem, size_t mem_len,
 	uint32_t gen_n = 0, gen_j = 0, gen_slot = UINT32_MAX, next = 0;
 	unsigned inflight = 0;
 	int first_err = 0;
-	double t0 = now_s();
+	double t0 = tool_now_s();
 	for (;;) {
 		while (!first_err && free_c) {
 			if (gen_slot == UINT32_MAX) {
@@ -940,7 +912,7 @@ static int run_raw(const struct bench *b, uint8_t *mem, size_t mem_len,
 		}
 		io_uring_cq_advance(&w.ring, seen);
 	}
-	res->seconds = now_s() - t0;
+	res->seconds = tool_now_s() - t0;
 	if ((rc = first_err))
 		ms_err_set(err, rc, "raw: a read failed: %s", strerror(-rc));
 out:
@@ -1056,7 +1028,7 @@ static int run_threads(const struct bench *b, enum method method,
 		 method == M_MMAP ? "mmap MAP_SHARED, FADV_SEQUENTIAL, 1 byte per "
 				    "4 KiB page"
 				  : "pread through the page cache");
-	double t0 = now_s();
+	double t0 = tool_now_s();
 	for (; started < T; started++)
 		if ((rc = -pthread_create(&w[started].th, NULL, worker_main,
 					  &w[started]))) {
@@ -1073,7 +1045,7 @@ static int run_threads(const struct bench *b, enum method method,
 				   method_name[method], strerror(-rc));
 		}
 	}
-	res->seconds = now_s() - t0;
+	res->seconds = tool_now_s() - t0;
 out:
 	for (unsigned t = 0; w && t < T; t++)
 		free(w[t].buf);
@@ -1110,12 +1082,6 @@ static double gbps(const struct bench *b, const struct result *r)
 	return r->ok && r->seconds > 0 ? (double)b->bytes / r->seconds / 1e9 : NAN;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* The median of the finite values, NAN when there are none. */
 static double median(double *v, unsigned n)
 {
@@ -1125,7 +1091,7 @@ static double median(double *v, unsigned n)
 			v[k++] = v[i];
 	if (!k)
 		return NAN;
-	qsort(v, k, sizeof(*v), cmp_double);
+	qsort(v, k, sizeof(*v), tool_cmp_double);
 	return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
 }
 
@@ -1329,31 +1295,6 @@ static int parse_u(const char *opt, const char *s, unsigned long long lo,
 	return 0;
 }
 
-static int parse_methods(const char *s, bool *want)
-{
-	char buf[128];
-	snprintf(buf, sizeof(buf), "%s", s);
-	memset(want, 0, M_COUNT * sizeof(*want));
-	bool any = false;
-	for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-	     tok = strtok_r(NULL, ",", &save)) {
-		int k = 0;
-		while (k < M_COUNT && strcmp(tok, method_name[k]))
-			k++;
-		if (k == M_COUNT) {
-			tool_error(CMD, "--methods: '%s' is not one of engine, cache, "
-					"raw, pread, mmap", tok);
-			return -EINVAL;
-		}
-		want[k] = any = true;
-	}
-	if (!any) {
-		tool_error(CMD, "--methods '%s': no method named", s);
-		return -EINVAL;
-	}
-	return 0;
-}
-
 /* One round: every wanted method, the page cache dropped before each; raw
  * and engine side by side (their order alternating by round) so that the
  * ratio that matters most is measured on the same state of the disk. */
@@ -1370,7 +1311,7 @@ static int run_round(const struct bench *b, unsigned round, const bool *want,
 		enum method mt = order[k];
 		if (!want[mt])
 			continue;
-		*dropped &= drop_caches();
+		*dropped &= tool_drop_caches();
 		if (progress)
 			fprintf(stderr, "bench io: round %u: %s ...\n", round + 1,
 				method_name[mt]);
@@ -1448,7 +1389,9 @@ int bench_io_main(int argc, char **argv)
 			}
 			break;
 		case 'm':
-			if (parse_methods(optarg, want))
+			if (tool_parse_methods(CMD, "--methods", optarg, method_name,
+					       M_COUNT, "engine, cache, raw, pread, mmap",
+					       want))
 				return bad_usage();
 			break;
 		case 'P':

@@ -61,20 +61,6 @@
 #define SAMPLES_TOTAL (1u << 22) /* acquire latencies kept, all threads */
 #define MIN_CACHE (64ull << 20)
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 /* ---- a private daemon ---------------------------------------------------- */
 
 const char *bench_moestreamd_path(char *buf, size_t len)
@@ -213,7 +199,7 @@ int bench_daemon_start(struct bench_daemon *d, const struct bench_daemon_opts *o
 		_exit(127);
 	}
 	d->pid = pid;
-	double t_end = now_s() + 120;
+	double t_end = tool_now_s() + 120;
 	for (;;) {
 		int st;
 		pid_t w = waitpid(pid, &st, WNOHANG);
@@ -234,7 +220,7 @@ int bench_daemon_start(struct bench_daemon *d, const struct bench_daemon_opts *o
 			ms_client_close(c);
 			return 0;
 		}
-		if (now_s() > t_end) {
+		if (tool_now_s() > t_end) {
 			int rc = ms_err_set(err, -ETIMEDOUT,
 					    "moestreamd did not answer on %s in 120 s "
 					    "(log: %s)",
@@ -242,7 +228,7 @@ int bench_daemon_start(struct bench_daemon *d, const struct bench_daemon_opts *o
 			bench_daemon_stop(d, NULL);
 			return rc;
 		}
-		sleep_ms(20);
+		tool_sleep_ms(20);
 	}
 }
 
@@ -252,10 +238,10 @@ int bench_daemon_stop(struct bench_daemon *d, struct ms_err *err)
 	if (d->pid > 0) {
 		int st = 0;
 		kill(d->pid, SIGTERM);
-		double t_end = now_s() + 30;
+		double t_end = tool_now_s() + 30;
 		pid_t w;
-		while ((w = waitpid(d->pid, &st, WNOHANG)) == 0 && now_s() < t_end)
-			sleep_ms(10);
+		while ((w = waitpid(d->pid, &st, WNOHANG)) == 0 && tool_now_s() < t_end)
+			tool_sleep_ms(10);
 		if (w == 0) {
 			kill(d->pid, SIGKILL);
 			waitpid(d->pid, &st, 0);
@@ -343,6 +329,7 @@ struct gate {
 
 struct worker {
 	pthread_t th;
+	bool ping_only;          /* the baseline: PING round trips only */
 	const char *socket;
 	const struct pick *set;
 	uint32_t n_set;
@@ -379,13 +366,24 @@ static void *worker_main(void *arg)
 	if (rc || atomic_load(w->failed))
 		goto out;
 	uint64_t s = w->seed | 1;
-	w->t_begin = now_s();
+	w->t_begin = tool_now_s();
 	double end = w->t_begin + w->seconds, t = w->t_begin;
 	struct ms_client_expert got;
 	while (t < end) {
 		const struct pick *p = &w->set[xorshift(&s) % w->n_set];
+		if (w->ping_only) {
+			if ((rc = ms_client_ping(c, 60000))) {
+				w->rc = rc;
+				snprintf(w->msg, sizeof(w->msg), "ping failed: %s",
+					 strerror(-rc));
+				break;
+			}
+			w->pairs++;
+			t = tool_now_s();
+			continue;
+		}
 		rc = ms_client_acquire(c, p->block, &p->expert, 1, &got, 60000);
-		double t1 = now_s();
+		double t1 = tool_now_s();
 		if (rc) {
 			w->rc = rc;
 			snprintf(w->msg, sizeof(w->msg), "acquire of %u:%u failed: %s%s%s",
@@ -405,7 +403,7 @@ static void *worker_main(void *arg)
 		w->pairs++;
 		t = t1;
 	}
-	w->t_end = now_s();
+	w->t_end = tool_now_s();
 out:
 	ms_client_close(c);
 	return NULL;
@@ -419,6 +417,7 @@ struct rpc_result {
 	double seconds;
 	uint64_t pairs;
 	double pairs_per_s;
+	double pings_per_s;      /* the same clients doing PINGs only */
 	bool have_misses;
 	uint64_t misses_during;
 };
@@ -506,15 +505,15 @@ static int run_bench(const char *socket, uint32_t n_clients, double seconds,
 			ms_err_set(err, rc, "PING failed: %s", strerror(-rc));
 			goto out;
 		}
-	double t_end = now_s() + seconds / 4;
+	double t_end = tool_now_s() + seconds / 4;
 	uint64_t np = 0;
-	for (; np < n_ping && (np < 100 || now_s() < t_end); np++) {
-		double t0 = now_s();
+	for (; np < n_ping && (np < 100 || tool_now_s() < t_end); np++) {
+		double t0 = tool_now_s();
 		if ((rc = ms_client_ping(c, 10000))) {
 			ms_err_set(err, rc, "PING failed: %s", strerror(-rc));
 			goto out;
 		}
-		ping[np] = (float)((now_s() - t0) * 1e6);
+		ping[np] = (float)((tool_now_s() - t0) * 1e6);
 	}
 	dist_of(ping, np, &res->ping);
 
@@ -526,14 +525,14 @@ static int run_bench(const char *socket, uint32_t n_clients, double seconds,
 		ms_err_set(err, rc, "acquire failed: %s", strerror(-rc));
 		goto out;
 	}
-	t_end = now_s() + seconds;
+	t_end = tool_now_s() + seconds;
 	uint64_t nr = 0;
-	for (; nr < rounds && (nr < 1000 || now_s() < t_end); nr++) {
+	for (; nr < rounds && (nr < 1000 || tool_now_s() < t_end); nr++) {
 		const struct pick *p = &set[xorshift(&s) % res->n_set];
-		double t0 = now_s();
+		double t0 = tool_now_s();
 		ms_client_release(c, prev->block, &prev->expert, 1);
 		rc = ms_client_acquire(c, p->block, &p->expert, 1, &got, 60000);
-		double t1 = now_s();
+		double t1 = tool_now_s();
 		if (rc) {
 			ms_err_set(err, rc, "acquire of %u:%u failed: %s%s%s", p->block,
 				   p->expert, strerror(-rc),
@@ -559,6 +558,11 @@ static int run_bench(const char *socket, uint32_t n_clients, double seconds,
 		rc = ms_err_set(err, -ENOMEM, "out of memory for %u clients", n_clients);
 		goto out;
 	}
+	/* Phase 0: the same clients doing PINGs only, the socket's own rate on
+	 * this machine; phase 1: acquire + release. */
+	for (int phase = 0; phase < 2; phase++) {
+	memset(w, 0, n_clients * sizeof(*w));
+	res->pairs = 0;
 	struct gate gate = { .mu = PTHREAD_MUTEX_INITIALIZER,
 			     .cv = PTHREAD_COND_INITIALIZER };
 	atomic_int failed = 0;
@@ -566,6 +570,7 @@ static int run_bench(const char *socket, uint32_t n_clients, double seconds,
 	for (; started < n_clients; started++) {
 		struct worker *x = &w[started];
 		*x = (struct worker){ .socket = socket, .set = set, .n_set = res->n_set,
+				      .ping_only = phase == 0,
 				      .seed = 0x2545f4914f6cdd1dull * (started + 1),
 				      .start = &gate, .seconds = seconds,
 				      .failed = &failed, .cap = cap,
@@ -616,8 +621,14 @@ static int run_bench(const char *socket, uint32_t n_clients, double seconds,
 	}
 	res->clients = n_clients;
 	res->seconds = t_last > t_first ? t_last - t_first : 0;
-	res->pairs_per_s = res->seconds > 0 ? (double)res->pairs / res->seconds : 0;
+	double rate = res->seconds > 0 ? (double)res->pairs / res->seconds : 0;
+	if (phase == 0) {
+		res->pings_per_s = rate;
+		continue;
+	}
+	res->pairs_per_s = rate;
 	dist_of(all, n_lat, &res->load);
+	}
 
 	if ((rc = ms_client_connect(&c, socket, "bench-rpc", err)))
 		goto out;
@@ -732,6 +743,7 @@ static void print_json(const struct rpc_result *r, const char *arch)
 	cJSON_AddNumberToObject(j, "seconds", r->seconds);
 	cJSON_AddNumberToObject(j, "pairs", (double)r->pairs);
 	cJSON_AddNumberToObject(j, "pairs_per_s", r->pairs_per_s);
+	cJSON_AddNumberToObject(j, "pings_per_s", r->pings_per_s);
 	if (r->have_misses)
 		cJSON_AddNumberToObject(j, "misses_during", (double)r->misses_during);
 	else
@@ -776,6 +788,10 @@ static void print_table(const struct rpc_result *r, const char *where,
 	printf("\n%u clients: %s acquire+release pairs in %.2f s = %s /s\n", r->clients,
 	       fmt_count(r->pairs, b1, sizeof(b1)), r->seconds,
 	       fmt_count((uint64_t)llround(r->pairs_per_s), b2, sizeof(b2)));
+	printf("%u clients, PINGs only (the socket's own rate here): %s /s; "
+	       "pairs / pings = %.2f\n",
+	       r->clients, fmt_count((uint64_t)llround(r->pings_per_s), b1, sizeof(b1)),
+	       r->pings_per_s > 0 ? r->pairs_per_s / r->pings_per_s : 0.0);
 	if (r->have_misses)
 		printf("daemon misses while measuring: %llu%s\n",
 		       (unsigned long long)r->misses_during,

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tools.h"
@@ -123,6 +124,172 @@ int tool_write_full(int fd, const void *buf, size_t n)
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+double tool_now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void tool_sleep_ms(int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+#define SPIN_S 200e-6 /* the tail of a wait that is spun */
+
+void tool_wait_s(double secs)
+{
+	double end = tool_now_s() + secs;
+	if (secs > SPIN_S) {
+		double s = secs - SPIN_S;
+		struct timespec ts = { .tv_sec = (time_t)s,
+				       .tv_nsec = (long)((s - (double)(time_t)s) * 1e9) };
+		while (nanosleep(&ts, &ts) && errno == EINTR)
+			;
+	}
+	while (tool_now_s() < end)
+		;
+}
+
+int tool_cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+double tool_pct(const double *v, uint64_t n, double p)
+{
+	if (!n)
+		return 0;
+	double r = ceil(p * (double)n);
+	uint64_t i = r < 1 ? 0 : (uint64_t)r - 1;
+	return v[i < n ? i : n - 1];
+}
+
+uint64_t tool_splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+bool tool_drop_caches(void)
+{
+	sync();
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	bool ok = write(fd, "3", 1) == 1;
+	close(fd);
+	return ok;
+}
+
+int tool_parse_methods(const char *cmd, const char *opt, const char *s,
+		       const char *const *names, int n, const char *choices,
+		       bool *want)
+{
+	char buf[128];
+	snprintf(buf, sizeof(buf), "%s", s);
+	memset(want, 0, (size_t)n * sizeof(*want));
+	bool any = false;
+	for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		int k = 0;
+		while (k < n && strcmp(tok, names[k]))
+			k++;
+		if (k == n) {
+			tool_error(cmd, "%s: '%s' is not one of %s", opt, tok, choices);
+			return -EINVAL;
+		}
+		want[k] = any = true;
+	}
+	if (!any) {
+		tool_error(cmd, "%s '%s': no method named", opt, s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int tool_parse_types(const char *cmd, const char *s, bool (*supported)(uint32_t),
+		     uint32_t *out, int max, int *n)
+{
+	char buf[512];
+	snprintf(buf, sizeof(buf), "%s", s);
+	*n = 0;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+	     t = strtok_r(NULL, ",", &save)) {
+		int id = ms_type_from_name(t);
+		if (id < 0 || !supported((uint32_t)id)) {
+			tool_error(cmd, "--types: '%s' is not a type the FFN "
+					"computes", t);
+			return -1;
+		}
+		if (*n == max) {
+			tool_error(cmd, "--types: too many");
+			return -1;
+		}
+		out[(*n)++] = (uint32_t)id;
+	}
+	if (!*n) {
+		tool_error(cmd, "--types: empty list");
+		return -1;
+	}
+	return 0;
+}
+
+int tool_parse_seconds(const char *cmd, const char *s, double max, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || *end || !*s || !(v > 0) || v > max) {
+		tool_error(cmd, "--time '%s': expected seconds in (0, %g]", s, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+int tool_write_text(const char *cmd, const char *path, const char *s)
+{
+	FILE *f = fopen(path, "w");
+	bool ok = f && fprintf(f, "%s\n", s) >= 0;
+	if (f && fclose(f))
+		ok = false;
+	if (!ok) {
+		tool_error(cmd, "writing %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static const struct tool_scales scales[] = {
+	{ MS_TYPE_Q4_0, { 0, -1 }, 8 },   { MS_TYPE_Q4_1, { 0, 2 }, 8 },
+	{ MS_TYPE_Q5_0, { 0, -1 }, 8 },   { MS_TYPE_Q5_1, { 0, 2 }, 8 },
+	{ MS_TYPE_Q8_0, { 0, -1 }, 8 },   { MS_TYPE_Q2_K, { 80, 82 }, 8 },
+	{ MS_TYPE_Q3_K, { 108, -1 }, 8 }, { MS_TYPE_Q4_K, { 0, 2 }, 10 },
+	{ MS_TYPE_Q5_K, { 0, 2 }, 11 },   { MS_TYPE_Q6_K, { 208, -1 }, 12 },
+	{ MS_TYPE_IQ4_NL, { 0, -1 }, 8 }, { MS_TYPE_IQ4_XS, { 0, -1 }, 12 },
+};
+
+const struct tool_scales *tool_scales_of(uint32_t type)
+{
+	for (size_t k = 0; k < sizeof(scales) / sizeof(scales[0]); k++)
+		if (scales[k].type == type)
+			return &scales[k];
+	return NULL;
+}
+
+uint16_t tool_small_f16(uint64_t r, int e)
+{
+	uint16_t exp = (uint16_t)(15 - e - (int)(r % 3));
+	return (uint16_t)(exp << 10 | ((r >> 8) & 0x3ff));
 }
 
 void tool_swap_f32(float *f, size_t n)

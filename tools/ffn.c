@@ -11,8 +11,10 @@
  * Y gets B outputs of n_embd f32, unweighted (the router's weight is the
  * caller's to apply).
  *
- * --device gpu answers exit 3 until the GPU expert path exists: "built
- * without CUDA" or the runtime's reason when there is no device.
+ * --device gpu copies the expert and X to GPU 0 and runs
+ * ms_gpu_expert_ffn_host (kernels/gpu_ffn.cu): the fused matvec for B <= 8,
+ * dequantise + cuBLAS above; exit 3 with "built without CUDA" or the
+ * runtime's reason when there is no GPU.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -60,7 +62,11 @@ static void usage(FILE *f)
 		"  -h, --help          this text\n"
 		"\n"
 		"CPU kernels, scalar and AVX2: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 "
-		"q8_0 q2_K q3_K\nq4_K q5_K q6_K iq4_nl iq4_xs mxfp4.\n"
+		"q8_0 q2_K q3_K\nq4_K q5_K q6_K iq4_nl iq4_xs mxfp4. GPU "
+		"(--device gpu, GPU 0): the same types;\nB <= 8 through the "
+		"fused matvec where the type has one (the K-quants, q8_0,\n"
+		"q4_0, mxfp4: f32 sums), else and above dequantised to f16 for "
+		"cuBLAS (f16\noperands: relative error ~5e-4).\n"
 		"\n"
 		"example:\n"
 		"  moestream mkmodel --preset tiny -o tiny.gguf\n"
@@ -88,9 +94,11 @@ struct expert_buf {
 	void *mem[MS_MOE_MAX_PROJ];
 };
 
-/* 0, or 1 after one line saying why. */
+/* 0, or 1 after one line saying why. `gpu`: the types are checked against
+ * the GPU's kernels rather than the CPU's. */
 static int load_expert(const struct ms_model *m, const char *path,
-		       uint32_t block, uint32_t expert, struct expert_buf *eb)
+		       uint32_t block, uint32_t expert, bool gpu,
+		       struct expert_buf *eb)
 {
 	char list[256];
 	memset(eb, 0, sizeof(*eb));
@@ -188,14 +196,15 @@ static int load_expert(const struct ms_model *m, const char *path,
 				   (long long)n_embd);
 			return 1;
 		}
-		if (!ms_ffn_type_supported(x[j].type)) {
+		if (!(gpu ? ms_gpu_dequant_supported(x[j].type)
+			  : ms_ffn_type_supported(x[j].type))) {
 			tool_error(CMD,
-				   "blk.%u %s is %s: no CPU kernel for that "
+				   "blk.%u %s is %s: no %s kernel for that "
 				   "type (there are for f32 f16 bf16 q4_0 q4_1 "
 				   "q5_0 q5_1 q8_0 q2_K q3_K q4_K q5_K q6_K "
 				   "iq4_nl iq4_xs mxfp4)",
 				   block, ms_proj_name(L->proj[j]),
-				   ms_type_name(x[j].type));
+				   ms_type_name(x[j].type), gpu ? "GPU" : "CPU");
 			return 1;
 		}
 		v->type[slot[j]] = x[j].type;
@@ -267,6 +276,7 @@ struct args {
 	const char *in_path, *out_path;
 	int threads;
 	enum ms_ffn_path path;
+	bool gpu;
 };
 
 static int run(const struct ms_model *m, const char *path, const struct args *a)
@@ -276,7 +286,7 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 	size_t bytes;
 	int rc = 1, fd = -1;
 
-	if (load_expert(m, path, a->block, a->expert, &eb))
+	if (load_expert(m, path, a->block, a->expert, a->gpu, &eb))
 		goto out;
 	if (tool_read_f32(CMD, a->in_path, MAX_INPUT_BYTES, &x, &bytes))
 		goto out;
@@ -303,7 +313,9 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 	}
 	struct ms_ffn_opts o = { .n_threads = a->threads, .path = a->path };
 	struct ms_err err = { 0 };
-	int e = ms_expert_ffn(&eb.v, x, y, B, &o, &err);
+	int e = a->gpu ? ms_gpu_expert_ffn_host(&eb.v, x, y, B,
+						MS_GPU_FFN_AUTO, 0, &err)
+		       : ms_expert_ffn(&eb.v, x, y, B, &o, &err);
 	if (e) {
 		tool_error(CMD, "blk.%u expert %u: %s", a->block, a->expert,
 			   err.msg);
@@ -341,7 +353,8 @@ static int run(const struct ms_model *m, const char *path, const struct args *a)
 				       : MS_FFN_PATH_SCALAR;
 		printf("wrote %s: %lld x %lld f32 (blk.%u expert %u, %s path)\n",
 		       a->out_path, (long long)B, (long long)eb.v.n_embd,
-		       a->block, a->expert, ms_ffn_path_name(used));
+		       a->block, a->expert,
+		       a->gpu ? "gpu" : ms_ffn_path_name(used));
 	}
 	rc = 0;
 out:
@@ -367,7 +380,7 @@ int cmd_ffn(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	struct args a = { .path = MS_FFN_PATH_AUTO };
-	bool have_layer = false, have_expert = false, gpu = false;
+	bool have_layer = false, have_expert = false;
 	uint32_t u;
 	int c;
 
@@ -397,7 +410,7 @@ int cmd_ffn(int argc, char **argv)
 					   optarg);
 				return bad_usage();
 			}
-			gpu = !strcmp(optarg, "gpu");
+			a.gpu = !strcmp(optarg, "gpu");
 			break;
 		case 't':
 			if (tool_parse_u32(CMD, "threads", optarg, &u))
@@ -447,16 +460,13 @@ int cmd_ffn(int argc, char **argv)
 					  : "--in");
 		return bad_usage();
 	}
-	if (gpu) {
+	if (a.gpu) {
 		struct ms_gpu_info g[MS_GPU_MAX];
 		struct ms_err err = { 0 };
-		if (ms_gpu_list(g, MS_GPU_MAX, &err) < 0)
+		if (ms_gpu_list(g, MS_GPU_MAX, &err) < 0) {
 			tool_error(CMD, "--device gpu: %s", err.msg);
-		else
-			tool_error(CMD,
-				   "--device gpu: the GPU expert FFN is not "
-				   "in this build yet (use --device cpu)");
-		return EXIT_UNAVAILABLE;
+			return EXIT_UNAVAILABLE;
+		}
 	}
 	if (!ms_ffn_path_available(a.path)) {
 		tool_error(CMD, "--path %s: this CPU lacks AVX2, FMA or F16C",

@@ -185,39 +185,12 @@ static uint64_t mix3(uint64_t a, uint64_t b, uint64_t c)
 
 /* ---- random valid blocks --------------------------------------------------- */
 
-/* Where a block keeps its f16 scales (d, dmin), from ggml's block structs;
- * -1 = none. MXFP4 has one e8m0 exponent byte at 0 instead. `exp` sets d to
- * about 2^-exp so that the largest value a block can hold (d times the
- * largest sub-scale times the largest quant) stays near 1. */
-static const struct {
-	uint32_t type;
-	int f16[2];
-	int exp;
-} scale_fields[] = {
-	{ MS_TYPE_Q4_0, { 0, -1 }, 8 },   { MS_TYPE_Q4_1, { 0, 2 }, 8 },
-	{ MS_TYPE_Q5_0, { 0, -1 }, 8 },   { MS_TYPE_Q5_1, { 0, 2 }, 8 },
-	{ MS_TYPE_Q8_0, { 0, -1 }, 8 },   { MS_TYPE_Q2_K, { 80, 82 }, 8 },
-	{ MS_TYPE_Q3_K, { 108, -1 }, 8 }, { MS_TYPE_Q4_K, { 0, 2 }, 10 },
-	{ MS_TYPE_Q5_K, { 0, 2 }, 11 },   { MS_TYPE_Q6_K, { 208, -1 }, 12 },
-	{ MS_TYPE_IQ4_NL, { 0, -1 }, 8 }, { MS_TYPE_IQ4_XS, { 0, -1 }, 12 },
-};
-
 static bool type_writable(uint32_t t)
 {
 	if (t == MS_TYPE_F32 || t == MS_TYPE_F16 || t == MS_TYPE_BF16 ||
 	    t == MS_TYPE_MXFP4)
 		return true;
-	for (size_t k = 0; k < sizeof(scale_fields) / sizeof(scale_fields[0]); k++)
-		if (scale_fields[k].type == t)
-			return true;
-	return false;
-}
-
-/* f16 bits of a small positive value: 2^-(e..e+2) x (1 + m/1024). */
-static uint16_t small_f16(uint64_t r, int e)
-{
-	uint16_t exp = (uint16_t)(15 - e - (int)(r % 3));
-	return (uint16_t)(exp << 10 | ((r >> 8) & 0x3ff));
+	return tool_scales_of(t) != NULL;
 }
 
 static float small_uniform(uint64_t *s, float scale)
@@ -235,9 +208,10 @@ static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 			uint32_t u;
 			memcpy(&u, &f, 4);
 			/* bf16: the top half; f16: a small value in range */
-			uint16_t h = type == MS_TYPE_BF16 ? (uint16_t)(u >> 16)
-							  : (uint16_t)(small_f16(rng(s), 8) |
-								       (rng(s) & 1) << 15);
+			uint16_t h = type == MS_TYPE_BF16
+					     ? (uint16_t)(u >> 16)
+					     : (uint16_t)(tool_small_f16(rng(s), 8) |
+							  (rng(s) & 1) << 15);
 			memcpy(buf + i, &h, 2);
 		}
 		return;
@@ -258,17 +232,16 @@ static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 			buf[b] = (uint8_t)(127 - 6 - rng(s) % 2);
 		return;
 	}
-	for (size_t k = 0; k < sizeof(scale_fields) / sizeof(scale_fields[0]); k++) {
-		if (scale_fields[k].type != type)
-			continue;
-		for (uint64_t b = 0; b < size; b += ti->type_size)
-			for (int j = 0; j < 2; j++) {
-				if (scale_fields[k].f16[j] < 0)
-					continue;
-				uint16_t h = small_f16(rng(s), scale_fields[k].exp);
-				memcpy(buf + b + scale_fields[k].f16[j], &h, 2);
-			}
-	}
+	const struct tool_scales *sf = tool_scales_of(type);
+	if (!sf)
+		return;
+	for (uint64_t b = 0; b < size; b += ti->type_size)
+		for (int j = 0; j < 2; j++) {
+			if (sf->f16[j] < 0)
+				continue;
+			uint16_t h = tool_small_f16(rng(s), sf->exp);
+			memcpy(buf + b + sf->f16[j], &h, 2);
+		}
 }
 
 /* One pool of random valid blocks per type, shared by every tensor of it. */
@@ -525,16 +498,9 @@ struct progress {
 	const char *what;
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void progress_draw(struct progress *pg, uint64_t done, bool final)
 {
-	double t = now_s();
+	double t = tool_now_s();
 	if (!pg->tty || (!final && t - pg->last < 0.2))
 		return;
 	pg->last = t;
@@ -896,7 +862,7 @@ static int make_model(const struct shape *p, const char *out, uint64_t split,
 		fill_blocks(pl->data, pl->bytes, pl->type, &s);
 	}
 
-	struct progress pg = { .tty = isatty(2) && !sparse, .t0 = now_s(),
+	struct progress pg = { .tty = isatty(2) && !sparse, .t0 = tool_now_s(),
 			       .total = total };
 	struct job j = { .p = p, .tl = &tl, .pools = pools, .n_pools = n_pools,
 			 .seed = seed, .sparse = sparse, .pg = &pg };
@@ -909,7 +875,7 @@ static int make_model(const struct shape *p, const char *out, uint64_t split,
 		j.progress_base += ms_gguf_writer_file_size(w[s]);
 	}
 	progress_draw(&pg, total, true);
-	double dt = now_s() - pg.t0;
+	double dt = tool_now_s() - pg.t0;
 	printf("wrote %s: %s, %u shard(s), %u tensors, %s", out,
 	       p->preset ? p->preset : "hand-made", n_sh, tl.n,
 	       fmt_bytes(total, b1, sizeof(b1)));

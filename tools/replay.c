@@ -33,28 +33,6 @@
 #include "tools.h"
 
 #define CMD "replay"
-#define SPIN_S 200e-6 /* the tail of a compute wait that is spun */
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void wait_s(double secs)
-{
-	double end = now_s() + secs;
-	if (secs > SPIN_S) {
-		double s = secs - SPIN_S;
-		struct timespec ts = { .tv_sec = (time_t)s,
-				       .tv_nsec = (long)((s - (double)(time_t)s) * 1e9) };
-		while (nanosleep(&ts, &ts) && errno == EINTR)
-			;
-	}
-	while (now_s() < end)
-		;
-}
 
 uint64_t replay_sum_bytes(const void *p, uint64_t len)
 {
@@ -164,22 +142,6 @@ int replay_check(const struct ms_client *c, const struct ms_trace *t,
 
 /* ---- the replay ---------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-/* Nearest rank of sorted v[n]. */
-static double pct(const double *v, uint64_t n, double p)
-{
-	if (!n)
-		return 0;
-	double r = ceil(p * (double)n);
-	uint64_t i = r < 1 ? 0 : (uint64_t)r - 1;
-	return v[i < n ? i : n - 1];
-}
-
 static void fill_stats(struct replay_result *r, const struct replay_counters *a,
 		       const struct replay_counters *b)
 {
@@ -227,7 +189,7 @@ int replay_run(struct ms_client *c, const struct ms_trace *t,
 	struct ms_err serr = { 0 };
 	bool have0 = !replay_read_counters(c, &k0, 10000, &serr);
 	struct replay_progress pg = { .tokens_total = n_tok };
-	double t0 = now_s(), last_prog = t0, last_stats = t0;
+	double t0 = tool_now_s(), last_prog = t0, last_stats = t0;
 	for (uint32_t tok = 0; tok < n_tok; tok++) {
 		for (uint32_t l = 0; l < L; l++) {
 			const uint16_t *ex = ms_trace_experts(t, tok, l);
@@ -245,9 +207,9 @@ int replay_run(struct ms_client *c, const struct ms_trace *t,
 				r->prefetch_hints++;
 			}
 			if (o->compute) {
-				double c0 = now_s();
+				double c0 = tool_now_s();
 				rc = o->compute(o->ctx, tok, l);
-				r->compute_s += now_s() - c0;
+				r->compute_s += tool_now_s() - c0;
 				if (rc) {
 					ms_err_set(err, rc, "compute of token %u layer "
 							    "%u failed: %s",
@@ -255,13 +217,13 @@ int replay_run(struct ms_client *c, const struct ms_trace *t,
 					goto done;
 				}
 			} else if (o->compute_ms > 0) {
-				double c0 = now_s();
-				wait_s(o->compute_ms * 1e-3);
-				r->compute_s += now_s() - c0;
+				double c0 = tool_now_s();
+				tool_wait_s(o->compute_ms * 1e-3);
+				r->compute_s += tool_now_s() - c0;
 			}
-			double a0 = now_s();
+			double a0 = tool_now_s();
 			rc = ms_client_acquire(c, block, ex, k, got, timeout);
-			double dt = now_s() - a0;
+			double dt = tool_now_s() - a0;
 			lat[r->acquires++] = dt;
 			r->stall_s += dt;
 			if (rc) {
@@ -303,7 +265,7 @@ int replay_run(struct ms_client *c, const struct ms_trace *t,
 			}
 		}
 		r->tokens = tok + 1;
-		double t1 = now_s();
+		double t1 = tool_now_s();
 		if (o->stats_every_s > 0 && have0 && t1 - last_stats >= o->stats_every_s) {
 			last_stats = t1;
 			if (!replay_read_counters(c, &k1, 10000, &serr)) {
@@ -330,7 +292,7 @@ int replay_run(struct ms_client *c, const struct ms_trace *t,
 	}
 	rc = 0;
 done:
-	r->seconds = now_s() - t0;
+	r->seconds = tool_now_s() - t0;
 	r->tokps = r->seconds > 0 ? r->tokens / r->seconds : 0;
 	/* The releases are on the socket before this STATS: it counts them. */
 	if (have0 && !replay_read_counters(c, &k1, 10000, &serr)) {
@@ -340,11 +302,11 @@ done:
 					      : 0;
 	}
 	if (r->acquires) {
-		qsort(lat, r->acquires, sizeof(*lat), cmp_double);
+		qsort(lat, r->acquires, sizeof(*lat), tool_cmp_double);
 		r->lat_mean_us = r->stall_s / (double)r->acquires * 1e6;
-		r->lat_p50_us = pct(lat, r->acquires, 0.50) * 1e6;
-		r->lat_p90_us = pct(lat, r->acquires, 0.90) * 1e6;
-		r->lat_p99_us = pct(lat, r->acquires, 0.99) * 1e6;
+		r->lat_p50_us = tool_pct(lat, r->acquires, 0.50) * 1e6;
+		r->lat_p90_us = tool_pct(lat, r->acquires, 0.90) * 1e6;
+		r->lat_p99_us = tool_pct(lat, r->acquires, 0.99) * 1e6;
 		r->lat_max_us = lat[r->acquires - 1] * 1e6;
 	}
 out:

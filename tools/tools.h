@@ -9,6 +9,7 @@
 #ifndef MS_TOOLS_H
 #define MS_TOOLS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -58,6 +59,51 @@ void tool_swap_f32(float *f, size_t n);
  * 0 and *out (malloc'ed) and *bytes, or 1 after one line saying why. */
 int tool_read_f32(const char *cmd, const char *path, uint64_t max_bytes,
 		  float **out, size_t *bytes);
+
+/* Time, for the benchmarks: CLOCK_MONOTONIC in seconds; a sleep that
+ * survives signals; a wait of secs that sleeps, then spins the last 200 us
+ * (nanosleep overshoots, spinning alone steals a core). */
+double tool_now_s(void);
+void tool_sleep_ms(int ms);
+void tool_wait_s(double secs);
+/* qsort's comparison of doubles, and the nearest rank p (0..1) of sorted
+ * v[n] (0 when n is 0). */
+int tool_cmp_double(const void *a, const void *b);
+double tool_pct(const double *v, uint64_t n, double p);
+/* splitmix64: the next value of the sequence at *s. */
+uint64_t tool_splitmix(uint64_t *s);
+/* sync, then drop clean page cache, dentries and inodes: false when not
+ * allowed. */
+bool tool_drop_caches(void);
+/* A comma-separated list of names[0..n): want[k] set for each one named
+ * (the rest cleared); 0, or -EINVAL after "OPT: 'x' is not one of CHOICES"
+ * or "OPT 's': no method named". */
+int tool_parse_methods(const char *cmd, const char *opt, const char *s,
+		       const char *const *names, int n, const char *choices,
+		       bool *want);
+/* A comma-separated list of at most max tensor type names, each one that
+ * supported() accepts, into out[*n]: 0, or -1 after a message. */
+int tool_parse_types(const char *cmd, const char *s, bool (*supported)(uint32_t),
+		     uint32_t *out, int max, int *n);
+/* --time SECS in (0, max]: 0, or -1 after a message. */
+int tool_parse_seconds(const char *cmd, const char *s, double max, double *out);
+/* s and a newline to path: 0, or -1 after a message. */
+int tool_write_text(const char *cmd, const char *path, const char *s);
+
+/* Where a block of `type` keeps its f16 scales (d, dmin; -1 = none), from
+ * ggml's block structs, and `exp`, which sets d to about 2^-exp so that the
+ * largest value a block can hold (d times the largest sub-scale times the
+ * largest quant) stays near 1: NULL for a type without (F32, F16, BF16;
+ * MXFP4 has one e8m0 exponent byte at 0 instead). */
+struct tool_scales {
+	uint32_t type;
+	int f16[2];
+	int exp;
+};
+const struct tool_scales *tool_scales_of(uint32_t type);
+/* f16 bits of a small positive value: 2^-(e..e+2) x (1 + m/1024), from
+ * random bits r. */
+uint16_t tool_small_f16(uint64_t r, int e);
 
 /* Prints "moestream CMD: message" on stderr. */
 void tool_error(const char *cmd, const char *fmt, ...)

@@ -157,8 +157,9 @@ void ms_cache_release(struct ms_cache *c, uint32_t layer, uint32_t expert);
  * in-flight prefetch cap). */
 int ms_cache_prefetch(struct ms_cache *c, uint32_t layer, uint32_t expert);
 
-/* Cancels prefetches of layers before `layer` that are still loading (the
- * token moved past them). Returns how many were cancelled. */
+/* Cancels prefetches still loading that are stale: their layer was acquired
+ * since they started (the reader came and went), or their layer is before
+ * `layer` (0: only the first rule). Returns how many were cancelled. */
 unsigned ms_cache_cancel_stale(struct ms_cache *c, uint32_t layer);
 
 /* The options that may change while running (SIGHUP): the slot-wait

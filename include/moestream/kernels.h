@@ -207,6 +207,156 @@ const char *ms_gpu_build_info(void);
  * there is no usable device or the kernel cannot run (message says why). */
 int ms_gpu_list(struct ms_gpu_info *out, int max, struct ms_err *err);
 
+/* ------------------------------------------------------------------------ */
+/* GPU: dequantisation, the expert FFN (fused matvec for decode, cuBLAS for */
+/* prefill) and the dense cuBLAS path (kernels/gpu_*.cu). Owner: the GPU    */
+/* block, from here to the "end of GPU" line.                               */
+/*                                                                          */
+/* Every function below answers -ENOTSUP "built without CUDA" in a build    */
+/* without CUDA (kernels/gpu_nocuda.c), and -ENODEV with the runtime's      */
+/* reason where there is no usable device. Pointers named *_dev, and the    */
+/* data of a struct ms_gpu_expert, are device memory; `stream` is a         */
+/* cudaStream_t, NULL for the legacy default stream. Calls are asynchronous */
+/* on their stream unless they say otherwise. CUDA failures after the       */
+/* arguments were checked are -ENOMEM (allocation) or -EIO (a launch, a     */
+/* fault; the device may then be unusable), with the runtime's message.     */
+
+/* Device memory, so that C callers need no CUDA headers. The copies and
+ * the memset have completed when they return (so work on any stream sees
+ * them); a download does not wait for other streams: sync them first. */
+int ms_gpu_set_device(int device, struct ms_err *err);
+int ms_gpu_malloc(void **dev, size_t bytes, struct ms_err *err);
+void ms_gpu_free(void *dev); /* NULL is fine */
+int ms_gpu_upload(void *dev, const void *host, size_t bytes,
+		  struct ms_err *err);
+int ms_gpu_download(void *host, const void *dev, size_t bytes,
+		    struct ms_err *err);
+int ms_gpu_memset(void *dev, int byte, size_t bytes, struct ms_err *err);
+int ms_gpu_stream_sync(void *stream, struct ms_err *err);
+
+/* True when ms_gpu_dequant has a kernel for `type`: the same 16 types as
+ * ms_dequant_supported. */
+bool ms_gpu_dequant_supported(uint32_t type);
+
+/* Dequantises n elements (a multiple of the type's block) from src_dev
+ * (any alignment) into dst_dev: f32 bit-identical to ms_dequant_row (NaN
+ * payloads included), or with f16 = true that f32 value rounded to nearest
+ * even (overflow to infinity; a NaN keeps its sign and top payload bits and
+ * is made quiet, as x86's vcvtps2ph does). dst_dev aligned to its element.
+ * 0, -ENOTSUP (no kernel for the type), -EINVAL (n, NULL, alignment). */
+int ms_gpu_dequant(uint32_t type, const void *src_dev, void *dst_dev,
+		   int64_t n, bool f16, void *stream, struct ms_err *err);
+
+/* True when the fused decode matvec has a kernel for `type`: Q2_K, Q3_K,
+ * Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, MXFP4. */
+bool ms_gpu_matvec_supported(uint32_t type);
+
+/* One expert on the device: as struct ms_expert_view (gate/up/down, or
+ * fused gate_up with gate rows first in data[0] and down in data[1]), the
+ * data pointers device memory. */
+struct ms_gpu_expert {
+	bool fused;
+	int64_t n_embd, n_ff;
+	uint32_t type[3];
+	const void *data[3];
+};
+
+/* Which GPU code computes the FFN. */
+enum ms_gpu_ffn_path {
+	MS_GPU_FFN_AUTO = 0,   /* MATVEC where it can, else CUBLAS */
+	MS_GPU_FFN_MATVEC = 1, /* fused dequantise + matvec straight from the
+				  quantized bytes, SwiGLU fused into the
+				  gate/up kernel; B <= 8, the matvec types;
+				  f32 accumulation of exact integer partial
+				  sums: relative L2 ~1e-7 against the C
+				  reference */
+	MS_GPU_FFN_CUBLAS = 2, /* dequantise to f16, cublasGemmEx (f16 in,
+				  f32 accumulation); x and h rounded to f16:
+				  relative L2 ~4e-4 (f16 rounding of weights
+				  and activations); any B, every type */
+	MS_GPU_FFN_PATH_COUNT = 3,
+};
+
+const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p); /* "auto", ... */
+
+/* A device, a stream, a cuBLAS handle (made on first use) and a workspace
+ * that grows to the largest call. One call at a time per context; a
+ * context per thread or per stream. */
+struct ms_gpu_ctx;
+
+/* stream: NULL makes the context its own non-blocking stream. 0, -EINVAL,
+ * -ENODEV, -ENOMEM. */
+int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device, void *stream,
+		    struct ms_err *err);
+void ms_gpu_ctx_free(struct ms_gpu_ctx *c); /* waits for its stream */
+void *ms_gpu_ctx_stream(const struct ms_gpu_ctx *c);
+int ms_gpu_ctx_device(const struct ms_gpu_ctx *c);
+
+/* The FFN of n_experts experts that share fused, n_embd, n_ff and types
+ * (one layer's routed experts), each on n_tokens inputs, unweighted:
+ *   y_e = W_down_e . (silu(W_gate_e . x_e) * (W_up_e . x_e))
+ * x_dev + e * x_stride (floats; 0: every expert reads the same x) holds
+ * expert e's n_tokens x n_embd inputs, finite; y_dev + e * n_tokens *
+ * n_embd receives its outputs (must not overlap x). n_embd and n_ff are
+ * multiples of 32 and of the types' blocks. AUTO takes MATVEC when
+ * n_tokens <= 8, every type has a matvec kernel and each projection is
+ * aligned as the matvec needs (4 bytes for Q2_K/Q4_K/Q5_K, 2 for
+ * Q3_K/Q6_K/Q8_0/Q4_0), else CUBLAS. Asynchronous on the context's stream.
+ * 0, or -EINVAL (shapes, NULLs, mixed experts, alignment for MATVEC),
+ * -ENOTSUP (MATVEC for a type without a kernel, or n_tokens > 8), -ENOMEM,
+ * -EIO. */
+int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+		       int n_experts, const float *x_dev, int64_t x_stride,
+		       float *y_dev, int64_t n_tokens,
+		       enum ms_gpu_ffn_path path, struct ms_err *err);
+
+/* One expert: ms_gpu_experts_ffn with n_experts = 1. */
+int ms_gpu_expert_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+		      const float *x_dev, float *y_dev, int64_t n_tokens,
+		      enum ms_gpu_ffn_path path, struct ms_err *err);
+
+/* The dense hot-layer product through cuBLAS: y[b] = W . x[b] for n_tokens
+ * inputs, W rows x cols (row-major, GGUF's ne = [cols, rows]) of F32 or F16
+ * on the device, x [n_tokens][cols] f32, y [n_tokens][rows] f32. F32: an
+ * f32 GEMM (no TF32); F16: x rounded to f16, cublasGemmEx with f32
+ * accumulation. 0, -ENOTSUP (another type), -EINVAL, -ENOMEM, -EIO. */
+int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type, const void *w_dev,
+		 int64_t rows, int64_t cols, const float *x_dev, float *y_dev,
+		 int64_t n_tokens, struct ms_err *err);
+
+/* For tools and tests: copies the expert `v` (host memory, as
+ * ms_expert_ffn takes it) and x [n_tokens][n_embd] to device `device`,
+ * runs ms_gpu_expert_ffn and copies y back. Synchronous; everything it
+ * allocates is freed. Same returns. */
+int ms_gpu_expert_ffn_host(const struct ms_expert_view *v, const float *x,
+			   float *y, int64_t n_tokens,
+			   enum ms_gpu_ffn_path path, int device,
+			   struct ms_err *err);
+
+/* For benchmarks and tests: fills `bytes` (a multiple of the type's block
+ * size) at dev with random valid blocks of `type`, deterministic in seed:
+ * random bits whose f16 scales (d, dmin) are small finite values and
+ * MXFP4's exponents near 2^-6, so that every value is finite and of a
+ * sensible size. 0, -ENOTSUP (a type without a dequantiser), -EINVAL. */
+int ms_gpu_fill_blocks(uint32_t type, void *dev, uint64_t bytes,
+		       uint64_t seed, void *stream, struct ms_err *err);
+
+/* Timing on the context's stream with CUDA events: mark, enqueue work,
+ * then elapsed waits for it and gives the milliseconds since the mark. */
+int ms_gpu_ctx_mark(struct ms_gpu_ctx *c, struct ms_err *err);
+int ms_gpu_ctx_elapsed(struct ms_gpu_ctx *c, double *ms, struct ms_err *err);
+
+/* The device's own copy rate: cudaMemcpyAsync device-to-device of `bytes`
+ * (two buffers allocated and freed here), reps times after a warm-up copy;
+ * *best_gbps and *median_gbps count bytes read plus bytes written, as a
+ * kernel that reads its input once and writes its output once would.
+ * Synchronous. */
+int ms_gpu_copy_bandwidth(struct ms_gpu_ctx *c, uint64_t bytes, int reps,
+			  double *best_gbps, double *median_gbps,
+			  struct ms_err *err);
+
+/* ------------------------------- end of GPU ------------------------------ */
+
 #ifdef __cplusplus
 }
 #endif

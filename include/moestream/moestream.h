@@ -67,7 +67,9 @@ struct ms_client_model {
 
 /* An acquired expert: pointers into the read-only mapping of the cache. */
 struct ms_client_expert {
-	int status;               /* 0, or why this one failed (-EIO, -EBUSY) */
+	int status;               /* 0, or why this one failed (-EIO, -EBUSY;
+				     -EOVERFLOW: this connection holds
+				     MS_PROTO_MAX_PINS pins of it) */
 	uint32_t block, expert;
 	uint32_t n_proj;
 	const void *proj[3];
@@ -87,6 +89,12 @@ const struct ms_client_model *ms_client_model(const struct ms_client *c);
 /* The layer description of a block, or NULL if it is not a MoE layer. */
 const struct ms_client_layer *ms_client_layer(const struct ms_client *c,
 					      uint32_t block);
+
+/* The read-only mapping of the daemon's cache that acquired experts point
+ * into: its base, and its length in *len (may be NULL). Valid until
+ * ms_client_close. An expert's place in the cache is got.proj[j] - base.
+ * For registering the mapping with a GPU (gpu_tier.h). */
+const void *ms_client_arena(const struct ms_client *c, uint64_t *len);
 
 /* Pins n experts of `block` and waits until each is ready or failed, up to
  * timeout_ms (-1: forever). Returns 0 when all are ready, else the first

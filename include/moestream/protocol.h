@@ -10,10 +10,13 @@
  *   HELLO     c->s  versions the client speaks, its pid and name
  *   HELLO     s->c  status, the version chosen, the model description, and
  *                   (SCM_RIGHTS) a read-only fd of the cache arena
- *   ACQUIRE   c->s  block, n experts: pin them
+ *   ACQUIRE   c->s  block, n experts: pin them (an expert may be named
+ *                   more than once: each is a pin, released one by one)
  *   EXPERT    s->c  experts of an ACQUIRE as they become ready (or fail),
  *                   those ready together in one message: status and where
- *                   their projections lie in the arena
+ *                   their projections lie in the arena. Status -EOVERFLOW:
+ *                   this connection already holds MS_PROTO_MAX_PINS pins of
+ *                   that expert (nothing was pinned; release some first)
  *   RELEASE   c->s  block, n experts: unpin (no reply; a bad release is
  *                   answered with ERROR)
  *   PREFETCH  c->s  block, n experts, optional scores (no reply)
@@ -41,6 +44,8 @@ extern "C" {
 #define MS_MSG_MAX_PAYLOAD 65536
 #define MS_MSG_MAX_EXPERTS 512   /* per ACQUIRE/RELEASE/PREFETCH/EXPERT */
 #define MS_PROTO_MAX_LAYERS 512   /* 89 bytes each: fits the payload cap */
+#define MS_PROTO_MAX_PINS 65535   /* pins of one expert one connection may
+				     hold; beyond: status -EOVERFLOW */
 
 enum ms_msg_type {
 	MS_MSG_HELLO = 1,

@@ -1,0 +1,98 @@
+/*
+ * gpu_internal.cuh - what the kernels/gpu_*.cu files share on the host side:
+ * launchers of one file called by another, and the CUDA error -> errno rule.
+ * Not a contract between rooms: kernels.h is.
+ */
+#ifndef MS_KERNELS_GPU_INTERNAL_CUH
+#define MS_KERNELS_GPU_INTERNAL_CUH
+
+#include <errno.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#include "moestream/kernels.h"
+#include "moestream/model.h"
+
+/* -ENOMEM for an allocation failure, -ENODEV when there is no usable device
+ * or driver, -EIO for everything else (a failed launch, a fault). */
+static inline int msg_cuda_errno(cudaError_t ce)
+{
+	switch (ce) {
+	case cudaSuccess:
+		return 0;
+	case cudaErrorMemoryAllocation:
+		return -ENOMEM;
+	case cudaErrorNoDevice:
+	case cudaErrorInsufficientDriver:
+	case cudaErrorInvalidDevice:
+	case cudaErrorNoKernelImageForDevice:
+	case cudaErrorDevicesUnavailable:
+		return -ENODEV;
+	default:
+		return -EIO;
+	}
+}
+
+/* ---- gpu_dequant.cu ----------------------------------------------------- */
+
+/* ms_gpu_dequant without the checks (the caller made them). */
+cudaError_t msg_dequant_launch(uint32_t type, const void *src, void *dst,
+			       int64_t n, bool f16, cudaStream_t stream);
+
+/* n floats -> n halves (round to nearest even). */
+cudaError_t msg_f32_to_f16_launch(const float *src, void *dst, int64_t n,
+				  cudaStream_t stream);
+
+/* ---- gpu_matvec.cu ------------------------------------------------------ */
+
+/* One prepared block of 32 input elements of one token: the elements as
+ * 22-bit integers split into three int8 digit planes, a power-of-two scale
+ * and the scaled sums of each half (see gpu_matvec.cu). */
+#define MSG_XBLK_BYTES 112
+
+/* Experts per matvec launch (the kernel takes their pointers by value). */
+#define MSG_MV_MAX_EXPERTS 32
+
+/* Largest batch the fused matvec takes. */
+#define MSG_MV_MAX_TOKENS 8
+
+/* True for the types with a fused matvec kernel. */
+bool msg_matvec_type(uint32_t type);
+
+/* Alignment in bytes the matvec needs of a projection's base pointer. */
+int msg_matvec_align(uint32_t type);
+
+/* Prepares the input: for each of n_sets sets (set i at in + i * in_stride
+ * floats), B tokens of n floats (n % 32 == 0) -> n_sets * B * n / 32
+ * blocks at xq, [set][token][block]. With in2 != NULL the input is
+ * silu(in) * in2, computed in double and rounded to f32, as the C FFN
+ * computes h. */
+cudaError_t msg_prep_launch(const float *in, const float *in2,
+			    int64_t in_stride, void *xq, int n, int B,
+			    int n_sets, cudaStream_t stream);
+
+/* One fused matvec over up to MSG_MV_MAX_EXPERTS experts of one type:
+ *   pair:  out[e][b][r] = silu(A_e[r] . x_e[b]) * (B_e[r] . x_e[b])
+ *   plain: out[e][b][r] = A_e[r] . x_e[b]
+ * A_e = wa[e], B_e = wb[e]: n_rows rows of rs bytes, n_in elements each;
+ * x_e = the prepared blocks at xq + e * xq_stride blocks (0: shared). */
+struct msg_mv_call {
+	uint32_t type;
+	bool pair;
+	int n_e;
+	const void *const *wa, *const *wb;
+	const void *xq;
+	int64_t xq_stride; /* in prepared blocks */
+	float *out;
+	int64_t out_stride; /* in floats */
+	int n_rows, n_in;
+	int64_t rs;
+	int B;   /* 1..MSG_MV_MAX_TOKENS */
+	int sms; /* multiprocessors, to size the tiles */
+};
+
+cudaError_t msg_matvec_launch(const struct msg_mv_call *c,
+			      cudaStream_t stream);
+
+#endif /* MS_KERNELS_GPU_INTERNAL_CUH */

@@ -1,0 +1,877 @@
+/*
+ * gpu_matvec.cu - the decode path: fused dequantise + matrix-vector for
+ * B = 1..8 tokens, straight from the quantized bytes, for Q2_K, Q3_K, Q4_K,
+ * Q5_K, Q6_K, Q8_0, Q4_0 and MXFP4, with gate and up computed together and
+ * their SwiGLU applied in the same kernel.
+ *
+ * Decode is a stream over the expert's bytes: 8.5 MB of Q2_K/Q3_K for a
+ * GLM-4.7 expert, read once, ~2.6-3.4 bits per weight. At an H100's 3 TB/s
+ * that is ~9e12 weights/s, which leaves about 3.5 instructions per weight
+ * for everything: dequantisation, the multiply-adds, the loads. Two
+ * decisions follow from that count.
+ *
+ * 1. The arithmetic is integer. Turning each 2-bit quant into a float costs
+ *    two or three instructions before the multiply-add; instead the input is
+ *    prepared once per call (prep_kernel) and the dot products are __dp4a,
+ *    four quants x four input bytes per instruction, with the block scales
+ *    taken out of the sums (value = A q - M, so sum = A (q . x) - M sum(x)).
+ *    To keep f32 accuracy, each block of 32 inputs is written as
+ *    s * X with s a power of two and X an integer of 22 bits and a sign
+ *    (|X| <= 2^22: each element rounded to within 2^-23 of the block's
+ *    largest magnitude, about what f32 rounding of the block's largest
+ *    element would do), and X is split into three signed base-256 digits;
+ *    a 32-element group costs 24 __dp4a, whose int32 sums are exact, then a
+ *    few float operations. The sums across groups are f32. Against the C
+ *    reference (double dots over f32 weights) the relative L2 error is
+ *    ~1e-7; tests/t_gpu_kernels holds it to 1e-5.
+ *
+ * 2. The bytes travel coalesced. Blocks are 17 to 210 bytes, mostly not a
+ *    multiple of 4, so a lane that reads "its" block reads a word here and a
+ *    word 84 bytes further on, and each warp load touches a dozen cache
+ *    lines: the L1 runs out long before DRAM does. So a CTA copies a tile of
+ *    rows x a chunk of blocks into shared memory with 4-byte cp.async
+ *    (consecutive lanes, consecutive words; the ragged first and last word
+ *    of a row's chunk by bytes), double-buffered so that one chunk is in
+ *    flight while the previous is computed, and threads decode from shared
+ *    memory. A row's slot starts at the 4-byte word holding its first byte
+ *    and is an odd number of words long, so lanes reading the same field
+ *    of 32 different rows hit 32 different banks.
+ *
+ * Threads: 128 per CTA; a tile is tr = 32, 16 or 8 rows (fewer rows, more
+ * CTAs, when the launch would not fill the device twice over); thread t
+ * takes row t % tr and every (128/tr)-th unit of the chunk, a unit being
+ * 32 to 128 elements of one block that share their packed bits. Lanes of a
+ * warp work on the same columns of different rows, so the prepared input
+ * they read is one address per warp (one cache transaction, broadcast).
+ * At the end the k-slices of each row are summed through shared memory in
+ * a fixed order (the result does not depend on timing), and the pair kernel
+ * writes h = silu(g) * u computed in double from the two f32 dots, as
+ * kernels/ffn.c does.
+ *
+ * The pointers of up to 32 experts of one type are passed by value: one
+ * launch serves a decode step's 8 routed experts, blockIdx.y picks the
+ * expert.
+ */
+#include <stdint.h>
+
+#include <cuda_pipeline.h>
+#include <cuda_runtime.h>
+
+#include "gpu_internal.cuh"
+#include "gpu_quant.cuh"
+
+using namespace msq;
+
+namespace {
+
+constexpr int MV_THREADS = 128;
+
+/* ---- the prepared input -------------------------------------------------- */
+
+/* 32 elements of one token: plane p holds digit p of X = x / s (p = 0 least
+ * significant, each in -128..127, X = d0 + 256 d1 + 65536 d2), elements 0..15
+ * in dig[p][0] and 16..31 in dig[p][1]; meta = (s, s * sum X[0..15],
+ * s * sum X[16..31], 0). */
+struct __align__(16) XBlk {
+	int4 dig[3][2];
+	float4 meta;
+};
+static_assert(sizeof(XBlk) == MSG_XBLK_BYTES, "prepared block size");
+
+/*
+ * One warp per block of 32 elements; lane = element. s = 2^(E - 22) where
+ * the block's largest magnitude is < 2^E, so |X| = |rint(x / s)| <= 2^22 and
+ * the digits fit: d0, d1 in -128..127 and |d2| <= 65. E is clamped to
+ * [-100, 127] so that s stays a normal float (a block whose largest element
+ * is below 2^-100 is read as zeros, an error under 2^-123 each). Inputs
+ * must be finite.
+ */
+__global__ void __launch_bounds__(256)
+prep_kernel(const float *__restrict__ in, const float *__restrict__ in2,
+	    int64_t in_stride, XBlk *__restrict__ out, int n, int B,
+	    int64_t n_warps)
+{
+	const int lane = threadIdx.x & 31;
+	const int64_t gw =
+		((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+	if (gw >= n_warps) /* whole warps: blockDim is a multiple of 32 */
+		return;
+	const int nxb = n / 32;
+	const int64_t per_set = (int64_t)B * nxb;
+	const int64_t set = gw / per_set, rem = gw % per_set;
+	const int64_t idx = set * in_stride + (rem / nxb) * (int64_t)n +
+			    (rem % nxb) * 32 + lane;
+	float v;
+	if (in2) {
+		const double g = in[idx], u = in2[idx];
+		v = (float)(g / (1.0 + exp(-g)) * u);
+	} else {
+		v = in[idx];
+	}
+	const uint32_t mbits =
+		__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(v)));
+	int E = 0;
+	frexpf(__uint_as_float(mbits), &E);
+	E = E < -100 ? -100 : E > 127 ? 127 : E;
+	const int X = __float2int_rn(ldexpf(v, 22 - E));
+	const int d0 = ((X + 128) & 255) - 128;
+	const int r = (X - d0) >> 8; /* exact: X - d0 is a multiple of 256 */
+	const int d1 = ((r + 128) & 255) - 128;
+	const int d2 = (r - d1) >> 8;
+	XBlk *o = out + gw; /* gw runs over [set][token][block] */
+	int8_t *dig = (int8_t *)o->dig;
+	dig[lane] = (int8_t)d0;
+	dig[32 + lane] = (int8_t)d1;
+	dig[64 + lane] = (int8_t)d2;
+	int s = X; /* |sum| <= 16 * 2^22: fits */
+#pragma unroll
+	for (int off = 8; off > 0; off >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, off); /* within halves */
+	const int s_hi = __shfl_sync(0xffffffffu, s, 16);
+	if (lane == 0) {
+		const float sc = ldexpf(1.0f, E - 22);
+		o->meta = make_float4(sc, sc * (float)s, sc * (float)s_hi, 0.0f);
+	}
+}
+
+/* The prepared block, in registers. */
+struct XDig {
+	int p0[8], p1[8], p2[8];
+	float s, s0, s1;
+};
+
+__device__ __forceinline__ void ld_x(const XBlk *x, XDig &d)
+{
+	const int4 *v = (const int4 *)x;
+	int4 t;
+#define LDX(k, arr, o)                                                         \
+	t = __ldg(v + (k));                                                    \
+	arr[o] = t.x;                                                          \
+	arr[o + 1] = t.y;                                                      \
+	arr[o + 2] = t.z;                                                      \
+	arr[o + 3] = t.w
+	LDX(0, d.p0, 0);
+	LDX(1, d.p0, 4);
+	LDX(2, d.p1, 0);
+	LDX(3, d.p1, 4);
+	LDX(4, d.p2, 0);
+	LDX(5, d.p2, 4);
+#undef LDX
+	const float4 m = __ldg((const float4 *)(v + 6));
+	d.s = m.x;
+	d.s0 = m.y;
+	d.s1 = m.z;
+}
+
+/* ---- the formats, as the matvec reads them --------------------------- */
+
+/* 32 weights decoded: q[w] holds elements 4w..4w+3 as int8 (0..63
+ * unsigned or signed); element value = A q - M, A/M of elements 0..15 in
+ * A0/M0 and of 16..31 in A1/M1. */
+struct Sub {
+	uint32_t q[8];
+	float A0, A1, M0, M1;
+};
+
+/* 4 bytes at byte offset p of a shared-memory row slot. A4: p is a multiple
+ * of 4 (the type's blocks and rows are, and so are their base pointers). */
+template <bool A4>
+__device__ __forceinline__ uint32_t ldw(const uint32_t *s, int p)
+{
+	if (A4)
+		return s[p >> 2];
+	const int w = p >> 2;
+	return __funnelshift_r(s[w], s[w + 1], (p & 3) * 8);
+}
+
+/* Byte i (0..11) of three words, without indexing a register array with a
+ * run-time value (which would send it to local memory). */
+__device__ __forceinline__ uint32_t byte3(const uint32_t (&w)[3], int i)
+{
+	const uint32_t v = i < 4 ? w[0] : i < 8 ? w[1] : w[2];
+	return (v >> (8 * (i & 3))) & 0xffu;
+}
+
+/* Q4_K/Q5_K's 6-bit scale and min of group g from the 12 packed bytes. */
+__device__ __forceinline__ void k4_scale_min(const uint32_t (&w)[3], int g,
+					     int &sc, int &mn)
+{
+	if (g < 4) {
+		sc = byte3(w, g) & 63;
+		mn = byte3(w, g + 4) & 63;
+	} else {
+		sc = (byte3(w, g + 4) & 0xf) | (byte3(w, g - 4) >> 6) << 4;
+		mn = (byte3(w, g + 4) >> 4) | (byte3(w, g) >> 6) << 4;
+	}
+}
+
+/*
+ * Each format: QK, BS, the unit (elements of one block decoded from one
+ * Raw: UPB units per block, NSUB sub-blocks of 32 each), ALIGN (what its
+ * base pointers must be aligned to), load() a unit's bytes from a slot,
+ * sub() sub-block s of it, xblk() that sub-block's 32-element block within
+ * the QK-block. The layouts are kernels/dequant.c's (the comments there say
+ * where each bit lives).
+ */
+template <int T> struct Fmt;
+
+/* Q2_K, 84 B: scales[16] @0, qs[64] @16, d @80, dmin @82. Unit = half h
+ * (128 elements: qs[32h .. 32h+31], scales[8h .. 8h+7]); sub-block j takes
+ * bits 2j of those 32 bytes: groups 8h + 2j (bytes 0..15) and 8h + 2j + 1
+ * (bytes 16..31). */
+template <> struct Fmt<MS_TYPE_Q2_K> {
+	static constexpr int QK = 256, BS = 84, UPB = 2, NSUB = 4, ALIGN = 4;
+	static constexpr bool A4 = true;
+	struct Raw {
+		uint32_t qs[8], sc[2];
+		float d, dmin;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int u)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			r.qs[w] = ldw<A4>(s, bo + 16 + 32 * u + 4 * w);
+		r.sc[0] = ldw<A4>(s, bo + 8 * u);
+		r.sc[1] = ldw<A4>(s, bo + 8 * u + 4);
+		const uint32_t dm = ldw<A4>(s, bo + 80);
+		r.d = f16_f32(dm & 0xffffu);
+		r.dmin = f16_f32(dm >> 16);
+	}
+	static __device__ __forceinline__ int xblk(int u, int s)
+	{
+		return 4 * u + s;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int, int s,
+						   Sub &o)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = (r.qs[w] >> (2 * s)) & 0x03030303u;
+		const uint32_t b = (s < 2 ? r.sc[0] : r.sc[1]) >> (16 * (s & 1));
+		const uint32_t b0 = b & 0xffu, b1 = (b >> 8) & 0xffu;
+		o.A0 = r.d * (float)(b0 & 0xf);
+		o.M0 = r.dmin * (float)(b0 >> 4);
+		o.A1 = r.d * (float)(b1 & 0xf);
+		o.M1 = r.dmin * (float)(b1 >> 4);
+	}
+};
+
+/* Q3_K, 110 B: hmask[32] @0, qs[64] @32, scales[12] @96, d @108. Unit =
+ * half h as Q2_K; the third bit of sub-block j is bit 4h + j of hmask
+ * (bytes 0..15 for the first group, 16..31 for the second), a clear bit
+ * subtracting 4: q' = q2 | hbit << 2 in 0..7, value d (s - 32) (q' - 4). */
+template <> struct Fmt<MS_TYPE_Q3_K> {
+	static constexpr int QK = 256, BS = 110, UPB = 2, NSUB = 4, ALIGN = 2;
+	static constexpr bool A4 = false;
+	struct Raw {
+		uint32_t qs[8], hm[8], ss[3];
+		float d;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int u)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++) {
+			r.qs[w] = ldw<A4>(s, bo + 32 + 32 * u + 4 * w);
+			r.hm[w] = ldw<A4>(s, bo + 4 * w);
+		}
+#pragma unroll
+		for (int i = 0; i < 3; i++)
+			r.ss[i] = ldw<A4>(s, bo + 96 + 4 * i);
+		r.d = f16_f32(ldw<A4>(s, bo + 108) & 0xffffu);
+	}
+	static __device__ __forceinline__ int xblk(int u, int s)
+	{
+		return 4 * u + s;
+	}
+	/* the 6-bit scale of group g = 8u + j (j = 0..7), minus 32 */
+	static __device__ __forceinline__ int scale(const Raw &r, int u, int j)
+	{
+		const uint32_t b = byte3(r.ss, j);
+		const int lo = u ? (int)(b >> 4) : (int)(b & 0xf);
+		const int g = 8 * u + j;
+		const int hi = (int)(byte3(r.ss, 8 + (j & 3)) >> (2 * (g >> 2))) & 3;
+		return (lo | hi << 4) - 32;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
+						   Sub &o)
+	{
+		const int hb = 4 * u + s;
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = ((r.qs[w] >> (2 * s)) & 0x03030303u) |
+				 ((r.hm[w] >> hb) & 0x01010101u) << 2;
+		o.A0 = r.d * (float)scale(r, u, 2 * s);
+		o.A1 = r.d * (float)scale(r, u, 2 * s + 1);
+		o.M0 = 4.0f * o.A0;
+		o.M1 = 4.0f * o.A1;
+	}
+};
+
+/* Q4_K, 144 B: d @0, dmin @2, scales[12] @4, qs[128] @16. Unit = the pair
+ * p of groups 2p (low nibbles) and 2p + 1 (high nibbles) of qs[32p ..]. */
+template <> struct Fmt<MS_TYPE_Q4_K> {
+	static constexpr int QK = 256, BS = 144, UPB = 4, NSUB = 2, ALIGN = 4;
+	static constexpr bool A4 = true;
+	struct Raw {
+		uint32_t qs[8], sc[3];
+		float d, dmin;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int u)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			r.qs[w] = ldw<A4>(s, bo + 16 + 32 * u + 4 * w);
+#pragma unroll
+		for (int i = 0; i < 3; i++)
+			r.sc[i] = ldw<A4>(s, bo + 4 + 4 * i);
+		const uint32_t dm = ldw<A4>(s, bo);
+		r.d = f16_f32(dm & 0xffffu);
+		r.dmin = f16_f32(dm >> 16);
+	}
+	static __device__ __forceinline__ int xblk(int u, int s)
+	{
+		return 2 * u + s;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
+						   Sub &o)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = (r.qs[w] >> (4 * s)) & 0x0f0f0f0fu;
+		int sc, mn;
+		k4_scale_min(r.sc, 2 * u + s, sc, mn);
+		o.A0 = o.A1 = r.d * (float)sc;
+		o.M0 = o.M1 = r.dmin * (float)mn;
+	}
+};
+
+/* Q5_K, 176 B: d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48. As
+ * Q4_K plus bit g of qh[l], worth 16. */
+template <> struct Fmt<MS_TYPE_Q5_K> {
+	static constexpr int QK = 256, BS = 176, UPB = 4, NSUB = 2, ALIGN = 4;
+	static constexpr bool A4 = true;
+	struct Raw {
+		uint32_t qs[8], qh[8], sc[3];
+		float d, dmin;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int u)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++) {
+			r.qs[w] = ldw<A4>(s, bo + 48 + 32 * u + 4 * w);
+			r.qh[w] = ldw<A4>(s, bo + 16 + 4 * w);
+		}
+#pragma unroll
+		for (int i = 0; i < 3; i++)
+			r.sc[i] = ldw<A4>(s, bo + 4 + 4 * i);
+		const uint32_t dm = ldw<A4>(s, bo);
+		r.d = f16_f32(dm & 0xffffu);
+		r.dmin = f16_f32(dm >> 16);
+	}
+	static __device__ __forceinline__ int xblk(int u, int s)
+	{
+		return 2 * u + s;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
+						   Sub &o)
+	{
+		const int g = 2 * u + s;
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = ((r.qs[w] >> (4 * s)) & 0x0f0f0f0fu) |
+				 ((r.qh[w] >> g) & 0x01010101u) << 4;
+		int sc, mn;
+		k4_scale_min(r.sc, g, sc, mn);
+		o.A0 = o.A1 = r.d * (float)sc;
+		o.M0 = o.M1 = r.dmin * (float)mn;
+	}
+};
+
+/* Q6_K, 210 B: ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208.
+ * Unit u = (half h = u / 2, c = u % 2): ql[64h + 32c ..] (its low nibbles
+ * are quarter r = c, its high nibbles quarter r = c + 2) and qh[32h ..]
+ * (bits 2r); sub-block s is quarter r = c + 2s, stored + 32. */
+template <> struct Fmt<MS_TYPE_Q6_K> {
+	static constexpr int QK = 256, BS = 210, UPB = 4, NSUB = 2, ALIGN = 2;
+	static constexpr bool A4 = false;
+	struct Raw {
+		uint32_t ql[8], qh[8], sc[2];
+		float d;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int u)
+	{
+		const int h = u >> 1, c = u & 1;
+#pragma unroll
+		for (int w = 0; w < 8; w++) {
+			r.ql[w] = ldw<A4>(s, bo + 64 * h + 32 * c + 4 * w);
+			r.qh[w] = ldw<A4>(s, bo + 128 + 32 * h + 4 * w);
+		}
+		r.sc[0] = ldw<A4>(s, bo + 192 + 8 * h);
+		r.sc[1] = ldw<A4>(s, bo + 196 + 8 * h);
+		r.d = f16_f32(ldw<A4>(s, bo + 208) & 0xffffu);
+	}
+	static __device__ __forceinline__ int xblk(int u, int s)
+	{
+		return 4 * (u >> 1) + (u & 1) + 2 * s;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
+						   Sub &o)
+	{
+		const int c = u & 1, rq = c + 2 * s;
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = ((r.ql[w] >> (4 * s)) & 0x0f0f0f0fu) |
+				 ((r.qh[w] >> (2 * rq)) & 0x03030303u) << 4;
+		/* scales 8h + 2rq + k = byte 2c + k of word s of the half's 8 */
+		const uint32_t b = (s ? r.sc[1] : r.sc[0]) >> (16 * c);
+		o.A0 = r.d * (float)(int8_t)(b & 0xffu);
+		o.A1 = r.d * (float)(int8_t)((b >> 8) & 0xffu);
+		o.M0 = 32.0f * o.A0;
+		o.M1 = 32.0f * o.A1;
+	}
+};
+
+/* Q8_0, 34 B: f16 d; int8 qs[32]. */
+template <> struct Fmt<MS_TYPE_Q8_0> {
+	static constexpr int QK = 32, BS = 34, UPB = 1, NSUB = 1, ALIGN = 2;
+	static constexpr bool A4 = false;
+	struct Raw {
+		uint32_t qs[8];
+		float d;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int)
+	{
+		r.d = f16_f32(ldw<A4>(s, bo) & 0xffffu);
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			r.qs[w] = ldw<A4>(s, bo + 2 + 4 * w);
+	}
+	static __device__ __forceinline__ int xblk(int, int)
+	{
+		return 0;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int, int,
+						   Sub &o)
+	{
+#pragma unroll
+		for (int w = 0; w < 8; w++)
+			o.q[w] = r.qs[w];
+		o.A0 = o.A1 = r.d;
+		o.M0 = o.M1 = 0.0f;
+	}
+};
+
+/* Q4_0, 18 B: f16 d; qs[16], element j the low nibble of byte j, element
+ * j + 16 its high nibble; value (q - 8) d. */
+template <> struct Fmt<MS_TYPE_Q4_0> {
+	static constexpr int QK = 32, BS = 18, UPB = 1, NSUB = 1, ALIGN = 2;
+	static constexpr bool A4 = false;
+	struct Raw {
+		uint32_t qs[4];
+		float d;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int)
+	{
+		r.d = f16_f32(ldw<A4>(s, bo) & 0xffffu);
+#pragma unroll
+		for (int w = 0; w < 4; w++)
+			r.qs[w] = ldw<A4>(s, bo + 2 + 4 * w);
+	}
+	static __device__ __forceinline__ int xblk(int, int)
+	{
+		return 0;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int, int,
+						   Sub &o)
+	{
+#pragma unroll
+		for (int w = 0; w < 4; w++) {
+			o.q[w] = r.qs[w] & 0x0f0f0f0fu;
+			o.q[w + 4] = (r.qs[w] >> 4) & 0x0f0f0f0fu;
+		}
+		o.A0 = o.A1 = r.d;
+		o.M0 = o.M1 = 8.0f * r.d;
+	}
+};
+
+/* MXFP4, 17 B: E8M0 e; qs[16] of E2M1 codes laid out as Q4_0's; value
+ * kv[code] * 2^(e-128), kv the doubled E2M1 table (int8, -12..12). */
+template <> struct Fmt<MS_TYPE_MXFP4> {
+	static constexpr int QK = 32, BS = 17, UPB = 1, NSUB = 1, ALIGN = 1;
+	static constexpr bool A4 = false;
+	struct Raw {
+		uint32_t qs[4];
+		float d;
+	};
+	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
+						    int bo, int)
+	{
+		r.d = e8m0_half_f32(ldw<A4>(s, bo) & 0xffu);
+#pragma unroll
+		for (int w = 0; w < 4; w++)
+			r.qs[w] = ldw<A4>(s, bo + 1 + 4 * w);
+	}
+	static __device__ __forceinline__ int xblk(int, int)
+	{
+		return 0;
+	}
+	static __device__ __forceinline__ void sub(const Raw &r, int, int,
+						   Sub &o)
+	{
+#pragma unroll
+		for (int w = 0; w < 4; w++) {
+			o.q[w] = lut16x4(r.qs[w] & 0x0f0f0f0fu, MSQ_E2M1_W0,
+					 MSQ_E2M1_W1, MSQ_E2M1_W2, MSQ_E2M1_W3);
+			o.q[w + 4] = lut16x4((r.qs[w] >> 4) & 0x0f0f0f0fu,
+					     MSQ_E2M1_W0, MSQ_E2M1_W1,
+					     MSQ_E2M1_W2, MSQ_E2M1_W3);
+		}
+		o.A0 = o.A1 = r.d;
+		o.M0 = o.M1 = 0.0f;
+	}
+};
+
+/* acc += sum over the 32 elements of (A q - M) * x, x = s * X. */
+__device__ __forceinline__ void dot(const Sub &q, const XDig &x, float &acc)
+{
+	int a0 = 0, a1 = 0, b0 = 0, b1 = 0, c0 = 0, c1 = 0;
+#pragma unroll
+	for (int w = 0; w < 4; w++) {
+		a0 = __dp4a((int)q.q[w], x.p0[w], a0);
+		b0 = __dp4a((int)q.q[w], x.p1[w], b0);
+		c0 = __dp4a((int)q.q[w], x.p2[w], c0);
+		a1 = __dp4a((int)q.q[w + 4], x.p0[w + 4], a1);
+		b1 = __dp4a((int)q.q[w + 4], x.p1[w + 4], b1);
+		c1 = __dp4a((int)q.q[w + 4], x.p2[w + 4], c1);
+	}
+	/* |a|, |b| <= 16 * 128 * 128 = 2^18: b * 256 + a fits an int */
+	const float v0 = fmaf((float)c0, 65536.0f, (float)(b0 * 256 + a0));
+	const float v1 = fmaf((float)c1, 65536.0f, (float)(b1 * 256 + a1));
+	acc = fmaf(q.A0 * x.s, v0, acc);
+	acc = fmaf(-q.M0, x.s0, acc);
+	acc = fmaf(q.A1 * x.s, v1, acc);
+	acc = fmaf(-q.M1, x.s1, acc);
+}
+
+/* ---- the kernel -------------------------------------------------------- */
+
+struct MvArgs {
+	const uint8_t *wa[MSG_MV_MAX_EXPERTS];
+	const uint8_t *wb[MSG_MV_MAX_EXPERTS];
+	const XBlk *xq;
+	int64_t xq_stride;
+	float *out;
+	int64_t out_stride;
+	int64_t rs;    /* bytes per row */
+	int n_rows;    /* output rows */
+	int n_in;      /* elements per row */
+	int B;         /* tokens, 1..BT */
+	int tr_log2;   /* rows per tile: 1 << tr_log2 */
+	int kc;        /* blocks per chunk */
+	int sw;        /* words per row slot (odd) */
+};
+
+/* Starts copying chunk c of the tile's rows (both matrices for a pair)
+ * into dst: slot r (r < tr: matrix A, else B) gets the 4-byte words that
+ * hold the row's chunk, from the one holding its first byte. Rows past the
+ * end repeat the last row (loaded, computed, never written). */
+template <class F, int NM>
+__device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
+					const uint8_t *wb, int row0, int tr,
+					int c, uint32_t *dst)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int nb = a.n_in / F::QK, b0 = c * a.kc;
+	const int len = min(a.kc, nb - b0) * F::BS;
+	for (int r = warp; r < NM * tr; r += MV_THREADS / 32) {
+		const int m = NM > 1 && r >= tr;
+		const int rr = min(row0 + r - m * tr, a.n_rows - 1);
+		const uint8_t *g = (m ? wb : wa) + (int64_t)rr * a.rs +
+				   (int64_t)b0 * F::BS;
+		const int head = (int)((uintptr_t)g & 3);
+		const uint8_t *g4 = g - head;
+		uint32_t *slot = dst + r * a.sw;
+		const int words = (head + len + 3) >> 2;
+		for (int w = lane; w < words; w += 32) {
+			const int lo = 4 * w;
+			if (lo >= head && lo + 4 <= head + len) {
+				__pipeline_memcpy_async(slot + w, g4 + lo, 4);
+			} else {
+				uint32_t v = 0;
+				for (int k = 0; k < 4; k++) {
+					const int p = lo + k;
+					if (p >= head && p < head + len)
+						v |= (uint32_t)g4[p] << (8 * k);
+				}
+				slot[w] = v;
+			}
+		}
+	}
+}
+
+template <class F, int BT, bool PAIR>
+__device__ __forceinline__ void
+mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
+	   const XBlk *xq, int row0, int tr, int rl, int ks, int nks, int c,
+	   const uint32_t *buf, float (&accA)[BT], float (&accB)[BT])
+{
+	const int nb = a.n_in / F::QK, nxb = a.n_in / 32;
+	const int b0 = c * a.kc, units = min(a.kc, nb - b0) * F::UPB;
+	const int64_t rr = min(row0 + rl, a.n_rows - 1);
+	const uint32_t *slA = buf + rl * a.sw;
+	const uint32_t *slB = buf + (tr + rl) * a.sw;
+	const int64_t off = rr * a.rs + (int64_t)b0 * F::BS;
+	const int headA = (int)((uintptr_t)(wa + off) & 3);
+	const int headB = PAIR ? (int)((uintptr_t)(wb + off) & 3) : 0;
+	for (int ui = ks; ui < units; ui += nks) {
+		const int blk = ui / F::UPB, u = ui % F::UPB;
+		typename F::Raw ra, rb;
+		F::load(ra, slA, headA + blk * F::BS, u);
+		if (PAIR)
+			F::load(rb, slB, headB + blk * F::BS, u);
+		const int kx0 = (b0 + blk) * (F::QK / 32);
+		/* unrolled at B = 1; at B = 8 the token loop is unrolled
+		 * instead (the accumulators must stay in registers) and
+		 * unrolling both spills: sub() takes a run-time s */
+#pragma unroll(BT == 1 ? F::NSUB : 1)
+		for (int s = 0; s < F::NSUB; s++) {
+			Sub qa, qb;
+			F::sub(ra, u, s, qa);
+			if (PAIR)
+				F::sub(rb, u, s, qb);
+			const XBlk *xs = xq + kx0 + F::xblk(u, s);
+#pragma unroll
+			for (int b = 0; b < BT; b++) {
+				if (b < a.B) {
+					XDig xd;
+					ld_x(xs + (int64_t)b * nxb, xd);
+					dot(qa, xd, accA[b]);
+					if (PAIR)
+						dot(qb, xd, accB[b]);
+				}
+			}
+		}
+	}
+}
+
+template <int T, int BT, bool PAIR>
+__global__ void __launch_bounds__(MV_THREADS, 4)
+mv_kernel(const __grid_constant__ MvArgs a)
+{
+	using F = Fmt<T>;
+	constexpr int NM = PAIR ? 2 : 1;
+	extern __shared__ __align__(16) uint32_t sm[];
+	const int tid = threadIdx.x;
+	const int tr = 1 << a.tr_log2, nks = MV_THREADS >> a.tr_log2;
+	const int rl = tid & (tr - 1), ks = tid >> a.tr_log2;
+	const int e = blockIdx.y, row0 = blockIdx.x * tr;
+	const uint8_t *wa = a.wa[e];
+	const uint8_t *wb = PAIR ? a.wb[e] : wa;
+	const XBlk *xq = a.xq + e * a.xq_stride;
+	const int nb = a.n_in / F::QK;
+	const int nch = (nb + a.kc - 1) / a.kc;
+	const int buf_words = NM * tr * a.sw;
+
+	float accA[BT], accB[BT];
+#pragma unroll
+	for (int b = 0; b < BT; b++)
+		accA[b] = accB[b] = 0.0f;
+
+	mv_load<F, NM>(a, wa, wb, row0, tr, 0, sm);
+	__pipeline_commit();
+	for (int c = 0; c < nch; c++) {
+		if (c + 1 < nch)
+			mv_load<F, NM>(a, wa, wb, row0, tr, c + 1,
+				       sm + ((c + 1) & 1) * buf_words);
+		__pipeline_commit();   /* maybe empty: keeps the count */
+		__pipeline_wait_prior(1); /* chunk c has landed */
+		__syncthreads();
+		mv_compute<F, BT, PAIR>(a, wa, wb, xq, row0, tr, rl, ks, nks, c,
+					sm + (c & 1) * buf_words, accA, accB);
+		__syncthreads(); /* before chunk c + 2 overwrites this buffer */
+	}
+
+	/* k-slices -> rows, in a fixed order */
+	float *red = (float *)sm;
+#pragma unroll
+	for (int b = 0; b < BT; b++) {
+		red[((ks * NM) * BT + b) * tr + rl] = accA[b];
+		if (PAIR)
+			red[((ks * NM + 1) * BT + b) * tr + rl] = accB[b];
+	}
+	__syncthreads();
+	const int row = row0 + rl;
+	if (ks != 0 || row >= a.n_rows)
+		return;
+	float *out = a.out + e * a.out_stride + row;
+	for (int b = 0; b < a.B; b++) {
+		float g = 0.0f, u = 0.0f;
+		for (int k = 0; k < nks; k++) {
+			g += red[((k * NM) * BT + b) * tr + rl];
+			if (PAIR)
+				u += red[((k * NM + 1) * BT + b) * tr + rl];
+		}
+		if (PAIR) {
+			const double gd = g;
+			out[(int64_t)b * a.n_rows] =
+				(float)(gd / (1.0 + exp(-gd)) * (double)u);
+		} else {
+			out[(int64_t)b * a.n_rows] = g;
+		}
+	}
+}
+
+/* ---- host side -------------------------------------------------------- */
+
+typedef void (*mv_kernel_t)(const MvArgs);
+
+struct MvInfo {
+	int qk, bs, upb, align;
+	mv_kernel_t k[2][2]; /* [BT == 8][pair] */
+};
+
+template <int T> MvInfo mv_info()
+{
+	using F = Fmt<T>;
+	return { F::QK, F::BS, F::UPB, F::ALIGN,
+		 { { mv_kernel<T, 1, false>, mv_kernel<T, 1, true> },
+		   { mv_kernel<T, 8, false>, mv_kernel<T, 8, true> } } };
+}
+
+bool mv_lookup(uint32_t type, MvInfo *m)
+{
+	switch (type) {
+	case MS_TYPE_Q2_K: *m = mv_info<MS_TYPE_Q2_K>(); return true;
+	case MS_TYPE_Q3_K: *m = mv_info<MS_TYPE_Q3_K>(); return true;
+	case MS_TYPE_Q4_K: *m = mv_info<MS_TYPE_Q4_K>(); return true;
+	case MS_TYPE_Q5_K: *m = mv_info<MS_TYPE_Q5_K>(); return true;
+	case MS_TYPE_Q6_K: *m = mv_info<MS_TYPE_Q6_K>(); return true;
+	case MS_TYPE_Q8_0: *m = mv_info<MS_TYPE_Q8_0>(); return true;
+	case MS_TYPE_Q4_0: *m = mv_info<MS_TYPE_Q4_0>(); return true;
+	case MS_TYPE_MXFP4: *m = mv_info<MS_TYPE_MXFP4>(); return true;
+	default: return false;
+	}
+}
+
+int gcd_int(int a, int b)
+{
+	while (b) {
+		int t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+} /* namespace */
+
+bool msg_matvec_type(uint32_t type)
+{
+	MvInfo m;
+	return mv_lookup(type, &m);
+}
+
+int msg_matvec_align(uint32_t type)
+{
+	MvInfo m;
+	return mv_lookup(type, &m) ? m.align : 1;
+}
+
+cudaError_t msg_prep_launch(const float *in, const float *in2,
+			    int64_t in_stride, void *xq, int n, int B,
+			    int n_sets, cudaStream_t stream)
+{
+	const int64_t warps = (int64_t)n_sets * B * (n / 32);
+	const int64_t blocks = (warps + 7) / 8;
+	if (blocks > 0x7fffffff)
+		return cudaErrorInvalidValue;
+	prep_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
+		in, in2, in_stride, (XBlk *)xq, n, B, warps);
+	return cudaGetLastError();
+}
+
+/*
+ * Tile and chunk sizes. Tiles: 32 rows unless that gives fewer than two
+ * CTAs per multiprocessor (a single expert's 1536 gate rows), then 16 or 8.
+ * Chunks: about 10 KB of each matrix per buffer (two buffers, two matrices
+ * for a pair: ~40 KB of shared memory, under the 48 KB every target gives
+ * without opting in), rounded to whole units per k-slice where possible.
+ */
+cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
+{
+	MvInfo m;
+	if (!mv_lookup(c->type, &m) || c->B < 1 || c->B > MSG_MV_MAX_TOKENS ||
+	    c->n_e < 1 || c->n_in % m.qk || c->n_in % 32 || c->n_rows < 1)
+		return cudaErrorInvalidValue;
+	const int NM = c->pair ? 2 : 1;
+	const int BT = c->B == 1 ? 1 : 8;
+	const int nb = c->n_in / m.qk;
+
+	int tr_log2 = 5;
+	while (tr_log2 > 3 &&
+	       (int64_t)((c->n_rows + (1 << tr_log2) - 1) >> tr_log2) * c->n_e <
+		       2 * (int64_t)c->sms)
+		tr_log2--;
+	const int tr = 1 << tr_log2, nks = MV_THREADS / tr;
+	const int kmul = nks / gcd_int(nks, m.upb);
+	int kc = (int)(10240 / (tr * m.bs));
+	if (kc < 1)
+		kc = 1;
+	if (kc >= kmul)
+		kc = (kc + kmul / 2) / kmul * kmul;
+	if (kc > nb)
+		kc = nb;
+	int sw;
+	size_t smem;
+	for (;;) {
+		sw = ((3 + kc * m.bs + 3) >> 2) + 2;
+		sw |= 1;
+		const size_t bufs = (size_t)2 * NM * tr * sw * 4;
+		const size_t red = (size_t)MV_THREADS * NM * BT * 4;
+		smem = bufs > red ? bufs : red;
+		if (smem <= 46 * 1024 || kc == 1)
+			break;
+		kc = kc > kmul ? kc - kmul : kc - 1;
+	}
+
+	MvArgs a;
+	memset(&a, 0, sizeof(a));
+	a.xq = (const XBlk *)c->xq;
+	a.xq_stride = c->xq_stride;
+	a.out = c->out;
+	a.out_stride = c->out_stride;
+	a.rs = c->rs;
+	a.n_rows = c->n_rows;
+	a.n_in = c->n_in;
+	a.B = c->B;
+	a.tr_log2 = tr_log2;
+	a.kc = kc;
+	a.sw = sw;
+	const mv_kernel_t k = m.k[BT == 8][c->pair];
+	for (int e0 = 0; e0 < c->n_e; e0 += MSG_MV_MAX_EXPERTS) {
+		const int ne = c->n_e - e0 < MSG_MV_MAX_EXPERTS
+				       ? c->n_e - e0
+				       : MSG_MV_MAX_EXPERTS;
+		for (int i = 0; i < ne; i++) {
+			a.wa[i] = (const uint8_t *)c->wa[e0 + i];
+			a.wb[i] = c->pair ? (const uint8_t *)c->wb[e0 + i]
+					  : nullptr;
+		}
+		a.xq = (const XBlk *)c->xq + e0 * c->xq_stride;
+		a.out = c->out + e0 * c->out_stride;
+		const dim3 grid((unsigned)((c->n_rows + tr - 1) / tr),
+				(unsigned)ne);
+		k<<<grid, MV_THREADS, smem, stream>>>(a);
+		const cudaError_t ce = cudaGetLastError();
+		if (ce != cudaSuccess)
+			return ce;
+	}
+	return cudaSuccess;
+}

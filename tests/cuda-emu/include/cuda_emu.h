@@ -1,0 +1,763 @@
+/*
+ * cuda_emu.h - a CPU stand-in for the subset of CUDA that kernels/gpu_*.cu
+ * use, so that their exact source can run (and be checked, under ASan) on a
+ * machine without a GPU; tests/cuda-emu/build.sh builds with it. A launch
+ * runs its CTAs on a few host threads; the threads of a CTA are fibers with
+ * real barriers (__syncthreads, warp shuffles; a deadlock is reported),
+ * cp.async copies are deferred until the thread waits for their group
+ * (reading a buffer too early sees stale bytes or the 0xcd poison shared
+ * memory starts each CTA with), dynamic shared memory is an exact-size
+ * malloc (overruns are ASan reports), and cuBLAS's GemmEx is a
+ * double-precision host GEMM. Launches and copies are synchronous.
+ *
+ * Not emulated: the GPU's own float behaviour (FMA contraction, canonical
+ * NaNs, FTZ), timing, memory models weaker than the host's, concurrency
+ * between streams.
+ */
+#ifndef CUDA_EMU_H
+#define CUDA_EMU_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define __align__(n) alignas(n)
+#define __restrict__ __restrict
+
+struct dim3 {
+	unsigned x, y, z;
+	dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct emu_uint3 {
+	unsigned x, y, z;
+};
+struct alignas(16) int4 {
+	int x, y, z, w;
+};
+struct alignas(16) float4 {
+	float x, y, z, w;
+};
+struct alignas(8) uint2 {
+	unsigned x, y;
+};
+static inline float4 make_float4(float a, float b, float c, float d)
+{
+	return float4{ a, b, c, d };
+}
+
+/* ---- runtime types -------------------------------------------------------- */
+
+enum cudaError_t {
+	cudaSuccess = 0,
+	cudaErrorInvalidValue = 1,
+	cudaErrorMemoryAllocation = 2,
+	cudaErrorInsufficientDriver = 35,
+	cudaErrorDevicesUnavailable = 46,
+	cudaErrorNoDevice = 100,
+	cudaErrorInvalidDevice = 101,
+	cudaErrorNoKernelImageForDevice = 209,
+	cudaErrorLaunchFailure = 719,
+};
+typedef cudaError_t cudaError;
+struct emu_stream {
+	int dummy;
+};
+typedef emu_stream *cudaStream_t;
+#define cudaStreamLegacy ((cudaStream_t)0)
+struct emu_event {
+	std::chrono::steady_clock::time_point t;
+};
+typedef emu_event *cudaEvent_t;
+enum { cudaStreamNonBlocking = 1 };
+enum cudaMemcpyKind {
+	cudaMemcpyHostToDevice = 1,
+	cudaMemcpyDeviceToHost = 2,
+	cudaMemcpyDeviceToDevice = 3,
+};
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+struct cudaDeviceProp {
+	char name[256];
+	size_t totalGlobalMem;
+	int major, minor, multiProcessorCount;
+};
+
+namespace emu {
+inline thread_local cudaError_t last_error = cudaSuccess;
+inline const int sms = 8;
+} // namespace emu
+
+static inline const char *cudaGetErrorString(cudaError_t e)
+{
+	switch (e) {
+	case cudaSuccess: return "no error";
+	case cudaErrorInvalidValue: return "invalid argument";
+	case cudaErrorMemoryAllocation: return "out of memory";
+	default: return "emulated error";
+	}
+}
+static inline const char *cudaGetErrorName(cudaError_t e)
+{
+	return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated";
+}
+static inline cudaError_t cudaGetLastError(void)
+{
+	cudaError_t e = emu::last_error;
+	emu::last_error = cudaSuccess;
+	return e;
+}
+static inline cudaError_t cudaSetDevice(int d)
+{
+	return d == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+static inline cudaError_t cudaGetDeviceCount(int *n)
+{
+	*n = 1;
+	return cudaSuccess;
+}
+static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int)
+{
+	*v = emu::sms;
+	return cudaSuccess;
+}
+static inline cudaError_t cudaMalloc(void **p, size_t n)
+{
+	/* exact size, so that ASan sees an overrun of the last byte */
+	*p = malloc(n ? n : 1);
+	return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n)
+{
+	return cudaMalloc((void **)p, n);
+}
+static inline cudaError_t cudaFree(void *p)
+{
+	free(p);
+	return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n,
+				     cudaMemcpyKind)
+{
+	memmove(d, s, n);
+	return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n,
+					  cudaMemcpyKind k, cudaStream_t)
+{
+	return cudaMemcpy(d, s, n, k);
+}
+static inline cudaError_t cudaMemset(void *d, int v, size_t n)
+{
+	memset(d, v, n);
+	return cudaSuccess;
+}
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
+{
+	*s = new emu_stream();
+	return cudaSuccess;
+}
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+	delete s;
+	return cudaSuccess;
+}
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t)
+{
+	return cudaSuccess;
+}
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e)
+{
+	*e = new emu_event();
+	return cudaSuccess;
+}
+static inline cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+	delete e;
+	return cudaSuccess;
+}
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
+{
+	e->t = std::chrono::steady_clock::now();
+	return cudaSuccess;
+}
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t)
+{
+	return cudaSuccess;
+}
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a,
+					       cudaEvent_t b)
+{
+	*ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+	return cudaSuccess;
+}
+
+#include "cuda_emu_rt.h" /* streams, events, host registration: the GPU tier */
+
+/* ---- device intrinsics ----------------------------------------------------- */
+
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline long long min(long long a, long long b) { return a < b ? a : b; }
+static inline long long max(long long a, long long b) { return a > b ? a : b; }
+
+static inline float __uint_as_float(unsigned u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+static inline unsigned __float_as_uint(float f)
+{
+	unsigned u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
+static inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+template <class T> static inline T __ldg(const T *p) { return *p; }
+static inline int __dp4a(int a, int b, int c)
+{
+	for (int i = 0; i < 4; i++)
+		c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
+	return c;
+}
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+	uint64_t v = (uint64_t)y << 32 | x;
+	unsigned r = 0;
+	for (int i = 0; i < 4; i++) {
+		unsigned sel = (s >> (4 * i)) & 0xf;
+		unsigned b = (unsigned)(v >> (8 * (sel & 7))) & 0xff;
+		if (sel & 8)
+			b = (b & 0x80) ? 0xff : 0;
+		r |= b << (8 * i);
+	}
+	return r;
+}
+static inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned sh)
+{
+	return (unsigned)((((uint64_t)hi << 32) | lo) >> (sh & 31));
+}
+
+struct __half {
+	unsigned short x;
+};
+/* round to nearest even, by integer arithmetic (NaN: canonical 0x7fff as
+ * the GPU's cvt gives; the code under test must not rely on it) */
+static inline __half __float2half_rn(float f)
+{
+	unsigned u = __float_as_uint(f);
+	unsigned sign = (u >> 16) & 0x8000u, ex = (u >> 23) & 0xffu,
+		 man = u & 0x7fffffu;
+	if (ex == 0xff)
+		return __half{ (unsigned short)(man ? 0x7fff : sign | 0x7c00) };
+	if (!ex && !man)
+		return __half{ (unsigned short)sign };
+	uint64_t m = ex ? man | 0x800000u : man;
+	int E = (ex ? (int)ex : 1) - 150;
+	int lg = 63 - __builtin_clzll(m) + E;
+	int qe = lg - 10 < -24 ? -24 : lg - 10;
+	int sh = qe - E;
+	uint64_t q;
+	if (sh <= 0)
+		q = m << -sh;
+	else if (sh >= 60)
+		q = 0;
+	else {
+		q = m >> sh;
+		uint64_t rem = m & ((1ull << sh) - 1), half = 1ull << (sh - 1);
+		if (rem > half || (rem == half && (q & 1)))
+			q++;
+	}
+	uint64_t bits = (uint64_t)(qe + 24) * 1024 + q;
+	if (bits >= 0x7c00)
+		bits = 0x7c00;
+	return __half{ (unsigned short)(sign | bits) };
+}
+static inline unsigned short __half_as_ushort(__half h) { return h.x; }
+
+/* ---- threads, CTAs, launches ------------------------------------------------- */
+
+/*
+ * A launch runs its CTAs on a few host threads (EMU_THREADS, default one per
+ * CPU, never more than there are CTAs), each CTA whole on one of them, in
+ * any order, as a GPU's multiprocessors would. The threads of a CTA are
+ * fibers on that host thread, run round-robin in threadIdx
+ * order: a fiber runs until it waits at a barrier (__syncthreads, or one of
+ * the two a warp shuffle makes) or returns. A barrier thus costs a couple of
+ * context switches per thread rather than a trip through the OS scheduler
+ * with hundreds of runnable threads, and the interleaving inside a CTA is
+ * the same on every run. A CTA whose remaining threads all wait at barriers
+ * that cannot complete (a __syncthreads some threads skip, a shuffle with
+ * lanes gone) is reported and aborts: a GPU would hang or worse.
+ *
+ * Each fiber has its own stack (mmap'ed, a guard page below it), its own
+ * cp.async groups, and threadIdx; blockIdx, blockDim and gridDim belong to
+ * the host thread running the CTA. Under ASan the stack switches are
+ * announced (__sanitizer_start_switch_fiber), so reports stay right.
+ */
+namespace emu {
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#ifndef EMU_ASAN
+#define EMU_ASAN 0
+#endif
+
+/* Switching fibers: on x86-64 a few instructions (the callee-saved
+ * registers, MXCSR and the x87 control word; no system call), elsewhere or
+ * with -DEMU_UCONTEXT glibc's swapcontext (two sigprocmask calls each). */
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+#define EMU_FAST_SWITCH 1
+extern "C" void emu_ctx_switch(void **save_sp, void *load_sp);
+__asm__(".text\n"
+	".weak emu_ctx_switch\n"
+	".type emu_ctx_switch, @function\n"
+	"emu_ctx_switch:\n"
+	"	pushq %rbp\n"
+	"	pushq %rbx\n"
+	"	pushq %r12\n"
+	"	pushq %r13\n"
+	"	pushq %r14\n"
+	"	pushq %r15\n"
+	"	subq $8, %rsp\n"
+	"	stmxcsr (%rsp)\n"
+	"	fnstcw 4(%rsp)\n"
+	"	movq %rsp, (%rdi)\n"
+	"	movq %rsi, %rsp\n"
+	"	ldmxcsr (%rsp)\n"
+	"	fldcw 4(%rsp)\n"
+	"	addq $8, %rsp\n"
+	"	popq %r15\n"
+	"	popq %r14\n"
+	"	popq %r13\n"
+	"	popq %r12\n"
+	"	popq %rbx\n"
+	"	popq %rbp\n"
+	"	ret\n"
+	".size emu_ctx_switch, .-emu_ctx_switch\n");
+#else
+#define EMU_FAST_SWITCH 0
+#endif
+
+struct Copy {
+	void *dst;
+	const void *src;
+	size_t n;
+};
+
+/* A barrier among `expected` fibers of one host thread: the last to arrive
+ * bumps the generation the others wait on. */
+struct Bar {
+	unsigned expected = 0, arrived = 0;
+	uint64_t gen = 0;
+};
+
+struct Fiber {
+	emu_uint3 tid;
+	ucontext_t ctx; /* swapcontext's */
+	void *sp;	/* emu_ctx_switch's */
+	unsigned char *stack = nullptr;
+	bool done = false;
+	const Bar *waiting = nullptr;
+	std::vector<std::vector<Copy>> groups; /* committed cp.async groups */
+	std::vector<Copy> open;		       /* issued, not yet committed */
+	void *fake = nullptr;		       /* ASan's fake stack */
+};
+
+/* A host thread running CTAs: its fibers (kept, with their stacks, from one
+ * launch to the next) and the CTA's state. */
+struct Worker {
+	ucontext_t sched;
+	void *sched_sp;
+	Fiber *cur = nullptr;
+	std::vector<std::unique_ptr<Fiber>> fibers;
+	emu_uint3 bid;
+	dim3 bdim, gdim;
+	Bar bar;
+	std::vector<Bar> warp_bars;
+	std::vector<uint64_t> warp_buf;
+	unsigned char *smem = nullptr;
+	size_t smem_bytes = 0;
+	bool progress = false;
+	void (*body)(void *) = nullptr; /* one thread of the kernel */
+	void *arg = nullptr;
+	void *sched_fake = nullptr;
+	const void *sched_bottom = nullptr;
+	size_t sched_size = 0;
+};
+
+inline thread_local Worker *t_w;
+inline const size_t stack_bytes = (EMU_ASAN ? 1024 : 256) * 1024;
+
+inline void *dyn_smem() { return t_w->smem; }
+
+/* fiber -> the host thread's scheduler */
+inline void yield()
+{
+	Worker *w = t_w;
+	Fiber *f = w->cur;
+#if EMU_ASAN
+	__sanitizer_start_switch_fiber(&f->fake, w->sched_bottom, w->sched_size);
+#endif
+#if EMU_FAST_SWITCH
+	emu_ctx_switch(&f->sp, w->sched_sp);
+#else
+	swapcontext(&f->ctx, &w->sched);
+#endif
+#if EMU_ASAN
+	__sanitizer_finish_switch_fiber(f->fake, &w->sched_bottom,
+					&w->sched_size);
+#endif
+}
+
+inline void bar_wait(Bar &b)
+{
+	Worker *w = t_w;
+	const uint64_t g = b.gen;
+	w->progress = true;
+	if (++b.arrived == b.expected) {
+		b.arrived = 0;
+		b.gen++;
+		return;
+	}
+	w->cur->waiting = &b;
+	while (b.gen == g)
+		yield();
+	w->cur->waiting = nullptr;
+}
+
+inline void fiber_main()
+{
+	Worker *w = t_w;
+	Fiber *f = w->cur;
+#if EMU_ASAN
+	__sanitizer_finish_switch_fiber(nullptr, &w->sched_bottom,
+					&w->sched_size);
+#endif
+	w->body(w->arg);
+	bool pending = !f->open.empty();
+	for (auto &gr : f->groups)
+		pending |= !gr.empty();
+	if (pending) {
+		fprintf(stderr, "emu: cp.async never waited for (block %u,%u "
+				"thread %u)\n",
+			w->bid.x, w->bid.y, f->tid.x);
+		abort();
+	}
+	f->groups.clear();
+	f->done = true;
+	w->progress = true;
+#if EMU_ASAN
+	__sanitizer_start_switch_fiber(nullptr, w->sched_bottom, w->sched_size);
+#endif
+#if EMU_FAST_SWITCH
+	emu_ctx_switch(&f->sp, w->sched_sp);
+#else
+	setcontext(&w->sched);
+#endif
+	abort(); /* not reached: the fiber is started afresh */
+}
+
+inline Fiber *fiber_new()
+{
+	const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	void *m = mmap(nullptr, stack_bytes + pg, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+		       -1, 0);
+	if (m == MAP_FAILED) {
+		fprintf(stderr, "emu: no memory for a fiber stack\n");
+		abort();
+	}
+	mprotect(m, pg, PROT_NONE); /* overflow: a fault, not corruption */
+	Fiber *f = new Fiber();
+	f->stack = (unsigned char *)m + pg;
+	return f;
+}
+
+/* Runs CTA w->bid with nt threads to the end. */
+inline void run_cta(Worker *w, unsigned nt)
+{
+	while (w->fibers.size() < nt)
+		w->fibers.emplace_back(fiber_new());
+	w->bar = Bar{ nt, 0, 0 };
+	for (unsigned i = 0; i < (nt + 31) / 32; i++)
+		w->warp_bars[i] = Bar{ nt - 32 * i < 32 ? nt - 32 * i : 32, 0, 0 };
+	memset(w->smem, 0xcd, w->smem_bytes ? w->smem_bytes : 1);
+	for (unsigned t = 0; t < nt; t++) {
+		Fiber *f = w->fibers[t].get();
+		f->tid = { t, 0, 0 };
+		f->done = false;
+		f->waiting = nullptr;
+#if EMU_ASAN
+		/* the last CTA's fiber_main never returned: its frame's
+		 * redzones are still poisoned (deeper frames all returned
+		 * and unpoisoned theirs) */
+		__asan_unpoison_memory_region(f->stack + stack_bytes - 16384,
+					      16384);
+#endif
+#if EMU_FAST_SWITCH
+		/* what emu_ctx_switch pops: MXCSR 0x1f80 and x87 control
+		 * word 0x37f (the defaults), six registers, then a return
+		 * into fiber_main with the stack as a call leaves it */
+		uint64_t *top = (uint64_t *)(f->stack + stack_bytes);
+		memset(top - 9, 0, 9 * sizeof(uint64_t));
+		top[-2] = (uint64_t)(uintptr_t)&fiber_main;
+		top[-9] = (uint64_t)0x037f << 32 | 0x1f80;
+		f->sp = top - 9;
+#else
+		getcontext(&f->ctx);
+		f->ctx.uc_stack.ss_sp = f->stack;
+		f->ctx.uc_stack.ss_size = stack_bytes;
+		f->ctx.uc_link = nullptr;
+		makecontext(&f->ctx, fiber_main, 0);
+#endif
+	}
+	unsigned left = nt;
+	while (left) {
+		w->progress = false;
+		for (unsigned t = 0; t < nt; t++) {
+			Fiber *f = w->fibers[t].get();
+			if (f->done)
+				continue;
+			w->cur = f;
+#if EMU_ASAN
+			__sanitizer_start_switch_fiber(&w->sched_fake, f->stack,
+						       stack_bytes);
+#endif
+#if EMU_FAST_SWITCH
+			emu_ctx_switch(&w->sched_sp, f->sp);
+#else
+			swapcontext(&w->sched, &f->ctx);
+#endif
+#if EMU_ASAN
+			__sanitizer_finish_switch_fiber(w->sched_fake, nullptr,
+							nullptr);
+#endif
+			left -= f->done;
+		}
+		if (left && !w->progress) {
+			unsigned at_sync = 0, at_warp = 0;
+			for (unsigned t = 0; t < nt; t++) {
+				const Fiber *f = w->fibers[t].get();
+				at_sync += !f->done && f->waiting == &w->bar;
+				at_warp += !f->done && f->waiting &&
+					   f->waiting != &w->bar;
+			}
+			fprintf(stderr,
+				"emu: deadlock in block (%u,%u) of %u threads: "
+				"%u wait at __syncthreads, %u in a warp "
+				"shuffle, %u returned (a GPU would hang)\n",
+				w->bid.x, w->bid.y, nt, at_sync, at_warp,
+				nt - left);
+			abort();
+		}
+	}
+	w->cur = nullptr;
+}
+
+inline std::mutex launch_mu;
+inline std::vector<std::unique_ptr<Worker>> workers;
+
+inline unsigned host_threads()
+{
+	const char *e = getenv("EMU_THREADS");
+	long v = e && *e ? strtol(e, nullptr, 10) : 0;
+	if (v < 1)
+		v = (long)std::thread::hardware_concurrency();
+	return v < 1 ? 1u : v > 256 ? 256u : (unsigned)v;
+}
+
+template <class T> inline T warp_xchg(T v, int src_lane)
+{
+	Worker *w = t_w;
+	const unsigned lane = w->cur->tid.x & 31, wi = w->cur->tid.x >> 5;
+	uint64_t *buf = &w->warp_buf[wi * 32];
+	uint64_t slot = 0;
+	memcpy(&slot, &v, sizeof(T));
+	buf[lane] = slot;
+	bar_wait(w->warp_bars[wi]);
+	T r;
+	memcpy(&r, &buf[src_lane & 31], sizeof(T));
+	bar_wait(w->warp_bars[wi]);
+	return r;
+}
+
+template <class F, class Tup, size_t... I>
+inline void call(F k, Tup &t, std::index_sequence<I...>)
+{
+	k(std::get<I>(t)...);
+}
+
+template <class... P> struct Launch {
+	void (*k)(P...);
+	dim3 g, b;
+	size_t smem;
+	template <class... A> void operator()(A &&...args)
+	{
+		const unsigned nt = b.x * b.y * b.z;
+		if (nt == 0 || nt > 1024 || b.y != 1 || b.z != 1 || g.z != 1 ||
+		    g.y > 65535 || g.x == 0 || g.y == 0 || smem > 48 * 1024) {
+			fprintf(stderr, "emu: bad launch %ux%u x %u, smem %zu\n",
+				g.x, g.y, nt, smem);
+			last_error = cudaErrorInvalidValue;
+			return;
+		}
+		typedef std::tuple<std::decay_t<P>...> Params;
+		struct State {
+			void (*k)(P...);
+			Params params;
+		} st{ k, Params(std::forward<A>(args)...) };
+		/* each thread gets its own copy of the parameters */
+		void (*body)(void *) = [](void *a) {
+			State *s = (State *)a;
+			Params local = s->params;
+			call(s->k, local, std::index_sequence_for<P...>{});
+		};
+		const unsigned long ncta = (unsigned long)g.x * g.y;
+		unsigned nw = host_threads();
+		if (nw > ncta)
+			nw = (unsigned)ncta;
+		std::lock_guard<std::mutex> lk(launch_mu);
+		while (workers.size() < nw)
+			workers.emplace_back(new Worker());
+		std::atomic<unsigned long> next{ 0 };
+		const dim3 gg = g, bb = b;
+		const size_t sm = smem;
+		auto work = [&](Worker *w) {
+			Worker *prev = t_w;
+			t_w = w;
+			w->bdim = bb;
+			w->gdim = gg;
+			w->body = body;
+			w->arg = &st;
+			w->smem_bytes = sm;
+			/* exact size: ASan sees an overrun of the last byte */
+			w->smem = (unsigned char *)malloc(sm ? sm : 1);
+			w->warp_bars.assign((nt + 31) / 32, Bar{});
+			w->warp_buf.assign(((nt + 31) / 32) * 32, 0);
+			for (unsigned long i; (i = next++) < ncta;) {
+				w->bid = { (unsigned)(i % gg.x),
+					   (unsigned)(i / gg.x), 0 };
+				run_cta(w, nt);
+			}
+			free(w->smem);
+			w->smem = nullptr;
+			t_w = prev;
+		};
+		std::vector<std::thread> ts;
+		for (unsigned i = 1; i < nw; i++)
+			ts.emplace_back(work, workers[i].get());
+		work(workers[0].get());
+		for (auto &th : ts)
+			th.join();
+	}
+};
+
+template <class... P>
+inline Launch<P...> launcher(void (*k)(P...), dim3 g, dim3 b, size_t smem = 0,
+			     cudaStream_t = 0)
+{
+	return Launch<P...>{ k, g, b, smem };
+}
+
+} // namespace emu
+
+#define threadIdx (emu::t_w->cur->tid)
+#define blockIdx (emu::t_w->bid)
+#define blockDim (emu::t_w->bdim)
+#define gridDim (emu::t_w->gdim)
+
+static inline void __syncthreads(void) { emu::bar_wait(emu::t_w->bar); }
+
+template <class T>
+static inline T __shfl_sync(unsigned, T v, int src, int width = 32)
+{
+	const int lane = (int)(threadIdx.x & 31);
+	return emu::warp_xchg(v, (lane & ~(width - 1)) + (src & (width - 1)));
+}
+template <class T>
+static inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32)
+{
+	const int lane = (int)(threadIdx.x & 31);
+	int src = lane ^ mask;
+	if ((src & ~(width - 1)) != (lane & ~(width - 1)))
+		src = lane;
+	return emu::warp_xchg(v, src);
+}
+static inline unsigned __reduce_max_sync(unsigned, unsigned v)
+{
+	unsigned m = v;
+	for (int off = 16; off; off >>= 1) {
+		unsigned o = __shfl_xor_sync(0xffffffffu, m, off);
+		m = o > m ? o : m;
+	}
+	return m;
+}
+
+/* cp.async: copies are made when the issuing thread waits for their group */
+static inline void __pipeline_memcpy_async(void *dst, const void *src,
+					   size_t n, size_t = 0)
+{
+	if (((uintptr_t)src % n) || ((uintptr_t)dst % n)) {
+		fprintf(stderr, "emu: cp.async of %zu misaligned\n", n);
+		abort();
+	}
+	emu::t_w->cur->open.push_back(emu::Copy{ dst, src, n });
+}
+static inline void __pipeline_commit(void)
+{
+	emu::Fiber *f = emu::t_w->cur;
+	f->groups.push_back(std::move(f->open));
+	f->open.clear();
+}
+static inline void __pipeline_wait_prior(size_t n)
+{
+	emu::Fiber *f = emu::t_w->cur;
+	while (f->groups.size() > n) {
+		for (auto &c : f->groups.front())
+			memcpy(c.dst, c.src, c.n);
+		f->groups.erase(f->groups.begin());
+	}
+}
+
+#endif

@@ -1,0 +1,1190 @@
+/*
+ * t_gpu_kernels - every GPU path against the C reference.
+ *
+ *  - dequantisation, all 16 types, to f32 and f16: random bytes (NaN,
+ *    infinite and subnormal scales included) and random valid blocks, at
+ *    odd source offsets and misaligned destinations: f32 bit-identical to
+ *    ms_dequant_row, f16 equal to that f32 rounded to nearest even (this
+ *    file's own bitwise rounding, itself checked against known values and,
+ *    where the CPU has F16C, against vcvtps2ph);
+ *  - the fused matvec FFN (B = 1, 2, 3, 4, 8; fused and separate gate/up;
+ *    all eight types; gate and up of different types; several experts per
+ *    call with shared and separate inputs; GLM-4.7's shape with its
+ *    Q2_K/Q2_K/Q3_K mix) against ms_expert_ffn's scalar path (double dots
+ *    over f32 weights): relative L2 <= 1e-5; the same call twice gives the
+ *    same bits;
+ *  - the cuBLAS prefill path (B = 16, 64, 512) against the same reference
+ *    with a bound derived from its f16 operands, see check_cublas;
+ *  - the dense cuBLAS GEMV/GEMM, f32 (<= 1e-5) and f16 weights;
+ *  - the argument checks, and the host helper;
+ *  - `moestream ffn --device gpu` against `--device cpu --path scalar` on
+ *    `moestream mkmodel --preset tiny` (B = 1 and 3: matvec, <= 1e-5;
+ *    B = 16: cuBLAS, <= 2e-3), the command as a user runs it, when
+ *    $MS_BUILD/moestream is there (tools/gpu-check.sh packs it; under
+ *    tests/cuda-emu it is the emulated one);
+ *  - `bench gpu` (tools/bench_gpu.c) once on a small shape, in process:
+ *    that it runs, skips the types without a fused kernel, and that its
+ *    JSON's ratios are its GB/s over its copy bandwidth (the figures
+ *    themselves are gpu-check.sh's business).
+ *
+ * Where there is no GPU it exits 77 with the reason; in a build without
+ * CUDA it first checks that every GPU entry point answers -ENOTSUP "built
+ * without CUDA", then exits 77.
+ *
+ * `t_gpu_kernels --bench [OPTIONS]` runs the GPU kernel benchmark instead
+ * (tools/bench_gpu.c, the same as `moestream bench gpu`): tools/gpu-check.sh
+ * uses it.
+ *
+ * Weights are random valid blocks as `moestream mkmodel` writes them
+ * (random bits, small finite f16 scales), so no ggml library is needed and
+ * the test runs on a GPU machine with nothing but CUDA. Fresh seed every
+ * run (MS_SEED=... replays one).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "../tools/bench_gpu.h"
+#include "../tools/tools.h"
+#include "moestream/kernels.h"
+#include "moestream/model.h"
+#include "testutil.h"
+
+#define TOL_MATVEC 1e-5
+#define TOL_CUBLAS_EXACT 2e-3 /* against the f32 reference */
+#define TOL_CUBLAS_EMUL 1e-4  /* against the f16-operand emulation */
+#define TOL_DENSE_F32 1e-5
+
+static uint64_t rng;
+static struct ms_gpu_ctx *ctx;
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		t_fatal("out of memory (%zu bytes)", n);
+	return p;
+}
+
+/* Roughly normal: the sum of four uniforms, centred, unit variance. */
+static float gauss(void)
+{
+	double s = 0;
+	for (int i = 0; i < 4; i++)
+		s += (double)(t_rand(&rng) >> 11) / 9007199254740992.0;
+	return (float)((s - 2.0) * 1.7320508075688772);
+}
+
+/* ---- f16 on the host, written independently of the device code ---------- */
+
+static float bits_f32(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static uint32_t f32_bits(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+/* float -> half, round to nearest even, by integer arithmetic on the
+ * significand. NaN: sign, quiet bit, top 9 payload bits (vcvtps2ph). */
+static uint16_t h_f32_f16(float f)
+{
+	const uint32_t u = f32_bits(f);
+	const uint32_t sign = (u >> 16) & 0x8000u, ex = (u >> 23) & 0xffu,
+		       man = u & 0x7fffffu;
+	if (ex == 0xff)
+		return (uint16_t)(sign | (man ? 0x7e00u | (man >> 13) : 0x7c00u));
+	if (!ex && !man)
+		return (uint16_t)sign;
+	const uint64_t m = ex ? man | 0x800000u : man;
+	const int E = (ex ? (int)ex : 1) - 150;       /* value = m 2^E */
+	const int lg = 63 - __builtin_clzll(m) + E;   /* floor(log2 value) */
+	int qe = lg - 10;                             /* f16 quantum 2^qe */
+	if (qe < -24)
+		qe = -24;
+	const int sh = qe - E;
+	uint64_t q;
+	if (sh <= 0) {
+		q = m << -sh;
+	} else if (sh >= 60) {
+		q = 0;
+	} else {
+		q = m >> sh;
+		const uint64_t rem = m & ((1ull << sh) - 1),
+			       half = 1ull << (sh - 1);
+		if (rem > half || (rem == half && (q & 1)))
+			q++;
+	}
+	/* q 2^qe with q <= 2048: subnormal when qe = -24 and q < 1024; the
+	 * encoding (qe + 24) * 1024 + q covers both and a carry to 2048 */
+	uint64_t bits = (uint64_t)(qe + 24) * 1024 + q;
+	if (bits >= 0x7c00)
+		bits = 0x7c00;
+	return (uint16_t)(sign | bits);
+}
+
+static float h_f16_f32(uint16_t h)
+{
+	const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+	const int ex = (h >> 10) & 0x1f, man = h & 0x3ff;
+	if (ex == 0x1f)
+		return bits_f32(sign | 0x7f800000u | (uint32_t)man << 13);
+	double v = ex ? ldexp(1024 + man, ex - 25) : ldexp(man, -24);
+	return (float)(sign ? -v : v);
+}
+
+static float round_f16(float f)
+{
+	return h_f16_f32(h_f32_f16(f));
+}
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+__attribute__((target("f16c"))) static uint16_t hw_f32_f16(float f)
+{
+	return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+
+static bool cpu_f16c(void)
+{
+	unsigned a, b, c, d;
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
+static void check_host_f16(void)
+{
+	static const struct {
+		uint32_t f32;
+		uint16_t f16;
+	} known[] = {
+		{ 0x3f800000u, 0x3c00 }, /* 1 */
+		{ 0xc0000000u, 0xc000 }, /* -2 */
+		{ 0x477fe000u, 0x7bff }, /* 65504 */
+		{ 0x477ff000u, 0x7c00 }, /* 65520: ties to even, overflows */
+		{ 0x477fefffu, 0x7bff }, /* just below */
+		{ 0x33800000u, 0x0001 }, /* 2^-24 */
+		{ 0x33000000u, 0x0000 }, /* 2^-25: tie, to even 0 */
+		{ 0x33400000u, 0x0001 }, /* 1.5 * 2^-25 */
+		{ 0x38800000u, 0x0400 }, /* 2^-14, smallest normal */
+		{ 0x387fc000u, 0x03ff }, /* largest subnormal */
+		{ 0x387fe000u, 0x0400 }, /* rounds up into the normals */
+		{ 0x3f801000u, 0x3c00 }, /* 1 + 2^-11: tie, to even */
+		{ 0x3f803000u, 0x3c02 }, /* 1 + 3 * 2^-11: tie, to even */
+		{ 0x7f800000u, 0x7c00 }, /* inf */
+		{ 0x7fc00000u, 0x7e00 }, /* qNaN */
+		{ 0xffc02000u, 0xfe01 }, /* -qNaN with payload */
+		{ 0x00000001u, 0x0000 }, /* f32 subnormal */
+		{ 0x80000000u, 0x8000 }, /* -0 */
+	};
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+		uint16_t h = h_f32_f16(bits_f32(known[i].f32));
+		T_CHECK(h == known[i].f16, "f16(0x%08x) = 0x%04x, expected 0x%04x",
+			known[i].f32, h, known[i].f16);
+	}
+#if defined(__x86_64__)
+	if (cpu_f16c()) {
+		int bad = 0;
+		for (int i = 0; i < 1000000 && bad < 5; i++) {
+			uint32_t u = (uint32_t)t_rand(&rng);
+			float f = bits_f32(u);
+			uint16_t a = h_f32_f16(f), b = hw_f32_f16(f);
+			if (a != b) {
+				T_CHECK(0, "f16(0x%08x): 0x%04x, F16C 0x%04x", u,
+					a, b);
+				bad++;
+			}
+		}
+		printf("host f16 rounding = F16C on 1e6 random floats\n");
+	}
+#endif
+}
+
+/* ---- random valid blocks (tools/mkmodel.c's recipe) ---------------------- */
+
+/* `size` bytes (whole blocks) of `type`: random bits with small finite
+ * scales, or (valid = false) random bits only. */
+static void fill(uint8_t *buf, size_t size, uint32_t type, bool valid)
+{
+	const struct ms_type_info *ti = ms_type_get(type);
+	for (size_t i = 0; i < size; i += 8) {
+		uint64_t r = t_rand(&rng);
+		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
+	}
+	if (!valid)
+		return;
+	if (type == MS_TYPE_F32) {
+		for (size_t i = 0; i + 4 <= size; i += 4) {
+			float f = 0.05f * gauss();
+			memcpy(buf + i, &f, 4);
+		}
+		return;
+	}
+	if (type == MS_TYPE_F16 || type == MS_TYPE_BF16) {
+		for (size_t i = 0; i + 2 <= size; i += 2) {
+			float f = 0.05f * gauss();
+			uint16_t h = type == MS_TYPE_F16 ? h_f32_f16(f)
+							 : (uint16_t)(f32_bits(f) >> 16);
+			memcpy(buf + i, &h, 2);
+		}
+		return;
+	}
+	if (type == MS_TYPE_MXFP4) {
+		for (size_t b = 0; b < size; b += ti->type_size)
+			buf[b] = (uint8_t)(127 - 6 - t_rand(&rng) % 2);
+		return;
+	}
+	const struct tool_scales *sf = tool_scales_of(type);
+	if (!sf)
+		return;
+	for (size_t b = 0; b < size; b += ti->type_size)
+		for (int j = 0; j < 2; j++) {
+			if (sf->f16[j] < 0)
+				continue;
+			uint16_t h = tool_small_f16(t_rand(&rng), sf->exp);
+			memcpy(buf + b + sf->f16[j], &h, 2);
+		}
+}
+
+/* ---- device memory ---------------------------------------------------------- */
+
+static void *dev_alloc(size_t n)
+{
+	void *p;
+	struct ms_err err = { 0 };
+	if (ms_gpu_malloc(&p, n, &err))
+		t_fatal("%s", err.msg);
+	return p;
+}
+
+static void up(void *dev, const void *host, size_t n)
+{
+	struct ms_err err = { 0 };
+	if (ms_gpu_upload(dev, host, n, &err))
+		t_fatal("%s", err.msg);
+}
+
+static void down(void *host, const void *dev, size_t n)
+{
+	struct ms_err err = { 0 };
+	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &err) ||
+	    ms_gpu_download(host, dev, n, &err))
+		t_fatal("%s", err.msg);
+}
+
+static double rel_l2(const float *y, const float *ref, int64_t n)
+{
+	double num = 0, den = 0;
+	for (int64_t i = 0; i < n; i++) {
+		double e = (double)y[i] - (double)ref[i];
+		num += e * e;
+		den += (double)ref[i] * (double)ref[i];
+	}
+	if (!(num == num))
+		return INFINITY;
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static const uint32_t all_types[] = {
+	MS_TYPE_F32,  MS_TYPE_F16,    MS_TYPE_BF16,   MS_TYPE_Q4_0,
+	MS_TYPE_Q4_1, MS_TYPE_Q5_0,   MS_TYPE_Q5_1,   MS_TYPE_Q8_0,
+	MS_TYPE_Q2_K, MS_TYPE_Q3_K,   MS_TYPE_Q4_K,   MS_TYPE_Q5_K,
+	MS_TYPE_Q6_K, MS_TYPE_IQ4_NL, MS_TYPE_IQ4_XS, MS_TYPE_MXFP4,
+};
+#define N_ALL (sizeof(all_types) / sizeof(all_types[0]))
+
+static const uint32_t mv_types[] = {
+	MS_TYPE_Q2_K, MS_TYPE_Q3_K, MS_TYPE_Q4_K, MS_TYPE_Q5_K,
+	MS_TYPE_Q6_K, MS_TYPE_Q8_0, MS_TYPE_Q4_0, MS_TYPE_MXFP4,
+};
+#define N_MV (sizeof(mv_types) / sizeof(mv_types[0]))
+
+/* ---- dequantisation ----------------------------------------------------------- */
+
+/* One type, one input: every (source offset, f16, destination offset)
+ * against ms_dequant_row's bits. */
+static int dequant_case(uint32_t type, const uint8_t *q, int64_t n,
+			size_t bytes, const char *what)
+{
+	float *ref = xmalloc(sizeof(float) * (size_t)n);
+	float *got = xmalloc(sizeof(float) * (size_t)n);
+	uint16_t *got16 = xmalloc(2 * (size_t)n);
+	struct ms_err err = { 0 };
+	int bad = 0;
+	if (ms_dequant_row(type, q, ref, n))
+		t_fatal("ms_dequant_row(%s) failed", ms_type_name(type));
+	uint8_t *src = dev_alloc(bytes + 16);
+	uint8_t *dst = dev_alloc((size_t)n * 4 + 64);
+	static const int src_off[] = { 0, 1, 6 };
+	for (int so = 0; so < 3 && !bad; so++) {
+		up(src + src_off[so], q, bytes);
+		for (int f16 = 0; f16 <= 1 && !bad; f16++)
+			for (int dofs = 0; dofs <= 1 && !bad; dofs++) {
+				/* dofs: one element in, so the vector store
+				 * path is off */
+				size_t esz = f16 ? 2 : 4;
+				uint8_t *d = dst + (size_t)dofs * esz;
+				if (ms_gpu_memset(dst, 0xa5, (size_t)n * 4 + 64,
+						  &err))
+					t_fatal("%s", err.msg);
+				int rc = ms_gpu_dequant(type, src + src_off[so],
+							d, n, f16,
+							ms_gpu_ctx_stream(ctx),
+							&err);
+				if (rc) {
+					T_CHECK(0, "ms_gpu_dequant(%s) = %d: %s",
+						ms_type_name(type), rc, err.msg);
+					bad++;
+					break;
+				}
+				if (f16)
+					down(got16, d, 2 * (size_t)n);
+				else
+					down(got, d, 4 * (size_t)n);
+				for (int64_t i = 0; i < n; i++) {
+					bool ok;
+					if (f16)
+						ok = got16[i] == h_f32_f16(ref[i]);
+					else
+						ok = !memcmp(&got[i], &ref[i], 4);
+					if (!ok) {
+						T_CHECK(0,
+							"dequant %s %s (%s, src+%d, "
+							"dst+%d) [%lld]: 0x%08x, "
+							"reference 0x%08x (%.9g) -> "
+							"f16 0x%04x",
+							ms_type_name(type),
+							f16 ? "f16" : "f32", what,
+							src_off[so], dofs,
+							(long long)i,
+							f16 ? got16[i]
+							    : f32_bits(got[i]),
+							f32_bits(ref[i]),
+							(double)ref[i],
+							h_f32_f16(ref[i]));
+						bad++;
+						break;
+					}
+				}
+			}
+	}
+	ms_gpu_free(src);
+	ms_gpu_free(dst);
+	free(ref);
+	free(got);
+	free(got16);
+	return bad;
+}
+
+static void check_dequant(void)
+{
+	for (size_t t = 0; t < N_ALL; t++) {
+		uint32_t type = all_types[t];
+		const struct ms_type_info *ti = ms_type_get(type);
+		T_CHECK(ms_gpu_dequant_supported(type), "%s: no GPU dequantiser",
+			ms_type_name(type));
+		/* 64 blocks of 256 or 512 of 32; the scalar types an odd
+		 * count (the tail without vector stores) */
+		int64_t n = ti->blck == 1 ? 8191 : ti->blck == 256 ? 64 * 256
+								   : 512 * 32;
+		size_t bytes = (size_t)(n / ti->blck) * ti->type_size;
+		uint8_t *q = xmalloc(bytes);
+		int bad = 0;
+		for (int rep = 0; rep < 3; rep++) {
+			fill(q, bytes, type, false);
+			bad += dequant_case(type, q, n, bytes, "random bytes");
+		}
+		fill(q, bytes, type, true);
+		bad += dequant_case(type, q, n, bytes, "valid blocks");
+		printf("dequant %-7s f32 %s, f16 %s\n", ms_type_name(type),
+		       bad ? "DIFFERS" : "= C reference bit for bit",
+		       bad ? "DIFFERS" : "= reference rounded to nearest even");
+		free(q);
+	}
+}
+
+/* ---- experts ---------------------------------------------------------------- */
+
+struct hexpert {
+	struct ms_expert_view v;      /* host */
+	struct ms_gpu_expert g;       /* device */
+	uint8_t *h[3];
+	void *d[3];
+	uint64_t bytes[3];
+};
+
+/* ty = gate, up, down (fused: gate must equal up; gate_up = gate rows then
+ * up rows). dev_off: bytes added to each device pointer (misalignment). */
+static void hexpert_make(struct hexpert *x, const uint32_t ty[3], int64_t E,
+			 int64_t F, bool fused, size_t dev_off)
+{
+	memset(x, 0, sizeof(*x));
+	struct ms_err err = { 0 };
+	x->v.fused = fused;
+	x->v.n_embd = E;
+	x->v.n_ff = F;
+	if (fused) {
+		x->v.type[0] = ty[0];
+		x->v.type[1] = ty[2];
+	} else {
+		memcpy(x->v.type, ty, sizeof(x->v.type));
+	}
+	if (ms_expert_view_bytes(&x->v, x->bytes, &err))
+		t_fatal("%s", err.msg);
+	int np = fused ? 2 : 3;
+	for (int j = 0; j < np; j++) {
+		x->h[j] = xmalloc(x->bytes[j]);
+		fill(x->h[j], x->bytes[j], x->v.type[j], true);
+		x->v.data[j] = x->h[j];
+		x->d[j] = dev_alloc(x->bytes[j] + dev_off + 16);
+		up((uint8_t *)x->d[j] + dev_off, x->h[j], x->bytes[j]);
+		x->g.data[j] = (uint8_t *)x->d[j] + dev_off;
+		x->g.type[j] = x->v.type[j];
+	}
+	x->g.fused = fused;
+	x->g.n_embd = E;
+	x->g.n_ff = F;
+}
+
+static void hexpert_free(struct hexpert *x)
+{
+	for (int j = 0; j < 3; j++) {
+		free(x->h[j]);
+		ms_gpu_free(x->d[j]);
+	}
+}
+
+/* The C reference: the scalar path (ms_dequant_row + double dots). */
+static void ref_ffn(const struct hexpert *x, const float *in, float *out,
+		    int64_t B)
+{
+	struct ms_ffn_opts o = { .path = MS_FFN_PATH_SCALAR };
+	struct ms_err err = { 0 };
+	if (ms_expert_ffn(&x->v, in, out, B, &o, &err))
+		t_fatal("reference ffn: %s", err.msg);
+}
+
+static const char *ty_name(const uint32_t ty[3], char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s/%s", ms_type_name(ty[0]),
+		 ms_type_name(ty[1]), ms_type_name(ty[2]));
+	return buf;
+}
+
+static double worst_matvec;
+
+/* n experts of the same types, B tokens, shared or separate x: the GPU
+ * against the reference for each expert. Returns the worst error. */
+static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
+			   bool fused, int n, int64_t B, bool shared_x,
+			   enum ms_gpu_ffn_path path, size_t dev_off,
+			   double tol, bool twice)
+{
+	struct hexpert *x = xmalloc(sizeof(*x) * (size_t)n);
+	struct ms_gpu_expert *ge = xmalloc(sizeof(*ge) * (size_t)n);
+	int nx = shared_x ? 1 : n;
+	size_t xs = (size_t)(B * E);
+	float *in = xmalloc(sizeof(float) * xs * (size_t)nx);
+	float *ref = xmalloc(sizeof(float) * xs);
+	float *got = xmalloc(sizeof(float) * xs * (size_t)n);
+	float *got2 = xmalloc(sizeof(float) * xs * (size_t)n);
+	char nm[64];
+	struct ms_err err = { 0 };
+	double worst = 0;
+	for (int i = 0; i < n; i++) {
+		hexpert_make(&x[i], ty, E, F, fused, dev_off);
+		ge[i] = x[i].g;
+	}
+	for (size_t i = 0; i < xs * (size_t)nx; i++)
+		in[i] = gauss();
+	float *din = dev_alloc(sizeof(float) * xs * (size_t)nx);
+	float *dout = dev_alloc(sizeof(float) * xs * (size_t)n);
+	up(din, in, sizeof(float) * xs * (size_t)nx);
+	if (ms_gpu_memset(dout, 0xff, sizeof(float) * xs * (size_t)n, &err))
+		t_fatal("%s", err.msg);
+	int rc = ms_gpu_experts_ffn(ctx, ge, n, din, shared_x ? 0 : (int64_t)xs,
+				    dout, B, path, &err);
+	T_CHECK(rc == 0, "%s %s B=%lld x%d: %s", ty_name(ty, nm, sizeof(nm)),
+		ms_gpu_ffn_path_name(path), (long long)B, n, err.msg);
+	if (rc)
+		goto out;
+	down(got, dout, sizeof(float) * xs * (size_t)n);
+	if (twice) {
+		if (ms_gpu_memset(dout, 0xff, sizeof(float) * xs * (size_t)n,
+				  &err) ||
+		    ms_gpu_experts_ffn(ctx, ge, n, din,
+				       shared_x ? 0 : (int64_t)xs, dout, B,
+				       path, &err))
+			t_fatal("second run: %s", err.msg);
+		down(got2, dout, sizeof(float) * xs * (size_t)n);
+		T_CHECK(!memcmp(got, got2, sizeof(float) * xs * (size_t)n),
+			"%s B=%lld: two runs differ", ty_name(ty, nm, sizeof(nm)),
+			(long long)B);
+	}
+	for (int i = 0; i < n; i++) {
+		ref_ffn(&x[i], in + (shared_x ? 0 : (size_t)i * xs), ref, B);
+		double e = rel_l2(got + (size_t)i * xs, ref, (int64_t)xs);
+		if (e > worst)
+			worst = e;
+	}
+	T_CHECK(worst <= tol,
+		"%s %s E=%lld F=%lld %s B=%lld x%d%s: relative L2 %.3g > %.1g",
+		ty_name(ty, nm, sizeof(nm)), ms_gpu_ffn_path_name(path),
+		(long long)E, (long long)F, fused ? "fused" : "separate",
+		(long long)B, n, shared_x ? " shared x" : "", worst, tol);
+out:
+	ms_gpu_free(din);
+	ms_gpu_free(dout);
+	for (int i = 0; i < n; i++)
+		hexpert_free(&x[i]);
+	free(x);
+	free(ge);
+	free(in);
+	free(ref);
+	free(got);
+	free(got2);
+	return worst;
+}
+
+static void check_matvec(void)
+{
+	static const int64_t Bs[] = { 1, 2, 3, 4, 8 };
+	char nm[64];
+	for (size_t t = 0; t < N_MV; t++) {
+		uint32_t T = mv_types[t];
+		uint32_t ty[3] = { T, T, T };
+		T_CHECK(ms_gpu_matvec_supported(T), "%s: no matvec kernel",
+			ms_type_name(T));
+		const struct ms_type_info *ti = ms_type_get(T);
+		/* 32-element types also on a shape with partial tiles */
+		int n_shapes = ti->blck == 32 ? 2 : 1;
+		for (int s = 0; s < n_shapes; s++) {
+			int64_t E = s ? 160 : 512, F = s ? 96 : 256;
+			double w = 0;
+			for (size_t k = 0; k < sizeof(Bs) / sizeof(Bs[0]); k++)
+				for (int fused = 0; fused <= 1; fused++) {
+					double e = run_ffn_case(
+						ty, E, F, fused, 1, Bs[k], true,
+						MS_GPU_FFN_MATVEC, 0,
+						TOL_MATVEC, k == 0);
+					w = e > w ? e : w;
+				}
+			printf("matvec %-22s E=%-4lld F=%-4lld B=1,2,3,4,8 "
+			       "fused+separate: worst relative L2 %.2e\n",
+			       ty_name(ty, nm, sizeof(nm)), (long long)E,
+			       (long long)F, w);
+			worst_matvec = w > worst_matvec ? w : worst_matvec;
+		}
+	}
+	/* MXFP4 at an odd address (it needs none) */
+	{
+		uint32_t ty[3] = { MS_TYPE_MXFP4, MS_TYPE_MXFP4, MS_TYPE_MXFP4 };
+		double e = run_ffn_case(ty, 160, 96, false, 1, 3, true,
+					MS_GPU_FFN_MATVEC, 1, TOL_MATVEC, false);
+		printf("matvec mxfp4 at an odd address: %.2e\n", e);
+	}
+	/* gate and up of different types: two plain launches */
+	{
+		uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q6_K, MS_TYPE_Q8_0 };
+		double w = 0;
+		for (int k = 0; k < 3; k++) {
+			double e = run_ffn_case(ty, 512, 256, false, 1,
+						(int64_t[]){ 1, 4, 8 }[k], true,
+						MS_GPU_FFN_MATVEC, 0,
+						TOL_MATVEC, false);
+			w = e > w ? e : w;
+		}
+		printf("matvec %-22s (gate != up) B=1,4,8: %.2e\n",
+		       ty_name(ty, nm, sizeof(nm)), w);
+	}
+	/* several experts per call */
+	{
+		uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q5_K };
+		double a = run_ffn_case(ty, 512, 256, true, 3, 2, true,
+					MS_GPU_FFN_MATVEC, 0, TOL_MATVEC, true);
+		double b = run_ffn_case(ty, 512, 256, false, 3, 5, false,
+					MS_GPU_FFN_MATVEC, 0, TOL_MATVEC, false);
+		printf("matvec 3 experts per call, shared x %.2e, separate x "
+		       "%.2e\n",
+		       a, b);
+	}
+	/* GLM-4.7: n_embd 5120, n_ff 1536, UD-Q2_K_XL's Q2_K/Q2_K/Q3_K */
+	{
+		uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+		double w = 0;
+		for (int fused = 0; fused <= 1; fused++)
+			for (int k = 0; k < 2; k++) {
+				double e = run_ffn_case(
+					ty, 5120, 1536, fused, k ? 2 : 1,
+					k ? 8 : 1, true, MS_GPU_FFN_MATVEC, 0,
+					TOL_MATVEC, k == 0);
+				w = e > w ? e : w;
+			}
+		printf("matvec GLM-4.7 %s 5120x1536 B=1 (1 expert), B=8 (2 "
+		       "experts), fused+separate: %.2e\n",
+		       ty_name(ty, nm, sizeof(nm)), w);
+		worst_matvec = w > worst_matvec ? w : worst_matvec;
+	}
+}
+
+/* ---- cuBLAS prefill ------------------------------------------------------------ */
+
+/*
+ * The cuBLAS path rounds the weights, x and h to f16 (11 significant bits:
+ * a relative error of at most 2^-11 = 4.9e-4 each, uniformly spread, so
+ * 2^-11 / sqrt(3) = 2.8e-4 RMS) and accumulates in f32. Each dot product of
+ * random-signed terms then carries a relative error of about the RMS of its
+ * terms' errors: gate and up ~ sqrt(2) x 2.8e-4 = 4e-4 (weights and x), h
+ * ~ 4e-4 through silu and the product plus 2.8e-4 from its own rounding,
+ * y ~ sqrt(2.8^2 + 4^2 + 4^2 + 2.8^2) e-4 ~ 7e-4 (in practice less: silu
+ * damps the gate's error). So the bound against the f32 reference is
+ * 2e-3, and the error is also computed exactly: emul_ffn below does the
+ * same f16 roundings on the CPU with double dots; the GPU must match that
+ * to 1e-4 (what is left is f32 accumulation in the tensor cores), and the
+ * emulation's own distance from the reference (the "predicted" error) is
+ * printed next to the measured one.
+ */
+static void emul_ffn(const struct hexpert *x, const float *in, float *out,
+		     int64_t B)
+{
+	const int64_t E = x->v.n_embd, F = x->v.n_ff;
+	float *wg = xmalloc(sizeof(float) * (size_t)(F * E));
+	float *wu = xmalloc(sizeof(float) * (size_t)(F * E));
+	float *wd = xmalloc(sizeof(float) * (size_t)(E * F));
+	double *xr = xmalloc(sizeof(double) * (size_t)E);
+	double *h = xmalloc(sizeof(double) * (size_t)F);
+	uint32_t tg = x->v.type[0];
+	uint32_t tu = x->v.fused ? tg : x->v.type[1];
+	uint32_t td = x->v.type[x->v.fused ? 1 : 2];
+	uint64_t rg = x->bytes[0] / (uint64_t)(x->v.fused ? 2 * F : F);
+	const uint8_t *gp = x->h[0];
+	const uint8_t *upp = x->v.fused ? gp + (uint64_t)F * rg : x->h[1];
+	const uint8_t *dp = x->h[x->v.fused ? 1 : 2];
+	uint64_t ru = x->v.fused ? rg : x->bytes[1] / (uint64_t)F;
+	uint64_t rd = x->bytes[x->v.fused ? 1 : 2] / (uint64_t)E;
+	for (int64_t r = 0; r < F; r++) {
+		ms_dequant_row(tg, gp + r * rg, wg + r * E, E);
+		ms_dequant_row(tu, upp + r * ru, wu + r * E, E);
+	}
+	for (int64_t r = 0; r < E; r++)
+		ms_dequant_row(td, dp + r * rd, wd + r * F, F);
+	for (int64_t i = 0; i < F * E; i++) {
+		wg[i] = round_f16(wg[i]);
+		wu[i] = round_f16(wu[i]);
+		wd[i] = round_f16(wd[i]);
+	}
+	for (int64_t b = 0; b < B; b++) {
+		for (int64_t i = 0; i < E; i++)
+			xr[i] = round_f16(in[b * E + i]);
+		for (int64_t r = 0; r < F; r++) {
+			double g = 0, u = 0;
+			for (int64_t i = 0; i < E; i++) {
+				g += wg[r * E + i] * xr[i];
+				u += wu[r * E + i] * xr[i];
+			}
+			/* the GEMM writes f32; h is formed in double, then
+			 * f32, then f16 */
+			double gf = (float)g, uf = (float)u;
+			h[r] = round_f16((float)(gf / (1.0 + exp(-gf)) * uf));
+		}
+		for (int64_t r = 0; r < E; r++) {
+			double s = 0;
+			for (int64_t i = 0; i < F; i++)
+				s += wd[r * F + i] * h[i];
+			out[b * E + r] = (float)s;
+		}
+	}
+	free(wg);
+	free(wu);
+	free(wd);
+	free(xr);
+	free(h);
+}
+
+static void cublas_case(const uint32_t ty[3], int64_t E, int64_t F, bool fused,
+			int64_t B)
+{
+	struct hexpert x;
+	struct ms_err err = { 0 };
+	char nm[64];
+	hexpert_make(&x, ty, E, F, fused, 0);
+	size_t n = (size_t)(B * E);
+	float *in = xmalloc(sizeof(float) * n), *ref = xmalloc(sizeof(float) * n);
+	float *emu = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
+	for (size_t i = 0; i < n; i++)
+		in[i] = gauss();
+	float *din = dev_alloc(sizeof(float) * n), *dout = dev_alloc(sizeof(float) * n);
+	up(din, in, sizeof(float) * n);
+	if (ms_gpu_memset(dout, 0xff, sizeof(float) * n, &err))
+		t_fatal("%s", err.msg);
+	int rc = ms_gpu_expert_ffn(ctx, &x.g, din, dout, B, MS_GPU_FFN_CUBLAS,
+				   &err);
+	T_CHECK(rc == 0, "cublas %s B=%lld: %s", ty_name(ty, nm, sizeof(nm)),
+		(long long)B, err.msg);
+	if (!rc) {
+		down(got, dout, sizeof(float) * n);
+		ref_ffn(&x, in, ref, B);
+		emul_ffn(&x, in, emu, B);
+		double exact = rel_l2(got, ref, (int64_t)n);
+		double vs_emul = rel_l2(got, emu, (int64_t)n);
+		double predicted = rel_l2(emu, ref, (int64_t)n);
+		printf("cublas %-22s E=%-4lld F=%-4lld %s B=%-3lld: %.2e vs "
+		       "reference (predicted %.2e from f16 rounding), %.2e vs "
+		       "the f16 emulation\n",
+		       ty_name(ty, nm, sizeof(nm)), (long long)E, (long long)F,
+		       fused ? "fused   " : "separate", (long long)B, exact,
+		       predicted, vs_emul);
+		T_CHECK(exact <= TOL_CUBLAS_EXACT,
+			"cublas %s B=%lld: %.3g > %.1g against the reference",
+			nm, (long long)B, exact, TOL_CUBLAS_EXACT);
+		T_CHECK(vs_emul <= TOL_CUBLAS_EMUL,
+			"cublas %s B=%lld: %.3g > %.1g against the f16 "
+			"emulation",
+			nm, (long long)B, vs_emul, TOL_CUBLAS_EMUL);
+		T_CHECK(predicted <= TOL_CUBLAS_EXACT,
+			"cublas %s: the f16 emulation itself is %.3g from "
+			"the reference",
+			nm, predicted);
+	}
+	ms_gpu_free(din);
+	ms_gpu_free(dout);
+	hexpert_free(&x);
+	free(in);
+	free(ref);
+	free(emu);
+	free(got);
+}
+
+static void check_cublas(void)
+{
+	uint32_t glm[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+	uint32_t k4[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q6_K };
+	uint32_t iq[3] = { MS_TYPE_IQ4_XS, MS_TYPE_Q5_0, MS_TYPE_Q4_1 };
+	cublas_case(glm, 5120, 1536, false, 16);
+	cublas_case(glm, 5120, 1536, true, 16);
+	cublas_case(k4, 1024, 512, true, 64);
+	cublas_case(k4, 1024, 512, false, 512);
+	cublas_case(iq, 512, 256, false, 16); /* types without a matvec */
+}
+
+/* ---- dense ---------------------------------------------------------------------- */
+
+static void dense_case(uint32_t wt, int64_t rows, int64_t cols, int64_t B)
+{
+	struct ms_err err = { 0 };
+	size_t nw = (size_t)(rows * cols), esz = wt == MS_TYPE_F32 ? 4 : 2;
+	uint8_t *w = xmalloc(nw * esz);
+	fill(w, nw * esz, wt, true);
+	float *wf = xmalloc(sizeof(float) * nw);
+	ms_dequant_row(wt, w, wf, (int64_t)nw);
+	float *in = xmalloc(sizeof(float) * (size_t)(B * cols));
+	for (int64_t i = 0; i < B * cols; i++)
+		in[i] = gauss();
+	float *ref = xmalloc(sizeof(float) * (size_t)(B * rows));
+	float *emu = xmalloc(sizeof(float) * (size_t)(B * rows));
+	float *got = xmalloc(sizeof(float) * (size_t)(B * rows));
+	for (int64_t b = 0; b < B; b++)
+		for (int64_t r = 0; r < rows; r++) {
+			double s = 0, s16 = 0;
+			for (int64_t i = 0; i < cols; i++) {
+				s += (double)wf[r * cols + i] * in[b * cols + i];
+				s16 += (double)wf[r * cols + i] *
+				       round_f16(in[b * cols + i]);
+			}
+			ref[b * rows + r] = (float)s;
+			emu[b * rows + r] = (float)s16;
+		}
+	void *dw = dev_alloc(nw * esz);
+	float *dx = dev_alloc(sizeof(float) * (size_t)(B * cols));
+	float *dy = dev_alloc(sizeof(float) * (size_t)(B * rows));
+	up(dw, w, nw * esz);
+	up(dx, in, sizeof(float) * (size_t)(B * cols));
+	if (ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(B * rows), &err))
+		t_fatal("%s", err.msg);
+	int rc = ms_gpu_dense(ctx, wt, dw, rows, cols, dx, dy, B, &err);
+	T_CHECK(rc == 0, "dense %s: %s", ms_type_name(wt), err.msg);
+	if (!rc) {
+		down(got, dy, sizeof(float) * (size_t)(B * rows));
+		double e = rel_l2(got, ref, B * rows);
+		if (wt == MS_TYPE_F32) {
+			printf("dense f32 %lldx%lld B=%-3lld: %.2e\n",
+			       (long long)rows, (long long)cols, (long long)B, e);
+			T_CHECK(e <= TOL_DENSE_F32,
+				"dense f32 B=%lld: %.3g > %.1g", (long long)B,
+				e, TOL_DENSE_F32);
+		} else {
+			double ee = rel_l2(got, emu, B * rows);
+			double pred = rel_l2(emu, ref, B * rows);
+			printf("dense f16 %lldx%lld B=%-3lld: %.2e vs reference "
+			       "(predicted %.2e: x rounded to f16), %.2e vs the "
+			       "emulation\n",
+			       (long long)rows, (long long)cols, (long long)B, e,
+			       pred, ee);
+			T_CHECK(ee <= TOL_CUBLAS_EMUL,
+				"dense f16 B=%lld: %.3g from the emulation",
+				(long long)B, ee);
+			T_CHECK(e <= TOL_CUBLAS_EXACT,
+				"dense f16 B=%lld: %.3g from the reference",
+				(long long)B, e);
+		}
+	}
+	ms_gpu_free(dw);
+	ms_gpu_free(dx);
+	ms_gpu_free(dy);
+	free(w);
+	free(wf);
+	free(in);
+	free(ref);
+	free(emu);
+	free(got);
+}
+
+static void check_dense(void)
+{
+	static const int64_t Bs[] = { 1, 7, 64 };
+	for (size_t k = 0; k < 3; k++) {
+		dense_case(MS_TYPE_F32, 1000, 768, Bs[k]);
+		dense_case(MS_TYPE_F16, 1000, 768, Bs[k]);
+	}
+}
+
+/* ---- argument checks, the host helper ------------------------------------------ */
+
+static void check_errors(void)
+{
+	struct ms_err err = { 0 };
+	uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+	struct hexpert x;
+	hexpert_make(&x, ty, 512, 256, false, 2); /* 2 bytes off */
+	float *d = dev_alloc(sizeof(float) * 512 * 16);
+	int rc;
+
+	rc = ms_gpu_expert_ffn(ctx, &x.g, d, d + 512 * 8, 1, MS_GPU_FFN_MATVEC,
+			       &err);
+	T_CHECK(rc == -EINVAL && strstr(err.msg, "alignment"),
+		"misaligned q2_K, matvec: %d '%s'", rc, err.msg);
+	struct ms_gpu_expert g = x.g;
+	g.n_embd = 500;
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 1, MS_GPU_FFN_AUTO, &err);
+	T_CHECK(rc == -EINVAL, "n_embd 500: %d '%s'", rc, err.msg);
+	g = x.g;
+	g.data[1] = NULL;
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 1, MS_GPU_FFN_AUTO, &err);
+	T_CHECK(rc == -EINVAL, "NULL up: %d '%s'", rc, err.msg);
+	g = x.g;
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 0, MS_GPU_FFN_AUTO, &err);
+	T_CHECK(rc == -EINVAL, "0 tokens: %d '%s'", rc, err.msg);
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 9, MS_GPU_FFN_MATVEC,
+			       &err);
+	T_CHECK(rc == -ENOTSUP, "9 tokens, matvec: %d '%s'", rc, err.msg);
+	struct ms_gpu_expert two[2] = { x.g, x.g };
+	two[1].type[2] = MS_TYPE_Q4_K;
+	rc = ms_gpu_experts_ffn(ctx, two, 2, d, 0, d + 512 * 8, 1,
+				MS_GPU_FFN_AUTO, &err);
+	T_CHECK(rc == -EINVAL, "mixed experts: %d '%s'", rc, err.msg);
+	g = x.g;
+	g.type[0] = g.type[1] = MS_TYPE_Q5_0;
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 1, MS_GPU_FFN_MATVEC,
+			       &err);
+	T_CHECK(rc == -ENOTSUP, "q5_0 matvec: %d '%s'", rc, err.msg);
+	g.type[0] = g.type[1] = MS_TYPE_IQ2_XXS;
+	rc = ms_gpu_expert_ffn(ctx, &g, d, d + 512 * 8, 1, MS_GPU_FFN_AUTO, &err);
+	T_CHECK(rc == -ENOTSUP || rc == -EINVAL, "iq2_xxs: %d '%s'", rc,
+		err.msg);
+	rc = ms_gpu_dequant(MS_TYPE_Q4_0, d, d + 64, 33, false, NULL, &err);
+	T_CHECK(rc == -EINVAL, "dequant 33 q4_0: %d", rc);
+	rc = ms_gpu_dequant(MS_TYPE_IQ2_XXS, d, d + 64, 256, false, NULL, &err);
+	T_CHECK(rc == -ENOTSUP, "dequant iq2_xxs: %d", rc);
+	rc = ms_gpu_dense(ctx, MS_TYPE_Q4_0, d, 32, 32, d, d, 1, &err);
+	T_CHECK(rc == -ENOTSUP, "dense q4_0: %d", rc);
+	ms_gpu_free(d);
+	hexpert_free(&x);
+
+	/* misaligned q2_K under AUTO: the cuBLAS path, still right */
+	double e = run_ffn_case(ty, 512, 256, false, 1, 2, true,
+				MS_GPU_FFN_AUTO, 2, TOL_CUBLAS_EXACT, false);
+	printf("auto on misaligned q2_K (cuBLAS): %.2e\n", e);
+	printf("argument checks done\n");
+}
+
+static void check_host_helper(void)
+{
+	uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+	struct hexpert x;
+	struct ms_err err = { 0 };
+	hexpert_make(&x, ty, 1024, 512, true, 0);
+	float in[2 * 1024], ref[2 * 1024], got[2 * 1024];
+	for (int i = 0; i < 2 * 1024; i++)
+		in[i] = gauss();
+	int rc = ms_gpu_expert_ffn_host(&x.v, in, got, 2, MS_GPU_FFN_AUTO, 0,
+					&err);
+	T_CHECK(rc == 0, "ms_gpu_expert_ffn_host: %s", err.msg);
+	ref_ffn(&x, in, ref, 2);
+	double e = rel_l2(got, ref, 2 * 1024);
+	T_CHECK(e <= TOL_MATVEC, "host helper: %.3g", e);
+	printf("host helper (fused q2_K/q3_K, B=2): %.2e\n", e);
+	hexpert_free(&x);
+}
+
+/* ---- the commands ---------------------------------------------------------------- */
+
+static float *read_f32_file(const char *path, size_t n)
+{
+	float *v = xmalloc(n * sizeof(float));
+	FILE *f = fopen(path, "rb");
+	size_t got = f ? fread(v, sizeof(float), n + 1, f) : 0;
+	if (f)
+		fclose(f);
+	if (got != n)
+		t_fatal("%s: %zu floats, expected %zu", path, got, n);
+	return v;
+}
+
+/* `moestream ffn` on the GPU and on the CPU's scalar path: same model, same
+ * input, outputs within the path's bound. */
+static void check_cli(void)
+{
+	const char *mo = t_build_path("moestream");
+	if (access(mo, X_OK)) {
+		printf("ffn --device gpu: not checked (no %s)\n", mo);
+		return;
+	}
+	const char *dir = t_tmpdir();
+	char cmd[8192], *out = NULL;
+	snprintf(cmd, sizeof(cmd),
+		 "%s mkmodel --preset tiny -o %s/tiny.gguf 2>&1 >/dev/null", mo,
+		 dir);
+	if (t_run(cmd, &out, 4096))
+		t_fatal("%s: %s", cmd, out ? out : "");
+	free(out);
+	const int64_t E = 512; /* the tiny preset's n_embd */
+	static const struct {
+		int layer, expert;
+		int64_t B;
+		double tol;
+	} cases[] = { { 1, 0, 1, TOL_MATVEC },
+		      { 3, 15, 3, TOL_MATVEC },
+		      { 2, 7, 16, TOL_CUBLAS_EXACT } };
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		const int64_t B = cases[c].B;
+		float *x = xmalloc(sizeof(float) * (size_t)(B * E));
+		for (int64_t i = 0; i < B * E; i++)
+			x[i] = gauss();
+		char xp[4200], yc[4200], yg[4200];
+		snprintf(xp, sizeof(xp), "%s/x%lld.f32", dir, (long long)B);
+		snprintf(yc, sizeof(yc), "%s/ycpu.f32", dir);
+		snprintf(yg, sizeof(yg), "%s/ygpu.f32", dir);
+		if (t_write_file(xp, x, sizeof(float) * (size_t)(B * E)))
+			t_fatal("writing %s", xp);
+		int rc[2];
+		char *o[2] = { NULL, NULL };
+		for (int d = 0; d < 2; d++) {
+			snprintf(cmd, sizeof(cmd),
+				 "%s ffn %s/tiny.gguf -l %d -e %d --in %s -o %s "
+				 "%s 2>&1",
+				 mo, dir, cases[c].layer, cases[c].expert, xp,
+				 d ? yg : yc,
+				 d ? "--device gpu" : "--device cpu --path scalar");
+			rc[d] = t_run(cmd, &o[d], 4096);
+			T_CHECK(rc[d] == 0, "%s: exit %d: %s", cmd, rc[d], o[d]);
+		}
+		T_CHECK(rc[1] || strstr(o[1], "gpu path"),
+			"ffn --device gpu says '%s'", o[1]);
+		if (!rc[0] && !rc[1]) {
+			float *a = read_f32_file(yc, (size_t)(B * E));
+			float *b = read_f32_file(yg, (size_t)(B * E));
+			double e = rel_l2(b, a, B * E);
+			printf("ffn --device gpu vs cpu (scalar), blk.%d expert "
+			       "%d, B=%-2lld: relative L2 %.2e (bound %.0e)\n",
+			       cases[c].layer, cases[c].expert, (long long)B, e,
+			       cases[c].tol);
+			T_CHECK(e <= cases[c].tol,
+				"ffn --device gpu B=%lld: %.3g from the CPU",
+				(long long)B, e);
+			free(a);
+			free(b);
+		}
+		free(o[0]);
+		free(o[1]);
+		free(x);
+	}
+}
+
+/* bench gpu on a small shape: runs, and its JSON agrees with itself. */
+static void check_bench(void)
+{
+	char jp[4200];
+	snprintf(jp, sizeof(jp), "%s/bench.json", t_tmpdir());
+	/* q8_0 has a fused kernel, q5_0 not; 64x64 keeps it short under
+	 * tests/cuda-emu */
+	char *argv[] = { "bench gpu",  "--shape",      "64,64",
+			 "--mem",      "64M",	       "--time",
+			 "0.001",      "--types",      "q8_0,q5_0",
+			 "--no-prefill", "--json-out", jp,
+			 NULL };
+	int rc = bench_gpu_main((int)(sizeof(argv) / sizeof(argv[0])) - 1,
+				argv);
+	T_CHECK(rc == 0, "bench gpu: exit %d", rc);
+	size_t len = 0;
+	char *js = NULL;
+	FILE *f = fopen(jp, "rb");
+	if (f) {
+		js = xmalloc(1 << 20);
+		len = fread(js, 1, (1 << 20) - 1, f);
+		js[len] = 0;
+		fclose(f);
+	}
+	cJSON *o = js ? cJSON_Parse(js) : NULL;
+	T_CHECK(o != NULL, "bench gpu --json-out: no JSON");
+	cJSON *g = cJSON_GetObjectItem(o, "gpu");
+	double copy = cJSON_GetNumberValue(cJSON_GetObjectItem(g, "copy_gbps"));
+	T_CHECK(copy > 0, "bench gpu: copy bandwidth %g", copy);
+	cJSON *types = cJSON_GetObjectItem(g, "types"), *t;
+	T_CHECK(cJSON_GetArraySize(types) == 2, "bench gpu: %d types",
+		cJSON_GetArraySize(types));
+	int checked = 0;
+	cJSON_ArrayForEach(t, types)
+	{
+		const char *name =
+			cJSON_GetStringValue(cJSON_GetObjectItem(t, "type"));
+		bool mv = cJSON_IsTrue(cJSON_GetObjectItem(t, "matvec"));
+		T_CHECK(name && mv == !strcmp(name, "q8_0"),
+			"bench gpu: %s matvec %d", name ? name : "?", mv);
+		static const char *const confs[] = { "b1_e1", "b1_e8",
+						     "b1_e32", "b8_e32" };
+		for (int k = 0; mv && k < 4; k++) {
+			cJSON *c = cJSON_GetObjectItem(t, confs[k]);
+			double gb = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "gbps"));
+			double r = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "ratio"));
+			T_CHECK(gb > 0 && fabs(r - gb / copy) <= 1e-9 * r,
+				"bench gpu %s %s: %g GB/s, ratio %g, copy %g",
+				name, confs[k], gb, r, copy);
+			checked++;
+		}
+	}
+	printf("bench gpu (64x64, q8_0 and q5_0): ran, JSON consistent (%d "
+	       "figures)\n",
+	       checked);
+	cJSON_Delete(o);
+	free(js);
+}
+
+/* ---- without CUDA --------------------------------------------------------------- */
+
+static void check_stub(int rc, const struct ms_err *err, const char *what)
+{
+	T_CHECK(rc == -ENOTSUP, "%s = %d, expected -ENOTSUP", what, rc);
+	T_CHECK(strstr(err->msg, "built without CUDA") != NULL,
+		"%s: message '%s'", what, err->msg);
+}
+
+static void check_stubs(void)
+{
+	struct ms_err err = { 0 };
+	struct ms_gpu_ctx *c = (struct ms_gpu_ctx *)1;
+	void *p = (void *)1;
+	double a = 1, b = 1;
+	struct ms_gpu_expert g = { 0 };
+	struct ms_expert_view v = { 0 };
+	float f[4] = { 0 };
+	check_stub(ms_gpu_set_device(0, &err), &err, "ms_gpu_set_device");
+	check_stub(ms_gpu_malloc(&p, 16, &err), &err, "ms_gpu_malloc");
+	T_CHECK(p == NULL, "ms_gpu_malloc left a pointer");
+	ms_gpu_free(NULL);
+	check_stub(ms_gpu_upload(f, f, 4, &err), &err, "ms_gpu_upload");
+	check_stub(ms_gpu_download(f, f, 4, &err), &err, "ms_gpu_download");
+	check_stub(ms_gpu_memset(f, 0, 4, &err), &err, "ms_gpu_memset");
+	check_stub(ms_gpu_stream_sync(NULL, &err), &err, "ms_gpu_stream_sync");
+	check_stub(ms_gpu_dequant(MS_TYPE_Q4_0, f, f, 32, false, NULL, &err),
+		   &err, "ms_gpu_dequant");
+	check_stub(ms_gpu_ctx_init(&c, 0, NULL, &err), &err, "ms_gpu_ctx_init");
+	T_CHECK(c == NULL, "ms_gpu_ctx_init left a context");
+	ms_gpu_ctx_free(NULL);
+	T_CHECK(ms_gpu_ctx_stream(NULL) == NULL, "stream");
+	T_CHECK(ms_gpu_ctx_device(NULL) == -1, "device");
+	check_stub(ms_gpu_experts_ffn(NULL, &g, 1, f, 0, f, 1, MS_GPU_FFN_AUTO,
+				      &err),
+		   &err, "ms_gpu_experts_ffn");
+	check_stub(ms_gpu_expert_ffn(NULL, &g, f, f, 1, MS_GPU_FFN_AUTO, &err),
+		   &err, "ms_gpu_expert_ffn");
+	check_stub(ms_gpu_dense(NULL, MS_TYPE_F32, f, 1, 1, f, f, 1, &err),
+		   &err, "ms_gpu_dense");
+	check_stub(ms_gpu_expert_ffn_host(&v, f, f, 1, MS_GPU_FFN_AUTO, 0,
+					  &err),
+		   &err, "ms_gpu_expert_ffn_host");
+	check_stub(ms_gpu_fill_blocks(MS_TYPE_Q4_0, f, 18, 1, NULL, &err),
+		   &err, "ms_gpu_fill_blocks");
+	check_stub(ms_gpu_ctx_mark(NULL, &err), &err, "ms_gpu_ctx_mark");
+	check_stub(ms_gpu_ctx_elapsed(NULL, &a, &err), &err,
+		   "ms_gpu_ctx_elapsed");
+	check_stub(ms_gpu_copy_bandwidth(NULL, 1 << 20, 1, &a, &b, &err), &err,
+		   "ms_gpu_copy_bandwidth");
+	for (size_t t = 0; t < N_ALL; t++) {
+		T_CHECK(!ms_gpu_dequant_supported(all_types[t]),
+			"dequant supported without CUDA");
+		T_CHECK(!ms_gpu_matvec_supported(all_types[t]),
+			"matvec supported without CUDA");
+	}
+	T_CHECK(!strcmp(ms_gpu_ffn_path_name(MS_GPU_FFN_CUBLAS), "cublas"),
+		"path name");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "--bench"))
+		return bench_gpu_main(argc - 1, argv + 1);
+
+	rng = t_seed();
+	check_host_f16();
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err err = { 0 };
+	if (!ms_gpu_built()) {
+		check_stubs();
+		if (t_failures)
+			return t_done();
+		t_skip("built without CUDA (every GPU entry point answers "
+		       "-ENOTSUP, checked)");
+	}
+	int n = ms_gpu_list(g, MS_GPU_MAX, &err);
+	if (n == -ENODEV) {
+		struct ms_err e2 = { 0 };
+		int rc = ms_gpu_ctx_init(&ctx, 0, NULL, &e2);
+		T_CHECK(rc == -ENODEV, "ms_gpu_ctx_init without a GPU: %d", rc);
+		if (t_failures)
+			return t_done();
+		t_skip("no GPU: %s", err.msg);
+	}
+	T_CHECK(n >= 1, "ms_gpu_list = %d: %s", n, err.msg);
+	if (n < 1)
+		return t_done();
+	printf("%s; gpu 0: %s, sm_%d%d, %d SMs\n", ms_gpu_build_info(),
+	       g[0].name, g[0].cc_major, g[0].cc_minor, g[0].multiprocessors);
+	if (ms_gpu_ctx_init(&ctx, 0, NULL, &err))
+		t_fatal("ms_gpu_ctx_init: %s", err.msg);
+
+	check_dequant();
+	check_matvec();
+	check_cublas();
+	check_dense();
+	check_errors();
+	check_host_helper();
+	check_cli();
+	check_bench();
+	printf("worst matvec relative L2 %.2e (bound %.0e)\n", worst_matvec,
+	       TOL_MATVEC);
+	ms_gpu_ctx_free(ctx);
+	return t_done();
+}
