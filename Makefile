@@ -222,7 +222,7 @@ define fuzz_rule
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c $$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) \
 		$$(wildcard include/moestream/*.h daemon/*.h) Makefile
 	@mkdir -p $$(dir $$@)
-	@command -v $$(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang (FUZZ_CC=$$(FUZZ_CC))" >&2; exit 1; }
+	@command -v $$(FUZZ_CC) >/dev/null || { echo "make fuzz needs $$(FUZZ_CC): apt-get install -y clang (Debian package clang), or FUZZ_CC=another libFuzzer compiler" >&2; exit 1; }
 	$$(call say,FUZZ,$$@)$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ $$< \
 		$$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) $$(or $$(FUZZ_LIBS_$(1)),-lm)
 endef

@@ -4,6 +4,8 @@
 #   mk/deps.sh check          build deps: one line per missing package, exit 1
 #   mk/deps.sh install        build deps: apt-get install what is missing (root)
 #   mk/deps.sh install-test   the same, plus what the tests need (npm, timeout)
+#   mk/deps.sh install-ci     the same, plus what .ci/run's other steps need
+#                             (clang for libFuzzer, g++ for the CUDA emulator)
 #
 # A header (or a command) stands for its package; the check looks at files, not
 # at pkg-config, so that a machine without pkg-config gets the same answer.
@@ -22,9 +24,14 @@ test_deps='
 cmd:npm npm
 cmd:timeout coreutils
 '
+ci_deps='
+cmd:clang clang
+cmd:g++ g++
+'
 
 list=$build_deps
 [ "$mode" = install-test ] && list="$build_deps$test_deps"
+[ "$mode" = install-ci ] && list="$build_deps$test_deps$ci_deps"
 
 missing=
 set -- $list

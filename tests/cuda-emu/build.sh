@@ -63,7 +63,7 @@ die() {
 }
 
 [ -d "$build/obj" ] || die "no $build/obj: run 'make O=$build tests' first"
-command -v "$CXX" >/dev/null || die "no C++ compiler ($CXX)"
+command -v "$CXX" >/dev/null || die "no C++ compiler ($CXX): apt-get install -y g++ (Debian package g++), or CXX=another C++20 compiler"
 
 # C objects: those of the current sources only (never stale ones), the
 # CUDA-less stub, the commands' and tests' mains left out.
