@@ -493,22 +493,21 @@ static bool valid(const struct ms_cache *c, uint32_t layer, uint32_t expert)
 
 static void do_pin_top(struct ms_cache *c);
 
-int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
-			 struct ms_expert_loc *loc)
+/* Every acquire, hit or not: the layer's turn (prefetch staleness), the
+ * entry's use count and, now and then, the sticky hot set. */
+static void do_count_acquire(struct ms_cache *c, uint32_t layer,
+			     struct entry *e)
 {
-	if (!valid(c, layer, expert))
-		return -EINVAL;
-	uint32_t idx = layer * c->n_expert + expert;
-	struct entry *e = &c->e[idx];
-	pthread_mutex_lock(&c->mu);
 	do_note_acquire(c, layer);
-	if (c->stopping || e->state != MS_ENTRY_READY) {
-		pthread_mutex_unlock(&c->mu);
-		return -EAGAIN;
-	}
 	e->uses++;
 	if (c->cfg.pin_top && ++c->acquires % PIN_TOP_EVERY == 0)
 		do_pin_top(c);
+}
+
+/* A hit on the READY entry idx: pinned, off the LRU, its location. */
+static void do_hit(struct ms_cache *c, uint32_t idx, struct ms_expert_loc *loc)
+{
+	struct entry *e = &c->e[idx];
 	e->refs++;
 	do_list_remove(c, idx);
 	if (e->prefetched) {
@@ -517,6 +516,23 @@ int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 	}
 	c->st.hits++;
 	expert_loc(c, idx, loc);
+}
+
+int ms_cache_try_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
+			 struct ms_expert_loc *loc)
+{
+	if (!valid(c, layer, expert))
+		return -EINVAL;
+	uint32_t idx = layer * c->n_expert + expert;
+	struct entry *e = &c->e[idx];
+	pthread_mutex_lock(&c->mu);
+	if (c->stopping || e->state != MS_ENTRY_READY) {
+		/* not counted: the caller's ms_cache_acquire will be */
+		pthread_mutex_unlock(&c->mu);
+		return -EAGAIN;
+	}
+	do_count_acquire(c, layer, e);
+	do_hit(c, idx, loc);
 	pthread_mutex_unlock(&c->mu);
 	return 0;
 }
@@ -536,20 +552,10 @@ int ms_cache_acquire(struct ms_cache *c, uint32_t layer, uint32_t expert,
 		pthread_mutex_unlock(&c->mu);
 		return -ESHUTDOWN;
 	}
-	do_note_acquire(c, layer);
-	e->uses++;
-	if (c->cfg.pin_top && ++c->acquires % PIN_TOP_EVERY == 0)
-		do_pin_top(c);
+	do_count_acquire(c, layer, e);
 	switch (e->state) {
 	case MS_ENTRY_READY:
-		e->refs++;
-		do_list_remove(c, idx);
-		if (e->prefetched) {
-			e->prefetched = false;
-			c->st.prefetch_used++;
-		}
-		c->st.hits++;
-		expert_loc(c, idx, loc);
+		do_hit(c, idx, loc);
 		pthread_mutex_unlock(&c->mu);
 		return 0;
 	case MS_ENTRY_LOADING:
