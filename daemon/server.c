@@ -550,6 +550,30 @@ static int32_t layer_of(const struct ms_server *s, uint32_t block)
 	return block < s->m->n_block ? s->m->block_layer[block] : -1;
 }
 
+/* Decodes an ACQUIRE, RELEASE or PREFETCH into s->req and returns the
+ * layer its block names, or -1 after answering the client with the error
+ * (a malformed message, or a block that is not a MoE layer). */
+static int32_t decode_experts_req(struct ms_server *s, struct client *c,
+				  const struct ms_msg_hdr *h, const uint8_t *p,
+				  uint16_t type, const char *name)
+{
+	char why[128];
+	int rc = ms_msg_decode_experts(p, h->len, type, s->req, why);
+	if (rc) {
+		s->n_bad_msgs++;
+		send_error(s, c, h->id, rc, why);
+		return -1;
+	}
+	int32_t layer = layer_of(s, s->req->block);
+	if (layer < 0) {
+		snprintf(why, sizeof(why),
+			 "%s: block %u is not a MoE layer of this model", name,
+			 s->req->block);
+		send_error(s, c, h->id, -EINVAL, why);
+	}
+	return layer;
+}
+
 static void cache_cb(void *ctx, uint32_t layer, uint32_t expert, int result,
 		     const struct ms_expert_loc *loc)
 {
@@ -687,21 +711,11 @@ static void on_acquire(struct ms_server *s, struct client *c,
 		       const struct ms_msg_hdr *h, const uint8_t *p,
 		       uint64_t t0)
 {
-	char why[128];
-	struct ms_experts_req *q = s->req;
-	int rc = ms_msg_decode_experts(p, h->len, MS_MSG_ACQUIRE, q, why);
-	if (rc) {
-		s->n_bad_msgs++;
-		send_error(s, c, h->id, rc, why);
+	const struct ms_experts_req *q = s->req;
+	int32_t layer = decode_experts_req(s, c, h, p, MS_MSG_ACQUIRE, "ACQUIRE");
+	if (layer < 0)
 		return;
-	}
-	int32_t layer = layer_of(s, q->block);
-	if (layer < 0) {
-		snprintf(why, sizeof(why), "block %u is not a MoE layer of this model",
-			 q->block);
-		send_error(s, c, h->id, -EINVAL, why);
-		return;
-	}
+	int rc;
 	struct ms_expert_rep *rep = s->rep;
 	rep->n = 0;
 	s->n_acquire++;
@@ -758,21 +772,11 @@ static void on_acquire(struct ms_server *s, struct client *c,
 static void on_release(struct ms_server *s, struct client *c,
 		       const struct ms_msg_hdr *h, const uint8_t *p)
 {
+	const struct ms_experts_req *q = s->req;
+	int32_t layer = decode_experts_req(s, c, h, p, MS_MSG_RELEASE, "RELEASE");
+	if (layer < 0)
+		return;
 	char why[128];
-	struct ms_experts_req *q = s->req;
-	int rc = ms_msg_decode_experts(p, h->len, MS_MSG_RELEASE, q, why);
-	if (rc) {
-		s->n_bad_msgs++;
-		send_error(s, c, h->id, rc, why);
-		return;
-	}
-	int32_t layer = layer_of(s, q->block);
-	if (layer < 0) {
-		snprintf(why, sizeof(why), "RELEASE: block %u is not a MoE layer",
-			 q->block);
-		send_error(s, c, h->id, -EINVAL, why);
-		return;
-	}
 	s->n_release++;
 	uint32_t bad = 0, first_bad = 0;
 	for (uint32_t i = 0; i < q->n; i++) {
@@ -799,21 +803,10 @@ static void on_release(struct ms_server *s, struct client *c,
 static void on_prefetch(struct ms_server *s, struct client *c,
 			const struct ms_msg_hdr *h, const uint8_t *p)
 {
-	char why[128];
-	struct ms_experts_req *q = s->req;
-	int rc = ms_msg_decode_experts(p, h->len, MS_MSG_PREFETCH, q, why);
-	if (rc) {
-		s->n_bad_msgs++;
-		send_error(s, c, h->id, rc, why);
+	const struct ms_experts_req *q = s->req;
+	int32_t layer = decode_experts_req(s, c, h, p, MS_MSG_PREFETCH, "PREFETCH");
+	if (layer < 0)
 		return;
-	}
-	int32_t layer = layer_of(s, q->block);
-	if (layer < 0) {
-		snprintf(why, sizeof(why), "PREFETCH: block %u is not a MoE layer",
-			 q->block);
-		send_error(s, c, h->id, -EINVAL, why);
-		return;
-	}
 	s->n_prefetch_hints++;
 	if (s->cfg.prefetch_policy != MS_PREFETCH_HINT &&
 	    s->cfg.prefetch_policy != MS_PREFETCH_AUTO)

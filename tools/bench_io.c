@@ -1407,15 +1407,9 @@ int bench_io_main(int argc, char **argv)
 			return bad_usage();
 		}
 	}
-	if (argc - optind != 1) {
-		if (argc == optind)
-			tool_error(CMD, "no MODEL given");
-		else
-			tool_error(CMD, "one MODEL at a time ('%s' is extra)",
-				   argv[optind + 1]);
+	const char *path = tool_one_model(CMD, argc, argv, optind);
+	if (!path)
 		return bad_usage();
-	}
-	const char *path = argv[optind];
 	struct bench b = { .depth = (unsigned)depth, .request_size = (uint32_t)rsize };
 	b.threads = threads ? (unsigned)threads
 			    : (unsigned)(depth < MAX_THREADS ? depth : MAX_THREADS);

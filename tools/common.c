@@ -349,3 +349,16 @@ int tool_read_f32(const char *cmd, const char *path, uint64_t max_bytes,
 	*bytes_out = bytes;
 	return 0;
 }
+
+const char *tool_one_model(const char *cmd, int argc, char **argv,
+			   int optind)
+{
+	if (argc - optind == 1)
+		return argv[optind];
+	if (argc == optind)
+		tool_error(cmd, "no MODEL given");
+	else
+		tool_error(cmd, "one MODEL at a time ('%s' is extra)",
+			   argv[optind + 1]);
+	return NULL;
+}

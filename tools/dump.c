@@ -331,14 +331,9 @@ int cmd_dump(int argc, char **argv)
 			return bad_usage();
 		}
 	}
-	if (argc - optind != 1) {
-		if (argc == optind)
-			tool_error(CMD, "no MODEL given");
-		else
-			tool_error(CMD, "one MODEL at a time ('%s' is extra)",
-				   argv[optind + 1]);
+	const char *path = tool_one_model(CMD, argc, argv, optind);
+	if (!path)
 		return bad_usage();
-	}
 	if (!have_layer || !have_expert || !have_proj) {
 		tool_error(CMD, "--%s is required",
 			   !have_layer ? "layer" : !have_expert ? "expert"
@@ -356,7 +351,6 @@ int cmd_dump(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 
-	const char *path = argv[optind];
 	struct ms_model *m;
 	struct ms_err err = { 0 };
 	if (ms_model_open(&m, path, &err)) {

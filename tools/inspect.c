@@ -326,17 +326,12 @@ int cmd_inspect(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if (argc - optind != 1) {
-		if (argc == optind)
-			tool_error("inspect", "no MODEL given");
-		else
-			tool_error("inspect", "one MODEL at a time ('%s' is extra)",
-				   argv[optind + 1]);
+	const char *path = tool_one_model("inspect", argc, argv, optind);
+	if (!path) {
 		fprintf(stderr, "usage: moestream inspect MODEL [--extents] "
 				"[--json]  (see --help)\n");
 		return EXIT_USAGE;
 	}
-	const char *path = argv[optind];
 	struct ms_model *m;
 	struct ms_err err = { 0 };
 	if (ms_model_open(&m, path, &err)) {
