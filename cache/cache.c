@@ -1267,6 +1267,9 @@ void ms_cache_get_stats(struct ms_cache *c, struct ms_cache_stats *st)
 				c->cls[c->layer_class[i / c->n_expert]].slot_bytes;
 	}
 	pthread_mutex_unlock(&c->mu);
+	struct ms_io_stats ios;
+	ms_io_get_stats(c->io, &ios);
+	st->io_busy_ns = ios.busy_ns;
 }
 
 enum ms_entry_state ms_cache_state(struct ms_cache *c, uint32_t layer,

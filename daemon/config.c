@@ -222,6 +222,15 @@ static const struct opt opts[] = {
 	  FIELD(io_request_size), .def = "1M", .min = 4 * KiB, .max = 64 * MiB,
 	  .align = MS_IO_ALIGN,
 	  .help = "Bytes per read: an expert is read in chunks of this size" },
+	{ .section = "io", .key = "prefetch_inflight", .type = OPT_SIZE,
+	  FIELD(io_prefetch_inflight), .def = "32M", .min = 0, .max = 16 * GiB,
+	  .help = "A prefetch read starts only while fewer bytes than this "
+		  "are being read (all reads, all threads; 0 = no cap). The "
+		  "rest waits in the order asked for, so the layer a reader "
+		  "waits for comes first and the next one's reads fill the "
+		  "time after; demand reads are never capped. Set it to what "
+		  "keeps the device at its top rate: `moestream bench io "
+		  "--depth D` shows where that levels off (D x request_size)" },
 	{ .section = "io", .key = "sqpoll", .type = OPT_BOOL, FIELD(io_sqpoll),
 	  .def = "false",
 	  .help = "io_uring SQPOLL: a kernel thread polls the submission queue "
@@ -1275,6 +1284,7 @@ void ms_config_to_cache(const struct ms_config *c, struct ms_cache_config *cc)
 	cc->io.threads = c->io_threads;
 	cc->io.queue_depth = c->io_queue_depth;
 	cc->io.request_size = c->io_request_size;
+	cc->io.prefetch_inflight = c->io_prefetch_inflight;
 	cc->io.sqpoll = c->io_sqpoll;
 	cc->acquire_timeout_ms = c->acquire_timeout_ms;
 	cc->max_prefetch_bytes = c->prefetch_max_inflight;

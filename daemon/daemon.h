@@ -47,6 +47,7 @@ struct ms_config {
 	uint32_t io_threads;          /* threads */
 	uint32_t io_queue_depth;      /* queue_depth */
 	uint32_t io_request_size;     /* request_size: bytes (K/M) */
+	uint64_t io_prefetch_inflight; /* prefetch_inflight: bytes, 0 = no cap */
 	bool io_sqpoll;               /* sqpoll */
 	enum ms_io_direct io_direct;  /* direct: auto|on|off */
 	/* [prefetch] */

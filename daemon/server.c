@@ -861,6 +861,7 @@ static char *stats_json(struct ms_server *s)
 					  : 0.0);
 	N("bytes_read", st.bytes_read);
 	N("read_gbps", up > 0 ? (double)st.bytes_read / up / 1e9 : 0.0);
+	N("io_busy_ns", st.io_busy_ns);
 	N("evictions", st.evictions);
 	N("loads", st.loads);
 	N("load_failures", st.load_failures);

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "moestream/iouring.h"
@@ -111,6 +112,7 @@ struct ms_io {
 	uint64_t next_id;
 	bool stopping;
 	struct ms_io_stats st;
+	uint64_t busy_since;         /* CLOCK_MONOTONIC ns; 0: nothing in flight */
 
 	unsigned n_rings;
 	struct ring *rings;
@@ -147,6 +149,16 @@ static void do_push(struct fifo *f, struct chunk *c, bool front)
 	}
 }
 
+/* The next chunk to read: demand first; then prefetch, unless the reads
+ * in flight (demand and prefetch) would pass cfg.prefetch_inflight. The
+ * cap keeps the device just busy and the prefetches in the order they were
+ * asked for: the nearest layer's reads finish before the next layer's
+ * start, and once a reader waits for a layer (its reads promoted to
+ * demand) the next layer's stay queued until the awaited ones drain,
+ * instead of every hinted layer sharing the device at once and the reader
+ * waiting on all of them. With nothing in flight one prefetch read is
+ * always allowed, and every thread that completes a read pops again, so a
+ * capped chunk is never stranded. */
 static struct chunk *do_pop(struct ms_io *io)
 {
 	for (int k = 0; k < MS_IO_N_CLASSES; k++) {
@@ -154,6 +166,12 @@ static struct chunk *do_pop(struct ms_io *io)
 		struct chunk *c = f->head;
 		if (!c)
 			continue;
+		if (k == MS_IO_PREFETCH && io->cfg.prefetch_inflight) {
+			uint64_t in = io->st.inflight_bytes[MS_IO_DEMAND] +
+				      io->st.inflight_bytes[MS_IO_PREFETCH];
+			if (in && in + c->len > io->cfg.prefetch_inflight)
+				continue;
+		}
 		f->head = c->next;
 		if (!f->head)
 			f->tail = NULL;
@@ -161,6 +179,32 @@ static struct chunk *do_pop(struct ms_io *io)
 		return c;
 	}
 	return NULL;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* A chunk goes in flight, or comes back: the byte counts, and the busy
+ * clock, which runs while anything is in flight. */
+static void do_inflight(struct ms_io *io, struct chunk *c, bool start)
+{
+	uint64_t *b = io->st.inflight_bytes;
+	bool idle = !b[MS_IO_DEMAND] && !b[MS_IO_PREFETCH];
+	if (start) {
+		b[c->req->cls] += c->len;
+		if (idle)
+			io->busy_since = mono_ns();
+		return;
+	}
+	b[c->req->cls] -= c->len;
+	if (!b[MS_IO_DEMAND] && !b[MS_IO_PREFETCH] && io->busy_since) {
+		io->st.busy_ns += mono_ns() - io->busy_since;
+		io->busy_since = 0;
+	}
 }
 
 static bool do_queues_empty(const struct ms_io *io)
@@ -261,7 +305,7 @@ static void complete_chunk(struct ms_io *io, struct chunk *c, int res,
 	pthread_mutex_lock(&io->mu);
 	c->inflight = false;
 	c->ring = -1;
-	io->st.inflight_bytes[r->cls] -= c->len;
+	do_inflight(io, c, false);
 	if (!r->cancelled && !r->result) {
 		/* -ECANCELED on a request nobody cancelled: a cancel aimed at
 		 * a finished chunk whose address this one reuses. Read again. */
@@ -387,7 +431,7 @@ static void *ring_main(void *arg)
 			}
 			c->inflight = true;
 			c->ring = (int16_t)r->idx;
-			io->st.inflight_bytes[c->req->cls] += c->len;
+			do_inflight(io, c, true);
 			io->st.chunks++;
 			inflight++;
 		}
@@ -502,7 +546,7 @@ static void *pread_main(void *arg)
 			break;
 		}
 		c->inflight = true;
-		io->st.inflight_bytes[c->req->cls] += c->len;
+		do_inflight(io, c, true);
 		io->st.chunks++;
 		pthread_mutex_unlock(&io->mu);
 		ssize_t n = pread(io->fds[c->file], c->dst, c->len, (off_t)c->off);
@@ -966,6 +1010,8 @@ void ms_io_get_stats(struct ms_io *io, struct ms_io_stats *st)
 {
 	pthread_mutex_lock(&io->mu);
 	*st = io->st;
+	if (io->busy_since)
+		st->busy_ns += mono_ns() - io->busy_since;
 	pthread_mutex_unlock(&io->mu);
 }
 

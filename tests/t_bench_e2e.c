@@ -231,6 +231,7 @@ static void full_run(void)
 		"device_gbps %g is not the better of before/after",
 		num(o, "device_gbps"));
 	T_EQ_U64(num(o, "device_experts"), x.distinct);
+	T_EQ_U64(num(o, "distinct_experts"), x.distinct);
 
 	/* The cache: 25% of 9 MB raised to the daemon's 64 MiB; it all fits. */
 	uint64_t cache = 64ull << 20;
@@ -285,6 +286,18 @@ static void full_run(void)
 			"exit cleanly", k);
 		if (i >= 2 && peak > peak_ms)
 			peak_ms = peak;
+		if (i >= 2) {
+			/* The engine's busy time: within the run; the rate
+			 * while reading is the bytes over it. */
+			double busy = numm(o, "io_busy_s", m);
+			T_CHECK(busy > 0 && busy <= numm(o, "seconds", m),
+				"io_busy_s_%s %g not in (0, %g]", m, busy,
+				numm(o, "seconds", m));
+			T_CHECK(fabs(numm(o, "reading_gbps", m) -
+				     numm(o, "disk_bytes", m) / busy / 1e9) < 1e-9,
+				"reading_gbps_%s %g is not disk_bytes / io_busy_s", m,
+				numm(o, "reading_gbps", m));
+		}
 		if (i >= 2) /* the locked arena is in the daemon's group */
 			T_CHECK(peak >= (double)cache, "peak_rss_bytes_%s %g below the "
 				"arena's %llu: is the daemon in the cgroup?", m, peak,
@@ -404,6 +417,29 @@ static void ffn_trace_sweep(void)
 		T_CHECK(is_null(o, "touch_sum_pread"), "touch_sum with --ffn");
 		check_pos(o, "tokps_lru");
 		cJSON_Delete(o);
+	}
+
+	/* --set: the option reaches both daemons (a bad one fails them, with
+	 * the daemon's own words), and the report says what was set. */
+	o = run_json("--tokens 2 --methods lru --set io.prefetch_inflight=8M "
+		     "--set io.request_size=2M");
+	if (o) {
+		const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "daemon_set");
+		T_CHECK(cJSON_IsString(s) && !strcmp(s->valuestring,
+			"io.prefetch_inflight=8M io.request_size=2M"),
+			"daemon_set is not the --set options given");
+		cJSON_Delete(o);
+	}
+	{
+		char a[4200], *out = NULL;
+		snprintf(a, sizeof(a), "--model %s --tokens 2 --methods lru --json "
+			 "--set io.prefetch_inflight=lots", model_path);
+		int rc = call(a, &out, NULL);
+		T_CHECK(rc == 1 && out && strstr(out, "prefetch_inflight") &&
+				strstr(out, "lots"),
+			"a bad --set value: exit %d (expected 1), output lacks the "
+			"daemon's complaint: '%.400s'", rc, out ? out : "");
+		free(out);
 	}
 
 	/* --trace: all of it, or its first N. */
@@ -539,6 +575,10 @@ static void usage_errors(void)
 	BAD("--plot x.png", 2, "--sweep");
 	BAD("--threads 0", 2, "--threads '0'");
 	BAD("--compute-ms -1", 2, "--compute-ms '-1'");
+	BAD("--set io", 2, "--set 'io'");
+	BAD("--set io.queue_depth", 2, "SECTION.KEY=VALUE");
+	BAD("--set .x=1", 2, "--set '.x=1'");
+	BAD("--set cache.size=1G", 2, "--cache-size");
 	BAD("extra", 2, "'extra'");
 #undef BAD
 	snprintf(a, sizeof(a), "--model %s/nope.gguf", dir);

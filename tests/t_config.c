@@ -45,6 +45,7 @@ static const char *cfg_diff(const struct ms_config *a, const struct ms_config *b
 	SAME(io_threads);
 	SAME(io_queue_depth);
 	SAME(io_request_size);
+	SAME(io_prefetch_inflight);
 	SAME(io_sqpoll);
 	SAME(io_direct);
 	SAME(prefetch_policy);
@@ -642,6 +643,7 @@ static void test_apply_live(void)
 	set_ok(&b, "io", "engine", "preadv");
 	set_ok(&b, "io", "queue_depth", "8");
 	set_ok(&b, "io", "request_size", "64K");
+	set_ok(&b, "io", "prefetch_inflight", "8M");
 	set_ok(&b, "io", "sqpoll", "true");
 	set_ok(&b, "io", "direct", "on");
 	char all[1024];
@@ -649,7 +651,8 @@ static void test_apply_live(void)
 	T_EQ_U64(n, 0);
 	T_CHECK(!strcmp(all, "model.path,socket.mode,cache.pin,cache.hugepages,"
 			"cache.numa_node,cache.gpu,cache.lock,io.engine,"
-			"io.queue_depth,io.request_size,io.sqpoll,io.direct"),
+			"io.queue_depth,io.request_size,io.prefetch_inflight,"
+			"io.sqpoll,io.direct"),
 		"restart-only refused '%s'", all);
 }
 
@@ -668,6 +671,7 @@ static void test_to_cache(void)
 	T_EQ_U64(cc.io.threads, 2);
 	T_EQ_U64(cc.io.queue_depth, 64);
 	T_EQ_U64(cc.io.request_size, 1u << 20);
+	T_EQ_U64(cc.io.prefetch_inflight, 32u << 20);
 	T_EQ_U64(cc.io.fixed_buffers, true); /* the engine's default kept */
 	T_EQ_U64(cc.max_prefetch_bytes, 0);
 
@@ -684,6 +688,7 @@ static void test_to_cache(void)
 	set_ok(&c, "io", "threads", "3");
 	set_ok(&c, "io", "queue_depth", "17");
 	set_ok(&c, "io", "request_size", "2M");
+	set_ok(&c, "io", "prefetch_inflight", "0");
 	set_ok(&c, "io", "sqpoll", "on");
 	set_ok(&c, "prefetch", "max_inflight", "1G");
 	ms_config_to_cache(&c, &cc);
@@ -702,6 +707,7 @@ static void test_to_cache(void)
 	T_EQ_U64(cc.io.threads, 3);
 	T_EQ_U64(cc.io.queue_depth, 17);
 	T_EQ_U64(cc.io.request_size, 2u << 20);
+	T_EQ_U64(cc.io.prefetch_inflight, 0);
 	T_EQ_U64(cc.io.sqpoll, true);
 	T_EQ_U64(cc.max_prefetch_bytes, 1ull << 30);
 }

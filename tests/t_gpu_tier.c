@@ -105,6 +105,16 @@ static bool check_view(const char *what, uint32_t block, uint32_t expert,
 {
 	const struct ms_moe_layer *L = layer_of_block(block);
 	bool ok = true;
+	/* The views are valid on the tier's compute stream (the context's):
+	 * a download runs on the legacy stream, which does not wait for it.
+	 * Without this the check races the miss's copy (seen on an H200; the
+	 * CPU emulator copies synchronously and cannot show it). */
+	struct ms_err serr = { 0 };
+	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &serr)) {
+		t_fail_at(__FILE__, __LINE__, "%s: syncing the compute stream: %s",
+			  what, serr.msg);
+		return false;
+	}
 	if (v->fused != L->fused || v->n_embd != (int64_t)model->n_embd ||
 	    v->n_ff != (int64_t)model->n_ff_exp) {
 		t_fail_at(__FILE__, __LINE__,

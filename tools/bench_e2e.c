@@ -386,6 +386,8 @@ struct cfg {
 	char trace_desc[4200];
 	uint32_t *tlayer;            /* trace layer -> model layer index */
 	uint64_t bytes_per_token;    /* k x expert bytes over the layers run */
+	uint64_t distinct;           /* (layer, expert) pairs the trace uses: the
+					first uses, which no cache can hit */
 	uint64_t max_expert;
 	uint64_t expert_bytes_run;
 	bool uniform;                /* every layer run has the same expert size */
@@ -394,6 +396,8 @@ struct cfg {
 	bool ffn;
 	unsigned threads;
 	const char *policy;          /* the prefetch method's [prefetch] policy */
+	char daemon_extra[1024];     /* --set, as INI lines for both daemons */
+	char sets[1024];             /* --set, as given, space-separated */
 	bool progress_tty;
 	bool want[M_COUNT];
 	long ra_kb;                  /* the model's disk's read_ahead_kb, or -1 */
@@ -418,6 +422,7 @@ struct mres {
 	uint64_t prefetch_issued, prefetch_used, prefetch_wasted_bytes;
 	uint64_t prefetch_cancelled, prefetch_hints;
 	double daemon_demand_stall_s;
+	double io_busy_s;            /* the daemon's engine had a read in flight */
 	uint32_t daemon_slots;
 	char arena[256], io[200], note[200];
 	char stop_err[240];          /* the daemon did not exit cleanly */
@@ -447,6 +452,16 @@ static double stalled_gbps(const struct mres *r)
 {
 	return r->ok && r->disk_known && r->stall_s > 0
 		       ? (double)r->disk_bytes / r->stall_s / 1e9
+		       : NAN;
+}
+
+/* The rate while the daemon's engine was reading: its bytes over the time
+ * it had a read in flight. Unlike stalled_gbps, which also counts the
+ * socket round trips and the wake-ups inside a stall. */
+static double reading_gbps(const struct mres *r)
+{
+	return r->ok && r->disk_known && r->io_busy_s > 0
+		       ? (double)r->disk_bytes / r->io_busy_s / 1e9
 		       : NAN;
 }
 
@@ -1033,6 +1048,7 @@ static int run_daemon(const struct cfg *c, const struct run *r, bool prefetch,
 	struct bench_daemon_opts o = { .model = c->model_path,
 				       .cache_bytes = r->cache_bytes, .max_clients = 8,
 				       .prefetch = prefetch ? c->policy : "none",
+				       .extra = c->daemon_extra,
 				       .log_level = "warning" };
 	if ((rc = bench_daemon_start(&d, &o, err)))
 		goto out;
@@ -1076,6 +1092,7 @@ static int run_daemon(const struct cfg *c, const struct run *r, bool prefetch,
 	res->prefetch_issued = rr.prefetch_issued;
 	res->prefetch_used = rr.prefetch_used;
 	res->prefetch_wasted_bytes = rr.prefetch_wasted_bytes;
+	res->io_busy_s = rr.io_busy_s;
 	if (rc)
 		goto out;
 	if (!rr.have_stats) {
@@ -1693,6 +1710,10 @@ static void json_run(cJSON *o, const struct cfg *c, const struct run *r,
 		jkey(o, "use_s", mt, ok ? x->use_s : NAN);
 		jkey(o, "read_gbps", mt, read_gbps(x));
 		jkey(o, "stalled_gbps", mt, stalled_gbps(x));
+		if (mt == M_LRU || mt == M_PREFETCH) {
+			jkey(o, "io_busy_s", mt, ok && x->io_busy_s > 0 ? x->io_busy_s : NAN);
+			jkey(o, "reading_gbps", mt, reading_gbps(x));
+		}
 		jkey(o, "disk_bytes", mt, ok && x->disk_known ? (double)x->disk_bytes : NAN);
 		jkey(o, "hits", mt, ok ? (double)x->hits : NAN);
 		jkey(o, "misses", mt, ok ? (double)x->misses : NAN);
@@ -1810,11 +1831,13 @@ static void json_common(cJSON *o, const struct report *rp)
 	jnum(o, "expert_bytes_max", (double)c->max_expert);
 	jnum(o, "expert_bytes_run", (double)c->expert_bytes_run);
 	jnum(o, "bytes_per_token", (double)c->bytes_per_token);
+	jnum(o, "distinct_experts", (double)c->distinct);
 	jnum(o, "compute_ms", c->compute_ms);
 	cJSON_AddStringToObject(o, "compute_ms_from", c->compute_why);
 	cJSON_AddStringToObject(o, "use", c->ffn ? "ffn cpu" : "touch");
 	jnum(o, "threads", c->threads);
 	cJSON_AddStringToObject(o, "prefetch_policy", c->policy);
+	cJSON_AddStringToObject(o, "daemon_set", c->sets);
 	cJSON_AddBoolToObject(o, "mem_limited", rp->cg->kind != CG_NONE);
 	if (rp->cg->kind != CG_NONE)
 		cJSON_AddStringToObject(o, "cgroup", rp->cg->kind == CG_V2 ? "v2" : "v1");
@@ -1939,6 +1962,8 @@ static void print_run(const struct report *rp, const struct run *r)
 		       rp->cg->kind == CG_V2 ? "v2" : "v1");
 	if (dm->ok)
 		printf("moestreamd %s; %s\n", dm->io, dm->arena);
+	if (*c->sets)
+		printf("moestreamd --set %s\n", c->sets);
 	for (int mt = 0; mt < M_COUNT; mt++) {
 		if (r->r[mt].ok && *r->r[mt].note)
 			printf("%-10s %s\n", method_key[mt], r->r[mt].note);
@@ -1982,11 +2007,15 @@ static void print_run(const struct report *rp, const struct run *r)
 	printf("\n");
 
 	const struct mres *p = &r->r[M_PREFETCH];
+	uint64_t acc = (uint64_t)c->t->n_tokens * c->t->n_layers * c->t->k;
 	printf("\nbounds     Belady (MIN) hits %.3f at this capacity, the simulator's LRU "
-	       "%.3f;\n           a token reads %s x (1 - %.3f) = %s, at %.2f GB/s %.1f ms,"
+	       "%.3f;\n           first uses: %llu of %llu accesses, so no cache hits "
+	       "more than %.3f\n           a token reads %s x (1 - %.3f) = %s, at %.2f GB/s %.1f ms,"
 	       " + compute %.2f ms\n           -> %.3f tok/s read then compute, %.3f "
 	       "tok/s if every read hid\n           under compute\n",
-	       r->hit_belady, r->hit_lru_sim, fmt_bytes(c->bytes_per_token, b1, sizeof(b1)),
+	       r->hit_belady, r->hit_lru_sim, (unsigned long long)c->distinct,
+	       (unsigned long long)acc, acc ? 1.0 - (double)c->distinct / (double)acc : 0.0,
+	       fmt_bytes(c->bytes_per_token, b1, sizeof(b1)),
 	       r->hit_belady,
 	       fmt_bytes((uint64_t)((double)c->bytes_per_token * (1 - r->hit_belady)), b2,
 			 sizeof(b2)),
@@ -2005,6 +2034,19 @@ static void print_run(const struct report *rp, const struct run *r)
 		       fmt_bytes(p->prefetch_wasted_bytes, b3, sizeof(b3)),
 		       (unsigned long long)p->prefetch_cancelled,
 		       (unsigned long long)p->prefetch_hints);
+
+	bool any_busy = false;
+	for (int mt = M_LRU; mt <= M_PREFETCH; mt++) {
+		const struct mres *x = &r->r[mt];
+		if (!x->ok || !(x->io_busy_s > 0))
+			continue;
+		printf("%-10s %s: reading %.2f s of %.2f s (%.0f%%), %.3f GB/s while "
+		       "reading = %.2f x the device\n",
+		       any_busy ? "" : "disk", method_key[mt], x->io_busy_s, x->seconds,
+		       100 * x->io_busy_s / x->seconds, reading_gbps(x),
+		       ratio(reading_gbps(x), d->ran ? d->gbps : NAN));
+		any_busy = true;
+	}
 
 	printf("\nratios     prefetch / mmap %.2f, lru / mmap %.2f, pread / mmap %.2f, "
 	       "prefetch / pread %.2f,\n           prefetch / lru %.2f, prefetch / bound "
@@ -2221,7 +2263,9 @@ static void usage(FILE *f)
 		"time and the cgroup's peak for each, the ratios and issue 7's "
 		"targets:\nprefetch >= 3 x mmap tok/s; LRU hit rate >= 0.95 x "
 		"Belady's; prefetch cuts the\nstall by >= 30%% against LRU; read "
-		"GB/s while stalled >= 0.9 x the device's;\npeak <= cache + 64 MiB.\n"
+		"GB/s while stalled >= 0.9 x the device's;\npeak <= cache + 64 MiB. "
+		"For the daemon methods also the time its engine had a read\nin "
+		"flight (the disk's working time) and the rate while reading.\n"
 		"\n"
 		"  --model MODEL      the GGUF (any shard of a split model)\n"
 		"  --trace T          a routing trace of the model (`moestream trace "
@@ -2256,6 +2300,13 @@ static void usage(FILE *f)
 		"  --prefetch-policy P  the prefetch method's [prefetch] policy: "
 		"auto (default),\n"
 		"                     hint or history\n"
+		"  --set S.K=V        a moestreamd option for both daemon methods, as "
+		"[S] K = V\n"
+		"                     in its config (repeatable; e.g. "
+		"io.prefetch_inflight=64M; not\n"
+		"                     model, socket, cache.size, cache.lock, "
+		"prefetch.policy or\n"
+		"                     log.level, which the benchmark sets)\n"
 		"  --sweep S,S,...    run everything at each cache size (as "
 		"--cache-size)\n"
 		"  --json             one JSON object: tokps_mmap, tokps_pread, "
@@ -2373,7 +2424,7 @@ int bench_e2e_main(int argc, char **argv)
 {
 	enum { O_MODEL = 1000, O_TRACE, O_TOKENS, O_SEED, O_CACHE, O_MEM, O_COMPUTE,
 	       O_TOUCH, O_FFN, O_JSON, O_CSV, O_PLOT, O_SWEEP, O_METHODS, O_THREADS,
-	       O_POLICY };
+	       O_POLICY, O_SET };
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, O_MODEL },
 		{ "trace", required_argument, 0, O_TRACE },
@@ -2391,6 +2442,7 @@ int bench_e2e_main(int argc, char **argv)
 		{ "methods", required_argument, 0, O_METHODS },
 		{ "threads", required_argument, 0, O_THREADS },
 		{ "prefetch-policy", required_argument, 0, O_POLICY },
+		{ "set", required_argument, 0, O_SET },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -2473,6 +2525,49 @@ int bench_e2e_main(int argc, char **argv)
 			}
 			c.policy = optarg;
 			break;
+		case O_SET: {
+			/* SECTION.KEY=VALUE -> "[SECTION]\nKEY = VALUE\n"; the
+			 * daemon checks the key and the value when it starts. */
+			const char *dot = strchr(optarg, '.'), *eq = strchr(optarg, '=');
+			size_t used = strlen(c.daemon_extra);
+			/* What bench_daemon_start writes itself (a key twice is
+			 * an error to moestreamd). */
+			static const char *const own[] = {
+				"model.path", "socket.path", "socket.mode",
+				"socket.max_clients", "cache.size", "cache.lock",
+				"prefetch.policy", "log.level" };
+			for (size_t i = 0; eq && i < sizeof(own) / sizeof(own[0]); i++)
+				if ((size_t)(eq - optarg) == strlen(own[i]) &&
+				    !strncmp(optarg, own[i], strlen(own[i]))) {
+					tool_error(CMD, "--set '%s': the benchmark sets %s "
+						   "itself%s", optarg, own[i],
+						   !strcmp(own[i], "cache.size")
+							   ? " (use --cache-size)"
+						   : !strcmp(own[i], "prefetch.policy")
+							   ? " (use --prefetch-policy)"
+							   : "");
+					return bad_usage();
+				}
+			bool ok = dot && eq && dot > optarg && eq > dot + 1 && eq[1] &&
+				  !strpbrk(optarg, "\n\r[]");
+			int n = ok ? snprintf(c.daemon_extra + used,
+					      sizeof(c.daemon_extra) - used,
+					      "[%.*s]\n%.*s = %s\n", (int)(dot - optarg),
+					      optarg, (int)(eq - dot - 1), dot + 1, eq + 1)
+				   : 0;
+			if (!ok || n < 0 || (size_t)n >= sizeof(c.daemon_extra) - used) {
+				c.daemon_extra[used] = 0;
+				tool_error(CMD, "--set '%s': %s", optarg,
+					   ok ? "too many --set options (1 KiB in all)"
+					      : "expected SECTION.KEY=VALUE, e.g. "
+						"io.prefetch_inflight=64M");
+				return bad_usage();
+			}
+			size_t sl = strlen(c.sets);
+			snprintf(c.sets + sl, sizeof(c.sets) - sl, "%s%s", sl ? " " : "",
+				 optarg);
+			break;
+		}
 		case 'h': usage(stdout); return 0;
 		default: return bad_usage();
 		}
@@ -2624,6 +2719,20 @@ int bench_e2e_main(int argc, char **argv)
 	for (uint32_t l = 0, j = 0; l < m->n_layers; l++)
 		if (!m->layers[l].nextn)
 			c.tlayer[j++] = l;
+	{
+		uint8_t *seen = calloc((size_t)cut.n_layers * cut.n_expert + 1, 1);
+		if (!seen) {
+			tool_error(CMD, "out of memory");
+			goto out;
+		}
+		for (uint32_t tk = 0; tk < cut.n_tokens; tk++)
+			for (uint32_t l = 0; l < cut.n_layers; l++) {
+				const uint16_t *ex = ms_trace_experts(&cut, tk, l);
+				for (uint32_t i = 0; i < cut.k; i++)
+					c.distinct += !seen[(size_t)l * cut.n_expert + ex[i]]++;
+			}
+		free(seen);
+	}
 	if (ffn)
 		for (uint32_t l = 0; l < cut.n_layers; l++) {
 			const struct ms_moe_layer *L = &m->layers[c.tlayer[l]];

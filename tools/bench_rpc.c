@@ -159,11 +159,11 @@ int bench_daemon_start(struct bench_daemon *d, const struct bench_daemon_opts *o
 		"[socket]\npath = %s\nmode = 0600\nmax_clients = %u\n"
 		"[cache]\nsize = %lluM\nlock = %s\n"
 		"[prefetch]\npolicy = %s\n"
-		"[log]\nlevel = %s\n",
+		"[log]\nlevel = %s\n%s",
 		o->model, d->socket, o->max_clients ? o->max_clients : 64,
 		(unsigned long long)mib, d->locked ? "true" : "false",
 		o->prefetch ? o->prefetch : "none",
-		o->log_level ? o->log_level : "notice");
+		o->log_level ? o->log_level : "notice", o->extra ? o->extra : "");
 	if (fclose(f)) {
 		int rc = ms_err_set(err, -EIO, "cannot write %s", d->conf);
 		bench_daemon_stop(d, NULL);

@@ -23,6 +23,8 @@ struct bench_daemon_opts {
 	uint32_t max_clients;    /* [socket] max_clients; 0: 64 */
 	const char *prefetch;    /* [prefetch] policy; NULL: "none" */
 	const char *log_level;   /* [log] level; NULL: "notice" */
+	const char *extra;       /* more INI text, appended (later keys win);
+				    NULL: none */
 	const char *dir;         /* the folder for socket, config and log;
 				    NULL: a fresh one under $TMPDIR (or /tmp),
 				    removed by bench_daemon_stop */

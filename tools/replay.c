@@ -90,6 +90,7 @@ int replay_read_counters(struct ms_client *c, struct replay_counters *k,
 	k->prefetch_used = jnum(o, "prefetch_used", &ok);
 	k->prefetch_wasted_bytes = jnum(o, "prefetch_wasted_bytes", &ok);
 	k->acquires = jnum(o, "acquires", &ok);
+	k->io_busy_ns = jnum(o, "io_busy_ns", &ok);
 	cJSON_Delete(o);
 	if (!ok)
 		return ms_err_set(err, -EBADMSG, "the daemon's STATS lack a counter "
@@ -148,6 +149,7 @@ static void fill_stats(struct replay_result *r, const struct replay_counters *a,
 	r->hits = delta(a->hits, b->hits);
 	r->misses = delta(a->misses, b->misses);
 	r->bytes_read = delta(a->bytes_read, b->bytes_read);
+	r->io_busy_s = (double)delta(a->io_busy_ns, b->io_busy_ns) / 1e9;
 	r->evictions = delta(a->evictions, b->evictions);
 	r->prefetch_issued = delta(a->prefetch_issued, b->prefetch_issued);
 	r->prefetch_used = delta(a->prefetch_used, b->prefetch_used);

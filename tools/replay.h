@@ -86,6 +86,8 @@ struct replay_result {
 	uint64_t prefetch_issued, prefetch_used, prefetch_wasted_bytes;
 	double hit_rate;         /* hits / (hits + misses), 0 if none */
 	double read_gbps;        /* bytes_read / seconds / 1e9 */
+	double io_busy_s;        /* the daemon's I/O engine had a read in
+				    flight this long */
 };
 
 /* The daemon's cumulative counters that a replay reports the change of. */
@@ -93,6 +95,7 @@ struct replay_counters {
 	uint64_t hits, misses, bytes_read, evictions;
 	uint64_t prefetch_issued, prefetch_used, prefetch_wasted_bytes;
 	uint64_t acquires;       /* ACQUIRE requests, every client's */
+	uint64_t io_busy_ns;     /* the engine's time with a read in flight */
 };
 
 /* One STATS round trip, parsed: 0, or -errno (-EBADMSG: not the JSON

@@ -111,6 +111,7 @@ struct ms_cache_stats {
 	uint64_t surplus_bytes;     /* arena beyond every expert of the model */
 	uint64_t slots, slot_classes;
 	uint64_t lat_us_hist[24];   /* load latency: bucket i = [2^i, 2^(i+1)) us */
+	uint64_t io_busy_ns;        /* the engine's time with a read in flight */
 };
 
 struct ms_cache;

@@ -69,6 +69,11 @@ struct ms_io_config {
 	unsigned threads;        /* 1..MS_IO_MAX_THREADS */
 	unsigned queue_depth;    /* reads in flight per thread, 1..MAX_DEPTH */
 	uint32_t request_size;   /* bytes per read, a multiple of MS_IO_ALIGN */
+	uint64_t prefetch_inflight; /* an MS_IO_PREFETCH read starts only while
+				       fewer bytes than this are in flight
+				       (both classes, all threads; with none
+				       in flight, one always may); 0 = no cap.
+				       Demand reads are never capped. */
 	bool sqpoll;             /* io_uring: a kernel thread polls the SQ */
 	bool fixed_buffers;      /* io_uring: register `mem` (READ_FIXED) */
 	bool fixed_files;        /* io_uring: register the files */
@@ -95,6 +100,11 @@ struct ms_io_stats {
 	uint64_t chunks, short_reads, retries; /* retries: -EAGAIN/-EINTR */
 	uint64_t queued_bytes[MS_IO_N_CLASSES];/* waiting, not yet in flight */
 	uint64_t inflight_bytes[MS_IO_N_CLASSES];
+	uint64_t busy_ns;                      /* time with a read in flight
+						  (any class, any thread): the
+						  device's working time, so
+						  bytes_read / busy_ns is the
+						  rate while reading */
 };
 
 /* One piece of a request: read file[file] bytes [offset, offset + len) into
