@@ -58,6 +58,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,14 +278,14 @@ static void test_priority(enum ms_io_engine engine, bool promote)
 
 struct cap_watch {
 	struct ms_io *io;
-	volatile int stop;
+	atomic_int stop;
 	uint64_t max_inflight, samples;
 };
 
 static void *cap_watch_main(void *v)
 {
 	struct cap_watch *w = v;
-	while (!w->stop) {
+	while (!atomic_load(&w->stop)) {
 		struct ms_io_stats st;
 		ms_io_get_stats(w->io, &st);
 		uint64_t in = st.inflight_bytes[MS_IO_PREFETCH];
@@ -335,7 +336,7 @@ static uint64_t cap_run(enum ms_io_engine engine, bool cap, unsigned threads,
 		     MS_IO_DEMAND, tr, CAP_REQS, &id);
 	T_CHECK(rc == 0, "%s: submit demand: %d", what, rc);
 	wait_all(tr, CAP_REQS + 1, what);
-	w.stop = 1;
+	atomic_store(&w.stop, 1);
 	pthread_join(th, NULL);
 	double wall = iot_now() - t0;
 	struct ms_io_stats st1, st2;
