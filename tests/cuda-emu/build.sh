@@ -27,7 +27,11 @@
 # any order on several host threads (EMU_THREADS, default one per CPU);
 # cp.async copies deferred until their group is waited for (reading early
 # sees stale data or the 0xcd shared memory starts with); launch limits
-# (1024 threads, 48 KiB of shared memory); exact-size device allocations.
+# (1024 threads, 48 KiB of shared memory); exact-size device allocations;
+# streams that run later, each on a host thread of its own (copies,
+# kernels, event records and waits, host functions, GemmEx), so that a
+# missing sync or event wait reads stale data here as on a GPU (the race
+# t_gpu_tier had, found on an H200, fails here now).
 # cuBLAS's GemmEx is a double-precision host GEMM over the same f16
 # operands. With EMU_SAN=1 everything is built with ASan + UBSan, so an
 # out-of-bounds access to device or shared memory is a report (use a BUILD
@@ -37,8 +41,8 @@
 # fast-math intrinsics, canonical NaNs, FTZ), the real cuBLAS (its
 # algorithms, tensor-core accumulation order), memory models weaker than the
 # host's (a missing __syncwarp or fence can pass here), the register and
-# occupancy limits of a real compile, streams running concurrently, and
-# timing: nothing it measures is a GPU figure. A real GPU run
+# occupancy limits of a real compile, a GPU's own interleavings of
+# streams (here the host scheduler's), and timing: nothing it measures is a GPU figure. A real GPU run
 # (tools/gpu-check.sh) is still the verdict.
 #
 # Time on 2 cores: ~15 s to compile, t_gpu_kernels ~11 s (EMU_SAN=1: ~30 s

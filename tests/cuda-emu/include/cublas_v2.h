@@ -5,7 +5,7 @@
 #define CUBLAS_EMU_H
 #include "cuda_emu.h"
 typedef struct emu_blas *cublasHandle_t;
-struct emu_blas { int dummy; };
+struct emu_blas { cudaStream_t stream = nullptr; };
 typedef enum {
 	CUBLAS_STATUS_SUCCESS = 0,
 	CUBLAS_STATUS_NOT_INITIALIZED = 1,
@@ -24,7 +24,7 @@ typedef enum { CUBLAS_DEFAULT_MATH = 0 } cublasMath_t;
 typedef enum { MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL } libraryPropertyType;
 static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new emu_blas(); return CUBLAS_STATUS_SUCCESS; }
 static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
-static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) { h->stream = s; return CUBLAS_STATUS_SUCCESS; }
 static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
 static inline cublasStatus_t cublasGetProperty(libraryPropertyType, int *v) { *v = 0; return CUBLAS_STATUS_SUCCESS; }
 /* f16 bits -> double, exactly, without libm */
@@ -52,7 +52,7 @@ static inline double emu_ld(const void *p, cudaDataType t, size_t i)
  * widened to double, row i of op(A) and column j of op(B) contiguous, then
  * each element is one double dot product (four partial sums), the columns
  * split over the emulator's host threads. */
-static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
+static inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
 	int m, int n, int k, const void *alpha, const void *A, cudaDataType at, int lda,
 	const void *B, cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
 	cublasComputeType_t, cublasGemmAlgo_t)
@@ -63,6 +63,8 @@ static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, 
 		return CUBLAS_STATUS_INVALID_VALUE;
 	const float al = *(const float *)alpha, be = *(const float *)beta;
 	float *c = (float *)C;
+	/* on the handle's stream, after what is queued there */
+	emu::enqueue(h->stream, [=] {
 	std::vector<double> a((size_t)m * k), b((size_t)n * k);
 	for (int i = 0; i < m; i++)
 		for (int l = 0; l < k; l++)
@@ -101,6 +103,7 @@ static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, 
 	cols(0, (int)((long)n / nt));
 	for (auto &th : ts)
 		th.join();
+	});
 	return CUBLAS_STATUS_SUCCESS;
 }
 #endif

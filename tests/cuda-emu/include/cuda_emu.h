@@ -8,11 +8,14 @@
  * (reading a buffer too early sees stale bytes or the 0xcd poison shared
  * memory starts each CTA with), dynamic shared memory is an exact-size
  * malloc (overruns are ASan reports), and cuBLAS's GemmEx is a
- * double-precision host GEMM. Launches and copies are synchronous.
+ * double-precision host GEMM. Work queued on a stream (launches, async
+ * copies, event records and waits, host functions, GemmEx) runs later on
+ * that stream's own host thread (emu_stream below); the legacy stream runs
+ * in the caller and waits for none of them.
  *
  * Not emulated: the GPU's own float behaviour (FMA contraction, canonical
- * NaNs, FTZ), timing, memory models weaker than the host's, concurrency
- * between streams.
+ * NaNs, FTZ), timing, memory models weaker than the host's, the GPU's
+ * interleavings (streams overlap here as the host scheduler lets them).
  */
 #ifndef CUDA_EMU_H
 #define CUDA_EMU_H
@@ -29,6 +32,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -91,13 +97,100 @@ enum cudaError_t {
 	cudaErrorLaunchFailure = 719,
 };
 typedef cudaError_t cudaError;
+/* A stream is a host thread that runs what is queued on it, in order,
+ * later than the call that queued it (as a GPU does): copies, kernels,
+ * event records and waits, host functions, cuBLAS calls. The legacy stream
+ * (0) runs its work in the calling thread, and does not wait for these
+ * streams (they are all taken as non-blocking, which is what this project
+ * creates). So work read back without syncing the stream it ran on is
+ * seen as it was, not as it will be: a missing sync fails here as on a
+ * GPU. To make that the usual case rather than a matter of luck, a stream
+ * starts each piece of work EMU_STREAM_DELAY_US microseconds (default 200;
+ * 0: at once) after it could, as a GPU's copy or kernel takes time: the
+ * host is then ahead of the streams, as it is on a GPU. */
 struct emu_stream {
-	int dummy;
+	std::mutex mu;
+	std::condition_variable cv;
+	std::deque<std::function<void()>> q;
+	bool busy = false, stop = false;
+	std::thread th; /* last: started once the rest is constructed */
+	emu_stream() : th([this] { run(); }) {}
+	~emu_stream()
+	{
+		drain();
+		{
+			std::lock_guard<std::mutex> lk(mu);
+			stop = true;
+		}
+		cv.notify_all();
+		th.join();
+	}
+	static unsigned delay_us()
+	{
+		static const unsigned d = [] {
+			const char *e = getenv("EMU_STREAM_DELAY_US");
+			long v = e && *e ? strtol(e, nullptr, 10) : 200;
+			return v < 0 ? 0u : v > 100000 ? 100000u : (unsigned)v;
+		}();
+		return d;
+	}
+	void run()
+	{
+		for (;;) {
+			std::function<void()> f;
+			{
+				std::unique_lock<std::mutex> lk(mu);
+				cv.wait(lk, [&] { return stop || !q.empty(); });
+				if (q.empty())
+					return;
+				f = std::move(q.front());
+				q.pop_front();
+				busy = true;
+			}
+			if (delay_us())
+				std::this_thread::sleep_for(
+					std::chrono::microseconds(delay_us()));
+			f();
+			{
+				std::lock_guard<std::mutex> lk(mu);
+				busy = false;
+			}
+			cv.notify_all();
+		}
+	}
+	void push(std::function<void()> f)
+	{
+		{
+			std::lock_guard<std::mutex> lk(mu);
+			q.push_back(std::move(f));
+		}
+		cv.notify_all();
+	}
+	void drain()
+	{
+		std::unique_lock<std::mutex> lk(mu);
+		cv.wait(lk, [&] { return q.empty() && !busy; });
+	}
+	bool idle()
+	{
+		std::lock_guard<std::mutex> lk(mu);
+		return q.empty() && !busy;
+	}
 };
 typedef emu_stream *cudaStream_t;
 #define cudaStreamLegacy ((cudaStream_t)0)
+/* recorded: records asked for; done: records that have happened (the
+ * stream reached them). Complete when done catches up with recorded. */
 struct emu_event {
 	std::chrono::steady_clock::time_point t;
+	std::mutex mu;
+	std::condition_variable cv;
+	uint64_t recorded = 0, done = 0;
+	void wait_for(uint64_t gen)
+	{
+		std::unique_lock<std::mutex> lk(mu);
+		cv.wait(lk, [&] { return done >= gen; });
+	}
 };
 typedef emu_event *cudaEvent_t;
 enum { cudaStreamNonBlocking = 1 };
@@ -116,6 +209,31 @@ struct cudaDeviceProp {
 namespace emu {
 inline thread_local cudaError_t last_error = cudaSuccess;
 inline const int sms = 8;
+
+/* every live stream, for cudaDeviceSynchronize and the implicitly
+ * synchronising calls (cudaFree, cudaFreeHost, cudaHostUnregister) */
+inline std::mutex streams_mu;
+inline std::vector<emu_stream *> streams;
+
+/* Runs f on stream s: later on its thread, or now on the legacy stream. */
+inline void enqueue(cudaStream_t s, std::function<void()> f)
+{
+	if (s)
+		s->push(std::move(f));
+	else
+		f();
+}
+
+inline void sync_all()
+{
+	std::vector<emu_stream *> v;
+	{
+		std::lock_guard<std::mutex> lk(streams_mu);
+		v = streams;
+	}
+	for (emu_stream *s : v)
+		s->drain();
+}
 } // namespace emu
 
 static inline const char *cudaGetErrorString(cudaError_t e)
@@ -163,6 +281,7 @@ template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n)
 }
 static inline cudaError_t cudaFree(void *p)
 {
+	emu::sync_all(); /* cudaFree synchronises the device */
 	free(p);
 	return cudaSuccess;
 }
@@ -173,9 +292,10 @@ static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n,
 	return cudaSuccess;
 }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n,
-					  cudaMemcpyKind k, cudaStream_t)
+					  cudaMemcpyKind, cudaStream_t st)
 {
-	return cudaMemcpy(d, s, n, k);
+	emu::enqueue(st, [d, s, n] { memmove(d, s, n); });
+	return cudaSuccess;
 }
 static inline cudaError_t cudaMemset(void *d, int v, size_t n)
 {
@@ -185,15 +305,29 @@ static inline cudaError_t cudaMemset(void *d, int v, size_t n)
 static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 {
 	*s = new emu_stream();
+	std::lock_guard<std::mutex> lk(emu::streams_mu);
+	emu::streams.push_back(*s);
 	return cudaSuccess;
 }
 static inline cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
-	delete s;
+	if (!s)
+		return cudaErrorInvalidValue;
+	{
+		std::lock_guard<std::mutex> lk(emu::streams_mu);
+		for (size_t i = 0; i < emu::streams.size(); i++)
+			if (emu::streams[i] == s) {
+				emu::streams.erase(emu::streams.begin() + (long)i);
+				break;
+			}
+	}
+	delete s; /* runs what is queued first, as CUDA does */
 	return cudaSuccess;
 }
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t)
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
+	if (s)
+		s->drain();
 	return cudaSuccess;
 }
 static inline cudaError_t cudaEventCreate(cudaEvent_t *e)
@@ -201,23 +335,57 @@ static inline cudaError_t cudaEventCreate(cudaEvent_t *e)
 	*e = new emu_event();
 	return cudaSuccess;
 }
+static inline uint64_t emu_event_recorded(cudaEvent_t e)
+{
+	std::lock_guard<std::mutex> lk(e->mu);
+	return e->recorded;
+}
 static inline cudaError_t cudaEventDestroy(cudaEvent_t e)
 {
+	if (!e)
+		return cudaErrorInvalidValue;
+	e->wait_for(emu_event_recorded(e)); /* a record still queued uses it */
 	delete e;
 	return cudaSuccess;
 }
-static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
-	e->t = std::chrono::steady_clock::now();
+	if (!e)
+		return cudaErrorInvalidValue;
+	uint64_t gen;
+	{
+		std::lock_guard<std::mutex> lk(e->mu);
+		gen = ++e->recorded;
+	}
+	emu::enqueue(s, [e, gen] {
+		{
+			std::lock_guard<std::mutex> lk(e->mu);
+			e->t = std::chrono::steady_clock::now();
+			if (e->done < gen)
+				e->done = gen;
+		}
+		e->cv.notify_all();
+	});
 	return cudaSuccess;
 }
-static inline cudaError_t cudaEventSynchronize(cudaEvent_t)
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
+	if (!e)
+		return cudaErrorInvalidValue;
+	e->wait_for(emu_event_recorded(e));
 	return cudaSuccess;
 }
 static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a,
 					       cudaEvent_t b)
 {
+	std::lock_guard<std::mutex> la(a->mu);
+	if (a->done < a->recorded || !a->recorded)
+		return (cudaError_t)600; /* cudaErrorNotReady */
+	std::unique_lock<std::mutex> lb(b->mu, std::defer_lock);
+	if (a != b)
+		lb.lock();
+	if (b->done < b->recorded || !b->recorded)
+		return (cudaError_t)600;
 	*ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
 	return cudaSuccess;
 }
@@ -628,10 +796,53 @@ inline void call(F k, Tup &t, std::index_sequence<I...>)
 	k(std::get<I>(t)...);
 }
 
+/* Runs a launch's CTAs on the worker threads (on the stream's thread, or
+ * the caller's for the legacy stream). */
+inline void exec_launch(void (*body)(void *), void *arg, dim3 gg, dim3 bb,
+			size_t sm)
+{
+	const unsigned nt = bb.x * bb.y * bb.z;
+	const unsigned long ncta = (unsigned long)gg.x * gg.y;
+	unsigned nw = host_threads();
+	if (nw > ncta)
+		nw = (unsigned)ncta;
+	std::lock_guard<std::mutex> lk(launch_mu);
+	while (workers.size() < nw)
+		workers.emplace_back(new Worker());
+	std::atomic<unsigned long> next{ 0 };
+	auto work = [&](Worker *w) {
+		Worker *prev = t_w;
+		t_w = w;
+		w->bdim = bb;
+		w->gdim = gg;
+		w->body = body;
+		w->arg = arg;
+		w->smem_bytes = sm;
+		/* exact size: ASan sees an overrun of the last byte */
+		w->smem = (unsigned char *)malloc(sm ? sm : 1);
+		w->warp_bars.assign((nt + 31) / 32, Bar{});
+		w->warp_buf.assign(((nt + 31) / 32) * 32, 0);
+		for (unsigned long i; (i = next++) < ncta;) {
+			w->bid = { (unsigned)(i % gg.x), (unsigned)(i / gg.x), 0 };
+			run_cta(w, nt);
+		}
+		free(w->smem);
+		w->smem = nullptr;
+		t_w = prev;
+	};
+	std::vector<std::thread> ts;
+	for (unsigned i = 1; i < nw; i++)
+		ts.emplace_back(work, workers[i].get());
+	work(workers[0].get());
+	for (auto &th : ts)
+		th.join();
+}
+
 template <class... P> struct Launch {
 	void (*k)(P...);
 	dim3 g, b;
 	size_t smem;
+	cudaStream_t stream;
 	template <class... A> void operator()(A &&...args)
 	{
 		const unsigned nt = b.x * b.y * b.z;
@@ -646,58 +857,29 @@ template <class... P> struct Launch {
 		struct State {
 			void (*k)(P...);
 			Params params;
-		} st{ k, Params(std::forward<A>(args)...) };
+		};
+		/* the arguments are copied now, as a launch does */
+		auto st = std::make_shared<State>(
+			State{ k, Params(std::forward<A>(args)...) });
 		/* each thread gets its own copy of the parameters */
 		void (*body)(void *) = [](void *a) {
 			State *s = (State *)a;
 			Params local = s->params;
 			call(s->k, local, std::index_sequence_for<P...>{});
 		};
-		const unsigned long ncta = (unsigned long)g.x * g.y;
-		unsigned nw = host_threads();
-		if (nw > ncta)
-			nw = (unsigned)ncta;
-		std::lock_guard<std::mutex> lk(launch_mu);
-		while (workers.size() < nw)
-			workers.emplace_back(new Worker());
-		std::atomic<unsigned long> next{ 0 };
 		const dim3 gg = g, bb = b;
 		const size_t sm = smem;
-		auto work = [&](Worker *w) {
-			Worker *prev = t_w;
-			t_w = w;
-			w->bdim = bb;
-			w->gdim = gg;
-			w->body = body;
-			w->arg = &st;
-			w->smem_bytes = sm;
-			/* exact size: ASan sees an overrun of the last byte */
-			w->smem = (unsigned char *)malloc(sm ? sm : 1);
-			w->warp_bars.assign((nt + 31) / 32, Bar{});
-			w->warp_buf.assign(((nt + 31) / 32) * 32, 0);
-			for (unsigned long i; (i = next++) < ncta;) {
-				w->bid = { (unsigned)(i % gg.x),
-					   (unsigned)(i / gg.x), 0 };
-				run_cta(w, nt);
-			}
-			free(w->smem);
-			w->smem = nullptr;
-			t_w = prev;
-		};
-		std::vector<std::thread> ts;
-		for (unsigned i = 1; i < nw; i++)
-			ts.emplace_back(work, workers[i].get());
-		work(workers[0].get());
-		for (auto &th : ts)
-			th.join();
+		enqueue(stream, [st, body, gg, bb, sm] {
+			exec_launch(body, st.get(), gg, bb, sm);
+		});
 	}
 };
 
 template <class... P>
 inline Launch<P...> launcher(void (*k)(P...), dim3 g, dim3 b, size_t smem = 0,
-			     cudaStream_t = 0)
+			     cudaStream_t s = 0)
 {
-	return Launch<P...>{ k, g, b, smem };
+	return Launch<P...>{ k, g, b, smem, s };
 }
 
 } // namespace emu

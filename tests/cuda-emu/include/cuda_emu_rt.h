@@ -5,14 +5,19 @@
  * host memory registration (with its flags), page-locked host allocation
  * and pointer attributes.
  *
- * STREAMS ARE SYNCHRONOUS here, as everywhere in cuda_emu.h: a copy, a
- * kernel, an event record or a host function runs (or is stamped) when it
- * is queued, on the calling thread. So cudaStreamWaitEvent and
- * cudaEventQuery have nothing to wait for, and a host function queued with
- * cudaLaunchHostFunc runs inside that call, on the caller's thread (a real
- * GPU runs it later, on a thread of the driver's). Code whose correctness
- * depends on the order of streams is therefore not checked by running it
- * here: only that it queues the right calls with the right arguments.
+ * STREAMS RUN LATER, each on a host thread of its own (cuda_emu.h's
+ * emu_stream): a copy, a kernel, an event record, a wait for an event or a
+ * host function queued on a stream runs after the call that queued it,
+ * in that stream's order, concurrently with the caller and with other
+ * streams. cudaStreamWaitEvent makes the stream wait for the record
+ * queued last before it; cudaEventQuery and cudaStreamQuery answer
+ * cudaErrorNotReady until then; a host function runs on the stream's
+ * thread (a real GPU runs it on a thread of the driver's). The legacy
+ * stream (0) runs in the caller and waits for no other stream. So a
+ * missing wait or sync between streams, or between a stream and the host,
+ * shows here as stale data, as on a GPU; but the interleavings tried are
+ * the host scheduler's, not a GPU's: passing here does not prove the
+ * order right.
  *
  * What is checked, as the driver does:
  *  - cudaHostRegister: the whole range must be mapped and readable
@@ -136,19 +141,22 @@ inline range *find(uintptr_t p)
 
 } // namespace emu_rt
 
-static inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e,
+static inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e,
 					      unsigned flags = 0)
 {
-	return e && flags == 0 ? cudaSuccess : cudaErrorInvalidValue;
+	if (!e || flags != 0)
+		return cudaErrorInvalidValue;
+	const uint64_t gen = emu_event_recorded(e);
+	emu::enqueue(s, [e, gen] { e->wait_for(gen); });
+	return cudaSuccess;
 }
 
-static inline cudaError_t cudaLaunchHostFunc(cudaStream_t, cudaHostFn_t fn,
+static inline cudaError_t cudaLaunchHostFunc(cudaStream_t s, cudaHostFn_t fn,
 					     void *data)
 {
 	if (!fn)
 		return cudaErrorInvalidValue;
-	fn(data); /* everything queued before it has run: streams are
-		     synchronous */
+	emu::enqueue(s, [fn, data] { fn(data); });
 	return cudaSuccess;
 }
 
@@ -162,16 +170,20 @@ static inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e,
 
 static inline cudaError_t cudaEventQuery(cudaEvent_t e)
 {
-	return e ? cudaSuccess : cudaErrorInvalidValue;
+	if (!e)
+		return cudaErrorInvalidValue;
+	std::lock_guard<std::mutex> lk(e->mu);
+	return e->done >= e->recorded ? cudaSuccess : cudaErrorNotReady;
 }
 
-static inline cudaError_t cudaStreamQuery(cudaStream_t)
+static inline cudaError_t cudaStreamQuery(cudaStream_t s)
 {
-	return cudaSuccess;
+	return !s || s->idle() ? cudaSuccess : cudaErrorNotReady;
 }
 
 static inline cudaError_t cudaDeviceSynchronize(void)
 {
+	emu::sync_all();
 	return cudaSuccess;
 }
 
@@ -207,6 +219,7 @@ static inline cudaError_t cudaHostRegister(void *p, size_t n, unsigned flags)
 
 static inline cudaError_t cudaHostUnregister(void *p)
 {
+	emu::sync_all(); /* as CUDA does: no copy still reads it */
 	std::lock_guard<std::mutex> g(emu_rt::mu);
 	for (size_t i = 0; i < emu_rt::ranges.size(); i++)
 		if (emu_rt::ranges[i].lo == (uintptr_t)p &&
@@ -237,6 +250,7 @@ static inline cudaError_t cudaMallocHost(void **p, size_t n)
 
 static inline cudaError_t cudaFreeHost(void *p)
 {
+	emu::sync_all(); /* cudaFreeHost synchronises the device */
 	std::lock_guard<std::mutex> g(emu_rt::mu);
 	for (size_t i = 0; i < emu_rt::ranges.size(); i++)
 		if (emu_rt::ranges[i].lo == (uintptr_t)p &&
