@@ -143,7 +143,23 @@ static void test_commands(const struct dt_daemon *d)
 	T_CHECK(rc == 0 && cJSON_IsNumber(pid) && pid->valuedouble == (double)d->pid,
 		"moestream stats --json: exit %d, pid %s (daemon %d)", rc,
 		cJSON_IsNumber(pid) ? "a number" : "missing", (int)d->pid);
+	/* experts were read above: the engine was busy for a while, and not
+	 * longer than the daemon has been up */
+	const cJSON *busy = cJSON_GetObjectItemCaseSensitive(o, "io_busy_ns");
+	const cJSON *up = cJSON_GetObjectItemCaseSensitive(o, "uptime_s");
+	T_CHECK(cJSON_IsNumber(busy) && cJSON_IsNumber(up) && busy->valuedouble > 0 &&
+			busy->valuedouble <= up->valuedouble * 1e9,
+		"stats io_busy_ns %g not in (0, uptime %g s]",
+		cJSON_IsNumber(busy) ? busy->valuedouble : -1.0,
+		cJSON_IsNumber(up) ? up->valuedouble : -1.0);
 	cJSON_Delete(o);
+	free(text);
+	snprintf(cmd, sizeof(cmd), "%s stats --socket %s", t_build_path("moestream"),
+		 d->sock);
+	rc = t_run(cmd, &text, 65536);
+	T_CHECK(rc == 0 && strstr(text, "disk busy (s)") &&
+			strstr(text, "read GB/s while busy"),
+		"moestream stats: exit %d, no disk busy lines:\n%s", rc, text);
 	free(text);
 	snprintf(cmd, sizeof(cmd), "%s stats --prometheus --socket %s",
 		 t_build_path("moestream"), d->sock);

@@ -107,6 +107,10 @@ static void print_stats_table(const cJSON *o)
 	printf("%-22s %14s\n", "bytes read",
 	       fmt_bytes((uint64_t)num(o, "bytes_read"), b1, sizeof(b1)));
 	printf("%-22s %14.3f\n", "read GB/s (average)", num(o, "read_gbps"));
+	const double busy = num(o, "io_busy_ns") / 1e9;
+	printf("%-22s %14.2f\n", "disk busy (s)", busy);
+	printf("%-22s %14.3f\n", "read GB/s while busy",
+	       busy > 0 ? num(o, "bytes_read") / busy / 1e9 : 0.0);
 	printf("%-22s %14.0f\n", "evictions", num(o, "evictions"));
 	printf("%-22s %14.0f\n", "load failures", num(o, "load_failures"));
 	printf("%-22s %14.0f\n", "busy (-EBUSY)", num(o, "busy"));
