@@ -10,6 +10,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include "gpu_internal.cuh"
 #include "moestream/kernels.h"
 
 /* One thread writes the device's compute capability back: proves the fat
@@ -63,13 +64,11 @@ extern "C" const char *ms_gpu_build_info(void)
 extern "C" int ms_gpu_list(struct ms_gpu_info *out, int max,
 			   struct ms_err *err)
 {
-	int n = 0;
-	cudaError_t ce = cudaGetDeviceCount(&n);
-	if (ce != cudaSuccess)
-		return ms_err_set(err, -ENODEV, "no usable CUDA device: %s (%s)",
-				  cudaGetErrorString(ce), cudaGetErrorName(ce));
-	if (n == 0)
-		return ms_err_set(err, -ENODEV, "no CUDA device present");
+	int n;
+	int rc = msg_find_device(0, "", &n, err); /* device 0: any at all */
+	if (rc)
+		return rc;
+	cudaError_t ce;
 	if (n > max)
 		n = max;
 	for (int i = 0; i < n; i++) {

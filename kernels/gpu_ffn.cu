@@ -150,16 +150,10 @@ unsigned grid_for(int64_t threads)
 
 int cuda_fail(struct ms_err *err, cudaError_t ce, const char *what)
 {
-	return ms_err_set(err, msg_cuda_errno(ce), "gpu: %s: %s (%s)", what,
-			  cudaGetErrorString(ce), cudaGetErrorName(ce));
+	return msg_cuda_fail(err, "gpu", ce, what);
 }
 
-#define CUDA_TRY(call, what)                                                   \
-	do {                                                                   \
-		cudaError_t ce_ = (call);                                      \
-		if (ce_ != cudaSuccess)                                        \
-			return cuda_fail(err, ce_, what);                      \
-	} while (0)
+#define CUDA_TRY(call, what) MSG_CUDA_TRY("gpu", call, what)
 
 const char *blas_str(cublasStatus_t s)
 {
@@ -626,23 +620,16 @@ extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
 			       void *stream, struct ms_err *err)
 {
 	*out = nullptr;
-	int n = 0;
-	cudaError_t ce = cudaGetDeviceCount(&n);
-	if (ce != cudaSuccess)
-		return ms_err_set(err, -ENODEV, "no usable CUDA device: %s (%s)",
-				  cudaGetErrorString(ce), cudaGetErrorName(ce));
-	if (n == 0)
-		return ms_err_set(err, -ENODEV, "no CUDA device present");
-	if (device < 0 || device >= n)
-		return ms_err_set(err, -EINVAL,
-				  "gpu %d: no such device (there are %d)",
-				  device, n);
+	int n;
+	int rc = msg_find_device(device, "", &n, err);
+	if (rc)
+		return rc;
+	cudaError_t ce;
 	struct ms_gpu_ctx *c =
 		(struct ms_gpu_ctx *)calloc(1, sizeof(struct ms_gpu_ctx));
 	if (!c)
 		return ms_err_set(err, -ENOMEM, "gpu: out of memory");
 	c->device = device;
-	int rc = 0;
 	if ((ce = cudaSetDevice(device)) != cudaSuccess ||
 	    (ce = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount,
 					 device)) != cudaSuccess) {

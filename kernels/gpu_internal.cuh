@@ -34,6 +34,46 @@ static inline int msg_cuda_errno(cudaError_t ce)
 	}
 }
 
+/* "WHO: WHAT: <CUDA's description> (<its name>)", with msg_cuda_errno's
+ * errno. */
+static inline int msg_cuda_fail(struct ms_err *err, const char *who,
+				cudaError_t ce, const char *what)
+{
+	return ms_err_set(err, msg_cuda_errno(ce), "%s: %s: %s (%s)", who, what,
+			  cudaGetErrorString(ce), cudaGetErrorName(ce));
+}
+
+/* In a function with a `struct ms_err *err`: returns msg_cuda_fail's answer
+ * when `call` fails. */
+#define MSG_CUDA_TRY(who, call, what)                                          \
+	do {                                                                   \
+		cudaError_t ce_ = (call);                                      \
+		if (ce_ != cudaSuccess)                                        \
+			return msg_cuda_fail(err, who, ce_, what);             \
+	} while (0)
+
+/* Whether the runtime sees devices, and `device` among them: 0 and *n, or
+ * -ENODEV (no usable runtime, driver or device) / -EINVAL (no such device)
+ * with one line that starts with `prefix` ("" or "gpu tier: "). */
+static inline int msg_find_device(int device, const char *prefix, int *n,
+				  struct ms_err *err)
+{
+	*n = 0;
+	cudaError_t ce = cudaGetDeviceCount(n);
+	if (ce != cudaSuccess) {
+		cudaGetLastError(); /* do not leave it for the next check */
+		return ms_err_set(err, -ENODEV, "%sno usable CUDA device: %s (%s)",
+				  prefix, cudaGetErrorString(ce), cudaGetErrorName(ce));
+	}
+	if (*n == 0)
+		return ms_err_set(err, -ENODEV, "%sno CUDA device present", prefix);
+	if (device < 0 || device >= *n)
+		return ms_err_set(err, -EINVAL,
+				  "%sgpu %d: no such device (there are %d)", prefix,
+				  device, *n);
+	return 0;
+}
+
 /* ---- gpu_dequant.cu ----------------------------------------------------- */
 
 /* ms_gpu_dequant without the checks (the caller made them). */

@@ -164,16 +164,10 @@ namespace {
 
 int cuda_fail(struct ms_err *err, cudaError_t ce, const char *what)
 {
-	return ms_err_set(err, msg_cuda_errno(ce), "gpu tier: %s: %s (%s)", what,
-			  cudaGetErrorString(ce), cudaGetErrorName(ce));
+	return msg_cuda_fail(err, "gpu tier", ce, what);
 }
 
-#define CUDA_TRY(call, what)                                                   \
-	do {                                                                   \
-		cudaError_t ce_ = (call);                                      \
-		if (ce_ != cudaSuccess)                                        \
-			return cuda_fail(err, ce_, what);                      \
-	} while (0)
+#define CUDA_TRY(call, what) MSG_CUDA_TRY("gpu tier", call, what)
 
 uint64_t pad(uint64_t v)
 {
@@ -848,18 +842,10 @@ extern "C" int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 	if (o->timeout_ms < -1)
 		return ms_err_set(err, -EINVAL, "gpu tier: timeout %d ms",
 				  o->timeout_ms);
-	int n_dev = 0;
-	cudaError_t ce = cudaGetDeviceCount(&n_dev);
-	if (ce != cudaSuccess || n_dev == 0) {
-		cudaGetLastError();
-		return ms_err_set(err, -ENODEV, "gpu tier: no usable CUDA device%s%s",
-				  ce != cudaSuccess ? ": " : "",
-				  ce != cudaSuccess ? cudaGetErrorString(ce) : "");
-	}
-	if (o->device < 0 || o->device >= n_dev)
-		return ms_err_set(err, -EINVAL,
-				  "gpu tier: gpu %d: no such device (there are %d)",
-				  o->device, n_dev);
+	int n_dev;
+	int rc = msg_find_device(o->device, "gpu tier: ", &n_dev, err);
+	if (rc)
+		return rc;
 	const struct ms_client_model *m = ms_client_model(c);
 	if (!m->n_layers || !m->n_expert)
 		return ms_err_set(err, -EINVAL,
@@ -869,7 +855,7 @@ extern "C" int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 	if (!mem)
 		return ms_err_set(err, -ENOMEM, "gpu tier: out of memory");
 	ms_gpu_tier *t = new (mem) ms_gpu_tier();
-	int rc = 0;
+	cudaError_t ce;
 	t->c = c;
 	t->m = m;
 	t->device = o->device;
