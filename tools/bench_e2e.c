@@ -508,8 +508,14 @@ static int user_init(struct user *u, const struct cfg *c, struct ms_err *err)
 	return ms_ffn_pool_init(&u->ffn_pool, (int)c->threads, err);
 }
 
-static void user_free(struct user *u)
+/* Hands what the use added up to the method's result, then frees the
+ * rest: every method ends with this, whether it finished or not. */
+static void user_done(struct user *u, struct mres *res)
 {
+	res->touch_sum = u->touch_sum;
+	res->used_bytes = u->used_bytes;
+	res->ffn_sum = u->ffn_sum;
+	res->use_s = u->use_s;
 	ms_ffn_pool_free(u->ffn_pool);
 	free(u->x);
 	free(u->y);
@@ -747,11 +753,7 @@ out:
 	for (uint32_t s = 0; fds && s < S; s++)
 		if (fds[s] >= 0)
 			close(fds[s]);
-	res->touch_sum = u.touch_sum;
-	res->used_bytes = u.used_bytes;
-	res->ffn_sum = u.ffn_sum;
-	res->use_s = u.use_s;
-	user_free(&u);
+	user_done(&u, res);
 	free(fds);
 	free(maps);
 	free(sizes);
@@ -962,11 +964,7 @@ out:
 	for (uint32_t s = 0; fds && s < S; s++)
 		if (fds[s] >= 0)
 			close(fds[s]);
-	res->touch_sum = u.touch_sum;
-	res->used_bytes = u.used_bytes;
-	res->ffn_sum = u.ffn_sum;
-	res->use_s = u.use_s;
-	user_free(&u);
+	user_done(&u, res);
 	free(fds);
 	free(lat);
 	free(got);
@@ -1110,11 +1108,7 @@ out:
 			snprintf(res->stop_err, sizeof(res->stop_err), "%s (log: %s)",
 				 serr.msg, d.log);
 	}
-	res->touch_sum = dc.u.touch_sum;
-	res->used_bytes = dc.u.used_bytes;
-	res->ffn_sum = dc.u.ffn_sum;
-	res->use_s = dc.u.use_s;
-	user_free(&dc.u);
+	user_done(&dc.u, res);
 	return rc;
 }
 
