@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -50,18 +49,6 @@
 #include "../tools/trace.h"
 #include "moestream/model.h"
 #include "testutil.h"
-
-/* The binary's tools/ sources define this; the same here, weak, in case the
- * library at hand does not. */
-__attribute__((weak)) void tool_error(const char *c, const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "moestream %s: ", c);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 static const char *dir;
 static char model_path[4096];

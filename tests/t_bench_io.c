@@ -27,7 +27,6 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -39,18 +38,6 @@
 #include "../tools/tools.h"
 #include "moestream/model.h"
 #include "testutil.h"
-
-/* The binary's tools/ sources define this; the same here, weak, in case the
- * library at hand does not. */
-__attribute__((weak)) void tool_error(const char *c, const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "moestream %s: ", c);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 static const char *dir;
 static char model_path[4096];
