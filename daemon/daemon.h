@@ -5,6 +5,7 @@
 #ifndef MS_DAEMON_H
 #define MS_DAEMON_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -110,6 +111,12 @@ int ms_server_init(struct ms_server **out, const struct ms_config *cfg,
  * command line's overrides): 0, or -errno with a message. */
 typedef int (*ms_config_reload_fn)(struct ms_config *out, void *ctx,
 				   struct ms_err *err);
+
+/* Fills `set` (when not NULL) with the signals the server's loop takes
+ * through its signalfd (SIGTERM, SIGINT, SIGHUP) and blocks them in the
+ * calling thread. Call before any other thread exists, so that none of
+ * them gets these signals; ms_server_init calls it too. */
+void ms_server_block_signals(sigset_t *set);
 
 /* Runs until SIGTERM/SIGINT (0) or a fatal error (negative errno). On SIGHUP
  * it calls `reload` (NULL: nothing to re-read) and applies the options that

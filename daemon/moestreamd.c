@@ -229,12 +229,7 @@ int main(int argc, char **argv)
 	}
 
 	/* Before any thread exists: signals go to the loop's signalfd. */
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	ms_server_block_signals(NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	struct ms_model *m = NULL;

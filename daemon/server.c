@@ -1174,6 +1174,18 @@ static int bind_socket(struct ms_server *s, struct ms_err *err)
 	return 0;
 }
 
+void ms_server_block_signals(sigset_t *set)
+{
+	sigset_t own;
+	if (!set)
+		set = &own;
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, set, NULL);
+}
+
 int ms_server_init(struct ms_server **out, const struct ms_config *cfg,
 		   const struct ms_model *m, struct ms_cache *cache,
 		   struct ms_err *err)
@@ -1242,11 +1254,7 @@ int ms_server_init(struct ms_server **out, const struct ms_config *cfg,
 		goto fail;
 
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	ms_server_block_signals(&set);
 	s->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	s->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);

@@ -20,22 +20,12 @@
 
 static atomic_bool ip_loop_done;
 
-void ip_block_signals(void)
-{
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-}
-
 int ip_init(struct ip_server *s, const char *name, const char *model_path,
 	    const char *extra, const struct ms_io_faults *faults,
 	    struct ms_err *err)
 {
 	memset(s, 0, sizeof(*s));
-	ip_block_signals();
+	ms_server_block_signals(NULL);
 	if ((size_t)snprintf(s->sock, sizeof(s->sock), "%s/%s.sock", t_tmpdir(),
 			     name) >= sizeof(s->sock))
 		return ms_err_set(err, -ENAMETOOLONG, "socket path too long");

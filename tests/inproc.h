@@ -39,10 +39,9 @@ struct ip_server {
 	int run_rc;              /* what ms_server_run returned, once stopped */
 };
 
-/* Blocks SIGTERM/SIGINT/SIGHUP in the calling thread (and so in every thread
- * it creates later). ip_start does it too; call it first when threads are
- * created before the first ip_start. */
-void ip_block_signals(void);
+/* ip_start blocks the server's signals (ms_server_block_signals, daemon.h)
+ * in the calling thread; call that first when threads are created before
+ * the first ip_start. */
 
 /* Writes NAME.conf in the test folder (dt_write_config's defaults, then
  * `extra`), loads it, and builds the server: model, cache (with `faults`

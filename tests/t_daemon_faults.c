@@ -283,7 +283,7 @@ static void one_engine(const char *engine, const char *model_path)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	ip_block_signals();
+	ms_server_block_signals(NULL);
 	dt_watchdog(240, "t_daemon_faults");
 	const char *s = getenv("MS_FAULTS_SECONDS");
 	if (s && atof(s) > 0)

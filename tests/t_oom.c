@@ -834,7 +834,7 @@ static void phase_requests(void)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	ip_block_signals();
+	ms_server_block_signals(NULL);
 	debug = getenv("MS_OOM_DEBUG") != NULL;
 	dt_watchdog(240, "t_oom");
 	tracks = calloc(TRACK_SLOTS, sizeof(*tracks));
