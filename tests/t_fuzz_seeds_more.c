@@ -524,16 +524,9 @@ static size_t mutate(uint8_t *p, size_t n, size_t cap, uint64_t *rs)
 		case 4: /* truncate */
 			n = at;
 			break;
-		case 5: /* duplicate a run */ {
-			size_t len = 1 + (size_t)(t_rand(rs) % 64);
-			if (at + len > n)
-				len = n - at;
-			if (n + len <= cap) {
-				memmove(p + at + len, p + at, n - at);
-				n += len;
-			}
+		case 5: /* duplicate a run */
+			n = t_dup_run(p, n, cap, at, rs);
 			break;
-		}
 		}
 	}
 	return n;

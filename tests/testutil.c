@@ -161,6 +161,18 @@ uint64_t t_rand(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
+size_t t_dup_run(uint8_t *p, size_t n, size_t cap, size_t at, uint64_t *state)
+{
+	size_t len = 1 + (size_t)(t_rand(state) % 64);
+	if (at + len > n)
+		len = n - at;
+	if (n + len <= cap) {
+		memmove(p + at + len, p + at, n - at);
+		n += len;
+	}
+	return n;
+}
+
 uint64_t t_seed(void)
 {
 	const char *e = getenv("MS_SEED");

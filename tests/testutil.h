@@ -69,6 +69,11 @@ int t_run(const char *cmd, char **out, size_t max);
 uint64_t t_rand(uint64_t *state);
 uint64_t t_seed(void);
 
+/* A fuzz-style mutation shared by the seed tests: duplicates a run of
+ * 1..64 bytes starting at `at` (<= n) in place, when the result still fits
+ * in `cap`; returns the new length. Draws one number from `state`. */
+size_t t_dup_run(uint8_t *p, size_t n, size_t cap, size_t at, uint64_t *state);
+
 /* Writes `len` bytes to a new file; returns 0 or -errno. */
 int t_write_file(const char *path, const void *buf, size_t len);
 
