@@ -108,12 +108,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 static double now(void)
 {
 	struct timespec ts;
@@ -533,7 +527,7 @@ static int bench_kernels(int argc, char **argv)
 				tool_error(CMD,
 					   "--threads '%s': expected 0..%d",
 					   optarg, MAX_THREADS);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			threads = (int)v;
 			break;
@@ -541,11 +535,11 @@ static int bench_kernels(int argc, char **argv)
 		case 'T':
 			if (tool_parse_types(CMD, optarg, ms_ffn_type_supported,
 					     types, (int)N_DEFAULT * 2, &n_types))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 's':
 			if (tool_parse_seconds(CMD, optarg, 60, &seconds))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'm': {
 			errno = 0;
@@ -562,7 +556,7 @@ static int bench_kernels(int argc, char **argv)
 					   "--mem '%s': expected a size "
 					   "like 512M (at most 64G)",
 					   optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			span = v << sh;
 			break;
@@ -574,12 +568,12 @@ static int bench_kernels(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 
 	struct ms_err err = { 0 };

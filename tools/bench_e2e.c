@@ -2330,12 +2330,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 /* The default compute: see the top of the file. */
 static double default_compute_ms(const struct ms_model *m, char *why, size_t len)
 {
@@ -2456,10 +2450,10 @@ int bench_e2e_main(int argc, char **argv)
 		case O_TRACE: trace_path = optarg; break;
 		case O_TOKENS:
 			if (tool_parse_u32(CMD, "tokens", optarg, &tokens))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			if (!tokens) {
 				tool_error(CMD, "--tokens '0': at least 1");
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case O_SEED:
@@ -2467,7 +2461,7 @@ int bench_e2e_main(int argc, char **argv)
 			seed = strtoull(optarg, &end, 10);
 			if (errno || end == optarg || *end || *optarg == '-') {
 				tool_error(CMD, "--seed '%s': a whole number", optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case O_CACHE: cache_arg = optarg; break;
@@ -2479,7 +2473,7 @@ int bench_e2e_main(int argc, char **argv)
 			    compute_ms > 60000) {
 				tool_error(CMD, "--compute-ms '%s': milliseconds from 0 to "
 						"60000", optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case O_TOUCH: touch = true; break;
@@ -2487,7 +2481,7 @@ int bench_e2e_main(int argc, char **argv)
 			if (strcmp(optarg, "cpu")) {
 				tool_error(CMD, "--ffn '%s': only 'cpu' (the GPU FFN is "
 						"not in this build)", optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			ffn = true;
 			break;
@@ -2499,15 +2493,15 @@ int bench_e2e_main(int argc, char **argv)
 			if (tool_parse_methods(CMD, "--methods", optarg, method_key,
 					       M_COUNT, "mmap, pread, lru, prefetch",
 					       c.want))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case O_THREADS:
 			if (tool_parse_u32(CMD, "threads", optarg, &threads))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			if (!threads || threads > MAX_THREADS) {
 				tool_error(CMD, "--threads '%s': from 1 to %u", optarg,
 					   MAX_THREADS);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case O_POLICY:
@@ -2515,7 +2509,7 @@ int bench_e2e_main(int argc, char **argv)
 			    strcmp(optarg, "history")) {
 				tool_error(CMD, "--prefetch-policy '%s': auto, hint or "
 						"history", optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			c.policy = optarg;
 			break;
@@ -2540,7 +2534,7 @@ int bench_e2e_main(int argc, char **argv)
 						   : !strcmp(own[i], "prefetch.policy")
 							   ? " (use --prefetch-policy)"
 							   : "");
-					return bad_usage();
+					return tool_bad_usage(usage_line);
 				}
 			bool ok = dot && eq && dot > optarg && eq > dot + 1 && eq[1] &&
 				  !strpbrk(optarg, "\n\r[]");
@@ -2555,7 +2549,7 @@ int bench_e2e_main(int argc, char **argv)
 					   ok ? "too many --set options (1 KiB in all)"
 					      : "expected SECTION.KEY=VALUE, e.g. "
 						"io.prefetch_inflight=64M");
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			size_t sl = strlen(c.sets);
 			snprintf(c.sets + sl, sizeof(c.sets) - sl, "%s%s", sl ? " " : "",
@@ -2563,29 +2557,29 @@ int bench_e2e_main(int argc, char **argv)
 			break;
 		}
 		case 'h': usage(stdout); return 0;
-		default: return bad_usage();
+		default: return tool_bad_usage(usage_line);
 		}
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (!c.model_path) {
 		tool_error(CMD, "give the model: --model MODEL");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (touch && ffn) {
 		tool_error(CMD, "--touch and --ffn cpu: one or the other");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (json && csv) {
 		tool_error(CMD, "--json and --csv: one or the other");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (mem_arg && sweep) {
 		tool_error(CMD, "--mem-limit goes without --sweep: each size gets its "
 				"cache + 64 MiB + what the processes need");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	/* Sizes are checked against the model below; count them here. */
 	char *sizes[MAX_SWEEP];
@@ -2596,18 +2590,18 @@ int bench_e2e_main(int argc, char **argv)
 	     s = strtok_r(NULL, ",", &save)) {
 		if (n_sizes == MAX_SWEEP) {
 			tool_error(CMD, "--sweep: at most %d sizes", MAX_SWEEP);
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 		sizes[n_sizes++] = s;
 	}
 	if (!n_sizes) {
 		tool_error(CMD, "--sweep '%s': no size", sweep ? sweep : "");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (plot && n_sizes < 2) {
 		tool_error(CMD, "--plot draws tok/s against cache size: give --sweep "
 				"with two sizes or more");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	char gnuplot[4200];
 	if (plot && find_gnuplot(gnuplot, sizeof(gnuplot))) {
@@ -2665,7 +2659,7 @@ int bench_e2e_main(int argc, char **argv)
 		if (parse_cache(sizes[i], &c, daemon, &runs[i].cache_bytes)) {
 			tool_error(CMD, "%s '%s': bytes with K/M/G or a share like "
 					"25%%", sweep ? "--sweep" : "--cache-size", sizes[i]);
-			rc = bad_usage();
+			rc = tool_bad_usage(usage_line);
 			goto out;
 		}
 		if (runs[i].cache_bytes > max_cache)
@@ -2761,7 +2755,7 @@ int bench_e2e_main(int argc, char **argv)
 			char b[32];
 			tool_error(CMD, "cache size %s is below one layer's %u experts (%s)",
 				   sizes[i], cut.k, fmt_bytes(sim->min_cache, b, sizeof(b)));
-			rc = bad_usage();
+			rc = tool_bad_usage(usage_line);
 			goto out;
 		}
 		r->slots = (uint32_t)(r->cache_bytes / c.max_expert);
@@ -2774,7 +2768,7 @@ int bench_e2e_main(int argc, char **argv)
 				tool_error(CMD, "--mem-limit '%s': bytes (K/M/G), at least "
 						"the cache's %s", mem_arg,
 					   fmt_bytes(r->cache_bytes, b, sizeof(b)));
-				rc = bad_usage();
+				rc = tool_bad_usage(usage_line);
 				goto out;
 			}
 			r->mem_limit = v;

@@ -448,12 +448,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 int bench_gpu_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -485,17 +479,17 @@ int bench_gpu_main(int argc, char **argv)
 		case 'T':
 			if (tool_parse_types(CMD, optarg, ms_dequant_supported,
 					     types, BENCH_GPU_MAX_TYPES, &n_types))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 's':
 			if (tool_parse_seconds(CMD, optarg, 60, &seconds))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'd': {
 			uint32_t u;
 			if (tool_parse_u32(CMD, "device", optarg, &u) ||
 			    u >= MS_GPU_MAX)
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			device = (int)u;
 			break;
 		}
@@ -506,7 +500,7 @@ int bench_gpu_main(int argc, char **argv)
 					   "--mem '%s': expected a size like "
 					   "1G (64M .. 256G)",
 					   optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case 'P':
@@ -525,7 +519,7 @@ int bench_gpu_main(int argc, char **argv)
 					   "--shape '%s': expected n_embd,n_ff, "
 					   "multiples of 32 up to 65536",
 					   optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			shape_embd = e;
 			shape_ff = f;
@@ -535,12 +529,12 @@ int bench_gpu_main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	struct bench_gpu_report *rep = malloc(sizeof(*rep));
 	if (!rep) {

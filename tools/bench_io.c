@@ -149,12 +149,6 @@ static void usage(FILE *f)
 		usage_line, DEFAULT_DEPTH, MAX_DEPTH, MAX_THREADS, MAX_ROUNDS);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 /* ---- the plan: which experts, where they land --------------------------------- */
 
 enum method { M_ENGINE, M_CACHE, M_RAW, M_PREAD, M_MMAP, M_COUNT };
@@ -1362,37 +1356,37 @@ int bench_io_main(int argc, char **argv)
 		switch (c) {
 		case 'n':
 			if (parse_u("--loads", optarg, 1, UINT32_MAX, &n_loads))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'd':
 			if (parse_u("--depth", optarg, 1, MAX_DEPTH, &depth))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 't':
 			if (parse_u("--threads", optarg, 1, MAX_THREADS, &threads))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 's':
 			if (parse_u("--seed", optarg, 0, UINT64_MAX, &seed))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'R':
 			if (parse_u("--rounds", optarg, 1, MAX_ROUNDS, &rounds))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'r':
 			if (ms_parse_size(optarg, &rsize) || !rsize ||
 			    rsize % MS_IO_ALIGN || rsize > (64u << 20)) {
 				tool_error(CMD, "--request-size '%s': expected a "
 						"multiple of 4K up to 64M", optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			break;
 		case 'm':
 			if (tool_parse_methods(CMD, "--methods", optarg, method_name,
 					       M_COUNT, "engine, cache, raw, pread, mmap",
 					       want))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			break;
 		case 'P':
 			small = true;
@@ -1404,12 +1398,12 @@ int bench_io_main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	const char *path = tool_one_model(CMD, argc, argv, optind);
 	if (!path)
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	struct bench b = { .depth = (unsigned)depth, .request_size = (uint32_t)rsize };
 	b.threads = threads ? (unsigned)threads
 			    : (unsigned)(depth < MAX_THREADS ? depth : MAX_THREADS);

@@ -705,12 +705,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 static void json_dist(cJSON *j, const char *pre, const struct dist *d)
 {
 	char k[64];
@@ -853,7 +847,7 @@ int bench_rpc_main(int argc, char **argv)
 			break;
 		case O_JSON: json = true; break;
 		case 'h': usage(stdout); return 0;
-		default: return bad_usage();
+		default: return tool_bad_usage(usage_line);
 		}
 		if (u) {
 			errno = 0;
@@ -868,12 +862,12 @@ int bench_rpc_main(int argc, char **argv)
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (model && (sock || conf)) {
 		tool_error(CMD, "--model starts a daemon of its own: it goes without "
 				"--socket and -c");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 
 	struct ms_err err = { 0 };

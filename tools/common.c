@@ -45,6 +45,12 @@ const char *fmt_count(uint64_t v, char *buf, size_t len)
 	return buf;
 }
 
+int tool_bad_usage(const char *usage_line)
+{
+	fprintf(stderr, "%s  (see --help)\n", usage_line);
+	return EXIT_USAGE;
+}
+
 void tool_error(const char *cmd, const char *fmt, ...)
 {
 	va_list ap;

@@ -84,12 +84,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 static int parse_proj(const char *s, enum ms_proj *out)
 {
 	for (int p = 0; p < MS_PROJ_COUNT; p++) {
@@ -308,17 +302,17 @@ int cmd_dump(int argc, char **argv)
 		switch (c) {
 		case 'l':
 			if (tool_parse_u32(CMD, "layer", optarg, &block))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_layer = true;
 			break;
 		case 'e':
 			if (tool_parse_u32(CMD, "expert", optarg, &expert))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_expert = true;
 			break;
 		case 'p':
 			if (parse_proj(optarg, &proj))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_proj = true;
 			break;
 		case 'o':
@@ -328,21 +322,21 @@ int cmd_dump(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	const char *path = tool_one_model(CMD, argc, argv, optind);
 	if (!path)
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	if (!have_layer || !have_expert || !have_proj) {
 		tool_error(CMD, "--%s is required",
 			   !have_layer ? "layer" : !have_expert ? "expert"
 								 : "proj");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (out_path && !*out_path) {
 		tool_error(CMD, "-o needs a file name");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	bool to_stdout = !out_path || !strcmp(out_path, "-");
 	if (to_stdout && isatty(STDOUT_FILENO)) {

@@ -82,12 +82,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 /* The expert's bytes, read from its extents, as a view. */
 struct expert_buf {
 	struct ms_expert_view v;
@@ -389,12 +383,12 @@ int cmd_ffn(int argc, char **argv)
 		switch (c) {
 		case 'l':
 			if (tool_parse_u32(CMD, "layer", optarg, &a.block))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_layer = true;
 			break;
 		case 'e':
 			if (tool_parse_u32(CMD, "expert", optarg, &a.expert))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_expert = true;
 			break;
 		case 'i':
@@ -408,16 +402,16 @@ int cmd_ffn(int argc, char **argv)
 				tool_error(CMD,
 					   "--device '%s' is not cpu or gpu",
 					   optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			a.gpu = !strcmp(optarg, "gpu");
 			break;
 		case 't':
 			if (tool_parse_u32(CMD, "threads", optarg, &u))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			if (u > 512) {
 				tool_error(CMD, "--threads %u: at most 512", u);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			a.threads = (int)u;
 			break;
@@ -433,7 +427,7 @@ int cmd_ffn(int argc, char **argv)
 					   "--path '%s' is not auto, scalar "
 					   "or avx2",
 					   optarg);
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			}
 			a.path = (enum ms_ffn_path)p;
 			break;
@@ -442,18 +436,18 @@ int cmd_ffn(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	const char *path = tool_one_model(CMD, argc, argv, optind);
 	if (!path)
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	if (!have_layer || !have_expert || !a.in_path) {
 		tool_error(CMD, "%s is required",
 			   !have_layer	  ? "--layer"
 			   : !have_expert ? "--expert"
 					  : "--in");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (a.gpu) {
 		struct ms_gpu_info g[MS_GPU_MAX];
@@ -471,7 +465,7 @@ int cmd_ffn(int argc, char **argv)
 	if (!a.out_path && isatty(STDOUT_FILENO)) {
 		tool_error(CMD, "not writing binary f32 to a terminal: give -o "
 				"FILE or redirect stdout");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	struct ms_model *m;
 	struct ms_err err = { 0 };

@@ -374,12 +374,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 struct bar {
 	bool drawn;
 };
@@ -539,16 +533,16 @@ int cmd_replay(int argc, char **argv)
 		case O_HINT: o.prefetch_hint = true; break;
 		case O_JSON: json = true; break;
 		case 'h': usage(stdout); return 0;
-		default: return bad_usage();
+		default: return tool_bad_usage(usage_line);
 		}
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	if (!trace_path) {
 		tool_error(CMD, "give the trace to replay: --trace TRACE");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	struct ms_err err = { 0 };
 	struct ms_trace *t = NULL;

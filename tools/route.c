@@ -68,12 +68,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static int bad_usage(void)
-{
-	fprintf(stderr, "%s  (see --help)\n", usage_line);
-	return EXIT_USAGE;
-}
-
 /* Reads tensor `name` of the model if present: 0 and *out (malloc'ed), 0
  * and *out = NULL when absent and optional, or 1 after saying why. Checks
  * its shape against ne0 x ne1 and, for f32 tensors (want_f32), its type. */
@@ -244,7 +238,7 @@ int cmd_route(int argc, char **argv)
 		switch (c) {
 		case 'l':
 			if (tool_parse_u32(CMD, "layer", optarg, &block))
-				return bad_usage();
+				return tool_bad_usage(usage_line);
 			have_layer = true;
 			break;
 		case 'i':
@@ -257,16 +251,16 @@ int cmd_route(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			return bad_usage();
+			return tool_bad_usage(usage_line);
 		}
 	}
 	const char *path = tool_one_model(CMD, argc, argv, optind);
 	if (!path)
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	if (!have_layer || !in_path) {
 		tool_error(CMD, "%s is required",
 			   !have_layer ? "--layer" : "--in");
-		return bad_usage();
+		return tool_bad_usage(usage_line);
 	}
 	struct ms_model *m;
 	struct ms_err err = { 0 };

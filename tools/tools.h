@@ -109,6 +109,10 @@ uint16_t tool_small_f16(uint64_t r, int e);
 void tool_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* The command's usage line and "(see --help)" on stderr; returns
+ * EXIT_USAGE, for `return tool_bad_usage(usage_line);`. */
+int tool_bad_usage(const char *usage_line);
+
 /* The one MODEL operand left after getopt: its path, or NULL after saying
  * (with tool_error) that there is none or one too many. */
 const char *tool_one_model(const char *cmd, int argc, char **argv,
