@@ -211,13 +211,20 @@ static void check_host_f16(void)
 #endif
 }
 
-/* ---- random valid blocks (tools/mkmodel.c's recipe) ---------------------- */
+/* ---- random valid blocks ------------------------------------------------- */
 
 /* `size` bytes (whole blocks) of `type`: random bits with small finite
- * scales, or (valid = false) random bits only. */
+ * scales (quantized types: tool_fill_blocks, mkmodel's recipe), gaussian
+ * values (float types), or (valid = false) random bits only. */
 static void fill(uint8_t *buf, size_t size, uint32_t type, bool valid)
 {
-	const struct ms_type_info *ti = ms_type_get(type);
+	const bool floats = type == MS_TYPE_F32 || type == MS_TYPE_F16 ||
+			    type == MS_TYPE_BF16;
+	if (valid && !floats) {
+		/* tool_splitmix is t_rand's generator: the same draws */
+		tool_fill_blocks(buf, size, type, &rng);
+		return;
+	}
 	for (size_t i = 0; i < size; i += 8) {
 		uint64_t r = t_rand(&rng);
 		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
@@ -238,23 +245,7 @@ static void fill(uint8_t *buf, size_t size, uint32_t type, bool valid)
 							 : (uint16_t)(f32_bits(f) >> 16);
 			memcpy(buf + i, &h, 2);
 		}
-		return;
 	}
-	if (type == MS_TYPE_MXFP4) {
-		for (size_t b = 0; b < size; b += ti->type_size)
-			buf[b] = (uint8_t)(127 - 6 - t_rand(&rng) % 2);
-		return;
-	}
-	const struct tool_scales *sf = tool_scales_of(type);
-	if (!sf)
-		return;
-	for (size_t b = 0; b < size; b += ti->type_size)
-		for (int j = 0; j < 2; j++) {
-			if (sf->f16[j] < 0)
-				continue;
-			uint16_t h = tool_small_f16(t_rand(&rng), sf->exp);
-			memcpy(buf + b + sf->f16[j], &h, 2);
-		}
 }
 
 /* ---- device memory ---------------------------------------------------------- */

@@ -185,6 +185,30 @@ uint64_t tool_splitmix(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
+void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
+{
+	for (uint64_t i = 0; i < size; i += 8) {
+		uint64_t r = tool_splitmix(s);
+		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
+	}
+	const struct ms_type_info *ti = ms_type_get(type);
+	if (type == MS_TYPE_MXFP4) {
+		for (uint64_t b = 0; b < size; b += ti->type_size)
+			buf[b] = (uint8_t)(127 - 6 - tool_splitmix(s) % 2);
+		return;
+	}
+	const struct tool_scales *sf = tool_scales_of(type);
+	if (!sf)
+		return;
+	for (uint64_t b = 0; b < size; b += ti->type_size)
+		for (int j = 0; j < 2; j++) {
+			if (sf->f16[j] < 0)
+				continue;
+			uint16_t h = tool_small_f16(tool_splitmix(s), sf->exp);
+			memcpy(buf + b + sf->f16[j], &h, 2);
+		}
+}
+
 bool tool_drop_caches(void)
 {
 	sync();

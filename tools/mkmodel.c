@@ -169,18 +169,10 @@ static void usage(FILE *f)
 
 /* ---- deterministic randomness ----------------------------------------------- */
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 static uint64_t mix3(uint64_t a, uint64_t b, uint64_t c)
 {
 	uint64_t s = a * 0x9e3779b97f4a7c15ull ^ b * 0xc2b2ae3d27d4eb4full ^ c;
-	return rng(&s);
+	return tool_splitmix(&s);
 }
 
 /* ---- random valid blocks --------------------------------------------------- */
@@ -195,13 +187,12 @@ static bool type_writable(uint32_t t)
 
 static float small_uniform(uint64_t *s, float scale)
 {
-	return scale * ((float)(rng(s) >> 40) / (float)(1 << 23) - 1.0f);
+	return scale * ((float)(tool_splitmix(s) >> 40) / (float)(1 << 23) - 1.0f);
 }
 
 /* Fills `size` bytes of `type` (a multiple of its block) with valid blocks. */
 static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 {
-	const struct ms_type_info *ti = ms_type_get(type);
 	if (type == MS_TYPE_F16 || type == MS_TYPE_BF16) {
 		for (uint64_t i = 0; i + 2 <= size; i += 2) {
 			float f = small_uniform(s, 0.05f);
@@ -210,8 +201,8 @@ static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 			/* bf16: the top half; f16: a small value in range */
 			uint16_t h = type == MS_TYPE_BF16
 					     ? (uint16_t)(u >> 16)
-					     : (uint16_t)(tool_small_f16(rng(s), 8) |
-							  (rng(s) & 1) << 15);
+					     : (uint16_t)(tool_small_f16(tool_splitmix(s), 8) |
+							  (tool_splitmix(s) & 1) << 15);
 			memcpy(buf + i, &h, 2);
 		}
 		return;
@@ -223,25 +214,7 @@ static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 		}
 		return;
 	}
-	for (uint64_t i = 0; i < size; i += 8) {
-		uint64_t r = rng(s);
-		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
-	}
-	if (type == MS_TYPE_MXFP4) {
-		for (uint64_t b = 0; b < size; b += ti->type_size)
-			buf[b] = (uint8_t)(127 - 6 - rng(s) % 2);
-		return;
-	}
-	const struct tool_scales *sf = tool_scales_of(type);
-	if (!sf)
-		return;
-	for (uint64_t b = 0; b < size; b += ti->type_size)
-		for (int j = 0; j < 2; j++) {
-			if (sf->f16[j] < 0)
-				continue;
-			uint16_t h = tool_small_f16(rng(s), sf->exp);
-			memcpy(buf + b + sf->f16[j], &h, 2);
-		}
+	tool_fill_blocks(buf, size, type, s);
 }
 
 /* One pool of random valid blocks per type, shared by every tensor of it. */

@@ -104,6 +104,11 @@ const struct tool_scales *tool_scales_of(uint32_t type);
 /* f16 bits of a small positive value: 2^-(e..e+2) x (1 + m/1024), from
  * random bits r. */
 uint16_t tool_small_f16(uint64_t r, int e);
+/* `size` bytes (whole blocks) of a quantized type, from tool_splitmix(s):
+ * random bits, with every block's scales small and finite (its f16 scales
+ * by tool_small_f16, MXFP4's e8m0 at 2^-6 or 2^-7), so that dequantised
+ * values are finite and modest. mkmodel's recipe. */
+void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s);
 
 /* Prints "moestream CMD: message" on stderr. */
 void tool_error(const char *cmd, const char *fmt, ...)
