@@ -57,7 +57,7 @@ ifneq ($(SANITIZER),)
 ALL_CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 ALL_LDFLAGS += -fsanitize=$(SANITIZER)
 endif
-LIBS        := -luring -lnuma -linih -lcjson -lpthread -lm
+LIBS        := -luring -lnuma -linih -lcjson -lpcre2-8 -lpcre2-32 -lpthread -lm
 
 ifneq ($(NVCC),)
 ALL_CFLAGS  += -DMS_HAVE_CUDA=1 -I$(CUDA_HOME)/include
@@ -77,6 +77,7 @@ KERN_SRC    += kernels/gpu_nocuda.c
 CU_SRC      :=
 endif
 DAEMON_SRC  := $(filter-out daemon/moestreamd.c,$(wildcard daemon/*.c))
+ENGINE_SRC  := $(wildcard engine/*.c)
 TOOLS_SRC   := $(wildcard tools/*.c)
 TEST_SRC    := $(wildcard tests/t_*.c)
 TEST_HELPER := $(filter-out tests/t_%.c,$(wildcard tests/*.c))
@@ -92,14 +93,14 @@ endif
 
 CORE_OBJ    := $(call obj,$(MODEL_SRC) $(IOURING_SRC) $(CACHE_SRC) $(DAEMON_SRC))
 KERN_OBJ    := $(call obj,$(KERN_SRC)) $(patsubst %.cu,$(O)/obj/%.cu.o,$(CU_SRC))
-LIB_OBJ     := $(CORE_OBJ) $(KERN_OBJ)
+LIB_OBJ     := $(CORE_OBJ) $(KERN_OBJ) $(call obj,$(ENGINE_SRC))
 TOOLS_OBJ   := $(call obj,$(filter-out tools/moestream.c,$(TOOLS_SRC)))
 HELPER_OBJ  := $(call obj,$(TEST_HELPER))
 TEST_BIN    := $(patsubst tests/%.c,$(O)/tests/%,$(TEST_SRC))
 
 BINS        := $(O)/moestreamd $(O)/moestream $(O)/libmoestream.a $(O)/libmoestream.so
 
-.PHONY: all deps deps-check run test check fuzz install clean tests ggml-ref bench
+.PHONY: all deps deps-check run test check fuzz install clean tests ggml-ref bench unicode-tables
 .PRECIOUS: $(O)/obj/%.o
 .DEFAULT_GOAL := all
 
@@ -147,6 +148,11 @@ $(O)/tests/%: $(O)/obj/tests/%.o $(HELPER_OBJ) $(O)/libms_tools.a $(O)/libmoestr
 	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(CUDA_LIBS) -ldl
 
 tests: $(BINS) $(TEST_BIN)
+
+# The tokenizer's Unicode classes, generated from Debian's unicode-data and
+# committed (t_unicode_tables checks that they are what the script writes).
+unicode-tables:
+	tools/gen-unicode.sh > engine/unicode_ranges.h
 
 # ggml's reference library, fetched once with npm into a cache outside the
 # repository; the tests that need it fail (never pass) when it cannot be had.
@@ -198,10 +204,14 @@ bench: all
 # t_fuzz_seeds_more run it in every `make test`. FUZZ_TARGETS="config
 # protocol" (or make fuzz-config) runs some of them; make -jN runs N at once.
 #
-#   gguf      the GGUF reader and the expert map        model/
+#   gguf      the GGUF reader, the expert map and the   model/, engine/
+#             vocabulary reader (ms_vocab_load)
 #   protocol  the wire decoders and encoders            daemon/protocol.c, model/
 #   config    the configuration parser (libinih)        daemon/config.c, and the
 #             cache's defaults it reads: cache/, iouring/, model/
+#   tokenize  the tokenizer on arbitrary bytes, with    engine/, model/
+#             the Qwen3 vocabulary (run.sh writes build/fuzz/qwen3-vocab.gguf
+#             with build/moestream and the tokenizer tests/fetch-ggml.sh fetched)
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES  := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
@@ -210,17 +220,22 @@ FUZZ_CFLAGS := -std=gnu11 -O1 -g $(filter-out -Wno-format-truncation,$(WARN)) -D
                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_OPTS   ?= -timeout=10 -rss_limit_mb=2048
 
-FUZZ_DEPS_gguf     := $(MODEL_SRC)
-FUZZ_LIBS_gguf     := -lm
+# The vocabulary and the tokenizer only, not the rest of engine/ (the
+# forward pass needs cache/, iouring/ and kernels/).
+FUZZ_TOK_SRC       := engine/vocab.c engine/tokenizer.c engine/unicode.c
+FUZZ_DEPS_gguf     := $(MODEL_SRC) $(FUZZ_TOK_SRC)
+FUZZ_LIBS_gguf     := -lpcre2-8 -lpcre2-32 -lpthread -lm
 FUZZ_DEPS_protocol := daemon/protocol.c $(MODEL_SRC)
 FUZZ_LIBS_protocol := -lm
 FUZZ_DEPS_config   := daemon/config.c $(CACHE_SRC) $(IOURING_SRC) $(MODEL_SRC)
 FUZZ_LIBS_config   := -luring -lnuma -linih -lpthread -lm
+FUZZ_DEPS_tokenize := $(FUZZ_TOK_SRC) $(MODEL_SRC)
+FUZZ_LIBS_tokenize := -lpcre2-8 -lpcre2-32 -lpthread -lm
 
 # A target without its own lines above gets the model/ sources.
 define fuzz_rule
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c $$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) \
-		$$(wildcard include/moestream/*.h daemon/*.h) Makefile
+		$$(wildcard include/moestream/*.h daemon/*.h engine/*.h) Makefile
 	@mkdir -p $$(dir $$@)
 	@command -v $$(FUZZ_CC) >/dev/null || { echo "make fuzz needs $$(FUZZ_CC): apt-get install -y clang (Debian package clang), or FUZZ_CC=another libFuzzer compiler" >&2; exit 1; }
 	$$(call say,FUZZ,$$@)$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ $$< \

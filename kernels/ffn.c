@@ -661,3 +661,120 @@ out:
 	free(j.xs16);
 	return rc;
 }
+
+/* ---- a plain matrix product ------------------------------------------------------ */
+
+/* One thread's rows of W x: the fused row-dot at B = 1 on the AVX2 path,
+ * else R rows dequantised then dotted against every input. The job's
+ * gate/t_gate/rs_gate hold W, n_embd its row length, n_ff its rows. */
+static void phase_matmul(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	int64_t r0, r1, n_in = j->n_embd, n_out = j->n_ff;
+	share(n_out, ith, nth, &r0, &r1);
+	if (j->rd_gate) {
+		for (int64_t r = r0; r < r1; r++)
+			j->y[r] = j->rd_gate(j->gate + (uint64_t)r * j->rs_gate,
+					     j->x, j->xs16, j->xs32, n_in);
+		return;
+	}
+	float *w = j->wbuf[ith];
+	for (int64_t r = r0; r < r1; r += j->rows) {
+		int nr = r1 - r < j->rows ? (int)(r1 - r) : j->rows;
+		int rc = dequant_rows(j, j->t_gate, j->gate, j->rs_gate, r, nr,
+				      n_in, w);
+		if (rc) {
+			job_fail(j, rc);
+			return;
+		}
+		dot_rows(j, w, nr, j->x, n_in, n_in, j->y + r, n_out);
+	}
+}
+
+int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
+	      const float *x, float *y, int64_t n_tokens,
+	      const struct ms_ffn_opts *opts, struct ms_err *err)
+{
+	struct ms_ffn_opts def = { 0 };
+	if (!opts)
+		opts = &def;
+	if (!w || !x || !y)
+		return ms_err_set(err, -EINVAL, "matmul: NULL weights, input or "
+				  "output");
+	if (n_tokens < 1 || n_tokens > MAX_TOKENS || n_in < 32 || n_in % 32 ||
+	    n_out < 1)
+		return ms_err_set(err, -EINVAL, "matmul: %lld tokens, %lld x %lld: "
+				  "expected 1..%d tokens and rows of a multiple "
+				  "of 32", (long long)n_tokens, (long long)n_out,
+				  (long long)n_in, MAX_TOKENS);
+	if (!ms_ffn_type_supported(type))
+		return ms_err_set(err, -ENOTSUP, "matmul: no CPU kernel for type "
+				  "%s", ms_type_name(type));
+	enum ms_ffn_path path = resolve_path(opts->path);
+	if (!ms_ffn_path_available(path))
+		return ms_err_set(err, -ENOTSUP, "matmul: the %s path is not "
+				  "available on this CPU", ms_ffn_path_name(path));
+	uint64_t rs;
+	int rc = ms_type_row_size(type, n_in, &rs, err);
+	if (rc)
+		return rc;
+	struct ffn_job j = {
+		.path = path, .n_embd = n_in, .n_ff = n_out, .n_tok = n_tokens,
+		.gate = w, .t_gate = type, .rs_gate = rs, .x = x, .y = y,
+	};
+	if (path == MS_FFN_PATH_AVX2) {
+		int64_t r = (192 << 10) / (n_in * (int64_t)sizeof(float));
+		r &= ~(int64_t)3;
+		j.rows = r < 4 ? 4 : r > 16 ? 16 : (int)r;
+		if (n_tokens == 1)
+			j.rd_gate = ms_ffn_avx2_rowdot(type);
+	} else {
+		j.rows = 1;
+	}
+	int nth = opts->pool	    ? opts->pool->n
+		  : opts->n_threads ? opts->n_threads
+				    : online_cpus();
+	if (!opts->pool && nth > n_out)
+		nth = (int)n_out;
+	size_t wsz = j.rd_gate ? 0 : (size_t)j.rows * (size_t)n_in * sizeof(float);
+	j.wbuf = calloc((size_t)nth, sizeof(*j.wbuf));
+	j.xs16 = j.rd_gate ? malloc(((size_t)n_in / 16 + (size_t)n_in / 32 + 2) *
+				    sizeof(float))
+			   : NULL;
+	rc = !j.wbuf || (j.rd_gate && !j.xs16) ? -ENOMEM : 0;
+	for (int i = 0; !rc && wsz && i < nth; i++)
+		if (!(j.wbuf[i] = aligned_alloc(64, (wsz + 63) & ~(size_t)63)))
+			rc = -ENOMEM;
+	if (rc) {
+		rc = ms_err_set(err, rc, "matmul: out of memory");
+		goto out;
+	}
+	if (j.rd_gate) {
+		j.xs32 = j.xs16 + n_in / 16;
+		block_sums(x, n_in, j.xs16, j.xs32);
+	}
+	if (opts->pool)
+		pool_run(opts->pool, phase_matmul, &j);
+	else
+		spawn_run(nth, phase_matmul, &j);
+	if (j.rc)
+		rc = ms_err_set(err, j.rc, "matmul: dequantisation failed: %s",
+				strerror(-j.rc));
+out:
+	for (int i = 0; j.wbuf && i < nth; i++)
+		free(j.wbuf[i]);
+	free(j.wbuf);
+	free(j.xs16);
+	return rc;
+}
+
+/* Runs fn(ctx, ith, nth) on every thread of the pool (or nth fresh threads
+ * without one), for the engine's own parallel loops. */
+void ms_ffn_parallel(struct ms_ffn_pool *pool, int n_threads,
+		     void (*fn)(void *ctx, int ith, int nth), void *ctx)
+{
+	if (pool)
+		pool_run(pool, fn, ctx);
+	else
+		spawn_run(n_threads > 0 ? n_threads : online_cpus(), fn, ctx);
+}

@@ -19,10 +19,12 @@ cmd:cc build-essential
 /usr/include/numa.h libnuma-dev
 /usr/include/ini.h libinih-dev
 /usr/include/cjson/cJSON.h libcjson-dev
+/usr/include/pcre2.h libpcre2-dev
 '
 test_deps='
 cmd:npm npm
 cmd:timeout coreutils
+/usr/share/unicode/UnicodeData.txt unicode-data
 '
 ci_deps='
 cmd:clang clang

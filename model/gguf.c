@@ -361,6 +361,7 @@ static int read_array(struct rd *r, struct ms_gguf_kv *kv)
 			if ((rc = rd_skip(r, len, "array string")))
 				return rc;
 		}
+		kv->arr_bytes = r->pos - kv->arr_file_offset;
 		return 0;
 	}
 
@@ -373,6 +374,7 @@ static int read_array(struct rd *r, struct ms_gguf_kv *kv)
 				  r->name, kv->key, (unsigned long long)n,
 				  vtypes[et].name, "overflowing or too many",
 				  (unsigned long long)rd_left(r));
+	kv->arr_bytes = bytes;
 	if (bytes > MS_GGUF_ARRAY_LOAD_MAX)
 		return rd_skip(r, bytes, "array data");
 
@@ -897,4 +899,93 @@ int ms_gguf_get_str(const struct ms_gguf *g, const char *key,
 		return wrong_type(g, kv, "string", err);
 	*out = kv->str;
 	return 0;
+}
+
+/* Reads the array's bytes with one pread loop and indexes them in place:
+ * each u64 length is checked against what is left, the string is moved one
+ * byte left over its length field so it can be NUL-terminated. */
+int ms_gguf_get_strs(const struct ms_gguf *g, const char *key,
+		     struct ms_gguf_strs *out, struct ms_err *err)
+{
+	const struct ms_gguf_kv *kv;
+	memset(out, 0, sizeof(*out));
+	if (find_typed(g, key, &kv))
+		return -ENOENT;
+	if (kv->type != MS_GGUF_ARRAY || kv->arr_type != MS_GGUF_STRING)
+		return wrong_type(g, kv, "array of strings", err);
+	uint64_t n = kv->arr_n, bytes = kv->arr_bytes;
+	if (bytes > g->file_size || kv->arr_file_offset > g->file_size - bytes ||
+	    bytes / 8 < n)
+		return ms_err_set(err, -EINVAL, "%s: key '%s': array extent is "
+				  "outside the file", g->path, key);
+	uint8_t *blob = malloc(bytes + 1);
+	const char **str = calloc(n ? n : 1, sizeof(*str));
+	uint32_t *len = calloc(n ? n : 1, sizeof(*len));
+	if (!blob || !str || !len) {
+		free(blob);
+		free(str);
+		free(len);
+		return ms_err_set(err, -ENOMEM, "%s: key '%s': out of memory "
+				  "for %llu bytes of strings", g->path, key,
+				  (unsigned long long)bytes);
+	}
+	uint64_t got = 0;
+	while (got < bytes) {
+		ssize_t r = pread(g->fd, blob + got, bytes - got,
+				  (off_t)(kv->arr_file_offset + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			int e = r < 0 ? -errno : -EIO;
+			free(blob);
+			free(str);
+			free(len);
+			return ms_err_set(err, e, "%s: key '%s': reading %llu "
+					  "bytes at offset %llu: %s", g->path,
+					  key, (unsigned long long)bytes,
+					  (unsigned long long)kv->arr_file_offset,
+					  r < 0 ? strerror(-e) : "file shrank");
+		}
+		got += (uint64_t)r;
+	}
+	uint64_t pos = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t l = 0;
+		if (bytes - pos < 8)
+			goto changed;
+		for (int b = 7; b >= 0; b--)
+			l = l << 8 | blob[pos + (uint64_t)b];
+		if (l > MS_GGUF_MAX_STRING || l > bytes - pos - 8)
+			goto changed;
+		/* the string moves over the last byte of its length field */
+		memmove(blob + pos + 7, blob + pos + 8, l);
+		blob[pos + 7 + l] = '\0';
+		str[i] = (const char *)blob + pos + 7;
+		len[i] = (uint32_t)l;
+		pos += 8 + l;
+	}
+	if (pos != bytes)
+		goto changed;
+	out->n = n;
+	out->str = str;
+	out->len = len;
+	out->blob = blob;
+	return 0;
+changed:
+	free(blob);
+	free(str);
+	free(len);
+	return ms_err_set(err, -EINVAL, "%s: key '%s': the strings no longer "
+			  "match what the header parse found (file changed?)",
+			  g->path, key);
+}
+
+void ms_gguf_strs_free(struct ms_gguf_strs *s)
+{
+	if (!s)
+		return;
+	free(s->blob);
+	free(s->str);
+	free(s->len);
+	memset(s, 0, sizeof(*s));
 }

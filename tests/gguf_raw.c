@@ -534,6 +534,88 @@ out:
 	return rc;
 }
 
+/* ---- a small byte-level BPE vocabulary ------------------------------------------- */
+
+/* GPT-2's bytes_to_unicode: the printable bytes 0x21-0x7E, 0xA1-0xAC and
+ * 0xAE-0xFF stand for themselves, the other 68 in increasing order for
+ * U+0100, U+0101, ... (space is U+0120 'Ġ'). Written out from the scheme. */
+static char bl_text[256][3];
+
+const char *gr_bytelevel(uint8_t b)
+{
+	if (!bl_text[0x21][0]) {
+		unsigned next = 0x100;
+		for (unsigned i = 0; i < 256; i++) {
+			bool self = (i >= 0x21 && i <= 0x7E) ||
+				    (i >= 0xA1 && i <= 0xAC) || i >= 0xAE;
+			unsigned cp = self ? i : next++;
+			if (cp < 0x80) {
+				bl_text[i][0] = (char)cp;
+				bl_text[i][1] = 0;
+			} else {
+				bl_text[i][0] = (char)(0xC0 | cp >> 6);
+				bl_text[i][1] = (char)(0x80 | (cp & 0x3F));
+				bl_text[i][2] = 0;
+			}
+		}
+	}
+	return bl_text[b];
+}
+
+void gr_vocab_default(struct gr_vocab *v)
+{
+	static const char *const extra[GR_VOCAB_N - 256] = {
+		"bc", "ab", "aa", "\xc4\xa0" "a", "\xc4\xa0" "abc",
+		"<|im_start|>", "<|endoftext|>", "<tool>",
+	};
+	static const int32_t extra_type[GR_VOCAB_N - 256] = {
+		1, 1, 1, 1, 1, 3, 3, 4,
+	};
+	static const char *const merges[] = {
+		"b c", "a b", "a a", "\xc4\xa0 a", "\xc4\xa0" "a bc",
+	};
+	memset(v, 0, sizeof(*v));
+	v->model = "gpt2";
+	v->pre = "qwen2";
+	v->n = GR_VOCAB_N;
+	for (unsigned b = 0; b < 256; b++) {
+		v->tok[b] = gr_bytelevel((uint8_t)b);
+		v->type[b] = 1;
+	}
+	for (unsigned i = 256; i < GR_VOCAB_N; i++) {
+		v->tok[i] = extra[i - 256];
+		v->type[i] = extra_type[i - 256];
+	}
+	v->write_types = true;
+	v->n_merges = sizeof(merges) / sizeof(merges[0]);
+	for (uint32_t i = 0; i < v->n_merges; i++)
+		v->merge[i] = merges[i];
+	v->write_merges = true;
+	v->bos = v->eos = v->pad = GR_VOCAB_EOT;
+	v->add_bos = 0;
+}
+
+void gr_vocab_build(struct gr_gguf *g, const struct gr_vocab *v)
+{
+	if (v->model)
+		gr_set_str(g, "tokenizer.ggml.model", v->model);
+	if (v->pre)
+		gr_set_str(g, "tokenizer.ggml.pre", v->pre);
+	gr_set_arr_str(g, "tokenizer.ggml.tokens", v->n, v->tok);
+	if (v->write_types)
+		gr_set_arr(g, "tokenizer.ggml.token_type", GR_V_I32, v->n, v->type);
+	if (v->write_merges)
+		gr_set_arr_str(g, "tokenizer.ggml.merges", v->n_merges, v->merge);
+	if (v->bos >= 0)
+		gr_set_u32(g, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos);
+	if (v->eos >= 0)
+		gr_set_u32(g, "tokenizer.ggml.eos_token_id", (uint32_t)v->eos);
+	if (v->pad >= 0)
+		gr_set_u32(g, "tokenizer.ggml.padding_token_id", (uint32_t)v->pad);
+	if (v->add_bos >= 0)
+		gr_set_bool(g, "tokenizer.ggml.add_bos_token", (uint8_t)v->add_bos);
+}
+
 /* ---- MoE models ------------------------------------------------------------------- */
 
 void gr_moe_default(struct gr_moe *o)

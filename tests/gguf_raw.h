@@ -208,6 +208,48 @@ void gr_build(const struct gr_gguf *g, struct gr_buf *out,
 /* Builds and writes to `path`: 0 or -errno. */
 int gr_write(const struct gr_gguf *g, const char *path);
 
+/* ---- a small byte-level BPE vocabulary ------------------------------------
+ * The tokenizer keys of a "gpt2" model (tokenizer.ggml.*), hand-made so that
+ * a test knows every id: ids 0..255 are the GPT-2 byte-level characters of
+ * the bytes 0..255 (id == byte, the map written out here from the GPT-2
+ * scheme, not taken from engine/), then the merges' tokens and three
+ * special ones. Merges, by rank: "b c", "a b", "a a", "Ġ a", "Ġa bc" - so
+ * "abc" is [a, bc] (rank beats position), "aaa" is [aa, a] (leftmost among
+ * equal ranks) and " abc" is [Ġabc]. bos = eos = pad = <|endoftext|>,
+ * add_bos_token false, pre "qwen2". A test edits the struct, then builds. */
+enum {
+	GR_VOCAB_BC = 256,     /* "bc" */
+	GR_VOCAB_AB,           /* "ab" */
+	GR_VOCAB_AA,           /* "aa" */
+	GR_VOCAB_SP_A,         /* "Ġa" */
+	GR_VOCAB_SP_ABC,       /* "Ġabc" */
+	GR_VOCAB_IM_START,     /* "<|im_start|>", control */
+	GR_VOCAB_EOT,          /* "<|endoftext|>", control */
+	GR_VOCAB_TOOL,         /* "<tool>", user-defined */
+	GR_VOCAB_N,
+	GR_VOCAB_CAP = GR_VOCAB_N + 16,
+};
+
+struct gr_vocab {
+	const char *model, *pre;         /* NULL: key not written */
+	uint32_t n;                      /* tokens written */
+	const char *tok[GR_VOCAB_CAP];
+	int32_t type[GR_VOCAB_CAP];
+	bool write_types;
+	uint32_t n_merges;
+	const char *merge[16];
+	bool write_merges;
+	int64_t bos, eos, pad;           /* < 0: key not written (u32 else) */
+	int add_bos;                     /* -1: key not written */
+};
+
+/* The vocabulary above; the byte texts live in static storage. */
+void gr_vocab_default(struct gr_vocab *v);
+/* The GPT-2 byte-level character of byte b, NUL-terminated (static). */
+const char *gr_bytelevel(uint8_t b);
+/* Writes v's keys into g (replacing keys of the same name). */
+void gr_vocab_build(struct gr_gguf *g, const struct gr_vocab *v);
+
 /* ---- MoE models ---------------------------------------------------------- */
 
 struct gr_moe {

@@ -6,17 +6,24 @@
 #
 #   tests/run.sh [--timeout SECONDS] PROGRAM...
 #
-# Tests find the build through MS_BUILD (default build) and ggml's reference
-# library through MS_GGML_LIB (set here from tests/fetch-ggml.sh's cache).
+# Tests find the build through MS_BUILD (default build), ggml's reference
+# library through MS_GGML_LIB, llama.cpp's libraries through MS_LLAMA_DIR and
+# the real tokenizers through MS_TOKENIZERS (NAME/tokenizer.json), all set
+# here from tests/fetch-ggml.sh's cache; the *_FETCH_FAILED files (and
+# $MS_TOKENIZERS/NAME/FETCH_FAILED) say why one could not be had.
 set -u
 timeout_s=300
 if [ "${1:-}" = --timeout ]; then timeout_s=$2; shift 2; fi
 [ $# -gt 0 ] || { echo "usage: tests/run.sh [--timeout SECONDS] PROGRAM..." >&2; exit 2; }
 
 export MS_BUILD=${MS_BUILD:-build}
-cache=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}/ggml-3.22.1
+root=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}
+cache=$root/ggml-3.22.1
 export MS_GGML_LIB=${MS_GGML_LIB:-$cache/libggml-base.so}
 export MS_GGML_FETCH_FAILED=$cache/FETCH_FAILED
+export MS_LLAMA_DIR=${MS_LLAMA_DIR:-$root/llama-3.22.1}
+export MS_LLAMA_FETCH_FAILED=$root/llama-3.22.1/FETCH_FAILED
+export MS_TOKENIZERS=${MS_TOKENIZERS:-$root/tokenizers}
 logs=$MS_BUILD/test-logs
 mkdir -p "$logs"
 

@@ -5,7 +5,9 @@
  * libFuzzer target uses (tests/fuzz/fuzz_gguf.c is included below), with
  * its contract checks: a crash found by `make fuzz` and saved there as a
  * file stays a test for good. Files named valid-model-* must open as a
- * model, valid-gguf-* as a GGUF; anything else must merely be survived.
+ * model, valid-gguf-* as a GGUF, valid-vocab-* as a GGUF whose vocabulary
+ * loads (ms_vocab_load); bad-vocab-* must open as a GGUF whose vocabulary is
+ * refused; anything else must merely be survived.
  *
  * The seeds are small valid models written by the raw builder, so the
  * fuzzer starts deep inside the format. They are generated, then committed:
@@ -181,6 +183,46 @@ static void s_bad_dup(struct gr_gguf *g)
 	gr_buf_free(&b);
 }
 
+/* Vocabulary-only files (tokenizer.ggml.* keys, no tensors): the
+ * hand-made vocabulary of gguf_raw.h with each pre-tokenizer, and one defect
+ * of each class t_vocab_corrupt covers, for the fuzzer to start from. */
+static void vocab_with(struct gr_gguf *g, const struct gr_vocab *v)
+{
+	gr_set_str(g, "general.architecture", "test");
+	gr_vocab_build(g, v);
+}
+
+#define VOCAB_SEED(fname, edit)                                                \
+	static void fname(struct gr_gguf *g)                                   \
+	{                                                                      \
+		struct gr_vocab v;                                             \
+		gr_vocab_default(&v);                                          \
+		edit;                                                          \
+		vocab_with(g, &v);                                             \
+	}
+VOCAB_SEED(s_vocab_qwen2, (void)0)
+VOCAB_SEED(s_vocab_llama3, v.pre = "llama-bpe"; v.add_bos = 1)
+VOCAB_SEED(s_vocab_glm4, v.pre = "glm4")
+VOCAB_SEED(s_vocab_deepseek3, v.pre = "deepseek-v3")
+VOCAB_SEED(s_vocab_gpt4o, v.pre = "gpt-4o")
+VOCAB_SEED(s_vocab_bad_type, v.type['q'] = 7)
+VOCAB_SEED(s_vocab_bad_dup, v.tok[GR_VOCAB_AA] = "ab")
+VOCAB_SEED(s_vocab_bad_merge_absent, v.merge[2] = "zz bc")
+VOCAB_SEED(s_vocab_bad_merge_nospace, v.merge[1] = "ab")
+VOCAB_SEED(s_vocab_bad_bos, v.bos = GR_VOCAB_N)
+VOCAB_SEED(s_vocab_bad_pre, v.pre = "foo")
+VOCAB_SEED(s_vocab_bad_empty, v.tok[GR_VOCAB_TOOL] = "")
+VOCAB_SEED(s_vocab_bad_add_bos, v.pre = "glm4"; v.add_bos = 1)
+
+static void s_vocab_bad_type_count(struct gr_gguf *g)
+{
+	struct gr_vocab v;
+	gr_vocab_default(&v);
+	vocab_with(g, &v);
+	gr_set_arr(g, "tokenizer.ggml.token_type", GR_V_I32, GR_VOCAB_N - 1,
+		   v.type);
+}
+
 static const struct seed seeds[] = {
 	{"valid-model-moe.gguf", s_moe},
 	{"valid-model-fused.gguf", s_fused},
@@ -194,6 +236,20 @@ static const struct seed seeds[] = {
 	{"valid-gguf-empty.gguf", s_empty},
 	{"bad-expert-ne2.gguf", s_bad_ne2},
 	{"bad-duplicate-key.gguf", s_bad_dup},
+	{"valid-vocab-qwen2.gguf", s_vocab_qwen2},
+	{"valid-vocab-llama-bpe.gguf", s_vocab_llama3},
+	{"valid-vocab-glm4.gguf", s_vocab_glm4},
+	{"valid-vocab-deepseek-v3.gguf", s_vocab_deepseek3},
+	{"valid-vocab-gpt-4o.gguf", s_vocab_gpt4o},
+	{"bad-vocab-token-type-7.gguf", s_vocab_bad_type},
+	{"bad-vocab-token-type-count.gguf", s_vocab_bad_type_count},
+	{"bad-vocab-duplicate-token.gguf", s_vocab_bad_dup},
+	{"bad-vocab-merge-absent-token.gguf", s_vocab_bad_merge_absent},
+	{"bad-vocab-merge-no-space.gguf", s_vocab_bad_merge_nospace},
+	{"bad-vocab-bos-id-out-of-range.gguf", s_vocab_bad_bos},
+	{"bad-vocab-pre-unknown.gguf", s_vocab_bad_pre},
+	{"bad-vocab-empty-token.gguf", s_vocab_bad_empty},
+	{"bad-vocab-add-bos-without-bos.gguf", s_vocab_bad_add_bos},
 };
 #define N_SEEDS (sizeof(seeds) / sizeof(seeds[0]))
 
@@ -233,6 +289,10 @@ static int expect_for(const char *name)
 		return FUZZ_GGUF_OK | FUZZ_MODEL_OK;
 	if (!strncmp(name, "valid-gguf-", 11))
 		return FUZZ_GGUF_OK;
+	if (!strncmp(name, "valid-vocab-", 12))
+		return FUZZ_GGUF_OK | FUZZ_VOCAB_OK;
+	if (!strncmp(name, "bad-vocab-", 10))
+		return FUZZ_GGUF_OK;
 	return 0;
 }
 
@@ -241,11 +301,16 @@ static int run_one(const char *label, const char *name, const uint8_t *p,
 {
 	int want = expect_for(name);
 	int got = fuzz_gguf_one(p, n);
-	T_CHECK((got & want) == want, "%s: expected%s%s, got%s%s", label,
+	T_CHECK((got & want) == want, "%s: expected%s%s%s, got%s%s%s", label,
 		want & FUZZ_GGUF_OK ? " gguf-ok" : "",
 		want & FUZZ_MODEL_OK ? " model-ok" : "",
+		want & FUZZ_VOCAB_OK ? " vocab-ok" : "",
 		got & FUZZ_GGUF_OK ? " gguf-ok" : " gguf-rejected",
-		got & FUZZ_MODEL_OK ? " model-ok" : " model-rejected");
+		got & FUZZ_MODEL_OK ? " model-ok" : " model-rejected",
+		got & FUZZ_VOCAB_OK ? " vocab-ok" : " vocab-rejected");
+	if (!strncmp(name, "bad-vocab-", 10))
+		T_CHECK(!(got & FUZZ_VOCAB_OK), "%s: the vocabulary was LOADED",
+			label);
 	return got;
 }
 
@@ -356,9 +421,11 @@ int main(int argc, char **argv)
 			continue;
 		}
 		int got = run_one(path, de->d_name, p, n);
-		printf("  corpus %-40s %6zu bytes  gguf %-8s model %s\n",
-		       de->d_name, n, got & FUZZ_GGUF_OK ? "ok" : "rejected",
-		       got & FUZZ_MODEL_OK ? "ok" : "rejected");
+		printf("  corpus %-40s %6zu bytes  gguf %-8s model %-8s "
+		       "vocab %s\n", de->d_name, n,
+		       got & FUZZ_GGUF_OK ? "ok" : "rejected",
+		       got & FUZZ_MODEL_OK ? "ok" : "rejected",
+		       got & FUZZ_VOCAB_OK ? "ok" : "rejected");
 		for (size_t i = 0; i < N_SEEDS; i++) {
 			if (strcmp(de->d_name, seeds[i].name))
 				continue;

@@ -808,7 +808,12 @@ int cmd_bench(int argc, char **argv)
 	static char kernels[] = "moestream bench kernels",
 		    io[] = "moestream bench io", rpc[] = "moestream bench rpc",
 		    e2e[] = "moestream bench e2e", gpu[] = "moestream bench gpu",
-		    tier[] = "moestream bench gpu-tier";
+		    tier[] = "moestream bench gpu-tier",
+		    tok[] = "moestream bench tokenize";
+	if (argc >= 2 && !strcmp(argv[1], "tokenize")) {
+		argv[1] = tok;
+		return bench_tokenize_main(argc - 1, argv + 1);
+	}
 	if (argc >= 2 && !strcmp(argv[1], "kernels")) {
 		argv[1] = kernels; /* getopt's messages name the command */
 		return bench_kernels(argc - 1, argv + 1);
@@ -835,7 +840,7 @@ int cmd_bench(int argc, char **argv)
 	}
 	if (argc >= 2 &&
 	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-		printf("usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier "
+		printf("usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier|tokenize "
 		       "[OPTIONS]\n\n"
 		       "Benchmarks, each against the machine's own limit "
 		       "measured in the same run:\n"
@@ -862,18 +867,20 @@ int cmd_bench(int argc, char **argv)
 		       "           against pinned memory, and copies under "
 		       "compute (exit 3 without\n"
 		       "           a GPU)\n"
+		       "  tokenize the model's tokenizer against llama.cpp's on "
+		       "the same text\n"
 		       "'moestream bench NAME --help' explains each.\n");
 		return 0;
 	}
 	if (argc < 2)
 		tool_error(CMD, "which benchmark? (kernels, io, rpc, e2e, gpu, "
-				"gpu-tier)");
+				"gpu-tier, tokenize)");
 	else
 		tool_error(CMD,
 			   "'%s' is not a benchmark (kernels, io, rpc, e2e, gpu, "
-			   "gpu-tier)",
+			   "gpu-tier, tokenize)",
 			   argv[1]);
-	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier "
+	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier|tokenize "
 			"[OPTIONS]  (see --help)\n");
 	return EXIT_USAGE;
 }

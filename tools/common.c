@@ -187,6 +187,12 @@ uint64_t tool_splitmix(uint64_t *s)
 
 void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 {
+	tool_fill_blocks_scaled(buf, size, type, s, 0);
+}
+
+void tool_fill_blocks_scaled(uint8_t *buf, uint64_t size, uint32_t type,
+			     uint64_t *s, int extra)
+{
 	for (uint64_t i = 0; i < size; i += 8) {
 		uint64_t r = tool_splitmix(s);
 		memcpy(buf + i, &r, size - i < 8 ? size - i : 8);
@@ -194,7 +200,7 @@ void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 	const struct ms_type_info *ti = ms_type_get(type);
 	if (type == MS_TYPE_MXFP4) {
 		for (uint64_t b = 0; b < size; b += ti->type_size)
-			buf[b] = (uint8_t)(127 - 6 - tool_splitmix(s) % 2);
+			buf[b] = (uint8_t)(127 - 6 - extra - (int)(tool_splitmix(s) % 2));
 		return;
 	}
 	const struct tool_scales *sf = tool_scales_of(type);
@@ -204,7 +210,8 @@ void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 		for (int j = 0; j < 2; j++) {
 			if (sf->f16[j] < 0)
 				continue;
-			uint16_t h = tool_small_f16(tool_splitmix(s), sf->exp);
+			uint16_t h = tool_small_f16(tool_splitmix(s),
+						    sf->exp + extra);
 			memcpy(buf + b + sf->f16[j], &h, 2);
 		}
 }
@@ -318,7 +325,8 @@ const struct tool_scales *tool_scales_of(uint32_t type)
 
 uint16_t tool_small_f16(uint64_t r, int e)
 {
-	uint16_t exp = (uint16_t)(15 - e - (int)(r % 3));
+	int x = 15 - e - (int)(r % 3);
+	uint16_t exp = (uint16_t)(x < 1 ? 1 : x); /* stay a normal f16 */
 	return (uint16_t)(exp << 10 | ((r >> 8) & 0x3ff));
 }
 

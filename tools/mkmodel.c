@@ -25,6 +25,12 @@
  * metadata only in the first. `--sparse` writes the metadata only and extends
  * the file as a hole (blocks of zeros), for tests that need the shapes of a
  * 134 GB model but not its bytes.
+ *
+ * Vocabulary (hf_tokenizer.c): `--tokenizer tokenizer.json` writes a real
+ * one as llama.cpp's converter does, and the embedding and output tensors
+ * take its size; without it a small built-in byte-level BPE of the preset's
+ * size. Either way llama.cpp loads the file (tests/t_llama_ref.c), so every
+ * test model can be checked against llama.cpp.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,12 +44,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hf_tokenizer.h"
 #include "tools.h"
 
 #define CHUNK (8u << 20)
 #define N_BUF 4
 #define POOL_BYTES (4u << 20)
 #define MAX_TYPES 3
+#define MAX_POOLS 32
 
 struct shape {
 	const char *preset;   /* NULL for a hand-made shape */
@@ -152,6 +160,18 @@ static void usage(FILE *f)
 		"                         q4_0 q4_1 q5_0 q5_1 q8_0 q2_K q3_K q4_K "
 		"q5_K q6_K iq4_nl\n"
 		"                         iq4_xs mxfp4\n"
+		"  --tokenizer PATH       the vocabulary of a Hugging Face "
+		"tokenizer.json (and the\n"
+		"                         tokenizer_config.json beside it), as "
+		"llama.cpp's converter\n"
+		"                         writes it; its size is the model's "
+		"vocabulary (default: a\n"
+		"                         small built-in byte-level BPE of --vocab "
+		"ids)\n"
+		"  --tokenizer-pre NAME   tokenizer.ggml.pre instead of the one "
+		"recognised from the\n"
+		"                         pre-tokenizer: qwen2 llama-bpe glm4 "
+		"deepseek-v3 gpt-4o\n"
 		"  --split-size SIZE      shards of at most SIZE of tensor data (K/M/G), "
 		"as\n"
 		"                         llama-gguf-split --split-max-size\n"
@@ -190,8 +210,10 @@ static float small_uniform(uint64_t *s, float scale)
 	return scale * ((float)(tool_splitmix(s) >> 40) / (float)(1 << 23) - 1.0f);
 }
 
-/* Fills `size` bytes of `type` (a multiple of its block) with valid blocks. */
-static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
+/* Fills `size` bytes of `type` (a multiple of its block) with valid blocks,
+ * their scales 2^-extra smaller than tool_fill_blocks'. */
+static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s,
+			int extra)
 {
 	if (type == MS_TYPE_F16 || type == MS_TYPE_BF16) {
 		for (uint64_t i = 0; i + 2 <= size; i += 2) {
@@ -214,12 +236,26 @@ static void fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s)
 		}
 		return;
 	}
-	tool_fill_blocks(buf, size, type, s);
+	tool_fill_blocks_scaled(buf, size, type, s, extra);
+}
+
+/* The scale of a weight matrix's blocks: values up to about 2^-extra with
+ * extra = log2(sqrt(n_in)), so that W x of a normalised x has outputs of
+ * about unit size (as in a trained model; unscaled random blocks make
+ * attention scores in the tens and every comparison of numerics
+ * meaningless). */
+static int weight_extra(int64_t n_in)
+{
+	int e = 0;
+	while ((int64_t)1 << (2 * e + 1) < n_in)
+		e++;
+	return e;
 }
 
 /* One pool of random valid blocks per type, shared by every tensor of it. */
 struct pool {
 	uint32_t type;
+	int extra;       /* weight_extra() of the tensors it serves */
 	uint32_t blck_bytes;
 	uint64_t bytes;  /* whole blocks, <= POOL_BYTES */
 	uint8_t *data;
@@ -278,6 +314,11 @@ static int build_tensors(const struct shape *p, struct tlist *l)
 {
 	int64_t E = p->n_embd, Q = (int64_t)p->n_head * p->head_dim,
 		KV = (int64_t)p->n_head_kv * p->head_dim;
+	/* The norm before the FFN: llama.cpp's qwen3moe loads ffn_norm, its
+	 * glm4moe post_attention_norm (the same tensor, named as each HF
+	 * model names it). */
+	const char *ffn_norm = strcmp(p->arch, "qwen3moe") ? "post_attention_norm"
+							   : "ffn_norm";
 	int rc = tadd(l, 2, E, p->n_vocab, 1, p->t_embd, FILL_BLOCKS,
 		      "token_embd.weight");
 	for (uint32_t b = 0; b < p->n_block && !rc; b++) {
@@ -287,8 +328,8 @@ static int build_tensors(const struct shape *p, struct tlist *l)
 		     tadd(l, 2, E, KV, 1, p->t_attn, FILL_BLOCKS, "blk.%u.attn_k.weight", b) ||
 		     tadd(l, 2, E, KV, 1, p->t_attn_v, FILL_BLOCKS, "blk.%u.attn_v.weight", b) ||
 		     tadd(l, 2, Q, E, 1, p->t_attn, FILL_BLOCKS, "blk.%u.attn_output.weight", b) ||
-		     tadd(l, 1, E, 1, 1, MS_TYPE_F32, FILL_ONE,
-			  "blk.%u.post_attention_norm.weight", b);
+		     tadd(l, 1, E, 1, 1, MS_TYPE_F32, FILL_ONE, "blk.%u.%s.weight", b,
+			  ffn_norm);
 		if (!rc && p->attn_bias)
 			rc = tadd(l, 1, Q, 1, 1, MS_TYPE_F32, FILL_BIAS, "blk.%u.attn_q.bias", b) ||
 			     tadd(l, 1, KV, 1, 1, MS_TYPE_F32, FILL_BIAS, "blk.%u.attn_k.bias", b) ||
@@ -349,7 +390,7 @@ static int build_tensors(const struct shape *p, struct tlist *l)
 /* ---- metadata ---------------------------------------------------------------- */
 
 static int set_meta(struct ms_gguf_writer *w, const struct shape *p,
-		    struct ms_err *err)
+		    const struct tool_vocab *vocab, struct ms_err *err)
 {
 	char k[128];
 	int rc;
@@ -380,30 +421,11 @@ static int set_meta(struct ms_gguf_writer *w, const struct shape *p,
 	    (p->gating && (rc = U32("expert_gating_func", p->gating))) ||
 	    (rc = ms_gguf_writer_set_bool(w, KEY("expert_weights_norm"), p->norm, err)) ||
 	    (p->scale && (rc = ms_gguf_writer_set_f32(w, KEY("expert_weights_scale"),
-						      p->scale, err))) ||
-	    (rc = ms_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2", err)))
+						      p->scale, err))))
 		return rc;
 #undef U32
 #undef KEY
-	/* A vocabulary of the real size, so the metadata is of the real size. */
-	char **tok = calloc(p->n_vocab, sizeof(*tok));
-	int32_t *ty = calloc(p->n_vocab, sizeof(*ty));
-	if (!tok || !ty)
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
-	for (uint32_t i = 0; i < p->n_vocab && !rc; i++)
-		if (asprintf(&tok[i], "<t%u>", i) < 0)
-			rc = ms_err_set(err, -ENOMEM, "out of memory");
-	if (!rc)
-		rc = ms_gguf_writer_set_arr(w, "tokenizer.ggml.tokens", MS_GGUF_STRING,
-					    p->n_vocab, tok, err);
-	if (!rc)
-		rc = ms_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MS_GGUF_I32,
-					    p->n_vocab, ty, err);
-	for (uint32_t i = 0; tok && i < p->n_vocab; i++)
-		free(tok[i]);
-	free(tok);
-	free(ty);
-	return rc;
+	return tool_vocab_write(vocab, w, err);
 }
 
 /* ---- the writer thread ------------------------------------------------------- */
@@ -503,10 +525,11 @@ struct job {
 	uint64_t progress_base;
 };
 
-static const struct pool *pool_for(const struct job *j, uint32_t type)
+static const struct pool *pool_for(const struct job *j, uint32_t type,
+				   int extra)
 {
 	for (uint32_t i = 0; i < j->n_pools; i++)
-		if (j->pools[i].type == type)
+		if (j->pools[i].type == type && j->pools[i].extra == extra)
 			return &j->pools[i];
 	return NULL;
 }
@@ -538,7 +561,7 @@ static void produce(const struct job *j, uint32_t sh, const uint8_t *meta,
 		if (t->fill == FILL_BLOCKS) {
 			/* Cut 64 KiB pieces from the pool at block-aligned places
 			 * chosen by (seed, tensor, piece). */
-			const struct pool *pl = pool_for(j, t->type);
+			const struct pool *pl = pool_for(j, t->type, weight_extra(t->ne[0]));
 			while (n) {
 				uint64_t piece = in >> 16, pin = in & 0xffff;
 				uint64_t take = 0x10000 - pin < n ? 0x10000 - pin : n;
@@ -702,13 +725,14 @@ static int shard_path(char *buf, size_t len, const char *out, uint32_t k,
 	return 0;
 }
 
-static int make_model(const struct shape *p, const char *out, uint64_t split,
-		      bool sparse, bool force, uint64_t seed)
+static int make_model(const struct shape *p, const struct tool_vocab *vocab,
+		      const char *out, uint64_t split, bool sparse, bool force,
+		      uint64_t seed)
 {
 	struct ms_err err = { 0 };
 	struct tlist tl = { 0 };
 	struct ms_gguf_writer **w = NULL;
-	struct pool pools[8] = { 0 };
+	struct pool pools[MAX_POOLS] = { 0 };
 	uint32_t n_sh = 1, n_pools = 0;
 	char path[4200], b1[32], b2[32];
 	int rc;
@@ -749,7 +773,7 @@ static int make_model(const struct shape *p, const char *out, uint64_t split,
 	for (uint32_t s = 0; s < n_sh; s++) {
 		if ((rc = ms_gguf_writer_init(&w[s], 32, &err)))
 			goto fail;
-		if (s == 0 && (rc = set_meta(w[s], p, &err)))
+		if (s == 0 && (rc = set_meta(w[s], p, vocab, &err)))
 			goto fail;
 		if (n_sh > 1) {
 			uint16_t no = (uint16_t)s, cnt = (uint16_t)n_sh;
@@ -817,11 +841,19 @@ static int make_model(const struct shape *p, const char *out, uint64_t split,
 		if (tl.t[i].fill != FILL_BLOCKS)
 			continue;
 		bool have = false;
+		int extra = weight_extra(tl.t[i].ne[0]);
 		for (uint32_t k = 0; k < n_pools; k++)
-			have |= pools[k].type == tl.t[i].type;
+			have |= pools[k].type == tl.t[i].type &&
+				pools[k].extra == extra;
 		if (have)
 			continue;
+		if (n_pools == MAX_POOLS) {
+			rc = ms_err_set(&err, -E2BIG, "more than %d kinds of weight "
+					"(type and row length)", MAX_POOLS);
+			goto fail;
+		}
 		struct pool *pl = &pools[n_pools++];
+		pl->extra = extra;
 		const struct ms_type_info *ti = ms_type_get(tl.t[i].type);
 		pl->type = tl.t[i].type;
 		pl->blck_bytes = ti->type_size;
@@ -831,8 +863,9 @@ static int make_model(const struct shape *p, const char *out, uint64_t split,
 			rc = ms_err_set(&err, -ENOMEM, "out of memory");
 			goto fail;
 		}
-		uint64_t s = seed * 0x2545f4914f6cdd1dull + pl->type;
-		fill_blocks(pl->data, pl->bytes, pl->type, &s);
+		uint64_t s = seed * 0x2545f4914f6cdd1dull + pl->type +
+			     ((uint64_t)extra << 32);
+		fill_blocks(pl->data, pl->bytes, pl->type, &s, extra);
 	}
 
 	struct progress pg = { .tty = isatty(2) && !sparse, .t0 = tool_now_s(),
@@ -946,7 +979,8 @@ static int check_shape(const struct shape *p)
 int cmd_mkmodel(int argc, char **argv)
 {
 	enum { O_LAYERS = 1000, O_DENSE, O_NEXTN, O_EXPERTS, O_USED, O_SHARED,
-	       O_EMBD, O_FF, O_VOCAB, O_TYPES, O_SPLIT, O_SPARSE, O_MOE, O_ARCH };
+	       O_EMBD, O_FF, O_VOCAB, O_TYPES, O_SPLIT, O_SPARSE, O_MOE, O_ARCH,
+	       O_TOK, O_TOK_PRE };
 	static const struct option opts[] = {
 		{ "preset", required_argument, 0, 'p' },
 		{ "output", required_argument, 0, 'o' },
@@ -967,6 +1001,8 @@ int cmd_mkmodel(int argc, char **argv)
 		{ "sparse", no_argument, 0, O_SPARSE },
 		{ "moe-layers", required_argument, 0, O_MOE },
 		{ "arch", required_argument, 0, O_ARCH },
+		{ "tokenizer", required_argument, 0, O_TOK },
+		{ "tokenizer-pre", required_argument, 0, O_TOK_PRE },
 		{ 0, 0, 0, 0 },
 	};
 	struct shape sh = {
@@ -978,7 +1014,8 @@ int cmd_mkmodel(int argc, char **argv)
 		.norm = true, .probs_bias = true, .ctx = 4096, .rope_dim = 64,
 		.rope_base = 1e6f,
 	};
-	const char *preset = NULL, *out = NULL, *arch = NULL;
+	const char *preset = NULL, *out = NULL, *arch = NULL, *tok = NULL,
+		   *tok_pre = NULL;
 	uint64_t seed = 1, split = 0;
 	bool force = false, sparse = false, set[O_ARCH - O_LAYERS + 1] = { 0 };
 	uint32_t v[O_ARCH - O_LAYERS + 1] = { 0 }, types[MAX_TYPES];
@@ -1031,6 +1068,15 @@ int cmd_mkmodel(int argc, char **argv)
 			break;
 		case O_SPARSE: sparse = true; break;
 		case O_ARCH: arch = optarg; break;
+		case O_TOK: tok = optarg; break;
+		case O_TOK_PRE:
+			if (!tool_vocab_pre_known(optarg)) {
+				tool_error("mkmodel", "--tokenizer-pre '%s' is not one "
+					   "of %s", optarg, TOOL_VOCAB_PRE_NAMES);
+				return EXIT_USAGE;
+			}
+			tok_pre = optarg;
+			break;
 		default:
 			fprintf(stderr, "usage: moestream mkmodel --preset NAME -o FILE "
 					"[options]  (see --help)\n");
@@ -1108,7 +1154,29 @@ int cmd_mkmodel(int argc, char **argv)
 		tool_error("mkmodel", "--arch '%s' is not a valid name", sh.arch);
 		return EXIT_USAGE;
 	}
+	if (tok_pre && !tok) {
+		tool_error("mkmodel", "--tokenizer-pre goes with --tokenizer PATH");
+		return EXIT_USAGE;
+	}
+	if (tok && set[O_VOCAB - O_LAYERS]) {
+		tool_error("mkmodel", "--vocab and --tokenizer: the tokenizer sets "
+				      "the vocabulary size");
+		return EXIT_USAGE;
+	}
 	if (check_shape(&sh))
 		return EXIT_USAGE;
-	return make_model(&sh, out, split, sparse, force, seed);
+	/* The vocabulary: the tokenizer's (its size becomes the model's), or
+	 * the built-in one of the shape's size. */
+	struct tool_vocab vocab;
+	struct ms_err err = { 0 };
+	int rc = tok ? tool_vocab_from_hf(&vocab, tok, tok_pre, &err)
+		     : tool_vocab_builtin(&vocab, sh.n_vocab, &err);
+	if (rc) {
+		tool_error("mkmodel", "%s", err.msg);
+		return 1;
+	}
+	sh.n_vocab = vocab.n_tokens;
+	rc = make_model(&sh, &vocab, out, split, sparse, force, seed);
+	tool_vocab_free(&vocab);
+	return rc;
 }

@@ -31,6 +31,9 @@ static const struct {
 	{ "get", cmd_get, "an expert's bytes as moestreamd serves them" },
 	{ "replay", cmd_replay,
 	  "replay a routing trace through moestreamd: tok/s, latency, hit rate" },
+	{ "tokenize", cmd_tokenize,
+	  "text to token ids with the model's own tokenizer" },
+	{ "detokenize", cmd_detokenize, "token ids back to text" },
 	{ "gpu", cmd_gpu, "list the CUDA devices this build can use" },
 };
 

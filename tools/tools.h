@@ -30,6 +30,16 @@ int cmd_status(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_get(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int bench_tokenize_main(int argc, char **argv); /* bench_tokenize.c */
+int cmd_detokenize(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+
+struct ms_vocab;
+/* Opens MODEL's GGUF and builds its tokenizer: 0, or -1 after a message
+ * (one line naming the missing key for a model without a tokenizer). */
+int tool_load_vocab(const char *cmd, const char *path, struct ms_gguf **g,
+		    struct ms_vocab **v);
 
 struct ms_client;
 /* The socket to talk to: --socket, else the configuration's (-c FILE, else
@@ -109,6 +119,12 @@ uint16_t tool_small_f16(uint64_t r, int e);
  * by tool_small_f16, MXFP4's e8m0 at 2^-6 or 2^-7), so that dequantised
  * values are finite and modest. mkmodel's recipe. */
 void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s);
+/* The same with every f16 scale about 2^-extra smaller (MXFP4's exponent
+ * too): mkmodel's weights, scaled by their row length so that a product
+ * with a normalised input has outputs of about unit size, as in a trained
+ * model. */
+void tool_fill_blocks_scaled(uint8_t *buf, uint64_t size, uint32_t type,
+			     uint64_t *s, int extra);
 
 /* Prints "moestream CMD: message" on stderr. */
 void tool_error(const char *cmd, const char *fmt, ...)

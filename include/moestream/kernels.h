@@ -183,6 +183,20 @@ int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
 
 /* ------------------------ end of router / FFN ---------------------------- */
 
+/* y[b * n_out + r] = row r of W . x[b * n_in ..] for every row r < n_out and
+ * token b < n_tokens: W is n_out rows of n_in elements (a multiple of 32) of
+ * `type`, quantised as in the file. Threads split the rows; the sums are the
+ * FFN's (f32 FMA chains flushed to double, or double on the scalar path), so
+ * the result does not depend on the thread count. */
+int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
+	      const float *x, float *y, int64_t n_tokens,
+	      const struct ms_ffn_opts *opts, struct ms_err *err);
+
+/* Runs fn(ctx, ith, nth) on every thread of `pool` (the caller's thread is
+ * ith 0), or on n_threads fresh threads when pool is NULL (0: all CPUs). */
+void ms_ffn_parallel(struct ms_ffn_pool *pool, int n_threads,
+		     void (*fn)(void *ctx, int ith, int nth), void *ctx);
+
 #define MS_GPU_MAX 16
 
 struct ms_gpu_info {

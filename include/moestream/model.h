@@ -141,6 +141,7 @@ struct ms_gguf_kv {
 	uint32_t arr_type;      /* ARRAY: element type (never ARRAY) */
 	uint64_t arr_n;         /* ARRAY: element count */
 	uint64_t arr_file_offset; /* ARRAY: offset of the first element */
+	uint64_t arr_bytes;     /* ARRAY: bytes the elements take in the file */
 	const void *arr_data;   /* ARRAY of numbers/bools, little-endian as in
 				   the file, when <= MS_GGUF_ARRAY_LOAD_MAX
 				   bytes; NULL for strings and larger arrays */
@@ -203,6 +204,20 @@ int ms_gguf_get_bool(const struct ms_gguf *g, const char *key, bool *out,
 		     struct ms_err *err);
 int ms_gguf_get_str(const struct ms_gguf *g, const char *key,
 		    const char **out, struct ms_err *err);
+
+/* An array of strings, read from the file in one go (the parse keeps only
+ * where it lies). str[i] points at len[i] bytes, NUL-terminated, inside one
+ * allocation; ms_gguf_strs_free releases it. -ENOENT when absent, -EINVAL
+ * naming the key when it is not an array of strings or the file changed. */
+struct ms_gguf_strs {
+	uint64_t n;
+	const char **str;
+	uint32_t *len;
+	void *blob;
+};
+int ms_gguf_get_strs(const struct ms_gguf *g, const char *key,
+		     struct ms_gguf_strs *out, struct ms_err *err);
+void ms_gguf_strs_free(struct ms_gguf_strs *s);
 
 /* ------------------------------------------------------------------------ */
 /* GGUF writer (model/gguf_write.c): builds the metadata of a v3 file in     */

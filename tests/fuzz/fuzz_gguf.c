@@ -10,10 +10,18 @@
  * is rejected - a negative errno, recorded in err.code, with a message. A
  * broken promise is a crash (abort) so that libFuzzer keeps the input.
  *
- * Only model.h and util.h are used: `make fuzz` links this with the model/ sources
- * alone. tests/t_fuzz_seeds.c includes this file to run the committed seeds
- * (and any crash found here, once saved to tests/fuzz/corpus/gguf) through
- * the same entry as regression tests.
+ * A GGUF that opens also goes to the vocabulary reader (ms_vocab_load, the
+ * tokenizer.ggml.* keys): rejected, the same errno-and-message contract;
+ * accepted, every promise of engine.h about the vocabulary (counts within
+ * the caps, special ids inside it, every token text non-empty, within
+ * MS_VOCAB_MAX_TOKEN_LEN and found again by ms_vocab_find) and a few
+ * tokenizations (a fixed text, token texts run together, the input's first
+ * bytes) that must succeed with every id inside the vocabulary.
+ *
+ * model.h, engine.h and util.h are used: `make fuzz` links this with the
+ * model/ and engine/ sources. tests/t_fuzz_seeds.c includes this file to run
+ * the committed seeds (and any crash found here, once saved to
+ * tests/fuzz/corpus/gguf) through the same entry as regression tests.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,12 +30,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "moestream/engine.h"
 #include "moestream/model.h"
 #include "moestream/util.h"
 
-/* What one input did: bit 0 the GGUF opened, bit 1 the model opened. */
+/* What one input did: bit 0 the GGUF opened, bit 1 the model opened, bit 2
+ * the vocabulary loaded. */
 #define FUZZ_GGUF_OK 1
 #define FUZZ_MODEL_OK 2
+#define FUZZ_VOCAB_OK 4
 
 static void fuzz_broken(const char *what, unsigned long long a,
 			unsigned long long b)
@@ -248,6 +259,104 @@ static void fuzz_check_model(const struct ms_model *m)
 	}
 }
 
+static void fuzz_check_ids(const struct ms_vocab *v, const struct ms_tokens *t)
+{
+	uint32_t n = ms_vocab_n_tokens(v);
+	for (size_t i = 0; i < t->n; i++)
+		FUZZ_CHECK(t->ids[i] >= 0 && (uint32_t)t->ids[i] < n, t->ids[i], n);
+}
+
+/* Tokenizes len bytes both ways and detokenizes the result. */
+static void fuzz_vocab_text(const struct ms_vocab *v, struct ms_tokens *t,
+			    const char *text, size_t len)
+{
+	static const unsigned flags[2] = {
+		0, MS_TOKENIZE_PARSE_SPECIAL | MS_TOKENIZE_ADD_SPECIAL
+	};
+	for (int f = 0; f < 2; f++) {
+		struct ms_err err;
+		memset(&err, 0, sizeof(err));
+		int rc = ms_tokenize(v, text, len, flags[f], t, &err);
+		FUZZ_CHECK(rc == 0, rc, len);
+		fuzz_check_ids(v, t);
+		char *back = NULL;
+		size_t bl = 0;
+		rc = ms_detokenize(v, t->ids, t->n, f == 1, &back, &bl, &err);
+		FUZZ_CHECK(rc == 0 && back && back[bl] == '\0', rc, bl);
+		free(back);
+	}
+}
+
+/* The vocabulary of an open GGUF: rejected cleanly, or all that engine.h
+ * promises. */
+static int fuzz_check_vocab(const struct ms_gguf *g, const uint8_t *data,
+			    size_t size)
+{
+	struct ms_err err;
+	memset(&err, 0, sizeof(err));
+	struct ms_vocab *v = NULL;
+	int rc = ms_vocab_load(&v, g, &err);
+	if (rc) {
+		fuzz_check_err(rc, &err, v);
+		return 0;
+	}
+	FUZZ_CHECK(v != NULL, 0, 0);
+	uint32_t n = ms_vocab_n_tokens(v);
+	FUZZ_CHECK(n >= 1 && n <= MS_VOCAB_MAX_TOKENS, n, 0);
+	FUZZ_CHECK(ms_vocab_n_merges(v) <= MS_VOCAB_MAX_MERGES,
+		   ms_vocab_n_merges(v), 0);
+	FUZZ_CHECK((unsigned)ms_vocab_pre(v) < MS_PRE_COUNT, ms_vocab_pre(v), 0);
+	const struct ms_vocab_special *sp = ms_vocab_special(v);
+	const int32_t sids[] = { sp->bos, sp->eos, sp->eot, sp->eom, sp->unk,
+				 sp->sep, sp->pad, sp->mask };
+	for (size_t i = 0; i < sizeof(sids) / sizeof(sids[0]); i++)
+		FUZZ_CHECK(sids[i] == MS_TOKEN_NULL ||
+				   (sids[i] >= 0 && (uint32_t)sids[i] < n),
+			   sids[i], i);
+	FUZZ_CHECK(!sp->add_bos || sp->bos != MS_TOKEN_NULL, sp->bos, 0);
+	FUZZ_CHECK(!sp->add_eos || sp->eos != MS_TOKEN_NULL, sp->eos, 0);
+
+	/* every token: its text, found again; its piece, bounded */
+	char piece[64];
+	for (uint32_t id = 0; id < n; id++) {
+		size_t len = 0;
+		const char *t = ms_vocab_text(v, (int32_t)id, &len);
+		FUZZ_CHECK(t != NULL && len >= 1 && len <= MS_VOCAB_MAX_TOKEN_LEN,
+			   id, len);
+		FUZZ_CHECK(ms_vocab_find(v, t, len) == (int32_t)id, id, len);
+		FUZZ_CHECK((unsigned)ms_vocab_type(v, (int32_t)id) <= MS_TOK_BYTE,
+			   id, ms_vocab_type(v, (int32_t)id));
+		FUZZ_CHECK(ms_token_piece(v, (int32_t)id, true, piece,
+					  sizeof(piece)) >= 0, id, 0);
+		(void)ms_vocab_is_eog(v, (int32_t)id);
+	}
+	FUZZ_CHECK(ms_vocab_text(v, (int32_t)n, NULL) == NULL, n, 0);
+	FUZZ_CHECK(ms_token_piece(v, (int32_t)n, true, piece, sizeof(piece)) ==
+			   -EINVAL, n, 0);
+
+	/* a few texts: fixed, token texts run together, the input's head */
+	struct ms_tokens t = { 0 };
+	static const char fixed[] = "Hello <|im_start|>user\n a  b\tc 12345 "
+				    "\xc4\xa0x \xff\xe4\xb8\xad\xe6\x96\x87";
+	fuzz_vocab_text(v, &t, fixed, sizeof(fixed) - 1);
+	char cat[1024];
+	size_t cl = 0;
+	for (uint32_t k = 0; k < 16; k++) {
+		size_t len = 0;
+		const char *s = ms_vocab_text(v, (int32_t)((k * 2654435761u) % n),
+					      &len);
+		if (cl + len > sizeof(cat))
+			break;
+		memcpy(cat + cl, s, len);
+		cl += len;
+	}
+	fuzz_vocab_text(v, &t, cat, cl);
+	fuzz_vocab_text(v, &t, (const char *)data, size < 512 ? size : 512);
+	ms_tokens_free(&t);
+	ms_vocab_free(v);
+	return FUZZ_VOCAB_OK;
+}
+
 /* The entry both the fuzzer and t_fuzz_seeds use. */
 static int fuzz_gguf_one(const uint8_t *data, size_t size)
 {
@@ -275,6 +384,7 @@ static int fuzz_gguf_one(const uint8_t *data, size_t size)
 		FUZZ_CHECK(g->file_size == size, g->file_size, size);
 		fuzz_check_gguf(g);
 		ret |= FUZZ_GGUF_OK;
+		ret |= fuzz_check_vocab(g, data, size);
 	} else {
 		fuzz_check_err(rc, &err, g);
 	}

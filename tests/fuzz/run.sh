@@ -11,6 +11,13 @@
 # cov, corpus), executions and peak RSS, and on failure the log's tail and
 # where libFuzzer saved the input (build/fuzz/crash-NAME-*). Exit 0 when
 # the run ended clean.
+#
+# fuzz_tokenize needs a vocabulary: the first run writes
+# build/fuzz/qwen3-vocab.gguf from the Qwen3 tokenizer.json that
+# tests/fetch-ggml.sh fetched (MS_FUZZ_TOKENIZER names another) with
+# build/moestream (`make` builds it), metadata only, and passes it in
+# MS_FUZZ_VOCAB; a later run writes it again only when the tokenizer or
+# build/moestream is newer.
 set -u
 [ $# -ge 2 ] || { echo "usage: tests/fuzz/run.sh NAME SECONDS [OPTION...]" >&2; exit 2; }
 name=$1 secs=$2
@@ -20,6 +27,28 @@ corpus=tests/fuzz/corpus/$name
 work=build/fuzz/work-fuzz_$name
 log=build/fuzz/fuzz_$name.log
 mkdir -p "$work"
+if [ "$name" = tokenize ] && [ -z "${MS_FUZZ_VOCAB:-}" ]; then
+	vocab=build/fuzz/qwen3-vocab.gguf
+	root=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}
+	tok=${MS_FUZZ_TOKENIZER:-$root/tokenizers/qwen3/tokenizer.json}
+	if [ ! -s "$vocab" ] || [ "$tok" -nt "$vocab" ] ||
+	   [ build/moestream -nt "$vocab" ]; then
+		[ -x build/moestream ] || {
+			echo "fuzz: fuzz_tokenize needs build/moestream to write its vocabulary: run make" >&2
+			exit 1; }
+		[ -r "$tok" ] || {
+			echo "fuzz: fuzz_tokenize needs the Qwen3 tokenizer.json ($tok): run tests/fetch-ggml.sh" >&2
+			exit 1; }
+		build/moestream mkmodel --preset tiny --sparse --force \
+			--tokenizer "$tok" -o "$vocab" >"$vocab.log" 2>&1 || {
+			echo "fuzz: writing $vocab failed:" >&2
+			sed 's/^/  | /' "$vocab.log" >&2
+			rm -f "$vocab"
+			exit 1; }
+	fi
+	MS_FUZZ_VOCAB=$vocab
+	export MS_FUZZ_VOCAB
+fi
 echo "fuzz: fuzz_$name for ${secs}s (seeds: $corpus)"
 "$bin" -max_total_time="$secs" -print_final_stats=1 "$@" \
 	-artifact_prefix="build/fuzz/crash-$name-" "$work" "$corpus" >"$log" 2>&1

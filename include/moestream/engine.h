@@ -1,0 +1,242 @@
+/*
+ * engine.h - the model runtime (engine/): for now the vocabulary and the
+ * tokenizer. The forward pass, KV cache, sampler and expert source follow
+ * here (see DESIGN.md, "Rooms").
+ *
+ * The tokenizer is built from a GGUF's metadata alone (the keys llama.cpp's
+ * converter writes: tokenizer.ggml.model/pre/tokens/token_type/merges and the
+ * special ids) and produces the ids llama.cpp's llama_tokenize() does for the
+ * same file: byte-level BPE ("gpt2") with the pre-tokenizer named by
+ * tokenizer.ggml.pre (qwen2, llama-bpe, glm4, deepseek-v3, gpt-4o), special
+ * and added tokens matched as whole strings first, merges applied by rank.
+ *
+ * Everything in the vocabulary is file input: the reader rejects ids out of
+ * range, duplicate tokens, merges naming absent tokens and absurd counts or
+ * lengths, naming the field (negative errno + one line in struct ms_err).
+ */
+#ifndef MOESTREAM_ENGINE_H
+#define MOESTREAM_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moestream/model.h"
+#include "moestream/util.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Token types as GGUF stores them (tokenizer.ggml.token_type). */
+enum ms_tok_type {
+	MS_TOK_UNDEFINED = 0,
+	MS_TOK_NORMAL = 1,
+	MS_TOK_UNKNOWN = 2,
+	MS_TOK_CONTROL = 3,
+	MS_TOK_USER_DEFINED = 4,
+	MS_TOK_UNUSED = 5,
+	MS_TOK_BYTE = 6,
+};
+
+/* Pre-tokenizers (tokenizer.ggml.pre). */
+enum ms_pre {
+	MS_PRE_QWEN2,
+	MS_PRE_LLAMA3,      /* "llama-bpe" */
+	MS_PRE_GLM4,        /* "glm4": llama3's regex */
+	MS_PRE_DEEPSEEK3,   /* "deepseek-v3" */
+	MS_PRE_GPT4O,       /* "gpt-4o" */
+	MS_PRE_COUNT
+};
+
+#define MS_VOCAB_MAX_TOKENS (1u << 22)     /* 4M tokens: 20x the largest real */
+#define MS_VOCAB_MAX_MERGES (1u << 23)
+#define MS_VOCAB_MAX_TOKEN_LEN 4096        /* bytes of one token's text */
+#define MS_TOKEN_NULL (-1)
+
+struct ms_vocab;
+
+/* Keys llama.cpp names the special ids by (tokenizer.ggml.<name>_token_id). */
+struct ms_vocab_special {
+	int32_t bos, eos, eot, eom, unk, sep, pad, mask; /* MS_TOKEN_NULL if none */
+	bool add_bos, add_eos;
+};
+
+/* Builds the vocabulary and its tokenizer from an open GGUF. -ENOENT with a
+ * message naming the missing key when the model has no tokenizer; -EINVAL
+ * naming the field for anything malformed; -ENOTSUP for a tokenizer model or
+ * pre-tokenizer this engine does not implement (the message lists those it
+ * does). */
+int ms_vocab_load(struct ms_vocab **out, const struct ms_gguf *g,
+		  struct ms_err *err);
+void ms_vocab_free(struct ms_vocab *v);
+
+uint32_t ms_vocab_n_tokens(const struct ms_vocab *v);
+uint32_t ms_vocab_n_merges(const struct ms_vocab *v);
+enum ms_pre ms_vocab_pre(const struct ms_vocab *v);
+const char *ms_pre_name(enum ms_pre pre);
+const struct ms_vocab_special *ms_vocab_special(const struct ms_vocab *v);
+/* The token's text as stored (byte-level encoded for normal tokens). */
+const char *ms_vocab_text(const struct ms_vocab *v, int32_t id, size_t *len);
+enum ms_tok_type ms_vocab_type(const struct ms_vocab *v, int32_t id);
+/* End of generation: eos, eot, eom and the texts llama.cpp treats so
+ * (<|im_end|>, <|endoftext|>, <|return|>, ...). */
+bool ms_vocab_is_eog(const struct ms_vocab *v, int32_t id);
+/* The id of a token text, or MS_TOKEN_NULL. */
+int32_t ms_vocab_find(const struct ms_vocab *v, const char *text, size_t len);
+
+/* A growing list of ids; reuse one across calls (it keeps its scratch). */
+struct ms_tokens {
+	int32_t *ids;
+	size_t n, cap;
+	void *scratch;  /* the tokenizer's buffers, owned */
+};
+void ms_tokens_free(struct ms_tokens *t);
+
+#define MS_TOKENIZE_ADD_SPECIAL 1u   /* bos/eos as the model says */
+#define MS_TOKENIZE_PARSE_SPECIAL 2u /* match control tokens in the text */
+
+/* Tokenizes len bytes of text (any bytes: invalid UTF-8 becomes U+FFFD as
+ * in llama.cpp) into out (out->n reset first). 0 or -ENOMEM / -EOVERFLOW. */
+int ms_tokenize(const struct ms_vocab *v, const char *text, size_t len,
+		unsigned flags, struct ms_tokens *out, struct ms_err *err);
+
+/* The bytes of one token: byte-level decoded for normal tokens, the text of
+ * user-defined ones, control tokens only when `special` (else nothing).
+ * Returns the length (which may exceed cap: nothing past cap is written) or
+ * -EINVAL for an id out of range. */
+int ms_token_piece(const struct ms_vocab *v, int32_t id, bool special,
+		   char *buf, size_t cap);
+
+/* All pieces concatenated into a fresh NUL-terminated buffer (*out, *len). */
+int ms_detokenize(const struct ms_vocab *v, const int32_t *ids, size_t n,
+		  bool special, char **out, size_t *len, struct ms_err *err);
+
+
+/* ------------------------------------------------------------------------ */
+/* Sampling (engine/sampler.c).                                             */
+
+struct ms_sampler_params {
+	float temp;            /* <= 0: greedy (argmax, lowest id on ties) */
+	int32_t top_k;         /* <= 0: off */
+	float top_p;           /* >= 1: off */
+	float min_p;           /* <= 0: off */
+	float repeat_penalty;  /* 1: off */
+	int32_t repeat_last_n; /* tokens of history the penalty looks at */
+	uint64_t seed;
+};
+
+/* llama.cpp's defaults: temp 0.8, top_k 40, top_p 0.95, min_p 0.05,
+ * repeat_penalty 1.0, repeat_last_n 64; seed from the clock. */
+void ms_sampler_params_default(struct ms_sampler_params *p);
+
+struct ms_sampler;
+int ms_sampler_init(struct ms_sampler **out, const struct ms_sampler_params *p,
+		    uint32_t n_vocab, struct ms_err *err);
+void ms_sampler_free(struct ms_sampler *s);
+/* Adds a token to the history the repetition penalty sees (prompt tokens
+ * and sampled ones). */
+void ms_sampler_accept(struct ms_sampler *s, int32_t token);
+/* Picks the next token from n_vocab logits (not modified): penalty, then
+ * top-k, top-p, min-p, temperature, a draw from the seeded generator. */
+int32_t ms_sampler_sample(struct ms_sampler *s, const float *logits);
+
+/* ------------------------------------------------------------------------ */
+/* Chat templates (engine/chat.c): built-in renderers, chosen from the      */
+/* model's tokenizer.chat_template.                                         */
+
+enum ms_chat_tmpl {
+	MS_CHAT_NONE = 0,
+	MS_CHAT_QWEN3,  /* ChatML with Qwen3's thinking markers */
+	MS_CHAT_GLM4,   /* GLM-4.5 / 4.6: [gMASK]<sop><|user|>\n... */
+	MS_CHAT_GLM47,  /* GLM-4.7: no newline after the role tags, and the
+			   assistant's prompt opens <think> */
+	MS_CHAT_COUNT
+};
+
+struct ms_chat_msg {
+	const char *role;    /* "system", "user", "assistant" */
+	const char *content;
+};
+
+/* "qwen3", "glm4", "glm47", "none". */
+const char *ms_chat_name(enum ms_chat_tmpl t);
+/* By name (as --chat-template takes it): the template, or MS_CHAT_NONE. */
+enum ms_chat_tmpl ms_chat_from_name(const char *name);
+/* Recognises the model's Jinja template; -ENOTSUP with a message that says
+ * what was found (its first line) when none of ours matches, -ENOENT when
+ * the model has none. */
+int ms_chat_detect(const char *jinja, enum ms_chat_tmpl *out,
+		   struct ms_err *err);
+/* Renders messages as the model's template would, ending with the
+ * assistant's prompt when add_generation_prompt: *out malloc'ed. */
+int ms_chat_render(enum ms_chat_tmpl t, const struct ms_chat_msg *msgs,
+		   size_t n, bool add_generation_prompt, char **out,
+		   struct ms_err *err);
+
+/* ------------------------------------------------------------------------ */
+/* The decoder (engine/engine.c, engine/forward.c, engine/arch_*.c): the    */
+/* forward pass of glm4moe and qwen3moe on the CPU, resident tensors in the */
+/* engine's memory, routed experts only through an expert source.          */
+
+struct ms_engine_config {
+	const char *model;      /* a GGUF (any shard of a split model) */
+	const char *socket;     /* moestreamd's socket; NULL: embedded cache */
+	uint64_t cache_size;    /* embedded cache bytes; 0: what RAM allows */
+	uint32_t n_ctx;         /* KV cache tokens; 0: 4096 */
+	uint32_t n_batch;       /* prefill tokens per pass; 0: 64 */
+	int n_threads;          /* 0: all online CPUs */
+	bool no_speculate;      /* no speculative-routing hints */
+	bool quiet;             /* no lines on stderr at open */
+	bool q8_activations;    /* round activations to 8 bits before each
+				   quantised product, as llama.cpp's CPU
+				   backend does (for comparing with it) */
+};
+
+struct ms_engine_info {
+	char arch[64];
+	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch;
+	uint64_t resident_bytes;   /* tensors loaded into the engine */
+	uint64_t kv_bytes;
+	uint64_t cache_bytes;      /* the embedded cache (0 through a daemon) */
+	uint64_t expert_bytes;     /* routed experts of the layers run */
+	char cache_mode[256];      /* how the cache's memory was made */
+};
+
+struct ms_engine_stats {
+	uint64_t tokens;           /* evaluated */
+	uint64_t expert_hits, expert_misses;
+	uint64_t expert_bytes_read;  /* embedded: what the cache read */
+	uint64_t wait_ns;          /* blocked waiting for experts */
+	uint64_t spec_routed;      /* experts routed in layers that had a hint */
+	uint64_t spec_hit;         /* of which the hint named */
+};
+
+struct ms_engine;
+
+/* Opens the model, loads its resident tensors and vocabulary, sizes the KV
+ * cache and starts the expert source. -ENOTSUP naming the architecture and
+ * the supported ones for any other; -ENOENT when the model has no
+ * tokenizer. */
+int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
+		   struct ms_err *err);
+void ms_engine_close(struct ms_engine *e);
+const struct ms_vocab *ms_engine_vocab(const struct ms_engine *e);
+const struct ms_engine_info *ms_engine_info(const struct ms_engine *e);
+void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st);
+/* Forgets the context (the KV cache); the next token is at position 0. */
+void ms_engine_reset(struct ms_engine *e);
+uint32_t ms_engine_pos(const struct ms_engine *e);
+/* Evaluates ids[0..n) at the next positions, in batches of n_batch.
+ * logits gets n_vocab floats per token when all_logits, else those of the
+ * last token only (NULL: none). -ENOSPC when the context would overflow
+ * (nothing evaluated). */
+int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
+		   float *logits, bool all_logits, struct ms_err *err);
+/* A flag the engine polls between layers: set to stop an eval (-EINTR). */
+void ms_engine_set_stop_flag(struct ms_engine *e, volatile int *flag);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
