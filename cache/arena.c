@@ -150,6 +150,88 @@ static int place(struct ms_arena *a, const struct ms_arena_config *cfg,
 	return 0;
 }
 
+static bool anon_thp_possible(void)
+{
+	char buf[256] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	return strstr(buf, "[madvise]") || strstr(buf, "[always]");
+}
+
+/* AnonHugePages of the mapping that starts at base, from /proc/self/smaps:
+ * what the kernel really gave, not what was asked. */
+static uint64_t huge_bytes_of(const void *base)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+	uint64_t kb = 0;
+	unsigned long long lo, hi;
+	char perms[8];
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx-%llx %7s", &lo, &hi, perms) == 3) {
+			in = lo == (unsigned long long)(uintptr_t)base;
+			continue;
+		}
+		unsigned long long v;
+		if (in && sscanf(line, "AnonHugePages: %llu kB", &v) == 1)
+			kb = v;
+	}
+	if (f)
+		fclose(f);
+	return kb * 1024;
+}
+
+/* The embedded cache's arena: private anonymous memory with MADV_HUGEPAGE,
+ * which anonymous THP's default ("madvise") honours with no admin step. */
+static int anon_init(struct ms_arena *a, const struct ms_arena_config *cfg,
+		     struct ms_err *err)
+{
+	a->size = (cfg->size + HUGE_2M - 1) & ~(HUGE_2M - 1);
+	/* 2 MiB-aligned, so that every 2 MiB of it can be one huge page */
+	uint8_t *p = mmap(NULL, a->size + HUGE_2M, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return ms_err_set(err, -errno, "mapping a %llu-byte cache: %s",
+				  (unsigned long long)a->size, strerror(errno));
+	uint8_t *al = (uint8_t *)(((uintptr_t)p + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+	if (al > p)
+		munmap(p, (size_t)(al - p));
+	munmap(al + a->size, (size_t)(p + HUGE_2M - al));
+	a->base = al;
+	a->anon = true;
+	bool thp = cfg->huge != MS_HUGE_OFF && anon_thp_possible() &&
+		   !madvise(a->base, a->size, MADV_HUGEPAGE);
+	int rc = place(a, cfg, err);
+	if (rc)
+		return rc;
+	if (cfg->lock && mlock(a->base, a->size))
+		return ms_err_set(err, -errno, "cannot lock the %llu MB cache: %s "
+				  "(raise ulimit -l)", (unsigned long long)(a->size >> 20),
+				  strerror(errno));
+	for (uint64_t o = 0; o < a->size; o += 4096)
+		((volatile uint8_t *)a->base)[o] = 0;
+	a->locked = cfg->lock;
+	a->huge_bytes = huge_bytes_of(a->base);
+	a->thp = a->huge_bytes > 0;
+	if (a->huge_bytes)
+		a->page_size = HUGE_2M;
+	mode_add(a, "private anonymous memory, %s: %.0f%% of it on 2 MiB pages",
+		 thp ? "transparent huge pages asked (MADV_HUGEPAGE)"
+		     : cfg->huge == MS_HUGE_OFF ? "huge pages off"
+						: "4 KiB pages (THP for anonymous "
+						  "memory is off in /sys/kernel/mm/"
+						  "transparent_hugepage/enabled)",
+		 100.0 * (double)a->huge_bytes / (double)a->size);
+	if (a->locked)
+		mode_add(a, "locked");
+	return 0;
+}
+
 int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		  struct ms_err *err)
 {
@@ -158,6 +240,12 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	a->page_size = 4096;
 	if (!cfg->size)
 		return ms_err_set(err, -EINVAL, "cache.size is 0");
+	if (cfg->private_anon) {
+		int rc = anon_init(a, cfg, err);
+		if (rc)
+			ms_arena_free(a);
+		return rc;
+	}
 
 	uint64_t want = cfg->size;
 	bool huge = false;
@@ -284,6 +372,8 @@ void ms_arena_free(struct ms_arena *a)
 
 int ms_arena_ro_fd(const struct ms_arena *a)
 {
+	if (a->memfd < 0)
+		return -EBADF; /* private anonymous memory: nothing to share */
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", a->memfd);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);

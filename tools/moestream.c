@@ -31,6 +31,8 @@ static const struct {
 	{ "get", cmd_get, "an expert's bytes as moestreamd serves them" },
 	{ "replay", cmd_replay,
 	  "replay a routing trace through moestreamd: tok/s, latency, hit rate" },
+	{ "run", cmd_run,
+	  "generate text from a MoE GGUF, experts streamed from disk" },
 	{ "tokenize", cmd_tokenize,
 	  "text to token ids with the model's own tokenizer" },
 	{ "detokenize", cmd_detokenize, "token ids back to text" },

@@ -44,6 +44,12 @@ struct ms_arena_config {
 	int numa_node;           /* >= 0, or MS_NUMA_* */
 	const char *gpu_pci;     /* "0000:65:00.0" for auto placement, or NULL */
 	bool lock;               /* mlock: required unless false (tests) */
+	bool private_anon;       /* anonymous memory, private to this process
+				    (an engine's embedded cache): no memfd to
+				    share, and THP comes from anonymous
+				    memory's setting (on, "madvise", as
+				    distributions ship) rather than
+				    shmem's (off by default) */
 };
 
 struct ms_arena {
@@ -53,6 +59,8 @@ struct ms_arena {
 	uint64_t page_size;      /* 4 KiB, or the huge page size */
 	bool hugetlb, thp, locked;
 	int numa_node;           /* node bound to, or MS_NUMA_* */
+	bool anon;               /* private anonymous memory (memfd = -1) */
+	uint64_t huge_bytes;     /* of it backed by huge pages, as measured */
 	char mode[256];          /* one line: how it was made and why */
 };
 

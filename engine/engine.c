@@ -1,0 +1,765 @@
+/*
+ * engine/engine.c - opening a model for decoding: the architecture, the
+ * hyper-parameters, the resident tensors (read once into the engine's own
+ * memory, never mapped), the KV cache, and the expert source.
+ *
+ * Routed experts never come from a mapping of the file: either an embedded
+ * cache in this process (cache/ and iouring/: O_DIRECT reads into an arena
+ * sized from the RAM that is left), or a moestreamd connection whose
+ * read-only arena the experts are read from in place. Both hand experts over
+ * one by one as they become ready, so the forward pass computes with the
+ * first while the others stream.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+
+static const struct ms_arch *const arches[] = {
+	&ms_arch_glm4moe,
+	&ms_arch_qwen3moe,
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- hyper-parameters ------------------------------------------------------------ */
+
+static int get_u(const struct ms_gguf *g, const char *arch, const char *key,
+		 uint64_t dflt, bool required, uint64_t *out, struct ms_err *err)
+{
+	char k[160];
+	snprintf(k, sizeof(k), "%s.%s", arch, key);
+	int rc = ms_gguf_get_u64(g, k, out, err);
+	if (rc == -ENOENT && !required) {
+		*out = dflt;
+		return 0;
+	}
+	if (rc == -ENOENT)
+		return ms_err_set(err, -EINVAL, "%s: %s is missing", g->path, k);
+	return rc;
+}
+
+static int get_f(const struct ms_gguf *g, const char *arch, const char *key,
+		 double dflt, bool required, double *out, struct ms_err *err)
+{
+	char k[160];
+	snprintf(k, sizeof(k), "%s.%s", arch, key);
+	int rc = ms_gguf_get_f64(g, k, out, err);
+	if (rc == -ENOENT && !required) {
+		*out = dflt;
+		return 0;
+	}
+	if (rc == -ENOENT)
+		return ms_err_set(err, -EINVAL, "%s: %s is missing", g->path, k);
+	return rc;
+}
+
+static int load_hparams(struct ms_engine *e, struct ms_err *err)
+{
+	const struct ms_model *m = e->model;
+	const struct ms_gguf *g = m->shards[0];
+	const char *a = m->arch;
+	uint64_t n_head, n_kv, kl, vl, rot, n_block;
+	double eps, base, factor;
+	int rc;
+	if ((rc = get_u(g, a, "block_count", 0, true, &n_block, err)) ||
+	    (rc = get_u(g, a, "attention.head_count", 0, true, &n_head, err)) ||
+	    (rc = get_u(g, a, "attention.head_count_kv", n_head, false, &n_kv,
+			err)) ||
+	    (rc = get_f(g, a, "attention.layer_norm_rms_epsilon", 0, true, &eps,
+			err)) ||
+	    (rc = get_f(g, a, "rope.freq_base", 10000.0, false, &base, err)) ||
+	    (rc = get_f(g, a, "rope.scaling.factor", 0.0, false, &factor, err)))
+		return rc;
+	if (!m->n_embd || !n_head || n_head > 4096 || !n_kv || n_kv > n_head ||
+	    n_head % n_kv)
+		return ms_err_set(err, -EINVAL, "%s: %s.embedding_length %" PRIu64
+				  ", head_count %" PRIu64 ", head_count_kv %" PRIu64
+				  ": not a usable attention shape", g->path, a,
+				  m->n_embd, n_head, n_kv);
+	if ((rc = get_u(g, a, "attention.key_length", m->n_embd / n_head, false,
+			&kl, err)) ||
+	    (rc = get_u(g, a, "attention.value_length", kl, false, &vl, err)) ||
+	    (rc = get_u(g, a, "rope.dimension_count", kl, false, &rot, err)))
+		return rc;
+	if (kl != vl || !kl || kl > 1024 || kl % 32 || rot > kl || rot % 2)
+		return ms_err_set(err, -EINVAL, "%s: key_length %" PRIu64
+				  ", value_length %" PRIu64 ", rope dims %" PRIu64
+				  ": this engine needs equal key and value heads "
+				  "of a multiple of 32 and an even rope dimension "
+				  "no larger", g->path, kl, vl, rot);
+	const char *rs;
+	if (!ms_gguf_get_str(g, "rope.scaling.type", &rs, NULL)) {
+		(void)rs;
+	}
+	char k[160];
+	snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
+	if (!ms_gguf_get_str(g, k, &rs, NULL) && strcmp(rs, "none") &&
+	    strcmp(rs, "linear"))
+		return ms_err_set(err, -ENOTSUP, "%s: %s is '%s'; this engine "
+				  "runs no RoPE scaling but linear", g->path, k, rs);
+	e->n_embd = (int64_t)m->n_embd;
+	e->n_head = (int64_t)n_head;
+	e->n_head_kv = (int64_t)n_kv;
+	e->head_dim = (int64_t)kl;
+	e->n_rot = (int64_t)rot;
+	e->eps = (float)eps;
+	e->rope_base = (float)base;
+	e->freq_scale = factor > 0 ? (float)(1.0 / factor) : 1.0f;
+	if (n_block <= m->n_nextn || n_block > 100000)
+		return ms_err_set(err, -EINVAL, "%s: %s.block_count %" PRIu64
+				  " with %u NextN blocks", g->path, a, n_block,
+				  m->n_nextn);
+	e->n_run = (uint32_t)(n_block - m->n_nextn);
+	e->n_ff_exp = (int64_t)m->n_ff_exp;
+	return 0;
+}
+
+/* ---- resident tensors -------------------------------------------------------------- */
+
+struct want {
+	struct ms_rt *rt;
+	char name[96];
+	int64_t ne0, ne1;   /* expected; ne1 = 0 for a vector */
+	bool optional, f32; /* vectors must be f32 */
+	uint32_t shard;
+	uint64_t idx, off;
+};
+
+static int want_add(struct want **w, size_t *n, size_t *cap, struct ms_rt *rt,
+		    int64_t ne0, int64_t ne1, bool optional, const char *fmt,
+		    uint32_t b)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 64;
+		struct want *q = realloc(*w, c * sizeof(*q));
+		if (!q)
+			return -ENOMEM;
+		*w = q;
+		*cap = c;
+	}
+	struct want *x = &(*w)[(*n)++];
+	memset(x, 0, sizeof(*x));
+	x->rt = rt;
+	snprintf(x->name, sizeof(x->name), fmt, b);
+	x->ne0 = ne0;
+	x->ne1 = ne1;
+	x->optional = optional;
+	x->f32 = ne1 == 0;
+	return 0;
+}
+
+int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
+{
+	const struct ms_model *m = e->model;
+	int64_t E = e->n_embd, HQ = e->n_head * e->head_dim,
+		HK = e->n_head_kv * e->head_dim, D = e->head_dim;
+	struct want *w = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+	e->blk = calloc(e->n_run, sizeof(*e->blk));
+	if (!e->blk)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+
+	/* the vocabulary size is the embedding's */
+	uint32_t sh;
+	uint64_t ix;
+	if (ms_model_find_tensor(m, "token_embd.weight", &sh, &ix))
+		return ms_err_set(err, -EINVAL, "%s: no token_embd.weight",
+				  m->shards[0]->path);
+	e->n_vocab = m->shards[sh]->tensors[ix].ne[1];
+
+#define ADD(rt, a, b, opt, fmt, blk)                                          \
+	do {                                                                  \
+		if ((rc = want_add(&w, &n, &cap, rt, a, b, opt, fmt, blk)))   \
+			goto nomem;                                           \
+	} while (0)
+	ADD(&e->tok_embd, E, e->n_vocab, false, "token_embd.weight", 0);
+	ADD(&e->out_norm, E, 0, false, "output_norm.weight", 0);
+	ADD(&e->output, E, e->n_vocab, true, "output.weight", 0);
+	char fn[96];
+	snprintf(fn, sizeof(fn), "blk.%%u.%s.weight", e->arch->ffn_norm);
+	for (uint32_t b = 0; b < e->n_run; b++) {
+		struct ms_block *k = &e->blk[b];
+		k->layer = m->block_layer[b];
+		k->moe = k->layer >= 0;
+		ADD(&k->attn_norm, E, 0, false, "blk.%u.attn_norm.weight", b);
+		ADD(&k->wq, E, HQ, false, "blk.%u.attn_q.weight", b);
+		ADD(&k->wk, E, HK, false, "blk.%u.attn_k.weight", b);
+		ADD(&k->wv, E, HK, false, "blk.%u.attn_v.weight", b);
+		ADD(&k->wo, HQ, E, false, "blk.%u.attn_output.weight", b);
+		ADD(&k->bq, HQ, 0, true, "blk.%u.attn_q.bias", b);
+		ADD(&k->bk, HK, 0, true, "blk.%u.attn_k.bias", b);
+		ADD(&k->bv, HK, 0, true, "blk.%u.attn_v.bias", b);
+		ADD(&k->q_norm, D, 0, !e->arch->qk_norm_required,
+		    "blk.%u.attn_q_norm.weight", b);
+		ADD(&k->k_norm, D, 0, !e->arch->qk_norm_required,
+		    "blk.%u.attn_k_norm.weight", b);
+		ADD(&k->ffn_norm, E, 0, false, fn, b);
+		if (!k->moe) {
+			ADD(&k->gate, E, -1, false, "blk.%u.ffn_gate.weight", b);
+			ADD(&k->up, E, -1, false, "blk.%u.ffn_up.weight", b);
+			ADD(&k->down, -1, E, false, "blk.%u.ffn_down.weight", b);
+			continue;
+		}
+		ADD(&k->gate_inp, E, m->n_expert, false,
+		    "blk.%u.ffn_gate_inp.weight", b);
+		if (e->arch->probs_bias)
+			ADD(&k->probs_b, m->n_expert, 0, false,
+			    "blk.%u.exp_probs_b.bias", b);
+		if (m->n_expert_shared) {
+			int64_t F = e->n_ff_exp * m->n_expert_shared;
+			ADD(&k->sh_gate, E, F, false, "blk.%u.ffn_gate_shexp.weight", b);
+			ADD(&k->sh_up, E, F, false, "blk.%u.ffn_up_shexp.weight", b);
+			ADD(&k->sh_down, F, E, false, "blk.%u.ffn_down_shexp.weight", b);
+		}
+	}
+#undef ADD
+
+	/* find, check, size */
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct want *x = &w[i];
+		if (ms_model_find_tensor(m, x->name, &x->shard, &x->idx)) {
+			if (x->optional)
+				continue;
+			rc = ms_err_set(err, -EINVAL, "%s: tensor %s is missing (the "
+					"%s forward pass needs it)",
+					m->shards[0]->path, x->name, e->arch->name);
+			goto out;
+		}
+		const struct ms_gguf_tensor *t = &m->shards[x->shard]->tensors[x->idx];
+		bool vec = x->ne1 == 0;
+		bool shape = vec ? t->n_dims == 1 && t->ne[0] == x->ne0
+				 : t->n_dims == 2 && (x->ne0 < 0 || t->ne[0] == x->ne0) &&
+					   (x->ne1 < 0 || t->ne[1] == x->ne1);
+		if (!shape) {
+			rc = ms_err_set(err, -EINVAL, "%s: tensor %s has shape [%" PRId64
+					", %" PRId64 "], expected [%" PRId64 ", %" PRId64
+					"]", m->shards[0]->path, x->name, t->ne[0],
+					t->ne[1], x->ne0, vec ? (int64_t)1 : x->ne1);
+			goto out;
+		}
+		if (vec ? t->type != MS_TYPE_F32 : !ms_ffn_type_supported(t->type) ||
+							   t->ne[0] % 32) {
+			rc = ms_err_set(err, -ENOTSUP, "%s: tensor %s is %s: this "
+					"engine needs %s", m->shards[0]->path, x->name,
+					ms_type_name(t->type),
+					vec ? "f32 vectors"
+					    : "a type with a CPU kernel and rows of a "
+					      "multiple of 32");
+			goto out;
+		}
+		x->rt->type = t->type;
+		x->rt->ne[0] = t->ne[0];
+		x->rt->ne[1] = vec ? 1 : t->ne[1];
+		x->off = total;
+		total += (t->size + 63) & ~(uint64_t)63;
+		x->rt->data = (const void *)1; /* found; the address comes below */
+	}
+	e->resident = aligned_alloc(64, total ? total : 64);
+	if (!e->resident) {
+		rc = ms_err_set(err, -ENOMEM, "out of memory for %" PRIu64 " bytes "
+				"of resident tensors", total);
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct want *x = &w[i];
+		if (!x->rt->data)
+			continue;
+		const struct ms_gguf *g = m->shards[x->shard];
+		const struct ms_gguf_tensor *t = &g->tensors[x->idx];
+		uint8_t *dst = (uint8_t *)e->resident + x->off;
+		for (uint64_t got = 0; got < t->size;) {
+			ssize_t r = pread(g->fd, dst + got, t->size - got,
+					  (off_t)(t->file_offset + got));
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				rc = ms_err_set(err, r < 0 ? -errno : -EIO,
+						"%s: reading tensor %s: %s", g->path,
+						x->name, r < 0 ? strerror(errno)
+							       : "file too short");
+				goto out;
+			}
+			got += (uint64_t)r;
+		}
+		x->rt->data = dst;
+	}
+	/* tied output: the embedding */
+	if (!e->output.data)
+		e->output = e->tok_embd;
+	e->info.resident_bytes = total;
+out:
+	free(w);
+	return rc;
+nomem:
+	free(w);
+	return ms_err_set(err, -ENOMEM, "out of memory");
+}
+
+/* ---- expert source -------------------------------------------------------------------- */
+
+static void cache_cb(void *ctx, uint32_t layer, uint32_t expert, int result,
+		     const struct ms_expert_loc *loc)
+{
+	struct ms_xsrc *xs = ctx;
+	pthread_mutex_lock(&xs->mu);
+	if (xs->q_n == xs->q_cap) {
+		/* never: the queue holds every expert a layer can ask for */
+		abort();
+	}
+	struct ms_arrival *a = &xs->q[(xs->q_head + xs->q_n++) % xs->q_cap];
+	a->layer = layer;
+	a->expert = expert;
+	a->result = result;
+	if (loc)
+		a->loc = *loc;
+	pthread_cond_signal(&xs->cv);
+	pthread_mutex_unlock(&xs->mu);
+}
+
+/* RAM that is left: MemAvailable, and under a memory cgroup its limit less
+ * its usage, whichever is less. */
+static uint64_t ram_left(void)
+{
+	uint64_t avail = 0;
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[256];
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long kb;
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			avail = kb * 1024;
+	}
+	if (f)
+		fclose(f);
+	/* cgroup v2, then v1, of this process */
+	f = fopen("/proc/self/cgroup", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		char *path = strrchr(line, ':');
+		bool v1 = strstr(line, ":memory:") != NULL;
+		bool v2 = !strncmp(line, "0::", 3);
+		if (!path || (!v1 && !v2))
+			continue;
+		path++;
+		path[strcspn(path, "\n")] = '\0';
+		char p1[512], p2[512];
+		snprintf(p1, sizeof(p1), v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes"
+					    : "/sys/fs/cgroup%s/memory.max", path);
+		snprintf(p2, sizeof(p2), v1 ? "/sys/fs/cgroup/memory%s/memory.usage_in_bytes"
+					    : "/sys/fs/cgroup%s/memory.current", path);
+		unsigned long long lim = 0, use = 0;
+		FILE *a = fopen(p1, "r"), *b = fopen(p2, "r");
+		if (a && b && fscanf(a, "%llu", &lim) == 1 && fscanf(b, "%llu", &use) == 1 &&
+		    lim < (1ull << 60) && lim > use && lim - use < avail)
+			avail = lim - use;
+		if (a)
+			fclose(a);
+		if (b)
+			fclose(b);
+	}
+	if (f)
+		fclose(f);
+	return avail;
+}
+
+int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
+{
+	struct ms_xsrc *xs = &e->xs;
+	const struct ms_model *m = e->model;
+	pthread_mutex_init(&xs->mu, NULL);
+	pthread_cond_init(&xs->cv, NULL);
+	xs->q_cap = (size_t)m->n_expert * 2 + 16;
+	xs->q = calloc(xs->q_cap, sizeof(*xs->q));
+	if (!xs->q)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	if (e->cfg.socket) {
+		int rc = ms_client_connect(&xs->client, e->cfg.socket, "moestream run",
+					   err);
+		if (rc)
+			return rc;
+		const struct ms_client_model *cm = ms_client_model(xs->client);
+		if (cm->n_expert != m->n_expert || cm->n_block != m->n_block ||
+		    strcmp(cm->arch, m->arch))
+			return ms_err_set(err, -EINVAL, "moestreamd at %s serves a "
+					  "%s model of %u blocks and %u experts; "
+					  "this is %s with %u and %u: start it on "
+					  "the same file", e->cfg.socket, cm->arch,
+					  cm->n_block, cm->n_expert, m->arch,
+					  m->n_block, m->n_expert);
+		xs->daemon = true;
+		snprintf(e->info.cache_mode, sizeof(e->info.cache_mode),
+			 "moestreamd at %s (arena %.2f GB)", e->cfg.socket,
+			 (double)cm->arena_size / 1e9);
+		return 0;
+	}
+	uint64_t size = e->cfg.cache_size;
+	if (!size) {
+		uint64_t left = ram_left(), margin = 256ull << 20;
+		size = left > margin ? left - margin : 0;
+		/* never more than every expert of the layers run, plus room
+		 * for the slots' rounding */
+		uint64_t all = m->expert_bytes_run + m->expert_bytes_run / 8 +
+			       (4ull << 20);
+		if (size > all)
+			size = all;
+	}
+	uint64_t min = m->expert_bytes_max * (uint64_t)m->n_expert_used * 2;
+	if (size < min)
+		return ms_err_set(err, -ENOMEM, "the expert cache would be %.1f MB; "
+				  "it needs at least %.1f MB (two layers' experts): "
+				  "free memory or give --cache-size",
+				  (double)size / 1e6, (double)min / 1e6);
+	struct ms_cache_config cc;
+	ms_cache_config_default(&cc);
+	cc.arena.size = size;
+	cc.arena.lock = false; /* a user process: no memlock limit to raise */
+	cc.arena.private_anon = true;
+	cc.acquire_timeout_ms = 60000;
+	int rc = ms_cache_init(&xs->cache, m, &cc, err);
+	if (rc)
+		return rc;
+	const struct ms_arena *ar = ms_cache_arena(xs->cache);
+	xs->base = ar->base;
+	e->info.cache_bytes = ar->size;
+	snprintf(e->info.cache_mode, sizeof(e->info.cache_mode), "%s", ar->mode);
+	return 0;
+}
+
+void ms_xsrc_close(struct ms_xsrc *xs)
+{
+	if (xs->client)
+		ms_client_close(xs->client);
+	if (xs->cache)
+		ms_cache_free(xs->cache);
+	free(xs->q);
+	if (xs->q_cap) {
+		pthread_mutex_destroy(&xs->mu);
+		pthread_cond_destroy(&xs->cv);
+	}
+	memset(xs, 0, sizeof(*xs));
+}
+
+/* The errors a vanished daemon shows up as. */
+static bool gone(int rc)
+{
+	return rc == -ENOTCONN || rc == -EPIPE || rc == -ECONNRESET ||
+	       rc == -ECONNREFUSED;
+}
+
+int ms_xsrc_acquire(struct ms_engine *e, uint32_t layer, const uint32_t *experts,
+		    uint32_t n, struct ms_err *err)
+{
+	struct ms_xsrc *xs = &e->xs;
+	if (xs->daemon) {
+		uint16_t ex[MS_ROUTER_MAX_USED * 64];
+		uint32_t done = 0;
+		while (done < n) {
+			uint32_t k = n - done < 256 ? n - done : 256;
+			for (uint32_t i = 0; i < k; i++)
+				ex[i] = (uint16_t)experts[done + i];
+			uint64_t id;
+			int rc = ms_client_acquire_async(
+				xs->client, e->model->layers[layer].block, ex, k, &id);
+			if (rc)
+				return ms_err_set(err, rc, "moestreamd: acquire of "
+						  "blk.%u: %s", e->model->layers[layer].block,
+						  gone(rc) ? "the daemon went away "
+							     "(connection closed)"
+							   : strerror(-rc));
+			done += k;
+		}
+		return 0;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct ms_expert_loc loc;
+		int rc = ms_cache_acquire(xs->cache, layer, experts[i], cache_cb, xs,
+					  &loc);
+		if (rc == 0) {
+			xs->hits++;
+			cache_cb(xs, layer, experts[i], 0, &loc);
+		} else if (rc == -EINPROGRESS) {
+			xs->misses++;
+		} else {
+			return ms_err_set(err, rc, "expert cache: acquire of layer %u "
+					  "expert %u: %s", layer, experts[i],
+					  strerror(-rc));
+		}
+	}
+	return 0;
+}
+
+static void view_from(const struct ms_engine *e, uint32_t layer,
+		      const void *const *proj, struct ms_expert_view *v)
+{
+	const struct ms_moe_layer *L = &e->model->layers[layer];
+	memset(v, 0, sizeof(*v));
+	v->fused = L->fused;
+	v->n_embd = e->n_embd;
+	v->n_ff = e->n_ff_exp;
+	for (uint32_t j = 0; j < L->n_proj; j++) {
+		v->type[j] = L->type[j];
+		v->data[j] = proj[j];
+	}
+}
+
+int ms_xsrc_next(struct ms_engine *e, uint32_t layer, uint32_t *expert,
+		 struct ms_expert_view *view, struct ms_err *err)
+{
+	struct ms_xsrc *xs = &e->xs;
+	uint64_t t0 = now_ns();
+	if (xs->daemon) {
+		struct ms_client_expert got;
+		uint64_t id;
+		int rc = ms_client_next(xs->client, &got, &id, 120000);
+		xs->wait_ns += now_ns() - t0;
+		if (rc)
+			return ms_err_set(err, rc, "moestreamd: %s",
+					  gone(rc) ? "the daemon went away "
+						     "(connection closed)"
+					  : rc == -ETIMEDOUT ? "no expert arrived in "
+							       "120 s"
+							     : strerror(-rc));
+		if (got.status)
+			return ms_err_set(err, got.status, "moestreamd: blk.%u "
+					  "expert %u failed: %s", got.block,
+					  got.expert, strerror(-got.status));
+		*expert = got.expert;
+		view_from(e, layer, got.proj, view);
+		return 0;
+	}
+	pthread_mutex_lock(&xs->mu);
+	while (!xs->q_n)
+		pthread_cond_wait(&xs->cv, &xs->mu);
+	struct ms_arrival a = xs->q[xs->q_head];
+	xs->q_head = (xs->q_head + 1) % xs->q_cap;
+	xs->q_n--;
+	pthread_mutex_unlock(&xs->mu);
+	xs->wait_ns += now_ns() - t0;
+	if (a.result)
+		return ms_err_set(err, a.result, "expert cache: layer %u expert %u: "
+				  "%s", a.layer, a.expert, strerror(-a.result));
+	const void *proj[MS_MOE_MAX_PROJ];
+	for (uint32_t j = 0; j < a.loc.n_proj && j < MS_MOE_MAX_PROJ; j++)
+		proj[j] = xs->base + a.loc.off[j];
+	*expert = a.expert;
+	view_from(e, a.layer, proj, view);
+	return 0;
+}
+
+void ms_xsrc_release(struct ms_engine *e, uint32_t layer, uint32_t expert)
+{
+	struct ms_xsrc *xs = &e->xs;
+	if (xs->daemon) {
+		uint16_t x = (uint16_t)expert;
+		ms_client_release(xs->client, e->model->layers[layer].block, &x, 1);
+	} else {
+		ms_cache_release(xs->cache, layer, expert);
+	}
+}
+
+void ms_xsrc_prefetch(struct ms_engine *e, uint32_t layer,
+		      const uint32_t *experts, uint32_t n)
+{
+	struct ms_xsrc *xs = &e->xs;
+	if (xs->daemon) {
+		uint16_t ex[256];
+		uint32_t k = n < 256 ? n : 256;
+		for (uint32_t i = 0; i < k; i++)
+			ex[i] = (uint16_t)experts[i];
+		ms_client_prefetch(xs->client, e->model->layers[layer].block, ex,
+				   NULL, k);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		ms_cache_prefetch(xs->cache, layer, experts[i]);
+}
+
+/* ---- open / close ------------------------------------------------------------------ */
+
+static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
+{
+	size_t T = e->cfg.n_batch, E = (size_t)e->n_embd;
+	size_t HQ = (size_t)(e->n_head * e->head_dim);
+	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
+	size_t X = (size_t)e->model->n_expert, K = (size_t)e->n_used;
+	size_t FF = 0;
+	for (uint32_t b = 0; b < e->n_run; b++)
+		if (!e->blk[b].moe && (size_t)e->blk[b].gate.ne[1] > FF)
+			FF = (size_t)e->blk[b].gate.ne[1];
+	(void)FF;
+	size_t nth = (size_t)ms_ffn_pool_threads(e->pool);
+#define A(p, n) ((p) = calloc((n) > 0 ? (n) : 1, sizeof(*(p))))
+	if (!A(e->x, T * E) || !A(e->h, T * E) || !A(e->q, T * HQ) ||
+	    !A(e->k, T * HK) || !A(e->v, T * HK) || !A(e->att, T * HQ) ||
+	    !A(e->o, T * (E > HQ ? E : HQ)) || !A(e->moe, T * E) || !A(e->sh, T * E) ||
+	    !A(e->ylist, T * (K ? K : 1) * E) || !A(e->xg, T * E) || !A(e->yg, T * E) ||
+	    !A(e->rlog, T * (X ? X : 1)) || !A(e->rw, T * (K ? K : 1)) ||
+	    !A(e->rsel, T * (K ? K : 1)) || !A(e->need, X ? X : 1) ||
+	    !A(e->scores, nth * (size_t)e->cfg.n_ctx) || !A(e->hint_x, E) ||
+	    !A(e->hinted, (size_t)e->model->n_layers * X) ||
+	    !A(e->has_hint, e->model->n_layers))
+		return ms_err_set(err, -ENOMEM, "out of memory for a batch of %zu "
+				  "tokens", T);
+#undef A
+	uint64_t kv = (uint64_t)e->n_run * e->cfg.n_ctx * HK * 2;
+	e->k_cache = calloc(kv, 1);
+	e->v_cache = calloc(kv, 1);
+	if (!e->k_cache || !e->v_cache)
+		return ms_err_set(err, -ENOMEM, "out of memory for the KV cache "
+				  "(%.1f MB for %u tokens)", 2.0 * (double)kv / 1e6,
+				  e->cfg.n_ctx);
+	e->info.kv_bytes = 2 * kv;
+	return 0;
+}
+
+int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
+		   struct ms_err *err)
+{
+	*out = NULL;
+	struct ms_engine *e = calloc(1, sizeof(*e));
+	if (!e)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	e->cfg = *cfg;
+	if (!e->cfg.n_ctx)
+		e->cfg.n_ctx = 4096;
+	if (!e->cfg.n_batch)
+		e->cfg.n_batch = 64;
+	int rc;
+	if (e->cfg.n_ctx > (1u << 22) || e->cfg.n_batch > 4096) {
+		rc = ms_err_set(err, -EINVAL, "--ctx %u / --batch %u: at most %u "
+				"and 4096", e->cfg.n_ctx, e->cfg.n_batch, 1u << 22);
+		goto fail;
+	}
+	if ((rc = ms_model_open(&e->model, cfg->model, err)))
+		goto fail;
+	for (size_t i = 0; i < sizeof(arches) / sizeof(arches[0]); i++)
+		if (!strcmp(e->model->arch, arches[i]->name))
+			e->arch = arches[i];
+	if (!e->arch) {
+		rc = ms_err_set(err, -ENOTSUP, "%s: architecture '%s' is not one "
+				"this engine runs (supported: glm4moe, qwen3moe)",
+				cfg->model, e->model->arch);
+		goto fail;
+	}
+	if (!e->model->n_expert || !e->model->n_layers) {
+		rc = ms_err_set(err, -ENOTSUP, "%s: no routed experts: this engine "
+				"runs MoE models", cfg->model);
+		goto fail;
+	}
+	if ((rc = ms_vocab_load(&e->vocab, e->model->shards[0], err)) ||
+	    (rc = load_hparams(e, err)) ||
+	    (rc = ms_router_params_from_model(e->model, &e->router, err)))
+		goto fail;
+	e->n_used = e->router.n_used;
+	if ((rc = ms_engine_load_weights(e, err)))
+		goto fail;
+	if ((uint32_t)e->n_vocab != ms_vocab_n_tokens(e->vocab)) {
+		rc = ms_err_set(err, -EINVAL, "%s: token_embd has %" PRId64 " rows "
+				"but the vocabulary %u tokens", cfg->model,
+				e->n_vocab, ms_vocab_n_tokens(e->vocab));
+		goto fail;
+	}
+	if ((rc = ms_ffn_pool_init(&e->pool, cfg->n_threads, err)))
+		goto fail;
+	e->opts.pool = e->pool;
+	e->q8 = cfg->q8_activations;
+	if ((rc = alloc_buffers(e, err)) || (rc = ms_xsrc_open(e, err)))
+		goto fail;
+	snprintf(e->info.arch, sizeof(e->info.arch), "%s", e->model->arch);
+	e->info.n_block_run = e->n_run;
+	e->info.n_moe_run = e->model->n_layers_run;
+	e->info.n_vocab = (uint32_t)e->n_vocab;
+	e->info.n_ctx = e->cfg.n_ctx;
+	e->info.n_batch = e->cfg.n_batch;
+	e->info.expert_bytes = e->model->expert_bytes_run;
+	*out = e;
+	return 0;
+fail:
+	ms_engine_close(e);
+	return rc;
+}
+
+void ms_engine_close(struct ms_engine *e)
+{
+	if (!e)
+		return;
+	ms_xsrc_close(&e->xs);
+	ms_ffn_pool_free(e->pool);
+	free(e->x);
+	free(e->h);
+	free(e->q);
+	free(e->k);
+	free(e->v);
+	free(e->att);
+	free(e->o);
+	free(e->moe);
+	free(e->sh);
+	free(e->ylist);
+	free(e->xg);
+	free(e->yg);
+	free(e->rlog);
+	free(e->rw);
+	free(e->rsel);
+	free(e->need);
+	free(e->scores);
+	free(e->hint_x);
+	free(e->hinted);
+	free(e->has_hint);
+	free(e->k_cache);
+	free(e->v_cache);
+	free(e->resident);
+	free(e->blk);
+	ms_vocab_free(e->vocab);
+	ms_model_free(e->model);
+	free(e);
+}
+
+const struct ms_vocab *ms_engine_vocab(const struct ms_engine *e)
+{
+	return e->vocab;
+}
+
+const struct ms_engine_info *ms_engine_info(const struct ms_engine *e)
+{
+	return &e->info;
+}
+
+void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
+{
+	*st = e->st;
+	st->expert_hits = e->xs.hits;
+	st->expert_misses = e->xs.misses;
+	st->wait_ns = e->xs.wait_ns;
+	if (e->xs.cache) {
+		struct ms_cache_stats cs;
+		ms_cache_get_stats(e->xs.cache, &cs);
+		st->expert_bytes_read = cs.bytes_read;
+	}
+}
+
+void ms_engine_reset(struct ms_engine *e)
+{
+	e->pos = 0;
+	e->n_first_used = 0;
+	memset(e->has_hint, 0, e->model->n_layers * sizeof(*e->has_hint));
+}
+
+uint32_t ms_engine_pos(const struct ms_engine *e)
+{
+	return e->pos;
+}
+
+void ms_engine_set_stop_flag(struct ms_engine *e, volatile int *flag)
+{
+	e->stop = flag;
+}

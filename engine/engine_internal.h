@@ -1,0 +1,127 @@
+/*
+ * engine/engine_internal.h - the decoder's private structures: the arch
+ * description each architecture file gives, the resident tensors, the KV
+ * cache and the expert source. Private to engine/.
+ */
+#ifndef MS_ENGINE_INTERNAL_H
+#define MS_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "moestream/cache.h"
+#include "moestream/engine.h"
+#include "moestream/kernels.h"
+#include "moestream/moestream.h"
+
+/* A tensor the engine keeps in its own memory. */
+struct ms_rt {
+	const void *data;   /* NULL: absent (optional tensors) */
+	uint32_t type;
+	int64_t ne[2];      /* [in, out] (ne[1] = 1 for vectors) */
+};
+
+/* What an architecture file says about its forward pass (engine/arch_*.c).
+ * The block structure is the same for these: pre-norm attention with
+ * optional biases and QK norm, NEOX RoPE, then a dense SwiGLU FFN for the
+ * leading blocks and a routed MoE FFN (with an optional shared expert) for
+ * the rest. An architecture that needs another attention (deepseek2's MLA)
+ * or FFN gets hooks here, not a fork of forward.c. */
+struct ms_arch {
+	const char *name;            /* general.architecture */
+	const char *ffn_norm;        /* pre-FFN norm: "post_attention_norm"
+					(GLM) or "ffn_norm" (Qwen3) */
+	bool qk_norm_required;       /* Qwen3: attn_q_norm/attn_k_norm */
+	bool probs_bias;             /* GLM: exp_probs_b selects experts */
+};
+
+extern const struct ms_arch ms_arch_glm4moe;
+extern const struct ms_arch ms_arch_qwen3moe;
+
+struct ms_block {
+	bool moe;
+	int32_t layer;               /* MoE layer index, -1 for dense */
+	struct ms_rt attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm;
+	struct ms_rt ffn_norm;
+	struct ms_rt gate, up, down;             /* dense */
+	struct ms_rt gate_inp, probs_b;          /* MoE router */
+	struct ms_rt sh_gate, sh_up, sh_down;    /* shared expert */
+};
+
+/* Where experts come from: the embedded cache or a moestreamd connection. */
+struct ms_arrival {
+	uint32_t layer, expert;
+	int result;
+	struct ms_expert_loc loc;
+};
+
+struct ms_xsrc {
+	bool daemon;
+	/* embedded */
+	struct ms_cache *cache;
+	const uint8_t *base;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct ms_arrival *q;
+	size_t q_head, q_n, q_cap;
+	/* daemon */
+	struct ms_client *client;
+	/* counts */
+	uint64_t hits, misses, wait_ns;
+};
+
+struct ms_engine {
+	struct ms_engine_config cfg;
+	struct ms_model *model;
+	struct ms_vocab *vocab;
+	const struct ms_arch *arch;
+	struct ms_engine_info info;
+	struct ms_router_params router;
+
+	/* hyper-parameters */
+	int64_t n_embd, n_head, n_head_kv, head_dim, n_rot, n_vocab;
+	int64_t n_ff_exp, n_used;
+	uint32_t n_run;              /* blocks run per token */
+	float eps, rope_base, freq_scale;
+
+	struct ms_rt tok_embd, out_norm, output;
+	struct ms_block *blk;
+	void *resident;              /* one allocation for every tensor */
+
+	/* KV cache: f16, [block][pos][n_head_kv * head_dim] */
+	uint16_t *k_cache, *v_cache;
+	uint32_t pos;
+
+	struct ms_ffn_pool *pool;
+	struct ms_ffn_opts opts;
+	struct ms_xsrc xs;
+
+	/* work buffers for a batch of n_batch tokens */
+	float *x, *h, *q, *k, *v, *att, *o, *moe, *sh, *ylist, *xg, *yg;
+	float *rlog, *rw, *scores, *hint_x;
+	uint32_t *rsel;
+	bool *need;                  /* [n_expert]: some token routes to it */
+	uint8_t *hinted;             /* [n_layers][n_expert]: hinted, not yet run */
+	bool *has_hint;              /* [n_layers] */
+	uint32_t first_used[MS_ROUTER_MAX_USED];
+	uint32_t n_first_used;
+
+	struct ms_engine_stats st;
+	bool q8;                     /* cfg.q8_activations */
+	volatile int *stop;
+};
+
+int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err);
+int ms_xsrc_open(struct ms_engine *e, struct ms_err *err);
+void ms_xsrc_close(struct ms_xsrc *xs);
+/* Asks for experts[0..n) of MoE layer `layer` (block `block`); each comes
+ * back through ms_xsrc_next, in any order. */
+int ms_xsrc_acquire(struct ms_engine *e, uint32_t layer, const uint32_t *experts,
+		    uint32_t n, struct ms_err *err);
+/* The next expert that arrived: 0 with *expert and *view, or -errno. */
+int ms_xsrc_next(struct ms_engine *e, uint32_t layer, uint32_t *expert,
+		 struct ms_expert_view *view, struct ms_err *err);
+void ms_xsrc_release(struct ms_engine *e, uint32_t layer, uint32_t expert);
+void ms_xsrc_prefetch(struct ms_engine *e, uint32_t layer,
+		      const uint32_t *experts, uint32_t n);
+
+#endif

@@ -1,0 +1,591 @@
+/*
+ * engine/forward.c - the forward pass of the MoE decoders, on the CPU.
+ *
+ * The path of a batch of T tokens (T = 1 when decoding, up to n_batch in a
+ * prefill), as llama.cpp's glm4moe / qwen3moe graphs compute it:
+ *
+ *   x = embedding rows
+ *   per block: h = rms_norm(x) * attn_norm
+ *              q, k, v = Wq h (+bq), Wk h (+bk), Wv h (+bv)
+ *              q, k = rms_norm per head * q_norm / k_norm   (when present)
+ *              q, k = NEOX RoPE on the first n_rot dims of each head
+ *              K, V cache <- k, v (as f16, llama.cpp's default cache type)
+ *              att = softmax(q K^T / sqrt(head_dim), causal) V, per head,
+ *                    query head h on KV head h / (n_head / n_head_kv)
+ *              x += Wo att
+ *              h = rms_norm(x) * ffn_norm
+ *              dense block: x += down(silu(gate h) * up h)
+ *              MoE block:   the router picks k experts per token; every
+ *                           expert any token of the batch needs is asked of
+ *                           the expert source once, the shared expert runs
+ *                           while they stream, each routed expert runs on
+ *                           the tokens that chose it as it arrives;
+ *                           x += sum_j w_j y_j + shared     (j in top-k order)
+ *   logits = output . (rms_norm(x) * output_norm)
+ *
+ * Activations are f32 and every product is the exact one of the C reference
+ * kernels (kernels/ffn.c: f32 FMA chains flushed to double), so the result
+ * does not depend on threads or on the order experts arrive in (each
+ * expert's output is kept per (token, slot) and summed in top-k order).
+ * llama.cpp's CPU backend rounds activations to 8 bits for quantised
+ * weights; that difference is what t_forward_ref measures.
+ *
+ * Prefetch without an oracle: at the start of each block, the next MoE
+ * block's router is applied to this block's input (speculative routing) and
+ * the experts it names are hinted to the source; after the last block, the
+ * first MoE layer's experts of this token are hinted for the next one.
+ * ms_engine_stats counts how often a hint named an expert really routed.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+
+/* ---- f16 -------------------------------------------------------------------------- */
+
+static uint16_t f32_to_f16(float f)
+{
+	uint32_t x;
+	memcpy(&x, &f, 4);
+	uint32_t sign = (x >> 16) & 0x8000, e = (x >> 23) & 0xFF, m = x & 0x7FFFFF;
+	if (e == 0xFF)
+		return (uint16_t)(sign | 0x7C00 | (m ? 0x200 : 0));
+	int32_t ne = (int32_t)e - 127 + 15;
+	if (ne >= 31)
+		return (uint16_t)(sign | 0x7C00);
+	if (ne <= 0) {
+		if (ne < -10)
+			return (uint16_t)sign;
+		m |= 0x800000;
+		uint32_t shift = (uint32_t)(14 - ne);
+		uint32_t h = m >> shift, rem = m & ((1u << shift) - 1),
+			 half = 1u << (shift - 1);
+		if (rem > half || (rem == half && (h & 1)))
+			h++;
+		return (uint16_t)(sign | h);
+	}
+	uint32_t h = (uint32_t)ne << 10 | m >> 13, rem = m & 0x1FFF;
+	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+		h++; /* may carry into the exponent: still right */
+	return (uint16_t)(sign | h);
+}
+
+static float f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F,
+		 m = h & 0x3FF, x;
+	if (e == 0) {
+		if (!m) {
+			x = sign;
+		} else {
+			e = 127 - 15 + 1;
+			while (!(m & 0x400)) {
+				m <<= 1;
+				e--;
+			}
+			x = sign | e << 23 | (m & 0x3FF) << 13;
+		}
+	} else if (e == 31) {
+		x = sign | 0x7F800000 | m << 13;
+	} else {
+		x = sign | (e + 127 - 15) << 23 | m << 13;
+	}
+	float f;
+	memcpy(&f, &x, 4);
+	return f;
+}
+
+/* ---- small pieces ------------------------------------------------------------------ */
+
+/* ggml's rms_norm: the mean of squares in double, one f32 scale. */
+static void rms_norm(const float *x, const float *w, float *out, int64_t n,
+		     float eps)
+{
+	double s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += (double)x[i] * (double)x[i];
+	float scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
+	for (int64_t i = 0; i < n; i++)
+		out[i] = (x[i] * scale) * w[i];
+}
+
+/* llama.cpp's CPU backend rounds the activations of a product with a
+ * quantised weight to 8 bits first (ggml-cpu's vec_dot_type): Q8_K blocks of
+ * 256 for the k-quants, Q8_0 blocks of 32 (f16 scale) for Q8_0/Q4_0/Q5_0.
+ * With cfg.q8_activations the engine does the same rounding (then its exact
+ * f32 product): what tests use to tell that rounding from a real
+ * difference. */
+static void q8_round(uint32_t wtype, float *x, int64_t n)
+{
+	bool k = wtype == MS_TYPE_Q2_K || wtype == MS_TYPE_Q3_K ||
+		 wtype == MS_TYPE_Q4_K || wtype == MS_TYPE_Q5_K ||
+		 wtype == MS_TYPE_Q6_K || wtype == MS_TYPE_IQ4_XS;
+	bool z = wtype == MS_TYPE_Q8_0 || wtype == MS_TYPE_Q4_0 ||
+		 wtype == MS_TYPE_Q5_0 || wtype == MS_TYPE_IQ4_NL;
+	if (k && n % 256 == 0) {
+		for (int64_t b = 0; b < n; b += 256) {
+			float amax = 0, max = 0;
+			for (int j = 0; j < 256; j++)
+				if (fabsf(x[b + j]) > amax) {
+					amax = fabsf(x[b + j]);
+					max = x[b + j];
+				}
+			if (!amax)
+				continue;
+			float iscale = -127.f / max, d = 1 / iscale;
+			for (int j = 0; j < 256; j++) {
+				int v = (int)nearbyintf(iscale * x[b + j]);
+				x[b + j] = (float)(v > 127 ? 127 : v) * d;
+			}
+		}
+	} else if (z) {
+		for (int64_t b = 0; b + 32 <= n; b += 32) {
+			float amax = 0;
+			for (int j = 0; j < 32; j++)
+				if (fabsf(x[b + j]) > amax)
+					amax = fabsf(x[b + j]);
+			float d = amax / 127, id = d ? 1 / d : 0;
+			float d16 = f16_to_f32(f32_to_f16(d));
+			for (int j = 0; j < 32; j++)
+				x[b + j] = roundf(x[b + j] * id) * d16;
+		}
+	}
+}
+
+/* NEOX: pairs (i, i + n_rot/2), theta_i = pos * base^(-2i/n_rot). */
+static void rope(float *v, int64_t n_rot, int64_t pos, float base,
+		 float freq_scale)
+{
+	int64_t half = n_rot / 2;
+	for (int64_t i = 0; i < half; i++) {
+		double theta = (double)pos * (double)freq_scale *
+			       pow((double)base, -2.0 * (double)i / (double)n_rot);
+		double c = cos(theta), s = sin(theta);
+		double a = v[i], b = v[i + half];
+		v[i] = (float)(a * c - b * s);
+		v[i + half] = (float)(a * s + b * c);
+	}
+}
+
+static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
+		  float *y, int64_t T, struct ms_err *err)
+{
+	if (e->q8) {
+		float *xq = malloc((size_t)(T * w->ne[0]) * sizeof(float));
+		if (!xq)
+			return ms_err_set(err, -ENOMEM, "out of memory");
+		memcpy(xq, x, (size_t)(T * w->ne[0]) * sizeof(float));
+		for (int64_t t = 0; t < T; t++)
+			q8_round(w->type, xq + t * w->ne[0], w->ne[0]);
+		int rc = ms_matmul(w->type, w->data, w->ne[0], w->ne[1], xq, y, T,
+				   &e->opts, err);
+		free(xq);
+		return rc;
+	}
+	return ms_matmul(w->type, w->data, w->ne[0], w->ne[1], x, y, T, &e->opts,
+			 err);
+}
+
+/* An expert's FFN; with e->q8, as three products with the activations
+ * rounded as llama.cpp's CPU backend rounds them. */
+static int expert_ffn(struct ms_engine *e, const struct ms_expert_view *v,
+		      const float *x, float *y, int64_t T, struct ms_err *err)
+{
+	if (!e->q8 || v->fused)
+		return ms_expert_ffn(v, x, y, T, &e->opts, err);
+	int64_t E = v->n_embd, F = v->n_ff;
+	float *g = malloc((size_t)(2 * T * F) * sizeof(float));
+	if (!g)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	float *u = g + T * F;
+	struct ms_rt wg = { v->data[0], v->type[0], { E, F } },
+		     wu = { v->data[1], v->type[1], { E, F } },
+		     wd = { v->data[2], v->type[2], { F, E } };
+	int rc = matmul(e, &wg, x, g, T, err);
+	if (!rc)
+		rc = matmul(e, &wu, x, u, T, err);
+	if (!rc) {
+		for (int64_t i = 0; i < T * F; i++)
+			g[i] = (float)((double)g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
+		rc = matmul(e, &wd, g, y, T, err);
+	}
+	free(g);
+	return rc;
+}
+
+/* ---- attention ---------------------------------------------------------------------- */
+
+struct att_job {
+	struct ms_engine *e;
+	uint32_t block, p0;
+	int64_t T;
+};
+
+static void att_task(void *ctx, int ith, int nth)
+{
+	struct att_job *j = ctx;
+	struct ms_engine *e = j->e;
+	int64_t H = e->n_head, D = e->head_dim, HK = e->n_head_kv * D;
+	int64_t group = e->n_head / e->n_head_kv;
+	int64_t total = j->T * H;
+	float *s = e->scores + (size_t)ith * e->cfg.n_ctx;
+	const uint16_t *K = e->k_cache + (size_t)j->block * e->cfg.n_ctx * HK;
+	const uint16_t *V = e->v_cache + (size_t)j->block * e->cfg.n_ctx * HK;
+	float scale = 1.0f / sqrtf((float)D);
+	for (int64_t w = total * ith / nth; w < total * (ith + 1) / nth; w++) {
+		int64_t t = w / H, h = w % H, kvh = h / group;
+		const float *q = e->q + t * H * D + h * D;
+		float *out = e->att + t * H * D + h * D;
+		uint32_t n_pos = j->p0 + (uint32_t)t + 1; /* causal */
+		float mx = -INFINITY;
+		for (uint32_t p = 0; p < n_pos; p++) {
+			const uint16_t *kr = K + (size_t)p * HK + kvh * D;
+			float acc = 0;
+			for (int64_t d = 0; d < D; d++)
+				acc += q[d] * f16_to_f32(kr[d]);
+			s[p] = acc * scale;
+			if (s[p] > mx)
+				mx = s[p];
+		}
+		double sum = 0;
+		for (uint32_t p = 0; p < n_pos; p++) {
+			s[p] = expf(s[p] - mx);
+			sum += s[p];
+		}
+		float inv = (float)(1.0 / sum);
+		for (int64_t d = 0; d < D; d++)
+			out[d] = 0;
+		for (uint32_t p = 0; p < n_pos; p++) {
+			const uint16_t *vr = V + (size_t)p * HK + kvh * D;
+			float pw = s[p] * inv;
+			for (int64_t d = 0; d < D; d++)
+				out[d] += pw * f16_to_f32(vr[d]);
+		}
+	}
+}
+
+static int attention(struct ms_engine *e, uint32_t b, int64_t T,
+		     struct ms_err *err)
+{
+	const struct ms_block *k = &e->blk[b];
+	int64_t E = e->n_embd, H = e->n_head, D = e->head_dim;
+	int64_t HQ = H * D, HK = e->n_head_kv * D;
+	int rc;
+	if ((rc = matmul(e, &k->wq, e->h, e->q, T, err)) ||
+	    (rc = matmul(e, &k->wk, e->h, e->k, T, err)) ||
+	    (rc = matmul(e, &k->wv, e->h, e->v, T, err)))
+		return rc;
+	for (int64_t t = 0; t < T; t++) {
+		float *q = e->q + t * HQ, *kk = e->k + t * HK, *v = e->v + t * HK;
+		if (k->bq.data)
+			for (int64_t i = 0; i < HQ; i++)
+				q[i] += ((const float *)k->bq.data)[i];
+		if (k->bk.data)
+			for (int64_t i = 0; i < HK; i++)
+				kk[i] += ((const float *)k->bk.data)[i];
+		if (k->bv.data)
+			for (int64_t i = 0; i < HK; i++)
+				v[i] += ((const float *)k->bv.data)[i];
+		int64_t pos = e->pos + t;
+		for (int64_t h = 0; h < H; h++) {
+			if (k->q_norm.data)
+				rms_norm(q + h * D, k->q_norm.data, q + h * D, D, e->eps);
+			rope(q + h * D, e->n_rot, pos, e->rope_base, e->freq_scale);
+		}
+		for (int64_t h = 0; h < e->n_head_kv; h++) {
+			if (k->k_norm.data)
+				rms_norm(kk + h * D, k->k_norm.data, kk + h * D, D,
+					 e->eps);
+			rope(kk + h * D, e->n_rot, pos, e->rope_base, e->freq_scale);
+		}
+		size_t at = ((size_t)b * e->cfg.n_ctx + (size_t)pos) * HK;
+		for (int64_t i = 0; i < HK; i++) {
+			e->k_cache[at + i] = f32_to_f16(kk[i]);
+			e->v_cache[at + i] = f32_to_f16(v[i]);
+		}
+	}
+	struct att_job j = { .e = e, .block = b, .p0 = e->pos, .T = T };
+	ms_ffn_parallel(e->pool, 0, att_task, &j);
+	if ((rc = matmul(e, &k->wo, e->att, e->o, T, err)))
+		return rc;
+	for (int64_t i = 0; i < T * E; i++)
+		e->x[i] += e->o[i];
+	return 0;
+}
+
+/* ---- FFN ------------------------------------------------------------------------------ */
+
+static int dense_ffn(struct ms_engine *e, const struct ms_block *k, int64_t T,
+		     struct ms_err *err)
+{
+	struct ms_expert_view v = {
+		.n_embd = e->n_embd, .n_ff = k->gate.ne[1],
+		.type = { k->gate.type, k->up.type, k->down.type },
+		.data = { k->gate.data, k->up.data, k->down.data },
+	};
+	int rc = expert_ffn(e, &v, e->h, e->o, T, err);
+	if (rc)
+		return rc;
+	for (int64_t i = 0; i < T * e->n_embd; i++)
+		e->x[i] += e->o[i];
+	return 0;
+}
+
+/* The next MoE block after b, or -1. */
+static int32_t next_moe(const struct ms_engine *e, uint32_t b)
+{
+	for (uint32_t n = b + 1; n < e->n_run; n++)
+		if (e->blk[n].moe)
+			return (int32_t)n;
+	return -1;
+}
+
+/* Remembers which experts were hinted for a layer, until the layer runs. */
+static void hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
+		      uint32_t n)
+{
+	uint8_t *m = e->hinted + (size_t)layer * e->model->n_expert;
+	memset(m, 0, e->model->n_expert);
+	for (uint32_t i = 0; i < n; i++)
+		m[x[i]] = 1;
+	e->has_hint[layer] = n > 0;
+}
+
+/* Speculative routing: block nb's router applied to x (this block's input,
+ * normed as nb would norm it), its top experts over the batch hinted. */
+static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
+{
+	const struct ms_block *k = &e->blk[nb];
+	uint32_t X = e->model->n_expert;
+	bool *mark = e->need;
+	memset(mark, 0, X * sizeof(*mark));
+	uint32_t hint[1024], n = 0;
+	for (int64_t t = 0; t < T && n < X; t++) {
+		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data, e->hint_x,
+			 e->n_embd, e->eps);
+		uint32_t sel[MS_ROUTER_MAX_USED];
+		float w[MS_ROUTER_MAX_USED];
+		if (ms_matmul(k->gate_inp.type, k->gate_inp.data, e->n_embd, X,
+			      e->hint_x, e->rlog, 1, &e->opts, NULL) ||
+		    ms_router_select(&e->router, e->rlog,
+				     k->probs_b.data, sel, w, NULL))
+			return;
+		for (int64_t j = 0; j < e->n_used; j++)
+			if (!mark[sel[j]] && n < 1024) {
+				mark[sel[j]] = true;
+				hint[n++] = sel[j];
+			}
+	}
+	ms_xsrc_prefetch(e, (uint32_t)k->layer, hint, n);
+	hint_mark(e, (uint32_t)k->layer, hint, n);
+}
+
+static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
+		   struct ms_err *err)
+{
+	const struct ms_block *k = &e->blk[b];
+	uint32_t layer = (uint32_t)k->layer, X = e->model->n_expert;
+	int64_t E = e->n_embd, K = e->n_used;
+	int rc;
+	if ((rc = matmul(e, &k->gate_inp, e->h, e->rlog, T, err)))
+		return rc;
+	for (int64_t t = 0; t < T; t++)
+		if ((rc = ms_router_select(&e->router, e->rlog + t * X,
+					   k->probs_b.data, e->rsel + t * K,
+					   e->rw + t * K, err)))
+			return rc;
+	/* speculation accuracy: did the hint for this layer name them? */
+	if (e->has_hint[layer]) {
+		const uint8_t *m = e->hinted + (size_t)layer * X;
+		for (int64_t i = 0; i < T * K; i++) {
+			e->st.spec_routed++;
+			e->st.spec_hit += m[e->rsel[i]];
+		}
+		e->has_hint[layer] = false;
+	}
+	memset(e->need, 0, X * sizeof(*e->need));
+	/* the experts any token needs, listed in hint_x (E floats: room for
+	 * X <= E ids; else a list of its own) */
+	uint32_t *ex = (uint32_t *)e->hint_x, n = 0;
+	uint32_t *own = NULL;
+	if (X > (uint32_t)E) {
+		own = malloc(X * sizeof(*own));
+		if (!own)
+			return ms_err_set(err, -ENOMEM, "out of memory");
+		ex = own;
+	}
+	for (int64_t i = 0; i < T * K; i++)
+		if (!e->need[e->rsel[i]]) {
+			e->need[e->rsel[i]] = true;
+			ex[n++] = e->rsel[i];
+		}
+	/* the first MoE layer's experts, for the next token's hint */
+	if (b == (uint32_t)next_moe(e, UINT32_MAX) && T > 0) {
+		e->n_first_used = (uint32_t)K;
+		for (int64_t j = 0; j < K; j++)
+			e->first_used[j] = e->rsel[(T - 1) * K + j];
+	}
+	rc = ms_xsrc_acquire(e, layer, ex, n, err);
+	free(own);
+	if (rc)
+		return rc;
+
+	/* the shared expert while they stream */
+	bool shared = k->sh_gate.data != NULL;
+	if (shared) {
+		struct ms_expert_view v = {
+			.n_embd = E, .n_ff = k->sh_gate.ne[1],
+			.type = { k->sh_gate.type, k->sh_up.type, k->sh_down.type },
+			.data = { k->sh_gate.data, k->sh_up.data, k->sh_down.data },
+		};
+		if ((rc = expert_ffn(e, &v, e->h, e->sh, T, err))) {
+			/* drain what was asked for, then fail */
+			for (uint32_t i = 0; i < n; i++) {
+				uint32_t x;
+				struct ms_expert_view vv;
+				if (!ms_xsrc_next(e, layer, &x, &vv, NULL))
+					ms_xsrc_release(e, layer, x);
+			}
+			return rc;
+		}
+	}
+	int first_rc = 0;
+	for (uint32_t got = 0; got < n; got++) {
+		uint32_t x;
+		struct ms_expert_view v;
+		rc = ms_xsrc_next(e, layer, &x, &v, err);
+		if (rc) {
+			if (!first_rc)
+				first_rc = rc;
+			continue;
+		}
+		if (first_rc) {
+			ms_xsrc_release(e, layer, x);
+			continue;
+		}
+		/* the tokens that chose x, gathered */
+		int64_t cnt = 0;
+		int64_t slot[4096];
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t j = 0; j < K; j++)
+				if (e->rsel[t * K + j] == x) {
+					memcpy(e->xg + cnt * E, e->h + t * E,
+					       (size_t)E * sizeof(float));
+					slot[cnt++] = t * K + j;
+				}
+		rc = expert_ffn(e, &v, e->xg, e->yg, cnt, err);
+		ms_xsrc_release(e, layer, x);
+		if (rc) {
+			first_rc = rc;
+			continue;
+		}
+		for (int64_t c = 0; c < cnt; c++)
+			memcpy(e->ylist + slot[c] * E, e->yg + c * E,
+			       (size_t)E * sizeof(float));
+	}
+	if (first_rc)
+		return first_rc;
+	for (int64_t t = 0; t < T; t++) {
+		float *m = e->moe + t * E;
+		for (int64_t i = 0; i < E; i++)
+			m[i] = 0;
+		for (int64_t j = 0; j < K; j++) {
+			const float *y = e->ylist + (t * K + j) * E;
+			float w = e->rw[t * K + j];
+			for (int64_t i = 0; i < E; i++)
+				m[i] += w * y[i];
+		}
+		float *xx = e->x + t * E;
+		for (int64_t i = 0; i < E; i++)
+			xx[i] += shared ? m[i] + e->sh[t * E + i] : m[i];
+	}
+	return 0;
+}
+
+/* ---- one batch --------------------------------------------------------------------- */
+
+static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
+		      float *logits, bool all, struct ms_err *err)
+{
+	int64_t E = e->n_embd;
+	uint64_t row;
+	int rc = ms_type_row_size(e->tok_embd.type, E, &row, err);
+	if (rc)
+		return rc;
+	for (int64_t t = 0; t < T; t++) {
+		if (ids[t] < 0 || ids[t] >= e->n_vocab)
+			return ms_err_set(err, -EINVAL, "token id %d is outside the "
+					  "vocabulary of %lld", ids[t],
+					  (long long)e->n_vocab);
+		if ((rc = ms_dequant_row(e->tok_embd.type,
+					 (const uint8_t *)e->tok_embd.data +
+						 (uint64_t)ids[t] * row,
+					 e->x + t * E, E)))
+			return ms_err_set(err, rc, "token_embd: dequantising row %d "
+					  "failed", ids[t]);
+	}
+	/* the hint for the first MoE layer from the last token's history */
+	int32_t fm = next_moe(e, UINT32_MAX);
+	if (!e->cfg.no_speculate && e->n_first_used && fm >= 0) {
+		ms_xsrc_prefetch(e, (uint32_t)e->blk[fm].layer, e->first_used,
+				 e->n_first_used);
+		hint_mark(e, (uint32_t)e->blk[fm].layer, e->first_used,
+			  e->n_first_used);
+	}
+	for (uint32_t b = 0; b < e->n_run; b++) {
+		if (e->stop && *e->stop)
+			return ms_err_set(err, -EINTR, "stopped");
+		const struct ms_block *k = &e->blk[b];
+		int32_t nb = next_moe(e, b);
+		if (!e->cfg.no_speculate && nb >= 0 && T <= 16)
+			speculate(e, (uint32_t)nb, T);
+		for (int64_t t = 0; t < T; t++)
+			rms_norm(e->x + t * E, k->attn_norm.data, e->h + t * E, E,
+				 e->eps);
+		if ((rc = attention(e, b, T, err)))
+			return rc;
+		for (int64_t t = 0; t < T; t++)
+			rms_norm(e->x + t * E, k->ffn_norm.data, e->h + t * E, E,
+				 e->eps);
+		rc = k->moe ? moe_ffn(e, b, T, err) : dense_ffn(e, k, T, err);
+		if (rc)
+			return rc;
+	}
+	e->pos += (uint32_t)T;
+	e->st.tokens += (uint64_t)T;
+	if (!logits)
+		return 0;
+	int64_t first = all ? 0 : T - 1, nl = T - first;
+	for (int64_t t = first; t < T; t++)
+		rms_norm(e->x + t * E, e->out_norm.data, e->h + (t - first) * E, E,
+			 e->eps);
+	return matmul(e, &e->output, e->h, logits, nl, err);
+}
+
+int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
+		   float *logits, bool all_logits, struct ms_err *err)
+{
+	if (!n)
+		return 0;
+	if (n > e->cfg.n_ctx - e->pos)
+		return ms_err_set(err, -ENOSPC, "%zu tokens at position %u would "
+				  "pass the context of %u tokens (--ctx)", n,
+				  e->pos, e->cfg.n_ctx);
+	size_t done = 0;
+	while (done < n) {
+		size_t T = n - done < e->cfg.n_batch ? n - done : e->cfg.n_batch;
+		bool last = done + T == n;
+		float *out = NULL;
+		if (logits && all_logits)
+			out = logits + done * (size_t)e->n_vocab;
+		else if (logits && last)
+			out = logits;
+		int rc = eval_batch(e, ids + done, (int64_t)T, out, all_logits, err);
+		if (rc)
+			return rc;
+		done += T;
+	}
+	return 0;
+}
