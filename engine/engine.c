@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "engine_internal.h"
 
 static const struct ms_arch *const arches[] = {
@@ -611,7 +613,7 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 		return ms_err_set(err, -ENOMEM, "out of memory for a batch of %zu "
 				  "tokens", T);
 #undef A
-	uint64_t kv = (uint64_t)e->n_run * e->cfg.n_ctx * HK * 2;
+	uint64_t kv = (uint64_t)e->n_run * e->cfg.n_ctx * HK * (e->cfg.kv_f32 ? 4 : 2);
 	e->k_cache = calloc(kv, 1);
 	e->v_cache = calloc(kv, 1);
 	if (!e->k_cache || !e->v_cache)
@@ -744,6 +746,32 @@ void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 		struct ms_cache_stats cs;
 		ms_cache_get_stats(e->xs.cache, &cs);
 		st->expert_bytes_read = cs.bytes_read;
+		st->io_busy_ns = cs.io_busy_ns;
+	}
+	if (e->xs.client) {
+		/* the daemon's own counters: what it served, hit or read */
+		char *json = NULL;
+		if (!ms_client_stats(e->xs.client, &json, 5000)) {
+			cJSON *j = cJSON_Parse(json);
+			static const struct {
+				const char *key;
+				size_t off;
+			} f[] = {
+				{ "hits", offsetof(struct ms_engine_stats, expert_hits) },
+				{ "misses", offsetof(struct ms_engine_stats, expert_misses) },
+				{ "bytes_read", offsetof(struct ms_engine_stats,
+							 expert_bytes_read) },
+				{ "io_busy_ns", offsetof(struct ms_engine_stats, io_busy_ns) },
+			};
+			for (size_t i = 0; j && i < sizeof(f) / sizeof(f[0]); i++) {
+				cJSON *x = cJSON_GetObjectItem(j, f[i].key);
+				if (cJSON_IsNumber(x) && x->valuedouble >= 0)
+					*(uint64_t *)((char *)st + f[i].off) =
+						(uint64_t)x->valuedouble;
+			}
+			cJSON_Delete(j);
+		}
+		free(json);
 	}
 }
 

@@ -87,8 +87,9 @@ struct ms_engine {
 	struct ms_block *blk;
 	void *resident;              /* one allocation for every tensor */
 
-	/* KV cache: f16, [block][pos][n_head_kv * head_dim] */
-	uint16_t *k_cache, *v_cache;
+	/* KV cache: f16 (f32 with cfg.kv_f32), [block][pos][n_head_kv *
+	 * head_dim] */
+	void *k_cache, *v_cache;
 	uint32_t pos;
 
 	struct ms_ffn_pool *pool;

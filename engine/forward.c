@@ -217,6 +217,32 @@ static int expert_ffn(struct ms_engine *e, const struct ms_expert_view *v,
 
 /* ---- attention ---------------------------------------------------------------------- */
 
+/* The KV cache holds f16 (llama.cpp's default type) or, with cfg.kv_f32,
+ * f32; rows are read back as f32. */
+static void kv_row(const struct ms_engine *e, const void *cache, size_t at,
+		   int64_t n, float *out)
+{
+	if (e->cfg.kv_f32) {
+		memcpy(out, (const float *)cache + at, (size_t)n * sizeof(float));
+		return;
+	}
+	const uint16_t *h = (const uint16_t *)cache + at;
+	for (int64_t i = 0; i < n; i++)
+		out[i] = f16_to_f32(h[i]);
+}
+
+static void kv_store(const struct ms_engine *e, void *cache, size_t at,
+		     const float *v, int64_t n)
+{
+	if (e->cfg.kv_f32) {
+		memcpy((float *)cache + at, v, (size_t)n * sizeof(float));
+		return;
+	}
+	uint16_t *h = (uint16_t *)cache + at;
+	for (int64_t i = 0; i < n; i++)
+		h[i] = f32_to_f16(v[i]);
+}
+
 struct att_job {
 	struct ms_engine *e;
 	uint32_t block, p0;
@@ -231,9 +257,9 @@ static void att_task(void *ctx, int ith, int nth)
 	int64_t group = e->n_head / e->n_head_kv;
 	int64_t total = j->T * H;
 	float *s = e->scores + (size_t)ith * e->cfg.n_ctx;
-	const uint16_t *K = e->k_cache + (size_t)j->block * e->cfg.n_ctx * HK;
-	const uint16_t *V = e->v_cache + (size_t)j->block * e->cfg.n_ctx * HK;
+	size_t base = (size_t)j->block * e->cfg.n_ctx * (size_t)HK;
 	float scale = 1.0f / sqrtf((float)D);
+	float kf[1024];
 	for (int64_t w = total * ith / nth; w < total * (ith + 1) / nth; w++) {
 		int64_t t = w / H, h = w % H, kvh = h / group;
 		const float *q = e->q + t * H * D + h * D;
@@ -241,10 +267,10 @@ static void att_task(void *ctx, int ith, int nth)
 		uint32_t n_pos = j->p0 + (uint32_t)t + 1; /* causal */
 		float mx = -INFINITY;
 		for (uint32_t p = 0; p < n_pos; p++) {
-			const uint16_t *kr = K + (size_t)p * HK + kvh * D;
+			kv_row(e, e->k_cache, base + (size_t)p * HK + kvh * D, D, kf);
 			float acc = 0;
 			for (int64_t d = 0; d < D; d++)
-				acc += q[d] * f16_to_f32(kr[d]);
+				acc += q[d] * kf[d];
 			s[p] = acc * scale;
 			if (s[p] > mx)
 				mx = s[p];
@@ -258,10 +284,10 @@ static void att_task(void *ctx, int ith, int nth)
 		for (int64_t d = 0; d < D; d++)
 			out[d] = 0;
 		for (uint32_t p = 0; p < n_pos; p++) {
-			const uint16_t *vr = V + (size_t)p * HK + kvh * D;
+			kv_row(e, e->v_cache, base + (size_t)p * HK + kvh * D, D, kf);
 			float pw = s[p] * inv;
 			for (int64_t d = 0; d < D; d++)
-				out[d] += pw * f16_to_f32(vr[d]);
+				out[d] += pw * kf[d];
 		}
 	}
 }
@@ -301,10 +327,8 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 			rope(kk + h * D, e->n_rot, pos, e->rope_base, e->freq_scale);
 		}
 		size_t at = ((size_t)b * e->cfg.n_ctx + (size_t)pos) * HK;
-		for (int64_t i = 0; i < HK; i++) {
-			e->k_cache[at + i] = f32_to_f16(kk[i]);
-			e->v_cache[at + i] = f32_to_f16(v[i]);
-		}
+		kv_store(e, e->k_cache, at, kk, HK);
+		kv_store(e, e->v_cache, at, v, HK);
 	}
 	struct att_job j = { .e = e, .block = b, .p0 = e->pos, .T = T };
 	ms_ffn_parallel(e->pool, 0, att_task, &j);

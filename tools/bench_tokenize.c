@@ -170,33 +170,10 @@ int bench_tokenize_main(int argc, char **argv)
 	const char *what;
 	char whatbuf[256];
 	if (file) {
-		FILE *f = fopen(file, "rb");
-		if (!f) {
-			tool_error(CMD, "%s: %s", file, strerror(errno));
+		char *buf;
+		size_t n;
+		if (tool_read_input(CMD, file, 256u << 20, &buf, &n))
 			return 1;
-		}
-		size_t cap = 1 << 20, n = 0;
-		char *buf = malloc(cap + 1);
-		size_t r;
-		while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-			n += r;
-			if (n == cap) {
-				char *q = cap < (256u << 20) ? realloc(buf, 2 * cap + 1)
-							     : NULL;
-				if (!q) {
-					free(buf);
-					buf = NULL;
-					break;
-				}
-				buf = q;
-				cap *= 2;
-			}
-		}
-		fclose(f);
-		if (!buf) {
-			tool_error(CMD, "%s: over 256 MiB or out of memory", file);
-			return 1;
-		}
 		corpus.s = malloc(sizeof(*corpus.s));
 		corpus.len = malloc(sizeof(*corpus.len));
 		corpus.kind = calloc(1, 1);

@@ -400,3 +400,49 @@ const char *tool_one_model(const char *cmd, int argc, char **argv,
 			   argv[optind + 1]);
 	return NULL;
 }
+
+int tool_read_input(const char *cmd, const char *path, size_t max, char **out,
+		    size_t *len)
+{
+	FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+	if (!f) {
+		tool_error(cmd, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	size_t cap = 1 << 16, n = 0, r;
+	char *b = malloc(cap + 1);
+	int rc = b ? 0 : -1;
+	while (!rc && (r = fread(b + n, 1, cap - n, f)) > 0) {
+		n += r;
+		if (n < cap)
+			continue;
+		if (cap >= max) {
+			tool_error(cmd, "%s: more than %zu MiB", path, max >> 20);
+			rc = -1;
+			break;
+		}
+		char *q = realloc(b, 2 * cap + 1);
+		if (!q) {
+			rc = -1;
+			break;
+		}
+		b = q;
+		cap *= 2;
+	}
+	if (!rc && ferror(f)) {
+		tool_error(cmd, "%s: read error", path);
+		rc = -1;
+	}
+	if (f != stdin)
+		fclose(f);
+	if (rc) {
+		if (!b)
+			tool_error(cmd, "out of memory reading %s", path);
+		free(b);
+		return -1;
+	}
+	b[n] = '\0';
+	*out = b;
+	*len = n;
+	return 0;
+}

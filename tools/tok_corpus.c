@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/unicode.h"
 #include "tok_corpus.h"
 #include "tools.h"
 
@@ -126,34 +127,10 @@ static int bstr(struct buf *b, const char *s)
 	return bput(b, s, strlen(s));
 }
 
-static size_t enc(uint32_t cp, char *o)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xC0 | cp >> 6);
-		o[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xE0 | cp >> 12);
-		o[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-		o[2] = (char)(0x80 | (cp & 0x3F));
-		return 3;
-	}
-	o[0] = (char)(0xF0 | cp >> 18);
-	o[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-	o[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-	o[3] = (char)(0x80 | (cp & 0x3F));
-	return 4;
-}
-
 static int bcp(struct buf *b, uint32_t cp)
 {
 	char o[4];
-	return bput(b, o, enc(cp, o));
+	return bput(b, o, ms_utf8_encode(cp, o));
 }
 
 /* ---- text found on the system --------------------------------------------------- */

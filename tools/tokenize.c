@@ -33,58 +33,6 @@ int tool_load_vocab(const char *cmd, const char *path, struct ms_gguf **g,
 	return 0;
 }
 
-/* The whole of a file (or stdin for "-"), at most MAX_TEXT bytes. */
-static int read_all(const char *cmd, const char *path, char **out, size_t *len)
-{
-	FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-	if (!f) {
-		tool_error(cmd, "%s: %s", path, strerror(errno));
-		return -1;
-	}
-	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		if (n == cap) {
-			if (cap >= MAX_TEXT) {
-				tool_error(cmd, "%s: over %u MiB of text; tokenize it in "
-					   "parts", path, MAX_TEXT >> 20);
-				free(buf);
-				buf = NULL;
-				n = (size_t)-1;
-				break;
-			}
-			char *q = realloc(buf, cap * 2);
-			if (!q) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = q;
-			cap *= 2;
-		}
-		size_t r = fread(buf + n, 1, cap - n, f);
-		n += r;
-		if (r == 0)
-			break;
-	}
-	bool bad = f != stdin ? ferror(f) : ferror(stdin);
-	if (f != stdin)
-		fclose(f);
-	if (!buf) {
-		if (n != (size_t)-1)
-			tool_error(cmd, "out of memory reading %s", path);
-		return -1;
-	}
-	if (bad) {
-		tool_error(cmd, "%s: read error", path);
-		free(buf);
-		return -1;
-	}
-	*out = buf;
-	*len = n;
-	return 0;
-}
-
 /* A piece for people: printable ASCII as is, the rest escaped. */
 static void print_piece(FILE *o, const char *p, size_t n)
 {
@@ -178,7 +126,7 @@ int cmd_tokenize(int argc, char **argv)
 	char *text = NULL;
 	size_t len;
 	if (file) {
-		if (read_all(cmd, file, &text, &len))
+		if (tool_read_input(cmd, file, MAX_TEXT, &text, &len))
 			return 1;
 	} else {
 		text = strdup(argv[optind + 1]);

@@ -126,6 +126,11 @@ void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s);
 void tool_fill_blocks_scaled(uint8_t *buf, uint64_t size, uint32_t type,
 			     uint64_t *s, int extra);
 
+/* The whole of a file ('-': stdin) of at most `max` bytes, NUL-terminated
+ * (it may hold NULs: use *len): 0, or -1 after one line saying why. */
+int tool_read_input(const char *cmd, const char *path, size_t max, char **out,
+		    size_t *len);
+
 /* Prints "moestream CMD: message" on stderr. */
 void tool_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -188,6 +188,8 @@ struct ms_engine_config {
 	int n_threads;          /* 0: all online CPUs */
 	bool no_speculate;      /* no speculative-routing hints */
 	bool quiet;             /* no lines on stderr at open */
+	bool kv_f32;            /* an f32 KV cache (default f16, as
+				   llama.cpp's) */
 	bool q8_activations;    /* round activations to 8 bits before each
 				   quantised product, as llama.cpp's CPU
 				   backend does (for comparing with it) */
@@ -206,7 +208,10 @@ struct ms_engine_info {
 struct ms_engine_stats {
 	uint64_t tokens;           /* evaluated */
 	uint64_t expert_hits, expert_misses;
-	uint64_t expert_bytes_read;  /* embedded: what the cache read */
+	uint64_t expert_bytes_read;  /* what the cache read from disk */
+	uint64_t io_busy_ns;       /* the cache's disk time with a read in
+				      flight (through a daemon: the daemon's,
+				      over all its clients) */
 	uint64_t wait_ns;          /* blocked waiting for experts */
 	uint64_t spec_routed;      /* experts routed in layers that had a hint */
 	uint64_t spec_hit;         /* of which the hint named */
