@@ -16,10 +16,13 @@
 #                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~1 min;
 #                        EMU_TESTS= to choose)
 #   make fuzz            libFuzzer targets for FUZZ_TIME seconds each (default 60)
-#   make bench           the end-to-end benchmark (issue 7), as root: GLM-4.7 cut
-#                        to 8 MoE layers (build/bench/glm8.gguf, 13.4 GB, written
-#                        once), cache 25% of the expert bytes, memory limit just
-#                        above it; a few minutes (BENCH_ARGS="--json" and so on)
+#   make bench           the end-to-end benchmark (issue 15), as root: llama.cpp
+#                        against moestream run (embedded and through moestreamd)
+#                        on GLM-4.7 cut to 8 MoE layers with the Qwen3 tokenizer
+#                        (build/bench/glm8.gguf, 13.4 GB, written once), under a
+#                        limit of resident + 25% of the expert bytes + KV + 64 MiB;
+#                        a few minutes (BENCH_ARGS="--json", "--sweep" for 10..100%,
+#                        "--synthetic" for issue 7's trace replays)
 #   make install         PREFIX=/usr/local DESTDIR=
 #   make SANITIZER=address,undefined   any build with sanitizers (in build/san/)
 #
@@ -187,8 +190,8 @@ run:
 	@MS_BUILD=$(O) MODEL='$(MODEL)' tools/run-demo.sh
 
 # ---- benchmarks ---------------------------------------------------------------
-# moestream bench e2e on the GLM-4.7 preset (8 MoE layers), against llama.cpp's
-# mmap and a pread + LRU engine under one memory limit; tools/bench-e2e.sh
+# moestream bench e2e on the GLM-4.7 preset (8 MoE layers, Qwen3 tokenizer):
+# llama.cpp against moestream run under one memory limit; tools/bench-e2e.sh
 # writes the model once and says what it runs.
 bench: all
 	@MS_BUILD=$(O) tools/bench-e2e.sh $(BENCH_ARGS)

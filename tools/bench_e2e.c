@@ -1,5 +1,7 @@
 /*
- * bench_e2e.c - `moestream bench e2e`: the claim of the project, measured.
+ * bench_e2e.c - `moestream bench e2e --synthetic`: the claim of the project,
+ * measured on a routing trace (the real engines, the default without
+ * --synthetic, are bench_e2e_real.c; this file's bench_e2e_main chooses).
  * On a machine with far less RAM than the model, how many tokens a second
  * does an engine decode when its experts come through moestreamd, against
  * what users have today, and against what the disk and the routing allow?
@@ -58,7 +60,7 @@
  *
  * ---- The memory limit -------------------------------------------------------
  *
- * Each method runs in a fresh memory cgroup: v2 memory.max where the unified
+ * Each method runs in a fresh memory cgroup (bench_cg.c): v2 memory.max where the unified
  * hierarchy has the memory controller (a group under its root: our own group
  * may hold processes, and then v2 lets its children have no controllers),
  * else v1 memory.limit_in_bytes in a group under this process's own in
@@ -131,6 +133,7 @@
 #include "moestream/iouring.h"
 #include "moestream/kernels.h"
 #include "moestream/model.h"
+#include "bench_cg.h"
 #include "bench_e2e.h"
 #include "bench_rpc.h"
 #include "replay.h"
@@ -172,71 +175,6 @@ static const char *const method_label[M_COUNT] = {
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static int write_str(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	size_t n = strlen(s);
-	ssize_t w = write(fd, s, n);
-	int rc = w == (ssize_t)n ? 0 : w < 0 ? -errno : -EIO;
-	close(fd);
-	return rc;
-}
-
-static int read_text(const char *path, char *buf, size_t len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	ssize_t n = read(fd, buf, len - 1);
-	int rc = n < 0 ? -errno : 0;
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
-	return rc;
-}
-
-/* The first number of a file ("max" reads as not known). */
-static bool read_u64(const char *path, uint64_t *out)
-{
-	char buf[64];
-	if (read_text(path, buf, sizeof(buf)))
-		return false;
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(buf, &end, 10);
-	if (errno || end == buf)
-		return false;
-	*out = v;
-	return true;
-}
-
-/* "key N" in a flat keyed file (memory.events, memory.oom_control,
- * /proc/self/io with its colon). */
-static bool read_keyed(const char *path, const char *key, uint64_t *out)
-{
-	char buf[4096];
-	if (read_text(path, buf, sizeof(buf)))
-		return false;
-	size_t kl = strlen(key);
-	for (char *p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-		if (strncmp(p, key, kl) || (p[kl] != ' ' && p[kl] != ':'))
-			continue;
-		*out = strtoull(p + kl + 1 + (p[kl] == ':'), NULL, 10);
-		return true;
-	}
-	return false;
-}
-
-/* Bytes this process (all its threads) made the block layer read. */
-static uint64_t io_read_bytes(bool *ok)
-{
-	uint64_t v = 0;
-	if (!read_keyed("/proc/self/io", "read_bytes", &v))
-		*ok = false;
-	return v;
-}
-
 /* read_ahead_kb of the disk under `path` (its partition's disk), or -1. */
 static long read_ahead_kb(const char *path)
 {
@@ -250,25 +188,10 @@ static long read_ahead_kb(const char *path)
 		char p[128];
 		uint64_t v;
 		snprintf(p, sizeof(p), fmt[i], major(st.st_dev), minor(st.st_dev));
-		if (read_u64(p, &v))
+		if (bench_read_u64(p, &v))
 			return (long)v;
 	}
 	return -1;
-}
-
-static size_t read_full(int fd, void *p, size_t n)
-{
-	char *b = p;
-	size_t got = 0;
-	while (got < n) {
-		ssize_t r = read(fd, b + got, n - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	return got;
 }
 
 /* ---- a pool of threads for page faults, preads and the FFN's callers ------------- */
@@ -690,7 +613,7 @@ static int run_mmap(const struct cfg *c, struct mres *res, struct ms_err *err)
 	}
 	pool_ok = true;
 	bool io_ok = true;
-	uint64_t io0 = io_read_bytes(&io_ok);
+	uint64_t io0 = bench_io_read_bytes(&io_ok);
 	double t0 = tool_now_s();
 	for (uint32_t tok = 0; tok < t->n_tokens; tok++) {
 		for (uint32_t l = 0; l < L; l++) {
@@ -739,7 +662,7 @@ static int run_mmap(const struct cfg *c, struct mres *res, struct ms_err *err)
 			  (double)res->hits / (double)(res->hits + res->misses));
 	}
 	res->seconds = tool_now_s() - t0;
-	res->disk_bytes = io_read_bytes(&io_ok) - io0;
+	res->disk_bytes = bench_io_read_bytes(&io_ok) - io0;
 	res->disk_known = io_ok;
 	snprintf(res->note, sizeof(res->note), "%u thread%s faulting, MAP_SHARED, "
 		 "FADV_SEQUENTIAL", T, T == 1 ? "" : "s");
@@ -858,7 +781,7 @@ static int run_pread(const struct cfg *c, const struct run *r, struct mres *res,
 	}
 	pool_ok = true;
 	bool io_ok = true;
-	uint64_t io0 = io_read_bytes(&io_ok);
+	uint64_t io0 = bench_io_read_bytes(&io_ok);
 	uint64_t step = 0;
 	uint32_t n_used = 0;
 	double t0 = tool_now_s();
@@ -952,7 +875,7 @@ static int run_pread(const struct cfg *c, const struct run *r, struct mres *res,
 			  (double)res->hits / (double)(res->hits + res->misses));
 	}
 	res->seconds = tool_now_s() - t0;
-	res->disk_bytes = io_read_bytes(&io_ok) - io0;
+	res->disk_bytes = bench_io_read_bytes(&io_ok) - io0;
 	res->disk_known = io_ok;
 	snprintf(res->note, sizeof(res->note), "%u slots of %llu bytes, %u thread%s "
 		 "reading", lr.n_slots, (unsigned long long)lr.slot_bytes, c->threads,
@@ -1112,177 +1035,7 @@ out:
 	return rc;
 }
 
-/* ---- the memory limit: a cgroup per method ------------------------------------------ */
-
-enum cg_kind { CG_NONE, CG_V1, CG_V2 };
-
-struct cg_env {
-	enum cg_kind kind;
-	char root[512];          /* where the groups are made */
-	char why[256];           /* CG_NONE: why */
-};
-
-/* This process's group in the hierarchy that has the memory controller. */
-static void cg_detect(struct cg_env *e)
-{
-	memset(e, 0, sizeof(*e));
-	if (geteuid() != 0) {
-		snprintf(e->why, sizeof(e->why), "not root: no cgroup can be made");
-		return;
-	}
-	char ctrl[512] = "", self[8192] = "";
-	bool v2 = !read_text("/sys/fs/cgroup/cgroup.controllers", ctrl, sizeof(ctrl));
-	if (read_text("/proc/self/cgroup", self, sizeof(self))) {
-		snprintf(e->why, sizeof(e->why), "cannot read /proc/self/cgroup");
-		return;
-	}
-	for (char *save = NULL, *ln = strtok_r(self, "\n", &save); ln;
-	     ln = strtok_r(NULL, "\n", &save)) {
-		char *c1 = strchr(ln, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-		if (!c2)
-			continue;
-		*c2 = '\0';
-		const char *ctrls = c1 + 1, *path = c2 + 1;
-		if (v2 && !strncmp(ln, "0:", 2) && !*ctrls) {
-			/* Under the root of the hierarchy (of the namespace):
-			 * our own group may hold processes, and v2 gives no
-			 * controllers to the children of a group that does. */
-			char sub[512] = "", p[1024];
-			(void)path;
-			if (!strstr(ctrl, "memory")) {
-				snprintf(e->why, sizeof(e->why), "cgroup v2 without the "
-					 "memory controller");
-				return;
-			}
-			snprintf(e->root, sizeof(e->root), "/sys/fs/cgroup");
-			snprintf(p, sizeof(p), "%s/cgroup.subtree_control", e->root);
-			read_text(p, sub, sizeof(sub));
-			if (!strstr(sub, "memory") && write_str(p, "+memory")) {
-				snprintf(e->why, sizeof(e->why), "cannot enable the memory "
-					 "controller in %.200s (cgroup v2)", e->root);
-				return;
-			}
-			e->kind = CG_V2;
-			return;
-		}
-		bool mem = false;
-		char cl[256];
-		snprintf(cl, sizeof(cl), "%s", ctrls);
-		for (char *s2 = NULL, *x = strtok_r(cl, ",", &s2); x;
-		     x = strtok_r(NULL, ",", &s2))
-			mem |= !strcmp(x, "memory");
-		if (!mem)
-			continue;
-		char p[1024];
-		snprintf(e->root, sizeof(e->root), "/sys/fs/cgroup/memory%s",
-			 strcmp(path, "/") ? path : "");
-		snprintf(p, sizeof(p), "%s/memory.limit_in_bytes", e->root);
-		if (access(p, W_OK)) {
-			snprintf(e->why, sizeof(e->why), "%.200s is not writable (cgroup "
-				 "v1)", p);
-			return;
-		}
-		e->kind = CG_V1;
-		return;
-	}
-	snprintf(e->why, sizeof(e->why), "no memory cgroup found (neither v2's "
-		 "memory.max nor v1's /sys/fs/cgroup/memory)");
-}
-
-static int cg_file(const char *dir, const char *name, char *buf, size_t len)
-{
-	int n = snprintf(buf, len, "%s/%s", dir, name);
-	return n > 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
-}
-
-static int cg_make(const struct cg_env *e, const char *name, uint64_t limit,
-		   char *dir, size_t len, struct ms_err *err)
-{
-	char p[1100], v[32];
-	int n = snprintf(dir, len, "%s/%s", e->root, name);
-	if (n < 0 || (size_t)n >= len)
-		return ms_err_set(err, -ENAMETOOLONG, "cgroup path too long");
-	rmdir(dir); /* a leftover of a killed run */
-	if (mkdir(dir, 0755))
-		return ms_err_set(err, -errno, "cannot make the cgroup %s: %s", dir,
-				  strerror(errno));
-	snprintf(v, sizeof(v), "%llu", (unsigned long long)limit);
-	int rc;
-	if (e->kind == CG_V2) {
-		cg_file(dir, "memory.max", p, sizeof(p));
-		rc = write_str(p, v);
-		cg_file(dir, "memory.swap.max", p, sizeof(p));
-		write_str(p, "0"); /* no swap: the limit is RAM */
-	} else {
-		cg_file(dir, "memory.limit_in_bytes", p, sizeof(p));
-		rc = write_str(p, v);
-		cg_file(dir, "memory.memsw.limit_in_bytes", p, sizeof(p));
-		write_str(p, v); /* where swap is accounted: none either */
-	}
-	if (rc) {
-		rmdir(dir);
-		return ms_err_set(err, rc, "cannot set the limit of %s to %s: %s", dir,
-				  v, strerror(-rc));
-	}
-	return 0;
-}
-
-static int cg_join(const char *dir)
-{
-	char p[1100], v[32];
-	cg_file(dir, "cgroup.procs", p, sizeof(p));
-	snprintf(v, sizeof(v), "%d", (int)getpid());
-	return write_str(p, v);
-}
-
-static void cg_collect(const struct cg_env *e, const char *dir, struct mres *r)
-{
-	char p[1100];
-	if (e->kind == CG_V2) {
-		cg_file(dir, "memory.peak", p, sizeof(p));
-		r->peak_known = read_u64(p, &r->peak_bytes);
-		cg_file(dir, "memory.events", p, sizeof(p));
-		read_keyed(p, "max", &r->failcnt);
-		read_keyed(p, "oom_kill", &r->oom_kills);
-	} else {
-		cg_file(dir, "memory.max_usage_in_bytes", p, sizeof(p));
-		r->peak_known = read_u64(p, &r->peak_bytes);
-		cg_file(dir, "memory.failcnt", p, sizeof(p));
-		read_u64(p, &r->failcnt);
-		cg_file(dir, "memory.oom_control", p, sizeof(p));
-		read_keyed(p, "oom_kill", &r->oom_kills);
-	}
-}
-
-/* Removes a group once its processes are gone (a daemon killed with its
- * parent takes a moment to leave). */
-static void cg_remove(const char *dir)
-{
-	for (int i = 0; i < 200 && rmdir(dir) && errno == EBUSY; i++)
-		tool_sleep_ms(25);
-}
-
-/* What a signal must clean up: the child, its group. */
-static volatile pid_t g_child;
-static char g_cgdir[600];
-
-static void on_signal(int sig)
-{
-	pid_t p = g_child;
-	if (p > 0) {
-		kill(p, SIGKILL);
-		waitpid(p, NULL, 0);
-	}
-	if (*g_cgdir)
-		for (int i = 0; i < 100 && rmdir(g_cgdir) && errno == EBUSY; i++) {
-			struct timespec ts = { 0, 20000000L };
-			nanosleep(&ts, NULL);
-		}
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-/* ---- running one method in a child in its group --------------------------------------- */
+/* ---- running one method in a child in its group (bench_cg.c) -------------------------- */
 
 static int method_main(const struct cfg *c, const struct run *r, enum method mt,
 		       struct mres *res, struct ms_err *err)
@@ -1295,85 +1048,37 @@ static int method_main(const struct cfg *c, const struct run *r, enum method mt,
 	}
 }
 
+struct method_job {
+	const struct cfg *c;
+	const struct run *r;
+	enum method mt;
+};
+
+static int method_child(void *ctx, void *out, struct ms_err *err)
+{
+	const struct method_job *j = ctx;
+	return method_main(j->c, j->r, j->mt, out, err);
+}
+
 static void run_method(const struct cfg *c, struct run *r, enum method mt,
-		       const struct cg_env *cg, bool *dropped)
+		       const struct bench_cg_env *cg, bool *dropped)
 {
 	struct mres *res = &r->r[mt];
 	memset(res, 0, sizeof(*res));
 	res->ran = true;
 	*dropped &= tool_drop_caches();
-	struct ms_err err = { 0 };
-	char dir[600] = "";
-	if (cg->kind != CG_NONE) {
-		char name[96];
-		snprintf(name, sizeof(name), "moestream-e2e-%d-%s", (int)getpid(),
-			 method_key[mt]);
-		if (cg_make(cg, name, r->mem_limit, dir, sizeof(dir), &err)) {
-			snprintf(res->err, sizeof(res->err), "%s", err.msg);
-			return;
-		}
-		snprintf(g_cgdir, sizeof(g_cgdir), "%s", dir);
-	}
-	int pfd[2];
-	if (pipe2(pfd, O_CLOEXEC)) {
-		snprintf(res->err, sizeof(res->err), "pipe: %s", strerror(errno));
-		goto out;
-	}
-	fflush(stdout);
-	fflush(stderr);
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	if (pid < 0) {
-		snprintf(res->err, sizeof(res->err), "fork: %s", strerror(errno));
-		close(pfd[0]);
-		close(pfd[1]);
-		goto out;
-	}
-	if (pid == 0) {
-		close(pfd[0]);
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGTERM, SIG_DFL);
-		struct mres out = *res;
-		int rc = 0;
-		if (getppid() != parent)
-			_exit(1);
-		if (*dir && (rc = cg_join(dir)))
-			ms_err_set(&err, rc, "cannot join the cgroup %s: %s", dir,
-				   strerror(-rc));
-		else
-			rc = method_main(c, r, mt, &out, &err);
-		out.rc = rc;
-		out.ok = rc == 0;
-		if (rc)
-			snprintf(out.err, sizeof(out.err), "%s",
-				 *err.msg ? err.msg : strerror(-rc));
-		tool_write_full(pfd[1], &out, sizeof(out));
-		_exit(0); /* no atexit handlers of the parent's */
-	}
-	g_child = pid;
-	close(pfd[1]);
-	size_t got = read_full(pfd[0], res, sizeof(*res));
-	close(pfd[0]);
-	int st = 0;
-	waitpid(pid, &st, 0);
-	g_child = 0;
-	if (got != sizeof(*res)) {
-		memset(res, 0, sizeof(*res));
-		res->ran = true;
-		snprintf(res->err, sizeof(res->err), "the child died (%s %d)%s",
-			 WIFSIGNALED(st) ? "signal" : "status",
-			 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
-			 WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && *dir
-				 ? ": killed under the memory limit?"
-				 : "");
-	}
-out:
-	if (*dir) {
-		cg_collect(cg, dir, res);
-		cg_remove(dir);
-		g_cgdir[0] = '\0';
-	}
+	struct method_job job = { c, r, mt };
+	struct bench_child_res cr;
+	bench_cg_run(cg, method_key[mt], r->mem_limit, method_child, &job, res,
+		     sizeof(*res), &cr);
+	res->ran = true;
+	res->ok = cr.ok;
+	res->rc = cr.rc;
+	snprintf(res->err, sizeof(res->err), "%s", cr.err);
+	res->peak_known = cr.peak_known;
+	res->peak_bytes = cr.peak_bytes;
+	res->failcnt = cr.failcnt;
+	res->oom_kills = cr.oom_kills;
 	if (res->ok)
 		res->hit_rate = res->hits + res->misses
 					? (double)res->hits / (double)(res->hits + res->misses)
@@ -1807,7 +1512,7 @@ struct report {
 	const struct run *runs;
 	unsigned n_runs;
 	const struct device *d;
-	const struct cg_env *cg;
+	const struct bench_cg_env *cg;
 	bool dropped;
 };
 
@@ -1832,12 +1537,12 @@ static void json_common(cJSON *o, const struct report *rp)
 	jnum(o, "threads", c->threads);
 	cJSON_AddStringToObject(o, "prefetch_policy", c->policy);
 	cJSON_AddStringToObject(o, "daemon_set", c->sets);
-	cJSON_AddBoolToObject(o, "mem_limited", rp->cg->kind != CG_NONE);
-	if (rp->cg->kind != CG_NONE)
-		cJSON_AddStringToObject(o, "cgroup", rp->cg->kind == CG_V2 ? "v2" : "v1");
+	cJSON_AddBoolToObject(o, "mem_limited", rp->cg->kind != BENCH_CG_NONE);
+	if (rp->cg->kind != BENCH_CG_NONE)
+		cJSON_AddStringToObject(o, "cgroup", rp->cg->kind == BENCH_CG_V2 ? "v2" : "v1");
 	else
 		cJSON_AddNullToObject(o, "cgroup");
-	if (rp->cg->kind == CG_NONE)
+	if (rp->cg->kind == BENCH_CG_NONE)
 		cJSON_AddStringToObject(o, "cgroup_why_not", rp->cg->why);
 	cJSON_AddBoolToObject(o, "page_cache_dropped", rp->dropped);
 	jnum(o, "device_gbps", d->ran ? d->gbps : NAN);
@@ -1948,12 +1653,12 @@ static void print_run(const struct report *rp, const struct run *r)
 	if (dm->ok)
 		printf("; moestreamd: %u slots", dm->daemon_slots);
 	printf(")\n");
-	if (rp->cg->kind != CG_NONE)
+	if (rp->cg->kind != BENCH_CG_NONE)
 		printf("limit      %s for each method: cache + 64 MiB + %s for the "
 		       "processes (cgroup %s)\n",
 		       fmt_bytes(r->mem_limit, b1, sizeof(b1)),
 		       fmt_bytes(r->proc_need, b2, sizeof(b2)),
-		       rp->cg->kind == CG_V2 ? "v2" : "v1");
+		       rp->cg->kind == BENCH_CG_V2 ? "v2" : "v1");
 	if (dm->ok)
 		printf("moestreamd %s; %s\n", dm->io, dm->arena);
 	if (*c->sets)
@@ -2090,7 +1795,7 @@ static void print_human(const struct report *rp)
 	printf("compute    %.3f ms a MoE layer (%s); then %s\n", c->compute_ms,
 	       c->compute_why,
 	       c->ffn ? "the CPU expert FFN on every expert" : "every byte read (touch)");
-	if (rp->cg->kind == CG_NONE)
+	if (rp->cg->kind == BENCH_CG_NONE)
 		printf("memory     NOT LIMITED (%s): peaks unknown\n", rp->cg->why);
 	printf("page cache %s\n", rp->dropped ? "dropped before each method"
 					       : "NOT dropped (needs root): "
@@ -2223,7 +1928,7 @@ out:
 /* ---- the command ----------------------------------------------------------------------- */
 
 static const char usage_line[] =
-	"usage: moestream bench e2e --model MODEL [--trace T | --tokens N] "
+	"usage: moestream bench e2e --synthetic --model MODEL [--trace T | --tokens N] "
 	"[--cache-size S]\n"
 	"         [--mem-limit S] [--compute-ms X] [--touch | --ffn cpu] [--json | "
 	"--csv]\n"
@@ -2322,7 +2027,7 @@ static void usage(FILE *f)
 		"example:\n"
 		"  moestream mkmodel --preset glm4.7-ud-q2_k_xl --moe-layers 8 -o "
 		"glm8.gguf\n"
-		"  sudo moestream bench e2e --model glm8.gguf --tokens 100\n"
+		"  sudo moestream bench e2e --synthetic --model glm8.gguf --tokens 100\n"
 		"\n"
 		"exit: 0 measured (targets met or not); 1 a method failed, methods "
 		"disagree on\nthe bytes read, a bad model or trace, --plot without "
@@ -2408,7 +2113,7 @@ static void said_method(const struct mres *x)
 		fprintf(stderr, "  FAILED: %s\n", x->err);
 }
 
-int bench_e2e_main(int argc, char **argv)
+static int synthetic_main(int argc, char **argv)
 {
 	enum { O_MODEL = 1000, O_TRACE, O_TOKENS, O_SEED, O_CACHE, O_MEM, O_COMPUTE,
 	       O_TOUCH, O_FFN, O_JSON, O_CSV, O_PLOT, O_SWEEP, O_METHODS, O_THREADS,
@@ -2621,7 +2326,6 @@ int bench_e2e_main(int argc, char **argv)
 	struct run *runs = NULL;
 	struct device dev = { 0 };
 	int rc = 1;
-	struct sigaction sa_old_int, sa_old_term;
 	bool handlers = false;
 	if (ms_model_open(&c.m, c.model_path, &err)) {
 		tool_error(CMD, "%s", err.msg);
@@ -2780,18 +2484,15 @@ int bench_e2e_main(int argc, char **argv)
 		}
 	}
 
-	struct cg_env cg;
-	cg_detect(&cg);
+	struct bench_cg_env cg;
+	bench_cg_detect(&cg);
 	c.progress_tty = isatty(2) && !json && !csv;
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, &sa_old_int);
-	sigaction(SIGTERM, &sa, &sa_old_term);
+	bench_cg_signals_install();
 	handlers = true;
-	if (cg.kind == CG_NONE)
+	if (cg.kind == BENCH_CG_NONE)
 		fprintf(stderr, "bench e2e: no memory limit (%s): peaks will not be "
 				"known\n", cg.why);
-	if (mem_arg && cg.kind == CG_NONE)
+	if (mem_arg && cg.kind == BENCH_CG_NONE)
 		fprintf(stderr, "bench e2e: --mem-limit ignored: no cgroup\n");
 
 	/* The device, before: twice (a shared disk has hiccups), the better. */
@@ -2863,15 +2564,37 @@ int bench_e2e_main(int argc, char **argv)
 		}
 	}
 out:
-	if (handlers) {
-		sigaction(SIGINT, &sa_old_int, NULL);
-		sigaction(SIGTERM, &sa_old_term, NULL);
-	}
+	if (handlers)
+		bench_cg_signals_restore();
 	free(runs);
 	ms_sim_free(sim);
 	free(layer_bytes);
 	free(c.tlayer);
 	ms_trace_free(full);
 	ms_model_free(c.m);
+	return rc;
+}
+
+/* The real engines by default (bench_e2e_real.c); the trace replays above
+ * behind --synthetic, which is taken out of the options they parse. */
+int bench_e2e_main(int argc, char **argv)
+{
+	int at = -1;
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--synthetic"))
+			at = i;
+	if (at < 0)
+		return bench_e2e_real_main(argc, argv);
+	char **av = malloc((size_t)argc * sizeof(*av));
+	if (!av) {
+		tool_error(CMD, "out of memory");
+		return 1;
+	}
+	int n = 0;
+	for (int i = 0; i < argc; i++)
+		if (i != at)
+			av[n++] = argv[i];
+	int rc = synthetic_main(n, av);
+	free(av);
 	return rc;
 }

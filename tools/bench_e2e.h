@@ -1,5 +1,9 @@
 /*
- * bench_e2e.h - `moestream bench e2e --model M [--trace T | --tokens N]
+ * bench_e2e.h - `moestream bench e2e --model M [--prompt T] [--gen N] ...`:
+ * the real engines (llama.cpp, moestream run embedded and through
+ * moestreamd) on one prompt under one memory limit: bench_e2e_real.c.
+ *
+ * `moestream bench e2e --synthetic --model M [--trace T | --tokens N]
  * [--cache-size S] [--mem-limit S] [--compute-ms X] [--touch | --ffn cpu]
  * [--json | --csv] [--plot FILE.png] [--sweep LIST]`: decoding end to end
  * on a machine with less RAM than the model. One routing trace, replayed
@@ -25,5 +29,10 @@
  * gnuplot), 2 bad usage. Must run as root for the memory limit and for
  * dropping the page cache; without root it runs unlimited and says so. */
 int bench_e2e_main(int argc, char **argv);
+
+/* The real engines (bench_e2e_real.c): what bench_e2e_main runs without
+ * --synthetic. Exit codes as above (1 also for a model without a
+ * tokenizer). */
+int bench_e2e_real_main(int argc, char **argv);
 
 #endif /* MS_BENCH_E2E_H */

@@ -20,8 +20,14 @@
  * is copied to the stack whole, a smaller one leaves the callee reading past
  * it), so the sizes are fixed here and the defaults are checked at run time:
  * a library laid out otherwise is an -EPROTO error naming the field, not
- * undefined behaviour. Only n_ctx, n_batch, n_ubatch and vocab_only are
- * written, by offset; threads are set with llama_set_n_threads.
+ * undefined behaviour. Only n_ctx, n_batch, n_ubatch, vocab_only and
+ * use_extra_bufts are written, by offset; threads are set with
+ * llama_set_n_threads. use_extra_bufts (byte 74, the only bool set by
+ * default) was found by flipping each of bytes 73..77 on the tiny preset: at
+ * 0 the load log loses its "AMX model buffer" and "CPU_REPACK model buffer"
+ * lines (weights repacked into anonymous memory: the q2_K experts too, on
+ * this machine's AMX CPU) and keeps "load_mode = mmap"; 76 is no_alloc (an
+ * assertion fires). It is what llama-cli's --no-repack sets.
  *
  * llama_batch (56 bytes: n_tokens, then six pointers) is the one struct
  * llama.h has kept unchanged for years; llama_batch_init's result is checked
@@ -53,6 +59,7 @@
 #define MODEL_PARAMS_SIZE 80
 #define CTX_PARAMS_SIZE 160
 #define MP_VOCAB_ONLY 72  /* bool */
+#define MP_USE_EXTRA_BUFTS 74 /* bool, true by default: the one set */
 #define CP_N_CTX 0        /* uint32 */
 #define CP_N_BATCH 4
 #define CP_N_UBATCH 8
@@ -141,6 +148,7 @@ struct ms_llref {
 	const struct llm_vocab *vocab;
 	int32_t n_vocab;
 	uint32_t n_ctx;
+	uint32_t n_batch;              /* the most one llama_decode takes */
 };
 
 static void last_reset(void)
@@ -308,16 +316,22 @@ static int do_load(const char *dir, struct ms_err *err)
 #undef SYM
 
 static int open_common(struct ms_llref **out, const char *dir,
-		       const char *gguf_path, bool vocab_only, uint32_t n_ctx,
-		       int n_threads, struct ms_err *err)
+		       const char *gguf_path, bool vocab_only,
+		       const struct ms_llref_opts *o, struct ms_err *err)
 {
 	char d[PATH_MAX];
 	*out = NULL;
 	ms_llref_default_dir(dir, d, sizeof(d));
-	if (n_ctx == 0)
-		n_ctx = 512;
+	uint32_t n_ctx = o->n_ctx ? o->n_ctx : 512;
+	int n_threads = o->n_threads;
 	if (n_ctx > (1u << 20))
 		return ms_err_set(err, -EINVAL, "n_ctx %u is over 1 Mi", n_ctx);
+	uint32_t n_batch = o->n_batch ? o->n_batch : n_ctx;
+	if (n_batch > n_ctx)
+		n_batch = n_ctx;
+	uint32_t ub = o->n_ubatch ? o->n_ubatch : n_batch < 512 ? n_batch : 512;
+	if (ub > n_batch)
+		ub = n_batch;
 	pthread_mutex_lock(&g_mu);
 	int rc = do_load(d, err);
 	pthread_mutex_unlock(&g_mu);
@@ -329,6 +343,8 @@ static int open_common(struct ms_llref **out, const char *dir,
 		return ms_err_set(err, -ENOMEM, "out of memory");
 	struct llm_model_params mp = L.model_default_params();
 	mp.b[MP_VOCAB_ONLY] = vocab_only;
+	if (o->no_extra_bufts)
+		mp.b[MP_USE_EXTRA_BUFTS] = 0;
 	last_reset();
 	r->model = L.model_load_from_file(gguf_path, mp);
 	if (!r->model) {
@@ -362,9 +378,8 @@ static int open_common(struct ms_llref **out, const char *dir,
 	}
 
 	struct llm_ctx_params cp = L.context_default_params();
-	uint32_t ub = n_ctx < 512 ? n_ctx : 512;
 	memcpy(cp.b + CP_N_CTX, &n_ctx, 4);
-	memcpy(cp.b + CP_N_BATCH, &n_ctx, 4);
+	memcpy(cp.b + CP_N_BATCH, &n_batch, 4);
 	memcpy(cp.b + CP_N_UBATCH, &ub, 4);
 	last_reset();
 	r->ctx = L.init_from_model(r->model, cp);
@@ -375,6 +390,7 @@ static int open_common(struct ms_llref **out, const char *dir,
 		goto fail;
 	}
 	r->n_ctx = n_ctx;
+	r->n_batch = n_batch;
 	if (n_threads <= 0) {
 		long c = sysconf(_SC_NPROCESSORS_ONLN);
 		n_threads = c > 0 && c < 512 ? (int)c : 1;
@@ -390,13 +406,22 @@ fail:
 int ms_llref_open(struct ms_llref **out, const char *dir, const char *gguf_path,
 		  uint32_t n_ctx, int n_threads, struct ms_err *err)
 {
-	return open_common(out, dir, gguf_path, false, n_ctx, n_threads, err);
+	struct ms_llref_opts o = { .n_ctx = n_ctx, .n_threads = n_threads };
+	return open_common(out, dir, gguf_path, false, &o, err);
+}
+
+int ms_llref_open_opts(struct ms_llref **out, const char *dir,
+		       const char *gguf_path, const struct ms_llref_opts *o,
+		       struct ms_err *err)
+{
+	return open_common(out, dir, gguf_path, false, o, err);
 }
 
 int ms_llref_open_vocab(struct ms_llref **out, const char *dir,
 			const char *gguf_path, struct ms_err *err)
 {
-	return open_common(out, dir, gguf_path, true, 0, 0, err);
+	struct ms_llref_opts o = { 0 };
+	return open_common(out, dir, gguf_path, true, &o, err);
 }
 
 void ms_llref_close(struct ms_llref *r)
@@ -471,15 +496,18 @@ void ms_llref_reset(struct ms_llref *r)
 		L.memory_clear(L.get_memory(r->ctx), true);
 }
 
-int ms_llref_decode(struct ms_llref *r, const int32_t *ids, size_t n,
-		    int32_t pos0, float *logits, struct ms_err *err)
+/* One llama_decode of ids[0..n); logits of every token (all) or of the
+ * last only, which is what llama.cpp computes when it is asked for no more:
+ * the output head runs on the rows whose logits flag is set. */
+static int do_decode(struct ms_llref *r, const int32_t *ids, size_t n,
+		     int32_t pos0, float *logits, bool all, struct ms_err *err)
 {
 	if (!r->ctx)
 		return ms_err_set(err, -EINVAL, "a vocab-only llama.cpp model "
 				  "cannot decode");
-	if (n == 0 || n > r->n_ctx)
+	if (n == 0 || n > r->n_batch)
 		return ms_err_set(err, -EINVAL, "decode of %zu tokens: give 1..%u "
-				  "(the context)", n, r->n_ctx);
+				  "(the batch)", n, r->n_batch);
 	if (pos0 < 0 || (uint64_t)pos0 + n > r->n_ctx)
 		return ms_err_set(err, -EINVAL, "positions %d..%zu are past the "
 				  "context of %u", pos0, (size_t)pos0 + n - 1,
@@ -500,7 +528,7 @@ int ms_llref_decode(struct ms_llref *r, const int32_t *ids, size_t n,
 		b.pos[i] = pos0 + (int32_t)i;
 		b.n_seq_id[i] = 1;
 		b.seq_id[i][0] = 0;
-		b.logits[i] = 1;
+		b.logits[i] = all || i + 1 == n;
 	}
 	b.n_tokens = (int32_t)n;
 	last_reset();
@@ -511,20 +539,32 @@ int ms_llref_decode(struct ms_llref *r, const int32_t *ids, size_t n,
 				 "%d%s%s", n, rc, g_last[0] ? ": " : "", g_last);
 		goto out;
 	}
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = all ? 0 : n - 1; logits && i < n; i++) {
 		const float *l = L.get_logits_ith(r->ctx, (int32_t)i);
 		if (!l) {
 			ret = ms_err_set(err, -EIO, "llama_get_logits_ith(%zu) is "
 					 "NULL", i);
 			goto out;
 		}
-		memcpy(logits + i * (size_t)r->n_vocab, l,
+		memcpy(logits + (all ? i : 0) * (size_t)r->n_vocab, l,
 		       (size_t)r->n_vocab * sizeof(float));
 	}
 out:
 	b.n_tokens = 0; /* llama_batch_free frees by pointer, not by count */
 	L.batch_free(b);
 	return ret;
+}
+
+int ms_llref_decode(struct ms_llref *r, const int32_t *ids, size_t n,
+		    int32_t pos0, float *logits, struct ms_err *err)
+{
+	return do_decode(r, ids, n, pos0, logits, true, err);
+}
+
+int ms_llref_decode_last(struct ms_llref *r, const int32_t *ids, size_t n,
+			 int32_t pos0, float *logits, struct ms_err *err)
+{
+	return do_decode(r, ids, n, pos0, logits, false, err);
 }
 
 /* The libraries alone (no model), for the calls that need none. */

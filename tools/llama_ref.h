@@ -44,6 +44,21 @@ const char *ms_llref_default_dir(const char *dir, char *buf, size_t len);
 int ms_llref_open(struct ms_llref **out, const char *dir, const char *gguf_path,
 		  uint32_t n_ctx, int n_threads, struct ms_err *err);
 
+/* The same with more of llama.cpp's parameters, for benchmarks. */
+struct ms_llref_opts {
+	uint32_t n_ctx;       /* 0: 512 */
+	uint32_t n_batch;     /* the most tokens one decode takes; 0: n_ctx */
+	uint32_t n_ubatch;    /* llama.cpp's physical batch; 0: min(n_batch, 512) */
+	int n_threads;        /* 0: the online CPUs */
+	bool no_extra_bufts;  /* use_extra_bufts = false, as llama-cli's
+				 --no-repack: no weights copied into repacked
+				 (AMX, CPU_REPACK) buffers, so that every
+				 weight stays in the file's mapping */
+};
+int ms_llref_open_opts(struct ms_llref **out, const char *dir,
+		       const char *gguf_path, const struct ms_llref_opts *o,
+		       struct ms_err *err);
+
 /* The same with llama.cpp's vocab_only: the vocabulary alone is read (no
  * tensors, no context), which is fast; only n_vocab, tokenize and piece may
  * be called (decode answers -EINVAL). */
@@ -74,10 +89,17 @@ void ms_llref_reset(struct ms_llref *r);
 
 /* Decodes ids[0..n) at positions pos0.. of sequence 0 in one llama_decode,
  * logits requested for every token; writes them to logits[n * n_vocab] (row
- * i = token i). n must be 1..n_ctx; -EINVAL otherwise or for a vocab-only
- * ref, -EIO when llama_decode fails (its return value said). */
+ * i = token i). n must be 1..n_batch (n_ctx unless opened with opts); -EINVAL
+ * otherwise or for a vocab-only ref, -EIO when llama_decode fails (its
+ * return value said). */
 int ms_llref_decode(struct ms_llref *r, const int32_t *ids, size_t n,
 		    int32_t pos0, float *logits, struct ms_err *err);
+
+/* The same with logits requested for the last token only (what a generator
+ * asks for, so llama.cpp runs its output head on one row): logits[n_vocab],
+ * or NULL for none. */
+int ms_llref_decode_last(struct ms_llref *r, const int32_t *ids, size_t n,
+			 int32_t pos0, float *logits, struct ms_err *err);
 
 struct ms_chat_msg; /* moestream/engine.h */
 
