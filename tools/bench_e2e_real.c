@@ -1305,12 +1305,12 @@ int bench_e2e_real_main(int argc, char **argv)
 		       c.model_path, m->arch, c.n_run, m->n_layers_run, m->n_expert,
 		       m->n_expert_used, fmt_bytes(m->resident_bytes, b1, sizeof(b1)),
 		       fmt_bytes(m->expert_bytes_run, b2, sizeof(b2)));
-		printf("work       prompt %u tokens (%s), then %u decode steps, greedy; "
+		printf("work       prompt %u tokens (%s), then %u decode steps, %s; "
 		       "%u thread%s,\n           ctx %u (KV %s), batch %u; the same ids "
 		       "for every method\n",
 		       c.n_prompt, prompt_file ? prompt_file : prompt ? "--prompt"
 								   : "the default paragraph",
-		       c.n_gen, c.threads, c.threads == 1 ? "" : "s", c.n_ctx,
+		       c.n_gen, c.force ? "fed a fixed continuation" : "greedy", c.threads, c.threads == 1 ? "" : "s", c.n_ctx,
 		       fmt_bytes(c.kv_bytes, b3, sizeof(b3)), c.n_batch);
 		if (cg.kind == BENCH_CG_NONE)
 			printf("memory     NOT LIMITED (%s): peaks unknown\n", cg.why);
