@@ -100,9 +100,6 @@ static int load_hparams(struct ms_engine *e, struct ms_err *err)
 				  "of a multiple of 32 and an even rope dimension "
 				  "no larger", g->path, kl, vl, rot);
 	const char *rs;
-	if (!ms_gguf_get_str(g, "rope.scaling.type", &rs, NULL)) {
-		(void)rs;
-	}
 	char k[160];
 	snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
 	if (!ms_gguf_get_str(g, k, &rs, NULL) && strcmp(rs, "none") &&
@@ -297,6 +294,13 @@ int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
 		}
 		x->rt->data = dst;
 	}
+	/* each block's next MoE block, for speculation */
+	e->first_moe = -1;
+	for (uint32_t b = e->n_run; b-- > 0;) {
+		e->blk[b].next_moe = e->first_moe;
+		if (e->blk[b].moe)
+			e->first_moe = (int32_t)b;
+	}
 	/* tied output: the embedding */
 	if (!e->output.data)
 		e->output = e->tok_embd;
@@ -463,7 +467,7 @@ int ms_xsrc_acquire(struct ms_engine *e, uint32_t layer, const uint32_t *experts
 {
 	struct ms_xsrc *xs = &e->xs;
 	if (xs->daemon) {
-		uint16_t ex[MS_ROUTER_MAX_USED * 64];
+		uint16_t ex[256];
 		uint32_t done = 0;
 		while (done < n) {
 			uint32_t k = n - done < 256 ? n - done : 256;
@@ -594,11 +598,6 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 	size_t HQ = (size_t)(e->n_head * e->head_dim);
 	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
 	size_t X = (size_t)e->model->n_expert, K = (size_t)e->n_used;
-	size_t FF = 0;
-	for (uint32_t b = 0; b < e->n_run; b++)
-		if (!e->blk[b].moe && (size_t)e->blk[b].gate.ne[1] > FF)
-			FF = (size_t)e->blk[b].gate.ne[1];
-	(void)FF;
 	size_t nth = (size_t)ms_ffn_pool_threads(e->pool);
 #define A(p, n) ((p) = calloc((n) > 0 ? (n) : 1, sizeof(*(p))))
 	if (!A(e->x, T * E) || !A(e->h, T * E) || !A(e->q, T * HQ) ||
@@ -608,6 +607,7 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 	    !A(e->rlog, T * (X ? X : 1)) || !A(e->rw, T * (K ? K : 1)) ||
 	    !A(e->rsel, T * (K ? K : 1)) || !A(e->need, X ? X : 1) ||
 	    !A(e->scores, nth * (size_t)e->cfg.n_ctx) || !A(e->hint_x, E) ||
+	    !A(e->xlist, X ? X : 1) ||
 	    !A(e->hinted, (size_t)e->model->n_layers * X) ||
 	    !A(e->has_hint, e->model->n_layers))
 		return ms_err_set(err, -ENOMEM, "out of memory for a batch of %zu "
@@ -715,6 +715,7 @@ void ms_engine_close(struct ms_engine *e)
 	free(e->need);
 	free(e->scores);
 	free(e->hint_x);
+	free(e->xlist);
 	free(e->hinted);
 	free(e->has_hint);
 	free(e->k_cache);

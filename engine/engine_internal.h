@@ -40,6 +40,7 @@ extern const struct ms_arch ms_arch_qwen3moe;
 struct ms_block {
 	bool moe;
 	int32_t layer;               /* MoE layer index, -1 for dense */
+	int32_t next_moe;            /* the next MoE block after this one, -1 */
 	struct ms_rt attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm;
 	struct ms_rt ffn_norm;
 	struct ms_rt gate, up, down;             /* dense */
@@ -99,10 +100,12 @@ struct ms_engine {
 	/* work buffers for a batch of n_batch tokens */
 	float *x, *h, *q, *k, *v, *att, *o, *moe, *sh, *ylist, *xg, *yg;
 	float *rlog, *rw, *scores, *hint_x;
+	uint32_t *xlist;             /* [n_expert]: experts asked or hinted */
 	uint32_t *rsel;
 	bool *need;                  /* [n_expert]: some token routes to it */
 	uint8_t *hinted;             /* [n_layers][n_expert]: hinted, not yet run */
 	bool *has_hint;              /* [n_layers] */
+	int32_t first_moe;           /* the first MoE block, -1 */
 	uint32_t first_used[MS_ROUTER_MAX_USED];
 	uint32_t n_first_used;
 

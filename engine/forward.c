@@ -45,6 +45,8 @@
 
 /* ---- f16 -------------------------------------------------------------------------- */
 
+/* f32 -> f16, round to nearest even: the one direction the kernels do not
+ * have (they read f16, ms_ffn_dequant_row); the KV cache writes it. */
 static uint16_t f32_to_f16(float f)
 {
 	uint32_t x;
@@ -70,31 +72,6 @@ static uint16_t f32_to_f16(float f)
 	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
 		h++; /* may carry into the exponent: still right */
 	return (uint16_t)(sign | h);
-}
-
-static float f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F,
-		 m = h & 0x3FF, x;
-	if (e == 0) {
-		if (!m) {
-			x = sign;
-		} else {
-			e = 127 - 15 + 1;
-			while (!(m & 0x400)) {
-				m <<= 1;
-				e--;
-			}
-			x = sign | e << 23 | (m & 0x3FF) << 13;
-		}
-	} else if (e == 31) {
-		x = sign | 0x7F800000 | m << 13;
-	} else {
-		x = sign | (e + 127 - 15) << 23 | m << 13;
-	}
-	float f;
-	memcpy(&f, &x, 4);
-	return f;
 }
 
 /* ---- small pieces ------------------------------------------------------------------ */
@@ -147,7 +124,9 @@ static void q8_round(uint32_t wtype, float *x, int64_t n)
 				if (fabsf(x[b + j]) > amax)
 					amax = fabsf(x[b + j]);
 			float d = amax / 127, id = d ? 1 / d : 0;
-			float d16 = f16_to_f32(f32_to_f16(d));
+			uint16_t h = f32_to_f16(d);
+			float d16;
+			ms_dequant_row(MS_TYPE_F16, &h, &d16, 1);
 			for (int j = 0; j < 32; j++)
 				x[b + j] = roundf(x[b + j] * id) * d16;
 		}
@@ -226,9 +205,9 @@ static void kv_row(const struct ms_engine *e, const void *cache, size_t at,
 		memcpy(out, (const float *)cache + at, (size_t)n * sizeof(float));
 		return;
 	}
-	const uint16_t *h = (const uint16_t *)cache + at;
-	for (int64_t i = 0; i < n; i++)
-		out[i] = f16_to_f32(h[i]);
+	/* the kernels' f16 row (F16C where the CPU has it); exact */
+	ms_ffn_dequant_row(e->opts.path, MS_TYPE_F16, (const uint16_t *)cache + at,
+			   out, n);
 }
 
 static void kv_store(const struct ms_engine *e, void *cache, size_t at,
@@ -357,15 +336,6 @@ static int dense_ffn(struct ms_engine *e, const struct ms_block *k, int64_t T,
 	return 0;
 }
 
-/* The next MoE block after b, or -1. */
-static int32_t next_moe(const struct ms_engine *e, uint32_t b)
-{
-	for (uint32_t n = b + 1; n < e->n_run; n++)
-		if (e->blk[n].moe)
-			return (int32_t)n;
-	return -1;
-}
-
 /* Remembers which experts were hinted for a layer, until the layer runs. */
 static void hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
 		      uint32_t n)
@@ -385,7 +355,7 @@ static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 	uint32_t X = e->model->n_expert;
 	bool *mark = e->need;
 	memset(mark, 0, X * sizeof(*mark));
-	uint32_t hint[1024], n = 0;
+	uint32_t *hint = e->xlist, n = 0;
 	for (int64_t t = 0; t < T && n < X; t++) {
 		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data, e->hint_x,
 			 e->n_embd, e->eps);
@@ -397,7 +367,7 @@ static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 				     k->probs_b.data, sel, w, NULL))
 			return;
 		for (int64_t j = 0; j < e->n_used; j++)
-			if (!mark[sel[j]] && n < 1024) {
+			if (!mark[sel[j]]) {
 				mark[sel[j]] = true;
 				hint[n++] = sel[j];
 			}
@@ -430,33 +400,25 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		e->has_hint[layer] = false;
 	}
 	memset(e->need, 0, X * sizeof(*e->need));
-	/* the experts any token needs, listed in hint_x (E floats: room for
-	 * X <= E ids; else a list of its own) */
-	uint32_t *ex = (uint32_t *)e->hint_x, n = 0;
-	uint32_t *own = NULL;
-	if (X > (uint32_t)E) {
-		own = malloc(X * sizeof(*own));
-		if (!own)
-			return ms_err_set(err, -ENOMEM, "out of memory");
-		ex = own;
-	}
+	/* the experts any token needs, each once */
+	uint32_t *ex = e->xlist, n = 0;
 	for (int64_t i = 0; i < T * K; i++)
 		if (!e->need[e->rsel[i]]) {
 			e->need[e->rsel[i]] = true;
 			ex[n++] = e->rsel[i];
 		}
 	/* the first MoE layer's experts, for the next token's hint */
-	if (b == (uint32_t)next_moe(e, UINT32_MAX) && T > 0) {
+	if ((int32_t)b == e->first_moe) {
 		e->n_first_used = (uint32_t)K;
 		for (int64_t j = 0; j < K; j++)
 			e->first_used[j] = e->rsel[(T - 1) * K + j];
 	}
-	rc = ms_xsrc_acquire(e, layer, ex, n, err);
-	free(own);
-	if (rc)
+	if ((rc = ms_xsrc_acquire(e, layer, ex, n, err)))
 		return rc;
 
-	/* the shared expert while they stream */
+	/* the shared expert while they stream; a failure there, or of any
+	 * expert, still takes (and releases) every expert asked for */
+	int first_rc = 0;
 	bool shared = k->sh_gate.data != NULL;
 	if (shared) {
 		struct ms_expert_view v = {
@@ -464,22 +426,12 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 			.type = { k->sh_gate.type, k->sh_up.type, k->sh_down.type },
 			.data = { k->sh_gate.data, k->sh_up.data, k->sh_down.data },
 		};
-		if ((rc = expert_ffn(e, &v, e->h, e->sh, T, err))) {
-			/* drain what was asked for, then fail */
-			for (uint32_t i = 0; i < n; i++) {
-				uint32_t x;
-				struct ms_expert_view vv;
-				if (!ms_xsrc_next(e, layer, &x, &vv, NULL))
-					ms_xsrc_release(e, layer, x);
-			}
-			return rc;
-		}
+		first_rc = expert_ffn(e, &v, e->h, e->sh, T, err);
 	}
-	int first_rc = 0;
 	for (uint32_t got = 0; got < n; got++) {
 		uint32_t x;
 		struct ms_expert_view v;
-		rc = ms_xsrc_next(e, layer, &x, &v, err);
+		rc = ms_xsrc_next(e, layer, &x, &v, first_rc ? NULL : err);
 		if (rc) {
 			if (!first_rc)
 				first_rc = rc;
@@ -551,7 +503,7 @@ static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 					  "failed", ids[t]);
 	}
 	/* the hint for the first MoE layer from the last token's history */
-	int32_t fm = next_moe(e, UINT32_MAX);
+	int32_t fm = e->first_moe;
 	if (!e->cfg.no_speculate && e->n_first_used && fm >= 0) {
 		ms_xsrc_prefetch(e, (uint32_t)e->blk[fm].layer, e->first_used,
 				 e->n_first_used);
@@ -562,7 +514,7 @@ static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 		if (e->stop && *e->stop)
 			return ms_err_set(err, -EINTR, "stopped");
 		const struct ms_block *k = &e->blk[b];
-		int32_t nb = next_moe(e, b);
+		int32_t nb = k->next_moe;
 		if (!e->cfg.no_speculate && nb >= 0 && T <= 16)
 			speculate(e, (uint32_t)nb, T);
 		for (int64_t t = 0; t < T; t++)

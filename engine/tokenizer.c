@@ -260,14 +260,8 @@ static int grow(void *pp, size_t *cap, size_t n, size_t sz)
 
 static int push_id(struct ms_tokens *t, int32_t id)
 {
-	if (t->n == t->cap) {
-		size_t c = t->cap ? t->cap * 2 : 256;
-		int32_t *q = realloc(t->ids, c * sizeof(*q));
-		if (!q)
-			return -ENOMEM;
-		t->ids = q;
-		t->cap = c;
-	}
+	if (grow(&t->ids, &t->cap, t->n + 1, sizeof(*t->ids)))
+		return -ENOMEM;
 	t->ids[t->n++] = id;
 	return 0;
 }
