@@ -490,46 +490,8 @@ static size_t mutate(uint8_t *p, size_t n, size_t cap, uint64_t *rs)
 		"auto", "\xEF\xBB\xBF", "[cache]\n", "size", "path", ",", ":",
 		"MSM1", "\x01\x00", "\xff\xff\xff\xff",
 	};
-	unsigned k = 1 + (unsigned)(t_rand(rs) % 4);
-	for (unsigned i = 0; i < k; i++) {
-		size_t at = n ? (size_t)(t_rand(rs) % n) : 0;
-		switch (t_rand(rs) % 6) {
-		case 0:
-			if (n)
-				p[at] ^= (uint8_t)(1u << (t_rand(rs) % 8));
-			break;
-		case 1:
-			if (n)
-				p[at] = (uint8_t)t_rand(rs);
-			break;
-		case 2: { /* insert a token */
-			const char *t = tokens[t_rand(rs) % (sizeof(tokens) /
-							     sizeof(tokens[0]))];
-			size_t len = *t ? strlen(t) : 1;
-			if (n + len <= cap) {
-				memmove(p + at + len, p + at, n - at);
-				memcpy(p + at, t, len);
-				n += len;
-			}
-			break;
-		}
-		case 3: /* delete a run */ {
-			size_t len = 1 + (size_t)(t_rand(rs) % 16);
-			if (at + len > n)
-				len = n - at;
-			memmove(p + at, p + at + len, n - at - len);
-			n -= len;
-			break;
-		}
-		case 4: /* truncate */
-			n = at;
-			break;
-		case 5: /* duplicate a run */
-			n = t_dup_run(p, n, cap, at, rs);
-			break;
-		}
-	}
-	return n;
+	return t_mutate(p, n, cap, rs, tokens, sizeof(tokens) / sizeof(tokens[0]), 16,
+			true);
 }
 
 int main(int argc, char **argv)

@@ -33,13 +33,8 @@
 static struct ms_vocab *load_path(const char *path)
 {
 	struct ms_err err = { 0 };
-	struct ms_gguf *g = NULL;
-	struct ms_vocab *v = NULL;
-	int rc = ms_gguf_open(&g, path, &err);
-	if (!rc)
-		rc = ms_vocab_load(&v, g, &err);
-	ms_gguf_free(g);
-	if (rc)
+	struct ms_vocab *v;
+	if (fuzz_tokenize_open(path, &v, &err))
 		t_fatal("%s: %s", path, err.msg);
 	return v;
 }
@@ -100,43 +95,8 @@ static size_t mutate(uint8_t *p, size_t n, size_t cap, uint64_t *rs)
 		"|>", "\xe2\x80\x8d", "\xf0\x9f", "\xc3", "\x80", "\xff", "\xed\xa0\x80",
 		" ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "123", "\xe4\xb8\xad",
 	};
-	unsigned k = 1 + (unsigned)(t_rand(rs) % 4);
-	for (unsigned i = 0; i < k; i++) {
-		size_t at = n ? (size_t)(t_rand(rs) % n) : 0;
-		switch (t_rand(rs) % 5) {
-		case 0:
-			if (n)
-				p[at] ^= (uint8_t)(1u << (t_rand(rs) % 8));
-			break;
-		case 1:
-			if (n)
-				p[at] = (uint8_t)t_rand(rs);
-			break;
-		case 2: { /* insert a piece */
-			const char *b = bits[t_rand(rs) % (sizeof(bits) /
-							   sizeof(bits[0]))];
-			size_t len = strlen(b);
-			if (n + len <= cap) {
-				memmove(p + at + len, p + at, n - at);
-				memcpy(p + at, b, len);
-				n += len;
-			}
-			break;
-		}
-		case 3: /* delete a run */ {
-			size_t len = 1 + (size_t)(t_rand(rs) % 8);
-			if (at + len > n)
-				len = n - at;
-			memmove(p + at, p + at + len, n - at - len);
-			n -= len;
-			break;
-		}
-		case 4:
-			n = t_dup_run(p, n, cap, at, rs);
-			break;
-		}
-	}
-	return n;
+	return t_mutate(p, n, cap, rs, bits, sizeof(bits) / sizeof(bits[0]), 8,
+			false);
 }
 
 int main(void)

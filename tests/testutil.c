@@ -173,6 +173,54 @@ size_t t_dup_run(uint8_t *p, size_t n, size_t cap, size_t at, uint64_t *state)
 	return n;
 }
 
+size_t t_mutate(uint8_t *p, size_t n, size_t cap, uint64_t *state,
+		const char *const *pieces, size_t n_pieces, size_t max_delete,
+		bool truncate)
+{
+	unsigned k = 1 + (unsigned)(t_rand(state) % 4);
+	for (unsigned i = 0; i < k; i++) {
+		size_t at = n ? (size_t)(t_rand(state) % n) : 0;
+		unsigned c = (unsigned)(t_rand(state) % (truncate ? 6 : 5));
+		if (!truncate && c == 4)
+			c = 5;
+		switch (c) {
+		case 0:
+			if (n)
+				p[at] ^= (uint8_t)(1u << (t_rand(state) % 8));
+			break;
+		case 1:
+			if (n)
+				p[at] = (uint8_t)t_rand(state);
+			break;
+		case 2: { /* insert a piece ("" stands for one NUL byte) */
+			const char *b = pieces[t_rand(state) % n_pieces];
+			size_t len = *b ? strlen(b) : 1;
+			if (n + len <= cap) {
+				memmove(p + at + len, p + at, n - at);
+				memcpy(p + at, b, len);
+				n += len;
+			}
+			break;
+		}
+		case 3: { /* delete a run */
+			size_t len = 1 + (size_t)(t_rand(state) % max_delete);
+			if (at + len > n)
+				len = n - at;
+			memmove(p + at, p + at + len, n - at - len);
+			n -= len;
+			break;
+		}
+		case 4: /* truncate */
+			n = at;
+			break;
+		default:
+			n = t_dup_run(p, n, cap, at, state);
+			break;
+		}
+	}
+	return n;
+}
+
 uint64_t t_seed(void)
 {
 	const char *e = getenv("MS_SEED");

@@ -74,6 +74,16 @@ uint64_t t_seed(void);
  * in `cap`; returns the new length. Draws one number from `state`. */
 size_t t_dup_run(uint8_t *p, size_t n, size_t cap, size_t at, uint64_t *state);
 
+/* The seed tests' mutation of p[0..n) (room for cap): 1..4 edits, each a
+ * bit flip, a byte set, the insertion of one of pieces[] ("" stands for one
+ * NUL byte), the deletion of a run of 1..max_delete bytes, a cut at a
+ * random point (only with `truncate`), or t_dup_run; returns the new
+ * length. The draws from `state` are a function of the arguments alone, so
+ * a seed replays. */
+size_t t_mutate(uint8_t *p, size_t n, size_t cap, uint64_t *state,
+		const char *const *pieces, size_t n_pieces, size_t max_delete,
+		bool truncate);
+
 /* Writes `len` bytes to a new file; returns 0 or -errno. */
 int t_write_file(const char *path, const void *buf, size_t len);
 

@@ -199,6 +199,20 @@ static void fuzz_tokenize_one(const struct ms_vocab *v, struct ms_tokens *t,
 	free(norm);
 }
 
+/* The vocabulary of the GGUF at path: 0, or -errno with err's message (the
+ * fuzzer and t_fuzz_seeds_tokenize load theirs the same way). */
+static int fuzz_tokenize_open(const char *path, struct ms_vocab **v,
+			      struct ms_err *err)
+{
+	struct ms_gguf *g = NULL;
+	*v = NULL;
+	int rc = ms_gguf_open(&g, path, err);
+	if (!rc)
+		rc = ms_vocab_load(v, g, err);
+	ms_gguf_free(g);
+	return rc;
+}
+
 #ifndef FUZZ_TOKENIZE_NO_MAIN
 /* Loads the vocabulary of $MS_FUZZ_VOCAB, or says why not: NULL. */
 static struct ms_vocab *fuzz_tokenize_vocab(void)
@@ -214,13 +228,8 @@ static struct ms_vocab *fuzz_tokenize_vocab(void)
 	}
 	struct ms_err err;
 	memset(&err, 0, sizeof(err));
-	struct ms_gguf *g = NULL;
-	struct ms_vocab *v = NULL;
-	int rc = ms_gguf_open(&g, path, &err);
-	if (!rc)
-		rc = ms_vocab_load(&v, g, &err);
-	ms_gguf_free(g);
-	if (rc) {
+	struct ms_vocab *v;
+	if (fuzz_tokenize_open(path, &v, &err)) {
 		fprintf(stderr, "fuzz_tokenize: MS_FUZZ_VOCAB=%s: %s\n", path,
 			err.msg);
 		return NULL;
