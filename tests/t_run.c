@@ -63,6 +63,29 @@ static int patch_copy(const char *src, const char *dst, const char *a,
 	return rc;
 }
 
+/* Starts `moestream run ARGS` (stderr into the test folder), after 1.5 s
+ * sends `sig` to `victim` (0: to the run itself), waits up to 30 s: the
+ * run's wait status (-1 on timeout) and its stderr in *err_text. */
+static int interrupted_run(const char *args, pid_t victim, int sig,
+			   char **err_text)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/interrupted.err", t_tmpdir());
+	snprintf(cmd, sizeof(cmd), "exec %s run %s >/dev/null 2>%s",
+		 t_build_path("moestream"), args, path);
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	dt_track(pid);
+	dt_sleep_ms(1500);
+	kill(victim ? victim : pid, sig);
+	int st = dt_waitpid(pid, 30000);
+	*err_text = t_read_text(path);
+	return st;
+}
+
 int main(void)
 {
 	dt_watchdog(600, "t_run");
@@ -137,21 +160,10 @@ int main(void)
 		free(err);
 
 		/* the daemon killed mid-run: one line, exit 1, no hang */
-		snprintf(cmd, sizeof(cmd), "%s run %s -p 'Once upon a time' -n 100000 "
-			 "--ctx 4000 --temp 0 --socket %s >/dev/null 2>%s/kill.err",
-			 t_build_path("moestream"), model, dm.sock, d);
-		pid_t pid = fork();
-		if (pid == 0) {
-			execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-			_exit(127);
-		}
-		dt_track(pid);
-		dt_sleep_ms(1500);
-		kill(dm.pid, SIGKILL);
-		int st = dt_waitpid(pid, 30000);
-		char p[4096];
-		snprintf(p, sizeof(p), "%s/kill.err", d);
-		char *ke = t_read_text(p);
+		snprintf(args, sizeof(args), "%s -p 'Once upon a time' -n 100000 "
+			 "--ctx 4000 --temp 0 --socket %s", model, dm.sock);
+		char *ke;
+		int st = interrupted_run(args, dm.pid, SIGKILL, &ke);
 		printf("$ (daemon killed mid-run) -> status %d\n%s", st, ke ? ke : "");
 		T_CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
 			"run with its daemon killed: wait status %d (want exit 1 "
@@ -164,21 +176,10 @@ int main(void)
 	free(embedded);
 
 	/* Ctrl-C: a clean stop that still prints the figures */
-	snprintf(cmd, sizeof(cmd), "exec %s run %s -p 'Once upon a time' -n 100000 "
-		 "--ctx 4000 >/dev/null 2>%s/int.err", t_build_path("moestream"),
-		 model, d);
-	pid_t pid = fork();
-	if (pid == 0) {
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	dt_track(pid);
-	dt_sleep_ms(1500);
-	kill(pid, SIGINT);
-	int st = dt_waitpid(pid, 30000);
-	char p[4096];
-	snprintf(p, sizeof(p), "%s/int.err", d);
-	char *ie = t_read_text(p);
+	snprintf(args, sizeof(args), "%s -p 'Once upon a time' -n 100000 --ctx 4000",
+		 model);
+	char *ie;
+	int st = interrupted_run(args, 0, SIGINT, &ie);
 	printf("$ (Ctrl-C) -> status %d\n%s", st, ie ? ie : "");
 	T_CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
 		"run after SIGINT: wait status %d (want exit 0)", st);
