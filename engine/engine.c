@@ -737,6 +737,11 @@ const struct ms_engine_info *ms_engine_info(const struct ms_engine *e)
 	return &e->info;
 }
 
+const struct ms_gguf *ms_engine_gguf(const struct ms_engine *e)
+{
+	return e->model->shards[0];
+}
+
 void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 {
 	*st = e->st;

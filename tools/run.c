@@ -93,11 +93,6 @@ static void usage(FILE *f)
 		usage_line);
 }
 
-static double now_s(void)
-{
-	return tool_now_s();
-}
-
 static int parse_float(const char *opt, const char *s, double lo, double hi,
 		       double *out)
 {
@@ -297,20 +292,16 @@ int cmd_run(int argc, char **argv)
 	if (chat) {
 		enum ms_chat_tmpl t = forced;
 		if (t == MS_CHAT_NONE) {
-			struct ms_gguf *g;
+			/* the template the engine's model carries */
 			const char *j = NULL;
-			int r2 = ms_gguf_open(&g, model, &err);
-			if (!r2) {
-				r2 = ms_gguf_get_str(g, "tokenizer.chat_template", &j,
-						     &err);
-				if (!r2)
-					r2 = ms_chat_detect(j, &t, &err);
-				else if (r2 == -ENOENT)
-					ms_err_set(&err, r2, "the model has no "
-						   "tokenizer.chat_template: give "
-						   "--chat-template NAME");
-				ms_gguf_free(g);
-			}
+			int r2 = ms_gguf_get_str(ms_engine_gguf(e),
+						 "tokenizer.chat_template", &j, &err);
+			if (!r2)
+				r2 = ms_chat_detect(j, &t, &err);
+			else if (r2 == -ENOENT)
+				ms_err_set(&err, r2, "the model has no "
+					   "tokenizer.chat_template: give "
+					   "--chat-template NAME");
 			if (r2) {
 				tool_error(CMD, "--chat: %s", err.msg);
 				goto done;
@@ -363,9 +354,9 @@ int cmd_run(int argc, char **argv)
 		ms_sampler_accept(smp, toks.ids[i]);
 
 	struct ms_engine_stats s1, s2;
-	double t0 = now_s();
+	double t0 = tool_now_s();
 	int er = ms_engine_eval(e, toks.ids, toks.n, logits, false, &err);
-	double t1 = now_s();
+	double t1 = tool_now_s();
 	ms_engine_get_stats(e, &s1);
 	uint32_t gen = 0;
 	bool interrupted = false;
@@ -389,7 +380,7 @@ int cmd_run(int argc, char **argv)
 			break;
 		er = ms_engine_eval(e, &id, 1, logits, false, &err);
 	}
-	double t2 = now_s();
+	double t2 = tool_now_s();
 	ms_engine_get_stats(e, &s2);
 	fputc('\n', out);
 	fflush(out);

@@ -228,6 +228,8 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 void ms_engine_close(struct ms_engine *e);
 const struct ms_vocab *ms_engine_vocab(const struct ms_engine *e);
 const struct ms_engine_info *ms_engine_info(const struct ms_engine *e);
+/* The model's metadata (its first shard), e.g. tokenizer.chat_template. */
+const struct ms_gguf *ms_engine_gguf(const struct ms_engine *e);
 void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st);
 /* Forgets the context (the KV cache); the next token is at position 0. */
 void ms_engine_reset(struct ms_engine *e);
