@@ -186,6 +186,40 @@ static uint64_t huge_bytes_of(const void *base)
 	return kb * 1024;
 }
 
+/* Locks the arena (cache.lock), or faults every page in on our node. */
+static int lock_or_touch(struct ms_arena *a, const struct ms_arena_config *cfg,
+			 struct ms_err *err)
+{
+	if (cfg->lock) {
+		if (mlock(a->base, a->size)) {
+			int e = errno;
+			struct rlimit rl = { 0 };
+			getrlimit(RLIMIT_MEMLOCK, &rl);
+			char lim[32];
+			if (rl.rlim_cur == RLIM_INFINITY)
+				snprintf(lim, sizeof(lim), "unlimited");
+			else
+				snprintf(lim, sizeof(lim), "%llu MB",
+					 (unsigned long long)(rl.rlim_cur >> 20));
+			return ms_err_set(err, -e,
+					  "cannot lock the %llu MB cache in memory "
+					  "(%s): RLIMIT_MEMLOCK is %s; raise it "
+					  "(ulimit -l unlimited, or LimitMEMLOCK=infinity "
+					  "in the systemd unit) or lower cache.size",
+					  (unsigned long long)(a->size >> 20),
+					  strerror(e), lim);
+		}
+		a->locked = true;
+		mode_add(a, "locked");
+	} else {
+		/* Unlocked (tests): still fault every page in, on our node. */
+		for (uint64_t o = 0; o < a->size; o += a->page_size)
+			((volatile uint8_t *)a->base)[o] = 0;
+		mode_add(a, "not locked");
+	}
+	return 0;
+}
+
 /* The embedded cache's arena: private anonymous memory with MADV_HUGEPAGE,
  * which anonymous THP's default ("madvise") honours with no admin step. */
 static int anon_init(struct ms_arena *a, const struct ms_arena_config *cfg,
@@ -209,13 +243,8 @@ static int anon_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	int rc = place(a, cfg, err);
 	if (rc)
 		return rc;
-	if (cfg->lock && mlock(a->base, a->size))
-		return ms_err_set(err, -errno, "cannot lock the %llu MB cache: %s "
-				  "(raise ulimit -l)", (unsigned long long)(a->size >> 20),
-				  strerror(errno));
-	for (uint64_t o = 0; o < a->size; o += 4096)
-		((volatile uint8_t *)a->base)[o] = 0;
-	a->locked = cfg->lock;
+	if ((rc = lock_or_touch(a, cfg, err)))
+		return rc;
 	a->huge_bytes = huge_bytes_of(a->base);
 	a->thp = a->huge_bytes > 0;
 	if (a->huge_bytes)
@@ -227,8 +256,6 @@ static int anon_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 						  "memory is off in /sys/kernel/mm/"
 						  "transparent_hugepage/enabled)",
 		 100.0 * (double)a->huge_bytes / (double)a->size);
-	if (a->locked)
-		mode_add(a, "locked");
 	return 0;
 }
 
@@ -326,34 +353,8 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	if ((rc = place(a, cfg, err)))
 		goto fail;
 
-	if (cfg->lock) {
-		if (mlock(a->base, a->size)) {
-			int e = errno;
-			struct rlimit rl = { 0 };
-			getrlimit(RLIMIT_MEMLOCK, &rl);
-			char lim[32];
-			if (rl.rlim_cur == RLIM_INFINITY)
-				snprintf(lim, sizeof(lim), "unlimited");
-			else
-				snprintf(lim, sizeof(lim), "%llu MB",
-					 (unsigned long long)(rl.rlim_cur >> 20));
-			rc = ms_err_set(err, -e,
-					"cannot lock the %llu MB cache in memory "
-					"(%s): RLIMIT_MEMLOCK is %s; raise it "
-					"(ulimit -l unlimited, or LimitMEMLOCK=infinity "
-					"in the systemd unit) or lower cache.size",
-					(unsigned long long)(a->size >> 20),
-					strerror(e), lim);
-			goto fail;
-		}
-		a->locked = true;
-		mode_add(a, "locked");
-	} else {
-		/* Unlocked (tests): still fault every page in, on our node. */
-		for (uint64_t o = 0; o < a->size; o += a->page_size)
-			((volatile uint8_t *)a->base)[o] = 0;
-		mode_add(a, "not locked");
-	}
+	if ((rc = lock_or_touch(a, cfg, err)))
+		goto fail;
 	return 0;
 fail:
 	ms_arena_free(a);
