@@ -609,17 +609,19 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 	    !A(e->scores, nth * (size_t)e->cfg.n_ctx) || !A(e->hint_x, E) ||
 	    !A(e->xlist, X ? X : 1) ||
 	    !A(e->hinted, (size_t)e->model->n_layers * X) ||
-	    !A(e->has_hint, e->model->n_layers))
+	    !A(e->has_hint, e->model->n_layers) || !A(e->tseq, T) ||
+	    !A(e->tpos, T) || !A(e->seq_pos, e->cfg.n_seq))
 		return ms_err_set(err, -ENOMEM, "out of memory for a batch of %zu "
 				  "tokens", T);
 #undef A
-	uint64_t kv = (uint64_t)e->n_run * e->cfg.n_ctx * HK * (e->cfg.kv_f32 ? 4 : 2);
+	uint64_t kv = (uint64_t)e->cfg.n_seq * e->n_run * e->cfg.n_ctx * HK *
+		      (e->cfg.kv_f32 ? 4 : 2);
 	e->k_cache = calloc(kv, 1);
 	e->v_cache = calloc(kv, 1);
 	if (!e->k_cache || !e->v_cache)
 		return ms_err_set(err, -ENOMEM, "out of memory for the KV cache "
-				  "(%.1f MB for %u tokens)", 2.0 * (double)kv / 1e6,
-				  e->cfg.n_ctx);
+				  "(%.1f MB for %u sequences of %u tokens)",
+				  2.0 * (double)kv / 1e6, e->cfg.n_seq, e->cfg.n_ctx);
 	e->info.kv_bytes = 2 * kv;
 	return 0;
 }
@@ -636,10 +638,17 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 		e->cfg.n_ctx = 4096;
 	if (!e->cfg.n_batch)
 		e->cfg.n_batch = 64;
+	if (!e->cfg.n_seq)
+		e->cfg.n_seq = 1;
 	int rc;
 	if (e->cfg.n_ctx > (1u << 22) || e->cfg.n_batch > 4096) {
 		rc = ms_err_set(err, -EINVAL, "--ctx %u / --batch %u: at most %u "
 				"and 4096", e->cfg.n_ctx, e->cfg.n_batch, 1u << 22);
+		goto fail;
+	}
+	if (e->cfg.n_seq > MS_ENGINE_MAX_SEQ) {
+		rc = ms_err_set(err, -EINVAL, "%u sequences: at most %u",
+				e->cfg.n_seq, MS_ENGINE_MAX_SEQ);
 		goto fail;
 	}
 	if ((rc = ms_model_open(&e->model, cfg->model, err)))
@@ -683,6 +692,7 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 	e->info.n_vocab = (uint32_t)e->n_vocab;
 	e->info.n_ctx = e->cfg.n_ctx;
 	e->info.n_batch = e->cfg.n_batch;
+	e->info.n_seq = e->cfg.n_seq;
 	e->info.expert_bytes = e->model->expert_bytes_run;
 	*out = e;
 	return 0;
@@ -718,6 +728,9 @@ void ms_engine_close(struct ms_engine *e)
 	free(e->xlist);
 	free(e->hinted);
 	free(e->has_hint);
+	free(e->tseq);
+	free(e->tpos);
+	free(e->seq_pos);
 	free(e->k_cache);
 	free(e->v_cache);
 	free(e->resident);
@@ -783,14 +796,25 @@ void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 
 void ms_engine_reset(struct ms_engine *e)
 {
-	e->pos = 0;
+	memset(e->seq_pos, 0, e->cfg.n_seq * sizeof(*e->seq_pos));
 	e->n_first_used = 0;
 	memset(e->has_hint, 0, e->model->n_layers * sizeof(*e->has_hint));
 }
 
 uint32_t ms_engine_pos(const struct ms_engine *e)
 {
-	return e->pos;
+	return e->seq_pos[0];
+}
+
+void ms_engine_seq_clear(struct ms_engine *e, uint32_t seq)
+{
+	if (seq < e->cfg.n_seq)
+		e->seq_pos[seq] = 0;
+}
+
+uint32_t ms_engine_seq_pos(const struct ms_engine *e, uint32_t seq)
+{
+	return seq < e->cfg.n_seq ? e->seq_pos[seq] : 0;
 }
 
 void ms_engine_set_stop_flag(struct ms_engine *e, volatile int *flag)

@@ -88,10 +88,10 @@ struct ms_engine {
 	struct ms_block *blk;
 	void *resident;              /* one allocation for every tensor */
 
-	/* KV cache: f16 (f32 with cfg.kv_f32), [block][pos][n_head_kv *
-	 * head_dim] */
+	/* KV cache: f16 (f32 with cfg.kv_f32), [seq][block][pos][n_head_kv *
+	 * head_dim], n_ctx positions per sequence and block */
 	void *k_cache, *v_cache;
-	uint32_t pos;
+	uint32_t *seq_pos;           /* [n_seq]: each sequence's next position */
 
 	struct ms_ffn_pool *pool;
 	struct ms_ffn_opts opts;
@@ -100,6 +100,8 @@ struct ms_engine {
 	/* work buffers for a batch of n_batch tokens */
 	float *x, *h, *q, *k, *v, *att, *o, *moe, *sh, *ylist, *xg, *yg;
 	float *rlog, *rw, *scores, *hint_x;
+	uint32_t *tseq, *tpos;       /* [n_batch]: each token's sequence and
+					position in the batch running */
 	uint32_t *xlist;             /* [n_expert]: experts asked or hinted */
 	uint32_t *rsel;
 	bool *need;                  /* [n_expert]: some token routes to it */

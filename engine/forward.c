@@ -224,9 +224,18 @@ static void kv_store(const struct ms_engine *e, void *cache, size_t at,
 
 struct att_job {
 	struct ms_engine *e;
-	uint32_t block, p0;
+	uint32_t block;
 	int64_t T;
 };
+
+/* Where sequence seq's K (or V) row for block b at position pos starts, in
+ * values. */
+static size_t kv_at(const struct ms_engine *e, uint32_t seq, uint32_t b,
+		    uint32_t pos)
+{
+	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
+	return (((size_t)seq * e->n_run + b) * e->cfg.n_ctx + pos) * HK;
+}
 
 static void att_task(void *ctx, int ith, int nth)
 {
@@ -236,14 +245,14 @@ static void att_task(void *ctx, int ith, int nth)
 	int64_t group = e->n_head / e->n_head_kv;
 	int64_t total = j->T * H;
 	float *s = e->scores + (size_t)ith * e->cfg.n_ctx;
-	size_t base = (size_t)j->block * e->cfg.n_ctx * (size_t)HK;
 	float scale = 1.0f / sqrtf((float)D);
 	float kf[1024];
 	for (int64_t w = total * ith / nth; w < total * (ith + 1) / nth; w++) {
 		int64_t t = w / H, h = w % H, kvh = h / group;
 		const float *q = e->q + t * H * D + h * D;
 		float *out = e->att + t * H * D + h * D;
-		uint32_t n_pos = j->p0 + (uint32_t)t + 1; /* causal */
+		size_t base = kv_at(e, e->tseq[t], j->block, 0);
+		uint32_t n_pos = e->tpos[t] + 1; /* causal */
 		float mx = -INFINITY;
 		for (uint32_t p = 0; p < n_pos; p++) {
 			kv_row(e, e->k_cache, base + (size_t)p * HK + kvh * D, D, kf);
@@ -293,7 +302,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		if (k->bv.data)
 			for (int64_t i = 0; i < HK; i++)
 				v[i] += ((const float *)k->bv.data)[i];
-		int64_t pos = e->pos + t;
+		int64_t pos = e->tpos[t];
 		for (int64_t h = 0; h < H; h++) {
 			if (k->q_norm.data)
 				rms_norm(q + h * D, k->q_norm.data, q + h * D, D, e->eps);
@@ -305,11 +314,11 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 					 e->eps);
 			rope(kk + h * D, e->n_rot, pos, e->rope_base, e->freq_scale);
 		}
-		size_t at = ((size_t)b * e->cfg.n_ctx + (size_t)pos) * HK;
+		size_t at = kv_at(e, e->tseq[t], b, e->tpos[t]);
 		kv_store(e, e->k_cache, at, kk, HK);
 		kv_store(e, e->v_cache, at, v, HK);
 	}
-	struct att_job j = { .e = e, .block = b, .p0 = e->pos, .T = T };
+	struct att_job j = { .e = e, .block = b, .T = T };
 	ms_ffn_parallel(e->pool, 0, att_task, &j);
 	if ((rc = matmul(e, &k->wo, e->att, e->o, T, err)))
 		return rc;
@@ -482,8 +491,11 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 
 /* ---- one batch --------------------------------------------------------------------- */
 
+/* One pass over tokens ids[0..T) whose sequences and positions are in
+ * e->tseq / e->tpos; logits for the tokens listed in out_rows[0..n_out). */
 static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
-		      float *logits, bool all, struct ms_err *err)
+		      float *logits, const int64_t *out_rows, int64_t n_out,
+		      struct ms_err *err)
 {
 	int64_t E = e->n_embd;
 	uint64_t row;
@@ -529,15 +541,13 @@ static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 		if (rc)
 			return rc;
 	}
-	e->pos += (uint32_t)T;
 	e->st.tokens += (uint64_t)T;
-	if (!logits)
+	if (!logits || !n_out)
 		return 0;
-	int64_t first = all ? 0 : T - 1, nl = T - first;
-	for (int64_t t = first; t < T; t++)
-		rms_norm(e->x + t * E, e->out_norm.data, e->h + (t - first) * E, E,
+	for (int64_t r = 0; r < n_out; r++)
+		rms_norm(e->x + out_rows[r] * E, e->out_norm.data, e->h + r * E, E,
 			 e->eps);
-	return matmul(e, &e->output, e->h, logits, nl, err);
+	return matmul(e, &e->output, e->h, logits, n_out, err);
 }
 
 int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
@@ -545,23 +555,91 @@ int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
 {
 	if (!n)
 		return 0;
-	if (n > e->cfg.n_ctx - e->pos)
+	if (n > e->cfg.n_ctx - e->seq_pos[0])
 		return ms_err_set(err, -ENOSPC, "%zu tokens at position %u would "
 				  "pass the context of %u tokens (--ctx)", n,
-				  e->pos, e->cfg.n_ctx);
+				  e->seq_pos[0], e->cfg.n_ctx);
+	int64_t *rows = malloc(e->cfg.n_batch * sizeof(*rows));
+	if (!rows)
+		return ms_err_set(err, -ENOMEM, "out of memory");
 	size_t done = 0;
+	int rc = 0;
 	while (done < n) {
 		size_t T = n - done < e->cfg.n_batch ? n - done : e->cfg.n_batch;
 		bool last = done + T == n;
 		float *out = NULL;
-		if (logits && all_logits)
+		int64_t n_out = 0;
+		if (logits && all_logits) {
 			out = logits + done * (size_t)e->n_vocab;
-		else if (logits && last)
+			for (size_t t = 0; t < T; t++)
+				rows[n_out++] = (int64_t)t;
+		} else if (logits && last) {
 			out = logits;
-		int rc = eval_batch(e, ids + done, (int64_t)T, out, all_logits, err);
+			rows[n_out++] = (int64_t)T - 1;
+		}
+		for (size_t t = 0; t < T; t++) {
+			e->tseq[t] = 0;
+			e->tpos[t] = e->seq_pos[0] + (uint32_t)t;
+		}
+		rc = eval_batch(e, ids + done, (int64_t)T, out, rows, n_out, err);
 		if (rc)
-			return rc;
+			break;
+		e->seq_pos[0] += (uint32_t)T;
 		done += T;
 	}
-	return 0;
+	free(rows);
+	return rc;
+}
+
+int ms_engine_eval_seqs(struct ms_engine *e, const int32_t *ids,
+			const uint32_t *seq, size_t n, const bool *want,
+			float *logits, struct ms_err *err)
+{
+	if (!n)
+		return 0;
+	uint32_t S = e->cfg.n_seq;
+	uint32_t *room = calloc(S, sizeof(*room));
+	int64_t *rows = malloc(e->cfg.n_batch * sizeof(*rows));
+	int rc = 0;
+	if (!room || !rows) {
+		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (seq[i] >= S) {
+			rc = ms_err_set(err, -EINVAL, "token %zu: sequence %u, but "
+					"the engine has %u", i, seq[i], S);
+			goto out;
+		}
+		if (++room[seq[i]] > e->cfg.n_ctx - e->seq_pos[seq[i]]) {
+			rc = ms_err_set(err, -ENOSPC, "sequence %u at position %u: "
+					"its tokens would pass the context of %u "
+					"tokens (--ctx)", seq[i], e->seq_pos[seq[i]],
+					e->cfg.n_ctx);
+			goto out;
+		}
+	}
+	size_t done = 0, out_at = 0;
+	while (done < n) {
+		size_t T = n - done < e->cfg.n_batch ? n - done : e->cfg.n_batch;
+		int64_t n_out = 0;
+		for (size_t t = 0; t < T; t++) {
+			uint32_t s = seq[done + t];
+			e->tseq[t] = s;
+			e->tpos[t] = e->seq_pos[s]++;
+			if (!want || want[done + t])
+				rows[n_out++] = (int64_t)t;
+		}
+		rc = eval_batch(e, ids + done, (int64_t)T,
+				logits ? logits + out_at * (size_t)e->n_vocab : NULL,
+				rows, n_out, err);
+		if (rc)
+			goto out;
+		out_at += (size_t)n_out;
+		done += T;
+	}
+out:
+	free(room);
+	free(rows);
+	return rc;
 }

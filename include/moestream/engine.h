@@ -190,6 +190,9 @@ struct ms_engine_config {
 	bool quiet;             /* no lines on stderr at open */
 	bool kv_f32;            /* an f32 KV cache (default f16, as
 				   llama.cpp's) */
+	uint32_t n_seq;         /* sequences with a KV cache each (0: 1);
+				   ms_engine_eval_seqs runs tokens of
+				   several in one batch */
 	bool q8_activations;    /* round activations to 8 bits before each
 				   quantised product, as llama.cpp's CPU
 				   backend does (for comparing with it) */
@@ -197,7 +200,7 @@ struct ms_engine_config {
 
 struct ms_engine_info {
 	char arch[64];
-	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch;
+	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch, n_seq;
 	uint64_t resident_bytes;   /* tensors loaded into the engine */
 	uint64_t kv_bytes;
 	uint64_t cache_bytes;      /* the embedded cache (0 through a daemon) */
@@ -231,15 +234,34 @@ const struct ms_engine_info *ms_engine_info(const struct ms_engine *e);
 /* The model's metadata (its first shard), e.g. tokenizer.chat_template. */
 const struct ms_gguf *ms_engine_gguf(const struct ms_engine *e);
 void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st);
-/* Forgets the context (the KV cache); the next token is at position 0. */
+/* Forgets the context (the KV cache) of every sequence; the next token of
+ * each is at position 0. */
 void ms_engine_reset(struct ms_engine *e);
+/* Sequence 0's next position. */
 uint32_t ms_engine_pos(const struct ms_engine *e);
-/* Evaluates ids[0..n) at the next positions, in batches of n_batch.
+/* Evaluates ids[0..n) at sequence 0's next positions, in batches of n_batch.
  * logits gets n_vocab floats per token when all_logits, else those of the
  * last token only (NULL: none). -ENOSPC when the context would overflow
  * (nothing evaluated). */
 int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
 		   float *logits, bool all_logits, struct ms_err *err);
+
+#define MS_ENGINE_MAX_SEQ 256
+/* Tokens of several sequences in one pass (continuous batching): token i
+ * goes to sequence seq[i] (< n_seq) at that sequence's next position, the
+ * tokens of one sequence in the order given. Every weight and every routed
+ * expert is read once per batch of n_batch tokens for all of them. logits
+ * gets n_vocab floats for each token whose want[i] is set, in order (want
+ * NULL: every token). -ENOSPC when a sequence would pass n_ctx, -EINVAL for
+ * a sequence out of range; nothing is evaluated then. On a failure part way
+ * (-EINTR, an expert that cannot be read) the sequences' positions are
+ * unspecified: clear them. */
+int ms_engine_eval_seqs(struct ms_engine *e, const int32_t *ids,
+			const uint32_t *seq, size_t n, const bool *want,
+			float *logits, struct ms_err *err);
+/* Forgets one sequence's context; its next token is at position 0. */
+void ms_engine_seq_clear(struct ms_engine *e, uint32_t seq);
+uint32_t ms_engine_seq_pos(const struct ms_engine *e, uint32_t seq);
 /* A flag the engine polls between layers: set to stop an eval (-EINTR). */
 void ms_engine_set_stop_flag(struct ms_engine *e, volatile int *flag);
 
