@@ -81,6 +81,7 @@ CU_SRC      :=
 endif
 DAEMON_SRC  := $(filter-out daemon/moestreamd.c,$(wildcard daemon/*.c))
 ENGINE_SRC  := $(wildcard engine/*.c)
+API_SRC     := $(wildcard api/*.c)
 TOOLS_SRC   := $(wildcard tools/*.c)
 TEST_SRC    := $(wildcard tests/t_*.c)
 TEST_HELPER := $(filter-out tests/t_%.c,$(wildcard tests/*.c))
@@ -97,6 +98,10 @@ endif
 CORE_OBJ    := $(call obj,$(MODEL_SRC) $(IOURING_SRC) $(CACHE_SRC) $(DAEMON_SRC))
 KERN_OBJ    := $(call obj,$(KERN_SRC)) $(patsubst %.cu,$(O)/obj/%.cu.o,$(CU_SRC))
 LIB_OBJ     := $(CORE_OBJ) $(KERN_OBJ) $(call obj,$(ENGINE_SRC))
+# moestream serve's room: linked into the moestream command (and a test
+# that uses it) only, so that nothing else needs libmicrohttpd
+API_OBJ     := $(call obj,$(API_SRC))
+API_LIBS    := -Wl,--as-needed -lmicrohttpd -Wl,--no-as-needed
 TOOLS_OBJ   := $(call obj,$(filter-out tools/moestream.c,$(TOOLS_SRC)))
 HELPER_OBJ  := $(call obj,$(TEST_HELPER))
 TEST_BIN    := $(patsubst tests/%.c,$(O)/tests/%,$(TEST_SRC))
@@ -143,12 +148,16 @@ $(O)/libms_tools.a: $(TOOLS_OBJ)
 	@mkdir -p $(dir $@)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
 
-$(O)/moestream: $(O)/obj/tools/moestream.o $(O)/libms_tools.a $(O)/libmoestream.a
-	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(CUDA_LIBS)
-
-$(O)/tests/%: $(O)/obj/tests/%.o $(HELPER_OBJ) $(O)/libms_tools.a $(O)/libmoestream.a
+$(O)/libms_api.a: $(API_OBJ)
 	@mkdir -p $(dir $@)
-	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(CUDA_LIBS) -ldl
+	$(call say,AR,$@)rm -f $@ && ar rcs $@ $^
+
+$(O)/moestream: $(O)/obj/tools/moestream.o $(O)/libms_tools.a $(O)/libms_api.a $(O)/libmoestream.a
+	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(API_LIBS) $(CUDA_LIBS)
+
+$(O)/tests/%: $(O)/obj/tests/%.o $(HELPER_OBJ) $(O)/libms_tools.a $(O)/libms_api.a $(O)/libmoestream.a
+	@mkdir -p $(dir $@)
+	$(call say,LD,$@)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) $(API_LIBS) $(CUDA_LIBS) -ldl
 
 tests: $(BINS) $(TEST_BIN)
 
@@ -215,6 +224,8 @@ bench: all
 #   tokenize  the tokenizer on arbitrary bytes, with    engine/, model/
 #             the Qwen3 vocabulary (run.sh writes build/fuzz/qwen3-vocab.gguf
 #             with build/moestream and the tokenizer tests/fetch-ggml.sh fetched)
+#   request   the OpenAI request bodies (libcjson), as  api/request.c
+#             a chat and as a completion
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES  := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
@@ -234,11 +245,13 @@ FUZZ_DEPS_config   := daemon/config.c $(CACHE_SRC) $(IOURING_SRC) $(MODEL_SRC)
 FUZZ_LIBS_config   := -luring -lnuma -linih -lpthread -lm
 FUZZ_DEPS_tokenize := $(FUZZ_TOK_SRC) $(MODEL_SRC)
 FUZZ_LIBS_tokenize := -lpcre2-8 -lpcre2-32 -lpthread -lm
+FUZZ_DEPS_request  := api/request.c
+FUZZ_LIBS_request  := -lcjson -lm
 
 # A target without its own lines above gets the model/ sources.
 define fuzz_rule
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c $$(or $$(FUZZ_DEPS_$(1)),$$(MODEL_SRC)) \
-		$$(wildcard include/moestream/*.h daemon/*.h engine/*.h) Makefile
+		$$(wildcard include/moestream/*.h daemon/*.h engine/*.h api/*.h) Makefile
 	@mkdir -p $$(dir $$@)
 	@command -v $$(FUZZ_CC) >/dev/null || { echo "make fuzz needs $$(FUZZ_CC): apt-get install -y clang (Debian package clang), or FUZZ_CC=another libFuzzer compiler" >&2; exit 1; }
 	$$(call say,FUZZ,$$@)$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ $$< \

@@ -794,6 +794,19 @@ void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 	}
 }
 
+int ms_engine_chat_template(const struct ms_engine *e, enum ms_chat_tmpl *out,
+			    struct ms_err *err)
+{
+	const char *j = NULL;
+	int rc = ms_gguf_get_str(ms_engine_gguf(e), "tokenizer.chat_template", &j,
+				 err);
+	if (rc == -ENOENT)
+		return ms_err_set(err, rc, "the model has no "
+				  "tokenizer.chat_template: give --chat-template "
+				  "NAME (qwen3, glm4, glm47)");
+	return rc ? rc : ms_chat_detect(j, out, err);
+}
+
 void ms_engine_reset(struct ms_engine *e)
 {
 	memset(e->seq_pos, 0, e->cfg.n_seq * sizeof(*e->seq_pos));

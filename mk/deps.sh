@@ -20,6 +20,7 @@ cmd:cc build-essential
 /usr/include/ini.h libinih-dev
 /usr/include/cjson/cJSON.h libcjson-dev
 /usr/include/pcre2.h libpcre2-dev
+/usr/include/microhttpd.h libmicrohttpd-dev
 '
 test_deps='
 cmd:npm npm

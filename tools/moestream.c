@@ -33,6 +33,8 @@ static const struct {
 	  "replay a routing trace through moestreamd: tok/s, latency, hit rate" },
 	{ "run", cmd_run,
 	  "generate text from a MoE GGUF, experts streamed from disk" },
+	{ "serve", cmd_serve,
+	  "an OpenAI-compatible HTTP server on the same engine" },
 	{ "tokenize", cmd_tokenize,
 	  "text to token ids with the model's own tokenizer" },
 	{ "detokenize", cmd_detokenize, "token ids back to text" },

@@ -291,21 +291,9 @@ int cmd_run(int argc, char **argv)
 
 	if (chat) {
 		enum ms_chat_tmpl t = forced;
-		if (t == MS_CHAT_NONE) {
-			/* the template the engine's model carries */
-			const char *j = NULL;
-			int r2 = ms_gguf_get_str(ms_engine_gguf(e),
-						 "tokenizer.chat_template", &j, &err);
-			if (!r2)
-				r2 = ms_chat_detect(j, &t, &err);
-			else if (r2 == -ENOENT)
-				ms_err_set(&err, r2, "the model has no "
-					   "tokenizer.chat_template: give "
-					   "--chat-template NAME");
-			if (r2) {
-				tool_error(CMD, "--chat: %s", err.msg);
-				goto done;
-			}
+		if (t == MS_CHAT_NONE && ms_engine_chat_template(e, &t, &err)) {
+			tool_error(CMD, "--chat: %s", err.msg);
+			goto done;
 		}
 		struct ms_chat_msg m = { "user", text };
 		char *r = NULL;

@@ -233,6 +233,11 @@ const struct ms_vocab *ms_engine_vocab(const struct ms_engine *e);
 const struct ms_engine_info *ms_engine_info(const struct ms_engine *e);
 /* The model's metadata (its first shard), e.g. tokenizer.chat_template. */
 const struct ms_gguf *ms_engine_gguf(const struct ms_engine *e);
+/* The chat template the model's tokenizer.chat_template is (ms_chat_detect);
+ * -ENOENT when it has none (the message says to name one), or
+ * ms_chat_detect's error for one not known. */
+int ms_engine_chat_template(const struct ms_engine *e, enum ms_chat_tmpl *out,
+			    struct ms_err *err);
 void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st);
 /* Forgets the context (the KV cache) of every sequence; the next token of
  * each is at position 0. */
