@@ -276,7 +276,7 @@ install: all
 	ln -sf libmoestream.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmoestream.so.0
 	ln -sf libmoestream.so.0 $(DESTDIR)$(PREFIX)/lib/libmoestream.so
 	install -m 0644 include/moestream/*.h $(DESTDIR)$(PREFIX)/include/moestream/
-	install -m 0644 etc/moestream.conf etc/moestreamd.service $(DESTDIR)$(PREFIX)/share/moestream/
+	install -m 0644 etc/moestream.conf etc/moestreamd.service etc/moestream-serve.service $(DESTDIR)$(PREFIX)/share/moestream/
 	@echo "the sample config and the systemd unit are in $(PREFIX)/share/moestream: copy"
 	@echo "moestream.conf to /etc/moestream/ and moestreamd.service to /etc/systemd/system/"
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \

@@ -67,6 +67,8 @@ struct job {
 	/* streaming, the connection's own */
 	char *frames;
 	size_t f_len, f_cap, f_off, sent;
+	uint32_t tok_sent;           /* tokens streamed: one event each */
+	double last_out;             /* when bytes last went out */
 	bool role_sent, tail_sent;
 
 	uint64_t id;
@@ -626,6 +628,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			j->f_off += n;
 			if (j->f_off == j->f_len)
 				j->f_off = j->f_len = 0;
+			j->last_out = now_s();
 			pthread_mutex_unlock(&j->mu);
 			return (ssize_t)n;
 		}
@@ -641,13 +644,18 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			j->role_sent = true;
 			continue;
 		}
-		if (j->safe > j->sent) {
+		/* an event per token, as llama-server sends them, its text
+		 * empty while held back (a stop string may begin, a UTF-8
+		 * character is not whole); tokens that came while the client
+		 * was being written to share one */
+		if (j->safe > j->sent || j->n_gen > j->tok_sent) {
 			cJSON *r = reply_head(s, j, true);
 			cJSON_AddItemToArray(cJSON_AddArrayToObject(r, "choices"),
-					     choice(j, true, j->text + j->sent,
+					     choice(j, true, j->text ? j->text + j->sent : "",
 						    j->safe - j->sent, false, NULL));
 			frame_add(j, r, NULL);
 			j->sent = j->safe;
+			j->tok_sent = j->n_gen;
 			continue;
 		}
 		if (j->done) {
@@ -678,6 +686,21 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			j->cancelled = true;
 			pthread_mutex_unlock(&j->mu);
 			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+		/* libmicrohttpd times a connection out from the last bytes
+		 * sent: a stream queued or in a long prefill sends an SSE
+		 * comment (clients skip it) every half --timeout, 15 s at
+		 * most, so that only a client that stops reading times out */
+		double beat = s->c->timeout_s / 2.0, t = now_s();
+		if (!j->last_out) {
+			j->last_out = t;
+		} else if (t - j->last_out >= (beat < 15 ? beat : 15)) {
+			static const char ka[] = ": keep-alive\n\n";
+			size_t n = sizeof(ka) - 1 < max ? sizeof(ka) - 1 : max;
+			memcpy(buf, ka, n);
+			j->last_out = t;
+			pthread_mutex_unlock(&j->mu);
+			return (ssize_t)n;
 		}
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -852,8 +875,15 @@ static enum MHD_Result generate(struct server *s, struct MHD_Connection *c,
 	/* the whole reply: wait, watching for a hang-up */
 	pthread_mutex_lock(&j->mu);
 	while (!j->done) {
-		if (__atomic_load_n(&s->stopping, __ATOMIC_RELAXED) ||
-		    hung_up(j->fd)) {
+		if (__atomic_load_n(&s->stopping, __ATOMIC_RELAXED)) {
+			j->cancelled = true;
+			pthread_mutex_unlock(&j->mu);
+			job_unref(j);
+			return send_error(s, c, 503, "server_error",
+					  "shutting_down", "the server is shutting "
+					  "down; the request was not finished");
+		}
+		if (hung_up(j->fd)) {
 			j->cancelled = true;
 			pthread_mutex_unlock(&j->mu);
 			job_unref(j);
@@ -984,8 +1014,14 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
 		*con_cls = cn;
 		const char *cl = MHD_lookup_connection_value(
 			c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > MS_API_MAX_BODY)
+		if (cl && strtoull(cl, NULL, 10) > MS_API_MAX_BODY) {
+			/* answered now: the body is not read */
 			cn->too_big = true;
+			return send_error(s, c, 413, "invalid_request_error",
+					  "body_too_large", "the request body "
+					  "(Content-Length %s) is over %u bytes",
+					  cl, MS_API_MAX_BODY);
+		}
 		return MHD_YES;
 	}
 	if (*upload_size) {

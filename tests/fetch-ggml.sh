@@ -14,14 +14,18 @@
 #   $ROOT/llama-3.22.1/                      (MS_LLAMA_DIR: the whole bins/linux-x64)
 #   $ROOT/tokenizers/{qwen3,deepseek_v3,gptoss}/tokenizer{,_config}.json
 #                                            (MS_TOKENIZERS)
+#   $ROOT/openai-5.23.2/node_modules/openai/ (MS_OPENAI: the official OpenAI
+#                                            node client, no dependencies, for
+#                                            t_serve's tests/serve_client.mjs)
 #
 # with ROOT = ${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}.
 #
 # Prints libggml-base.so's path on success (exit 0 when ggml is there, as
 # before). Each failure writes its reason to FETCH_FAILED in that package's
-# folder ($ROOT/ggml-3.22.1/, $ROOT/llama-3.22.1/, $ROOT/tokenizers/NAME/), so
-# that every test needing it fails saying why. A package whose folder holds
-# .fetched (written last, after the checks) is not fetched again.
+# folder ($ROOT/ggml-3.22.1/, $ROOT/llama-3.22.1/, $ROOT/tokenizers/NAME/,
+# $ROOT/openai-5.23.2/), so that every test needing it fails saying why. A
+# package whose folder holds .fetched (written last, after the checks) is not
+# fetched again.
 set -u
 PKG=@node-llama-cpp/linux-x64
 VER=3.22.1
@@ -33,13 +37,16 @@ qwen3       c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4
 deepseek_v3 b70577e9bc88029325cb6259b7d3cb5cb3be30356da7220dad39baa24a074e14
 gptoss      c96bd71f681401990116cf005a7525a21c6ae8f175ac6383ef00194b9d35e014
 "
+OPENAI_VER=5.23.2
+OPENAI_SHA256=a2aa74ff8be1a80a215af201a3d2228e999464d166c1eaec2c9ca313395fbef1  # the npm tarball
 ROOT=${MS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moestream}
 CACHE=$ROOT/ggml-$VER
 LIB=$CACHE/libggml-base.so
 LLAMA=$ROOT/llama-$VER
 TOKS=$ROOT/tokenizers
+OPENAI=$ROOT/openai-$OPENAI_VER
 
-mkdir -p "$CACHE" "$LLAMA" "$TOKS" || { echo "fetch-ggml: cannot create folders under $ROOT" >&2; exit 1; }
+mkdir -p "$CACHE" "$LLAMA" "$TOKS" "$OPENAI" || { echo "fetch-ggml: cannot create folders under $ROOT" >&2; exit 1; }
 tmp=$(mktemp -d) || { echo "fetch-ggml: mktemp failed" >&2; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 
@@ -134,6 +141,27 @@ echo "$TOKENIZERS" | while read -r name sha; do
 		note "$dst" "cannot copy $spec's tokenizer files into $dst"
 	fi
 done
+
+# ---- openai: the official node client, for t_serve (no dependencies) ----
+# Unpacked as node_modules/openai/ so that node resolves it as a package
+# (its package.json "exports" map); MS_OPENAI is that folder.
+if [ ! -f "$OPENAI/.fetched" ]; then
+	spec=openai@$OPENAI_VER
+	x=$tmp/x-openai
+	dst=$OPENAI/node_modules/openai
+	if ! pack "$spec" "$OPENAI_SHA256"; then
+		note "$OPENAI" "$why"
+	elif ! { mkdir -p "$x" && tar -xzf "$tgz" -C "$x" package/package.json; }; then
+		note "$OPENAI" "tarball of $spec has no package/package.json"
+	elif ! { rm -rf "$dst" && mkdir -p "$OPENAI/node_modules" &&
+		 tar -xzf "$tgz" -C "$x" && mv "$x/package" "$dst"; }; then
+		note "$OPENAI" "cannot unpack $spec into $dst"
+	else
+		rm -f "$OPENAI/FETCH_FAILED"
+		echo "$OPENAI_SHA256" > "$OPENAI/.fetched"
+	fi
+fi
+[ -f "$OPENAI/.fetched" ] && rm -f "$OPENAI/FETCH_FAILED"
 
 have_ggml || exit 1
 rm -f "$CACHE/FETCH_FAILED"

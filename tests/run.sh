@@ -7,10 +7,12 @@
 #   tests/run.sh [--timeout SECONDS] PROGRAM...
 #
 # Tests find the build through MS_BUILD (default build), ggml's reference
-# library through MS_GGML_LIB, llama.cpp's libraries through MS_LLAMA_DIR and
-# the real tokenizers through MS_TOKENIZERS (NAME/tokenizer.json), all set
-# here from tests/fetch-ggml.sh's cache; the *_FETCH_FAILED files (and
-# $MS_TOKENIZERS/NAME/FETCH_FAILED) say why one could not be had.
+# library through MS_GGML_LIB, llama.cpp's libraries through MS_LLAMA_DIR,
+# the real tokenizers through MS_TOKENIZERS (NAME/tokenizer.json) and the
+# official OpenAI node client through MS_OPENAI (its package folder,
+# node_modules/openai, for t_serve), all set here from tests/fetch-ggml.sh's
+# cache; the *_FETCH_FAILED files (and $MS_TOKENIZERS/NAME/FETCH_FAILED) say
+# why one could not be had.
 set -u
 timeout_s=300
 if [ "${1:-}" = --timeout ]; then timeout_s=$2; shift 2; fi
@@ -24,6 +26,8 @@ export MS_GGML_FETCH_FAILED=$cache/FETCH_FAILED
 export MS_LLAMA_DIR=${MS_LLAMA_DIR:-$root/llama-3.22.1}
 export MS_LLAMA_FETCH_FAILED=$root/llama-3.22.1/FETCH_FAILED
 export MS_TOKENIZERS=${MS_TOKENIZERS:-$root/tokenizers}
+export MS_OPENAI=${MS_OPENAI:-$root/openai-5.23.2/node_modules/openai}
+export MS_OPENAI_FETCH_FAILED=$root/openai-5.23.2/FETCH_FAILED
 logs=$MS_BUILD/test-logs
 mkdir -p "$logs"
 

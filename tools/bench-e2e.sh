@@ -4,7 +4,9 @@
 # moestreamd) on the GLM-4.7 preset (UD-Q2_K_XL shape) cut to 8 MoE layers,
 # written with the Qwen3 tokenizer: the default prompt (~64 tokens), 16
 # greedy decode steps, under a limit of resident + 25% of the expert bytes +
-# KV + 64 MiB (the command's defaults). A few minutes.
+# KV + 64 MiB (the command's defaults); then `moestream bench serve` on the
+# same model (the server against run under that limit, --parallel 4's
+# aggregate decode rate against one request's). A few minutes each.
 #
 #   MS_BUILD=build tools/bench-e2e.sh [more bench e2e options]
 #   MS_BUILD=build tools/bench-e2e.sh --sweep      # 10%..100%, both engines:
@@ -59,4 +61,8 @@ fi
 out=
 [ -n "${sweep:-}" ] && out="--sweep-out $dir/sweep"
 say "$ms bench e2e --model $model $out $*"
-exec "$ms" bench e2e --model "$model" $out "$@"
+"$ms" bench e2e --model "$model" $out "$@"
+[ -n "${sweep:-}" ] && exit 0
+# moestream serve against run under the same limit, and --parallel 4 (issue 17)
+say "$ms bench serve --model $model"
+exec "$ms" bench serve --model "$model"

@@ -809,7 +809,12 @@ int cmd_bench(int argc, char **argv)
 		    io[] = "moestream bench io", rpc[] = "moestream bench rpc",
 		    e2e[] = "moestream bench e2e", gpu[] = "moestream bench gpu",
 		    tier[] = "moestream bench gpu-tier",
-		    tok[] = "moestream bench tokenize";
+		    tok[] = "moestream bench tokenize",
+		    srv[] = "moestream bench serve";
+	if (argc >= 2 && !strcmp(argv[1], "serve")) {
+		argv[1] = srv;
+		return bench_serve_main(argc - 1, argv + 1);
+	}
 	if (argc >= 2 && !strcmp(argv[1], "tokenize")) {
 		argv[1] = tok;
 		return bench_tokenize_main(argc - 1, argv + 1);
@@ -840,7 +845,7 @@ int cmd_bench(int argc, char **argv)
 	}
 	if (argc >= 2 &&
 	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-		printf("usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier|tokenize "
+		printf("usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|tokenize "
 		       "[OPTIONS]\n\n"
 		       "Benchmarks, each against the machine's own limit "
 		       "measured in the same run:\n"
@@ -858,6 +863,10 @@ int cmd_bench(int argc, char **argv)
 		       "           llama.cpp's mmap and a pread + LRU engine, with "
 		       "the device's\n"
 		       "           and Belady's bounds (make bench)\n"
+		       "  serve    moestream serve against moestream run under "
+		       "the same limit, and\n"
+		       "           --parallel 4's aggregate decode rate against "
+		       "one request's\n"
 		       "  gpu      the GPU's fused decode matvec per type "
 		       "against the device's own\n"
 		       "           copy bandwidth, and the cuBLAS prefill path "
@@ -873,14 +882,14 @@ int cmd_bench(int argc, char **argv)
 		return 0;
 	}
 	if (argc < 2)
-		tool_error(CMD, "which benchmark? (kernels, io, rpc, e2e, gpu, "
-				"gpu-tier, tokenize)");
+		tool_error(CMD, "which benchmark? (kernels, io, rpc, e2e, serve, "
+				"gpu, gpu-tier, tokenize)");
 	else
 		tool_error(CMD,
-			   "'%s' is not a benchmark (kernels, io, rpc, e2e, gpu, "
-			   "gpu-tier, tokenize)",
+			   "'%s' is not a benchmark (kernels, io, rpc, e2e, serve, "
+			   "gpu, gpu-tier, tokenize)",
 			   argv[1]);
-	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|gpu|gpu-tier|tokenize "
+	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|tokenize "
 			"[OPTIONS]  (see --help)\n");
 	return EXIT_USAGE;
 }

@@ -21,6 +21,8 @@
 #ifndef MS_BENCH_E2E_H
 #define MS_BENCH_E2E_H
 
+#include <stdint.h>
+
 /* argv[0] is the command's name for messages ("moestream bench e2e"); the
  * options follow. Prints the table (or JSON, or CSV) on stdout and progress
  * on stderr. Exit codes as tools.h: 0 measured (targets met or not), 1 the
@@ -34,5 +36,19 @@ int bench_e2e_main(int argc, char **argv);
  * --synthetic. Exit codes as above (1 also for a model without a
  * tokenizer). */
 int bench_e2e_real_main(int argc, char **argv);
+
+struct ms_model;
+struct ms_err;
+/* The engine's KV cache bytes for one sequence of n_ctx tokens (layers run x
+ * n_ctx x n_head_kv x key_length x 2 (K, V) x 2 bytes of f16), and the
+ * blocks run, from the model's metadata. */
+int bench_e2e_kv_of(const struct ms_model *m, uint32_t n_ctx, uint64_t *kv,
+		    uint32_t *n_run, struct ms_err *err);
+
+/* The prompt both benchmarks of the real engines use by default. */
+extern const char bench_e2e_default_prompt[];
+
+/* `moestream bench serve` (bench_serve.c). */
+int bench_serve_main(int argc, char **argv);
 
 #endif /* MS_BENCH_E2E_H */

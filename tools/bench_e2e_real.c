@@ -112,7 +112,7 @@ static const char default_continuation[] =
 	"The engineer listened, took notes, measured the walls and the windows, "
 	"and promised to return in the autumn with the new equipment.";
 
-static const char default_prompt[] =
+const char bench_e2e_default_prompt[] =
 	"The old lighthouse keeper climbed the spiral stairs every evening at "
 	"dusk, carrying a lantern and a worn notebook. From the top he could see "
 	"the fishing boats returning to the harbour, their sails catching the "
@@ -959,8 +959,8 @@ static void usage(FILE *f)
 }
 
 /* The engine's KV formula, from the GGUF (see the top of the file). */
-static int kv_of(const struct ms_model *m, uint32_t n_ctx, uint64_t *kv,
-		 uint32_t *n_run, struct ms_err *err)
+int bench_e2e_kv_of(const struct ms_model *m, uint32_t n_ctx, uint64_t *kv,
+		    uint32_t *n_run, struct ms_err *err)
 {
 	const struct ms_gguf *g = m->shards[0];
 	char k[160];
@@ -1187,7 +1187,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		if (tool_read_input(CMD, prompt_file, 64u << 20, &text, &text_len))
 			goto out;
 	} else {
-		text = strdup(prompt ? prompt : default_prompt);
+		text = strdup(prompt ? prompt : bench_e2e_default_prompt);
 		if (!text) {
 			tool_error(CMD, "out of memory");
 			goto out;
@@ -1222,7 +1222,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		c.force = force.ids;
 		c.n_force = (uint32_t)force.n;
 	}
-	if (kv_of(m, c.n_ctx, &c.kv_bytes, &c.n_run, &err)) {
+	if (bench_e2e_kv_of(m, c.n_ctx, &c.kv_bytes, &c.n_run, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		goto out;
 	}

@@ -28,7 +28,7 @@ static const char usage_line[] =
 	"       [--parallel N] [--ctx N] [--batch N] [--threads T] "
 	"[--api-key KEY | --api-key-file F]\n"
 	"       [--chat-template NAME] [--alias ID] [--max-connections N] "
-	"[--timeout S] [--max-queue N]";
+	"[--timeout S] [--max-queue N] [--device cpu]";
 
 static void usage(FILE *f)
 {
@@ -92,6 +92,9 @@ static void usage(FILE *f)
 		"more get 503\n"
 		"                          (default 64)\n"
 		"  --no-speculate          no speculative prefetch hints\n"
+		"  --device cpu            where the decoder runs (cpu; gpu exits 3 "
+		"until the GPU\n"
+		"                          decoder lands)\n"
 		"\nexamples:\n"
 		"  moestream serve GLM-4.7-UD-Q2_K_XL-00001-of-00003.gguf "
 		"--cache-size 24G\n"
@@ -101,7 +104,7 @@ static void usage(FILE *f)
 		"  OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=none "
 		"some-openai-client\n"
 		"exit codes: 0 stopped by SIGINT/SIGTERM, 1 failed (model, port), "
-		"2 bad usage\n",
+		"2 bad usage,\n3 --device gpu (not available)\n",
 		usage_line);
 }
 
@@ -127,7 +130,7 @@ int cmd_serve(int argc, char **argv)
 	enum {
 		O_HOST = 256, O_PORT, O_SOCKET, O_CACHE, O_PAR, O_CTX, O_BATCH,
 		O_THREADS, O_KEY, O_KEYFILE, O_TMPL, O_ALIAS, O_MAXCONN,
-		O_TIMEOUT, O_MAXQ, O_NOSPEC,
+		O_TIMEOUT, O_MAXQ, O_NOSPEC, O_DEVICE,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -146,6 +149,7 @@ int cmd_serve(int argc, char **argv)
 		{ "timeout", required_argument, 0, O_TIMEOUT },
 		{ "max-queue", required_argument, 0, O_MAXQ },
 		{ "no-speculate", no_argument, 0, O_NOSPEC },
+		{ "device", required_argument, 0, O_DEVICE },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -232,6 +236,17 @@ int cmd_serve(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case O_NOSPEC: c.engine.no_speculate = true; break;
+		case O_DEVICE:
+			if (!strcmp(optarg, "cpu"))
+				break;
+			if (!strcmp(optarg, "gpu")) {
+				tool_error(CMD, "--device gpu: the decoder runs on the "
+					   "CPU in this version (the GPU decoder is "
+					   "not built yet); use --device cpu");
+				return EXIT_UNAVAILABLE;
+			}
+			tool_error(CMD, "--device '%s': cpu or gpu", optarg);
+			return EXIT_USAGE;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
 		}
