@@ -16,6 +16,9 @@
  *             /v1/completions request with the same prompt, sampler and
  *             seed, timed by the client: prefill = time to the first
  *             token, decode = (tokens - 1) / (last - first token).
+ * run and serve alternate --repeat times (default 3), each a fresh process
+ * in a fresh group, and their medians are compared.
+ *
  *  serve-4    `moestream serve MODEL --parallel 4`: a first request (the
  *             cache fills), one request alone (the one-request rate), then
  *             four at once with seeds S..S+3: the aggregate rate counts the
@@ -538,6 +541,9 @@ static void usage(FILE *f)
 		"  --threads T        the engines' threads (default: all CPUs)\n"
 		"  --seed S           the sampler's seed (default 1)\n"
 		"  --mem-limit SZ     the limit itself instead of the formula\n"
+		"  --repeat R         run and serve alternate R times (default 3); "
+		"their medians\n"
+		"                     are compared\n"
 		"  --greedy           temperature 0 (the issue's check): on a "
 		"random-weight\n"
 		"                     model each request repeats a token, so its "
@@ -553,7 +559,7 @@ static void usage(FILE *f)
 int bench_serve_main(int argc, char **argv)
 {
 	enum { O_MODEL = 256, O_CACHE, O_GEN, O_CTX, O_THREADS, O_SEED, O_PROMPT,
-	       O_LIMIT, O_GREEDY };
+	       O_LIMIT, O_GREEDY, O_REPEAT };
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, O_MODEL },
 		{ "cache-size", required_argument, 0, O_CACHE },
@@ -564,13 +570,14 @@ int bench_serve_main(int argc, char **argv)
 		{ "prompt", required_argument, 0, O_PROMPT },
 		{ "mem-limit", required_argument, 0, O_LIMIT },
 		{ "greedy", no_argument, 0, O_GREEDY },
+		{ "repeat", required_argument, 0, O_REPEAT },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	struct scfg c = { .prompt = bench_e2e_default_prompt, .gen = 32, .ctx = 512, .seed = 1 };
 	const char *share_s = "25%";
 	uint64_t mem_limit = 0;
-	uint32_t u;
+	uint32_t u, repeat = 3;
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (ch) {
@@ -604,6 +611,13 @@ int bench_serve_main(int argc, char **argv)
 			}
 			break;
 		case O_GREEDY: c.greedy = true; break;
+		case O_REPEAT:
+			if (tool_parse_u32(CMD, "--repeat", optarg, &repeat) ||
+			    !repeat || repeat > 9) {
+				tool_error(CMD, "--repeat: 1..9");
+				return EXIT_USAGE;
+			}
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -673,23 +687,62 @@ int bench_serve_main(int argc, char **argv)
 	fflush(stdout);
 	ms_model_free(m);
 
+	/* run and serve alternate, `repeat` times each (single samples of a
+	 * 2-core machine's decode vary by 10%); then serve-4 once */
+	enum { MAX_REP = 9 };
+	static struct sres rr[2][MAX_REP];
+	struct bench_child_res rc_[2][MAX_REP];
+	double rate[2][MAX_REP];
 	struct sres res[3];
 	struct bench_child_res cr[3];
 	bench_child_fn fns[3] = { child_run, child_serve1, child_serve4 };
 	const char *names[3] = { "run", "serve", "serve4" };
 	bench_cg_signals_install();
-	for (int i = 0; i < 3; i++) {
-		memset(&res[i], 0, sizeof(res[i]));
+	bool texts_same = true;
+	for (unsigned k = 0; k < repeat; k++)
+		for (int i = 0; i < 2; i++) {
+			memset(&rr[i][k], 0, sizeof(rr[i][k]));
+			bool dropped = tool_drop_caches();
+			fprintf(stderr, "bench serve: %s (%u of %u)%s ...\n", names[i],
+				k + 1, repeat,
+				dropped ? "" : " (page cache not dropped: not root)");
+			bench_cg_run(&cg, names[i], limit, fns[i], &c, &rr[i][k],
+				     sizeof(rr[i][k]), &rc_[i][k]);
+			if (!rc_[i][k].ok)
+				fprintf(stderr, "bench serve: %s failed: %s\n",
+					names[i], rc_[i][k].err);
+			rate[i][k] = rr[i][k].decode_tokps;
+			if (strcmp(rr[i][k].text, rr[0][0].text))
+				texts_same = false;
+		}
+	for (int i = 0; i < 2; i++) {
+		cr[i] = rc_[i][0];
+		for (unsigned k = 0; k < repeat; k++) {
+			cr[i].ok &= rc_[i][k].ok;
+			if (rc_[i][k].peak_known && rc_[i][k].peak_bytes > cr[i].peak_bytes)
+				cr[i].peak_bytes = rc_[i][k].peak_bytes;
+		}
+		res[i] = rr[i][0];
+		double sorted[MAX_REP];
+		memcpy(sorted, rate[i], repeat * sizeof(double));
+		qsort(sorted, repeat, sizeof(double), tool_cmp_double);
+		res[i].decode_tokps = sorted[repeat / 2];
+	}
+	{
+		memset(&res[2], 0, sizeof(res[2]));
 		bool dropped = tool_drop_caches();
-		fprintf(stderr, "bench serve: %s%s ...\n", names[i],
+		fprintf(stderr, "bench serve: serve4%s ...\n",
 			dropped ? "" : " (page cache not dropped: not root)");
-		bench_cg_run(&cg, names[i], limit, fns[i], &c, &res[i],
-			     sizeof(res[i]), &cr[i]);
-		if (!cr[i].ok)
-			fprintf(stderr, "bench serve: %s failed: %s\n", names[i],
-				cr[i].err);
+		bench_cg_run(&cg, names[2], limit, fns[2], &c, &res[2],
+			     sizeof(res[2]), &cr[2]);
+		if (!cr[2].ok)
+			fprintf(stderr, "bench serve: serve4 failed: %s\n", cr[2].err);
 	}
 	bench_cg_signals_restore();
+	printf("decode tok/s of each run / serve pair:");
+	for (unsigned k = 0; k < repeat; k++)
+		printf(" %.3f/%.3f", rate[0][k], rate[1][k]);
+	printf(" (medians below)\n\n");
 
 	char pk[3][32];
 	for (int i = 0; i < 3; i++) {
@@ -699,9 +752,9 @@ int bench_serve_main(int argc, char **argv)
 			snprintf(pk[i], sizeof(pk[i]), "n/a");
 	}
 	printf("%-46s %12s %10s\n", "method", "decode tok/s", "peak");
-	printf("%-46s %12.3f %10s\n", "moestream run (1 request)", res[0].decode_tokps,
+	printf("%-46s %12.3f %10s\n", "moestream run (1 request, median)", res[0].decode_tokps,
 	       cr[0].ok ? pk[0] : "failed");
-	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 1 (1 request)",
+	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 1 (1 req., median)",
 	       res[1].decode_tokps, cr[1].ok ? pk[1] : "failed");
 	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 4, 1 request",
 	       res[2].one_tokps, cr[2].ok ? pk[2] : "failed");
@@ -714,8 +767,8 @@ int bench_serve_main(int argc, char **argv)
 	printf("4 at once / 1 request (--parallel 4): %.3f (target >= %.1f: %s; "
 	       "%u tokens in %.2f s)\n", r4, T_PAR, r4 >= T_PAR ? "met" : "MISSED",
 	       res[2].agg_tokens, res[2].window_s);
-	bool same = cr[0].ok && cr[1].ok && !strcmp(res[0].text, res[1].text);
-	printf("same text, serve and run:            %s\n",
+	bool same = cr[0].ok && cr[1].ok && texts_same;
+	printf("same text, every serve and run:      %s\n",
 	       cr[0].ok && cr[1].ok ? (same ? "yes" : "NO") : "n/a");
 	printf("4 at once = the same 4 one by one:   %s\n",
 	       cr[2].ok ? (res[2].same_sequential ? "yes" : "NO") : "n/a");

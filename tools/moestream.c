@@ -33,6 +33,8 @@ static const struct {
 	  "replay a routing trace through moestreamd: tok/s, latency, hit rate" },
 	{ "run", cmd_run,
 	  "generate text from a MoE GGUF, experts streamed from disk" },
+	{ "plan", cmd_plan,
+	  "what a machine will get from a model, before the download" },
 	{ "serve", cmd_serve,
 	  "an OpenAI-compatible HTTP server on the same engine" },
 	{ "tokenize", cmd_tokenize,

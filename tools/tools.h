@@ -35,6 +35,7 @@ int bench_tokenize_main(int argc, char **argv); /* bench_tokenize.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 struct ms_vocab;
 /* Opens MODEL's GGUF and builds its tokenizer: 0, or -1 after a message
