@@ -6,12 +6,15 @@
  * the chat template, tokenizes, queues a job and then waits on the job for
  * its text (a whole reply, or Server-Sent Events as tokens come). One
  * scheduler thread owns the engine: it takes queued jobs into free slots
- * (one engine sequence each, `--parallel` of them), and each step runs one
- * batch through ms_engine_eval_seqs holding every decoding slot's next
- * token and as many prompt tokens of starting slots as fit in n_batch, so
- * an expert that several sequences route to is read and computed once per
- * step. With one job the batches are those of `moestream run` (the prompt
- * in n_batch chunks, then one token a step), so greedy text is the same.
+ * (one engine sequence each, `--parallel` of them), and each step runs
+ * through ms_engine_eval_seqs a batch of every decoding slot's next token,
+ * so that an expert that several sequences route to is read and computed
+ * once per step, then a batch of as many prompt tokens of starting slots as
+ * fit in n_batch. With one job the batches are those of `moestream run`
+ * (the prompt in n_batch chunks, then one token a step), so greedy text is
+ * the same; and a decode batch of up to four tokens gives each the bits it
+ * would get alone (kernels/ffn.c), so concurrent requests decode as they
+ * would one by one.
  *
  * A job is shared by its connection and the scheduler (refs, under its own
  * mutex). The connection sets `cancelled` when its client goes (a failed
@@ -282,6 +285,56 @@ static void step_job(struct server *s, struct job *j, const float *logits)
 	j->last = id;
 }
 
+struct batch {
+	int32_t *ids;
+	uint32_t *seq;
+	bool *want;
+	struct job **who;
+	float *logits;
+	size_t n;
+};
+
+/* One engine pass over the batch; each job with a logits row samples. */
+static void run_pass(struct server *s, struct batch *b, bool decode)
+{
+	if (!b->n)
+		return;
+	struct ms_err err = { 0 };
+	double t0 = now_s();
+	int rc = ms_engine_eval_seqs(s->e, b->ids, b->seq, b->n, b->want,
+				     b->logits, &err);
+	double dt = now_s() - t0;
+	pthread_mutex_lock(&s->mu);
+	if (decode) {
+		s->decode_s += dt;
+		s->decode_tok += b->n;
+	} else {
+		s->prefill_s += dt;
+		s->prefill_tok += b->n;
+	}
+	ms_engine_get_stats(s->e, &s->est);
+	pthread_mutex_unlock(&s->mu);
+	if (rc) {
+		/* every job in the batch fails; the others go on */
+		char msg[256];
+		snprintf(msg, sizeof(msg), "the engine failed: %s", err.msg);
+		fprintf(stderr, "moestream serve: %s\n", msg);
+		for (size_t i = 0; i < b->n; i++)
+			if (b->who[i]) {
+				struct job *j = b->who[i];
+				for (size_t k = i; k < b->n; k++)
+					if (b->who[k] == j)
+						b->who[k] = NULL;
+				finish(s, j, "error", msg);
+			}
+		return;
+	}
+	size_t row = 0;
+	for (size_t i = 0; i < b->n; i++)
+		if (b->want[i])
+			step_job(s, b->who[i], b->logits + row++ * s->info->n_vocab);
+}
+
 static void *scheduler(void *arg)
 {
 	struct server *s = arg;
@@ -344,68 +397,39 @@ static void *scheduler(void *arg)
 				act[a] = NULL;
 			}
 		}
-		/* the batch: decoding slots' next token, then prompt tokens */
-		size_t n = 0;
-		uint32_t n_dec = 0;
+		/* two passes a step: the decoding slots' next tokens, then as
+		 * many prompt tokens of starting slots as fit in n_batch. The
+		 * decode pass holds at most --parallel tokens, whose products
+		 * go through the fused kernels that give a token the same bits
+		 * alone or with up to three others (kernels/ffn.c): a sequence
+		 * decodes the same tokens whatever runs beside it */
+		struct batch b = { ids, seq, want, who, logits, 0 };
 		for (uint32_t a = 0; a < n_act; a++) {
 			struct job *j = act[a];
 			if (!j || j->n_fed < j->n_prompt)
 				continue;
-			ids[n] = j->last;
-			seq[n] = j->slot;
-			want[n] = true;
-			who[n++] = j;
-			n_dec++;
+			ids[b.n] = j->last;
+			seq[b.n] = j->slot;
+			want[b.n] = true;
+			who[b.n++] = j;
 		}
-		for (uint32_t a = 0; a < n_act && n < B; a++) {
+		run_pass(s, &b, true);
+		b.n = 0;
+		for (uint32_t a = 0; a < n_act && b.n < B; a++) {
 			struct job *j = act[a];
 			if (!j || j->n_fed >= j->n_prompt)
 				continue;
 			size_t take = j->n_prompt - j->n_fed;
-			take = take < B - n ? take : B - n;
+			take = take < B - b.n ? take : B - b.n;
 			for (size_t i = 0; i < take; i++) {
-				ids[n] = j->prompt[j->n_fed + i];
-				seq[n] = j->slot;
-				want[n] = j->n_fed + i + 1 == j->n_prompt;
-				who[n++] = j;
+				ids[b.n] = j->prompt[j->n_fed + i];
+				seq[b.n] = j->slot;
+				want[b.n] = j->n_fed + i + 1 == j->n_prompt;
+				who[b.n++] = j;
 			}
 			j->n_fed += take;
 		}
-		if (!n)
-			continue;
-		struct ms_err err = { 0 };
-		double t0 = now_s();
-		int rc = ms_engine_eval_seqs(s->e, ids, seq, n, want, logits, &err);
-		double dt = now_s() - t0;
-		pthread_mutex_lock(&s->mu);
-		if (n_dec == n) {
-			s->decode_s += dt;
-			s->decode_tok += n;
-		} else {
-			s->prefill_s += dt;
-			s->prefill_tok += n - n_dec;
-		}
-		ms_engine_get_stats(s->e, &s->est);
-		pthread_mutex_unlock(&s->mu);
-		if (rc) {
-			/* every job in the batch fails; the others go on */
-			char msg[256];
-			snprintf(msg, sizeof(msg), "the engine failed: %s", err.msg);
-			fprintf(stderr, "moestream serve: %s\n", msg);
-			for (size_t i = 0; i < n; i++)
-				if (who[i] && (i == 0 || who[i] != who[i - 1])) {
-					struct job *j = who[i];
-					for (size_t k = i + 1; k < n; k++)
-						if (who[k] == j)
-							who[k] = NULL;
-					finish(s, j, "error", msg);
-				}
-			continue;
-		}
-		size_t row = 0;
-		for (size_t i = 0; i < n; i++)
-			if (want[i])
-				step_job(s, who[i], logits + row++ * s->info->n_vocab);
+		run_pass(s, &b, false);
 	}
 	/* shutting down: every job still held ends */
 	for (uint32_t k = 0; k < P; k++)
@@ -961,7 +985,7 @@ static enum MHD_Result metrics(struct server *s, struct MHD_Connection *c)
 		"# TYPE moestream_prefill_tokens_per_second gauge\n"
 		"moestream_prefill_tokens_per_second %.3f\n"
 		"# HELP moestream_decode_tokens_per_second Generated tokens over "
-		"the time of decode-only batches (all sequences).\n"
+		"the time of the decode passes (all sequences).\n"
 		"# TYPE moestream_decode_tokens_per_second gauge\n"
 		"moestream_decode_tokens_per_second %.3f\n"
 		"# HELP moestream_expert_hit_rate Routed experts found in the "

@@ -833,14 +833,74 @@ TGT static float rd_iq4_xs(const uint8_t *b, const float *x, const float *xs16,
 	ACC_RETURN;
 }
 
-TGT static float rd_q2_K(const uint8_t *b, const float *x, const float *xs16,
-			 const float *xs32, int64_t n)
+/* ---- the K-quants over one or two inputs at once ----
+ * Each quantised row is unpacked once and dotted with two inputs
+ * (continuous batching: a decode step of several sequences). For each input
+ * the operations and their order are those of one input alone: the result
+ * for a token is the same bit for bit whether it came alone or with
+ * others, and costs the unpacking once. rd_TYPE (one input) is NT = 1. */
+#define MT 2
+#define ACCM_DECL                                                              \
+	__m256d dacc[MT];                                                      \
+	__m256 acc0[MT], acc1[MT];                                             \
+	int64_t since = 0;                                                     \
+	for (int t = 0; t < NT; t++) {                                         \
+		dacc[t] = _mm256_setzero_pd();                                 \
+		acc0[t] = acc1[t] = _mm256_setzero_ps();                       \
+	}
+#define ACCM_STEP(blck)                                                        \
+	do {                                                                   \
+		since += (blck);                                               \
+		if (since >= FLUSH) {                                          \
+			for (int t = 0; t < NT; t++) {                         \
+				dacc[t] = flush(dacc[t], acc0[t], acc1[t]);    \
+				acc0[t] = acc1[t] = _mm256_setzero_ps();       \
+			}                                                      \
+			since = 0;                                             \
+		}                                                              \
+	} while (0)
+#define ACCM_RETURN                                                            \
+	for (int t = 0; t < NT; t++)                                           \
+	out[t] = hsum_pd(since ? flush(dacc[t], acc0[t], acc1[t]) : dacc[t])
+
+/* 16 bytes as floats, unsigned / signed; dot16f(f, x) is dot16u / dot16s's
+ * arithmetic on them */
+TGT_INLINE void cvt16u(__m128i q, __m256 f[2])
 {
-	(void)xs32;
+	f[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+	f[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
+}
+
+TGT_INLINE void cvt16s(__m128i q, __m256 f[2])
+{
+	f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+	f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+}
+
+/* the 16 weights of a sub-block, dequantised in registers (q x its
+ * scale, rounded to f32 as "dequantise, then dot" rounds them), then
+ * accumulated against an input: two FMAs per input */
+TGT_INLINE void scale16(__m256 f[2], __m256 s)
+{
+	f[0] = _mm256_mul_ps(f[0], s);
+	f[1] = _mm256_mul_ps(f[1], s);
+}
+
+TGT_INLINE __m256 fma16(const __m256 f[2], const float *x, __m256 acc)
+{
+	acc = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(x), acc);
+	return _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), acc);
+}
+
+TGT_INLINE void rdm_q2_K(const uint8_t *b, const float *const *xv,
+			 const float *const *x16v, const float *const *x32v,
+			 int64_t n, float *out, const int NT)
+{
+	(void)x32v;
 	const __m256i m3 = _mm256_set1_epi8(3);
 	const __m128i m4 = _mm_set1_epi8(0x0F);
-	ACC_DECL;
-	for (int64_t i = 0; i < n; i += 256, b += 84, x += 256, xs16 += 16) {
+	ACCM_DECL;
+	for (int64_t i = 0; i < n; i += 256, b += 84) {
 		const uint8_t *sc = b;
 		float d = h2f(b + 80), dmin = h2f(b + 82);
 #pragma GCC unroll 8
@@ -849,40 +909,47 @@ TGT static float rd_q2_K(const uint8_t *b, const float *x, const float *xs16,
 #pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				int is = 8 * h + 2 * j;
-				const float *xx = x + 128 * h + 32 * j;
+				int64_t o = i + 128 * h + 32 * j;
 				__m256i v = _mm256_and_si256(
 					_mm256_srli_epi16(q, 2 * j), m3);
-				acc0 = _mm256_fmadd_ps(
-					dot16u(lo128(v), xx),
-					bc(d * (float)(sc[is] & 0xF)), acc0);
-				acc1 = _mm256_fmadd_ps(
-					dot16u(hi128(v), xx + 16),
-					bc(d * (float)(sc[is + 1] & 0xF)),
-					acc1);
+				__m256 f0[2], f1[2];
+				cvt16u(lo128(v), f0);
+				cvt16u(hi128(v), f1);
+				__m256 s0 = bc(d * (float)(sc[is] & 0xF)),
+				       s1 = bc(d * (float)(sc[is + 1] & 0xF));
+				scale16(f0, s0);
+				scale16(f1, s1);
+				for (int t = 0; t < NT; t++) {
+					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
+					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
+				}
 			}
 		}
 		/* mins: dmin * sum_j m_j xs16_j, m_j = scales[j] >> 4 */
 		__m128i m = _mm_and_si128(_mm_srli_epi16(ld128(sc), 4), m4);
-		__m256 mv = _mm256_mul_ps(
-			_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)),
-			_mm256_loadu_ps(xs16));
-		mv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-					     _mm_srli_si128(m, 8))),
-				     _mm256_loadu_ps(xs16 + 8), mv);
-		acc0 = _mm256_fnmadd_ps(mv, bc(dmin), acc0);
-		ACC_STEP(256);
+		__m256 mlo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)),
+		       mhi = _mm256_cvtepi32_ps(
+			       _mm256_cvtepu8_epi32(_mm_srli_si128(m, 8)));
+		for (int t = 0; t < NT; t++) {
+			const float *xs = x16v[t] + i / 16;
+			__m256 mv = _mm256_mul_ps(mlo, _mm256_loadu_ps(xs));
+			mv = _mm256_fmadd_ps(mhi, _mm256_loadu_ps(xs + 8), mv);
+			acc0[t] = _mm256_fnmadd_ps(mv, bc(dmin), acc0[t]);
+		}
+		ACCM_STEP(256);
 	}
-	ACC_RETURN;
+	ACCM_RETURN;
 }
 
-TGT static float rd_q3_K(const uint8_t *b, const float *x, const float *xs16,
-			 const float *xs32, int64_t n)
+TGT_INLINE void rdm_q3_K(const uint8_t *b, const float *const *xv,
+			 const float *const *x16v, const float *const *x32v,
+			 int64_t n, float *out, const int NT)
 {
-	(void)xs16, (void)xs32;
+	(void)x16v, (void)x32v;
 	const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
 	const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
-	ACC_DECL;
-	for (int64_t i = 0; i < n; i += 256, b += 110, x += 256) {
+	ACCM_DECL;
+	for (int64_t i = 0; i < n; i += 256, b += 110) {
 		uint32_t aux[4];
 		memcpy(aux, b + 96, 12);
 		uint32_t tmp = aux[2];
@@ -902,7 +969,7 @@ TGT static float rd_q3_K(const uint8_t *b, const float *x, const float *xs16,
 #pragma GCC unroll 8
 			for (int j = 0; j < 4; j++) {
 				int is = 8 * h + 2 * j;
-				const float *xx = x + 128 * h + 32 * j;
+				int64_t o = i + 128 * h + 32 * j;
 				__m256i bit = _mm256_set1_epi8(
 					(char)(1 << (4 * h + j)));
 				__m256i v = _mm256_and_si256(
@@ -912,24 +979,29 @@ TGT static float rd_q3_K(const uint8_t *b, const float *x, const float *xs16,
 					_mm256_setzero_si256());
 				v = _mm256_sub_epi8(
 					v, _mm256_and_si256(clear, four));
-				acc0 = _mm256_fmadd_ps(
-					dot16s(lo128(v), xx),
-					bc(d_all * (float)(sc[is] - 32)), acc0);
-				acc1 = _mm256_fmadd_ps(
-					dot16s(hi128(v), xx + 16),
-					bc(d_all * (float)(sc[is + 1] - 32)),
-					acc1);
+				__m256 f0[2], f1[2];
+				cvt16s(lo128(v), f0);
+				cvt16s(hi128(v), f1);
+				__m256 s0 = bc(d_all * (float)(sc[is] - 32)),
+				       s1 = bc(d_all * (float)(sc[is + 1] - 32));
+				scale16(f0, s0);
+				scale16(f1, s1);
+				for (int t = 0; t < NT; t++) {
+					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
+					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
+				}
 			}
 		}
-		ACC_STEP(256);
+		ACCM_STEP(256);
 	}
-	ACC_RETURN;
+	ACCM_RETURN;
 }
 
 /* Q4_K and Q5_K share the scale layout; `qh` NULL for Q4_K. */
 TGT_INLINE void k4_block(const uint8_t *b, const uint8_t *qs,
-			 const uint8_t *qhp, const float *x, const float *xs32,
-			 __m256 *acc0, __m256 *acc1)
+			 const uint8_t *qhp, const float *const *xv,
+			 const float *const *x32v, int64_t i, __m256 *acc0,
+			 __m256 *acc1, const int NT)
 {
 	const __m256i m4 = _mm256_set1_epi8(0x0F),
 		      sixteen = _mm256_set1_epi8(16);
@@ -941,7 +1013,8 @@ TGT_INLINE void k4_block(const uint8_t *b, const uint8_t *qs,
 		scale_min_k4(j, scales, &s[j], &m[j]);
 	__m256i qh = qhp ? ld256(qhp) : _mm256_setzero_si256();
 #pragma GCC unroll 8
-	for (int j = 0; j < 4; j++, qs += 32, x += 64) {
+	for (int j = 0; j < 4; j++, qs += 32) {
+		int64_t o = i + 64 * j;
 		__m256i q = ld256(qs);
 		__m256i lo = _mm256_and_si256(q, m4);
 		__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -961,55 +1034,67 @@ TGT_INLINE void k4_block(const uint8_t *b, const uint8_t *qs,
 						_mm256_and_si256(qh, u2), u2),
 					sixteen));
 		}
-		__m256 s1 = _mm256_add_ps(dot16u(lo128(lo), x),
-					  dot16u(hi128(lo), x + 16));
-		__m256 s2 = _mm256_add_ps(dot16u(lo128(hi), x + 32),
-					  dot16u(hi128(hi), x + 48));
-		*acc0 = _mm256_fmadd_ps(s1, bc(d * (float)s[2 * j]), *acc0);
-		*acc1 = _mm256_fmadd_ps(s2, bc(d * (float)s[2 * j + 1]), *acc1);
+		__m256 l0[2], l1[2], h0[2], h1[2];
+		cvt16u(lo128(lo), l0);
+		cvt16u(hi128(lo), l1);
+		cvt16u(lo128(hi), h0);
+		cvt16u(hi128(hi), h1);
+		__m256 c1 = bc(d * (float)s[2 * j]), c2 = bc(d * (float)s[2 * j + 1]);
+		scale16(l0, c1);
+		scale16(l1, c1);
+		scale16(h0, c2);
+		scale16(h1, c2);
+		for (int t = 0; t < NT; t++) {
+			const float *x = xv[t] + o;
+			acc0[t] = fma16(l1, x + 16, fma16(l0, x, acc0[t]));
+			acc1[t] = fma16(h1, x + 48, fma16(h0, x + 32, acc1[t]));
+		}
 	}
-	__m256 mv = _mm256_mul_ps(
-		_mm256_setr_ps(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]),
-		_mm256_loadu_ps(xs32));
-	*acc0 = _mm256_fnmadd_ps(mv, bc(dmin), *acc0);
+	__m256 mm = _mm256_setr_ps(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]);
+	for (int t = 0; t < NT; t++) {
+		__m256 mv = _mm256_mul_ps(mm, _mm256_loadu_ps(x32v[t] + i / 32));
+		acc0[t] = _mm256_fnmadd_ps(mv, bc(dmin), acc0[t]);
+	}
 }
 
-TGT static float rd_q4_K(const uint8_t *b, const float *x, const float *xs16,
-			 const float *xs32, int64_t n)
+TGT_INLINE void rdm_q4_K(const uint8_t *b, const float *const *xv,
+			 const float *const *x16v, const float *const *x32v,
+			 int64_t n, float *out, const int NT)
 {
-	(void)xs16;
-	ACC_DECL;
-	for (int64_t i = 0; i < n; i += 256, b += 144, x += 256, xs32 += 8) {
-		k4_block(b, b + 16, NULL, x, xs32, &acc0, &acc1);
-		ACC_STEP(256);
+	(void)x16v;
+	ACCM_DECL;
+	for (int64_t i = 0; i < n; i += 256, b += 144) {
+		k4_block(b, b + 16, NULL, xv, x32v, i, acc0, acc1, NT);
+		ACCM_STEP(256);
 	}
-	ACC_RETURN;
+	ACCM_RETURN;
 }
 
-TGT static float rd_q5_K(const uint8_t *b, const float *x, const float *xs16,
-			 const float *xs32, int64_t n)
+TGT_INLINE void rdm_q5_K(const uint8_t *b, const float *const *xv,
+			 const float *const *x16v, const float *const *x32v,
+			 int64_t n, float *out, const int NT)
 {
-	(void)xs16;
-	ACC_DECL;
-	for (int64_t i = 0; i < n; i += 256, b += 176, x += 256, xs32 += 8) {
-		k4_block(b, b + 48, b + 16, x, xs32, &acc0, &acc1);
-		ACC_STEP(256);
+	(void)x16v;
+	ACCM_DECL;
+	for (int64_t i = 0; i < n; i += 256, b += 176) {
+		k4_block(b, b + 48, b + 16, xv, x32v, i, acc0, acc1, NT);
+		ACCM_STEP(256);
 	}
-	ACC_RETURN;
+	ACCM_RETURN;
 }
 
-TGT static float rd_q6_K(const uint8_t *b, const float *x, const float *xs16,
-			 const float *xs32, int64_t n)
+TGT_INLINE void rdm_q6_K(const uint8_t *b, const float *const *xv,
+			 const float *const *x16v, const float *const *x32v,
+			 int64_t n, float *out, const int NT)
 {
-	(void)xs16, (void)xs32;
-	ACC_DECL;
+	(void)x16v, (void)x32v;
+	ACCM_DECL;
 	for (int64_t i = 0; i < n; i += 256, b += 210) {
 		const uint8_t *ql = b, *qh = b + 128;
 		const int8_t *sc = (const int8_t *)(b + 192);
 		float d = h2f(b + 208);
 #pragma GCC unroll 8
-		for (int h = 0; h < 2;
-		     h++, ql += 64, qh += 32, sc += 8, x += 128) {
+		for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8) {
 			__m256i l0 = ld256(ql);
 			__m256i l1 = ld256(ql + 32);
 			__m256i hb = ld256(qh);
@@ -1022,18 +1107,51 @@ TGT static float rd_q6_K(const uint8_t *b, const float *x, const float *xs16,
 			};
 #pragma GCC unroll 8
 			for (int k = 0; k < 4; k++) {
-				acc0 = _mm256_fmadd_ps(
-					dot16s(lo128(q[k]), x + 32 * k),
-					bc(d * (float)sc[2 * k]), acc0);
-				acc1 = _mm256_fmadd_ps(
-					dot16s(hi128(q[k]), x + 32 * k + 16),
-					bc(d * (float)sc[2 * k + 1]), acc1);
+				int64_t o = i + 128 * h + 32 * k;
+				__m256 f0[2], f1[2];
+				cvt16s(lo128(q[k]), f0);
+				cvt16s(hi128(q[k]), f1);
+				__m256 s0 = bc(d * (float)sc[2 * k]),
+				       s1 = bc(d * (float)sc[2 * k + 1]);
+				scale16(f0, s0);
+				scale16(f1, s1);
+				for (int t = 0; t < NT; t++) {
+					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
+					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
+				}
 			}
 		}
-		ACC_STEP(256);
+		ACCM_STEP(256);
 	}
-	ACC_RETURN;
+	ACCM_RETURN;
 }
+
+/* rd_TYPE: one input; rdn_TYPE: nt of them (1 or 2: more spill the
+ * sixteen registers), each bit-identical to rd_TYPE on it alone */
+#define RD_MULTI(T)                                                            \
+	TGT static float rd_##T(const uint8_t *b, const float *x,              \
+				const float *xs16, const float *xs32,          \
+				int64_t n)                                     \
+	{                                                                      \
+		float o;                                                       \
+		const float *xv[1] = { x }, *a[1] = { xs16 }, *c[1] = { xs32 }; \
+		rdm_##T(b, xv, a, c, n, &o, 1);                                \
+		return o;                                                      \
+	}                                                                      \
+	TGT static void rdn_##T(const uint8_t *b, const float *const *xv,      \
+				const float *const *a, const float *const *c,  \
+				int64_t n, float *out, int nt)                 \
+	{                                                                      \
+		if (nt == 1)                                                   \
+			rdm_##T(b, xv, a, c, n, out, 1);                       \
+		else                                                           \
+			rdm_##T(b, xv, a, c, n, out, 2);                       \
+	}
+RD_MULTI(q2_K)
+RD_MULTI(q3_K)
+RD_MULTI(q4_K)
+RD_MULTI(q5_K)
+RD_MULTI(q6_K)
 
 /* Plain floats: four independent FMA chains, paired into acc0/acc1. */
 TGT static float rd_f16(const uint8_t *b, const float *x, const float *xs16,
@@ -1117,6 +1235,24 @@ static const struct {
 	{ MS_TYPE_BF16, rd_bf16 },   { MS_TYPE_F32, rd_f32 },
 };
 
+static const struct {
+	uint32_t type;
+	ms_ffn_rowdot_multi_fn fn;
+} rowdots_multi[] = {
+	{ MS_TYPE_Q2_K, rdn_q2_K }, { MS_TYPE_Q3_K, rdn_q3_K },
+	{ MS_TYPE_Q4_K, rdn_q4_K }, { MS_TYPE_Q5_K, rdn_q5_K },
+	{ MS_TYPE_Q6_K, rdn_q6_K },
+};
+
+ms_ffn_rowdot_multi_fn ms_ffn_avx2_rowdot_multi(uint32_t type)
+{
+	for (size_t i = 0; i < sizeof(rowdots_multi) / sizeof(rowdots_multi[0]);
+	     i++)
+		if (rowdots_multi[i].type == type)
+			return rowdots_multi[i].fn;
+	return NULL;
+}
+
 ms_ffn_rowdot_fn ms_ffn_avx2_rowdot(uint32_t type)
 {
 	for (size_t i = 0; i < sizeof(rowdots) / sizeof(rowdots[0]); i++)
@@ -1152,6 +1288,12 @@ void ms_ffn_avx2_dot(const float *w, int n_rows, const float *x, int64_t ldx,
 }
 
 ms_ffn_rowdot_fn ms_ffn_avx2_rowdot(uint32_t type)
+{
+	(void)type;
+	return NULL;
+}
+
+ms_ffn_rowdot_multi_fn ms_ffn_avx2_rowdot_multi(uint32_t type)
 {
 	(void)type;
 	return NULL;

@@ -41,4 +41,14 @@ typedef float (*ms_ffn_rowdot_fn)(const uint8_t *row, const float *x,
 /* The fused kernel for `type`, or NULL (then: dequantise and dot). */
 ms_ffn_rowdot_fn ms_ffn_avx2_rowdot(uint32_t type);
 
+/* The same row against nt inputs (1 or 2) at once, the row unpacked once:
+ * out[t] is bit-identical to the one-input kernel on x[t] alone. NULL for
+ * the types that have none (then: the one-input kernel per input). */
+typedef void (*ms_ffn_rowdot_multi_fn)(const uint8_t *row,
+				       const float *const *x,
+				       const float *const *xs16,
+				       const float *const *xs32, int64_t n,
+				       float *out, int nt);
+ms_ffn_rowdot_multi_fn ms_ffn_avx2_rowdot_multi(uint32_t type);
+
 #endif
