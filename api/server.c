@@ -111,6 +111,7 @@ struct server {
 	double prefill_s, decode_s;
 	uint64_t prefill_tok, decode_tok;
 	struct ms_engine_stats est;
+	double est_at;               /* when est was taken (the scheduler's) */
 };
 
 static void job_unref(struct job *j)
@@ -128,6 +129,20 @@ static void job_unref(struct job *j)
 	pthread_mutex_destroy(&j->mu);
 	pthread_cond_destroy(&j->cv);
 	free(j);
+}
+
+/* Waits on the job (its mutex held) for news, 100 ms at most: a
+ * connection looks at its client between waits. */
+static void job_wait(struct job *j)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 100 * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&j->cv, &j->mu, &ts);
 }
 
 static double now_s(void)
@@ -312,8 +327,18 @@ static void run_pass(struct server *s, struct batch *b, bool decode)
 		s->prefill_s += dt;
 		s->prefill_tok += b->n;
 	}
-	ms_engine_get_stats(s->e, &s->est);
 	pthread_mutex_unlock(&s->mu);
+	/* the engine's counters for /metrics, once a second at most (through
+	 * a daemon they are a round trip) */
+	double t1 = t0 + dt;
+	if (t1 - s->est_at >= 1.0) {
+		struct ms_engine_stats st;
+		ms_engine_get_stats(s->e, &st);
+		pthread_mutex_lock(&s->mu);
+		s->est = st;
+		pthread_mutex_unlock(&s->mu);
+		s->est_at = t1;
+	}
 	if (rc) {
 		/* every job in the batch fails; the others go on */
 		char msg[256];
@@ -726,14 +751,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			pthread_mutex_unlock(&j->mu);
 			return (ssize_t)n;
 		}
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+		job_wait(j);
 	}
 }
 
@@ -913,14 +931,7 @@ static enum MHD_Result generate(struct server *s, struct MHD_Connection *c,
 			job_unref(j);
 			return MHD_NO;
 		}
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+		job_wait(j);
 	}
 	pthread_mutex_unlock(&j->mu);
 	enum MHD_Result ok;

@@ -8,7 +8,8 @@
 #       (default BUILD=build). Copies into BUILD/gpu-pack what the GPU
 #       machine needs: moestream, moestreamd (the GPU tier test starts one),
 #       tests/t_gpu* and tests/t_kernel_cli; in lib/ the shared libraries
-#       of Debian packages it lacks (liburing, libnuma, libinih, libcjson;
+#       of Debian packages it lacks, found with ldd (liburing, libnuma,
+#       libinih, libcjson, PCRE2, libmicrohttpd and its GnuTLS chain;
 #       glibc, libstdc++ and CUDA's own libraries are the GPU machine's);
 #       in ggml/ ggml's reference library for t_kernel_cli. Debug info is
 #       stripped. Says how big the pack and the working tree are: the device

@@ -5,13 +5,17 @@
  *
  * The model of a decode step (the engine's own: engine/forward.c):
  *
- *   compute  every byte of the tensors a token uses goes through a
- *            dequantise-and-dot once: the resident tensors of the blocks
- *            run and the output (token_embd is one row), and k routed
- *            experts per MoE layer. Time = sum over types of bytes / the
- *            CPU's rate for that type, measured here at B = 1 with the
- *            engine's kernels and threads (ms_matmul on 64 MiB of valid
- *            blocks per type, --cpu-gbps to give one figure instead).
+ *   compute  every tensor a token uses goes through a one-token product
+ *            once: the resident tensors of the blocks run and the output
+ *            (token_embd is one row), and k routed experts per MoE layer.
+ *            Each distinct tensor shape and type of the model, and each
+ *            expert shape, is timed here with the engine's kernels and
+ *            threads (ms_matmul / ms_expert_ffn on valid blocks, the median
+ *            of three 0.1 s runs; a matrix over 64 MiB on 64 MiB of its
+ *            rows, scaled), cold (each call on the next of enough copies
+ *            to pass 256 MiB, as a decode step meets weights that are not
+ *            in a cache), so the per-call cost of small products counts;
+ *            --cpu-gbps gives one rate for every byte instead.
  *   disk     the routed experts the cache does not hold: miss rate x k
  *            expert bytes per layer, over the disk's rate for whole-expert
  *            O_DIRECT reads (measured on --disk PATH, the model file by
@@ -49,6 +53,7 @@
 
 #include "moestream/kernels.h"
 #include "moestream/moestream.h"
+#include "bench_e2e.h"
 #include "sim.h"
 #include "tools.h"
 #include "trace.h"
@@ -90,7 +95,9 @@ static void usage(FILE *f)
 		"  --disk-gbps X     the disk's rate instead (GB/s)\n"
 		"  --cpu-gbps X      the CPU's dequantise-and-dot rate instead of "
 		"measuring it\n"
-		"                    per type (GB/s of quantised weights, one token)\n"
+		"                    per type (GB/s of quantised weights, one token; "
+		"measured:\n"
+		"                    the median of three 0.2 s runs per type)\n"
 		"  --gpu-gbps X      the GPU decoder's rate for the projection "
 		"(default 400)\n"
 		"  --pcie-gbps X     host to GPU copies (default 25: PCIe 4.0 x16)\n"
@@ -200,20 +207,8 @@ static int model_figures(const struct ms_model *m, uint32_t n_ctx,
 		f->routed_per_token += (uint64_t)m->n_expert_used * L->expert_bytes;
 	}
 	/* the KV cache: the engine's f16 cache */
-	const struct ms_gguf *g = m->shards[0];
-	char k[160];
-	uint64_t n_head = 0, n_kv = 0, kl = 0;
-	snprintf(k, sizeof(k), "%s.attention.head_count", m->arch);
-	if (ms_gguf_get_u64(g, k, &n_head, NULL) || !n_head)
-		return ms_err_set(err, -EINVAL, "%s: no %s", g->path, k);
-	snprintf(k, sizeof(k), "%s.attention.head_count_kv", m->arch);
-	if (ms_gguf_get_u64(g, k, &n_kv, NULL))
-		n_kv = n_head;
-	snprintf(k, sizeof(k), "%s.attention.key_length", m->arch);
-	if (ms_gguf_get_u64(g, k, &kl, NULL))
-		kl = m->n_embd / n_head;
-	f->kv = (uint64_t)n_run * n_ctx * n_kv * kl * 2 * 2;
-	return 0;
+	uint32_t nr;
+	return bench_e2e_kv_of(m, n_ctx, &f->kv, &nr, err);
 }
 
 /* A preset's headers: mkmodel --sparse into a temporary folder. */
@@ -368,37 +363,207 @@ static int disk_rate(const char *path, uint64_t chunk, double *gbps,
 	return 0;
 }
 
-/* The engine's B = 1 product rate for a type: GB/s of quantised weights. */
-static double cpu_rate(uint32_t type, struct ms_ffn_pool *pool)
+/* Seconds a call takes, the median of three runs of 0.1 s at least. */
+static double median_call_s(void (*fn)(void *), void *ctx)
 {
-	const int64_t n_in = 4096;
-	uint64_t row;
-	if (ms_type_row_size(type, n_in, &row, NULL))
-		return 0;
-	int64_t n_out = (int64_t)(64 * MIB / row);
-	uint8_t *w = malloc((size_t)n_out * row);
-	float *x = malloc(n_in * sizeof(float)), *y = malloc((size_t)n_out * sizeof(float));
-	double r = 0;
-	if (w && x && y) {
-		uint64_t s = 7;
-		tool_fill_blocks(w, (uint64_t)n_out * row, type, &s);
-		for (int64_t i = 0; i < n_in; i++)
-			x[i] = (float)((i % 13) - 6) / 8.0f;
-		struct ms_ffn_opts o = { .pool = pool };
-		ms_matmul(type, w, n_in, n_out, x, y, 1, &o, NULL);
+	fn(ctx); /* warm */
+	double r[3];
+	for (int k = 0; k < 3; k++) {
 		int it = 0;
 		double t0 = now_s(), t;
 		do {
-			ms_matmul(type, w, n_in, n_out, x, y, 1, &o, NULL);
+			fn(ctx);
 			it++;
 			t = now_s();
-		} while (t - t0 < 0.25);
-		r = (double)it * (double)n_out * (double)row / (t - t0) / 1e9;
+		} while (t - t0 < 0.1);
+		r[k] = (t - t0) / it;
 	}
-	free(w);
-	free(x);
-	free(y);
-	return r;
+	qsort(r, 3, sizeof(double), tool_cmp_double);
+	return r[1];
+}
+
+/* Weights are timed cold, as a decode step meets them: each call takes the
+ * next of `copies` copies of the matrix (or expert), 256 MiB in all, more
+ * than a last-level cache holds. */
+#define COLD_BYTES (256 * MIB)
+
+struct mm_ctx {
+	uint32_t type;
+	int64_t n_in, n_out;
+	uint8_t *w;
+	uint64_t bytes;              /* one copy (one projection: part[]) */
+	unsigned copies, next;
+	float *x, *y;
+	struct ms_ffn_opts o;
+	struct ms_expert_view v;
+	uint8_t *part[3];
+	uint64_t part_bytes[3];
+};
+
+static unsigned copies_for(uint64_t bytes)
+{
+	uint64_t c = (COLD_BYTES + bytes - 1) / (bytes ? bytes : 1);
+	return c < 1 ? 1 : c > 256 ? 256 : (unsigned)c;
+}
+
+static void mm_call(void *c)
+{
+	struct mm_ctx *m = c;
+	const uint8_t *w = m->w + (uint64_t)(m->next++ % m->copies) * m->bytes;
+	ms_matmul(m->type, w, m->n_in, m->n_out, m->x, m->y, 1, &m->o, NULL);
+}
+
+static void ffn_call(void *c)
+{
+	struct mm_ctx *m = c;
+	unsigned k = m->next++ % m->copies;
+	for (int p = 0; p < 3; p++)
+		if (m->part[p])
+			m->v.data[p] = m->part[p] + (uint64_t)k * m->part_bytes[p];
+	ms_expert_ffn(&m->v, m->x, m->y, 1, &m->o, NULL);
+}
+
+static float *input_of(int64_t n)
+{
+	float *x = malloc((size_t)n * sizeof(float));
+	for (int64_t i = 0; x && i < n; i++)
+		x[i] = (float)((i % 13) - 6) / 8.0f;
+	return x;
+}
+
+/* One decode-step product W (n_out x n_in) . x with the engine's kernels
+ * and threads: seconds per call. A matrix over 64 MiB is timed on 64 MiB
+ * of its rows and scaled (the output layer). */
+static double matmul_s(uint32_t type, int64_t n_in, int64_t n_out,
+		       struct ms_ffn_pool *pool)
+{
+	uint64_t row;
+	if (ms_type_row_size(type, n_in, &row, NULL) || !row)
+		return 0;
+	int64_t rows = n_out, cap = (int64_t)(64 * MIB / row);
+	rows = rows > cap ? cap : rows;
+	rows = rows < 1 ? 1 : rows;
+	struct mm_ctx c = { .type = type, .n_in = n_in, .n_out = rows,
+			    .o = { .pool = pool } };
+	c.bytes = (uint64_t)rows * row;
+	c.copies = copies_for(c.bytes);
+	c.w = malloc(c.bytes * c.copies);
+	c.x = input_of(n_in);
+	c.y = malloc((size_t)rows * sizeof(float));
+	double t = 0;
+	if (c.w && c.x && c.y) {
+		uint64_t s = 7;
+		tool_fill_blocks(c.w, c.bytes, type, &s);
+		for (unsigned k = 1; k < c.copies; k++)
+			memcpy(c.w + k * c.bytes, c.w, c.bytes);
+		t = median_call_s(mm_call, &c) * (double)n_out / (double)rows;
+	}
+	free(c.w);
+	free(c.x);
+	free(c.y);
+	return t;
+}
+
+/* One routed expert's FFN, as a layer of `L`'s shape and types holds it. */
+static double expert_s(const struct ms_moe_layer *L, struct ms_ffn_pool *pool)
+{
+	int64_t E = L->ne[0][0], F = L->fused ? L->ne[0][1] / 2 : L->ne[0][1];
+	struct mm_ctx c = { .o = { .pool = pool } };
+	c.v.fused = L->fused;
+	c.v.n_embd = E;
+	c.v.n_ff = F;
+	bool ok = true;
+	uint64_t one = 0;
+	for (uint32_t p = 0; p < L->n_proj && p < 3; p++) {
+		uint64_t row;
+		if (ms_type_row_size(L->type[p], L->ne[p][0], &row, NULL)) {
+			ok = false;
+			break;
+		}
+		c.part_bytes[p] = row * (uint64_t)L->ne[p][1];
+		one += c.part_bytes[p];
+	}
+	c.copies = copies_for(one);
+	for (uint32_t p = 0; ok && p < L->n_proj && p < 3; p++) {
+		uint64_t bytes = c.part_bytes[p];
+		c.part[p] = malloc(bytes * c.copies);
+		if (!c.part[p]) {
+			ok = false;
+			break;
+		}
+		uint64_t s = 11 + p;
+		tool_fill_blocks(c.part[p], bytes, L->type[p], &s);
+		for (unsigned k = 1; k < c.copies; k++)
+			memcpy(c.part[p] + k * bytes, c.part[p], bytes);
+		c.v.type[p] = L->type[p];
+		c.v.data[p] = c.part[p];
+	}
+	c.x = input_of(E);
+	c.y = malloc((size_t)E * sizeof(float));
+	double t = ok && c.x && c.y ? median_call_s(ffn_call, &c) : 0;
+	for (int p = 0; p < 3; p++)
+		free(c.part[p]);
+	free(c.x);
+	free(c.y);
+	return t;
+}
+
+/* The CPU's time for a token's products, measured on the model's own
+ * shapes: every 2-D resident tensor of the blocks run (each distinct shape
+ * and type timed once) and k experts of each MoE layer run. */
+static double cpu_token_s(const struct ms_model *m, uint32_t n_run,
+			  struct ms_ffn_pool *pool, int *n_shapes)
+{
+	struct { uint32_t type; int64_t a, b; double t; } seen[64];
+	int ns = 0;
+	double total = 0;
+	bool tied = true;
+	for (uint32_t sh = 0; sh < m->n_shards; sh++)
+		for (uint64_t i = 0; i < m->shards[sh]->n_tensors; i++)
+			if (!strcmp(m->shards[sh]->tensors[i].name, "output.weight"))
+				tied = false;
+	for (uint32_t sh = 0; sh < m->n_shards; sh++) {
+		const struct ms_gguf *g = m->shards[sh];
+		for (uint64_t i = 0; i < g->n_tensors; i++) {
+			const struct ms_gguf_tensor *t = &g->tensors[i];
+			int b = block_of(t->name);
+			if (b >= (int)n_run || is_routed(t->name) || t->n_dims < 2 ||
+			    t->ne[1] < 2)
+				continue;
+			if (!strcmp(t->name, "token_embd.weight") && !tied)
+				continue;
+			int k = 0;
+			while (k < ns && !(seen[k].type == t->type &&
+					   seen[k].a == t->ne[0] && seen[k].b == t->ne[1]))
+				k++;
+			if (k == ns && ns < 64) {
+				seen[ns].type = t->type;
+				seen[ns].a = t->ne[0];
+				seen[ns].b = t->ne[1];
+				seen[ns].t = matmul_s(t->type, t->ne[0], t->ne[1], pool);
+				ns++;
+			}
+			if (k < ns)
+				total += seen[k].t;
+		}
+	}
+	/* routed experts: layers of one shape share a timing */
+	const struct ms_moe_layer *prev = NULL;
+	double te = 0;
+	for (uint32_t l = 0; l < m->n_layers; l++) {
+		const struct ms_moe_layer *L = &m->layers[l];
+		if (L->nextn || L->block >= n_run)
+			continue;
+		if (!prev || memcmp(prev->type, L->type, sizeof(L->type)) ||
+		    memcmp(prev->ne, L->ne, sizeof(L->ne))) {
+			te = expert_s(L, pool);
+			ns++;
+		}
+		prev = L;
+		total += (double)m->n_expert_used * te;
+	}
+	*n_shapes = ns;
+	return total;
 }
 
 /* ---- the plan ------------------------------------------------------------------------- */
@@ -429,8 +594,10 @@ static double lru_hit(const struct ms_sim *sim, uint64_t bytes)
 struct machine {
 	uint64_t ram, vram;
 	double disk, gpu, pcie;
-	double rate[MS_TYPE_COUNT];   /* CPU, GB/s */
+	double rate[MS_TYPE_COUNT];   /* CPU, GB/s, one figure given for all */
 	uint64_t cache;               /* the RAM tier, given (0: RAM left) */
+	double cpu_tok;               /* measured: a token's products, s */
+	int n_shapes;
 };
 
 static double compute_s(const struct bytes_by_type *b, const double *rate,
@@ -488,8 +655,10 @@ static void plan_for(const struct mfig *f, const struct ms_sim *sim,
 		t->t_compute = all / 1e9 / mc->gpu;
 		t->t_pcie = (t->hit_ram + t->miss) * routed / mc->pcie;
 	} else {
-		t->t_compute = compute_s(&f->resident_tok, mc->rate, cpu_one) +
-			       compute_s(&f->routed_tok, mc->rate, cpu_one);
+		t->t_compute = cpu_one > 0
+				       ? compute_s(&f->resident_tok, mc->rate, cpu_one) +
+						 compute_s(&f->routed_tok, mc->rate, cpu_one)
+				       : mc->cpu_tok;
 	}
 	double tt = t->t_compute;
 	tt = t->t_disk > tt ? t->t_disk : tt;
@@ -672,9 +841,7 @@ int cmd_plan(int argc, char **argv)
 			tool_error(CMD, "%s", err.msg);
 			goto out;
 		}
-		for (int i = 0; i < MS_TYPE_COUNT; i++)
-			if (f.resident_tok.b[i] || f.routed_tok.b[i])
-				mc.rate[i] = cpu_rate((uint32_t)i, pool);
+		mc.cpu_tok = cpu_token_s(m, f.n_run, pool, &mc.n_shapes);
 	}
 	/* the routing trace */
 	if (trace) {
@@ -710,6 +877,9 @@ int cmd_plan(int argc, char **argv)
 	plan_for(&f, sim, &cpu_mc, mc.ram, cpu_one, &cpu_t);
 
 	const char *label = preset ? preset : model;
+	uint64_t rt = 0;
+	for (int i = 0; i < MS_TYPE_COUNT; i++)
+		rt += f.resident_tok.b[i];
 	if (json) {
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "model", label);
@@ -719,9 +889,6 @@ int cmd_plan(int argc, char **argv)
 		cJSON_AddNumberToObject(o, "expert_bytes_run", (double)f.experts_run);
 		cJSON_AddNumberToObject(o, "routed_bytes_per_token",
 					(double)f.routed_per_token);
-		uint64_t rt = 0;
-		for (int i = 0; i < MS_TYPE_COUNT; i++)
-			rt += f.resident_tok.b[i];
 		cJSON_AddNumberToObject(o, "resident_bytes_per_token", (double)rt);
 		cJSON *mj = cJSON_AddObjectToObject(o, "machine");
 		cJSON_AddNumberToObject(mj, "ram_bytes", (double)mc.ram);
@@ -730,11 +897,10 @@ int cmd_plan(int argc, char **argv)
 		cJSON_AddBoolToObject(mj, "disk_measured", measured_disk);
 		cJSON_AddNumberToObject(mj, "gpu_gbps", mc.gpu);
 		cJSON_AddNumberToObject(mj, "pcie_gbps", mc.pcie);
-		cJSON *cr = cJSON_AddObjectToObject(mj, "cpu_gbps");
-		for (int i = 0; i < MS_TYPE_COUNT; i++)
-			if (f.resident_tok.b[i] || f.routed_tok.b[i])
-				cJSON_AddNumberToObject(cr, ms_type_name((uint32_t)i),
-							cpu_one > 0 ? cpu_one : mc.rate[i]);
+		if (cpu_one > 0)
+			cJSON_AddNumberToObject(mj, "cpu_gbps", cpu_one);
+		else
+			cJSON_AddNumberToObject(mj, "cpu_s_per_token", mc.cpu_tok);
 		cJSON_AddItemToObject(o, "plan", tiers_json(&main_t, mc.ram));
 		if (mc.vram)
 			cJSON_AddItemToObject(o, "cpu_only", tiers_json(&cpu_t, mc.ram));
@@ -749,9 +915,6 @@ int cmd_plan(int argc, char **argv)
 		goto out;
 	}
 
-	uint64_t rt = 0;
-	for (int i = 0; i < MS_TYPE_COUNT; i++)
-		rt += f.resident_tok.b[i];
 	printf("model     %s (%s): %u blocks run, %u MoE, %u experts, %u per token\n",
 	       label, m->arch, f.n_run, f.n_moe, m->n_expert, m->n_expert_used);
 	printf("          resident %.2f GB (%.2f GB computed per token), KV %.2f GB "
@@ -764,14 +927,16 @@ int cmd_plan(int argc, char **argv)
 	       (double)mc.vram / 1e9, mc.disk,
 	       measured_disk ? "measured: 2 s of expert-sized O_DIRECT reads"
 			     : "given");
-	printf("          CPU dequantise-and-dot, one token, GB/s of weights:");
 	if (cpu_one > 0)
-		printf(" %.2f (given)", cpu_one);
+		printf("          CPU dequantise-and-dot %.2f GB/s of weights (given)\n",
+		       cpu_one);
 	else
-		for (int i = 0; i < MS_TYPE_COUNT; i++)
-			if (f.resident_tok.b[i] || f.routed_tok.b[i])
-				printf(" %s %.2f", ms_type_name((uint32_t)i), mc.rate[i]);
-	printf("\n");
+		printf("          CPU %.3f s for a token's products (%.2f GB/s of "
+		       "weights): measured on\n          the model's %d tensor "
+		       "and expert shapes with the engine's kernels and threads\n",
+		       mc.cpu_tok, mc.cpu_tok > 0 ? (double)(rt + f.routed_per_token) /
+							    1e9 / mc.cpu_tok : 0.0,
+		       mc.n_shapes);
 	if (mc.vram)
 		printf("          GPU %.0f GB/s (assumed: there is no GPU decoder to "
 		       "measure yet), PCIe %.0f GB/s\n", mc.gpu, mc.pcie);
@@ -816,16 +981,19 @@ int cmd_plan(int argc, char **argv)
 		       100 * (t->hit_vram + t->hit_ram), 100 * t->miss, t->tokps,
 		       bound_of(t));
 	}
-	if (main_t.runs) {
+	/* what to run today: the CPU engine's cache (the CPU line) */
+	const struct tiers *now_t = mc.vram ? &cpu_t : &main_t;
+	if (now_t->runs) {
 		char cs[32];
-		if (main_t.ram_cache >= GIB)
+		if (now_t->ram_cache >= GIB)
 			snprintf(cs, sizeof(cs), "%lluG",
-				 (unsigned long long)(main_t.ram_cache / GIB));
+				 (unsigned long long)(now_t->ram_cache / GIB));
 		else
 			snprintf(cs, sizeof(cs), "%lluM",
-				 (unsigned long long)(main_t.ram_cache / MIB));
-		printf("\nsettings  moestream run %s --cache-size %s --ctx %u\n",
-		       preset ? "MODEL" : model, cs, n_ctx);
+				 (unsigned long long)(now_t->ram_cache / MIB));
+		printf("\nsettings  moestream run %s --cache-size %s --ctx %u%s\n",
+		       preset ? "MODEL" : model, cs, n_ctx,
+		       mc.vram ? "   (the CPU engine: resident tensors in RAM)" : "");
 		printf("          or moestreamd with [cache] size = %s (then run or "
 		       "serve with --socket)\n", cs);
 	}

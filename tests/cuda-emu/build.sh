@@ -72,7 +72,7 @@ command -v "$CXX" >/dev/null || die "no C++ compiler ($CXX): apt-get install -y 
 # C objects: those of the current sources only (never stale ones), the
 # CUDA-less stub, the commands' and tests' mains left out.
 objs=()
-for src in model/*.c iouring/*.c cache/*.c kernels/*.c daemon/*.c engine/*.c tools/*.c tests/*.c; do
+for src in model/*.c iouring/*.c cache/*.c kernels/*.c daemon/*.c engine/*.c api/*.c tools/*.c tests/*.c; do
 	case $src in
 	kernels/gpu_nocuda.c | daemon/moestreamd.c | tools/moestream.c | tests/t_*) continue ;;
 	esac
@@ -147,7 +147,7 @@ done
 emu=("$out"/obj/*.o)
 
 # -lstdc++ etc. come with g++ as the linker driver
-LIBS=(-luring -lnuma -linih -lcjson -lpcre2-8 -lpcre2-32 -lpthread -lm -ldl)
+LIBS=(-luring -lnuma -linih -lcjson -lpcre2-8 -lpcre2-32 -lmicrohttpd -lpthread -lm -ldl)
 echo "  LD    $out/moestream"
 "$CXX" "${link_san[@]}" -pthread -o "$out/moestream" "$build/obj/tools/moestream.o" \
 	"${objs[@]}" "${emu[@]}" "${LIBS[@]}"
