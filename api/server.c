@@ -437,6 +437,7 @@ static void *scheduler(void *arg)
 			seq[b.n] = j->slot;
 			want[b.n] = true;
 			who[b.n++] = j;
+			act[a] = NULL; /* a job the pass finishes may be freed */
 		}
 		run_pass(s, &b, true);
 		b.n = 0;
