@@ -47,6 +47,59 @@ static void mode_add(struct ms_arena *a, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* This machine's memory as this process sees it: RAM (MemTotal) and what is
+ * left (MemAvailable), each capped by this process's memory cgroup (v2, or
+ * v1's memory controller): by its limit, and by its limit less its usage. */
+void ms_host_memory(uint64_t *total, uint64_t *avail)
+{
+	uint64_t tot = 0, av = 0;
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[256];
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long kb;
+		if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+			tot = kb * 1024;
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			av = kb * 1024;
+	}
+	if (f)
+		fclose(f);
+	f = fopen("/proc/self/cgroup", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		char *path = strrchr(line, ':');
+		bool v1 = strstr(line, ":memory:") != NULL;
+		bool v2 = !strncmp(line, "0::", 3);
+		if (!path || (!v1 && !v2))
+			continue;
+		path++;
+		path[strcspn(path, "\n")] = '\0';
+		char p1[512], p2[512];
+		snprintf(p1, sizeof(p1), v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes"
+					    : "/sys/fs/cgroup%s/memory.max", path);
+		snprintf(p2, sizeof(p2), v1 ? "/sys/fs/cgroup/memory%s/memory.usage_in_bytes"
+					    : "/sys/fs/cgroup%s/memory.current", path);
+		unsigned long long lim = 0, use = 0;
+		FILE *a = fopen(p1, "r"), *b = fopen(p2, "r");
+		if (a && fscanf(a, "%llu", &lim) == 1 && lim < (1ull << 60)) {
+			if (lim < tot)
+				tot = lim;
+			if (b && fscanf(b, "%llu", &use) == 1 && lim > use &&
+			    lim - use < av)
+				av = lim - use;
+		}
+		if (a)
+			fclose(a);
+		if (b)
+			fclose(b);
+	}
+	if (f)
+		fclose(f);
+	if (total)
+		*total = tot;
+	if (avail)
+		*avail = av;
+}
+
 /* Free 2 MiB huge pages, from /proc/meminfo. */
 static uint64_t huge_free_bytes(void)
 {

@@ -334,50 +334,6 @@ static void cache_cb(void *ctx, uint32_t layer, uint32_t expert, int result,
 	pthread_mutex_unlock(&xs->mu);
 }
 
-/* RAM that is left: MemAvailable, and under a memory cgroup its limit less
- * its usage, whichever is less. */
-static uint64_t ram_left(void)
-{
-	uint64_t avail = 0;
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[256];
-	while (f && fgets(line, sizeof(line), f)) {
-		unsigned long long kb;
-		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-			avail = kb * 1024;
-	}
-	if (f)
-		fclose(f);
-	/* cgroup v2, then v1, of this process */
-	f = fopen("/proc/self/cgroup", "r");
-	while (f && fgets(line, sizeof(line), f)) {
-		char *path = strrchr(line, ':');
-		bool v1 = strstr(line, ":memory:") != NULL;
-		bool v2 = !strncmp(line, "0::", 3);
-		if (!path || (!v1 && !v2))
-			continue;
-		path++;
-		path[strcspn(path, "\n")] = '\0';
-		char p1[512], p2[512];
-		snprintf(p1, sizeof(p1), v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes"
-					    : "/sys/fs/cgroup%s/memory.max", path);
-		snprintf(p2, sizeof(p2), v1 ? "/sys/fs/cgroup/memory%s/memory.usage_in_bytes"
-					    : "/sys/fs/cgroup%s/memory.current", path);
-		unsigned long long lim = 0, use = 0;
-		FILE *a = fopen(p1, "r"), *b = fopen(p2, "r");
-		if (a && b && fscanf(a, "%llu", &lim) == 1 && fscanf(b, "%llu", &use) == 1 &&
-		    lim < (1ull << 60) && lim > use && lim - use < avail)
-			avail = lim - use;
-		if (a)
-			fclose(a);
-		if (b)
-			fclose(b);
-	}
-	if (f)
-		fclose(f);
-	return avail;
-}
-
 int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 {
 	struct ms_xsrc *xs = &e->xs;
@@ -410,7 +366,8 @@ int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 	}
 	uint64_t size = e->cfg.cache_size;
 	if (!size) {
-		uint64_t left = ram_left(), margin = 256ull << 20;
+		uint64_t left, margin = 256ull << 20;
+		ms_host_memory(NULL, &left);
 		size = left > margin ? left - margin : 0;
 		/* never more than every expert of the layers run, plus room
 		 * for the slots' rounding */
@@ -610,7 +567,8 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 	    !A(e->xlist, X ? X : 1) ||
 	    !A(e->hinted, (size_t)e->model->n_layers * X) ||
 	    !A(e->has_hint, e->model->n_layers) || !A(e->tseq, T) ||
-	    !A(e->tpos, T) || !A(e->seq_pos, e->cfg.n_seq))
+	    !A(e->tpos, T) || !A(e->seq_pos, e->cfg.n_seq) ||
+	    !A(e->out_rows, T) || !A(e->seq_room, e->cfg.n_seq))
 		return ms_err_set(err, -ENOMEM, "out of memory for a batch of %zu "
 				  "tokens", T);
 #undef A
@@ -731,6 +689,8 @@ void ms_engine_close(struct ms_engine *e)
 	free(e->tseq);
 	free(e->tpos);
 	free(e->seq_pos);
+	free(e->out_rows);
+	free(e->seq_room);
 	free(e->k_cache);
 	free(e->v_cache);
 	free(e->resident);

@@ -102,6 +102,9 @@ struct ms_engine {
 	float *rlog, *rw, *scores, *hint_x;
 	uint32_t *tseq, *tpos;       /* [n_batch]: each token's sequence and
 					position in the batch running */
+	int64_t *out_rows;           /* [n_batch]: the tokens whose logits a
+					batch returns */
+	uint32_t *seq_room;          /* [n_seq]: tokens a call gives each */
 	uint32_t *xlist;             /* [n_expert]: experts asked or hinted */
 	uint32_t *rsel;
 	bool *need;                  /* [n_expert]: some token routes to it */

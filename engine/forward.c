@@ -559,9 +559,7 @@ int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
 		return ms_err_set(err, -ENOSPC, "%zu tokens at position %u would "
 				  "pass the context of %u tokens (--ctx)", n,
 				  e->seq_pos[0], e->cfg.n_ctx);
-	int64_t *rows = malloc(e->cfg.n_batch * sizeof(*rows));
-	if (!rows)
-		return ms_err_set(err, -ENOMEM, "out of memory");
+	int64_t *rows = e->out_rows;
 	size_t done = 0;
 	int rc = 0;
 	while (done < n) {
@@ -587,7 +585,6 @@ int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
 		e->seq_pos[0] += (uint32_t)T;
 		done += T;
 	}
-	free(rows);
 	return rc;
 }
 
@@ -598,26 +595,18 @@ int ms_engine_eval_seqs(struct ms_engine *e, const int32_t *ids,
 	if (!n)
 		return 0;
 	uint32_t S = e->cfg.n_seq;
-	uint32_t *room = calloc(S, sizeof(*room));
-	int64_t *rows = malloc(e->cfg.n_batch * sizeof(*rows));
-	int rc = 0;
-	if (!room || !rows) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory");
-		goto out;
-	}
+	uint32_t *room = e->seq_room;
+	int64_t *rows = e->out_rows;
+	memset(room, 0, S * sizeof(*room));
 	for (size_t i = 0; i < n; i++) {
-		if (seq[i] >= S) {
-			rc = ms_err_set(err, -EINVAL, "token %zu: sequence %u, but "
-					"the engine has %u", i, seq[i], S);
-			goto out;
-		}
-		if (++room[seq[i]] > e->cfg.n_ctx - e->seq_pos[seq[i]]) {
-			rc = ms_err_set(err, -ENOSPC, "sequence %u at position %u: "
-					"its tokens would pass the context of %u "
-					"tokens (--ctx)", seq[i], e->seq_pos[seq[i]],
-					e->cfg.n_ctx);
-			goto out;
-		}
+		if (seq[i] >= S)
+			return ms_err_set(err, -EINVAL, "token %zu: sequence %u, "
+					  "but the engine has %u", i, seq[i], S);
+		if (++room[seq[i]] > e->cfg.n_ctx - e->seq_pos[seq[i]])
+			return ms_err_set(err, -ENOSPC, "sequence %u at position "
+					  "%u: its tokens would pass the context "
+					  "of %u tokens (--ctx)", seq[i],
+					  e->seq_pos[seq[i]], e->cfg.n_ctx);
 	}
 	size_t done = 0, out_at = 0;
 	while (done < n) {
@@ -630,16 +619,14 @@ int ms_engine_eval_seqs(struct ms_engine *e, const int32_t *ids,
 			if (!want || want[done + t])
 				rows[n_out++] = (int64_t)t;
 		}
-		rc = eval_batch(e, ids + done, (int64_t)T,
-				logits ? logits + out_at * (size_t)e->n_vocab : NULL,
-				rows, n_out, err);
+		int rc = eval_batch(e, ids + done, (int64_t)T,
+				    logits ? logits + out_at * (size_t)e->n_vocab
+					   : NULL,
+				    rows, n_out, err);
 		if (rc)
-			goto out;
+			return rc;
 		out_at += (size_t)n_out;
 		done += T;
 	}
-out:
-	free(room);
-	free(rows);
-	return rc;
+	return 0;
 }

@@ -51,6 +51,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "moestream/cache.h"
 #include "moestream/kernels.h"
 #include "moestream/moestream.h"
 #include "bench_e2e.h"
@@ -140,15 +141,11 @@ static int parse_gbps(const char *opt, const char *s, double *out)
 
 /* ---- the model ------------------------------------------------------------------------ */
 
-struct bytes_by_type {
-	uint64_t b[MS_TYPE_COUNT];
-};
-
 struct mfig {
-	struct bytes_by_type resident_tok; /* resident bytes a token computes */
-	struct bytes_by_type routed_tok;   /* k experts x layers run */
+	uint64_t resident_tok;       /* resident bytes a token computes */
 	uint64_t resident, kv, routed_per_token, experts_run;
 	uint32_t n_run, n_moe;
+	bool tied;                   /* no output.weight: token_embd is it */
 };
 
 static bool is_routed(const char *name)
@@ -162,6 +159,17 @@ static int block_of(const char *name)
 	return sscanf(name, "blk.%d.", &b) == 1 ? b : -1;
 }
 
+/* A resident tensor a token's step computes whole: those of the blocks run
+ * (not NextN) and the output; token_embd is one row, unless the output is
+ * tied to it. */
+static bool computed_per_token(const struct ms_gguf_tensor *t, uint32_t n_run,
+			       bool tied)
+{
+	if (block_of(t->name) >= (int)n_run || is_routed(t->name))
+		return false;
+	return tied || strcmp(t->name, "token_embd.weight");
+}
+
 static int model_figures(const struct ms_model *m, uint32_t n_ctx,
 			 struct mfig *f, struct ms_err *err)
 {
@@ -171,40 +179,21 @@ static int model_figures(const struct ms_model *m, uint32_t n_ctx,
 	f->n_moe = m->n_layers_run;
 	f->resident = m->resident_bytes;
 	f->experts_run = m->expert_bytes_run;
-	bool tied = true;
-	for (uint32_t s = 0; s < m->n_shards; s++)
-		for (uint64_t i = 0; i < m->shards[s]->n_tensors; i++)
-			if (!strcmp(m->shards[s]->tensors[i].name, "output.weight"))
-				tied = false;
+	uint32_t sh;
+	uint64_t ix;
+	f->tied = ms_model_find_tensor(m, "output.weight", &sh, &ix) != 0;
 	for (uint32_t s = 0; s < m->n_shards; s++) {
 		const struct ms_gguf *g = m->shards[s];
-		for (uint64_t i = 0; i < g->n_tensors; i++) {
-			const struct ms_gguf_tensor *t = &g->tensors[i];
-			int b = block_of(t->name);
-			if (b >= (int)n_run || is_routed(t->name))
-				continue; /* NextN, or an expert (below) */
-			if (!strcmp(t->name, "token_embd.weight") && !tied)
-				continue; /* one row per token */
-			if (t->type < MS_TYPE_COUNT)
-				f->resident_tok.b[t->type] += t->size;
-		}
+		for (uint64_t i = 0; i < g->n_tensors; i++)
+			if (computed_per_token(&g->tensors[i], n_run, f->tied))
+				f->resident_tok += g->tensors[i].size;
 	}
-	/* a token's experts: k of each run layer's, by projection type */
+	/* a token's experts: k of each run layer's */
 	for (uint32_t l = 0; l < m->n_layers; l++) {
 		const struct ms_moe_layer *L = &m->layers[l];
-		if (L->nextn || L->block >= n_run)
-			continue;
-		for (uint32_t p = 0; p < L->n_proj; p++) {
-			uint64_t row;
-			if (L->type[p] >= MS_TYPE_COUNT ||
-			    ms_type_row_size(L->type[p], L->ne[p][0], &row, err))
-				return ms_err_set(err, -EINVAL, "layer %u: a "
-						  "projection of an unknown type",
-						  L->block);
-			f->routed_tok.b[L->type[p]] +=
-				(uint64_t)m->n_expert_used * row * (uint64_t)L->ne[p][1];
-		}
-		f->routed_per_token += (uint64_t)m->n_expert_used * L->expert_bytes;
+		if (!L->nextn && L->block < n_run)
+			f->routed_per_token +=
+				(uint64_t)m->n_expert_used * L->expert_bytes;
 	}
 	/* the KV cache: the engine's f16 cache */
 	uint32_t nr;
@@ -254,32 +243,6 @@ static void preset_cleanup(const char *path)
 }
 
 /* ---- the machine ---------------------------------------------------------------------- */
-
-static uint64_t ram_of_machine(void)
-{
-	uint64_t total = 0;
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[256];
-	while (f && fgets(line, sizeof(line), f)) {
-		unsigned long long kb;
-		if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
-			total = kb * 1024;
-	}
-	if (f)
-		fclose(f);
-	uint64_t lim;
-	char buf[64];
-	FILE *c = fopen("/sys/fs/cgroup/memory.max", "r");
-	if (!c)
-		c = fopen("/sys/fs/cgroup/memory/memory.limit_in_bytes", "r");
-	if (c && fgets(buf, sizeof(buf), c) && sscanf(buf, "%llu",
-						     (unsigned long long *)&lim) == 1 &&
-	    lim < total)
-		total = lim;
-	if (c)
-		fclose(c);
-	return total;
-}
 
 /* Whole-expert O_DIRECT reads at random offsets of PATH, 8 in flight. */
 static int disk_rate(const char *path, uint64_t chunk, double *gbps,
@@ -511,27 +474,19 @@ static double expert_s(const struct ms_moe_layer *L, struct ms_ffn_pool *pool)
 /* The CPU's time for a token's products, measured on the model's own
  * shapes: every 2-D resident tensor of the blocks run (each distinct shape
  * and type timed once) and k experts of each MoE layer run. */
-static double cpu_token_s(const struct ms_model *m, uint32_t n_run,
+static double cpu_token_s(const struct ms_model *m, const struct mfig *f,
 			  struct ms_ffn_pool *pool, int *n_shapes)
 {
 	struct { uint32_t type; int64_t a, b; double t; } seen[64];
 	int ns = 0;
 	double total = 0;
-	bool tied = true;
-	for (uint32_t sh = 0; sh < m->n_shards; sh++)
-		for (uint64_t i = 0; i < m->shards[sh]->n_tensors; i++)
-			if (!strcmp(m->shards[sh]->tensors[i].name, "output.weight"))
-				tied = false;
 	for (uint32_t sh = 0; sh < m->n_shards; sh++) {
 		const struct ms_gguf *g = m->shards[sh];
 		for (uint64_t i = 0; i < g->n_tensors; i++) {
 			const struct ms_gguf_tensor *t = &g->tensors[i];
-			int b = block_of(t->name);
-			if (b >= (int)n_run || is_routed(t->name) || t->n_dims < 2 ||
-			    t->ne[1] < 2)
-				continue;
-			if (!strcmp(t->name, "token_embd.weight") && !tied)
-				continue;
+			if (!computed_per_token(t, f->n_run, f->tied) ||
+			    t->n_dims < 2 || t->ne[1] < 2)
+				continue; /* norms and biases: not products */
 			int k = 0;
 			while (k < ns && !(seen[k].type == t->type &&
 					   seen[k].a == t->ne[0] && seen[k].b == t->ne[1]))
@@ -552,7 +507,7 @@ static double cpu_token_s(const struct ms_model *m, uint32_t n_run,
 	double te = 0;
 	for (uint32_t l = 0; l < m->n_layers; l++) {
 		const struct ms_moe_layer *L = &m->layers[l];
-		if (L->nextn || L->block >= n_run)
+		if (L->nextn || L->block >= f->n_run)
 			continue;
 		if (!prev || memcmp(prev->type, L->type, sizeof(L->type)) ||
 		    memcmp(prev->ne, L->ne, sizeof(L->ne))) {
@@ -594,25 +549,14 @@ static double lru_hit(const struct ms_sim *sim, uint64_t bytes)
 struct machine {
 	uint64_t ram, vram;
 	double disk, gpu, pcie;
-	double rate[MS_TYPE_COUNT];   /* CPU, GB/s, one figure given for all */
+	double cpu_gbps;              /* given (--cpu-gbps), else 0 and: */
 	uint64_t cache;               /* the RAM tier, given (0: RAM left) */
 	double cpu_tok;               /* measured: a token's products, s */
 	int n_shapes;
 };
 
-static double compute_s(const struct bytes_by_type *b, const double *rate,
-			double one)
-{
-	double t = 0;
-	for (int i = 0; i < MS_TYPE_COUNT; i++)
-		if (b->b[i])
-			t += (double)b->b[i] / 1e9 / (one > 0 ? one : rate[i]);
-	return t;
-}
-
 static void plan_for(const struct mfig *f, const struct ms_sim *sim,
-		     const struct machine *mc, uint64_t ram, double cpu_one,
-		     struct tiers *t)
+		     const struct machine *mc, uint64_t ram, struct tiers *t)
 {
 	memset(t, 0, sizeof(*t));
 	uint64_t need_host = OS_RESERVE;
@@ -647,18 +591,13 @@ static void plan_for(const struct mfig *f, const struct ms_sim *sim,
 	t->hit_ram = h_all > h_v ? h_all - h_v : 0;
 	t->miss = 1.0 - h_all;
 	double routed = (double)f->routed_per_token / 1e9;
+	double all = (double)(f->resident_tok + f->routed_per_token) / 1e9;
 	t->t_disk = t->miss * routed / mc->disk;
 	if (t->gpu) {
-		double all = 0;
-		for (int i = 0; i < MS_TYPE_COUNT; i++)
-			all += (double)(f->resident_tok.b[i] + f->routed_tok.b[i]);
-		t->t_compute = all / 1e9 / mc->gpu;
+		t->t_compute = all / mc->gpu;
 		t->t_pcie = (t->hit_ram + t->miss) * routed / mc->pcie;
 	} else {
-		t->t_compute = cpu_one > 0
-				       ? compute_s(&f->resident_tok, mc->rate, cpu_one) +
-						 compute_s(&f->routed_tok, mc->rate, cpu_one)
-				       : mc->cpu_tok;
+		t->t_compute = mc->cpu_gbps > 0 ? all / mc->cpu_gbps : mc->cpu_tok;
 	}
 	double tt = t->t_compute;
 	tt = t->t_disk > tt ? t->t_disk : tt;
@@ -720,7 +659,6 @@ int cmd_plan(int argc, char **argv)
 	};
 	const char *preset = NULL, *disk = NULL, *trace = NULL, *cache_s = NULL;
 	struct machine mc = { .gpu = 400, .pcie = 25 };
-	double cpu_one = 0;
 	uint32_t n_ctx = N_CTX;
 	bool json = false;
 	int ch;
@@ -744,7 +682,7 @@ int cmd_plan(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case O_CPUG:
-			if (parse_gbps("--cpu-gbps", optarg, &cpu_one))
+			if (parse_gbps("--cpu-gbps", optarg, &mc.cpu_gbps))
 				return EXIT_USAGE;
 			break;
 		case O_GPUG:
@@ -829,19 +767,19 @@ int cmd_plan(int argc, char **argv)
 	}
 	bool measured_ram = !mc.ram;
 	if (!mc.ram)
-		mc.ram = ram_of_machine();
+		ms_host_memory(&mc.ram, NULL);
 	bool measured_disk = mc.disk <= 0;
 	if (measured_disk && disk_rate(disk ? disk : model, m->expert_bytes_max,
 				       &mc.disk, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		goto out;
 	}
-	if (cpu_one <= 0) {
+	if (mc.cpu_gbps <= 0) {
 		if (ms_ffn_pool_init(&pool, 0, &err)) {
 			tool_error(CMD, "%s", err.msg);
 			goto out;
 		}
-		mc.cpu_tok = cpu_token_s(m, f.n_run, pool, &mc.n_shapes);
+		mc.cpu_tok = cpu_token_s(m, &f, pool, &mc.n_shapes);
 	}
 	/* the routing trace */
 	if (trace) {
@@ -865,21 +803,19 @@ int cmd_plan(int argc, char **argv)
 	}
 
 	struct tiers main_t;
-	plan_for(&f, sim, &mc, mc.ram, cpu_one, &main_t);
+	plan_for(&f, sim, &mc, mc.ram, &main_t);
 	const uint64_t sizes[] = { 32 * GIB, 64 * GIB, 96 * GIB, 128 * GIB };
 	struct tiers row[4];
 	for (int i = 0; i < 4; i++)
-		plan_for(&f, sim, &mc, sizes[i], cpu_one, &row[i]);
+		plan_for(&f, sim, &mc, sizes[i], &row[i]);
 	/* the CPU-only line where a GPU was given: what runs today */
 	struct machine cpu_mc = mc;
 	cpu_mc.vram = 0;
 	struct tiers cpu_t;
-	plan_for(&f, sim, &cpu_mc, mc.ram, cpu_one, &cpu_t);
+	plan_for(&f, sim, &cpu_mc, mc.ram, &cpu_t);
 
 	const char *label = preset ? preset : model;
-	uint64_t rt = 0;
-	for (int i = 0; i < MS_TYPE_COUNT; i++)
-		rt += f.resident_tok.b[i];
+	uint64_t rt = f.resident_tok;
 	if (json) {
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "model", label);
@@ -897,8 +833,8 @@ int cmd_plan(int argc, char **argv)
 		cJSON_AddBoolToObject(mj, "disk_measured", measured_disk);
 		cJSON_AddNumberToObject(mj, "gpu_gbps", mc.gpu);
 		cJSON_AddNumberToObject(mj, "pcie_gbps", mc.pcie);
-		if (cpu_one > 0)
-			cJSON_AddNumberToObject(mj, "cpu_gbps", cpu_one);
+		if (mc.cpu_gbps > 0)
+			cJSON_AddNumberToObject(mj, "cpu_gbps", mc.cpu_gbps);
 		else
 			cJSON_AddNumberToObject(mj, "cpu_s_per_token", mc.cpu_tok);
 		cJSON_AddItemToObject(o, "plan", tiers_json(&main_t, mc.ram));
@@ -927,9 +863,9 @@ int cmd_plan(int argc, char **argv)
 	       (double)mc.vram / 1e9, mc.disk,
 	       measured_disk ? "measured: 2 s of expert-sized O_DIRECT reads"
 			     : "given");
-	if (cpu_one > 0)
+	if (mc.cpu_gbps > 0)
 		printf("          CPU dequantise-and-dot %.2f GB/s of weights (given)\n",
-		       cpu_one);
+		       mc.cpu_gbps);
 	else
 		printf("          CPU %.3f s for a token's products (%.2f GB/s of "
 		       "weights): measured on\n          the model's %d tensor "

@@ -72,6 +72,11 @@ void ms_arena_free(struct ms_arena *a);
  * the memfd: the client cannot write the cache), or -errno. */
 int ms_arena_ro_fd(const struct ms_arena *a);
 
+/* This machine's memory as this process sees it: RAM (MemTotal) and what is
+ * left (MemAvailable), each capped by this process's memory cgroup: by its
+ * limit, and by its limit less its usage. Either pointer may be NULL. */
+void ms_host_memory(uint64_t *total, uint64_t *avail);
+
 /* ---- the expert cache --------------------------------------------------------- */
 
 enum ms_entry_state {
