@@ -167,19 +167,28 @@ static size_t utf8_incomplete_tail(const char *s, size_t n)
 	return 0;
 }
 
+/* *p holds at least `need` bytes (capacity doubled from 1 KiB); false when
+ * there is no memory for it (*p unchanged). */
+static bool reserve(char **p, size_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return true;
+	size_t c = *cap ? *cap : 1024;
+	while (c < need)
+		c *= 2;
+	char *q = realloc(*p, c);
+	if (!q)
+		return false;
+	*p = q;
+	*cap = c;
+	return true;
+}
+
 /* Appends a piece; ends the text at a stop string (true) and sets safe. */
 static bool job_append(struct job *j, const char *p, size_t n)
 {
-	if (j->len + n + 1 > j->cap) {
-		size_t cap = j->cap ? j->cap : 256;
-		while (cap < j->len + n + 1)
-			cap *= 2;
-		char *t = realloc(j->text, cap);
-		if (!t)
-			return false; /* the text stays as it was */
-		j->text = t;
-		j->cap = cap;
-	}
+	if (!reserve(&j->text, &j->cap, j->len + n + 1))
+		return false; /* the text stays as it was */
 	size_t before = j->len;
 	memcpy(j->text + j->len, p, n);
 	j->len += n;
@@ -640,17 +649,9 @@ static void frame_add(struct job *j, cJSON *obj, const char *raw)
 	if (!body)
 		return;
 	size_t n = strlen(body) + 8;
-	if (j->f_len + n > j->f_cap) {
-		size_t cap = j->f_cap ? j->f_cap : 1024;
-		while (cap < j->f_len + n)
-			cap *= 2;
-		char *f = realloc(j->frames, cap);
-		if (!f) {
-			free(t);
-			return;
-		}
-		j->frames = f;
-		j->f_cap = cap;
+	if (!reserve(&j->frames, &j->f_cap, j->f_len + n)) {
+		free(t);
+		return;
 	}
 	j->f_len += (size_t)sprintf(j->frames + j->f_len, "data: %s\n\n", body);
 	free(t);
@@ -1064,16 +1065,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
 		if (!cn->too_big && cn->len + *upload_size > MS_API_MAX_BODY)
 			cn->too_big = true;
 		if (!cn->too_big) {
-			if (cn->len + *upload_size > cn->cap) {
-				size_t cap = cn->cap ? cn->cap : 4096;
-				while (cap < cn->len + *upload_size)
-					cap *= 2;
-				char *b = realloc(cn->body, cap);
-				if (!b)
-					return MHD_NO;
-				cn->body = b;
-				cn->cap = cap;
-			}
+			if (!reserve(&cn->body, &cn->cap, cn->len + *upload_size))
+				return MHD_NO;
 			memcpy(cn->body + cn->len, upload, *upload_size);
 			cn->len += *upload_size;
 		}
