@@ -892,6 +892,28 @@ TGT_INLINE __m256 fma16(const __m256 f[2], const float *x, __m256 acc)
 	return _mm256_fmadd_ps(f[1], _mm256_loadu_ps(x + 8), acc);
 }
 
+/* Two sub-blocks of 16 quants (v's low and high halves, signed or not),
+ * scales s0 and s1, into every input's two accumulators at offset o. */
+TGT_INLINE void sub32(__m256i v, const bool sgn, float s0, float s1,
+		      const float *const *xv, int64_t o, __m256 *acc0,
+		      __m256 *acc1, const int NT)
+{
+	__m256 f0[2], f1[2];
+	if (sgn) {
+		cvt16s(lo128(v), f0);
+		cvt16s(hi128(v), f1);
+	} else {
+		cvt16u(lo128(v), f0);
+		cvt16u(hi128(v), f1);
+	}
+	scale16(f0, bc(s0));
+	scale16(f1, bc(s1));
+	for (int t = 0; t < NT; t++) {
+		acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
+		acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
+	}
+}
+
 TGT_INLINE void rdm_q2_K(const uint8_t *b, const float *const *xv,
 			 const float *const *x16v, const float *const *x32v,
 			 int64_t n, float *out, const int NT)
@@ -912,17 +934,9 @@ TGT_INLINE void rdm_q2_K(const uint8_t *b, const float *const *xv,
 				int64_t o = i + 128 * h + 32 * j;
 				__m256i v = _mm256_and_si256(
 					_mm256_srli_epi16(q, 2 * j), m3);
-				__m256 f0[2], f1[2];
-				cvt16u(lo128(v), f0);
-				cvt16u(hi128(v), f1);
-				__m256 s0 = bc(d * (float)(sc[is] & 0xF)),
-				       s1 = bc(d * (float)(sc[is + 1] & 0xF));
-				scale16(f0, s0);
-				scale16(f1, s1);
-				for (int t = 0; t < NT; t++) {
-					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
-					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
-				}
+				sub32(v, false, d * (float)(sc[is] & 0xF),
+				      d * (float)(sc[is + 1] & 0xF), xv, o, acc0,
+				      acc1, NT);
 			}
 		}
 		/* mins: dmin * sum_j m_j xs16_j, m_j = scales[j] >> 4 */
@@ -979,17 +993,9 @@ TGT_INLINE void rdm_q3_K(const uint8_t *b, const float *const *xv,
 					_mm256_setzero_si256());
 				v = _mm256_sub_epi8(
 					v, _mm256_and_si256(clear, four));
-				__m256 f0[2], f1[2];
-				cvt16s(lo128(v), f0);
-				cvt16s(hi128(v), f1);
-				__m256 s0 = bc(d_all * (float)(sc[is] - 32)),
-				       s1 = bc(d_all * (float)(sc[is + 1] - 32));
-				scale16(f0, s0);
-				scale16(f1, s1);
-				for (int t = 0; t < NT; t++) {
-					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
-					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
-				}
+				sub32(v, true, d_all * (float)(sc[is] - 32),
+				      d_all * (float)(sc[is + 1] - 32), xv, o, acc0,
+				      acc1, NT);
 			}
 		}
 		ACCM_STEP(256);
@@ -1108,17 +1114,8 @@ TGT_INLINE void rdm_q6_K(const uint8_t *b, const float *const *xv,
 #pragma GCC unroll 8
 			for (int k = 0; k < 4; k++) {
 				int64_t o = i + 128 * h + 32 * k;
-				__m256 f0[2], f1[2];
-				cvt16s(lo128(q[k]), f0);
-				cvt16s(hi128(q[k]), f1);
-				__m256 s0 = bc(d * (float)sc[2 * k]),
-				       s1 = bc(d * (float)sc[2 * k + 1]);
-				scale16(f0, s0);
-				scale16(f1, s1);
-				for (int t = 0; t < NT; t++) {
-					acc0[t] = fma16(f0, xv[t] + o, acc0[t]);
-					acc1[t] = fma16(f1, xv[t] + o + 16, acc1[t]);
-				}
+				sub32(q[k], true, d * (float)sc[2 * k],
+				      d * (float)sc[2 * k + 1], xv, o, acc0, acc1, NT);
 			}
 		}
 		ACCM_STEP(256);
