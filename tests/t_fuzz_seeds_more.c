@@ -36,54 +36,32 @@
 #include "fuzz/fuzz_protocol.c"
 #include "testutil.h"
 
-/* ---- a growable buffer ------------------------------------------------------------ */
+/* ---- building seeds (struct t_buf, testutil) ------------------------------------ */
 
-struct sbuf {
-	uint8_t *p;
-	size_t n, cap;
-};
-
-static void sb_put(struct sbuf *b, const void *d, size_t n)
+static void sb_str(struct t_buf *b, const char *s)
 {
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		uint8_t *p = realloc(b->p, cap);
-		if (!p)
-			t_fatal("out of memory");
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->n, d, n);
-	b->n += n;
-	b->p[b->n] = 0;
-}
-
-static void sb_str(struct sbuf *b, const char *s)
-{
-	sb_put(b, s, strlen(s));
+	t_buf_add(b, s, strlen(s));
 }
 
 /* ---- protocol seeds ---------------------------------------------------------------- */
 
 static uint8_t *mbuf; /* one message */
 
-static void put_msg(struct sbuf *b, int n)
+static void put_msg(struct t_buf *b, int n)
 {
 	if (n < 0)
 		t_fatal("an encoder refused a seed: %s", strerror(-n));
-	sb_put(b, mbuf, (size_t)n);
+	t_buf_add(b, mbuf, (size_t)n);
 }
 
-static void p_hello_req(struct sbuf *b)
+static void p_hello_req(struct t_buf *b)
 {
 	struct ms_hello_req q = { .min_version = 1, .max_version = 1, .pid = 4242 };
 	snprintf(q.name, sizeof(q.name), "llama.cpp");
 	put_msg(b, ms_msg_encode_hello_req(mbuf, 1, &q));
 }
 
-static void p_hello_rep(struct sbuf *b)
+static void p_hello_rep(struct t_buf *b)
 {
 	struct ms_hello_rep *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -112,7 +90,7 @@ static void p_hello_rep(struct sbuf *b)
 	free(r);
 }
 
-static void experts_seed(struct sbuf *b, uint16_t type, unsigned n, bool scores)
+static void experts_seed(struct t_buf *b, uint16_t type, unsigned n, bool scores)
 {
 	struct ms_experts_req *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -128,19 +106,19 @@ static void experts_seed(struct sbuf *b, uint16_t type, unsigned n, bool scores)
 	free(q);
 }
 
-static void p_acquire(struct sbuf *b) { experts_seed(b, MS_MSG_ACQUIRE, 8, false); }
-static void p_release(struct sbuf *b) { experts_seed(b, MS_MSG_RELEASE, 8, false); }
-static void p_prefetch(struct sbuf *b) { experts_seed(b, MS_MSG_PREFETCH, 8, false); }
-static void p_prefetch_scores(struct sbuf *b)
+static void p_acquire(struct t_buf *b) { experts_seed(b, MS_MSG_ACQUIRE, 8, false); }
+static void p_release(struct t_buf *b) { experts_seed(b, MS_MSG_RELEASE, 8, false); }
+static void p_prefetch(struct t_buf *b) { experts_seed(b, MS_MSG_PREFETCH, 8, false); }
+static void p_prefetch_scores(struct t_buf *b)
 {
 	experts_seed(b, MS_MSG_PREFETCH, 8, true);
 }
-static void p_acquire_max(struct sbuf *b)
+static void p_acquire_max(struct t_buf *b)
 {
 	experts_seed(b, MS_MSG_ACQUIRE, MS_MSG_MAX_EXPERTS, false);
 }
 
-static void p_expert_rep(struct sbuf *b)
+static void p_expert_rep(struct t_buf *b)
 {
 	struct ms_expert_rep *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -161,67 +139,67 @@ static void p_expert_rep(struct sbuf *b)
 	free(r);
 }
 
-static void p_error(struct sbuf *b)
+static void p_error(struct t_buf *b)
 {
 	put_msg(b, ms_msg_encode_error(mbuf, 7, -EINVAL,
 				       "block 99 is not a MoE layer of this model"));
 }
 
-static void p_stats_req(struct sbuf *b)
+static void p_stats_req(struct t_buf *b)
 {
 	put_msg(b, ms_msg_encode_blob(mbuf, MS_MSG_STATS, 9, NULL, 0));
 }
 
-static void p_stats_rep(struct sbuf *b)
+static void p_stats_rep(struct t_buf *b)
 {
 	const char *j = "{\"hits\":1,\"misses\":2,\"held_bytes\":4096}";
 	put_msg(b, ms_msg_encode_blob(mbuf, MS_MSG_STATS, 9, j, (uint32_t)strlen(j)));
 }
 
-static void p_ping(struct sbuf *b)
+static void p_ping(struct t_buf *b)
 {
 	put_msg(b, ms_msg_encode_blob(mbuf, MS_MSG_PING, 10, "ping", 4));
 }
 
 /* Refused ones: a good message with one field broken. */
-static void p_bad_magic(struct sbuf *b)
+static void p_bad_magic(struct t_buf *b)
 {
 	p_ping(b);
 	b->p[0] ^= 0xff;
 }
 
-static void p_bad_version(struct sbuf *b)
+static void p_bad_version(struct t_buf *b)
 {
 	p_ping(b);
 	b->p[4] = 2;
 }
 
-static void p_bad_flags(struct sbuf *b)
+static void p_bad_flags(struct t_buf *b)
 {
 	p_ping(b);
 	b->p[8] = 1;
 }
 
-static void p_bad_len(struct sbuf *b)
+static void p_bad_len(struct t_buf *b)
 {
 	p_acquire(b);
 	b->p[12]++; /* the header claims one byte more than came */
 }
 
-static void p_bad_type(struct sbuf *b)
+static void p_bad_type(struct t_buf *b)
 {
 	p_ping(b);
 	b->p[6] = MS_MSG_TYPE_MAX + 1;
 }
 
-static void p_bad_nan_score(struct sbuf *b)
+static void p_bad_nan_score(struct t_buf *b)
 {
 	p_prefetch_scores(b);
 	/* payload: block, n, flags, 8 experts, then the first score */
 	memcpy(b->p + MS_MSG_HDR_SIZE + 12 + 16, "\x00\x00\xc0\x7f", 4);
 }
 
-static void p_bad_hello_name(struct sbuf *b)
+static void p_bad_hello_name(struct t_buf *b)
 {
 	p_hello_req(b);
 	memset(b->p + MS_MSG_HDR_SIZE + 8, 'x', 32); /* name not terminated */
@@ -229,7 +207,7 @@ static void p_bad_hello_name(struct sbuf *b)
 
 struct pseed {
 	const char *name;
-	void (*make)(struct sbuf *b);
+	void (*make)(struct t_buf *b);
 	int want;  /* FP_* bits that must be set */
 	int deny;  /* FP_* bits that must not be */
 };
@@ -262,17 +240,17 @@ static const struct pseed pseeds[] = {
 
 /* ---- config seeds ------------------------------------------------------------------ */
 
-static void c_defaults(struct sbuf *b)
+static void c_defaults(struct t_buf *b)
 {
 	struct ms_config c;
 	ms_config_defaults(&c);
 	size_t n;
 	char *t = fc_print(&c, &n);
-	sb_put(b, t, n);
+	t_buf_add(b, t, n);
 	free(t);
 }
 
-static void c_every(struct sbuf *b)
+static void c_every(struct t_buf *b)
 {
 	sb_str(b, "[model]\npath = /srv/models/GLM-4.7-UD-Q2_K_XL-00001-of-00003.gguf\n"
 		  "[socket]\npath = /run/moestream/ms.sock\nmode = 0600\n"
@@ -288,7 +266,7 @@ static void c_every(struct sbuf *b)
 		  "[log]\nlevel = debug\n");
 }
 
-static void c_syntax(struct sbuf *b)
+static void c_syntax(struct t_buf *b)
 {
 	/* A byte order mark, CRLF, both comment kinds, an inline comment,
 	 * ':' for '=', indented keys, blank lines, names in upper case. */
@@ -298,7 +276,7 @@ static void c_syntax(struct sbuf *b)
 		  "[log]\r\nlevel = Warning # not a comment: an error?\r\n");
 }
 
-static void c_syntax_ok(struct sbuf *b)
+static void c_syntax_ok(struct t_buf *b)
 {
 	sb_str(b, "\xEF\xBB\xBF# moestream\r\n; a comment\r\n\r\n[CACHE]\r\n"
 		  "  size : 1G   ; one gig\r\n\tlock = FALSE\r\n"
@@ -306,80 +284,80 @@ static void c_syntax_ok(struct sbuf *b)
 		  "[log]\r\nlevel = Warning\r\n");
 }
 
-static void c_long_path(struct sbuf *b)
+static void c_long_path(struct t_buf *b)
 {
 	/* A model path of 4000 bytes: longer than inih's line buffer. */
 	sb_str(b, "[model]\npath = /");
 	for (int i = 0; i < 3990; i++)
-		sb_put(b, i % 64 == 63 ? "/" : "m", 1);
+		t_buf_add(b, i % 64 == 63 ? "/" : "m", 1);
 	sb_str(b, ".gguf\n[cache]\nsize = 64M\n");
 }
 
-static void c_empty(struct sbuf *b)
+static void c_empty(struct t_buf *b)
 {
 	(void)b; /* an empty file: the defaults */
 }
 
-static void c_dup(struct sbuf *b)
+static void c_dup(struct t_buf *b)
 {
 	sb_str(b, "[cache]\nsize = 4G\n[io]\nthreads = 2\n[cache]\nsize = 8G\n");
 }
 
-static void c_unknown_section(struct sbuf *b)
+static void c_unknown_section(struct t_buf *b)
 {
 	sb_str(b, "[cache]\nsize = 4G\n[caches]\n");
 }
 
-static void c_unknown_key(struct sbuf *b)
+static void c_unknown_key(struct t_buf *b)
 {
 	sb_str(b, "[cache]\nsizes = 4G\n");
 }
 
-static void c_nul(struct sbuf *b)
+static void c_nul(struct t_buf *b)
 {
-	sb_put(b, "[cache]\nsize = 4\0G\n", 19);
+	t_buf_add(b, "[cache]\nsize = 4\0G\n", 19);
 }
 
-static void c_no_equals(struct sbuf *b)
+static void c_no_equals(struct t_buf *b)
 {
 	sb_str(b, "[io]\nthreads 4\n");
 }
 
-static void c_open_header(struct sbuf *b)
+static void c_open_header(struct t_buf *b)
 {
 	sb_str(b, "[io\nthreads = 4\n");
 }
 
-static void c_bad_size(struct sbuf *b)
+static void c_bad_size(struct t_buf *b)
 {
 	sb_str(b, "[cache]\nsize = 18446744073709551616\n");
 }
 
-static void c_bad_range(struct sbuf *b)
+static void c_bad_range(struct t_buf *b)
 {
 	sb_str(b, "[prefetch]\nmin_prob = nan\n");
 }
 
-static void c_key_first(struct sbuf *b)
+static void c_key_first(struct t_buf *b)
 {
 	sb_str(b, "size = 4G\n");
 }
 
 /* The command line's way (section NUL key NUL value), with a newline in
  * the value: its message must still be one line. */
-static void c_set_newline(struct sbuf *b)
+static void c_set_newline(struct t_buf *b)
 {
-	sb_put(b, "socket\0path\0/tmp/a\nb", 20);
+	t_buf_add(b, "socket\0path\0/tmp/a\nb", 20);
 }
 
-static void c_set_ok(struct sbuf *b)
+static void c_set_ok(struct t_buf *b)
 {
-	sb_put(b, "cache\0size\0" "48G", 14);
+	t_buf_add(b, "cache\0size\0" "48G", 14);
 }
 
 struct cseed {
 	const char *name;
-	void (*make)(struct sbuf *b);
+	void (*make)(struct t_buf *b);
 	int want, deny;  /* FC_* bits */
 };
 
@@ -410,16 +388,16 @@ struct corpus {
 	const char *dir;                       /* under the corpus root */
 	size_t n;
 	const char *(*name)(size_t i);
-	void (*make)(size_t i, struct sbuf *b);
+	void (*make)(size_t i, struct t_buf *b);
 	void (*want)(size_t i, int *want, int *deny);
 	int (*one)(const uint8_t *p, size_t n);
 };
 
 static const char *pname(size_t i) { return pseeds[i].name; }
-static void pmake(size_t i, struct sbuf *b) { pseeds[i].make(b); }
+static void pmake(size_t i, struct t_buf *b) { pseeds[i].make(b); }
 static void pwant(size_t i, int *w, int *d) { *w = pseeds[i].want; *d = pseeds[i].deny; }
 static const char *cname(size_t i) { return cseeds[i].name; }
-static void cmake(size_t i, struct sbuf *b) { cseeds[i].make(b); }
+static void cmake(size_t i, struct t_buf *b) { cseeds[i].make(b); }
 static void cwant(size_t i, int *w, int *d) { *w = cseeds[i].want; *d = cseeds[i].deny; }
 
 static const struct corpus corpora[] = {
@@ -427,10 +405,10 @@ static const struct corpus corpora[] = {
 	{ "config", N_CSEEDS, cname, cmake, cwant, fuzz_config_one },
 };
 
-static void build(const struct corpus *k, size_t i, struct sbuf *b)
+static void build(const struct corpus *k, size_t i, struct t_buf *b)
 {
 	memset(b, 0, sizeof(*b));
-	sb_put(b, "", 0); /* an empty seed still has a buffer */
+	t_buf_add(b, "", 0); /* an empty seed still has a buffer */
 	k->make(i, b);
 }
 
@@ -442,14 +420,14 @@ static int write_seeds(const char *root)
 		if (mkdir(dir, 0755) && errno != EEXIST)
 			t_fatal("mkdir %s: %s", dir, strerror(errno));
 		for (size_t i = 0; i < corpora[c].n; i++) {
-			struct sbuf b;
+			struct t_buf b;
 			build(&corpora[c], i, &b);
 			char path[PATH_MAX];
 			snprintf(path, sizeof(path), "%s/%s", dir, corpora[c].name(i));
-			int rc = t_write_file(path, b.p, b.n);
+			int rc = t_write_file(path, b.p, b.len);
 			if (rc)
 				t_fatal("write %s: %s", path, strerror(-rc));
-			printf("wrote %s (%zu bytes)\n", path, b.n);
+			printf("wrote %s (%zu bytes)\n", path, b.len);
 			free(b.p);
 		}
 	}
@@ -544,9 +522,9 @@ int main(int argc, char **argv)
 				int want, deny;
 				k->want(i, &want, &deny);
 				check_bits(path, got, want, deny);
-				struct sbuf b;
+				struct t_buf b;
 				build(k, i, &b);
-				T_CHECK(b.n == n && !memcmp(b.p, p, n), "%s differs from "
+				T_CHECK(b.len == n && !memcmp(b.p, p, n), "%s differs from "
 					"what the generator makes now; regenerate with "
 					"t_fuzz_seeds_more --write-seeds %s", path, root);
 				free(b.p);
@@ -565,17 +543,17 @@ int main(int argc, char **argv)
 		const unsigned iters = c == 0 ? 400 : 250;
 		unsigned total = 0, accepted = 0;
 		for (size_t i = 0; i < k->n; i++) {
-			struct sbuf b;
+			struct t_buf b;
 			build(k, i, &b);
 			int want, deny;
 			k->want(i, &want, &deny);
-			check_bits(k->name(i), k->one(b.p, b.n), want, deny);
-			size_t cap = b.n + 4096;
+			check_bits(k->name(i), k->one((const uint8_t *)b.p, b.len), want, deny);
+			size_t cap = b.len + 4096;
 			uint8_t *m = malloc(cap);
 			uint64_t rs = seed ^ (0x9e3779b97f4a7c15ull * (c * 64 + i + 1));
 			for (unsigned it = 0; it < iters; it++) {
-				memcpy(m, b.p, b.n);
-				size_t len = mutate(m, b.n, cap, &rs);
+				memcpy(m, b.p, b.len);
+				size_t len = mutate(m, b.len, cap, &rs);
 				if (k->one(m, len))
 					accepted++;
 				total++;

@@ -21,8 +21,6 @@
  * check` runs with ASan and UBSan. MS_SEED replays other mutations;
  * MS_FUZZ_CORPUS names another folder.
  */
-#include <dirent.h>
-#include <errno.h>
 #include <limits.h>
 #include <string.h>
 
@@ -69,6 +67,29 @@ static size_t mutate(uint8_t *p, size_t n, size_t cap, uint64_t *rs)
 			true);
 }
 
+struct replay {
+	unsigned n_acc[4]; /* mutations accepted as nothing/chat/completion/both */
+};
+
+/* A seed file must be accepted as its name promises; a mutation only has to
+ * keep the target's promises (fuzz_request_one aborts otherwise). */
+static void replay_one(void *ctx, const char *name, const uint8_t *p, size_t n,
+		       bool seed_file)
+{
+	struct replay *r = ctx;
+	int got = fuzz_request_one(p, n);
+	if (!seed_file) {
+		r->n_acc[got]++;
+		return;
+	}
+	int want = expected(name);
+	T_CHECK(want < 0 || got == want, "%s: accepted as %s%s%s, its name "
+		"promises %s%s%s", name, got & FR_CHAT ? "chat " : "",
+		got & FR_COMPLETION ? "completion " : "", got ? "" : "nothing",
+		want & FR_CHAT ? "chat " : "",
+		want & FR_COMPLETION ? "completion " : "", want ? "" : "nothing");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -84,57 +105,11 @@ int main(void)
 	uint64_t seed = getenv("MS_SEED") ? t_seed() : 0x5eed4e9ull;
 	printf("corpus %s; mutations: MS_SEED=%llu\n", cdir,
 	       (unsigned long long)seed);
-	DIR *d = opendir(cdir);
-	if (!d)
-		t_fatal("opendir %s: %s", cdir, strerror(errno));
-	struct dirent *de;
-	unsigned n_files = 0, n_mut = 0, n_acc[4] = { 0 };
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char path[PATH_MAX];
-		snprintf(path, sizeof(path), "%s/%s", cdir, de->d_name);
-		size_t n = 0;
-		uint8_t *p = t_read_file(path, MS_API_MAX_BODY + 1, &n);
-		if (!p) {
-			t_fail_at(__FILE__, __LINE__, "cannot read %s", path);
-			continue;
-		}
-		int got = fuzz_request_one(p, n);
-		int want = expected(de->d_name);
-		T_CHECK(want < 0 || got == want, "%s: accepted as %s%s%s, its name "
-			"promises %s%s%s", de->d_name, got & FR_CHAT ? "chat " : "",
-			got & FR_COMPLETION ? "completion " : "", got ? "" : "nothing",
-			want & FR_CHAT ? "chat " : "",
-			want & FR_COMPLETION ? "completion " : "",
-			want ? "" : "nothing");
-		n_files++;
-
-		size_t cap = n + 1024;
-		uint8_t *m = malloc(cap);
-		if (!m)
-			t_fatal("out of memory");
-		/* per file, whatever order readdir gives */
-		uint64_t rs = seed;
-		for (const char *c = de->d_name; *c; c++)
-			rs = (rs ^ (uint8_t)*c) * 0x100000001b3ull;
-		for (unsigned it = 0; it < MUTATIONS; it++) {
-			memcpy(m, p, n);
-			size_t len = mutate(m, n, cap, &rs);
-			/* an exact-size copy: a read past the body is an ASan
-			 * report, as under libFuzzer */
-			uint8_t *exact = malloc(len ? len : 1);
-			if (!exact)
-				t_fatal("out of memory");
-			memcpy(exact, m, len);
-			n_acc[fuzz_request_one(exact, len)]++;
-			free(exact);
-			n_mut++;
-		}
-		free(m);
-		free(p);
-	}
-	closedir(d);
+	struct replay r = { 0 };
+	unsigned n_files = t_corpus_replay(cdir, MS_API_MAX_BODY + 1, seed,
+					   MUTATIONS, mutate, replay_one, &r);
+	unsigned n_mut = n_files * MUTATIONS;
+	unsigned *n_acc = r.n_acc;
 	T_CHECK(n_files > 0, "%s: no corpus files", cdir);
 	printf("%u corpus files and %u mutations ran clean (mutations accepted: "
 	       "%u chat only, %u completion only, %u both, %u neither)\n", n_files,

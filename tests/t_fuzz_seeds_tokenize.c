@@ -18,7 +18,6 @@
  * taken from $MS_FUZZ_VOCAB. Without it the test fails and says why.
  * MS_SEED replays other mutations; MS_FUZZ_CORPUS names another folder.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
@@ -99,6 +98,19 @@ static size_t mutate(uint8_t *p, size_t n, size_t cap, uint64_t *rs)
 			false);
 }
 
+struct replay {
+	struct ms_vocab *v;
+	struct ms_tokens *t;
+};
+
+static void replay_one(void *ctx, const char *name, const uint8_t *p, size_t n,
+		       bool seed_file)
+{
+	(void)name, (void)seed_file;
+	struct replay *r = ctx;
+	fuzz_tokenize_one(r->v, r->t, p, n);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -127,42 +139,10 @@ int main(void)
 		printf("%s: %u tokens, %u merges, pre %s\n", vocabs[k].name,
 		       ms_vocab_n_tokens(v), ms_vocab_n_merges(v),
 		       ms_pre_name(ms_vocab_pre(v)));
-		DIR *d = opendir(cdir);
-		if (!d)
-			t_fatal("opendir %s: %s", cdir, strerror(errno));
-		struct dirent *de;
-		unsigned n_files = 0, n_mut = 0;
-		while ((de = readdir(d))) {
-			if (de->d_name[0] == '.')
-				continue;
-			char path[PATH_MAX];
-			snprintf(path, sizeof(path), "%s/%s", cdir, de->d_name);
-			size_t n = 0;
-			uint8_t *p = t_read_file(path, 1 << 20, &n);
-			if (!p) {
-				t_fail_at(__FILE__, __LINE__, "cannot read %s", path);
-				continue;
-			}
-			fuzz_tokenize_one(v, &t, p, n);
-			n_files++;
-			size_t cap = n + 1024;
-			uint8_t *m = malloc(cap);
-			if (!m)
-				t_fatal("out of memory");
-			/* per file, whatever order readdir gives */
-			uint64_t rs = seed;
-			for (const char *c = de->d_name; *c; c++)
-				rs = (rs ^ (uint8_t)*c) * 0x100000001b3ull;
-			for (unsigned it = 0; it < 200; it++) {
-				memcpy(m, p, n);
-				size_t len = mutate(m, n, cap, &rs);
-				fuzz_tokenize_one(v, &t, m, len);
-				n_mut++;
-			}
-			free(m);
-			free(p);
-		}
-		closedir(d);
+		struct replay r = { v, &t };
+		unsigned n_files = t_corpus_replay(cdir, 1 << 20, seed, 200, mutate,
+						   replay_one, &r);
+		unsigned n_mut = n_files * 200;
 		T_CHECK(n_files > 0, "%s: no corpus files", cdir);
 		printf("%s: %u corpus files and %u mutations ran clean\n",
 		       vocabs[k].name, n_files, n_mut);

@@ -225,31 +225,9 @@ static int send_all(int fd, const void *buf, size_t n)
 	return 0;
 }
 
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const void *p, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		char *q = realloc(b->p, cap);
-		if (!q)
-			t_fatal("out of memory");
-		b->p = q;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, p, n);
-	b->len += n;
-	b->p[b->len] = 0;
-}
-
 /* Reads until the peer closes (0), timeout_ms passes (-ETIMEDOUT) or an
  * error (-errno); what came is appended to b either way. */
-static int recv_all(int fd, struct buf *b, int timeout_ms)
+static int recv_all(int fd, struct t_buf *b, int timeout_ms)
 {
 	int64_t end = dt_now_ms() + timeout_ms;
 	for (;;) {
@@ -271,7 +249,7 @@ static int recv_all(int fd, struct buf *b, int timeout_ms)
 				continue;
 			return -errno;
 		}
-		buf_add(b, tmp, (size_t)n);
+		t_buf_add(b, tmp, (size_t)n);
 	}
 }
 
@@ -312,7 +290,7 @@ static const char *resp_header(const struct resp *r, const char *name, char *out
 }
 
 /* Splits a raw reply into status, headers and body (chunked decoded). */
-static void resp_parse(struct resp *r, const struct buf *b)
+static void resp_parse(struct resp *r, const struct t_buf *b)
 {
 	r->status = -1;
 	if (!b->p)
@@ -324,7 +302,7 @@ static void resp_parse(struct resp *r, const struct buf *b)
 	r->status = atoi(b->p + 9);
 	const char *p = end + 4, *lim = b->p + b->len;
 	char te[64];
-	struct buf body = { 0 };
+	struct t_buf body = { 0 };
 	if (resp_header(r, "Transfer-Encoding", te, sizeof(te)) &&
 	    strstr(te, "chunked")) {
 		while (p < lim) {
@@ -336,14 +314,14 @@ static void resp_parse(struct resp *r, const struct buf *b)
 			p = nl + 2;
 			if (p + n > lim)
 				n = (unsigned long)(lim - p);
-			buf_add(&body, p, n);
+			t_buf_add(&body, p, n);
 			p += n + 2;
 		}
 	} else {
-		buf_add(&body, p, (size_t)(lim - p));
+		t_buf_add(&body, p, (size_t)(lim - p));
 	}
 	if (!body.p)
-		buf_add(&body, "", 0);
+		t_buf_add(&body, "", 0);
 	r->body = body.p;
 	r->body_len = body.len;
 }
@@ -362,7 +340,7 @@ static void http_raw(unsigned port, const char *req, size_t len, struct resp *r,
 		return;
 	}
 	int se = send_all(fd, req, len);
-	struct buf b = { 0 };
+	struct t_buf b = { 0 };
 	r->err = recv_all(fd, &b, timeout_ms);
 	if (se && !r->err)
 		r->err = se;
@@ -386,10 +364,10 @@ static void http(unsigned port, const char *method, const char *path,
 		n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Type: "
 			      "application/json\r\nContent-Length: %zu\r\n", blen);
 	n += snprintf(head + n, sizeof(head) - (size_t)n, "\r\n");
-	struct buf b = { 0 };
-	buf_add(&b, head, (size_t)n);
+	struct t_buf b = { 0 };
+	t_buf_add(&b, head, (size_t)n);
 	if (body)
-		buf_add(&b, body, blen);
+		t_buf_add(&b, body, blen);
 	http_raw(port, b.p, b.len, r, 60000);
 	free(b.p);
 }
@@ -936,21 +914,21 @@ static void section_errors(struct srv *m, struct srv *k, const char *key_main)
 	resp_free(&r);
 	/* chunked: 17 chunks of 64 KiB */
 	{
-		struct buf b = { 0 };
+		struct t_buf b = { 0 };
 		char head[512];
 		int n = snprintf(head, sizeof(head), "POST /v1/completions HTTP/1.1\r\n"
 				 "Host: 127.0.0.1\r\nConnection: close\r\n%s"
 				 "Content-Type: application/json\r\nTransfer-Encoding: "
 				 "chunked\r\n\r\n", A);
-		buf_add(&b, head, (size_t)n);
+		t_buf_add(&b, head, (size_t)n);
 		for (size_t off = 0; off < MAX_BODY + 1; off += 65536) {
 			size_t len = MAX_BODY + 1 - off < 65536 ? MAX_BODY + 1 - off : 65536;
 			n = snprintf(head, sizeof(head), "%zx\r\n", len);
-			buf_add(&b, head, (size_t)n);
-			buf_add(&b, big + off, len);
-			buf_add(&b, "\r\n", 2);
+			t_buf_add(&b, head, (size_t)n);
+			t_buf_add(&b, big + off, len);
+			t_buf_add(&b, "\r\n", 2);
 		}
-		buf_add(&b, "0\r\n\r\n", 5);
+		t_buf_add(&b, "0\r\n\r\n", 5);
 		http_raw(port, b.p, b.len, &r, 30000);
 		check_error(port, "body of 1 MiB + 1 (chunked)", &r, 413, NULL, NULL,
 			    NULL);
@@ -960,10 +938,10 @@ static void section_errors(struct srv *m, struct srv *k, const char *key_main)
 	free(big);
 
 	/* a prompt over the context: both lengths named */
-	struct buf p = { 0 };
+	struct t_buf p = { 0 };
 	{
 		for (int i = 0; i < 400; i++)
-			buf_add(&p, "word ", 5);
+			t_buf_add(&p, "word ", 5);
 		int n = count_tokens(p.p);
 		T_CHECK(n > CTX, "the long prompt is %d tokens, not over %d", n, CTX);
 		completion_body(body, sizeof(body), p.p, 4, false);
@@ -1156,7 +1134,7 @@ static void section_cancel(struct srv *m)
 	int fd = tcp_connect(port);
 	T_CHECK(fd >= 0, "connect: %s", strerror(-fd));
 	int events = 0;
-	struct buf b = { 0 };
+	struct t_buf b = { 0 };
 	if (fd >= 0) {
 		send_all(fd, req, (size_t)n);
 		int64_t end = dt_now_ms() + 20000;
@@ -1168,7 +1146,7 @@ static void section_cancel(struct srv *m)
 			ssize_t k = recv(fd, tmp, sizeof(tmp), 0);
 			if (k <= 0)
 				break;
-			buf_add(&b, tmp, (size_t)k);
+			t_buf_add(&b, tmp, (size_t)k);
 			events = 0;
 			for (const char *s = b.p; (s = strstr(s, "data: ")); s += 6)
 				events++;
@@ -1234,7 +1212,7 @@ static void section_cancel(struct srv *m)
 }
 
 /* Waits until the server closes fd: milliseconds from t0, or -1. */
-static int64_t wait_closed(int fd, int64_t t0, int timeout_ms, struct buf *got)
+static int64_t wait_closed(int fd, int64_t t0, int timeout_ms, struct t_buf *got)
 {
 	int64_t end = t0 + timeout_ms;
 	while (dt_now_ms() < end) {
@@ -1244,7 +1222,7 @@ static int64_t wait_closed(int fd, int64_t t0, int timeout_ms, struct buf *got)
 		char tmp[4096];
 		ssize_t k = recv(fd, tmp, sizeof(tmp), 0);
 		if (k > 0) {
-			buf_add(got, tmp, (size_t)k);
+			t_buf_add(got, tmp, (size_t)k);
 			continue;
 		}
 		if (k < 0 && (errno == EINTR || errno == EAGAIN))
@@ -1282,7 +1260,7 @@ static void section_partial(struct srv *k)
 	if (gen_parse("a completion beside half-sent requests", &r, false, &g))
 		free(g.text);
 	resp_free(&r);
-	struct buf b1 = { 0 }, b2 = { 0 };
+	struct t_buf b1 = { 0 }, b2 = { 0 };
 	int64_t d1 = wait_closed(f1, t0, 8000, &b1);
 	int64_t d2 = wait_closed(f2, t0, 8000, &b2);
 	close(f1);
@@ -1305,7 +1283,7 @@ static void section_partial(struct srv *k)
 }
 
 /* Reads fd until `needle` has come (or EOF, or timeout_ms): whether it came. */
-static bool read_until(int fd, struct buf *b, const char *needle, int timeout_ms)
+static bool read_until(int fd, struct t_buf *b, const char *needle, int timeout_ms)
 {
 	int64_t end = dt_now_ms() + timeout_ms;
 	while (!(b->p && strstr(b->p, needle)) && dt_now_ms() < end) {
@@ -1316,7 +1294,7 @@ static bool read_until(int fd, struct buf *b, const char *needle, int timeout_ms
 		ssize_t k = recv(fd, tmp, sizeof(tmp), 0);
 		if (k <= 0)
 			break;
-		buf_add(b, tmp, (size_t)k);
+		t_buf_add(b, tmp, (size_t)k);
 	}
 	return b->p && strstr(b->p, needle);
 }
@@ -1340,7 +1318,7 @@ static void section_queued_stream(struct srv *k)
 	if (fl < 0)
 		return;
 	send_all(fl, req, (size_t)n);
-	struct buf lb = { 0 };
+	struct t_buf lb = { 0 };
 	T_CHECK(read_until(fl, &lb, "data: ", 10000), "the long stream gave no "
 		"event in 10 s: '%.300s'", lb.p ? lb.p : "");
 
@@ -1407,7 +1385,7 @@ static void stop_busy(struct srv *m)
 	char body[1024], req[2048];
 	int n = snprintf(req, sizeof(req), "GET /health HTTP/1.1\r\nHost: "
 			 "127.0.0.1\r\n\r\n");
-	struct buf ab = { 0 }, sb = { 0 };
+	struct t_buf ab = { 0 }, sb = { 0 };
 	if (alive >= 0) {
 		send_all(alive, req, (size_t)n);
 		T_CHECK(read_until(alive, &ab, "\"ok\"", 5000), "GET /health kept "
@@ -1426,7 +1404,7 @@ static void stop_busy(struct srv *m)
 	       "connection:\n");
 	srv_stop(m);
 	if (st >= 0) {
-		struct buf rest = { 0 };
+		struct t_buf rest = { 0 };
 		int64_t d = wait_closed(st, dt_now_ms(), 2000, &rest);
 		T_CHECK(d >= 0, "the stream's connection is still open after the "
 			"server stopped");

@@ -3,6 +3,7 @@
  */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -302,6 +303,74 @@ uint8_t *t_read_file(const char *path, size_t max, size_t *len)
 	close(fd);
 	*len = got;
 	return p;
+}
+
+unsigned t_corpus_replay(const char *dir, size_t max_bytes, uint64_t seed,
+			 unsigned mutations,
+			 size_t (*mutate)(uint8_t *p, size_t n, size_t cap,
+					  uint64_t *state),
+			 void (*one)(void *ctx, const char *name, const uint8_t *p,
+				     size_t n, bool seed_file),
+			 void *ctx)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		t_fatal("opendir %s: %s", dir, strerror(errno));
+	struct dirent *de;
+	unsigned n_files = 0;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		size_t n = 0;
+		uint8_t *p = t_read_file(path, max_bytes, &n);
+		if (!p) {
+			t_fail_at(__FILE__, __LINE__, "cannot read %s", path);
+			continue;
+		}
+		one(ctx, de->d_name, p, n, true);
+		n_files++;
+		size_t cap = n + 1024;
+		uint8_t *m = malloc(cap);
+		if (!m)
+			t_fatal("out of memory");
+		uint64_t rs = seed;
+		for (const char *c = de->d_name; *c; c++)
+			rs = (rs ^ (uint8_t)*c) * 0x100000001b3ull;
+		for (unsigned it = 0; it < mutations; it++) {
+			memcpy(m, p, n);
+			size_t len = mutate(m, n, cap, &rs);
+			uint8_t *exact = malloc(len ? len : 1);
+			if (!exact)
+				t_fatal("out of memory");
+			memcpy(exact, m, len);
+			one(ctx, de->d_name, exact, len, false);
+			free(exact);
+		}
+		free(m);
+		free(p);
+	}
+	closedir(d);
+	return n_files;
+}
+
+void t_buf_add(struct t_buf *b, const void *d, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *q = realloc(b->p, cap);
+		if (!q)
+			t_fatal("out of memory");
+		b->p = q;
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->len, d, n);
+	b->len += n;
+	b->p[b->len] = 0;
 }
 
 char *t_read_text(const char *path)

@@ -101,6 +101,30 @@ uint8_t *t_read_file(const char *path, size_t max, size_t *len);
  * be read. */
 char *t_read_text(const char *path);
 
+/* The seed-replay tests' loop over a fuzz corpus: every file of `dir` (dot
+ * files left out, at most max_bytes each) goes through one(ctx, name, p, n,
+ * true), then `mutations` mutations of it through one(..., false): each
+ * made by mutate(m, n, cap, &state) in a buffer of n + 1024 bytes, the
+ * state seeded from `seed` and the file's name (the same whatever order
+ * readdir gives), and handed over in an exact-size copy (a read past the
+ * input is an ASan report, as under libFuzzer). An unreadable file fails
+ * the test; returns the number of files (no folder is fatal). */
+unsigned t_corpus_replay(const char *dir, size_t max_bytes, uint64_t seed,
+			 unsigned mutations,
+			 size_t (*mutate)(uint8_t *p, size_t n, size_t cap,
+					  uint64_t *state),
+			 void (*one)(void *ctx, const char *name, const uint8_t *p,
+				     size_t n, bool seed_file),
+			 void *ctx);
+
+/* A growing byte buffer, kept NUL-terminated after its len bytes; running
+ * out of memory is fatal. Zero-initialise, free(p) when done. */
+struct t_buf {
+	char *p;
+	size_t len, cap;
+};
+void t_buf_add(struct t_buf *b, const void *d, size_t n);
+
 /* Runs fn(argc, argv) in a child, argv[0] `name` and the rest `args` split
  * at spaces, with stdout and stderr in DIR/out and DIR/err and PATH set to
  * `path` when not NULL; prints "$ NAME ARGS -> exit N" and then the child's
