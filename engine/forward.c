@@ -91,9 +91,9 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t n,
 /* llama.cpp's CPU backend rounds the activations of a product with a
  * quantised weight to 8 bits first (ggml-cpu's vec_dot_type): Q8_K blocks of
  * 256 for the k-quants, Q8_0 blocks of 32 (f16 scale) for Q8_0/Q4_0/Q5_0.
- * With cfg.q8_activations the engine does the same rounding (then its exact
- * f32 product): what tests use to tell that rounding from a real
- * difference. */
+ * With cfg.q8_activations the engine does the same: for the K-quants with
+ * the integer kernels (kernels/q8.c, the same arithmetic as ggml's), for
+ * the other types by this rounding followed by the exact f32 product. */
 static void q8_round(uint32_t wtype, float *x, int64_t n)
 {
 	bool k = wtype == MS_TYPE_Q2_K || wtype == MS_TYPE_Q3_K ||
@@ -151,6 +151,13 @@ static void rope(float *v, int64_t n_rot, int64_t pos, float base,
 static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
 		  float *y, int64_t T, struct ms_err *err)
 {
+	if (e->q8 && ms_ffn_q8_ok(w->type, w->ne[0])) {
+		/* the integer kernels: the same rounding, computed in 8 bits */
+		struct ms_ffn_opts o = e->opts;
+		o.q8 = true;
+		return ms_matmul(w->type, w->data, w->ne[0], w->ne[1], x, y, T,
+				 &o, err);
+	}
 	if (e->q8) {
 		float *xq = malloc((size_t)(T * w->ne[0]) * sizeof(float));
 		if (!xq)
@@ -174,6 +181,13 @@ static int expert_ffn(struct ms_engine *e, const struct ms_expert_view *v,
 {
 	if (!e->q8 || v->fused)
 		return ms_expert_ffn(v, x, y, T, &e->opts, err);
+	if (ms_ffn_q8_ok(v->type[0], v->n_embd) &&
+	    ms_ffn_q8_ok(v->type[1], v->n_embd) &&
+	    ms_ffn_q8_ok(v->type[2], v->n_ff)) {
+		struct ms_ffn_opts o = e->opts;
+		o.q8 = true;
+		return ms_expert_ffn(v, x, y, T, &o, err);
+	}
 	int64_t E = v->n_embd, F = v->n_ff;
 	float *g = malloc((size_t)(2 * T * F) * sizeof(float));
 	if (!g)

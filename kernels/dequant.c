@@ -61,6 +61,8 @@
 #include "moestream/kernels.h"
 #include "moestream/model.h"
 
+#include "quant_internal.h"
+
 #if defined(__FAST_MATH__)
 #error "kernels/dequant.c needs IEEE semantics (NaN tests, no reassociation): build it without -ffast-math"
 #endif
@@ -74,40 +76,6 @@
 #define QK_K 256
 
 /* ---- scalar formats ----------------------------------------------------- */
-
-static inline uint16_t rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-
-static inline float bits_f32(uint32_t u)
-{
-	float f;
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-/* IEEE half -> float. Exact for every finite value and for infinities; a NaN
- * keeps sign and payload and gets the quiet bit, as ggml's does. */
-static inline float f16_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-	uint32_t exp = (h >> 10) & 0x1fu;
-	uint32_t man = h & 0x3ffu;
-
-	if (exp == 0x1f)
-		return bits_f32(sign | 0x7f800000u | man << 13 |
-				(man ? 0x00400000u : 0));
-	if (exp)
-		return bits_f32(sign | (exp + 112) << 23 | man << 13);
-	if (!man)
-		return bits_f32(sign);
-	/* Subnormal: man x 2^-24. Shift the leading 1 up to bit 10 and lower
-	 * the exponent by as much. */
-	int shift = __builtin_clz(man) - 21; /* 1..10 */
-	man = (man << shift) & 0x3ffu;
-	return bits_f32(sign | (uint32_t)(113 - shift) << 23 | man << 13);
-}
 
 /* E8M0 exponent -> 2^(e-128): half the OCP scale, matching the doubled
  * E2M1 table. */
@@ -335,9 +303,7 @@ DQ(dq_q3_K)
 		const uint8_t *ss = x + 96;
 		const float d = f16_f32(rd16(x + 108));
 		for (int g = 0; g < 16; g++, y += 16) {
-			const int lo = g < 8 ? ss[g] & 0xf : ss[g - 8] >> 4;
-			const int hi = (ss[8 + g % 4] >> (2 * (g / 4))) & 3;
-			const float dl = d * (float)((lo | hi << 4) - 32);
+			const float dl = d * (float)(k3_scale(ss, g) - 32);
 			const uint8_t *q = x + 32 + 32 * (g / 8) + 16 * (g % 2);
 			const uint8_t *hm = x + 16 * (g % 2);
 			const int shift = 2 * ((g % 8) / 2);
@@ -349,21 +315,6 @@ DQ(dq_q3_K)
 			for (int l = 0; l < 16; l++)
 				y[l] = dl * (float)v[l];
 		}
-	}
-}
-
-/* Q4_K/Q5_K: eight 6-bit scales and eight 6-bit mins packed in 12 bytes.
- * For g < 4: scale = b[g] & 63, min = b[g+4] & 63. For g >= 4 the low 4
- * bits come from b[g+4] (scale: low nibble, min: high nibble) and the top 2
- * from the spare top bits of b[g-4] (scale) and b[g] (min). */
-static inline void k4_scale_min(const uint8_t *b, int g, int *sc, int *mn)
-{
-	if (g < 4) {
-		*sc = b[g] & 63;
-		*mn = b[g + 4] & 63;
-	} else {
-		*sc = (b[g + 4] & 0xf) | (b[g - 4] >> 6) << 4;
-		*mn = (b[g + 4] >> 4) | (b[g] >> 6) << 4;
 	}
 }
 

@@ -86,6 +86,11 @@ bool ms_ffn_type_supported(uint32_t type)
 	return ms_dequant_supported(type);
 }
 
+bool ms_ffn_q8_ok(uint32_t type, int64_t n)
+{
+	return ms_q8_type(type) && n > 0 && n % MS_Q8_QK == 0;
+}
+
 bool ms_ffn_type_vectorised(uint32_t type, enum ms_ffn_path p)
 {
 	p = resolve_path(p);
@@ -348,6 +353,13 @@ struct ffn_job {
 	ms_ffn_rowdot_fn rd_gate, rd_up, rd_down;
 	ms_ffn_rowdot_multi_fn md_gate, md_up, md_down;
 	float *xs16, *xs32, *hs16, *hs32;
+	/* opts.q8: the inputs and h rounded to 8 bits, per token; each
+	 * thread's unpacked row; the unpackers and the dot */
+	bool q8;
+	struct ms_q8_act *xq, *hq;
+	struct ms_q8_w **wq;
+	ms_q8_unpack_fn up_gate, up_up, up_down;
+	ms_q8_dot_fn q8dot;
 	const float *xv[MULTI_MAX], *x16v[MULTI_MAX], *x32v[MULTI_MAX];
 	const float *hv[MULTI_MAX], *h16v[MULTI_MAX], *h32v[MULTI_MAX];
 	int rc; /* first failure, atomically */
@@ -435,6 +447,129 @@ static void share(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
 {
 	*r0 = n * ith / nth;
 	*r1 = n * (ith + 1) / nth;
+}
+
+/* ---- opts.q8: 8-bit activations, integer dots (q8.c) --------------------------- */
+
+/* x [n_tok][n] -> q [n_tok][n / 256], the threads splitting the tokens. */
+struct q8_quant_job {
+	const float *x;
+	struct ms_q8_act *q;
+	int64_t n, n_tok;
+};
+
+static void phase_q8_quantize(void *ctx, int ith, int nth)
+{
+	struct q8_quant_job *j = ctx;
+	int64_t nb = j->n / MS_Q8_QK;
+	for (int64_t t = j->n_tok * ith / nth; t < j->n_tok * (ith + 1) / nth; t++)
+		ms_q8_quantize(j->x + t * j->n, j->q + t * nb, j->n);
+}
+
+/* Phase 1 with opts.q8: per row, the gate row unpacked once and dotted with
+ * every token, then the up row; h as on the other paths. */
+static void phase_gate_up_q8(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	int64_t r0, r1, B = j->n_tok, F = j->n_ff, nb = j->n_embd / MS_Q8_QK;
+	struct ms_q8_w *w = j->wq[ith];
+	float *g = j->tbuf[ith];
+	share(F, ith, nth, &r0, &r1);
+	for (int64_t r = r0; r < r1; r++) {
+		j->up_gate(j->gate + (uint64_t)r * j->rs_gate, w, nb);
+		for (int64_t b = 0; b < B; b++)
+			g[b] = j->q8dot(w, j->xq + b * nb, nb);
+		j->up_up(j->up + (uint64_t)r * j->rs_up, w, nb);
+		for (int64_t b = 0; b < B; b++) {
+			double gv = g[b], uv = j->q8dot(w, j->xq + b * nb, nb);
+			j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
+		}
+	}
+}
+
+/* Phase 2 with opts.q8 (h already rounded into hq); also ms_matmul's rows,
+ * with the job's gate fields holding W and n_embd its row length. */
+static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
+			  const uint8_t *base, uint64_t rs, ms_q8_unpack_fn up,
+			  const struct ms_q8_act *q, int64_t n_in, int64_t n_out)
+{
+	int64_t r0, r1, nb = n_in / MS_Q8_QK;
+	struct ms_q8_w *w = j->wq[ith];
+	share(n_out, ith, nth, &r0, &r1);
+	for (int64_t r = r0; r < r1; r++) {
+		up(base + (uint64_t)r * rs, w, nb);
+		for (int64_t b = 0; b < j->n_tok; b++)
+			j->y[b * n_out + r] = j->q8dot(w, q + b * nb, nb);
+	}
+}
+
+static void phase_down_q8(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	phase_rows_q8(j, ith, nth, j->down, j->rs_down, j->up_down, j->hq,
+		      j->n_ff, j->n_embd);
+}
+
+static void phase_matmul_q8(void *ctx, int ith, int nth)
+{
+	struct ffn_job *j = ctx;
+	phase_rows_q8(j, ith, nth, j->gate, j->rs_gate, j->up_gate, j->xq,
+		      j->n_embd, j->n_ff);
+}
+
+static void run_phase(const struct ms_ffn_opts *opts, int nth, task_fn fn,
+		      void *ctx)
+{
+	if (opts->pool)
+		pool_run(opts->pool, fn, ctx);
+	else
+		spawn_run(nth, fn, ctx);
+}
+
+/* Rounds n_tok rows of n values to 8 bits, on the job's threads. */
+static void q8_quantize_all(const struct ms_ffn_opts *opts, int nth,
+			    const float *x, struct ms_q8_act *q, int64_t n,
+			    int64_t n_tok)
+{
+	struct q8_quant_job qj = { x, q, n, n_tok };
+	if (n_tok == 1) /* not worth waking the threads */
+		ms_q8_quantize(x, q, n);
+	else
+		run_phase(opts, nth < n_tok ? nth : (int)n_tok,
+			  phase_q8_quantize, &qj);
+}
+
+/* The q8 fields of a job: unpackers, dot, the rounded inputs and a row
+ * buffer per thread (each `rows_in` values long at most). */
+static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
+		    int64_t n_x, int64_t n_h)
+{
+	bool avx2 = j->path == MS_FFN_PATH_AVX2;
+	j->q8 = true;
+	j->q8dot = ms_q8_dotter(avx2);
+	j->up_gate = ms_q8_unpacker(j->t_gate, avx2);
+	j->up_up = j->up ? ms_q8_unpacker(j->t_up, avx2) : NULL;
+	j->up_down = j->down ? ms_q8_unpacker(j->t_down, avx2) : NULL;
+	size_t nx = (size_t)(j->n_tok * n_x / MS_Q8_QK),
+	       nh = (size_t)(j->n_tok * n_h / MS_Q8_QK);
+	j->xq = aligned_alloc(32, (nx + nh) * sizeof(struct ms_q8_act));
+	j->hq = j->xq ? j->xq + nx : NULL;
+	j->wq = calloc((size_t)nth, sizeof(*j->wq));
+	if (!j->xq || !j->wq)
+		return -ENOMEM;
+	for (int i = 0; i < nth; i++)
+		if (!(j->wq[i] = aligned_alloc(32, (size_t)(rows_in / MS_Q8_QK) *
+							   sizeof(struct ms_q8_w))))
+			return -ENOMEM;
+	return 0;
+}
+
+static void q8_free(struct ffn_job *j, int nth)
+{
+	for (int i = 0; j->wq && i < nth; i++)
+		free(j->wq[i]);
+	free(j->wq);
+	free(j->xq);
 }
 
 /* Phase 1: gate and up rows of this thread's share -> h. */
@@ -555,6 +690,48 @@ static int check_view(const struct ms_expert_view *v, enum ms_ffn_path path,
 	return 0;
 }
 
+/* ms_expert_ffn with opts.q8: x rounded once for gate and up, h once for
+ * down. */
+static int expert_ffn_q8(struct ffn_job *j, const struct ms_ffn_opts *opts,
+			 int nth, struct ms_err *err)
+{
+	int64_t E = j->n_embd, F = j->n_ff, B = j->n_tok;
+	uint32_t ty[3] = { j->t_gate, j->t_up, j->t_down };
+	int64_t len[3] = { E, E, F };
+	for (int p = 0; p < 3; p++)
+		if (!ms_ffn_q8_ok(ty[p], len[p]))
+			return ms_err_set(err, -ENOTSUP,
+					  "ffn: 8-bit activations need K-quant "
+					  "weights (q2_K..q6_K) with rows of a "
+					  "multiple of 256; %s is %s with rows of "
+					  "%lld",
+					  p == 0 ? "gate" : p == 1 ? "up" : "down",
+					  ms_type_name(ty[p]), (long long)len[p]);
+	j->h = malloc((size_t)(B * F) * sizeof(float));
+	j->tbuf = calloc((size_t)nth, sizeof(*j->tbuf));
+	int rc = !j->h || !j->tbuf ? -ENOMEM
+				   : q8_setup(j, nth, E > F ? E : F, E, F);
+	for (int i = 0; !rc && i < nth; i++)
+		if (!(j->tbuf[i] = malloc((size_t)B * sizeof(float))))
+			rc = -ENOMEM;
+	if (rc) {
+		rc = ms_err_set(err, rc, "ffn: out of memory for %lld tokens on "
+				"%d threads", (long long)B, nth);
+		goto out;
+	}
+	q8_quantize_all(opts, nth, j->x, j->xq, E, B);
+	run_phase(opts, nth, phase_gate_up_q8, j);
+	q8_quantize_all(opts, nth, j->h, j->hq, F, B);
+	run_phase(opts, nth, phase_down_q8, j);
+out:
+	q8_free(j, nth);
+	for (int i = 0; j->tbuf && i < nth; i++)
+		free(j->tbuf[i]);
+	free(j->tbuf);
+	free(j->h);
+	return rc;
+}
+
 int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
 		  int64_t n_tokens, const struct ms_ffn_opts *opts,
 		  struct ms_err *err)
@@ -624,6 +801,16 @@ int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
 		j.rows = 1;
 	}
 
+	int nth = opts->pool	    ? opts->pool->n
+		  : opts->n_threads ? opts->n_threads
+				    : online_cpus();
+	int64_t rows_max = E > F ? E : F;
+	if (!opts->pool && nth > rows_max)
+		nth = (int)rows_max; /* no idle threads to start */
+
+	if (opts->q8)
+		return expert_ffn_q8(&j, opts, nth, err);
+
 	/* Decode on the AVX2 path: fused kernels where the types have them. */
 	if (path == MS_FFN_PATH_AVX2 && n_tokens <= MULTI_MAX) {
 		j.rd_gate = ms_ffn_avx2_rowdot(j.t_gate);
@@ -635,13 +822,6 @@ int ms_expert_ffn(const struct ms_expert_view *v, const float *x, float *y,
 		j.md_up = j.rd_up ? ms_ffn_avx2_rowdot_multi(j.t_up) : NULL;
 		j.md_down = j.rd_down ? ms_ffn_avx2_rowdot_multi(j.t_down) : NULL;
 	}
-
-	int nth = opts->pool	    ? opts->pool->n
-		  : opts->n_threads ? opts->n_threads
-				    : online_cpus();
-	int64_t rows_max = E > F ? E : F;
-	if (!opts->pool && nth > rows_max)
-		nth = (int)rows_max; /* no idle threads to start */
 
 	/* All memory up front, so that workers cannot fail for lack of it;
 	 * row buffers only where rows are dequantised. */
@@ -778,6 +958,29 @@ int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
 		.path = path, .n_embd = n_in, .n_ff = n_out, .n_tok = n_tokens,
 		.gate = w, .t_gate = type, .rs_gate = rs, .x = x, .y = y,
 	};
+	int nth = opts->pool	    ? opts->pool->n
+		  : opts->n_threads ? opts->n_threads
+				    : online_cpus();
+	if (!opts->pool && nth > n_out)
+		nth = (int)n_out;
+	if (opts->q8) {
+		if (!ms_ffn_q8_ok(type, n_in))
+			return ms_err_set(err, -ENOTSUP,
+					  "matmul: 8-bit activations need K-quant "
+					  "weights (q2_K..q6_K) with rows of a "
+					  "multiple of 256; got %s with rows of "
+					  "%lld",
+					  ms_type_name(type), (long long)n_in);
+		rc = q8_setup(&j, nth, n_in, n_in, 0);
+		if (rc)
+			rc = ms_err_set(err, rc, "matmul: out of memory");
+		else {
+			q8_quantize_all(opts, nth, x, j.xq, n_in, n_tokens);
+			run_phase(opts, nth, phase_matmul_q8, &j);
+		}
+		q8_free(&j, nth);
+		return rc;
+	}
 	if (path == MS_FFN_PATH_AVX2) {
 		int64_t r = (192 << 10) / (n_in * (int64_t)sizeof(float));
 		r &= ~(int64_t)3;
@@ -789,11 +992,6 @@ int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
 	} else {
 		j.rows = 1;
 	}
-	int nth = opts->pool	    ? opts->pool->n
-		  : opts->n_threads ? opts->n_threads
-				    : online_cpus();
-	if (!opts->pool && nth > n_out)
-		nth = (int)n_out;
 	size_t wsz = j.rd_gate ? 0 : (size_t)j.rows * (size_t)n_in * sizeof(float);
 	j.wbuf = calloc((size_t)nth, sizeof(*j.wbuf));
 	j.xs16 = j.rd_gate ? malloc(((size_t)n_in / 16 + (size_t)n_in / 32) *

@@ -30,6 +30,7 @@
 #include "moestream/model.h"
 
 #include "ffn_internal.h"
+#include "quant_internal.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
@@ -128,18 +129,6 @@ TGT_INLINE void emit16_s_ma(float *y, __m128i q, __m256 d, __m256 m)
 		_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
 	_mm256_storeu_ps(y, _mm256_add_ps(_mm256_mul_ps(f0, d), m));
 	_mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_mul_ps(f1, d), m));
-}
-
-/* 4-bit K-quant scales (Q4_K, Q5_K): ggml's get_scale_min_k4. */
-static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
-{
-	if (j < 4) {
-		*d = q[j] & 63;
-		*m = q[j + 4] & 63;
-	} else {
-		*d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-		*m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-	}
 }
 
 /* 32 bits -> 32 bytes, byte i 0xFF when bit i is set (Q5_0/Q5_1's qh). */
@@ -366,9 +355,9 @@ TGT static void deq_q4_K(const uint8_t *b, float *y, int64_t nb)
 		const uint8_t *scales = b + 4, *qs = b + 16;
 #pragma GCC unroll 8
 		for (int j = 0; j < 4; j++, qs += 32, y += 64) {
-			uint8_t s1, m1, s2, m2;
-			scale_min_k4(2 * j, scales, &s1, &m1);
-			scale_min_k4(2 * j + 1, scales, &s2, &m2);
+			int s1, m1, s2, m2;
+			k4_scale_min(scales, 2 * j, &s1, &m1);
+			k4_scale_min(scales, 2 * j + 1, &s2, &m2);
 			__m256 d1 = bc(d * (float)s1);
 			__m256 n1 = bc(dmin * (float)m1);
 			__m256 d2 = bc(d * (float)s2);
@@ -396,9 +385,9 @@ TGT static void deq_q5_K(const uint8_t *b, float *y, int64_t nb)
 		__m256i qh = ld256(b + 16);
 #pragma GCC unroll 8
 		for (int j = 0; j < 4; j++, ql += 32, y += 64) {
-			uint8_t s1, m1, s2, m2;
-			scale_min_k4(2 * j, scales, &s1, &m1);
-			scale_min_k4(2 * j + 1, scales, &s2, &m2);
+			int s1, m1, s2, m2;
+			k4_scale_min(scales, 2 * j, &s1, &m1);
+			k4_scale_min(scales, 2 * j + 1, &s2, &m2);
 			__m256 d1 = bc(d * (float)s1);
 			__m256 n1 = bc(dmin * (float)m1);
 			__m256 d2 = bc(d * (float)s2);
@@ -1013,10 +1002,10 @@ TGT_INLINE void k4_block(const uint8_t *b, const uint8_t *qs,
 		      sixteen = _mm256_set1_epi8(16);
 	float d = h2f(b), dmin = h2f(b + 2);
 	const uint8_t *scales = b + 4;
-	uint8_t s[8], m[8];
+	int s[8], m[8];
 #pragma GCC unroll 8
 	for (int j = 0; j < 8; j++)
-		scale_min_k4(j, scales, &s[j], &m[j]);
+		k4_scale_min(scales, j, &s[j], &m[j]);
 	__m256i qh = qhp ? ld256(qhp) : _mm256_setzero_si256();
 #pragma GCC unroll 8
 	for (int j = 0; j < 4; j++, qs += 32) {

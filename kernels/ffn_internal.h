@@ -51,4 +51,68 @@ typedef void (*ms_ffn_rowdot_multi_fn)(const uint8_t *row,
 				       float *out, int nt);
 ms_ffn_rowdot_multi_fn ms_ffn_avx2_rowdot_multi(uint32_t type);
 
+/* ---- 8-bit activations (kernels/q8.c, kernels/q8_avx2.c) ----------------------
+ *
+ * ggml's CPU backend multiplies a K-quant weight by activations rounded to
+ * 8 bits (its Q8_K: per 256 values one f32 scale, int8 codes and the sums
+ * of every 16 codes). With ms_ffn_opts.q8 the K-quant products here do the
+ * same, in integers: each 256-block of a weight row is unpacked once into
+ * unsigned codes u (natural element order) with a signed integer scale s
+ * and min m per 16 elements, and every input's block is then
+ *   A = sum_g s_g * sum_{l in g} u_l * q_l,   M = sum_g m_g * bsum_g
+ *   block = q.d * (w.d * (float)(A - w.off * M) - w.dm * (float)M)
+ * (Q2_K/Q4_K/Q5_K: value d*s*u - dm*m, off = 0; Q3_K/Q6_K: value
+ * d*s*(u - off), m = s, dm = 0), summed over blocks in double. A and M are
+ * exact integers, so the scalar and AVX2 forms give the same bits. */
+#define MS_Q8_QK 256
+
+struct ms_q8_act {
+	_Alignas(32) int8_t q[MS_Q8_QK];
+	int16_t bsum[MS_Q8_QK / 16];
+	float d;
+};
+
+struct ms_q8_w {
+	_Alignas(32) uint8_t u[MS_Q8_QK];
+	int16_t s[MS_Q8_QK / 16];
+	int16_t m[MS_Q8_QK / 16];
+	float d, dm;
+	int32_t off;
+};
+
+/* True when `type` has an 8-bit-activation kernel (Q2_K..Q6_K). */
+bool ms_q8_type(uint32_t type);
+
+/* x (n values, n % 256 == 0) -> n / 256 blocks, rounded as ggml's
+ * quantize_row_q8_K rounds (scale -127 / the value of largest magnitude,
+ * nearest, ties to even). */
+void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n);
+
+/* One row of nb 256-blocks of `type` unpacked; a dot of an unpacked row
+ * with an input. */
+typedef void (*ms_q8_unpack_fn)(const uint8_t *row, struct ms_q8_w *w,
+				int64_t nb);
+typedef float (*ms_q8_dot_fn)(const struct ms_q8_w *w,
+			      const struct ms_q8_act *x, int64_t nb);
+
+/* A block's header (d, dm, off, s, m) for `type`, for both forms. */
+typedef void (*ms_q8_hdr_fn)(const uint8_t *blk, struct ms_q8_w *w);
+ms_q8_hdr_fn ms_q8_header(uint32_t type);
+
+/* The scalar forms, and the AVX2 forms (NULL off x86-64); the same bits. */
+ms_q8_unpack_fn ms_q8_unpacker(uint32_t type, bool avx2);
+ms_q8_dot_fn ms_q8_dotter(bool avx2);
+ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type);
+ms_q8_dot_fn ms_q8_avx2_dotter(void);
+
+/* What both forms do with a block's two integer sums. */
+static inline double ms_q8_block(const struct ms_q8_w *w,
+				 const struct ms_q8_act *x, int32_t A,
+				 int32_t M)
+{
+	float v = w->d * (float)((int64_t)A - (int64_t)w->off * M) -
+		  w->dm * (float)M;
+	return (double)(x->d * v);
+}
+
 #endif

@@ -137,6 +137,7 @@ struct rcfg {
 	unsigned threads;
 	const char *llama_dir;
 	bool llama_repack;
+	bool f32_act;       /* --activations f32 */
 	uint64_t kv_bytes;           /* the engine's formula */
 	uint32_t n_run;              /* blocks run (dense + MoE) */
 	bool want[R_COUNT];
@@ -368,7 +369,8 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 	int rc;
 	struct ms_engine_config cfg = { .model = c->model_path, .n_ctx = c->n_ctx,
 					.n_batch = c->n_batch,
-					.n_threads = (int)c->threads, .quiet = true };
+					.n_threads = (int)c->threads, .quiet = true,
+					.q8_activations = !c->f32_act };
 	if (daemon) {
 		struct bench_daemon_opts o = { .model = c->model_path,
 					       .cache_bytes = u->cache_daemon,
@@ -447,10 +449,11 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 		x->bytes_decode = s2.expert_bytes_read - s1.expert_bytes_read;
 	}
 	char b[32];
-	snprintf(x->note, sizeof(x->note), "%s cache %s, %u thread%s, batch %u",
+	snprintf(x->note, sizeof(x->note), "%s cache %s, %u thread%s, batch %u, %s activations",
 		 daemon ? "moestreamd" : "embedded",
 		 fmt_bytes(x->cache_bytes, b, sizeof(b)), c->threads,
-		 c->threads == 1 ? "" : "s", c->n_batch);
+		 c->threads == 1 ? "" : "s", c->n_batch,
+		 c->f32_act ? "f32" : "8-bit");
 out:
 	free(logits);
 	ms_engine_close(e);
@@ -931,6 +934,9 @@ static void usage(FILE *f)
 		"  --llamacpp-repack  keep llama.cpp's weight repacking (its default; "
 		"needs RAM\n"
 		"                     for a copy of the repacked weights)\n"
+		"  --activations A    run's products: q8 (default; 8-bit "
+		"activations as llama.cpp's\n"
+		"                     CPU backend) or f32 (exact)\n"
 		"  --llama-dir D      llama.cpp's libraries (default: "
 		"$MS_LLAMA_DIR, else the\n"
 		"                     cache tests/fetch-ggml.sh fills)\n"
@@ -1022,7 +1028,7 @@ static int size_run(const struct rcfg *c, struct rrun *u, uint64_t share,
 int bench_e2e_real_main(int argc, char **argv)
 {
 	enum { O_MODEL = 1000, O_PROMPT, O_PROMPT_FILE, O_GEN, O_CACHE, O_MEM,
-	       O_METHODS, O_THREADS, O_CTX, O_BATCH, O_REPACK, O_LLDIR, O_SWEEP,
+	       O_METHODS, O_THREADS, O_CTX, O_BATCH, O_REPACK, O_ACT, O_LLDIR, O_SWEEP,
 	       O_SWEEP_OUT, O_JSON, O_DECODE };
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, O_MODEL },
@@ -1036,6 +1042,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		{ "ctx", required_argument, 0, O_CTX },
 		{ "batch", required_argument, 0, O_BATCH },
 		{ "llamacpp-repack", no_argument, 0, O_REPACK },
+		{ "activations", required_argument, 0, O_ACT },
 		{ "llama-dir", required_argument, 0, O_LLDIR },
 		{ "sweep", optional_argument, 0, O_SWEEP },
 		{ "sweep-out", required_argument, 0, O_SWEEP_OUT },
@@ -1102,6 +1109,13 @@ int bench_e2e_real_main(int argc, char **argv)
 			}
 			break;
 		case O_REPACK: c.llama_repack = true; break;
+		case O_ACT: {
+			bool q8;
+			if (tool_parse_activations(CMD, optarg, &q8))
+				return tool_bad_usage(usage_line);
+			c.f32_act = !q8;
+			break;
+		}
 		case O_LLDIR: c.llama_dir = optarg; break;
 		case O_SWEEP:
 			/* --sweep LIST as well as --sweep=LIST: a list is what
@@ -1281,6 +1295,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		cJSON_AddStringToObject(o, "cgroup", bench_cg_name(&cg));
 		cJSON_AddBoolToObject(o, "page_cache_dropped", dropped);
 		cJSON_AddBoolToObject(o, "llamacpp_repack", c.llama_repack);
+		cJSON_AddStringToObject(o, "activations", c.f32_act ? "f32" : "q8");
 		if (n_runs == 1) {
 			json_run(o, &c, &runs[0]);
 		} else {

@@ -227,6 +227,17 @@ bool tool_drop_caches(void)
 	return ok;
 }
 
+int tool_parse_activations(const char *cmd, const char *s, bool *q8)
+{
+	if (!strcmp(s, "q8") || !strcmp(s, "f32")) {
+		*q8 = !strcmp(s, "q8");
+		return 0;
+	}
+	tool_error(cmd, "--activations '%s': expected q8 (8-bit, as llama.cpp's "
+		   "CPU backend) or f32 (exact)", s);
+	return -1;
+}
+
 int tool_parse_methods(const char *cmd, const char *opt, const char *s,
 		       const char *const *names, int n, const char *choices,
 		       bool *want)

@@ -92,6 +92,10 @@ static void usage(FILE *f)
 		"more get 503\n"
 		"                          (default 64)\n"
 		"  --no-speculate          no speculative prefetch hints\n"
+		"  --activations A         q8 (default): 8-bit activations for the "
+		"K-quant\n"
+		"                          products, as llama.cpp's CPU backend; "
+		"f32: exact\n"
 		"  --device cpu            where the decoder runs (cpu; gpu exits 3 "
 		"until the GPU\n"
 		"                          decoder lands)\n"
@@ -130,7 +134,7 @@ int cmd_serve(int argc, char **argv)
 	enum {
 		O_HOST = 256, O_PORT, O_SOCKET, O_CACHE, O_PAR, O_CTX, O_BATCH,
 		O_THREADS, O_KEY, O_KEYFILE, O_TMPL, O_ALIAS, O_MAXCONN,
-		O_TIMEOUT, O_MAXQ, O_NOSPEC, O_DEVICE,
+		O_TIMEOUT, O_MAXQ, O_NOSPEC, O_DEVICE, O_ACT,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -149,6 +153,7 @@ int cmd_serve(int argc, char **argv)
 		{ "timeout", required_argument, 0, O_TIMEOUT },
 		{ "max-queue", required_argument, 0, O_MAXQ },
 		{ "no-speculate", no_argument, 0, O_NOSPEC },
+		{ "activations", required_argument, 0, O_ACT },
 		{ "device", required_argument, 0, O_DEVICE },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
@@ -158,6 +163,7 @@ int cmd_serve(int argc, char **argv)
 		.timeout_s = 60, .max_queue = 64, .stop = &stop_flag,
 	};
 	c.engine.quiet = false;
+	c.engine.q8_activations = true;
 	const char *key_file = NULL;
 	char *key_buf = NULL;
 	uint32_t u;
@@ -236,6 +242,11 @@ int cmd_serve(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case O_NOSPEC: c.engine.no_speculate = true; break;
+		case O_ACT:
+			if (tool_parse_activations(CMD, optarg,
+						   &c.engine.q8_activations))
+				return 2;
+			break;
 		case O_DEVICE:
 			if (!strcmp(optarg, "cpu"))
 				break;

@@ -90,6 +90,10 @@ bool tool_drop_caches(void);
 /* A comma-separated list of names[0..n): want[k] set for each one named
  * (the rest cleared); 0, or -EINVAL after "OPT: 'x' is not one of CHOICES"
  * or "OPT 's': no method named". */
+/* --activations q8|f32 -> *q8; prints the error and returns -1 on another
+ * value. */
+int tool_parse_activations(const char *cmd, const char *s, bool *q8);
+
 int tool_parse_methods(const char *cmd, const char *opt, const char *s,
 		       const char *const *names, int n, const char *choices,
 		       bool *want);

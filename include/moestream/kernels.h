@@ -165,7 +165,17 @@ struct ms_ffn_opts {
 	int n_threads;           /* 0: all online CPUs (ignored with a pool) */
 	enum ms_ffn_path path;   /* AUTO: AVX2 where the CPU has it */
 	struct ms_ffn_pool *pool;/* NULL: threads per call */
+	bool q8;                 /* K-quant weights (Q2_K..Q6_K) only: round
+				    the activations to 8 bits per 256 values
+				    as ggml's CPU backend does (its Q8_K) and
+				    compute in integers; rows of a multiple
+				    of 256. Another type, or rows that are
+				    not, is -ENOTSUP: see ms_ffn_q8_ok. */
 };
+
+/* True when ms_expert_ffn / ms_matmul take opts.q8 for rows of n values
+ * of `type`. */
+bool ms_ffn_q8_ok(uint32_t type, int64_t n);
 
 /* For n_tokens inputs x [n_tokens][n_embd] (row-major, f32):
  *   y = W_down . (silu(W_gate . x) * (W_up . x))     y [n_tokens][n_embd]

@@ -1,0 +1,291 @@
+/*
+ * q8_avx2.c - kernels/q8.c's unpackers and dot in AVX2, the same bits.
+ *
+ * Unpacking a block is a handful of shifts and masks per 32 codes (the
+ * layouts put 32 consecutive elements in 32 consecutive bytes, or in the
+ * same bit field of them), done once per row whatever the number of inputs.
+ * The dot per block: for each 32 codes one unsigned x signed byte
+ * multiply-add into 16-bit pairs (at most 2 x 63 x 127 = 16002: no
+ * saturation), one 16-bit multiply-add by the two groups' scales into 32-bit
+ * lanes, then the block's two integer sums and ms_q8_block: integer sums
+ * are exact, so the order of the lanes does not matter.
+ *
+ * Like ffn_avx2.c, compiled with the project's flags; each function carries
+ * the target attribute and is only reached after ms_ffn_avx2_cpu().
+ */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "moestream/model.h"
+
+#include "ffn_internal.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define TGT_INLINE static inline __attribute__((always_inline)) TGT
+
+TGT_INLINE __m256i ld(const void *p)
+{
+	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+TGT_INLINE void st(uint8_t *p, __m256i v)
+{
+	_mm256_store_si256((__m256i *)p, v);
+}
+
+/* Each byte's bit `b` (0..7) as 0/1. A 16-bit shift is fine: the mask
+ * keeps only what came from the byte's own bit. */
+TGT_INLINE __m256i bit_of(__m256i v, int b)
+{
+	return _mm256_and_si256(_mm256_srli_epi16(v, b), _mm256_set1_epi8(1));
+}
+
+/* ---- block headers: kernels/q8.c's hdr_* in a few word operations ---------------- */
+
+TGT_INLINE float h2f(const uint8_t *p)
+{
+	uint16_t h;
+	memcpy(&h, p, 2);
+	return _cvtsh_ss(h);
+}
+
+/* 16 unsigned bytes -> w->s (and w->m when m is NULL: the same) as int16,
+ * minus `sub`. */
+TGT_INLINE void put16(int16_t *dst, __m128i bytes, int sub)
+{
+	__m256i v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes),
+				     _mm256_set1_epi16((short)sub));
+	_mm256_storeu_si256((__m256i *)dst, v);
+}
+
+/* 8 unsigned bytes (a u64) -> 16 int16, each twice (a scale per 32
+ * elements, stored per 16). */
+TGT_INLINE void put8x2(int16_t *dst, uint64_t b8)
+{
+	__m128i v = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b8));
+	__m256i d = _mm256_setr_m128i(_mm_unpacklo_epi16(v, v),
+				      _mm_unpackhi_epi16(v, v));
+	_mm256_storeu_si256((__m256i *)dst, d);
+}
+
+TGT_INLINE void hdr_q2_K(const uint8_t *x, struct ms_q8_w *w)
+{
+	w->d = h2f(x + 80);
+	w->dm = h2f(x + 82);
+	w->off = 0;
+	__m128i sc = _mm_loadu_si128((const __m128i *)x);
+	put16(w->s, _mm_and_si128(sc, _mm_set1_epi8(0x0f)), 0);
+	put16(w->m, _mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0f)), 0);
+}
+
+TGT_INLINE void hdr_q3_K(const uint8_t *x, struct ms_q8_w *w)
+{
+	w->d = h2f(x + 108);
+	w->dm = 0;
+	w->off = 4;
+	uint64_t lo;
+	uint32_t hi;
+	memcpy(&lo, x + 96, 8);
+	memcpy(&hi, x + 104, 4);
+	const uint64_t m4 = 0x0f0f0f0f0f0f0f0full;
+	const uint32_t m2 = 0x03030303u;
+	/* groups 0..7: low nibbles of bytes 0..7, top bits 0-1 then 2-3 of
+	 * bytes 8..11; groups 8..15: high nibbles, top bits 4-5 then 6-7 */
+	uint64_t a = (lo & m4) | ((uint64_t)(hi & m2) | (uint64_t)((hi >> 2) & m2) << 32) << 4;
+	uint64_t b = ((lo >> 4) & m4) |
+		     ((uint64_t)((hi >> 4) & m2) | (uint64_t)((hi >> 6) & m2) << 32) << 4;
+	put16(w->s, _mm_set_epi64x((long long)b, (long long)a), 32);
+	memcpy(w->m, w->s, sizeof(w->m));
+}
+
+TGT_INLINE void hdr_q4_K(const uint8_t *x, struct ms_q8_w *w)
+{
+	w->d = h2f(x);
+	w->dm = h2f(x + 2);
+	w->off = 0;
+	uint32_t w0, w1, w2;
+	memcpy(&w0, x + 4, 4);
+	memcpy(&w1, x + 8, 4);
+	memcpy(&w2, x + 12, 4);
+	const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, t2 = 0x30303030u;
+	uint64_t sc = (w0 & m6) | (uint64_t)((w2 & m4) | ((w0 >> 2) & t2)) << 32;
+	uint64_t mn = (w1 & m6) |
+		      (uint64_t)(((w2 >> 4) & m4) | ((w1 >> 2) & t2)) << 32;
+	put8x2(w->s, sc);
+	put8x2(w->m, mn);
+}
+
+TGT_INLINE void hdr_q6_K(const uint8_t *x, struct ms_q8_w *w)
+{
+	w->d = h2f(x + 208);
+	w->dm = 0;
+	w->off = 32;
+	__m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 192)));
+	_mm256_storeu_si256((__m256i *)w->s, v);
+	_mm256_storeu_si256((__m256i *)w->m, v);
+}
+
+TGT static void up_q2_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
+{
+	const __m256i m3 = _mm256_set1_epi8(3);
+	for (int64_t i = 0; i < nb; i++, x += 84, w++) {
+		hdr_q2_K(x, w);
+		for (int h = 0; h < 2; h++) {
+			__m256i q = ld(x + 16 + 32 * h);
+			for (int j = 0; j < 4; j++)
+				st(w->u + 128 * h + 32 * j,
+				   _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3));
+		}
+	}
+}
+
+TGT static void up_q3_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
+{
+	const __m256i m3 = _mm256_set1_epi8(3);
+	for (int64_t i = 0; i < nb; i++, x += 110, w++) {
+		hdr_q3_K(x, w);
+		__m256i hm = ld(x);
+		for (int h = 0; h < 2; h++) {
+			__m256i q = ld(x + 32 + 32 * h);
+			for (int j = 0; j < 4; j++) {
+				__m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+				__m256i hb = _mm256_slli_epi16(bit_of(hm, 4 * h + j), 2);
+				st(w->u + 128 * h + 32 * j, _mm256_or_si256(lo, hb));
+			}
+		}
+	}
+}
+
+TGT_INLINE void k45(const uint8_t *qh, const uint8_t *qs, struct ms_q8_w *w)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0f);
+	__m256i h = qh ? ld(qh) : _mm256_setzero_si256();
+	for (int j = 0; j < 4; j++) {
+		__m256i q = ld(qs + 32 * j);
+		__m256i lo = _mm256_and_si256(q, m4);
+		__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+		if (qh) {
+			lo = _mm256_or_si256(lo, _mm256_slli_epi16(bit_of(h, 2 * j), 4));
+			hi = _mm256_or_si256(hi, _mm256_slli_epi16(bit_of(h, 2 * j + 1), 4));
+		}
+		st(w->u + 64 * j, lo);
+		st(w->u + 64 * j + 32, hi);
+	}
+}
+
+TGT static void up_q4_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
+{
+	for (int64_t i = 0; i < nb; i++, x += 144, w++) {
+		hdr_q4_K(x, w);
+		k45(NULL, x + 16, w);
+	}
+}
+
+TGT static void up_q5_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
+{
+	for (int64_t i = 0; i < nb; i++, x += 176, w++) {
+		hdr_q4_K(x, w);
+		k45(x + 16, x + 48, w);
+	}
+}
+
+TGT static void up_q6_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+	for (int64_t i = 0; i < nb; i++, x += 210, w++) {
+		hdr_q6_K(x, w);
+		for (int h = 0; h < 2; h++) {
+			__m256i qh = ld(x + 128 + 32 * h);
+			__m256i l0 = ld(x + 64 * h), l1 = ld(x + 64 * h + 32);
+			for (int r = 0; r < 4; r++) {
+				__m256i ql = r % 2 ? l1 : l0;
+				__m256i lo = _mm256_and_si256(
+					_mm256_srli_epi16(ql, 4 * (r / 2)), m4);
+				__m256i hi = _mm256_and_si256(
+					_mm256_srli_epi16(qh, 2 * r), m3);
+				st(w->u + 128 * h + 32 * r,
+				   _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)));
+			}
+		}
+	}
+}
+
+TGT_INLINE int32_t hsum32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v),
+				  _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+	return _mm_cvtsi128_si32(s);
+}
+
+TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
+			  int64_t nb)
+{
+	/* scale pair (s[2g], s[2g+1]) -> s[2g] in the low lane's 8 words (its
+	 * 16 codes), s[2g+1] in the high lane's */
+	const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+						0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+						2, 3, 2, 3, 2, 3, 2, 3);
+	double acc = 0;
+	for (int64_t i = 0; i < nb; i++, w++, x++) {
+		__m256i a = _mm256_setzero_si256();
+		for (int g = 0; g < 8; g++) {
+			__m256i p = _mm256_maddubs_epi16(ld(w->u + 32 * g),
+							 ld(x->q + 32 * g));
+			int32_t pair;
+			memcpy(&pair, w->s + 2 * g, 4);
+			__m256i sc = _mm256_shuffle_epi8(_mm256_set1_epi32(pair),
+							 spread);
+			a = _mm256_add_epi32(a, _mm256_madd_epi16(p, sc));
+		}
+		__m256i m = _mm256_madd_epi16(ld(w->m), ld(x->bsum));
+		acc += ms_q8_block(w, x, hsum32(a), hsum32(m));
+	}
+	return (float)acc;
+}
+
+ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
+{
+	if (!ms_ffn_avx2_cpu())
+		return NULL;
+	switch (type) {
+	case MS_TYPE_Q2_K: return up_q2_K;
+	case MS_TYPE_Q3_K: return up_q3_K;
+	case MS_TYPE_Q4_K: return up_q4_K;
+	case MS_TYPE_Q5_K: return up_q5_K;
+	case MS_TYPE_Q6_K: return up_q6_K;
+	default: return NULL;
+	}
+}
+
+ms_q8_dot_fn ms_q8_avx2_dotter(void)
+{
+	return ms_ffn_avx2_cpu() ? dot_avx2 : NULL;
+}
+
+#else /* not x86-64: the scalar forms only */
+
+ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
+{
+	(void)type;
+	return NULL;
+}
+
+ms_q8_dot_fn ms_q8_avx2_dotter(void)
+{
+	return NULL;
+}
+
+#endif

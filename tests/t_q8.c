@@ -1,0 +1,290 @@
+/*
+ * t_q8 - the 8-bit-activation products (ms_ffn_opts.q8; kernels/q8.c and
+ * q8_avx2.c) against ggml's CPU backend itself: libggml-cpu of the pinned
+ * llama.cpp package, by dlopen, its type traits' from_float (quantize_row_
+ * q8_K) and vec_dot (ggml_vec_dot_qN_K_q8_K).
+ *
+ * For Q2_K..Q6_K, random blocks and random inputs of several magnitudes
+ * (and an all-zero block):
+ *   - the rounded activations equal ggml's Q8_K blocks byte for byte
+ *     (codes, sums of 16, scale);
+ *   - each row's dot is within 2e-6 of ggml's, relative to the sum of the
+ *     magnitudes of its terms (the two sum the same integers in a different
+ *     float order), and so is a float64 sum of ggml's dequantised weights
+ *     times the rounded activations;
+ *   - the scalar and AVX2 forms unpack to the same bytes and give the same
+ *     bits;
+ *   - ms_matmul and ms_expert_ffn with q8 give each token the same bits
+ *     alone or among 2..5 tokens, on 1, 2 or 3 threads, and the FFN is
+ *     exactly its three products composed;
+ *   - a type without an 8-bit kernel is refused, naming it.
+ * It prints the error of the 8-bit path against the exact f32 one (what
+ * rounding the activations costs: ~1e-2 relative L2 on these random
+ * weights, whose dots cancel), held only to 0.1, which a wrong code or
+ * scale would break (the products would be unrelated: ~1).
+ *
+ * Needs $MS_LLAMA_DIR (tests/fetch-ggml.sh; tests/run.sh sets it).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moestream/kernels.h"
+#include "moestream/model.h"
+#include "../kernels/ffn_internal.h"
+#include "testutil.h"
+
+void tool_fill_blocks(uint8_t *buf, uint64_t size, uint32_t type, uint64_t *s);
+
+/* ggml-cpu.h's type traits (the pinned build): passed by pointer. */
+typedef void (*from_float_t)(const float *x, void *y, int64_t k);
+typedef void (*vec_dot_t)(int n, float *s, size_t bs, const void *x,
+			  size_t bx, const void *y, size_t by, int nrc);
+struct traits_cpu {
+	from_float_t from_float;
+	vec_dot_t vec_dot;
+	int vec_dot_type;
+	int64_t nrows;
+};
+
+#define GGML_Q8_K 15
+#define G8_BYTES 292 /* block_q8_K: f32 d, int8 qs[256], int16 bsums[16] */
+
+static const uint32_t types[] = { MS_TYPE_Q2_K, MS_TYPE_Q3_K, MS_TYPE_Q4_K,
+				  MS_TYPE_Q5_K, MS_TYPE_Q6_K };
+
+static const struct traits_cpu *(*get_traits)(int type);
+
+static void load_ggml_cpu(void)
+{
+	const char *dir = getenv("MS_LLAMA_DIR");
+	if (!dir)
+		t_fatal("MS_LLAMA_DIR is not set: run under tests/run.sh, after "
+			"tests/fetch-ggml.sh");
+	char p[4096];
+	snprintf(p, sizeof(p), "%s/libggml-base.so", dir);
+	if (!dlopen(p, RTLD_NOW | RTLD_GLOBAL))
+		t_fatal("%s: %s (run tests/fetch-ggml.sh)", p, dlerror());
+	__builtin_cpu_init();
+	bool hw = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		  __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+	snprintf(p, sizeof(p), "%s/libggml-cpu-%s.so", dir, hw ? "haswell" : "x64");
+	void *h = dlopen(p, RTLD_NOW | RTLD_GLOBAL);
+	if (!h)
+		t_fatal("%s: %s", p, dlerror());
+	void (*init)(void) = (void (*)(void))dlsym(h, "ggml_cpu_init");
+	get_traits = (const struct traits_cpu *(*)(int))dlsym(h, "ggml_get_type_traits_cpu");
+	if (!init || !get_traits)
+		t_fatal("%s: no ggml_cpu_init / ggml_get_type_traits_cpu", p);
+	init();
+	printf("reference: %s\n", p);
+}
+
+/* Inputs: gaussian-ish, each 256-block at its own magnitude, one block of
+ * the first row all zero. */
+static void fill_x(float *x, int64_t n, uint64_t *s, bool zero_block)
+{
+	for (int64_t b = 0; b < n; b += 256) {
+		double mag = pow(10.0, (double)(t_rand(s) % 7) - 3.0);
+		for (int j = 0; j < 256; j++) {
+			double u = 0;
+			for (int k = 0; k < 4; k++)
+				u += (double)(t_rand(s) % 100001) / 100000.0 - 0.5;
+			x[b + j] = (float)(u * mag);
+		}
+	}
+	if (zero_block)
+		memset(x + 256, 0, 256 * sizeof(float));
+}
+
+static double rel_l2(const float *a, const float *b, int64_t n)
+{
+	double num = 0, den = 0;
+	for (int64_t i = 0; i < n; i++) {
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	return den ? sqrt(num / den) : sqrt(num);
+}
+
+static void against_ggml(uint32_t t, uint64_t *s, bool avx2)
+{
+	const int64_t n = 2048, nb = n / 256, R = 48;
+	const struct traits_cpu *tr = get_traits((int)t);
+	if (!tr || !tr->vec_dot || tr->vec_dot_type != GGML_Q8_K)
+		t_fatal("ggml: %s has no vec_dot with Q8_K", ms_type_name(t));
+	const struct traits_cpu *q8 = get_traits(GGML_Q8_K);
+	if (!q8 || !q8->from_float)
+		t_fatal("ggml: no Q8_K from_float");
+	uint64_t rs;
+	ms_type_row_size(t, n, &rs, NULL);
+	uint8_t *w = malloc(R * rs), *g8 = malloc(nb * G8_BYTES);
+	float *x = malloc(n * sizeof(float)), *wf = malloc(n * sizeof(float));
+	struct ms_q8_act *xq = aligned_alloc(32, nb * sizeof(*xq));
+	struct ms_q8_w *uw = aligned_alloc(32, nb * sizeof(*uw)),
+		       *us = aligned_alloc(32, nb * sizeof(*us));
+	tool_fill_blocks(w, R * rs, t, s);
+	ms_q8_unpack_fn up = ms_q8_unpacker(t, avx2), ups = ms_q8_unpacker(t, false);
+	ms_q8_dot_fn dot = ms_q8_dotter(avx2), dots = ms_q8_dotter(false);
+	double worst = 0, worst64 = 0;
+	int qdiff = 0, formdiff = 0;
+	for (int64_t r = 0; r < R; r++) {
+		fill_x(x, n, s, r == 0);
+		q8->from_float(x, g8, n);
+		ms_q8_quantize(x, xq, n);
+		for (int64_t b = 0; b < nb; b++) {
+			const uint8_t *gb = g8 + b * G8_BYTES;
+			float gd;
+			memcpy(&gd, gb, 4);
+			int16_t gs[16];
+			memcpy(gs, gb + 260, 32);
+			/* ggml leaves an all-zero block's sums unwritten */
+			qdiff += memcmp(&gd, &xq[b].d, 4) != 0 ||
+				 memcmp(gb + 4, xq[b].q, 256) != 0 ||
+				 (gd != 0 && memcmp(gs, xq[b].bsum, 32) != 0);
+		}
+		const uint8_t *row = w + r * rs;
+		float ref;
+		tr->vec_dot((int)n, &ref, 0, row, 0, g8, 0, 1);
+		up(row, uw, nb);
+		ups(row, us, nb);
+		float ours = dot(uw, xq, nb), scal = dots(us, xq, nb);
+		for (int64_t b = 0; b < nb; b++)
+			formdiff += memcmp(uw[b].u, us[b].u, 256) != 0 ||
+				    memcmp(uw[b].s, us[b].s, 32) != 0 ||
+				    memcmp(uw[b].m, us[b].m, 32) != 0 ||
+				    memcmp(&uw[b].d, &us[b].d, 4) != 0 ||
+				    memcmp(&uw[b].dm, &us[b].dm, 4) != 0 ||
+				    uw[b].off != us[b].off;
+		formdiff += memcmp(&ours, &scal, 4) != 0;
+		/* float64: ggml's dequantised weights x the rounded inputs */
+		if (ms_dequant_row(t, row, wf, n))
+			t_fatal("dequant %s", ms_type_name(t));
+		double d64 = 0, mag = 0;
+		for (int64_t i = 0; i < n; i++) {
+			double xv = (double)xq[i / 256].d * xq[i / 256].q[i % 256];
+			d64 += (double)wf[i] * xv;
+			mag += fabs((double)wf[i] * xv);
+		}
+		if (mag == 0)
+			mag = 1;
+		double e = fabs((double)ours - ref) / mag,
+		       e64 = fabs((double)ours - d64) / mag;
+		worst = e > worst ? e : worst;
+		worst64 = e64 > worst64 ? e64 : worst64;
+	}
+	printf("%-5s %-6s rounded inputs differing from ggml's: %d of %lld blocks; "
+	       "dot vs ggml %.2e, vs float64 %.2e (of the terms' magnitude); "
+	       "scalar/avx2 differences %d\n",
+	       ms_type_name(t), avx2 ? "avx2" : "scalar", qdiff,
+	       (long long)(R * nb), worst, worst64, formdiff);
+	T_CHECK(qdiff == 0, "%s: %d rounded blocks differ from ggml's",
+		ms_type_name(t), qdiff);
+	T_CHECK(worst <= 2e-6, "%s: dot %.3e from ggml's", ms_type_name(t), worst);
+	T_CHECK(worst64 <= 2e-6, "%s: dot %.3e from float64", ms_type_name(t),
+		worst64);
+	T_CHECK(formdiff == 0, "%s: scalar and avx2 differ in %d rows",
+		ms_type_name(t), formdiff);
+	free(w), free(g8), free(x), free(wf), free(xq), free(uw), free(us);
+}
+
+/* ms_matmul and ms_expert_ffn with q8: batch and thread invariance, the
+ * FFN as its products, the error against f32. */
+static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
+{
+	const int64_t E = 512, F = 768, T = 5;
+	uint64_t rs_e, rs_f;
+	ms_type_row_size(t, E, &rs_e, NULL);
+	ms_type_row_size(t, F, &rs_f, NULL);
+	uint8_t *g = malloc(F * rs_e), *u = malloc(F * rs_e), *d = malloc(E * rs_f);
+	tool_fill_blocks(g, F * rs_e, t, s);
+	tool_fill_blocks(u, F * rs_e, t, s);
+	tool_fill_blocks(d, E * rs_f, t, s);
+	float *x = malloc(T * E * sizeof(float)), *y1 = malloc(T * F * sizeof(float)),
+	      *yn = malloc(T * F * sizeof(float)), *yf = malloc(T * F * sizeof(float)),
+	      *gg = malloc(T * F * sizeof(float)), *uu = malloc(T * F * sizeof(float)),
+	      *ye = malloc(T * E * sizeof(float)), *yc = malloc(T * E * sizeof(float));
+	fill_x(x, T * E, s, false);
+	struct ms_err err = { 0 };
+	int diff = 0;
+	for (int th = 1; th <= 3; th++) {
+		struct ms_ffn_opts o = { .path = path, .n_threads = th, .q8 = true };
+		for (int nt = 1; nt <= T; nt++) {
+			if (ms_matmul(t, g, E, F, x, yn, nt, &o, &err))
+				t_fatal("%s: %s", ms_type_name(t), err.msg);
+			for (int k = 0; k < nt; k++) {
+				if (ms_matmul(t, g, E, F, x + k * E, y1, 1, &o, &err))
+					t_fatal("%s", err.msg);
+				diff += memcmp(y1, yn + k * F, F * sizeof(float)) != 0;
+			}
+		}
+	}
+	T_CHECK(diff == 0, "%s/%s: %d tokens changed with their batch or threads",
+		ms_type_name(t), ms_ffn_path_name(path), diff);
+
+	/* the FFN = its three products composed (h as the FFN computes it) */
+	struct ms_ffn_opts o = { .path = path, .n_threads = 2, .q8 = true };
+	struct ms_expert_view v = { .n_embd = E, .n_ff = F, .type = { t, t, t },
+				    .data = { g, u, d } };
+	if (ms_expert_ffn(&v, x, ye, T, &o, &err))
+		t_fatal("%s: %s", ms_type_name(t), err.msg);
+	if (ms_matmul(t, g, E, F, x, gg, T, &o, &err) ||
+	    ms_matmul(t, u, E, F, x, uu, T, &o, &err))
+		t_fatal("%s", err.msg);
+	for (int64_t i = 0; i < T * F; i++) {
+		double gv = gg[i], uv = uu[i];
+		gg[i] = (float)(gv / (1.0 + exp(-gv)) * uv);
+	}
+	if (ms_matmul(t, d, F, E, gg, yc, T, &o, &err))
+		t_fatal("%s", err.msg);
+	T_CHECK(!memcmp(ye, yc, T * E * sizeof(float)),
+		"%s: the q8 FFN is not its products composed", ms_type_name(t));
+
+	/* what rounding the activations costs, against the exact f32 path */
+	struct ms_ffn_opts f = { .path = path, .n_threads = 2 };
+	if (ms_matmul(t, g, E, F, x, yf, T, &f, &err))
+		t_fatal("%s", err.msg);
+	double em = rel_l2(yn, yf, T * F);
+	if (ms_expert_ffn(&v, x, yc, T, &f, &err))
+		t_fatal("%s", err.msg);
+	double ef = rel_l2(ye, yc, T * E);
+	printf("%-5s %-6s q8 vs f32: matmul rel L2 %.2e, FFN %.2e\n",
+	       ms_type_name(t), ms_ffn_path_name(path), em, ef);
+	T_CHECK(em < 0.1 && ef < 0.1, "%s: q8 vs f32 %.3e / %.3e: more than "
+		"8-bit rounding", ms_type_name(t), em, ef);
+	free(g), free(u), free(d), free(x), free(y1), free(yn), free(yf);
+	free(gg), free(uu), free(ye), free(yc);
+}
+
+int main(void)
+{
+	load_ggml_cpu();
+	uint64_t s = t_seed();
+	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
+	if (!avx2)
+		printf("note: no AVX2 on this CPU: the scalar forms only\n");
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		against_ggml(types[i], &s, false);
+		if (avx2)
+			against_ggml(types[i], &s, true);
+		products(types[i], &s, MS_FFN_PATH_SCALAR);
+		if (avx2)
+			products(types[i], &s, MS_FFN_PATH_AVX2);
+	}
+
+	/* refused: a type without an 8-bit kernel, rows not of 256 */
+	struct ms_err err = { 0 };
+	struct ms_ffn_opts o = { .q8 = true };
+	uint8_t w[34 * 8] = { 0 };
+	float x[256] = { 0 }, y[1];
+	int rc = ms_matmul(MS_TYPE_Q8_0, w, 256, 1, x, y, 1, &o, &err);
+	T_CHECK(rc == -ENOTSUP && strstr(err.msg, "q8_0"),
+		"q8 on q8_0: rc %d, \"%s\"", rc, err.msg);
+	uint8_t w2[84] = { 0 };
+	rc = ms_matmul(MS_TYPE_Q2_K, w2, 32, 1, x, y, 1, &o, &err);
+	T_CHECK(rc == -EINVAL || rc == -ENOTSUP, "q8 on rows of 32: rc %d", rc);
+	return t_done();
+}
