@@ -360,6 +360,8 @@ struct ffn_job {
 	struct ms_q8_w **wq;
 	ms_q8_unpack_fn up_gate, up_up, up_down;
 	ms_q8_dot_fn q8dot;
+	/* n_tok <= 4 on AVX2: the fused forms (NULL: unpack + dot) */
+	ms_q8_fused_fn fu_gate, fu_up, fu_down;
 	const float *xv[MULTI_MAX], *x16v[MULTI_MAX], *x32v[MULTI_MAX];
 	const float *hv[MULTI_MAX], *h16v[MULTI_MAX], *h32v[MULTI_MAX];
 	int rc; /* first failure, atomically */
@@ -475,6 +477,22 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 	struct ms_q8_w *w = j->wq[ith];
 	float *g = j->tbuf[ith];
 	share(F, ith, nth, &r0, &r1);
+	const struct ms_q8_act *xv[MS_Q8_FUSED_MAX];
+	for (int64_t b = 0; b < B && b < MS_Q8_FUSED_MAX; b++)
+		xv[b] = j->xq + b * nb;
+	if (j->fu_gate && j->fu_up) {
+		for (int64_t r = r0; r < r1; r++) {
+			float uo[MS_Q8_FUSED_MAX];
+			j->fu_gate(j->gate + (uint64_t)r * j->rs_gate, xv, nb, g,
+				   (int)B);
+			j->fu_up(j->up + (uint64_t)r * j->rs_up, xv, nb, uo, (int)B);
+			for (int64_t b = 0; b < B; b++) {
+				double gv = g[b], uv = uo[b];
+				j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
+			}
+		}
+		return;
+	}
 	for (int64_t r = r0; r < r1; r++) {
 		j->up_gate(j->gate + (uint64_t)r * j->rs_gate, w, nb);
 		for (int64_t b = 0; b < B; b++)
@@ -491,11 +509,24 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
  * with the job's gate fields holding W and n_embd its row length. */
 static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
 			  const uint8_t *base, uint64_t rs, ms_q8_unpack_fn up,
-			  const struct ms_q8_act *q, int64_t n_in, int64_t n_out)
+			  ms_q8_fused_fn fu, const struct ms_q8_act *q,
+			  int64_t n_in, int64_t n_out)
 {
 	int64_t r0, r1, nb = n_in / MS_Q8_QK;
 	struct ms_q8_w *w = j->wq[ith];
 	share(n_out, ith, nth, &r0, &r1);
+	if (fu) {
+		const struct ms_q8_act *xv[MS_Q8_FUSED_MAX];
+		for (int64_t b = 0; b < j->n_tok; b++)
+			xv[b] = q + b * nb;
+		for (int64_t r = r0; r < r1; r++) {
+			float o[MS_Q8_FUSED_MAX];
+			fu(base + (uint64_t)r * rs, xv, nb, o, (int)j->n_tok);
+			for (int64_t b = 0; b < j->n_tok; b++)
+				j->y[b * n_out + r] = o[b];
+		}
+		return;
+	}
 	for (int64_t r = r0; r < r1; r++) {
 		up(base + (uint64_t)r * rs, w, nb);
 		for (int64_t b = 0; b < j->n_tok; b++)
@@ -506,14 +537,16 @@ static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
 static void phase_down_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
-	phase_rows_q8(j, ith, nth, j->down, j->rs_down, j->up_down, j->hq,
+	phase_rows_q8(j, ith, nth, j->down, j->rs_down, j->up_down, j->fu_down,
+		      j->hq,
 		      j->n_ff, j->n_embd);
 }
 
 static void phase_matmul_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
-	phase_rows_q8(j, ith, nth, j->gate, j->rs_gate, j->up_gate, j->xq,
+	phase_rows_q8(j, ith, nth, j->gate, j->rs_gate, j->up_gate, j->fu_gate,
+		      j->xq,
 		      j->n_embd, j->n_ff);
 }
 
@@ -550,6 +583,11 @@ static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
 	j->up_gate = ms_q8_unpacker(j->t_gate, avx2);
 	j->up_up = j->up ? ms_q8_unpacker(j->t_up, avx2) : NULL;
 	j->up_down = j->down ? ms_q8_unpacker(j->t_down, avx2) : NULL;
+	if (avx2 && j->n_tok <= MS_Q8_FUSED_MAX) {
+		j->fu_gate = ms_q8_avx2_fused(j->t_gate);
+		j->fu_up = j->up ? ms_q8_avx2_fused(j->t_up) : NULL;
+		j->fu_down = j->down ? ms_q8_avx2_fused(j->t_down) : NULL;
+	}
 	size_t nx = (size_t)(j->n_tok * n_x / MS_Q8_QK),
 	       nh = (size_t)(j->n_tok * n_h / MS_Q8_QK);
 	j->xq = aligned_alloc(32, (nx + nh) * sizeof(struct ms_q8_act));

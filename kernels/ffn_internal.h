@@ -105,6 +105,14 @@ ms_q8_dot_fn ms_q8_dotter(bool avx2);
 ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type);
 ms_q8_dot_fn ms_q8_avx2_dotter(void);
 
+/* AVX2 only (NULL elsewhere): one row against nt (1..4) inputs, the codes
+ * made in registers; out[t] has the same bits as unpack + dot. */
+#define MS_Q8_FUSED_MAX 4
+typedef void (*ms_q8_fused_fn)(const uint8_t *row,
+			       const struct ms_q8_act *const *x, int64_t nb,
+			       float *out, int nt);
+ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);
+
 /* What both forms do with a block's two integer sums. */
 static inline double ms_q8_block(const struct ms_q8_w *w,
 				 const struct ms_q8_act *x, int32_t A,

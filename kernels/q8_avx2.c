@@ -256,6 +256,130 @@ TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 	return (float)acc;
 }
 
+/* ---- fused: codes made in registers, dotted with up to four inputs ------------
+ *
+ * For decode (one to four tokens) the store and reload of the unpacked row
+ * cost as much as making it: here each 32 codes are made in a register and
+ * multiplied with every input at once. The integer sums are the same
+ * integers as the unpacked path's, then the same ms_q8_block: the same bits
+ * (t_q8 compares a token alone with the same token in a batch of five). */
+
+TGT_INLINE __m256i codes_q2_K(const uint8_t *x, int g)
+{
+	return _mm256_and_si256(_mm256_srli_epi16(ld(x + 16 + 32 * (g / 4)), 2 * (g % 4)),
+				_mm256_set1_epi8(3));
+}
+
+TGT_INLINE __m256i codes_q3_K(const uint8_t *x, int g)
+{
+	__m256i lo = _mm256_and_si256(
+		_mm256_srli_epi16(ld(x + 32 + 32 * (g / 4)), 2 * (g % 4)),
+		_mm256_set1_epi8(3));
+	return _mm256_or_si256(lo, _mm256_slli_epi16(bit_of(ld(x), g), 2));
+}
+
+TGT_INLINE __m256i codes_q4_K(const uint8_t *x, int g)
+{
+	__m256i q = ld(x + 16 + 32 * (g / 2));
+	return _mm256_and_si256(g % 2 ? _mm256_srli_epi16(q, 4) : q,
+				_mm256_set1_epi8(0x0f));
+}
+
+TGT_INLINE __m256i codes_q5_K(const uint8_t *x, int g)
+{
+	__m256i q = ld(x + 48 + 32 * (g / 2));
+	__m256i lo = _mm256_and_si256(g % 2 ? _mm256_srli_epi16(q, 4) : q,
+				      _mm256_set1_epi8(0x0f));
+	return _mm256_or_si256(lo, _mm256_slli_epi16(bit_of(ld(x + 16), g), 4));
+}
+
+TGT_INLINE __m256i codes_q6_K(const uint8_t *x, int g)
+{
+	const int h = g / 4, r = g % 4;
+	__m256i lo = _mm256_and_si256(
+		_mm256_srli_epi16(ld(x + 64 * h + 32 * (r % 2)), 4 * (r / 2)),
+		_mm256_set1_epi8(0x0f));
+	__m256i hi = _mm256_and_si256(_mm256_srli_epi16(ld(x + 128 + 32 * h), 2 * r),
+				      _mm256_set1_epi8(3));
+	return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+
+#define SPREAD_MASK                                                                   \
+	_mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, \
+			 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3)
+
+/* The two groups' scales of chunk g spread over its two lanes. */
+TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
+{
+	int32_t pair;
+	memcpy(&pair, s + 2 * g, 4);
+	return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), SPREAD_MASK);
+}
+
+#define FUSED(T, BYTES, HDR)                                                          \
+	TGT_INLINE void fused_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
+				      int64_t nb, float *out, const int NT)           \
+	{                                                                             \
+		double acc[4] = { 0, 0, 0, 0 };                                       \
+		struct ms_q8_w h;                                                     \
+		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
+			HDR(x, &h);                                                   \
+			__m256i a[4];                                                 \
+			for (int t = 0; t < NT; t++)                                  \
+				a[t] = _mm256_setzero_si256();                        \
+			_Pragma("GCC unroll 8") for (int g = 0; g < 8; g++)          \
+			{                                                             \
+				__m256i u = codes_##T(x, g);                          \
+				__m256i sc = chunk_scales(h.s, g);                    \
+				for (int t = 0; t < NT; t++)                          \
+					a[t] = _mm256_add_epi32(                      \
+						a[t],                                 \
+						_mm256_madd_epi16(                    \
+							_mm256_maddubs_epi16(         \
+								u, ld(in[t][i].q +    \
+								      32 * g)),       \
+							sc));                         \
+			}                                                             \
+			__m256i mv = ld(h.m);                                         \
+			for (int t = 0; t < NT; t++)                                  \
+				acc[t] += ms_q8_block(                                \
+					&h, &in[t][i], hsum32(a[t]),                  \
+					hsum32(_mm256_madd_epi16(mv, ld(in[t][i].bsum)))); \
+		}                                                                     \
+		for (int t = 0; t < NT; t++)                                          \
+			out[t] = (float)acc[t];                                       \
+	}                                                                             \
+	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_act *const *in, \
+				  int64_t nb, float *out, int nt)                     \
+	{                                                                             \
+		switch (nt) {                                                         \
+		case 1: fused_##T##_n(x, in, nb, out, 1); break;                      \
+		case 2: fused_##T##_n(x, in, nb, out, 2); break;                      \
+		case 3: fused_##T##_n(x, in, nb, out, 3); break;                      \
+		default: fused_##T##_n(x, in, nb, out, 4); break;                     \
+		}                                                                     \
+	}
+
+FUSED(q2_K, 84, hdr_q2_K)
+FUSED(q3_K, 110, hdr_q3_K)
+FUSED(q4_K, 144, hdr_q4_K)
+FUSED(q5_K, 176, hdr_q4_K)
+FUSED(q6_K, 210, hdr_q6_K)
+
+ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type)
+{
+	if (!ms_ffn_avx2_cpu())
+		return NULL;
+	switch (type) {
+	case MS_TYPE_Q2_K: return fused_q2_K;
+	case MS_TYPE_Q3_K: return fused_q3_K;
+	case MS_TYPE_Q4_K: return fused_q4_K;
+	case MS_TYPE_Q5_K: return fused_q5_K;
+	case MS_TYPE_Q6_K: return fused_q6_K;
+	default: return NULL;
+	}
+}
+
 ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 {
 	if (!ms_ffn_avx2_cpu())
@@ -285,6 +409,12 @@ ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 
 ms_q8_dot_fn ms_q8_avx2_dotter(void)
 {
+	return NULL;
+}
+
+ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type)
+{
+	(void)type;
 	return NULL;
 }
 
