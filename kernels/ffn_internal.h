@@ -95,10 +95,6 @@ typedef void (*ms_q8_unpack_fn)(const uint8_t *row, struct ms_q8_w *w,
 typedef float (*ms_q8_dot_fn)(const struct ms_q8_w *w,
 			      const struct ms_q8_act *x, int64_t nb);
 
-/* A block's header (d, dm, off, s, m) for `type`, for both forms. */
-typedef void (*ms_q8_hdr_fn)(const uint8_t *blk, struct ms_q8_w *w);
-ms_q8_hdr_fn ms_q8_header(uint32_t type);
-
 /* The scalar forms, and the AVX2 forms (NULL off x86-64); the same bits. */
 ms_q8_unpack_fn ms_q8_unpacker(uint32_t type, bool avx2);
 ms_q8_dot_fn ms_q8_dotter(bool avx2);

@@ -64,7 +64,8 @@ void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n)
 
 /* ---- unpackers: the layouts are kernels/dequant.c's (see its comments) --------- */
 
-/* The scales, mins, d, dm and off of one block: shared by both forms. */
+/* The scales, mins, d, dm and off of one block (q8_avx2.c: the same in
+ * word operations). */
 static void hdr_q2_K(const uint8_t *x, struct ms_q8_w *w)
 {
 	w->d = f16_f32(rd16(x + 80));
@@ -106,18 +107,6 @@ static void hdr_q6_K(const uint8_t *x, struct ms_q8_w *w)
 	w->off = 32;
 	for (int g = 0; g < 16; g++)
 		w->s[g] = w->m[g] = (int16_t)(int8_t)x[192 + g];
-}
-
-ms_q8_hdr_fn ms_q8_header(uint32_t type)
-{
-	switch (type) {
-	case MS_TYPE_Q2_K: return hdr_q2_K;
-	case MS_TYPE_Q3_K: return hdr_q3_K;
-	case MS_TYPE_Q4_K:
-	case MS_TYPE_Q5_K: return hdr_q4_K;
-	case MS_TYPE_Q6_K: return hdr_q6_K;
-	default: return NULL;
-	}
 }
 
 /* Q2_K's and Q3_K's 2-bit codes of group g (16 elements). */
