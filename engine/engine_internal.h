@@ -116,6 +116,9 @@ struct ms_engine {
 
 	struct ms_engine_stats st;
 	bool q8;                     /* cfg.q8_activations */
+	bool fa16;              /* this batch's attention as llama.cpp's
+				   flash attention computes a ubatch of
+				   under 64 tokens (ms_attn_f16) */
 	volatile int *stop;
 };
 

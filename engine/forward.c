@@ -43,37 +43,6 @@
 
 #include "engine_internal.h"
 
-/* ---- f16 -------------------------------------------------------------------------- */
-
-/* f32 -> f16, round to nearest even: the one direction the kernels do not
- * have (they read f16, ms_ffn_dequant_row); the KV cache writes it. */
-static uint16_t f32_to_f16(float f)
-{
-	uint32_t x;
-	memcpy(&x, &f, 4);
-	uint32_t sign = (x >> 16) & 0x8000, e = (x >> 23) & 0xFF, m = x & 0x7FFFFF;
-	if (e == 0xFF)
-		return (uint16_t)(sign | 0x7C00 | (m ? 0x200 : 0));
-	int32_t ne = (int32_t)e - 127 + 15;
-	if (ne >= 31)
-		return (uint16_t)(sign | 0x7C00);
-	if (ne <= 0) {
-		if (ne < -10)
-			return (uint16_t)sign;
-		m |= 0x800000;
-		uint32_t shift = (uint32_t)(14 - ne);
-		uint32_t h = m >> shift, rem = m & ((1u << shift) - 1),
-			 half = 1u << (shift - 1);
-		if (rem > half || (rem == half && (h & 1)))
-			h++;
-		return (uint16_t)(sign | h);
-	}
-	uint32_t h = (uint32_t)ne << 10 | m >> 13, rem = m & 0x1FFF;
-	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-		h++; /* may carry into the exponent: still right */
-	return (uint16_t)(sign | h);
-}
-
 /* ---- small pieces ------------------------------------------------------------------ */
 
 /* ggml's rms_norm: the mean of squares in double, one f32 scale. */
@@ -123,12 +92,15 @@ static void q8_round(uint32_t wtype, float *x, int64_t n)
 			for (int j = 0; j < 32; j++)
 				if (fabsf(x[b + j]) > amax)
 					amax = fabsf(x[b + j]);
-			float d = amax / 127, id = d ? 1 / d : 0;
-			uint16_t h = f32_to_f16(d);
+			/* ggml's x86 quantize_row_q8_0: d = amax / 127 kept as
+			 * f16, the values multiplied by 127 / amax and rounded
+			 * to nearest even */
+			float d = amax / 127, id = amax ? 127.f / amax : 0;
+			uint16_t h = ms_f32_f16(d);
 			float d16;
 			ms_dequant_row(MS_TYPE_F16, &h, &d16, 1);
 			for (int j = 0; j < 32; j++)
-				x[b + j] = roundf(x[b + j] * id) * d16;
+				x[b + j] = nearbyintf(x[b + j] * id) * d16;
 		}
 	}
 }
@@ -231,16 +203,17 @@ static void kv_store(const struct ms_engine *e, void *cache, size_t at,
 		memcpy((float *)cache + at, v, (size_t)n * sizeof(float));
 		return;
 	}
-	uint16_t *h = (uint16_t *)cache + at;
-	for (int64_t i = 0; i < n; i++)
-		h[i] = f32_to_f16(v[i]);
+	ms_f32_f16_row(v, (uint16_t *)cache + at, n);
 }
 
 struct att_job {
 	struct ms_engine *e;
 	uint32_t block;
 	int64_t T;
+	bool fa16;      /* llama.cpp's flash attention rounding (ms_attn_f16) */
 };
+
+
 
 /* Where sequence seq's K (or V) row for block b at position pos starts, in
  * values. */
@@ -267,6 +240,13 @@ static void att_task(void *ctx, int ith, int nth)
 		float *out = e->att + t * H * D + h * D;
 		size_t base = kv_at(e, e->tseq[t], j->block, 0);
 		uint32_t n_pos = e->tpos[t] + 1; /* causal */
+		if (j->fa16) {
+			ms_attn_f16(e->opts.path, q,
+				    (const uint16_t *)e->k_cache + base + kvh * D,
+				    (const uint16_t *)e->v_cache + base + kvh * D,
+				    (size_t)HK, n_pos, D, scale, out);
+			continue;
+		}
 		float mx = -INFINITY;
 		for (uint32_t p = 0; p < n_pos; p++) {
 			kv_row(e, e->k_cache, base + (size_t)p * HK + kvh * D, D, kf);
@@ -332,7 +312,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		kv_store(e, e->k_cache, at, kk, HK);
 		kv_store(e, e->v_cache, at, v, HK);
 	}
-	struct att_job j = { .e = e, .block = b, .T = T };
+	struct att_job j = { .e = e, .block = b, .T = T, .fa16 = e->fa16 };
 	ms_ffn_parallel(e->pool, 0, att_task, &j);
 	if ((rc = matmul(e, &k->wo, e->att, e->o, T, err)))
 		return rc;
@@ -503,6 +483,27 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	return 0;
 }
 
+/* llama.cpp's CPU flash attention takes a ubatch of this many tokens or
+ * more through its tiled path (f32 throughout), a smaller one through the
+ * path that holds V's accumulator in f16 (ggml-cpu's GGML_FA_TILE_Q); and
+ * llama_decode cuts a call's tokens into ubatches of n_ubatch (512 by
+ * default). So with llama.cpp's rounding, the tokens done..done+T of a call
+ * of n take the f16 path when the ubatch llama.cpp would put token `done`
+ * in is short: a decode step, a prompt under 64 tokens, the tail of a long
+ * one. (Measured with tests/t_forward_ref.c, 96 tokens in one call: taking
+ * our second batch of 32 through the f16 path, where llama.cpp had all 96
+ * in one ubatch, doubled the median cosine distance on the GLM preset,
+ * 5.5e-7 against 2.7e-7.) */
+#define LLAMA_FA_TILE 64
+#define LLAMA_UBATCH 512
+
+static bool fa16_for(const struct ms_engine *e, size_t n, size_t done)
+{
+	size_t start = done / LLAMA_UBATCH * LLAMA_UBATCH;
+	size_t ub = n - start < LLAMA_UBATCH ? n - start : LLAMA_UBATCH;
+	return e->q8 && !e->cfg.kv_f32 && ub < LLAMA_FA_TILE;
+}
+
 /* ---- one batch --------------------------------------------------------------------- */
 
 /* One pass over tokens ids[0..T) whose sequences and positions are in
@@ -589,6 +590,7 @@ int ms_engine_eval(struct ms_engine *e, const int32_t *ids, size_t n,
 			out = logits;
 			rows[n_out++] = (int64_t)T - 1;
 		}
+		e->fa16 = fa16_for(e, n, done);
 		for (size_t t = 0; t < T; t++) {
 			e->tseq[t] = 0;
 			e->tpos[t] = e->seq_pos[0] + (uint32_t)t;
@@ -626,6 +628,7 @@ int ms_engine_eval_seqs(struct ms_engine *e, const int32_t *ids,
 	while (done < n) {
 		size_t T = n - done < e->cfg.n_batch ? n - done : e->cfg.n_batch;
 		int64_t n_out = 0;
+		e->fa16 = fa16_for(e, n, done);
 		for (size_t t = 0; t < T; t++) {
 			uint32_t s = seq[done + t];
 			e->tseq[t] = s;

@@ -9,9 +9,10 @@
  *  - per position: the cosine of the two logit vectors, whether the argmax
  *    agrees, whether llama.cpp's argmax is among our top 3, the largest
  *    absolute difference; printed for every model.
- *  - the same with our activations rounded to 8 bits before each quantised
- *    product (llama.cpp's CPU backend does that; cfg.q8_activations): the
- *    share of the difference that rounding explains.
+ *  - the same with llama.cpp's CPU rounding (cfg.q8_activations):
+ *    activations rounded to 8 bits before each quantised product, and
+ *    attention in batches under 64 tokens with its flash attention's f16
+ *    accumulator (ms_attn_f16).
  *  - on the tiny preset: the same logits (bit for bit) through a moestreamd
  *    as embedded, and with an embedded cache so small that experts keep
  *    missing; and greedy generation of 32 tokens against llama.cpp's.
@@ -25,8 +26,14 @@
  * (cosine ~0.99). So: the median cosine distance must be <= 1e-4 (a wrong
  * norm, rope, bias, routing rule or expert order gives 1e-2 and more), at
  * least 90% of positions at cosine >= 0.999, llama.cpp's argmax in our top 3
- * at >= 90%. The strict figures of issue 15 (every position >= 0.999, argmax
- * equal >= 95%) are printed, not asserted.
+ * at >= 90%. With llama.cpp's rounding the near ties mostly fall the same
+ * way, and issue 15's strict figures are asserted: cosine >= 0.999 at every
+ * position, argmax equal at >= 95%, llama.cpp's argmax in our top 3 at
+ * every position (measured: min cosine 0.99977 tiny, 0.99988 GLM, 0.99999
+ * Qwen3). Greedy decoding: each step's gap between the two best tokens of
+ * these random models is often ~1e-3 of the logit range, below what the
+ * remaining differences (float summation order) move, so where the tokens
+ * first part must be such a near tie (both gaps are printed).
  */
 #include <errno.h>
 #include <math.h>
@@ -138,7 +145,8 @@ static void greedy(const char *model, struct ms_llref *ref, const int32_t *ids,
 		   int n)
 {
 	struct ms_err err = { 0 };
-	struct ms_engine_config cfg = { .model = model, .n_ctx = 256, .quiet = true };
+	struct ms_engine_config cfg = { .model = model, .n_ctx = 256,
+					.q8_activations = true, .quiet = true };
 	struct ms_engine *e;
 	if (ms_engine_open(&e, &cfg, &err)) {
 		t_fail_at(__FILE__, __LINE__, "engine: %s", err.msg);
@@ -172,9 +180,11 @@ static void greedy(const char *model, struct ms_llref *ref, const int32_t *ids,
 				above += a[k] > a[y];
 			}
 			double gap = (double)(a[x] - a[y]) / (double)(hi - lo);
+			double their = (double)(bl[y] - bl[x]) / (double)(hi - lo);
 			printf("tiny     greedy: step %d parts: ours %d, llama.cpp's %d "
-			       "is our #%d, %.2e of our logit range below\n", i, x,
-			       y, above + 1, gap);
+			       "is our #%d, %.2e of our logit range below (in "
+			       "llama.cpp's, ours is %.2e below its)\n", i, x, y,
+			       above + 1, gap, their);
 			T_CHECK(above < 3 && gap < 1e-2, "greedy step %d: llama.cpp's "
 				"token %d is our #%d, %.3f of the logit range below "
 				"ours: not a near tie", i, y, above + 1, gap);
@@ -247,6 +257,15 @@ static void run_model(const char *name, const char *model, bool tiny)
 	if (q8) {
 		struct cmp c = compare(q8, ref_l, n, V);
 		print_cmp(name, "8-bit activations", &c);
+		/* llama.cpp's own rounding (cfg.q8_activations): issue 15's
+		 * strict figures hold */
+		T_CHECK(c.good_cos == n, "%s, llama.cpp's rounding: cosine >= "
+			"0.999 at %d of %d positions (min %.6f)", name,
+			c.good_cos, n, c.min_cos);
+		T_CHECK(c.argmax_eq * 100 >= n * 95, "%s, llama.cpp's rounding: "
+			"argmax equal at %d of %d positions", name, c.argmax_eq, n);
+		T_CHECK(c.top3 == n, "%s, llama.cpp's rounding: its argmax in "
+			"our top 3 at %d of %d positions", name, c.top3, n);
 		free(q8);
 	}
 	if (tiny && ours) {

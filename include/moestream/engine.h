@@ -193,9 +193,12 @@ struct ms_engine_config {
 	uint32_t n_seq;         /* sequences with a KV cache each (0: 1);
 				   ms_engine_eval_seqs runs tokens of
 				   several in one batch */
-	bool q8_activations;    /* round activations to 8 bits before each
-				   quantised product, as llama.cpp's CPU
-				   backend does (for comparing with it) */
+	bool q8_activations;    /* compute as llama.cpp's CPU backend does:
+				   activations rounded to 8 bits before each
+				   quantised product, and (with the f16 KV
+				   cache) attention in batches of under 64
+				   tokens with its flash attention's f16
+				   rounding (ms_attn_f16) */
 };
 
 struct ms_engine_info {

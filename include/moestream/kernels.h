@@ -148,6 +148,23 @@ bool ms_ffn_type_vectorised(uint32_t type, enum ms_ffn_path p);
 int ms_ffn_dequant_row(enum ms_ffn_path p, uint32_t type, const void *src,
 		       float *dst, int64_t n);
 
+/* f32 -> IEEE half, round to nearest even (as F16C's vcvtps2ph and ggml's
+ * GGML_FP32_TO_FP16 do); the row form writes n of them. */
+uint16_t ms_f32_f16(float f);
+void ms_f32_f16_row(const float *x, uint16_t *y, int64_t n);
+
+/* One query's attention over n cached f16 rows as llama.cpp's CPU flash
+ * attention computes it for batches of fewer than 64 tokens: q rounded to
+ * f16, scores dot(q, k) * scale in f32, an online softmax whose V
+ * accumulator is held in f16 (kernels/attn.c says exactly how). Row p of K
+ * and V starts at k + p * stride and v + p * stride (values); d <=
+ * MS_ATTN_MAX_D. The AVX2 path gives the C path's bits. 0, -EINVAL (d or
+ * stride), -ENOTSUP (path unavailable). */
+#define MS_ATTN_MAX_D 1024
+int ms_attn_f16(enum ms_ffn_path p, const float *q, const uint16_t *k,
+		const uint16_t *v, size_t stride, uint32_t n, int64_t d,
+		float scale, float *out);
+
 /* A pool of worker threads for the FFN, so that a decode step does not pay
  * for thread creation (tens of microseconds each). Optional: without one,
  * ms_expert_ffn starts and joins threads per call. One call at a time per
