@@ -107,16 +107,36 @@ ms_q8_dot_fn ms_q8_avx2_dotter(void);
 typedef void (*ms_q8_fused_fn)(const uint8_t *row,
 			       const struct ms_q8_act *const *x, int64_t nb,
 			       float *out, int nt);
-ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);
+ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);  /* the best of the two: */
+ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type); /* AVX2 */
+ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type); /* AVX-512 BW + VNNI, the
+						     same bits; NULL without
+						     them or with
+						     MS_FFN_NO_AVX512=1 */
 
-/* What both forms do with a block's two integer sums. */
-static inline double ms_q8_block(const struct ms_q8_w *w,
-				 const struct ms_q8_act *x, int32_t A,
-				 int32_t M)
+/* What every form does with a block's integer sums. Each sums the block's
+ * products exactly in 8 integer lanes: lane k of A holds bytes 4k..4k+3 of
+ * every 32-code chunk times its group's scale, lane k of M the mins (or
+ * scales) of groups 2k and 2k+1 times the input's sums of 16. Then, as
+ * ggml's AVX2 vec_dots do, floats per lane, with no horizontal sum per
+ * block: acc[k] += fa * A[k], accm[k] += fm * M[k] (a multiply, then an
+ * add), and at the end of the row the lanes acc - accm summed in a fixed
+ * tree. The same operations in C and in vectors: the same bits. */
+static inline void ms_q8_factors(const struct ms_q8_w *w,
+				 const struct ms_q8_act *x, float *fa,
+				 float *fm)
 {
-	float v = w->d * (float)((int64_t)A - (int64_t)w->off * M) -
-		  w->dm * (float)M;
-	return (double)(x->d * v);
+	*fa = x->d * w->d;
+	*fm = x->d * (w->dm + w->d * (float)w->off);
+}
+
+/* ((r0 + r4) + (r2 + r6)) + ((r1 + r5) + (r3 + r7)) */
+static inline float ms_q8_tree8(const float *r)
+{
+	float a0 = r[0] + r[4], a1 = r[1] + r[5], a2 = r[2] + r[6],
+	      a3 = r[3] + r[7];
+	float b0 = a0 + a2, b1 = a1 + a3;
+	return b0 + b1;
 }
 
 #endif

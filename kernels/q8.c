@@ -190,19 +190,31 @@ static void up_q6_K(const uint8_t *x, struct ms_q8_w *w, int64_t nb)
 static float dot_scalar(const struct ms_q8_w *w, const struct ms_q8_act *x,
 			int64_t nb)
 {
-	double acc = 0;
+	float acc[8] = { 0 }, accm[8] = { 0 };
 	for (int64_t i = 0; i < nb; i++, w++, x++) {
-		int32_t A = 0, M = 0;
-		for (int g = 0; g < MS_Q8_QK / 16; g++) {
-			int32_t s = 0;
-			for (int l = 0; l < 16; l++)
-				s += (int32_t)w->u[16 * g + l] * x->q[16 * g + l];
-			A += w->s[g] * s;
-			M += w->m[g] * x->bsum[g];
+		int32_t A[8] = { 0 }, M[8];
+		for (int g = 0; g < 8; g++) /* 32-code chunks */
+			for (int k = 0; k < 8; k++) {
+				int32_t s = 0;
+				for (int b = 0; b < 4; b++)
+					s += (int32_t)w->u[32 * g + 4 * k + b] *
+					     x->q[32 * g + 4 * k + b];
+				A[k] += w->s[2 * g + k / 4] * s;
+			}
+		for (int k = 0; k < 8; k++)
+			M[k] = w->m[2 * k] * x->bsum[2 * k] +
+			       w->m[2 * k + 1] * x->bsum[2 * k + 1];
+		float fa, fm;
+		ms_q8_factors(w, x, &fa, &fm);
+		for (int k = 0; k < 8; k++) {
+			acc[k] = acc[k] + fa * (float)A[k];
+			accm[k] = accm[k] + fm * (float)M[k];
 		}
-		acc += ms_q8_block(w, x, A, M);
 	}
-	return (float)acc;
+	float r[8];
+	for (int k = 0; k < 8; k++)
+		r[k] = acc[k] - accm[k];
+	return ms_q8_tree8(r);
 }
 
 ms_q8_unpack_fn ms_q8_unpacker(uint32_t type, bool avx2)

@@ -6,9 +6,10 @@
  * same bit field of them), done once per row whatever the number of inputs.
  * The dot per block: for each 32 codes one unsigned x signed byte
  * multiply-add into 16-bit pairs (at most 2 x 63 x 127 = 16002: no
- * saturation), one 16-bit multiply-add by the two groups' scales into 32-bit
- * lanes, then the block's two integer sums and ms_q8_block: integer sums
- * are exact, so the order of the lanes does not matter.
+ * saturation), one 16-bit multiply-add by the two groups' scales into 8
+ * 32-bit lanes (exact), then per lane into floats as ms_q8_factors says,
+ * with one horizontal sum per row, not per block: ffn_internal.h has the
+ * lane layout every form keeps, so all give the same bits.
  *
  * Like ffn_avx2.c, compiled with the project's flags; each function carries
  * the target attribute and is only reached after ms_ffn_avx2_cpu().
@@ -21,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "moestream/model.h"
@@ -230,6 +232,22 @@ TGT_INLINE int32_t hsum32(__m256i v)
 	return _mm_cvtsi128_si32(s);
 }
 
+/* acc += fa * float(a), one lane each: ms_q8_factors' per-block step */
+TGT_INLINE __m256 lane_step(__m256 acc, float f, __m256i a)
+{
+	return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(f),
+						_mm256_cvtepi32_ps(a)));
+}
+
+/* ms_q8_tree8 of acc - accm */
+TGT_INLINE float lane_tree(__m256 acc, __m256 accm)
+{
+	__m256 r = _mm256_sub_ps(acc, accm);
+	__m128 a = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+	__m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+	return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
+}
+
 TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 			  int64_t nb)
 {
@@ -238,7 +256,7 @@ TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 	const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
 						0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
 						2, 3, 2, 3, 2, 3, 2, 3);
-	double acc = 0;
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
 	for (int64_t i = 0; i < nb; i++, w++, x++) {
 		__m256i a = _mm256_setzero_si256();
 		for (int g = 0; g < 8; g++) {
@@ -251,17 +269,20 @@ TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 			a = _mm256_add_epi32(a, _mm256_madd_epi16(p, sc));
 		}
 		__m256i m = _mm256_madd_epi16(ld(w->m), ld(x->bsum));
-		acc += ms_q8_block(w, x, hsum32(a), hsum32(m));
+		float fa, fm;
+		ms_q8_factors(w, x, &fa, &fm);
+		acc = lane_step(acc, fa, a);
+		accm = lane_step(accm, fm, m);
 	}
-	return (float)acc;
+	return lane_tree(acc, accm);
 }
 
 /* ---- fused: codes made in registers, dotted with up to four inputs ------------
  *
  * For decode (one to four tokens) the store and reload of the unpacked row
  * cost as much as making it: here each 32 codes are made in a register and
- * multiplied with every input at once. The integer sums are the same
- * integers as the unpacked path's, then the same ms_q8_block: the same bits
+ * multiplied with every input at once. The integer lanes are the same
+ * integers as the unpacked path's, then the same float steps: the same bits
  * (t_q8 compares a token alone with the same token in a batch of five). */
 
 TGT_INLINE __m256i codes_q2_K(const uint8_t *x, int g)
@@ -320,7 +341,9 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 	TGT_INLINE void fused_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
 				      int64_t nb, float *out, const int NT)           \
 	{                                                                             \
-		double acc[4] = { 0, 0, 0, 0 };                                       \
+		__m256 acc[4], accm[4];                                               \
+		for (int t = 0; t < NT; t++)                                          \
+			acc[t] = accm[t] = _mm256_setzero_ps();                       \
 		struct ms_q8_w h;                                                     \
 		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
 			HDR(x, &h);                                                   \
@@ -341,13 +364,16 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 							sc));                         \
 			}                                                             \
 			__m256i mv = ld(h.m);                                         \
-			for (int t = 0; t < NT; t++)                                  \
-				acc[t] += ms_q8_block(                                \
-					&h, &in[t][i], hsum32(a[t]),                  \
-					hsum32(_mm256_madd_epi16(mv, ld(in[t][i].bsum)))); \
+			for (int t = 0; t < NT; t++) {                                \
+				float fa, fm;                                         \
+				ms_q8_factors(&h, &in[t][i], &fa, &fm);               \
+				acc[t] = lane_step(acc[t], fa, a[t]);                 \
+				accm[t] = lane_step(accm[t], fm,                      \
+					_mm256_madd_epi16(mv, ld(in[t][i].bsum)));    \
+			}                                                             \
 		}                                                                     \
 		for (int t = 0; t < NT; t++)                                          \
-			out[t] = (float)acc[t];                                       \
+			out[t] = lane_tree(acc[t], accm[t]);                          \
 	}                                                                             \
 	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_act *const *in, \
 				  int64_t nb, float *out, int nt)                     \
@@ -366,7 +392,176 @@ FUSED(q4_K, 144, hdr_q4_K)
 FUSED(q5_K, 176, hdr_q4_K)
 FUSED(q6_K, 210, hdr_q6_K)
 
+/* ---- fused, AVX-512: two chunks (64 codes) per register -----------------------
+ *
+ * The same integers again: 64 codes made at once (the two chunks of a pair
+ * come from the same bytes at two shifts, or from 64 adjacent bytes), one
+ * unsigned x signed multiply-add into 16-bit pairs per input, and one
+ * 16-bit multiply-accumulate by the four groups' scales into 32-bit lanes
+ * (VNNI's vpdpwssd, which adds what madd + add would). Exact integer
+ * lanes, the two chunks' halves added into AVX2's 8, then the same float
+ * steps: the same bits as the AVX2 forms (t_q8). */
+
+#define TGT5 __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma,f16c")))
+#define TGT5_INLINE static inline __attribute__((always_inline)) TGT5
+
+/* 32 bytes at p in both halves, each 16-bit lane shifted right by a (low
+ * half) or b (high half). */
+TGT5_INLINE __m512i two_shifts(const uint8_t *p, int a, int b)
+{
+	__m512i v = _mm512_broadcast_i64x4(ld(p));
+	__m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)a),
+					_mm256_set1_epi16((short)b), 1);
+	return _mm512_srlv_epi16(v, sh);
+}
+
+TGT5_INLINE __m512i m8(int v)
+{
+	return _mm512_set1_epi8((char)v);
+}
+
+/* chunks g and g + 1 (g even) */
+TGT5_INLINE __m512i codes2_q2_K(const uint8_t *x, int g)
+{
+	int s = 2 * (g % 4);
+	return _mm512_and_si512(two_shifts(x + 16 + 32 * (g / 4), s, s + 2), m8(3));
+}
+
+TGT5_INLINE __m512i codes2_q3_K(const uint8_t *x, int g)
+{
+	int s = 2 * (g % 4);
+	__m512i lo = _mm512_and_si512(two_shifts(x + 32 + 32 * (g / 4), s, s + 2),
+				      m8(3));
+	__m512i hb = _mm512_and_si512(two_shifts(x, g, g + 1), m8(1));
+	return _mm512_or_si512(lo, _mm512_slli_epi16(hb, 2));
+}
+
+TGT5_INLINE __m512i codes2_q4_K(const uint8_t *x, int g)
+{
+	return _mm512_and_si512(two_shifts(x + 16 + 32 * (g / 2), 0, 4), m8(0x0f));
+}
+
+TGT5_INLINE __m512i codes2_q5_K(const uint8_t *x, int g)
+{
+	__m512i lo = _mm512_and_si512(two_shifts(x + 48 + 32 * (g / 2), 0, 4),
+				      m8(0x0f));
+	__m512i hb = _mm512_and_si512(two_shifts(x + 16, g, g + 1), m8(1));
+	return _mm512_or_si512(lo, _mm512_slli_epi16(hb, 4));
+}
+
+TGT5_INLINE __m512i codes2_q6_K(const uint8_t *x, int g)
+{
+	const int h = g / 4, r = g % 4; /* r even: 64 adjacent low bytes */
+	__m512i lo = _mm512_and_si512(
+		_mm512_srli_epi16(_mm512_loadu_si512(x + 64 * h), 4 * (r / 2)),
+		m8(0x0f));
+	__m512i hi = _mm512_and_si512(two_shifts(x + 128 + 32 * h, 2 * r,
+						 2 * r + 2), m8(3));
+	return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+}
+
+/* Scales of chunks g, g + 1: s[2g..2g+3], each over 8 words (16 codes). */
+TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
+{
+	const __m512i idx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2,
+					     2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1,
+					     0, 0, 0, 0, 0, 0, 0, 0);
+	return _mm512_permutexvar_epi16(
+		idx, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(s + 2 * g))));
+}
+
+#define FUSED5(T, BYTES, HDR)                                                         \
+	TGT5_INLINE void f5_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
+				    int64_t nb, float *out, const int NT)             \
+	{                                                                             \
+		__m256 acc[4], accm[4];                                               \
+		for (int t = 0; t < NT; t++)                                          \
+			acc[t] = accm[t] = _mm256_setzero_ps();                       \
+		struct ms_q8_w h;                                                     \
+		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
+			HDR(x, &h);                                                   \
+			__m512i a[4];                                                 \
+			for (int t = 0; t < NT; t++)                                  \
+				a[t] = _mm512_setzero_si512();                        \
+			_Pragma("GCC unroll 4") for (int g = 0; g < 8; g += 2)       \
+			{                                                             \
+				__m512i u = codes2_##T(x, g);                         \
+				__m512i sc = pair_scales(h.s, g);                     \
+				for (int t = 0; t < NT; t++)                          \
+					a[t] = _mm512_dpwssd_epi32(                   \
+						a[t],                                 \
+						_mm512_maddubs_epi16(                 \
+							u, _mm512_loadu_si512(        \
+								in[t][i].q + 32 * g)), \
+						sc);                                  \
+			}                                                             \
+			__m256i mv = ld(h.m);                                         \
+			for (int t = 0; t < NT; t++) {                                \
+				float fa, fm;                                         \
+				ms_q8_factors(&h, &in[t][i], &fa, &fm);               \
+				/* chunk g's lanes + chunk g + 1's: AVX2's 8 */       \
+				__m256i a8 = _mm256_add_epi32(                        \
+					_mm512_castsi512_si256(a[t]),                 \
+					_mm512_extracti64x4_epi64(a[t], 1));          \
+				acc[t] = lane_step(acc[t], fa, a8);                   \
+				accm[t] = lane_step(accm[t], fm,                      \
+					_mm256_madd_epi16(mv, ld(in[t][i].bsum)));    \
+			}                                                             \
+		}                                                                     \
+		for (int t = 0; t < NT; t++)                                          \
+			out[t] = lane_tree(acc[t], accm[t]);                          \
+	}                                                                             \
+	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_act *const *in,  \
+				int64_t nb, float *out, int nt)                       \
+	{                                                                             \
+		switch (nt) {                                                         \
+		case 1: f5_##T##_n(x, in, nb, out, 1); break;                         \
+		case 2: f5_##T##_n(x, in, nb, out, 2); break;                         \
+		case 3: f5_##T##_n(x, in, nb, out, 3); break;                         \
+		default: f5_##T##_n(x, in, nb, out, 4); break;                        \
+		}                                                                     \
+	}
+
+FUSED5(q2_K, 84, hdr_q2_K)
+FUSED5(q3_K, 110, hdr_q3_K)
+FUSED5(q4_K, 144, hdr_q4_K)
+FUSED5(q5_K, 176, hdr_q4_K)
+FUSED5(q6_K, 210, hdr_q6_K)
+
+/* MS_FFN_NO_AVX512=1 in the environment hides these (the AVX2 forms then
+ * serve), as MS_FFN_NO_AVX2 hides AVX2. */
+static bool avx512_cpu(void)
+{
+	const char *off = getenv("MS_FFN_NO_AVX512");
+	if (off && *off && strcmp(off, "0"))
+		return false;
+	__builtin_cpu_init();
+	return ms_ffn_avx2_cpu() && __builtin_cpu_supports("avx512f") &&
+	       __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512vnni");
+}
+
+ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type)
+{
+	if (!avx512_cpu())
+		return NULL;
+	switch (type) {
+	case MS_TYPE_Q2_K: return f5_q2_K;
+	case MS_TYPE_Q3_K: return f5_q3_K;
+	case MS_TYPE_Q4_K: return f5_q4_K;
+	case MS_TYPE_Q5_K: return f5_q5_K;
+	case MS_TYPE_Q6_K: return f5_q6_K;
+	default: return NULL;
+	}
+}
+
 ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type)
+{
+	ms_q8_fused_fn f = ms_q8_avx512_fused(type);
+	return f ? f : ms_q8_avx256_fused(type);
+}
+
+ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type)
 {
 	if (!ms_ffn_avx2_cpu())
 		return NULL;
@@ -413,6 +608,18 @@ ms_q8_dot_fn ms_q8_avx2_dotter(void)
 }
 
 ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type)
+{
+	(void)type;
+	return NULL;
+}
+
+ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type)
+{
+	(void)type;
+	return NULL;
+}
+
+ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type)
 {
 	(void)type;
 	return NULL;

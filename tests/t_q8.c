@@ -13,7 +13,8 @@
  *     float order), and so is a float64 sum of ggml's dequantised weights
  *     times the rounded activations;
  *   - the scalar and AVX2 forms unpack to the same bytes and give the same
- *     bits;
+ *     bits; the fused forms (AVX2, and AVX-512 where the CPU has BW and
+ *     VNNI) give each of 1..4 inputs the scalar form's bits;
  *   - ms_matmul and ms_expert_ffn with q8 give each token the same bits
  *     alone or among 2..5 tokens, on 1, 2 or 3 threads, and the FFN is
  *     exactly its three products composed;
@@ -191,6 +192,54 @@ static void against_ggml(uint32_t t, uint64_t *s, bool avx2)
 	free(w), free(g8), free(x), free(wf), free(xq), free(uw), free(us);
 }
 
+/* The fused forms (a row against 1..4 inputs, codes made in registers):
+ * AVX2 and AVX-512 each give every input the bits the scalar unpack + dot
+ * gives it. */
+static void fused_forms(uint32_t t, uint64_t *s)
+{
+	const int64_t n = 2048, nb = n / 256, R = 24;
+	uint64_t rs;
+	ms_type_row_size(t, n, &rs, NULL);
+	uint8_t *w = malloc(R * rs);
+	float *x = malloc(n * sizeof(float));
+	struct ms_q8_act *xq = aligned_alloc(32, 4 * nb * sizeof(*xq));
+	struct ms_q8_w *us = aligned_alloc(32, nb * sizeof(*us));
+	const struct ms_q8_act *in[4];
+	for (int k = 0; k < 4; k++) {
+		fill_x(x, n, s, k == 1);
+		ms_q8_quantize(x, xq + k * nb, n);
+		in[k] = xq + k * nb;
+	}
+	tool_fill_blocks(w, R * rs, t, s);
+	ms_q8_fused_fn f2 = ms_q8_avx256_fused(t), f5 = ms_q8_avx512_fused(t);
+	int diff2 = 0, diff5 = 0;
+	for (int64_t r = 0; r < R; r++) {
+		ms_q8_unpacker(t, false)(w + r * rs, us, nb);
+		float ref[4], o[4];
+		for (int k = 0; k < 4; k++)
+			ref[k] = ms_q8_dotter(false)(us, in[k], nb);
+		for (int nt = 1; nt <= 4; nt++) {
+			if (f2) {
+				f2(w + r * rs, in, nb, o, nt);
+				diff2 += memcmp(o, ref, (size_t)nt * 4) != 0;
+			}
+			if (f5) {
+				f5(w + r * rs, in, nb, o, nt);
+				diff5 += memcmp(o, ref, (size_t)nt * 4) != 0;
+			}
+		}
+	}
+	printf("%-5s fused: AVX2 %s, AVX-512 %s (rows x 1..4 inputs differing "
+	       "from scalar unpack + dot: %d, %d)\n", ms_type_name(t),
+	       f2 ? "run" : "not on this CPU", f5 ? "run" : "not on this CPU",
+	       diff2, diff5);
+	T_CHECK(diff2 == 0, "%s: the AVX2 fused form differs in %d cases",
+		ms_type_name(t), diff2);
+	T_CHECK(diff5 == 0, "%s: the AVX-512 fused form differs in %d cases",
+		ms_type_name(t), diff5);
+	free(w), free(x), free(xq), free(us);
+}
+
 /* ms_matmul and ms_expert_ffn with q8: batch and thread invariance, the
  * FFN as its products, the error against f32. */
 static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
@@ -273,6 +322,7 @@ int main(void)
 		products(types[i], &s, MS_FFN_PATH_SCALAR);
 		if (avx2)
 			products(types[i], &s, MS_FFN_PATH_AVX2);
+		fused_forms(types[i], &s);
 	}
 
 	/* refused: a type without an 8-bit kernel, rows not of 256 */
