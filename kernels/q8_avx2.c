@@ -528,6 +528,29 @@ FUSED5(q4_K, 144, hdr_q4_K)
 FUSED5(q5_K, 176, hdr_q4_K)
 FUSED5(q6_K, 210, hdr_q6_K)
 
+/* The unpacked row's dot (batches over MS_Q8_FUSED_MAX): 64 codes a step. */
+TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
+			     int64_t nb)
+{
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+	for (int64_t i = 0; i < nb; i++, w++, x++) {
+		__m512i a = _mm512_setzero_si512();
+		for (int g = 0; g < 8; g += 2)
+			a = _mm512_dpwssd_epi32(
+				a,
+				_mm512_maddubs_epi16(_mm512_loadu_si512(w->u + 32 * g),
+						     _mm512_loadu_si512(x->q + 32 * g)),
+				pair_scales(w->s, g));
+		__m256i a8 = _mm256_add_epi32(_mm512_castsi512_si256(a),
+					      _mm512_extracti64x4_epi64(a, 1));
+		float fa, fm;
+		ms_q8_factors(w, x, &fa, &fm);
+		acc = lane_step(acc, fa, a8);
+		accm = lane_step(accm, fm, _mm256_madd_epi16(ld(w->m), ld(x->bsum)));
+	}
+	return lane_tree(acc, accm);
+}
+
 /* MS_FFN_NO_AVX512=1 in the environment hides these (the AVX2 forms then
  * serve), as MS_FFN_NO_AVX2 hides AVX2. */
 static bool avx512_cpu(void)
@@ -591,6 +614,8 @@ ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 
 ms_q8_dot_fn ms_q8_avx2_dotter(void)
 {
+	if (avx512_cpu())
+		return dot_avx512;
 	return ms_ffn_avx2_cpu() ? dot_avx2 : NULL;
 }
 

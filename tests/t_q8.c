@@ -324,6 +324,17 @@ int main(void)
 			products(types[i], &s, MS_FFN_PATH_AVX2);
 		fused_forms(types[i], &s);
 	}
+	/* where the CPU has AVX-512, the AVX2 forms again, the AVX-512 ones
+	 * hidden (ms_q8_dotter and the fused forms then take AVX2) */
+	if (ms_q8_avx512_fused(MS_TYPE_Q2_K)) {
+		setenv("MS_FFN_NO_AVX512", "1", 1);
+		printf("again with MS_FFN_NO_AVX512=1 (the AVX2 forms):\n");
+		for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+			against_ggml(types[i], &s, true);
+			products(types[i], &s, MS_FFN_PATH_AVX2);
+		}
+		unsetenv("MS_FFN_NO_AVX512");
+	}
 
 	/* refused: a type without an 8-bit kernel, rows not of 256 */
 	struct ms_err err = { 0 };
