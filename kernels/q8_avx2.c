@@ -248,6 +248,27 @@ TGT_INLINE float lane_tree(__m256 acc, __m256 accm)
 	return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
 }
 
+/* One input's block done: its lanes a (and M from the mins mv and the
+ * input's sums) into acc and accm. */
+TGT_INLINE void lane_block(__m256 *acc, __m256 *accm, const struct ms_q8_w *w,
+			   const struct ms_q8_act *x, __m256i a, __m256i mv)
+{
+	float fa, fm;
+	ms_q8_factors(w, x, &fa, &fm);
+	*acc = lane_step(*acc, fa, a);
+	*accm = lane_step(*accm, fm, _mm256_madd_epi16(mv, ld(x->bsum)));
+}
+
+/* The entry point of a fused form: nt (1..4) as a constant, so that the
+ * inputs' loops unroll. */
+#define NT_SWITCH(F, A, B, C, D)                                                      \
+	switch (nt) {                                                                 \
+	case 1: F(A, B, C, D, 1); break;                                              \
+	case 2: F(A, B, C, D, 2); break;                                              \
+	case 3: F(A, B, C, D, 3); break;                                              \
+	default: F(A, B, C, D, 4); break;                                             \
+	}
+
 TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 			  int64_t nb)
 {
@@ -268,11 +289,7 @@ TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 							 spread);
 			a = _mm256_add_epi32(a, _mm256_madd_epi16(p, sc));
 		}
-		__m256i m = _mm256_madd_epi16(ld(w->m), ld(x->bsum));
-		float fa, fm;
-		ms_q8_factors(w, x, &fa, &fm);
-		acc = lane_step(acc, fa, a);
-		accm = lane_step(accm, fm, m);
+		lane_block(&acc, &accm, w, x, a, ld(w->m));
 	}
 	return lane_tree(acc, accm);
 }
@@ -364,13 +381,8 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 							sc));                         \
 			}                                                             \
 			__m256i mv = ld(h.m);                                         \
-			for (int t = 0; t < NT; t++) {                                \
-				float fa, fm;                                         \
-				ms_q8_factors(&h, &in[t][i], &fa, &fm);               \
-				acc[t] = lane_step(acc[t], fa, a[t]);                 \
-				accm[t] = lane_step(accm[t], fm,                      \
-					_mm256_madd_epi16(mv, ld(in[t][i].bsum)));    \
-			}                                                             \
+			for (int t = 0; t < NT; t++)                                  \
+				lane_block(&acc[t], &accm[t], &h, &in[t][i], a[t], mv); \
 		}                                                                     \
 		for (int t = 0; t < NT; t++)                                          \
 			out[t] = lane_tree(acc[t], accm[t]);                          \
@@ -378,12 +390,7 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_act *const *in, \
 				  int64_t nb, float *out, int nt)                     \
 	{                                                                             \
-		switch (nt) {                                                         \
-		case 1: fused_##T##_n(x, in, nb, out, 1); break;                      \
-		case 2: fused_##T##_n(x, in, nb, out, 2); break;                      \
-		case 3: fused_##T##_n(x, in, nb, out, 3); break;                      \
-		default: fused_##T##_n(x, in, nb, out, 4); break;                     \
-		}                                                                     \
+		NT_SWITCH(fused_##T##_n, x, in, nb, out)                              \
 	}
 
 FUSED(q2_K, 84, hdr_q2_K)
@@ -460,6 +467,13 @@ TGT5_INLINE __m512i codes2_q6_K(const uint8_t *x, int g)
 	return _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
 }
 
+/* chunk g's lanes + chunk g + 1's: AVX2's 8 */
+TGT5_INLINE __m256i fold8(__m512i a)
+{
+	return _mm256_add_epi32(_mm512_castsi512_si256(a),
+				_mm512_extracti64x4_epi64(a, 1));
+}
+
 /* Scales of chunks g, g + 1: s[2g..2g+3], each over 8 words (16 codes). */
 TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 {
@@ -496,17 +510,9 @@ TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 						sc);                                  \
 			}                                                             \
 			__m256i mv = ld(h.m);                                         \
-			for (int t = 0; t < NT; t++) {                                \
-				float fa, fm;                                         \
-				ms_q8_factors(&h, &in[t][i], &fa, &fm);               \
-				/* chunk g's lanes + chunk g + 1's: AVX2's 8 */       \
-				__m256i a8 = _mm256_add_epi32(                        \
-					_mm512_castsi512_si256(a[t]),                 \
-					_mm512_extracti64x4_epi64(a[t], 1));          \
-				acc[t] = lane_step(acc[t], fa, a8);                   \
-				accm[t] = lane_step(accm[t], fm,                      \
-					_mm256_madd_epi16(mv, ld(in[t][i].bsum)));    \
-			}                                                             \
+			for (int t = 0; t < NT; t++)                                  \
+				lane_block(&acc[t], &accm[t], &h, &in[t][i],          \
+					   fold8(a[t]), mv);                          \
 		}                                                                     \
 		for (int t = 0; t < NT; t++)                                          \
 			out[t] = lane_tree(acc[t], accm[t]);                          \
@@ -514,12 +520,7 @@ TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_act *const *in,  \
 				int64_t nb, float *out, int nt)                       \
 	{                                                                             \
-		switch (nt) {                                                         \
-		case 1: f5_##T##_n(x, in, nb, out, 1); break;                         \
-		case 2: f5_##T##_n(x, in, nb, out, 2); break;                         \
-		case 3: f5_##T##_n(x, in, nb, out, 3); break;                         \
-		default: f5_##T##_n(x, in, nb, out, 4); break;                        \
-		}                                                                     \
+		NT_SWITCH(f5_##T##_n, x, in, nb, out)                                 \
 	}
 
 FUSED5(q2_K, 84, hdr_q2_K)
@@ -541,12 +542,7 @@ TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
 				_mm512_maddubs_epi16(_mm512_loadu_si512(w->u + 32 * g),
 						     _mm512_loadu_si512(x->q + 32 * g)),
 				pair_scales(w->s, g));
-		__m256i a8 = _mm256_add_epi32(_mm512_castsi512_si256(a),
-					      _mm512_extracti64x4_epi64(a, 1));
-		float fa, fm;
-		ms_q8_factors(w, x, &fa, &fm);
-		acc = lane_step(acc, fa, a8);
-		accm = lane_step(accm, fm, _mm256_madd_epi16(ld(w->m), ld(x->bsum)));
+		lane_block(&acc, &accm, w, x, fold8(a), ld(w->m));
 	}
 	return lane_tree(acc, accm);
 }
