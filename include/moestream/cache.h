@@ -60,13 +60,24 @@ struct ms_arena {
 	bool hugetlb, thp, locked;
 	int numa_node;           /* node bound to, or MS_NUMA_* */
 	bool anon;               /* private anonymous memory (memfd = -1) */
-	uint64_t huge_bytes;     /* of it backed by huge pages, as measured */
+	uint64_t huge_bytes;     /* of it backed by huge pages, as measured
+				    (/proc/self/smaps) once every page is in */
 	char mode[256];          /* one line: how it was made and why */
 };
 
 int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		  struct ms_err *err);
 void ms_arena_free(struct ms_arena *a);
+
+/* Whether an arena made from *cfg now is likely to get huge pages: 2 MiB
+ * hugetlbfs pages free for it, or THP on for the kind of memory it will be
+ * (shmem_enabled for the shared memfd, enabled for private_anon). A guess
+ * made before the arena exists; ms_arena_huge says what it got. */
+bool ms_arena_huge_expected(const struct ms_arena_config *cfg);
+
+/* Whether the arena got huge pages: hugetlbfs, or at least half of it on
+ * transparent huge pages as measured. */
+bool ms_arena_huge(const struct ms_arena *a);
 
 /* A new read-only descriptor of the arena for a client (O_RDONLY reopen of
  * the memfd: the client cannot write the cache), or -errno. */

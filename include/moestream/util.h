@@ -1,9 +1,13 @@
 /*
  * util.h - small helpers every room may use: error messages that travel with
- * a negative errno, overflow-checked arithmetic, and a logger.
+ * a negative errno, overflow-checked arithmetic, a logger, and the few
+ * memory calls that the arena (cache/) and the I/O engine's staging buffers
+ * (iouring/) share.
  *
- * Header-only on purpose: the rooms at the bottom of the dependency graph
- * (model/, iouring/) may use nothing else, and these are a few lines each.
+ * Header-only on purpose where it can be: the rooms at the bottom of the
+ * dependency graph (model/, iouring/) may use nothing else, and these are a
+ * few lines each. The logger (model/log.c) and the memory calls
+ * (model/mem.c) live in model/, which every program links.
  */
 #ifndef MOESTREAM_UTIL_H
 #define MOESTREAM_UTIL_H
@@ -176,6 +180,35 @@ void ms_log_write(int level, const char *func, const char *fmt, ...)
 		if ((level) <= ms_log_threshold)                               \
 			ms_log_write((level), __func__, __VA_ARGS__);          \
 	} while (0)
+
+/* ---- memory (model/mem.c) -------------------------------------------------- */
+
+#define MS_HUGE_2M (2ull << 20)
+
+/* mlock(2) through the system call itself, 0 or -errno. Sanitizer runtimes
+ * (ASan, TSan) replace mlock() with a no-op that returns 0; memory the
+ * program promises to hold resident and locked must be locked in those
+ * builds too (the tests measure it). */
+int ms_mem_lock(void *p, size_t len);
+
+/* `len` bytes of private anonymous memory (MAP_NORESERVE, not yet touched)
+ * starting on a multiple of `align` (a power of two, at least the page
+ * size), so that every aligned 2 MiB of it can be one huge page. 0 and *out,
+ * or -errno. Free with munmap(*out, len). */
+int ms_mem_map_anon(size_t len, size_t align, void **out);
+
+/* Is transparent huge page memory on for regions that ask for it
+ * (MADV_HUGEPAGE)? Anonymous memory: "always" or "madvise" in
+ * /sys/kernel/mm/transparent_hugepage/enabled (distributions ship
+ * "madvise"); shared memory (`shared`): "advise", "always", "within_size"
+ * or "force" in .../shmem_enabled (distributions ship "never"). */
+bool ms_mem_thp_on(bool shared);
+
+/* Bytes of the mapping that starts at `base` that are backed by huge pages,
+ * as /proc/self/smaps says (AnonHugePages + ShmemPmdMapped + FilePmdMapped +
+ * Shared_Hugetlb + Private_Hugetlb): what the kernel gave, not what was
+ * asked. Only pages already faulted in count. 0 when unreadable. */
+uint64_t ms_mem_huge_bytes(const void *base);
 
 #ifdef __cplusplus
 }
