@@ -203,6 +203,10 @@ void ct_config(struct ms_cache_config *cfg, uint64_t size, uint32_t timeout_ms)
 	 * under 8 slots, which would refuse every prefetch: tests that are not
 	 * about the cap lift it. */
 	cfg->max_prefetch_bytes = size;
+	/* Reads land in the arena itself, so that the arena is `size` and
+	 * its slots what the tests compute, whatever pages it got; the tests
+	 * of staging ask for it (t_io_staging, t_cache_stress's phase). */
+	cfg->staging = 0;
 }
 
 /* ---- one asynchronous acquire ----------------------------------------------------- */

@@ -58,7 +58,8 @@ uint64_t ct_verify(const struct ct_model *cm, const struct ms_arena *a,
 
 /* Cache defaults for tests: `size` bytes, not locked, hugepages auto, no
  * NUMA binding, 1 I/O thread, the given acquire timeout, no prefetch cap
- * to speak of (max_prefetch_bytes = size). */
+ * to speak of (max_prefetch_bytes = size), no staging (the arena is
+ * `size`). */
 void ct_config(struct ms_cache_config *cfg, uint64_t size, uint32_t timeout_ms);
 
 /* ms_cache_check() as a test check: a failure prints its message with
