@@ -3,7 +3,13 @@
  *
  * A memfd (so that clients can map it read-only, zero copy: the fd travels
  * over the socket), backed by hugetlbfs pages where they are reserved and
- * asked for, else advised for transparent huge pages; bound to a NUMA node
+ * asked for, else by transparent huge pages: advised where shmem THP is on,
+ * collapsed into them (MADV_COLLAPSE, Linux 6.1) where it is off, as
+ * distributions ship it - O_DIRECT into 4 KiB pages runs at a fraction of
+ * the device's rate, and a collapse needs no admin step. Where neither
+ * works the cache reads through staging buffers instead (cache.c). Mapped
+ * at a 2 MiB-aligned address, so that the huge pages are mapped whole;
+ * bound to a NUMA node
  * (the GPU's, where one is named, else the daemon's own) before the first
  * touch; locked, so that the kernel never pages expert bytes out behind the
  * cache's back. Sealed against growing and shrinking: a client's mapping can
@@ -311,11 +317,10 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		goto fail;
 	}
 	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-	void *p = mmap(NULL, a->size, PROT_READ | PROT_WRITE, MAP_SHARED,
-		       a->memfd, 0);
-	if (p == MAP_FAILED) {
-		rc = ms_err_set(err, -errno, "mapping the %llu-byte arena: %s",
-				(unsigned long long)a->size, strerror(errno));
+	void *p;
+	if ((rc = ms_mem_map_shared(a->memfd, a->size, HUGE_2M, &p))) {
+		ms_err_set(err, rc, "mapping the %llu-byte arena: %s",
+			   (unsigned long long)a->size, strerror(-rc));
 		goto fail;
 	}
 	/* Our mapping is the only writable one there will ever be: a client
@@ -330,20 +335,15 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		goto fail;
 	}
 	a->base = p;
+	bool collapse = false;
 	if (huge) {
 		a->hugetlb = true;
 		mode_add(a, "2 MiB huge pages");
 	} else if (cfg->huge != MS_HUGE_OFF) {
-		if (ms_mem_thp_on(true) && !madvise(a->base, a->size, MADV_HUGEPAGE)) {
+		if (ms_mem_thp_on(true) && !madvise(a->base, a->size, MADV_HUGEPAGE))
 			a->thp = true;
-			mode_add(a, "transparent huge pages (no hugetlbfs pages "
-				    "reserved)");
-		} else {
-			mode_add(a, "4 KiB pages (no hugetlbfs pages reserved; THP "
-				    "for shared memory is off in "
-				    "/sys/kernel/mm/transparent_hugepage/"
-				    "shmem_enabled)");
-		}
+		else
+			collapse = true;
 	} else {
 		mode_add(a, "4 KiB pages (hugepages = off)");
 	}
@@ -351,6 +351,26 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	/* Bind before the first touch: pages are placed when faulted in. */
 	if ((rc = place(a, cfg, err)))
 		goto fail;
+	if (a->thp) {
+		mode_add(a, "transparent huge pages (no hugetlbfs pages reserved)");
+	} else if (collapse && a->size < HUGE_2M) {
+		mode_add(a, "4 KiB pages (smaller than a 2 MiB page)");
+	} else if (collapse) {
+		int crc = ms_mem_collapse(a->base, a->size);
+		a->thp = crc != -EINVAL;
+		if (a->thp)
+			mode_add(a, "transparent huge pages by MADV_COLLAPSE (no "
+				    "hugetlbfs pages reserved; THP for shared memory "
+				    "is off in /sys/kernel/mm/transparent_hugepage/"
+				    "shmem_enabled)%s%s",
+				 crc ? ", some refused: " : "", crc ? strerror(-crc) : "");
+		else
+			mode_add(a, "4 KiB pages (no hugetlbfs pages reserved; THP "
+				    "for shared memory is off in "
+				    "/sys/kernel/mm/transparent_hugepage/"
+				    "shmem_enabled; MADV_COLLAPSE: %s)",
+				 strerror(-crc));
+	}
 
 	if ((rc = lock_or_touch(a, cfg, err)))
 		goto fail;
@@ -367,6 +387,23 @@ fail:
 	return rc;
 }
 
+/* Whether this kernel collapses shared memory into huge pages: one 2 MiB
+ * memfd, tried. */
+static bool shmem_collapse_works(void)
+{
+	int fd = memfd_create("moestream-probe", MFD_CLOEXEC);
+	bool ok = false;
+	void *p;
+	if (fd < 0)
+		return false;
+	if (!ftruncate(fd, (off_t)HUGE_2M) && !ms_mem_map_shared(fd, HUGE_2M, HUGE_2M, &p)) {
+		ok = !ms_mem_collapse(p, HUGE_2M);
+		munmap(p, HUGE_2M);
+	}
+	close(fd);
+	return ok;
+}
+
 bool ms_arena_huge_expected(const struct ms_arena_config *cfg)
 {
 	if (cfg->huge == MS_HUGE_OFF || !cfg->size)
@@ -374,7 +411,8 @@ bool ms_arena_huge_expected(const struct ms_arena_config *cfg)
 	if (cfg->private_anon)
 		return ms_mem_thp_on(false);
 	uint64_t rounded = (cfg->size + HUGE_2M - 1) & ~(HUGE_2M - 1);
-	return huge_free_bytes() >= rounded || ms_mem_thp_on(true);
+	return huge_free_bytes() >= rounded || ms_mem_thp_on(true) ||
+	       shmem_collapse_works();
 }
 
 bool ms_arena_huge(const struct ms_arena *a)

@@ -1,8 +1,14 @@
 /*
  * mem.c - the memory calls util.h declares, shared by the arena (cache/) and
  * the I/O engine's staging buffers (iouring/): locking that a sanitizer
- * cannot turn into a no-op, aligned anonymous mappings, and what the kernel
- * really backed a mapping with.
+ * cannot turn into a no-op, aligned mappings, huge pages asked for now, and
+ * what the kernel really backed a mapping with.
+ *
+ * Why ms_mem_collapse: a shared memfd gets huge pages from faults only where
+ * shmem THP is on (shmem_enabled, "never" as distributions ship it), but
+ * MADV_COLLAPSE (Linux 6.1) collapses shared memory into huge pages
+ * whatever that setting says, except "deny": no admin step between an
+ * install and a cache that O_DIRECT reads fill at the device's rate.
  *
  * Why ms_mem_lock goes around mlock(): AddressSanitizer and ThreadSanitizer
  * intercept mlock() and return 0 without calling the kernel (their runtimes
@@ -20,6 +26,10 @@
 #include <unistd.h>
 
 #include "moestream/util.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* Linux 6.1 */
+#endif
 
 int ms_mem_lock(void *p, size_t len)
 {
@@ -43,6 +53,33 @@ int ms_mem_map_anon(size_t len, size_t align, void **out)
 		munmap(al + len, (size_t)(p + align - al));
 	*out = al;
 	return 0;
+}
+
+int ms_mem_map_shared(int fd, size_t len, size_t align, void **out)
+{
+	void *r;
+	int rc = ms_mem_map_anon(len, align, &r);
+	if (rc)
+		return rc;
+	/* the file replaces the reservation at the aligned address */
+	void *p = mmap(r, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+	if (p == MAP_FAILED) {
+		rc = -errno;
+		munmap(r, len);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
+int ms_mem_collapse(void *p, size_t len)
+{
+	size_t whole = len & ~(size_t)(MS_HUGE_2M - 1);
+	if (!whole || ((uintptr_t)p & (MS_HUGE_2M - 1)))
+		return -EINVAL;
+	for (size_t o = 0; o < whole; o += MS_HUGE_2M)
+		((volatile uint8_t *)p)[o] = 0;
+	return madvise(p, whole, MADV_COLLAPSE) ? -errno : 0;
 }
 
 bool ms_mem_thp_on(bool shared)

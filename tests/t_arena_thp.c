@@ -8,15 +8,17 @@
  *           for anonymous memory is on for regions that ask (madvise, as
  *           distributions ship, or always): at least half of it measured on
  *           huge pages, reads direct, no staging.
- *  shmem    the daemon's shared memfd arena, where THP for shared memory is
- *           on (advise, always, within_size, force in shmem_enabled): the
- *           same. Off (as shipped) it is not tested, and says so.
+ *  shmem    the daemon's shared memfd arena: where THP for shared memory is
+ *           on (advise, always, within_size, force in shmem_enabled) from
+ *           its faults, else collapsed into huge pages (MADV_COLLAPSE,
+ *           Linux 6.1, whatever shmem_enabled says but deny); the same
+ *           checks. Where neither can be had it is not tested, and says so.
  *  staging  8 MiB of staging buffers forced on over a 4 KiB-page arena
  *           (hugepages = off): the buffers at least half on huge pages,
  *           reads staged.
  *
- * Where THP is on for neither kind of memory there is nothing to test:
- * exit 77 with the reason. THP can be short of pages on a fragmented
+ * Where neither kind of memory can get THP there is nothing to test: exit
+ * 77 with the reason. THP can be short of pages on a fragmented
  * machine; the checks ask for half, and print what was measured.
  */
 #include <stdio.h>
@@ -56,15 +58,19 @@ static void huge_arena(const struct ct_model *cm, uint64_t size, bool anon,
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	bool anon = ms_mem_thp_on(false), shmem = ms_mem_thp_on(true);
-	printf("THP: anonymous memory %s, shared memory %s\n", anon ? "on" : "off",
-	       shmem ? "on" : "off");
-	if (!anon && !shmem)
-		t_skip("transparent huge pages are off for anonymous and shared memory "
-		       "(/sys/kernel/mm/transparent_hugepage/enabled and shmem_enabled): "
-		       "nothing to test");
 	struct ct_model cm;
 	uint64_t size = ct_tiny_model(&cm);
+	struct ms_arena_config shared = { .size = size, .huge = MS_HUGE_AUTO };
+	bool anon = ms_mem_thp_on(false), shmem = ms_arena_huge_expected(&shared);
+	printf("THP: anonymous memory %s; shared memory %s, huge pages for it %s\n",
+	       anon ? "on" : "off", ms_mem_thp_on(true) ? "on" : "off",
+	       shmem ? "to be had" : "not to be had");
+	if (!anon && !shmem) {
+		ct_model_close(&cm);
+		t_skip("transparent huge pages are off for anonymous memory, and "
+		       "shared memory gets none (shmem_enabled off, no MADV_COLLAPSE): "
+		       "nothing to test");
+	}
 	if (anon) {
 		huge_arena(&cm, size, true, "anon");
 		/* staging forced over a 4 KiB-page arena */
@@ -83,8 +89,8 @@ int main(void)
 		huge_arena(&cm, size, false, "shmem");
 	else
 		printf("shmem: not tested: THP for shared memory is off "
-		       "(/sys/kernel/mm/transparent_hugepage/shmem_enabled), as "
-		       "distributions ship it\n");
+		       "(/sys/kernel/mm/transparent_hugepage/shmem_enabled) and "
+		       "MADV_COLLAPSE refused\n");
 	ct_model_close(&cm);
 	return t_done();
 }

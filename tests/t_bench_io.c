@@ -23,7 +23,7 @@
  *    experts copied, copy CPU time counted and its core shares the
  *    quotients of copy seconds over the cache's and raw's seconds), off
  *    straight into the arena (nothing copied), auto staged exactly where
- *    the arena got no huge pages;
+ *    the arena got no huge pages, and so always with --hugepages off;
  *  - the human table: a row per method and the target lines, and the
  *    cache's read path;
  *  - bad usage exits 2 naming the value, a missing model exits 1.
@@ -273,8 +273,9 @@ static const char *str(const cJSON *o, const char *k)
 static void staging(void)
 {
 	static const char *const args[] = { "--staging 64K", "--staging off",
-					    "--staging auto" };
-	for (int i = 0; i < 3; i++) {
+					    "--staging auto",
+					    "--hugepages off --staging auto" };
+	for (int i = 0; i < 4; i++) {
 		char a[256];
 		snprintf(a, sizeof(a), "%s --loads 6 --depth 4 --seed 3 --request-size 16K "
 			 "--methods cache,raw", args[i]);
@@ -287,7 +288,11 @@ static void staging(void)
 		double sb = num(o, "cache_staging_bytes");
 		double copied = num(o, "cache_copy_bytes");
 		printf("%s: %s: %s\n", args[i], path, str(o, "cache_read_path_detail"));
-		bool staged = i == 0 || (i == 2 && huge * 2 < arena);
+		bool staged = i == 0 || (i >= 2 && huge * 2 < arena);
+		if (i == 3) /* 4 KiB pages asked: auto must stage */
+			T_CHECK(huge == 0 && !strcmp(str(o, "hugepages"), "off"),
+				"%s: %g huge bytes, hugepages '%s'", args[i], huge,
+				str(o, "hugepages"));
 		T_CHECK(!strcmp(path, staged ? "staging" : "direct"),
 			"%s: read path %s (arena %g bytes, %g huge)", args[i], path, arena,
 			huge);
@@ -298,6 +303,9 @@ static void staging(void)
 		else
 			T_CHECK(!strcmp(str(o, "staging"), i == 1 ? "off" : "auto"),
 				"%s: staging '%s'", args[i], str(o, "staging"));
+		if (i == 2 && strcmp(path, "staging"))
+			printf("%s: the arena got huge pages (%g of %g bytes): reads "
+			       "land in it directly\n", args[i], huge, arena);
 		if (staged) {
 			T_CHECK(copied >= num(o, "bytes") && num(o, "cache_copy_cpu_s") > 0,
 				"%s: %g bytes copied in %g s, the experts are %g bytes",
@@ -361,6 +369,8 @@ static void usage_errors(void)
 	expect(a, 2, "--staging '1000'");
 	snprintf(a, sizeof(a), "%s --staging on", model_path);
 	expect(a, 2, "--staging 'on'");
+	snprintf(a, sizeof(a), "%s --hugepages maybe", model_path);
+	expect(a, 2, "--hugepages 'maybe'");
 	snprintf(a, sizeof(a), "%s --methods engine,floppy", model_path);
 	expect(a, 2, "'floppy'");
 	snprintf(a, sizeof(a), "%s %s", model_path, model_path);

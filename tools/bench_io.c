@@ -21,11 +21,13 @@
  *           with a cache far smaller than the set: every access is a miss
  *           and, once the slots are full, an eviction. The gap to `engine`
  *           is what slot bookkeeping costs - where the arena has the same
- *           kind of pages as the engine's buffers (see below). Its reads
- *           reach the arena as the daemon's do: --staging auto (the
- *           default: staging buffers where the arena got no huge pages),
- *           off, or a size; the staging bytes are added to the cache so
- *           that its slots are the same either way. The copy's CPU time
+ *           kind of pages as the engine's buffers (see below). Its arena
+ *           and reads are made as the daemon's: --hugepages as
+ *           cache.hugepages (auto: hugetlbfs pages, else THP, collapsed
+ *           where shmem THP is off; off: 4 KiB pages), --staging as [io]
+ *           staging (auto, the default: staging buffers where the arena got
+ *           no huge pages; off; or a size); the staging bytes are added to
+ *           the cache so that its slots are the same either way. The copy's CPU time
  *           is reported as a share of one core, at the cache row's rate
  *           and scaled to raw's (what copying at the device's rate costs).
  *   raw     liburing directly, no engine code: the same widened extents cut
@@ -97,7 +99,7 @@
 
 static const char usage_line[] =
 	"usage: moestream bench io MODEL [--loads N] [--depth D] [--threads T] "
-	"[--seed S] [--staging auto|off|SIZE] [--json]";
+	"[--seed S] [--hugepages auto|on|off] [--staging auto|off|SIZE] [--json]";
 
 static void usage(FILE *f)
 {
@@ -133,6 +135,12 @@ static void usage(FILE *f)
 		"(default: 2 MiB\n"
 		"                     transparent huge pages where the kernel "
 		"allows)\n"
+		"  --hugepages H      the cache row's arena pages, as moestreamd's "
+		"cache.hugepages:\n"
+		"                     auto (default: hugetlbfs pages, else THP, "
+		"collapsed with\n"
+		"                     MADV_COLLAPSE where shmem THP is off), on, "
+		"off (4 KiB)\n"
 		"  --staging S        how the cache row's reads reach its arena, "
 		"as moestreamd's\n"
 		"                     [io] staging: auto (default: through 8 MiB "
@@ -185,6 +193,7 @@ struct bench {
 	unsigned depth, threads;
 	uint32_t request_size;
 	uint64_t staging;       /* the cache row's: MS_STAGING_AUTO, 0, bytes */
+	enum ms_huge huge;      /* the cache row's arena pages */
 };
 
 struct result {
@@ -588,6 +597,7 @@ static int run_cache(const struct bench *b, struct result *res,
 	/* the staging bytes come out of the cache: add them, so that the
 	 * arena has the same slots with and without */
 	cfg.staging = b->staging;
+	cfg.arena.huge = b->huge;
 	cfg.arena.size = cache_size(b) + (b->staging == MS_STAGING_AUTO
 						  ? MS_STAGING_DEFAULT
 						  : b->staging);
@@ -1331,6 +1341,9 @@ static cJSON *json_report(const struct runs *r)
 	jnum(t, "engine_over_raw", 0.95);
 	jnum(t, "engine_over_mmap", 2.0);
 	jnum(t, "cache_over_raw", 0.9);
+	cJSON_AddStringToObject(o, "hugepages", b->huge == MS_HUGE_AUTO ? "auto"
+						: b->huge == MS_HUGE_ON ? "on"
+									: "off");
 	char st[32];
 	if (b->staging == MS_STAGING_AUTO || !b->staging)
 		cJSON_AddStringToObject(o, "staging",
@@ -1433,6 +1446,7 @@ int bench_io_main(int argc, char **argv)
 		{ "methods", required_argument, 0, 'm' },
 		{ "small-pages", no_argument, 0, 'P' },
 		{ "staging", required_argument, 0, 'S' },
+		{ "hugepages", required_argument, 0, 'H' },
 		{ "json", no_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
@@ -1440,6 +1454,7 @@ int bench_io_main(int argc, char **argv)
 	unsigned long long n_loads = 0, depth = DEFAULT_DEPTH, threads = 0, seed = 1;
 	unsigned long long rounds = 1;
 	uint64_t rsize = 1u << 20, staging = MS_STAGING_AUTO;
+	enum ms_huge huge = MS_HUGE_AUTO;
 	bool json = false, small = false;
 	bool want[M_COUNT] = { true, true, true, true, true };
 	int c;
@@ -1483,6 +1498,17 @@ int bench_io_main(int argc, char **argv)
 		case 'P':
 			small = true;
 			break;
+		case 'H':
+			if (!strcmp(optarg, "auto") || !strcmp(optarg, "on") ||
+			    !strcmp(optarg, "off")) {
+				huge = optarg[0] == 'a' ? MS_HUGE_AUTO
+				       : optarg[1] == 'n' ? MS_HUGE_ON
+							  : MS_HUGE_OFF;
+				break;
+			}
+			tool_error(CMD, "--hugepages '%s': expected auto, on or off",
+				   optarg);
+			return tool_bad_usage(usage_line);
 		case 'S':
 			if (ms_cache_parse_staging(optarg, &staging)) {
 				tool_error(CMD, "--staging '%s': expected auto, off or "
@@ -1504,7 +1530,7 @@ int bench_io_main(int argc, char **argv)
 	if (!path)
 		return tool_bad_usage(usage_line);
 	struct bench b = { .depth = (unsigned)depth, .request_size = (uint32_t)rsize,
-			   .staging = staging };
+			   .staging = staging, .huge = huge };
 	b.threads = threads ? (unsigned)threads
 			    : (unsigned)(depth < MAX_THREADS ? depth : MAX_THREADS);
 	struct buffers buf = { 0 };

@@ -72,9 +72,12 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 void ms_arena_free(struct ms_arena *a);
 
 /* Whether an arena made from *cfg now is likely to get huge pages: 2 MiB
- * hugetlbfs pages free for it, or THP on for the kind of memory it will be
- * (shmem_enabled for the shared memfd, enabled for private_anon). A guess
- * made before the arena exists; ms_arena_huge says what it got. */
+ * hugetlbfs pages free for it, THP on for the kind of memory it will be
+ * (shmem_enabled for the shared memfd, enabled for private_anon), or, for
+ * the memfd, a kernel that collapses shared memory into huge pages
+ * (MADV_COLLAPSE, tried on 2 MiB). A guess made before the arena exists
+ * (memory may be too fragmented for all of it); ms_arena_huge says what
+ * it got. */
 bool ms_arena_huge_expected(const struct ms_arena_config *cfg);
 
 /* Whether the arena got huge pages: hugetlbfs, or at least half of it on

@@ -197,6 +197,21 @@ int ms_mem_lock(void *p, size_t len);
  * or -errno. Free with munmap(*out, len). */
 int ms_mem_map_anon(size_t len, size_t align, void **out);
 
+/* `len` bytes of `fd` (from offset 0) mapped shared, read-write, at an
+ * address that is a multiple of `align` (a power of two), so that its
+ * aligned 2 MiB pieces can be mapped as huge pages. 0 and *out, or -errno.
+ * Free with munmap(*out, len). */
+int ms_mem_map_shared(int fd, size_t len, size_t align, void **out);
+
+/* Makes the whole 2 MiB pieces of [p, p + len) (p 2 MiB-aligned) huge
+ * pages now, with MADV_COLLAPSE (Linux 6.1; shared memory included), which
+ * - unlike a fault - ignores the THP settings in sysfs but "deny": one
+ * byte of each piece is written first (a piece needs a page to collapse;
+ * the rest comes zeroed). 0, or -errno: -EINVAL where the kernel cannot
+ * (older, or shmem_enabled = deny), -EAGAIN or -ENOMEM where some pieces
+ * got no huge page (the measure says how many did). */
+int ms_mem_collapse(void *p, size_t len);
+
 /* Is transparent huge page memory on for regions that ask for it
  * (MADV_HUGEPAGE)? Anonymous memory: "always" or "madvise" in
  * /sys/kernel/mm/transparent_hugepage/enabled (distributions ship
