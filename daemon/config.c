@@ -187,7 +187,9 @@ static const struct opt opts[] = {
 	{ .section = "cache", .key = "hugepages", .type = OPT_ENUM,
 	  FIELD(hugepages), .def = "auto", .names = huge_names,
 	  .help = "Arena pages: auto = hugetlbfs pages if reserved, else "
-		  "transparent huge pages; on = hugetlbfs or fail; off = 4K pages" },
+		  "transparent huge pages (where shmem THP is off, collapsed "
+		  "into them at start with MADV_COLLAPSE, Linux 6.1); on = "
+		  "hugetlbfs or fail; off = 4K pages" },
 	{ .section = "cache", .key = "numa_node", .type = OPT_NUMA,
 	  FIELD(numa_node), .def = "auto", .min = 0, .max = 1023,
 	  .help = "NUMA node of the arena: auto = the GPU's node when gpu is "
@@ -247,11 +249,11 @@ static const struct opt opts[] = {
 		  "a copy into the cache: for a cache on 4 KiB pages, where "
 		  "reads straight into it are slow. auto = 8M (at most a "
 		  "quarter of the cache) when the cache got no huge pages "
-		  "(shmem THP off and no hugetlbfs pages reserved, as "
-		  "distributions ship), else off; a size = always, that many "
-		  "bytes. The buffers are part of cache.size (the cache gets "
-		  "the rest); the log and stats say which path is in use and "
-		  "what the copy costs" },
+		  "(hugepages = off, or none to be had: a kernel before 6.1, "
+		  "shmem_enabled = deny, fragmented memory), else off; a "
+		  "size = always, that many bytes. The buffers are part of "
+		  "cache.size (the cache gets the rest); the log and stats "
+		  "say which path is in use and what the copy costs" },
 
 	/* [prefetch] */
 	{ .section = "prefetch", .key = "policy", .type = OPT_ENUM,
