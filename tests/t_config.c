@@ -482,15 +482,19 @@ static void test_bad_files(void)
 		   "(allowed: 4K..64M, a multiple of 4K)", NULL);
 	expect_bad("request-min.conf", "[io]\nrequest_size = 512\n", 2,
 		   "[io] request_size = '512'", "4K..64M", NULL);
-	expect_bad("staging.conf", "[io]\nstaging = 6K\n", 2,
-		   "[io] staging = '6K'", "not a multiple of 4096",
-		   "(allowed: auto|off|4K..1G, a multiple of 4K)", NULL);
-	expect_bad("staging-big.conf", "[io]\nstaging = 2G\n", 2,
-		   "[io] staging = '2G'", "above the maximum", NULL);
-	expect_bad("staging-zero.conf", "[io]\nstaging = 0\n", 2,
-		   "[io] staging = '0'", "below the minimum", NULL);
-	expect_bad("staging-on.conf", "[io]\nstaging = on\n", 2,
-		   "[io] staging = 'on'", "not a size", NULL);
+	/* [io] staging: auto, off, or a size as request_size's */
+	static const char *const staging_bad[][2] = {
+		{ "6K", "not a multiple of 4096" }, { "2G", "above the maximum" },
+		{ "0", "below the minimum" },       { "on", "not a size" },
+	};
+	for (size_t i = 0; i < sizeof(staging_bad) / sizeof(staging_bad[0]); i++) {
+		char text[64], name[64], what[64];
+		snprintf(text, sizeof(text), "[io]\nstaging = %s\n", staging_bad[i][0]);
+		snprintf(name, sizeof(name), "staging-%zu.conf", i);
+		snprintf(what, sizeof(what), "[io] staging = '%s'", staging_bad[i][0]);
+		expect_bad(name, text, 2, what, staging_bad[i][1],
+			   "(allowed: auto|off|4K..1G, a multiple of 4K)", NULL);
+	}
 	expect_bad("min-prob.conf", "[prefetch]\nmin_prob = 1.5\n", 2,
 		   "[prefetch] min_prob = '1.5'", "(allowed: 0..1)", NULL);
 	expect_bad("min-prob-nan.conf", "[prefetch]\nmin_prob = nan\n", 2,

@@ -246,6 +246,29 @@ static struct iot_track *run_plan(struct ms_io *io, uint64_t *peak,
 	return tr;
 }
 
+/* One engine's run: opened on *cfg, a plan of `budget` bytes in extents of
+ * at most `max_len` (from `rng`) read, the engine freed; the tracker, the
+ * engine's mode and final stats, the most bytes seen in flight. */
+struct run {
+	struct iot_track *tr;
+	struct ms_io_mode md;
+	struct ms_io_stats st;
+	uint64_t peak;
+};
+
+static struct run io_run(const struct ms_io_config *cfg, uint64_t budget,
+			 uint64_t max_len, uint64_t rng, const char *tag)
+{
+	struct run r;
+	struct ms_io *io = open_io(cfg, tag);
+	ms_io_get_mode(io, &r.md);
+	make_plan(budget, max_len, &rng);
+	r.tr = run_plan(io, &r.peak, tag);
+	ms_io_get_stats(io, &r.st);
+	ms_io_free(io);
+	return r;
+}
+
 /* ---- matrix -------------------------------------------------------------- */
 
 static const struct {
@@ -270,24 +293,20 @@ static void one_combo(unsigned idx, enum ms_io_engine eng, unsigned threads,
 		 iot_engine_name(eng), threads, fixbuf ? " fixbuf" : "",
 		 cfg.request_size, (unsigned long long)cfg.staging);
 	iot_watchdog(120, tag);
-	struct ms_io *io = open_io(&cfg, tag);
-	struct ms_io_mode md;
-	ms_io_get_mode(io, &md);
 	uint64_t buf = cfg.request_size < cfg.staging ? cfg.request_size : cfg.staging;
+	/* 4 KiB reads one at a time cost a device round trip each */
+	struct run run = io_run(&cfg, buf <= 4096 ? 3ull << 20 : 12ull << 20,
+				UINT64_MAX, seed ^ (0x9e3779b97f4a7c15ull * (idx + 1)),
+				tag);
+	struct iot_track *tr = run.tr;
+	const struct ms_io_mode md = run.md;
+	const struct ms_io_stats st = run.st;
+	uint64_t peak = run.peak;
 	T_CHECK(md.direct && md.staging == cfg.staging / buf * buf &&
 			md.staging_buf == buf && md.staging_bufs == cfg.staging / buf,
 		"%s: mode: direct %d, staging %llu in %u x %u (why '%s')", tag,
 		md.direct, (unsigned long long)md.staging, md.staging_bufs,
 		md.staging_buf, md.why);
-
-	uint64_t rng = seed ^ (0x9e3779b97f4a7c15ull * (idx + 1));
-	/* 4 KiB reads one at a time cost a device round trip each */
-	make_plan(buf <= 4096 ? 3ull << 20 : 12ull << 20, UINT64_MAX, &rng);
-	uint64_t peak;
-	struct iot_track *tr = run_plan(io, &peak, tag);
-	struct ms_io_stats st;
-	ms_io_get_stats(io, &st);
-	ms_io_free(io);
 
 	uint64_t want = 0, min_chunks = 0;
 	for (unsigned i = 0; i < plan.n; i++) {
@@ -346,15 +365,11 @@ static void faults_run(const struct ms_io_faults *f, const char *tag)
 	cfg.staging = 16 << 10; /* one buffer for both rings */
 	cfg.faults = *f;
 	iot_watchdog(120, tag);
-	struct ms_io *io = open_io(&cfg, tag);
-	uint64_t rng = seed ^ f->seed;
 	/* short extents: many requests, each with a fair chance to pass */
-	make_plan(6ull << 20, 96 << 10, &rng);
-	uint64_t peak;
-	struct iot_track *tr = run_plan(io, &peak, tag);
-	struct ms_io_stats st;
-	ms_io_get_stats(io, &st);
-	ms_io_free(io);
+	struct run run = io_run(&cfg, 6ull << 20, 96 << 10, seed ^ f->seed, tag);
+	struct iot_track *tr = run.tr;
+	const struct ms_io_stats st = run.st;
+	uint64_t peak = run.peak;
 	unsigned ok = 0, eio = 0;
 	for (unsigned r = 0; r < plan.n_req; r++) {
 		const struct iot_slot *s = &tr->slot[r];
@@ -464,18 +479,13 @@ static void test_buffered(void)
 					     32, 1 << 20);
 	cfg.staging = 64 << 10;
 	iot_watchdog(120, "buffered");
-	struct ms_io *io = open_io(&cfg, "buffered");
-	struct ms_io_mode md;
-	ms_io_get_mode(io, &md);
+	struct run run = io_run(&cfg, 8ull << 20, UINT64_MAX, seed ^ 99, "buffered");
+	struct iot_track *tr = run.tr;
+	const struct ms_io_mode md = run.md;
+	const struct ms_io_stats st = run.st;
 	T_CHECK(!md.direct && !md.staging && strstr(md.why, "staging off"),
 		"buffered: direct %d, staging %llu, why '%s'", md.direct,
 		(unsigned long long)md.staging, md.why);
-	uint64_t rng = seed ^ 99, peak;
-	make_plan(8ull << 20, UINT64_MAX, &rng);
-	struct iot_track *tr = run_plan(io, &peak, "buffered");
-	struct ms_io_stats st;
-	ms_io_get_stats(io, &st);
-	ms_io_free(io);
 	for (unsigned r = 0; r < plan.n_req; r++)
 		T_CHECK(tr->slot[r].calls == 1 && tr->slot[r].result == 0,
 			"buffered: request %u: %u callbacks, %d", r, tr->slot[r].calls,
@@ -541,10 +551,7 @@ static void test_cache(void)
 
 int main(int argc, char **argv)
 {
-	static const struct {
-		const char *name;
-		void (*fn)(void);
-	} parts[] = {
+	static const struct t_part parts[] = {
 		{ "matrix", test_matrix }, { "faults", test_faults },
 		{ "cancel", test_cancel }, { "buffered", test_buffered },
 		{ "config", test_config }, { "cache", test_cache },
