@@ -3,7 +3,13 @@
  *
  * A memfd (so that clients can map it read-only, zero copy: the fd travels
  * over the socket), backed by hugetlbfs pages where they are reserved and
- * asked for, else advised for transparent huge pages; bound to a NUMA node
+ * asked for, else by transparent huge pages: advised where shmem THP is on,
+ * collapsed into them (MADV_COLLAPSE, Linux 6.1) where it is off, as
+ * distributions ship it - O_DIRECT into 4 KiB pages runs at a fraction of
+ * the device's rate, and a collapse needs no admin step. Where neither
+ * works the cache reads through staging buffers instead (cache.c). Mapped
+ * at a 2 MiB-aligned address, so that the huge pages are mapped whole;
+ * bound to a NUMA node
  * (the GPU's, where one is named, else the daemon's own) before the first
  * touch; locked, so that the kernel never pages expert bytes out behind the
  * cache's back. Sealed against growing and shrinking: a client's mapping can
@@ -29,7 +35,7 @@
 #define F_SEAL_FUTURE_WRITE 0x0010 /* Linux 5.1 */
 #endif
 
-#define HUGE_2M (2ull << 20)
+#define HUGE_2M MS_HUGE_2M
 
 static void mode_add(struct ms_arena *a, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -119,19 +125,6 @@ static uint64_t huge_free_bytes(void)
 	return size_kb == 2048 ? free_pages * HUGE_2M : 0;
 }
 
-static bool shmem_thp_possible(void)
-{
-	char buf[256] = "";
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
-	if (!f)
-		return false;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
-	fclose(f);
-	return strstr(buf, "[advise]") || strstr(buf, "[always]") ||
-	       strstr(buf, "[within_size]") || strstr(buf, "[force]");
-}
-
 /* The NUMA node of a PCI device (from sysfs), or -1. */
 static int pci_node(const char *bdf)
 {
@@ -203,49 +196,13 @@ static int place(struct ms_arena *a, const struct ms_arena_config *cfg,
 	return 0;
 }
 
-static bool anon_thp_possible(void)
-{
-	char buf[256] = "";
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-	if (!f)
-		return false;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
-	fclose(f);
-	return strstr(buf, "[madvise]") || strstr(buf, "[always]");
-}
-
-/* AnonHugePages of the mapping that starts at base, from /proc/self/smaps:
- * what the kernel really gave, not what was asked. */
-static uint64_t huge_bytes_of(const void *base)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	uint64_t kb = 0;
-	unsigned long long lo, hi;
-	char perms[8];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%llx-%llx %7s", &lo, &hi, perms) == 3) {
-			in = lo == (unsigned long long)(uintptr_t)base;
-			continue;
-		}
-		unsigned long long v;
-		if (in && sscanf(line, "AnonHugePages: %llu kB", &v) == 1)
-			kb = v;
-	}
-	if (f)
-		fclose(f);
-	return kb * 1024;
-}
-
 /* Locks the arena (cache.lock), or faults every page in on our node. */
 static int lock_or_touch(struct ms_arena *a, const struct ms_arena_config *cfg,
 			 struct ms_err *err)
 {
 	if (cfg->lock) {
-		if (mlock(a->base, a->size)) {
-			int e = errno;
+		int e = -ms_mem_lock(a->base, a->size);
+		if (e) {
 			struct rlimit rl = { 0 };
 			getrlimit(RLIMIT_MEMLOCK, &rl);
 			char lim[32];
@@ -280,25 +237,20 @@ static int anon_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 {
 	a->size = (cfg->size + HUGE_2M - 1) & ~(HUGE_2M - 1);
 	/* 2 MiB-aligned, so that every 2 MiB of it can be one huge page */
-	uint8_t *p = mmap(NULL, a->size + HUGE_2M, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
-		return ms_err_set(err, -errno, "mapping a %llu-byte cache: %s",
-				  (unsigned long long)a->size, strerror(errno));
-	uint8_t *al = (uint8_t *)(((uintptr_t)p + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
-	if (al > p)
-		munmap(p, (size_t)(al - p));
-	munmap(al + a->size, (size_t)(p + HUGE_2M - al));
-	a->base = al;
-	a->anon = true;
-	bool thp = cfg->huge != MS_HUGE_OFF && anon_thp_possible() &&
-		   !madvise(a->base, a->size, MADV_HUGEPAGE);
-	int rc = place(a, cfg, err);
+	void *p;
+	int rc = ms_mem_map_anon(a->size, HUGE_2M, &p);
 	if (rc)
+		return ms_err_set(err, rc, "mapping a %llu-byte cache: %s",
+				  (unsigned long long)a->size, strerror(-rc));
+	a->base = p;
+	a->anon = true;
+	bool thp = cfg->huge != MS_HUGE_OFF && ms_mem_thp_on(false) &&
+		   !madvise(a->base, a->size, MADV_HUGEPAGE);
+	if ((rc = place(a, cfg, err)))
 		return rc;
 	if ((rc = lock_or_touch(a, cfg, err)))
 		return rc;
-	a->huge_bytes = huge_bytes_of(a->base);
+	a->huge_bytes = ms_mem_huge_bytes(a->base);
 	a->thp = a->huge_bytes > 0;
 	if (a->huge_bytes)
 		a->page_size = HUGE_2M;
@@ -365,11 +317,10 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		goto fail;
 	}
 	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-	void *p = mmap(NULL, a->size, PROT_READ | PROT_WRITE, MAP_SHARED,
-		       a->memfd, 0);
-	if (p == MAP_FAILED) {
-		rc = ms_err_set(err, -errno, "mapping the %llu-byte arena: %s",
-				(unsigned long long)a->size, strerror(errno));
+	void *p;
+	if ((rc = ms_mem_map_shared(a->memfd, a->size, HUGE_2M, &p))) {
+		ms_err_set(err, rc, "mapping the %llu-byte arena: %s",
+			   (unsigned long long)a->size, strerror(-rc));
 		goto fail;
 	}
 	/* Our mapping is the only writable one there will ever be: a client
@@ -384,20 +335,15 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		goto fail;
 	}
 	a->base = p;
+	bool collapse = false;
 	if (huge) {
 		a->hugetlb = true;
 		mode_add(a, "2 MiB huge pages");
 	} else if (cfg->huge != MS_HUGE_OFF) {
-		if (shmem_thp_possible() && !madvise(a->base, a->size, MADV_HUGEPAGE)) {
+		if (ms_mem_thp_on(true) && !madvise(a->base, a->size, MADV_HUGEPAGE))
 			a->thp = true;
-			mode_add(a, "transparent huge pages (no hugetlbfs pages "
-				    "reserved)");
-		} else {
-			mode_add(a, "4 KiB pages (no hugetlbfs pages reserved; THP "
-				    "for shared memory is off in "
-				    "/sys/kernel/mm/transparent_hugepage/"
-				    "shmem_enabled)");
-		}
+		else
+			collapse = true;
 	} else {
 		mode_add(a, "4 KiB pages (hugepages = off)");
 	}
@@ -405,13 +351,73 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	/* Bind before the first touch: pages are placed when faulted in. */
 	if ((rc = place(a, cfg, err)))
 		goto fail;
+	if (a->thp) {
+		mode_add(a, "transparent huge pages (no hugetlbfs pages reserved)");
+	} else if (collapse && a->size < HUGE_2M) {
+		mode_add(a, "4 KiB pages (smaller than a 2 MiB page)");
+	} else if (collapse) {
+		int crc = ms_mem_collapse(a->base, a->size);
+		a->thp = crc != -EINVAL;
+		if (a->thp)
+			mode_add(a, "transparent huge pages by MADV_COLLAPSE (no "
+				    "hugetlbfs pages reserved; THP for shared memory "
+				    "is off in /sys/kernel/mm/transparent_hugepage/"
+				    "shmem_enabled)%s%s",
+				 crc ? ", some refused: " : "", crc ? strerror(-crc) : "");
+		else
+			mode_add(a, "4 KiB pages (no hugetlbfs pages reserved; THP "
+				    "for shared memory is off in "
+				    "/sys/kernel/mm/transparent_hugepage/"
+				    "shmem_enabled; MADV_COLLAPSE: %s)",
+				 strerror(-crc));
+	}
 
 	if ((rc = lock_or_touch(a, cfg, err)))
 		goto fail;
+	/* Every page is in now (locked or touched): what it is made of. */
+	a->huge_bytes = ms_mem_huge_bytes(a->base);
+	if (a->huge_bytes > a->size)
+		a->huge_bytes = a->size;
+	if (a->thp)
+		mode_add(a, "%.0f%% of it on 2 MiB pages",
+			 100.0 * (double)a->huge_bytes / (double)a->size);
 	return 0;
 fail:
 	ms_arena_free(a);
 	return rc;
+}
+
+/* Whether this kernel collapses shared memory into huge pages: one 2 MiB
+ * memfd, tried. */
+static bool shmem_collapse_works(void)
+{
+	int fd = memfd_create("moestream-probe", MFD_CLOEXEC);
+	bool ok = false;
+	void *p;
+	if (fd < 0)
+		return false;
+	if (!ftruncate(fd, (off_t)HUGE_2M) && !ms_mem_map_shared(fd, HUGE_2M, HUGE_2M, &p)) {
+		ok = !ms_mem_collapse(p, HUGE_2M);
+		munmap(p, HUGE_2M);
+	}
+	close(fd);
+	return ok;
+}
+
+bool ms_arena_huge_expected(const struct ms_arena_config *cfg)
+{
+	if (cfg->huge == MS_HUGE_OFF || !cfg->size)
+		return false;
+	if (cfg->private_anon)
+		return ms_mem_thp_on(false);
+	uint64_t rounded = (cfg->size + HUGE_2M - 1) & ~(HUGE_2M - 1);
+	return huge_free_bytes() >= rounded || ms_mem_thp_on(true) ||
+	       shmem_collapse_works();
+}
+
+bool ms_arena_huge(const struct ms_arena *a)
+{
+	return a->hugetlb || (a->size && a->huge_bytes >= a->size / 2);
 }
 
 void ms_arena_free(struct ms_arena *a)

@@ -27,6 +27,15 @@
  * waiters whose deadline passed with -EBUSY. Every acquire that does not
  * answer at once gets exactly one callback.
  *
+ * Reads (ms_read_info). O_DIRECT into an arena on 4 KiB pages is slow on some
+ * devices (a virtio disk here: 0.3-0.8 of the same reads into huge pages),
+ * and a shared memfd gets 4 KiB pages wherever shmem THP is off and no
+ * hugetlbfs pages are reserved - as distributions ship. Staging auto then
+ * has the engine read into a few MiB of anonymous huge-page buffers and copy
+ * into the arena; those bytes come out of cache.size, so that the process
+ * still holds what it was told to. Where the arena got huge pages, reads
+ * land in it directly and the whole cache.size is arena.
+ *
  * Locking: one mutex. Callbacks to clients run after it is dropped. The
  * engine's lock is only ever taken inside ours (submit, cancel, promote),
  * never the other way round: engine callbacks arrive without its lock.
@@ -110,6 +119,7 @@ struct ms_cache {
 	struct ms_cache_config cfg;
 	struct ms_arena arena;
 	struct ms_io *io;
+	struct ms_read_info read;
 	pthread_mutex_t mu;
 	pthread_cond_t reap_cv;
 	pthread_t reaper;
@@ -139,6 +149,7 @@ void ms_cache_config_default(struct ms_cache_config *cfg)
 	cfg->arena.huge = MS_HUGE_AUTO;
 	cfg->arena.numa_node = MS_NUMA_AUTO;
 	cfg->arena.lock = true;
+	cfg->staging = MS_STAGING_AUTO;
 	ms_io_config_default(&cfg->io);
 	cfg->acquire_timeout_ms = 5000;
 }
@@ -1097,6 +1108,124 @@ out:
 	return rc;
 }
 
+/* The staging bytes to take out of cache.size when the arena will (or will
+ * not) have huge pages: 0 when off, when reads are not O_DIRECT, or (auto)
+ * where the arena has huge pages. Whole buffers only (the engine makes
+ * min(request_size, staging)-byte ones): a remainder would be neither
+ * staging nor arena. */
+static int staging_plan(const struct ms_cache_config *cfg, bool arena_huge,
+			uint64_t *out, struct ms_err *err)
+{
+	uint64_t s = cfg->staging, size = cfg->arena.size;
+	*out = 0;
+	if (!s || cfg->io.direct == MS_IO_DIRECT_OFF)
+		return 0;
+	if (s == MS_STAGING_AUTO) {
+		if (arena_huge)
+			return 0;
+		s = MS_STAGING_DEFAULT;
+		if (s > size / 4)
+			s = (size / 4) & ~(uint64_t)(MS_IO_ALIGN - 1);
+	} else if (s % MS_IO_ALIGN || s > MS_IO_MAX_STAGING || s > size / 2) {
+		return ms_err_set(err, -EINVAL,
+				  "io.staging = %llu bytes: not a multiple of %u up "
+				  "to half of cache.size (%llu) and 1G",
+				  (unsigned long long)s, MS_IO_ALIGN,
+				  (unsigned long long)size);
+	}
+	uint64_t buf = s < cfg->io.request_size ? s : cfg->io.request_size;
+	*out = buf ? s / buf * buf : 0;
+	return 0;
+}
+
+/* The arena, at cache.size less the staging the plan sets aside; for
+ * staging auto, planned on a guess of its pages and made again at the other
+ * size when the guess was wrong. *staging: the bytes for the engine. */
+static int make_arena(struct ms_cache *c, const struct ms_cache_config *cfg,
+		      uint64_t *staging, struct ms_err *err)
+{
+	bool huge = ms_arena_huge_expected(&cfg->arena);
+	for (int attempt = 0;; attempt++) {
+		struct ms_arena_config ac = cfg->arena;
+		int rc = staging_plan(cfg, huge, staging, err);
+		if (rc)
+			return rc;
+		ac.size -= *staging;
+		if ((rc = ms_arena_init(&c->arena, &ac, err)))
+			return rc;
+		bool got = ms_arena_huge(&c->arena);
+		if (cfg->staging != MS_STAGING_AUTO || got == huge || attempt)
+			return 0;
+		ms_log(MS_LOG_INFO, "the arena %s huge pages against the guess: "
+		       "made again %s staging", got ? "got" : "did not get",
+		       got ? "without" : "with");
+		ms_arena_free(&c->arena);
+		huge = got;
+	}
+}
+
+const char *ms_read_path_name(enum ms_read_path p)
+{
+	return p == MS_READ_STAGING ? "staging"
+	       : p == MS_READ_BUFFERED ? "buffered"
+				       : "direct";
+}
+
+static void fmt_mib(uint64_t v, char *out, size_t len)
+{
+	if (v && !(v % (1u << 20)))
+		snprintf(out, len, "%llu MiB", (unsigned long long)(v >> 20));
+	else if (v && !(v % 1024))
+		snprintf(out, len, "%llu KiB", (unsigned long long)(v >> 10));
+	else
+		snprintf(out, len, "%llu bytes", (unsigned long long)v);
+}
+
+/* The read path as built, in c->read. */
+static void read_info(struct ms_cache *c)
+{
+	struct ms_read_info *ri = &c->read;
+	struct ms_io_mode md;
+	ms_io_get_mode(c->io, &md);
+	ri->arena_bytes = c->arena.size;
+	ri->arena_huge_bytes = c->arena.huge_bytes;
+	ri->staging_bytes = md.staging;
+	ri->staging_huge_bytes = md.staging_huge;
+	ri->staging_buf = md.staging_buf;
+	ri->staging_bufs = md.staging_bufs;
+	ri->path = !md.direct ? MS_READ_BUFFERED
+		   : md.staging ? MS_READ_STAGING
+				: MS_READ_DIRECT;
+	char st[32], buf[32];
+	const char *pages = ms_arena_huge(&c->arena) ? "huge pages" : "4 KiB pages";
+	double pct = c->arena.size ? 100.0 * (double)c->arena.huge_bytes /
+					     (double)c->arena.size
+				   : 0.0;
+	fmt_mib(md.staging, st, sizeof(st));
+	fmt_mib(md.staging_buf, buf, sizeof(buf));
+	switch (ri->path) {
+	case MS_READ_STAGING:
+		snprintf(ri->line, sizeof(ri->line),
+			 "O_DIRECT into %s of staging buffers (%u x %s, anonymous "
+			 "memory, %.0f%% on 2 MiB pages), copied into the arena "
+			 "(%s, %.0f%% huge)",
+			 st, md.staging_bufs, buf,
+			 md.staging ? 100.0 * (double)md.staging_huge / (double)md.staging
+				    : 0.0,
+			 pages, pct);
+		break;
+	case MS_READ_BUFFERED:
+		snprintf(ri->line, sizeof(ri->line),
+			 "buffered, through the page cache into the arena (%s, "
+			 "%.0f%% huge)", pages, pct);
+		break;
+	default:
+		snprintf(ri->line, sizeof(ri->line),
+			 "O_DIRECT straight into the arena (%s, %.0f%% huge%s)", pages,
+			 pct, ms_arena_huge(&c->arena) ? "" : "; staging off");
+	}
+}
+
 /* An eighth of the arena, but never less than one expert of each size. */
 static uint64_t default_prefetch_cap(const struct ms_cache *c)
 {
@@ -1144,8 +1273,10 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 		c->e[i].slot = NONE;
 		c->e[i].prev = c->e[i].next = NONE;
 	}
-	if ((rc = ms_arena_init(&c->arena, &cfg->arena, err)))
+	struct ms_io_config io_cfg = cfg->io;
+	if ((rc = make_arena(c, cfg, &io_cfg.staging, err)))
 		goto fail;
+	io_cfg.staging_lock = cfg->arena.lock;
 	/* (the default cap is set once the slots are known) */
 	if (!c->cfg.acquire_timeout_ms)
 		c->cfg.acquire_timeout_ms = 5000;
@@ -1162,11 +1293,12 @@ int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 	}
 	for (uint32_t s = 0; s < m->n_shards; s++)
 		paths[s] = m->shards[s]->path;
-	rc = ms_io_init(&c->io, &cfg->io, paths, m->n_shards, c->arena.base,
+	rc = ms_io_init(&c->io, &io_cfg, paths, m->n_shards, c->arena.base,
 			c->arena.size, err);
 	free(paths);
 	if (rc)
 		goto fail;
+	read_info(c);
 	if ((rc = -pthread_create(&c->reaper, NULL, reaper_main, c))) {
 		ms_err_set(err, rc, "cannot start the cache's timer thread: %s",
 			   strerror(-rc));
@@ -1251,6 +1383,11 @@ void ms_cache_get_io_mode(const struct ms_cache *c, struct ms_io_mode *mode)
 	ms_io_get_mode(c->io, mode);
 }
 
+void ms_cache_get_read_info(const struct ms_cache *c, struct ms_read_info *ri)
+{
+	*ri = c->read;
+}
+
 void ms_cache_get_stats(struct ms_cache *c, struct ms_cache_stats *st)
 {
 	pthread_mutex_lock(&c->mu);
@@ -1270,6 +1407,8 @@ void ms_cache_get_stats(struct ms_cache *c, struct ms_cache_stats *st)
 	struct ms_io_stats ios;
 	ms_io_get_stats(c->io, &ios);
 	st->io_busy_ns = ios.busy_ns;
+	st->bytes_copied = ios.bytes_copied;
+	st->copy_ns = ios.copy_ns;
 }
 
 enum ms_entry_state ms_cache_state(struct ms_cache *c, uint32_t layer,

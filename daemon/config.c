@@ -58,6 +58,7 @@ enum opt_type {
 	OPT_MODE,    /* octal permission bits: uint32_t */
 	OPT_NUMA,    /* auto|interleave|none|N: int (MS_NUMA_* or N) */
 	OPT_DOUBLE,  /* a finite decimal number: double */
+	OPT_STAGING, /* auto|off|size: uint64_t (MS_STAGING_AUTO, 0, bytes) */
 };
 
 struct opt_name {
@@ -186,7 +187,9 @@ static const struct opt opts[] = {
 	{ .section = "cache", .key = "hugepages", .type = OPT_ENUM,
 	  FIELD(hugepages), .def = "auto", .names = huge_names,
 	  .help = "Arena pages: auto = hugetlbfs pages if reserved, else "
-		  "transparent huge pages; on = hugetlbfs or fail; off = 4K pages" },
+		  "transparent huge pages (where shmem THP is off, collapsed "
+		  "into them at start with MADV_COLLAPSE, Linux 6.1); on = "
+		  "hugetlbfs or fail; off = 4K pages" },
 	{ .section = "cache", .key = "numa_node", .type = OPT_NUMA,
 	  FIELD(numa_node), .def = "auto", .min = 0, .max = 1023,
 	  .help = "NUMA node of the arena: auto = the GPU's node when gpu is "
@@ -239,6 +242,18 @@ static const struct opt opts[] = {
 	  .def = "auto", .names = direct_names,
 	  .help = "O_DIRECT reads that bypass the page cache: auto = where the "
 		  "filesystem allows it; on = or fail; off = buffered" },
+	{ .section = "io", .key = "staging", .type = OPT_STAGING,
+	  FIELD(io_staging), .def = "auto", .min = MS_IO_ALIGN,
+	  .max = MS_IO_MAX_STAGING, .align = MS_IO_ALIGN,
+	  .help = "O_DIRECT reads into a few anonymous huge-page buffers, then "
+		  "a copy into the cache: for a cache on 4 KiB pages, where "
+		  "reads straight into it are slow. auto = 8M (at most a "
+		  "quarter of the cache) when the cache got no huge pages "
+		  "(hugepages = off, or none to be had: a kernel before 6.1, "
+		  "shmem_enabled = deny, fragmented memory), else off; a "
+		  "size = always, that many bytes. The buffers are part of "
+		  "cache.size (the cache gets the rest); the log and stats "
+		  "say which path is in use and what the copy costs" },
 
 	/* [prefetch] */
 	{ .section = "prefetch", .key = "policy", .type = OPT_ENUM,
@@ -523,6 +538,35 @@ static int set_list(const struct opt *o, void *field, const char *text,
 	return store_text(o, field, out, why, why_len);
 }
 
+/* A size within the option's range and alignment: 0 and *u, or -EINVAL
+ * with the reason in `why`. */
+static int parse_size_opt(const struct opt *o, const char *text, uint64_t *u,
+			  char *why, size_t why_len)
+{
+	int rc = ms_parse_size(text, u);
+	if (rc == -ERANGE) {
+		snprintf(why, why_len, "too large");
+		return -EINVAL;
+	}
+	if (rc) {
+		snprintf(why, why_len, "not a size (a number with an "
+			 "optional K, M, G or T suffix)");
+		return -EINVAL;
+	}
+	if (*u < o->min || *u > o->max) {
+		snprintf(why, why_len, "%s the %s", *u < o->min ?
+			 "below" : "above", *u < o->min ? "minimum" :
+			 "maximum");
+		return -EINVAL;
+	}
+	if (o->align && *u % o->align) {
+		snprintf(why, why_len, "not a multiple of %llu",
+			 (unsigned long long)o->align);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* Parses `text` as option `o` into `c`. 0, or -EINVAL with the reason (the
  * caller adds where, and the allowed range) in `why`. Nothing is written on
  * failure. */
@@ -534,31 +578,11 @@ static int opt_parse(const struct opt *o, struct ms_config *c,
 	const char *bad;
 
 	switch (o->type) {
-	case OPT_SIZE: {
-		int rc = ms_parse_size(text, &u);
-		if (rc == -ERANGE) {
-			snprintf(why, why_len, "too large");
+	case OPT_SIZE:
+		if (parse_size_opt(o, text, &u, why, why_len))
 			return -EINVAL;
-		}
-		if (rc) {
-			snprintf(why, why_len, "not a size (a number with an "
-				 "optional K, M, G or T suffix)");
-			return -EINVAL;
-		}
-		if (u < o->min || u > o->max) {
-			snprintf(why, why_len, "%s the %s", u < o->min ?
-				 "below" : "above", u < o->min ? "minimum" :
-				 "maximum");
-			return -EINVAL;
-		}
-		if (o->align && u % o->align) {
-			snprintf(why, why_len, "not a multiple of %llu",
-				 (unsigned long long)o->align);
-			return -EINVAL;
-		}
 		store_uint(field, o->size, u);
 		return 0;
-	}
 	case OPT_UINT:
 		if (!parse_u64_dec(text, &u)) {
 			snprintf(why, why_len, "not a whole number");
@@ -628,6 +652,17 @@ bad_mode:
 		memcpy(field, &v, sizeof(v));
 		return 0;
 	}
+	case OPT_STAGING:
+		/* auto and off by name, a size as OPT_SIZE checks one; what
+		 * passes here passes ms_cache_parse_staging too */
+		if (!strcasecmp(text, "auto"))
+			u = MS_STAGING_AUTO;
+		else if (!strcasecmp(text, "off"))
+			u = 0;
+		else if (parse_size_opt(o, text, &u, why, why_len))
+			return -EINVAL;
+		memcpy(field, &u, sizeof(u));
+		return 0;
 	case OPT_DOUBLE: {
 		char *end;
 		errno = 0;
@@ -754,6 +789,16 @@ static void opt_format(const struct opt *o, const struct ms_config *c,
 		memcpy(&d, field, sizeof(d));
 		fmt_double(d, out, len);
 		return;
+	case OPT_STAGING: {
+		uint64_t u = load_uint(field, o->size);
+		if (u == MS_STAGING_AUTO)
+			snprintf(out, len, "auto");
+		else if (!u)
+			snprintf(out, len, "off");
+		else
+			fmt_size(u, out, len);
+		return;
+	}
 	case OPT_STRING:
 	case OPT_LIST:
 		snprintf(out, len, "%.*s", (int)o->size, (const char *)field);
@@ -807,6 +852,11 @@ static void opt_range(const struct opt *o, char *out, size_t len)
 		fmt_double(o->dmin, a, sizeof(a));
 		fmt_double(o->dmax, b, sizeof(b));
 		snprintf(out, len, "%s..%s", a, b);
+		return;
+	case OPT_STAGING:
+		fmt_size(o->min, a, sizeof(a));
+		fmt_size(o->max, b, sizeof(b));
+		snprintf(out, len, "auto|off|%s..%s, a multiple of %s", a, b, a);
 		return;
 	case OPT_STRING:
 	case OPT_LIST:
@@ -1286,6 +1336,7 @@ void ms_config_to_cache(const struct ms_config *c, struct ms_cache_config *cc)
 	cc->io.request_size = c->io_request_size;
 	cc->io.prefetch_inflight = c->io_prefetch_inflight;
 	cc->io.sqpoll = c->io_sqpoll;
+	cc->staging = c->io_staging;
 	cc->acquire_timeout_ms = c->acquire_timeout_ms;
 	cc->max_prefetch_bytes = c->prefetch_max_inflight;
 	cc->pin = c->pin[0] ? c->pin : NULL;

@@ -51,6 +51,8 @@ struct ms_config {
 	uint64_t io_prefetch_inflight; /* prefetch_inflight: bytes, 0 = no cap */
 	bool io_sqpoll;               /* sqpoll */
 	enum ms_io_direct io_direct;  /* direct: auto|on|off */
+	uint64_t io_staging;          /* staging: auto|off|size:
+					 MS_STAGING_AUTO, 0, or bytes */
 	/* [prefetch] */
 	enum ms_prefetch_policy prefetch_policy; /* policy: none|history|hint|auto */
 	uint32_t prefetch_depth;      /* depth: layers ahead */

@@ -297,14 +297,26 @@ int main(int argc, char **argv)
 	       io.direct ? " O_DIRECT" : " buffered",
 	       io.fixed_buffers ? " fixed-buffers" : "", cfg.io_threads,
 	       cfg.io_queue_depth);
+	/* Which way reads reach the cache, and what its pages are. */
+	struct ms_read_info ri;
+	ms_cache_get_read_info(cache, &ri);
+	ms_log(MS_LOG_NOTICE, "reads: %s", ri.line);
 	const struct ms_arena *ar = ms_cache_arena(cache);
-	if (!ar->hugetlb && !ar->thp)
+	if (ri.path == MS_READ_DIRECT && !ms_arena_huge(ar))
 		ms_log(MS_LOG_WARNING,
-		       "the cache is on 4 KiB pages: O_DIRECT reads into it cost more "
-		       "(more segments per request); reserve huge pages (sysctl "
+		       "the cache is on 4 KiB pages and reads land in it directly: "
+		       "O_DIRECT reads into it cost more (more segments per request); "
+		       "set [io] staging = auto, reserve huge pages (sysctl "
 		       "vm.nr_hugepages=%llu) or allow THP for shared memory (echo "
 		       "advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled)",
 		       (unsigned long long)((ar->size + (2u << 20) - 1) >> 21));
+	if (ri.path == MS_READ_STAGING && ri.staging_huge_bytes * 2 < ri.staging_bytes)
+		ms_log(MS_LOG_WARNING,
+		       "the staging buffers got few huge pages (%llu of %llu bytes): "
+		       "transparent huge pages for anonymous memory are off or "
+		       "short (/sys/kernel/mm/transparent_hugepage/enabled)",
+		       (unsigned long long)ri.staging_huge_bytes,
+		       (unsigned long long)ri.staging_bytes);
 	notify("READY=1\nSTATUS=serving");
 	report(ready_fd, "ok");
 

@@ -827,8 +827,10 @@ static char *stats_json(struct ms_server *s)
 {
 	struct ms_cache_stats st;
 	struct ms_io_mode io;
+	struct ms_read_info ri;
 	ms_cache_get_stats(s->cache, &st);
 	ms_cache_get_io_mode(s->cache, &io);
+	ms_cache_get_read_info(s->cache, &ri);
 	const struct ms_arena *a = ms_cache_arena(s->cache);
 	double up = (double)(now_ns() - s->start_ns) / 1e9;
 	cJSON *o = cJSON_CreateObject();
@@ -854,6 +856,14 @@ static char *stats_json(struct ms_server *s)
 	S("io_fallbacks", io.why);
 	S("arena", a->mode);
 	B("arena_hugetlb", a->hugetlb);
+	N("arena_bytes", ri.arena_bytes);
+	N("arena_huge_bytes", ri.arena_huge_bytes);
+	S("read_path", ms_read_path_name(ri.path));
+	S("read_path_detail", ri.line);
+	N("staging_bytes", ri.staging_bytes);
+	N("staging_huge_bytes", ri.staging_huge_bytes);
+	N("bytes_copied", st.bytes_copied);
+	N("copy_cpu_s", (double)st.copy_ns / 1e9);
 	N("arena_numa_node", a->numa_node);
 	N("hits", st.hits);
 	N("misses", st.misses);

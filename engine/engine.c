@@ -394,7 +394,12 @@ int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 	const struct ms_arena *ar = ms_cache_arena(xs->cache);
 	xs->base = ar->base;
 	e->info.cache_bytes = ar->size;
-	snprintf(e->info.cache_mode, sizeof(e->info.cache_mode), "%s", ar->mode);
+	struct ms_read_info ri;
+	ms_cache_get_read_info(xs->cache, &ri);
+	snprintf(e->info.cache_mode, sizeof(e->info.cache_mode), "%s%s", ar->mode,
+		 ri.path == MS_READ_STAGING ? "; reads copied in from huge-page "
+					      "staging buffers"
+					    : "");
 	return 0;
 }
 

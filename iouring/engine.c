@@ -22,6 +22,16 @@
  * drained; the engine carries on. A cancelled prefetch drops its queued
  * chunks, asks the rings to cancel its in-flight ones, and reports
  * -ECANCELED once the last one is back (unless it had already finished).
+ *
+ * Staging (iouring.h): a chunk takes a free staging buffer as it leaves the
+ * queue (none free: it stays queued, so the buffers bound the reads in
+ * flight), is read into it, and the thread that reaps the read copies what
+ * arrived to the chunk's destination before anything else looks at the
+ * result; the buffer goes back under the lock, and whoever may be waiting
+ * for one is woken. A short read copies what it got and queues the rest,
+ * which takes a buffer of its own. A cancelled or failed request's chunk is
+ * still copied: its destination stays the caller's until the callback, and
+ * it is rare enough not to be worth a second lock round.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +64,7 @@ struct chunk {
 	uint32_t file;
 	uint16_t buf_index;   /* registered iovec holding dst */
 	int16_t ring;         /* ring reading it, -1 when queued or done */
+	int32_t stage;        /* staging buffer it is read into, -1: none */
 	bool inflight, done;
 };
 
@@ -104,6 +116,10 @@ struct ms_io {
 	uint32_t *block_size;
 	uint8_t *mem;
 	size_t mem_len;
+
+	uint8_t *stage;              /* staging buffers; NULL: reads go to mem */
+	uint32_t *stage_free;        /* stack of free buffer indexes (mu) */
+	uint32_t n_stage_free;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;           /* preadv workers wait here */
@@ -181,6 +197,43 @@ static struct chunk *do_pop(struct ms_io *io)
 	return NULL;
 }
 
+static bool do_queues_empty(const struct ms_io *io)
+{
+	return !io->q[0].head && !io->q[1].head;
+}
+
+/* do_pop, with a staging buffer for the chunk when staging is on: none
+ * free, nothing leaves the queue. */
+static struct chunk *do_take(struct ms_io *io)
+{
+	if (io->stage && !io->n_stage_free)
+		return NULL;
+	struct chunk *c = do_pop(io);
+	if (c && io->stage)
+		c->stage = (int32_t)io->stage_free[--io->n_stage_free];
+	return c;
+}
+
+/* Gives chunk c's staging buffer back; true when queued work may have been
+ * waiting for it: there was none free, and something is queued (the caller
+ * wakes the other threads once the lock is dropped). */
+static bool do_stage_put(struct ms_io *io, struct chunk *c)
+{
+	if (c->stage < 0)
+		return false;
+	bool starved = !io->n_stage_free;
+	io->stage_free[io->n_stage_free++] = (uint32_t)c->stage;
+	c->stage = -1;
+	return starved && !do_queues_empty(io);
+}
+
+/* Where chunk c's read lands: its staging buffer, or its destination. */
+static uint8_t *read_dst(const struct ms_io *io, const struct chunk *c)
+{
+	return c->stage >= 0 ? io->stage + (size_t)c->stage * io->mode.staging_buf
+			     : c->dst;
+}
+
 static uint64_t mono_ns(void)
 {
 	struct timespec ts;
@@ -205,11 +258,6 @@ static void do_inflight(struct ms_io *io, struct chunk *c, bool start)
 		io->st.busy_ns += mono_ns() - io->busy_since;
 		io->busy_since = 0;
 	}
-}
-
-static bool do_queues_empty(const struct ms_io *io)
-{
-	return !io->q[0].head && !io->q[1].head;
 }
 
 /* Removes the request's queued chunks from its class queue. */
@@ -244,16 +292,22 @@ static struct req **do_slot(struct ms_io *io, uint64_t id)
 	return p;
 }
 
-/* Wakes whoever may now have work. */
-static void wake_all(struct ms_io *io)
+/* Wakes whoever may now have work, but ring `self` (the caller's own,
+ * which looks at the queues again anyway; -1: none). */
+static void wake_others(struct ms_io *io, int self)
 {
 	uint64_t one = 1;
 	for (unsigned i = 0; i < io->n_rings; i++)
-		if (io->rings[i].efd >= 0 &&
+		if ((int)i != self && io->rings[i].efd >= 0 &&
 		    write(io->rings[i].efd, &one, sizeof(one)) < 0) {
 			/* eventfd overflow cannot happen at 1 per write */
 		}
 	pthread_cond_broadcast(&io->cv);
+}
+
+static void wake_all(struct ms_io *io)
+{
+	wake_others(io, -1);
 }
 
 /* ---- completion --------------------------------------------------------------- */
@@ -294,18 +348,45 @@ static bool faults_on(const struct ms_io_faults *f)
 	return f->short_ppm || f->eagain_ppm || f->eintr_ppm || f->eio_ppm;
 }
 
-/* Called by the thread that read chunk c, with the read's result. */
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Copies the `n` bytes a staged read brought to the chunk's destination;
+ * returns the CPU time it took this thread. */
+static uint64_t stage_copy(const struct ms_io *io, const struct chunk *c, size_t n)
+{
+	uint64_t t0 = thread_cpu_ns();
+	memcpy(c->dst, read_dst(io, c), n);
+	return thread_cpu_ns() - t0;
+}
+
+/* Called by the thread that read chunk c (ring `self`, -1 for a preadv
+ * worker), with the read's result. */
 static void complete_chunk(struct ms_io *io, struct chunk *c, int res,
-			   uint64_t *rng)
+			   uint64_t *rng, int self)
 {
 	struct req *r = c->req;
 	if (faults_on(&io->cfg.faults))
 		res = inject(&io->cfg.faults, rng, res);
+	uint64_t copy_ns = 0;
+	if (c->stage >= 0 && res > 0)
+		copy_ns = stage_copy(io, c, (size_t)res);
 
 	pthread_mutex_lock(&io->mu);
 	c->inflight = false;
 	c->ring = -1;
 	do_inflight(io, c, false);
+	bool wake = io->stopping; /* leaving threads recheck the queues */
+	if (c->stage >= 0) {
+		if (res > 0)
+			io->st.bytes_copied += (uint64_t)res;
+		io->st.copy_ns += copy_ns;
+		wake |= do_stage_put(io, c);
+	}
 	if (!r->cancelled && !r->result) {
 		/* -ECANCELED on a request nobody cancelled: a cancel aimed at
 		 * a finished chunk whose address this one reuses. Read again. */
@@ -361,6 +442,8 @@ static void complete_chunk(struct ms_io *io, struct chunk *c, int res,
 		io->st.completed[r->cls]++;
 	}
 	pthread_mutex_unlock(&io->mu);
+	if (wake)
+		wake_others(io, self);
 	if (last) {
 		r->done(r->ctx, r->id, r->result);
 		free(r);
@@ -388,15 +471,54 @@ static bool prep_read(struct ring *r, struct chunk *c)
 	if (!sqe)
 		return false;
 	int fd = io->mode.fixed_files ? (int)c->file : io->fds[c->file];
+	uint8_t *dst = read_dst(io, c);
 	if (io->mode.fixed_buffers)
-		io_uring_prep_read_fixed(sqe, fd, c->dst, (unsigned)c->len, c->off,
-					 c->buf_index);
+		io_uring_prep_read_fixed(sqe, fd, dst, (unsigned)c->len, c->off,
+					 c->stage >= 0 ? 0 : c->buf_index);
 	else
-		io_uring_prep_read(sqe, fd, c->dst, (unsigned)c->len, c->off);
+		io_uring_prep_read(sqe, fd, dst, (unsigned)c->len, c->off);
 	if (io->mode.fixed_files)
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, c);
 	return true;
+}
+
+/* Under the lock: the cancellations asked of this ring, then reads from the
+ * queues up to the ring's depth (and the free staging buffers). True when
+ * the ring may stop: stopping, nothing in flight, nothing queued. */
+static bool ring_fill(struct ring *r, unsigned *inflight)
+{
+	struct ms_io *io = r->io;
+	pthread_mutex_lock(&io->mu);
+	while (r->cancels) {
+		struct cancel_ask *a = r->cancels;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+		if (!sqe)
+			break;
+		r->cancels = a->next;
+		io_uring_prep_cancel(sqe, a->c, 0);
+		io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+		free(a);
+	}
+	while (*inflight < io->cfg.queue_depth) {
+		struct chunk *c = do_take(io);
+		if (!c)
+			break;
+		if (!prep_read(r, c)) {
+			do_stage_put(io, c); /* this thread comes back */
+			io->st.queued_bytes[c->req->cls] += c->len;
+			do_push(&io->q[c->req->cls], c, true);
+			break;
+		}
+		c->inflight = true;
+		c->ring = (int16_t)r->idx;
+		do_inflight(io, c, true);
+		io->st.chunks++;
+		(*inflight)++;
+	}
+	bool stop = io->stopping && !*inflight && do_queues_empty(io);
+	pthread_mutex_unlock(&io->mu);
+	return stop;
 }
 
 static void *ring_main(void *arg)
@@ -409,37 +531,8 @@ static void *ring_main(void *arg)
 	for (;;) {
 		if (!wake_armed)
 			wake_armed = arm_wake(r);
-		pthread_mutex_lock(&io->mu);
-		while (r->cancels) {
-			struct cancel_ask *a = r->cancels;
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
-			if (!sqe)
-				break;
-			r->cancels = a->next;
-			io_uring_prep_cancel(sqe, a->c, 0);
-			io_uring_sqe_set_data64(sqe, TAG_CANCEL);
-			free(a);
-		}
-		while (inflight < io->cfg.queue_depth) {
-			struct chunk *c = do_pop(io);
-			if (!c)
-				break;
-			if (!prep_read(r, c)) {
-				io->st.queued_bytes[c->req->cls] += c->len;
-				do_push(&io->q[c->req->cls], c, true);
-				break;
-			}
-			c->inflight = true;
-			c->ring = (int16_t)r->idx;
-			do_inflight(io, c, true);
-			io->st.chunks++;
-			inflight++;
-		}
-		bool stop = io->stopping && !inflight && do_queues_empty(io);
-		pthread_mutex_unlock(&io->mu);
-		if (stop)
+		if (ring_fill(r, &inflight))
 			break;
-
 		int rc = io_uring_submit_and_wait(&r->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
 			ms_log(MS_LOG_ERR, "io_uring ring %u: submit failed: %s",
@@ -447,10 +540,10 @@ static void *ring_main(void *arg)
 			usleep(1000);
 		}
 		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
-		io_uring_for_each_cqe(&r->ring, head, cqe) {
+		while (!io_uring_peek_cqe(&r->ring, &cqe)) {
 			uint64_t tag = io_uring_cqe_get_data64(cqe);
-			seen++;
+			int res = cqe->res;
+			io_uring_cqe_seen(&r->ring, cqe);
 			if (tag == TAG_WAKE) {
 				wake_armed = false;
 				continue;
@@ -458,10 +551,17 @@ static void *ring_main(void *arg)
 			if (tag == TAG_CANCEL)
 				continue;
 			struct chunk *c = (struct chunk *)(uintptr_t)tag;
+			bool staged = c->stage >= 0;
 			inflight--;
-			complete_chunk(io, c, cqe->res, &r->rng);
+			complete_chunk(io, c, res, &r->rng, (int)r->idx);
+			/* A staged read's copy took a while, and freed a
+			 * buffer: the next read goes to the device now rather
+			 * than after the copies of every completion waiting. */
+			if (staged) {
+				ring_fill(r, &inflight);
+				io_uring_submit(&r->ring);
+			}
 		}
-		io_uring_cq_advance(&r->ring, seen);
 	}
 	return NULL;
 }
@@ -500,14 +600,17 @@ static int ring_setup(struct ring *r, struct ms_err *err)
 		}
 	}
 	if (io->mode.fixed_buffers) {
-		unsigned n = (unsigned)((io->mem_len + REG_BUF_MAX - 1) / REG_BUF_MAX);
+		/* the staging buffers when reads land there, else mem */
+		uint8_t *base = io->stage ? io->stage : io->mem;
+		size_t len = io->stage ? io->mode.staging : io->mem_len;
+		unsigned n = (unsigned)((len + REG_BUF_MAX - 1) / REG_BUF_MAX);
 		struct iovec *iov = calloc(n, sizeof(*iov));
 		if (!iov)
 			return ms_err_set(err, -ENOMEM, "I/O engine: out of memory "
 					  "for %u buffer registrations", n);
 		for (unsigned i = 0; i < n; i++) {
-			iov[i].iov_base = io->mem + (size_t)i * REG_BUF_MAX;
-			uint64_t left = io->mem_len - (size_t)i * REG_BUF_MAX;
+			iov[i].iov_base = base + (size_t)i * REG_BUF_MAX;
+			uint64_t left = len - (size_t)i * REG_BUF_MAX;
 			iov[i].iov_len = left < REG_BUF_MAX ? left : REG_BUF_MAX;
 		}
 		rc = io_uring_register_buffers(&r->ring, iov, n);
@@ -539,7 +642,10 @@ static void *pread_main(void *arg)
 	for (;;) {
 		pthread_mutex_lock(&io->mu);
 		struct chunk *c;
-		while (!(c = do_pop(io)) && !io->stopping)
+		/* Stopping, a worker leaves once nothing is queued: demand
+		 * reads still queued (waiting for a staging buffer, say) are
+		 * read first. */
+		while (!(c = do_take(io)) && !(io->stopping && do_queues_empty(io)))
 			pthread_cond_wait(&io->cv, &io->mu);
 		if (!c) {
 			pthread_mutex_unlock(&io->mu);
@@ -549,8 +655,9 @@ static void *pread_main(void *arg)
 		do_inflight(io, c, true);
 		io->st.chunks++;
 		pthread_mutex_unlock(&io->mu);
-		ssize_t n = pread(io->fds[c->file], c->dst, c->len, (off_t)c->off);
-		complete_chunk(io, c, n < 0 ? -errno : (int)n, &w->rng);
+		ssize_t n = pread(io->fds[c->file], read_dst(io, c), c->len,
+				  (off_t)c->off);
+		complete_chunk(io, c, n < 0 ? -errno : (int)n, &w->rng, -1);
 	}
 	return NULL;
 }
@@ -627,6 +734,56 @@ static int open_files(struct ms_io *io, const char *const *paths,
 	return 0;
 }
 
+static void why_add(struct ms_io *io, const char *what)
+{
+	size_t n = strlen(io->mode.why);
+	snprintf(io->mode.why + n, sizeof(io->mode.why) - n, "%s%s", n ? "; " : "",
+		 what);
+}
+
+/* The staging buffers: one mapping, 2 MiB-aligned, its whole 2 MiB pieces
+ * advised for transparent huge pages (a piece that is not whole would make
+ * the kernel hand out a huge page for a few KiB of it: the tail stays on
+ * 4 KiB pages, so the memory held is the size asked), every page touched
+ * now (a read never waits for a fault, and the bytes are charged from the
+ * start), locked when asked. */
+static int stage_init(struct ms_io *io, struct ms_err *err)
+{
+	const struct ms_io_config *cfg = &io->cfg;
+	uint64_t buf = cfg->request_size < cfg->staging ? cfg->request_size
+							: cfg->staging;
+	uint64_t n = cfg->staging / buf, len = n * buf;
+	void *p;
+	int rc = ms_mem_map_anon(len, MS_HUGE_2M, &p);
+	if (rc)
+		return ms_err_set(err, rc, "I/O engine: mapping %llu bytes of staging "
+				  "buffers: %s", (unsigned long long)len, strerror(-rc));
+	io->stage = p;
+	io->mode.staging = len;
+	io->mode.staging_buf = (uint32_t)buf;
+	io->mode.staging_bufs = (uint32_t)n;
+	uint64_t whole = len & ~(MS_HUGE_2M - 1);
+	if (whole && ms_mem_thp_on(false))
+		madvise(p, whole, MADV_HUGEPAGE); /* a refusal shows in the count */
+	memset(p, 0, len);
+	if (cfg->staging_lock && (rc = ms_mem_lock(p, len)))
+		return ms_err_set(err, rc, "cannot lock the %llu bytes of staging "
+				  "buffers in memory (%s): raise RLIMIT_MEMLOCK "
+				  "(ulimit -l, LimitMEMLOCK=infinity)",
+				  (unsigned long long)len, strerror(-rc));
+	io->mode.staging_huge = ms_mem_huge_bytes(p);
+	if (io->mode.staging_huge > len)
+		io->mode.staging_huge = len;
+	io->stage_free = malloc(n * sizeof(*io->stage_free));
+	if (!io->stage_free)
+		return ms_err_set(err, -ENOMEM, "I/O engine: out of memory for %llu "
+				  "staging buffers", (unsigned long long)n);
+	for (uint32_t i = 0; i < n; i++)
+		io->stage_free[i] = (uint32_t)(n - 1 - i);
+	io->n_stage_free = (uint32_t)n;
+	return 0;
+}
+
 int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 	       const char *const *paths, unsigned n_paths, void *mem,
 	       size_t mem_len, struct ms_err *err)
@@ -650,6 +807,10 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 				  cfg->request_size, MS_IO_ALIGN);
 	if (!mem || !mem_len)
 		return ms_err_set(err, -EINVAL, "no destination memory");
+	if (cfg->staging % MS_IO_ALIGN || cfg->staging > MS_IO_MAX_STAGING)
+		return ms_err_set(err, -EINVAL,
+				  "io.staging = %llu is not a multiple of %u up to 1G",
+				  (unsigned long long)cfg->staging, MS_IO_ALIGN);
 
 	struct ms_io *io = calloc(1, sizeof(*io));
 	if (!io)
@@ -674,6 +835,11 @@ int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 	for (unsigned i = 0; i < n_paths; i++)
 		io->fds[i] = -1;
 	if ((rc = open_files(io, paths, err)))
+		goto fail;
+	if (cfg->staging && !io->mode.direct)
+		why_add(io, "staging off: reads go through the page cache (no "
+			    "O_DIRECT), a copy already");
+	else if (cfg->staging && (rc = stage_init(io, err)))
 		goto fail;
 
 	/* io_uring, unless told otherwise or it cannot be had. */
@@ -817,6 +983,9 @@ void ms_io_free(struct ms_io *io)
 	for (unsigned i = 0; io->fds && i < io->n_files; i++)
 		if (io->fds[i] >= 0)
 			close(io->fds[i]);
+	if (io->stage)
+		munmap(io->stage, io->mode.staging);
+	free(io->stage_free);
 	free(io->rings);
 	free(io->workers);
 	free(io->worker_args);
@@ -836,7 +1005,8 @@ int ms_io_submit(struct ms_io *io, const struct ms_io_extent *ext, unsigned n,
 	if (!n || (unsigned)cls >= MS_IO_N_CLASSES || !done)
 		return -EINVAL;
 	uint64_t n_chunks = 0;
-	uint64_t rs = io->cfg.request_size;
+	/* a read fits one staging buffer */
+	uint64_t rs = io->stage ? io->mode.staging_buf : io->cfg.request_size;
 	for (unsigned i = 0; i < n; i++) {
 		const struct ms_io_extent *e = &ext[i];
 		uint8_t *d = e->dst;
@@ -893,6 +1063,7 @@ int ms_io_submit(struct ms_io *io, const struct ms_io_extent *ext, unsigned n,
 			c->dst = io->mem + at;
 			c->buf_index = (uint16_t)(at / REG_BUF_MAX);
 			c->ring = -1;
+			c->stage = -1;
 			at += take;
 			off += take;
 			left -= take;

@@ -190,6 +190,116 @@ uint64_t ct_verify(const struct ct_model *cm, const struct ms_arena *a,
 	return wrong;
 }
 
+uint64_t ct_load_all(struct ms_cache *c, const struct ct_model *cm, uint64_t seed,
+		     const char *what)
+{
+	uint32_t n = cm->m->n_layers * cm->m->n_expert;
+	uint32_t *order = malloc(n * sizeof(*order));
+	if (!order)
+		t_fatal("out of memory");
+	for (uint32_t i = 0; i < n; i++)
+		order[i] = i;
+	for (uint32_t i = n; i > 1; i--) {
+		uint32_t j = (uint32_t)(t_rand(&seed) % i), t = order[i - 1];
+		order[i - 1] = order[j];
+		order[j] = t;
+	}
+	uint64_t bad = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t l = order[i] / cm->m->n_expert, e = order[i] % cm->m->n_expert;
+		struct ms_expert_loc loc;
+		char why[320];
+		int rc = ms_cache_acquire_wait(c, l, e, 30000, &loc);
+		if (rc) {
+			t_fail_at(__FILE__, __LINE__, "%s: acquire (%u, %u): %d %s", what,
+				  l, e, rc, strerror(-rc));
+			bad++;
+			continue;
+		}
+		if (ct_verify(cm, ms_cache_arena(c), l, e, &loc, why, sizeof(why))) {
+			t_fail_at(__FILE__, __LINE__, "%s: wrong bytes: %s", what, why);
+			bad++;
+		}
+		ms_cache_release(c, l, e);
+	}
+	free(order);
+	return bad;
+}
+
+uint64_t ct_model_slots_bytes(const struct ms_model *m)
+{
+	uint64_t all = 0;
+	for (uint32_t l = 0; l < m->n_layers; l++)
+		all += ct_slot_bytes(m, l) * m->n_expert;
+	return all;
+}
+
+uint64_t ct_tiny_model(struct ct_model *cm)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/tiny.gguf", t_tmpdir());
+	ct_mkmodel("--preset tiny", path);
+	ct_model_open(cm, path);
+	uint64_t size = ct_model_slots_bytes(cm->m) + MS_STAGING_DEFAULT;
+	return (size + MS_HUGE_2M - 1) & ~(MS_HUGE_2M - 1);
+}
+
+void ct_read_path_run(const struct ct_model *cm, const struct ms_cache_config *cfg,
+		      enum ms_read_path want, const char *what, struct ms_read_info *out)
+{
+	struct ms_cache *c;
+	struct ms_err err = { 0 };
+	ct_watchdog(120, what);
+	if (ms_cache_init(&c, cm->m, cfg, &err))
+		t_fatal("%s: ms_cache_init: %s", what, err.msg);
+	struct ms_read_info ri;
+	ms_cache_get_read_info(c, &ri);
+	const struct ms_arena *a = ms_cache_arena(c);
+	printf("%s: arena %s\n%s: reads %s: %s\n", what, a->mode, what,
+	       ms_read_path_name(ri.path), ri.line);
+	T_CHECK(ri.path == want, "%s: read path %s, expected %s (arena: %s)", what,
+		ms_read_path_name(ri.path), ms_read_path_name(want), a->mode);
+	T_CHECK(ri.arena_bytes == a->size && a->size + ri.staging_bytes >= cfg->arena.size &&
+			a->size + ri.staging_bytes < cfg->arena.size + MS_HUGE_2M,
+		"%s: arena %llu + staging %llu is not the %llu asked", what,
+		(unsigned long long)a->size, (unsigned long long)ri.staging_bytes,
+		(unsigned long long)cfg->arena.size);
+	ct_load_all(c, cm, 0x5eed ^ cfg->arena.size, what);
+	struct ms_cache_stats st;
+	ms_cache_get_stats(c, &st);
+	if (ri.path == MS_READ_STAGING)
+		T_CHECK(st.bytes_copied >= st.bytes_read && st.bytes_read > 0 &&
+				st.copy_ns > 0,
+			"%s: %llu bytes copied in %llu ns, %llu loaded", what,
+			(unsigned long long)st.bytes_copied, (unsigned long long)st.copy_ns,
+			(unsigned long long)st.bytes_read);
+	else
+		T_EQ_U64(st.bytes_copied, 0);
+	printf("%s: %u experts byte-exact; %llu bytes copied in %.2f ms of CPU\n", what,
+	       cm->m->n_layers * cm->m->n_expert, (unsigned long long)st.bytes_copied,
+	       (double)st.copy_ns / 1e6);
+	CT_CACHE_OK(c, what);
+	ms_cache_free(c);
+	ct_watchdog(0, NULL);
+	if (out)
+		*out = ri;
+}
+
+uint64_t ct_meminfo_kb(const char *file, const char *key)
+{
+	FILE *f = fopen(file, "r");
+	char line[256];
+	uint64_t v = 0;
+	size_t n = strlen(key);
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == ':')
+			v = strtoull(line + n + 1, NULL, 10);
+	fclose(f);
+	return v;
+}
+
 void ct_config(struct ms_cache_config *cfg, uint64_t size, uint32_t timeout_ms)
 {
 	ms_cache_config_default(cfg);
@@ -203,6 +313,10 @@ void ct_config(struct ms_cache_config *cfg, uint64_t size, uint32_t timeout_ms)
 	 * under 8 slots, which would refuse every prefetch: tests that are not
 	 * about the cap lift it. */
 	cfg->max_prefetch_bytes = size;
+	/* Reads land in the arena itself, so that the arena is `size` and
+	 * its slots what the tests compute, whatever pages it got; the tests
+	 * of staging ask for it (t_io_staging, t_cache_stress's phase). */
+	cfg->staging = 0;
 }
 
 /* ---- one asynchronous acquire ----------------------------------------------------- */

@@ -56,9 +56,41 @@ uint64_t ct_verify(const struct ct_model *cm, const struct ms_arena *a,
 		   uint32_t layer, uint32_t expert,
 		   const struct ms_expert_loc *loc, char *why, size_t why_len);
 
+/* Loads every expert of the model through `c` (acquire_wait, in a
+ * shuffled order from `seed`, each released once checked) and compares each
+ * with the file; a failed acquire or a wrong byte is a test failure naming
+ * `what`. The cache must hold at least one layer's experts. Returns the
+ * experts that were wrong or failed. */
+uint64_t ct_load_all(struct ms_cache *c, const struct ct_model *cm, uint64_t seed,
+		     const char *what);
+
+/* The slot bytes of every expert of the model: a cache of this size (plus
+ * some rounding) holds them all. */
+uint64_t ct_model_slots_bytes(const struct ms_model *m);
+
+/* Writes the tiny preset into the test's folder and opens it; returns a
+ * cache size that holds every expert of it with the default staging taken
+ * out, in whole 2 MiB pages. */
+uint64_t ct_tiny_model(struct ct_model *cm);
+
+/* A read path end to end: makes a cache of *cfg over the model, prints its
+ * read path, checks that it is `want` and that arena + staging bytes are
+ * the size asked (the arena rounded up to its page at most), loads every
+ * expert byte-exact (ct_load_all), checks that copies were counted where
+ * reads are staged and none otherwise, and the cache's invariants; frees
+ * it. *ri (may be NULL) gets the read info; the arena's huge-page bytes
+ * are in it. */
+void ct_read_path_run(const struct ct_model *cm, const struct ms_cache_config *cfg,
+		      enum ms_read_path want, const char *what, struct ms_read_info *ri);
+
+/* The number after `key:` in a /proc file such as /proc/meminfo, 0 when
+ * absent. */
+uint64_t ct_meminfo_kb(const char *file, const char *key);
+
 /* Cache defaults for tests: `size` bytes, not locked, hugepages auto, no
  * NUMA binding, 1 I/O thread, the given acquire timeout, no prefetch cap
- * to speak of (max_prefetch_bytes = size). */
+ * to speak of (max_prefetch_bytes = size), no staging (the arena is
+ * `size`). */
 void ct_config(struct ms_cache_config *cfg, uint64_t size, uint32_t timeout_ms);
 
 /* ms_cache_check() as a test check: a failure prints its message with

@@ -284,6 +284,31 @@ int iot_sabotage(void)
 	return e && *e ? atoi(e) : 0;
 }
 
+struct ms_io_config iot_config(enum ms_io_engine engine, enum ms_io_direct direct,
+			       unsigned threads, unsigned depth, uint32_t request_size)
+{
+	struct ms_io_config cfg;
+	ms_io_config_default(&cfg);
+	cfg.engine = engine;
+	cfg.direct = direct;
+	cfg.threads = threads;
+	cfg.queue_depth = depth;
+	cfg.request_size = request_size;
+	return cfg;
+}
+
+const char *iot_stamped(unsigned i, uint64_t size)
+{
+	static char path[8][512];
+	if (i >= 8)
+		t_fatal("iot_stamped: file %u of at most 8", i);
+	snprintf(path[i], sizeof(path[i]), "%s/stamped%u.bin", t_tmpdir(), i);
+	int rc = iot_make_stamped(path[i], size, (uint16_t)i);
+	if (rc)
+		t_fatal("writing %s: %s", path[i], strerror(-rc));
+	return path[i];
+}
+
 const char *iot_engine_name(enum ms_io_engine e)
 {
 	switch (e) {

@@ -130,4 +130,13 @@ int iot_sabotage(void);
 /* Short names for the report tables. */
 const char *iot_engine_name(enum ms_io_engine e);
 
+/* The engine's defaults with these set. */
+struct ms_io_config iot_config(enum ms_io_engine engine, enum ms_io_direct direct,
+			       unsigned threads, unsigned depth, uint32_t request_size);
+
+/* Writes the stamped file number `i` (tag i) of `size` bytes into the
+ * test's folder and returns its path (static storage, one per i < 8);
+ * fatal on failure. */
+const char *iot_stamped(unsigned i, uint64_t size);
+
 #endif /* MS_IOTEST_H */

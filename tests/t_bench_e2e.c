@@ -19,8 +19,10 @@
  *    misses of pread and moestreamd (prefetch off) are the trace's distinct
  *    experts, and Belady = the simulator's LRU;
  *  - memory: each method's cgroup peak within the limit, and moestreamd's at
- *    least its locked arena (the daemon is in the group, not only the
- *    client); the default limit is cache + 64 MiB + the processes' need;
+ *    least its locked arena and its staging buffers, as its STATS gives
+ *    them (the daemon is in the group, not only the client), which add up
+ *    to the cache; the default limit is cache + 64 MiB + the processes'
+ *    need;
  *  - without moestreamd (--methods mmap,pread) a cache of 25% that evicts:
  *    pread's LRU hits equal the simulator's exactly;
  *  - --ffn cpu: the FFN sums of the methods agree; --trace and --tokens;
@@ -303,11 +305,33 @@ static void full_run(void)
 				"reading_gbps_%s %g is not disk_bytes / io_busy_s", m,
 				numm(o, "reading_gbps", m));
 		}
-		if (i >= 2) /* the locked arena is in the daemon's group */
-			T_CHECK(peak >= (double)cache, "peak_rss_bytes_%s %g below the "
-				"arena's %llu: is the daemon in the cgroup?", m, peak,
+		if (i >= 2) {
+			/* moestreamd holds cache.size as its arena and its
+			 * staging buffers (STATS; the buffers 0 where reads
+			 * land in the arena directly), both resident from
+			 * its start: the arena locked, the buffers touched
+			 * and locked. So the group's peak holds both, or the
+			 * daemon is not in the group. (The arena is rounded
+			 * up to its page, at most a 2 MiB one.) */
+			double ar = numm(o, "daemon_arena_bytes", m);
+			double sb = numm(o, "daemon_staging_bytes", m);
+			T_CHECK(ar > 0 && sb >= 0 && ar + sb >= (double)cache &&
+					ar + sb < (double)(cache + MS_HUGE_2M),
+				"daemon_arena_bytes_%s %g + daemon_staging_bytes_%s %g "
+				"is not the cache's %llu", m, ar, m, sb,
 				(unsigned long long)cache);
+			T_CHECK(peak >= ar + sb, "peak_rss_bytes_%s %g below the "
+				"daemon's arena %g + staging %g: is the daemon in the "
+				"cgroup, its arena resident?", m, peak, ar, sb);
+		}
 	}
+	/* which way the daemon's reads went, named */
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "read_path");
+	T_CHECK(cJSON_IsString(rp) && (!strncmp(rp->valuestring, "staging: ", 9) ||
+				       !strncmp(rp->valuestring, "direct: ", 8) ||
+				       !strncmp(rp->valuestring, "buffered: ", 10)),
+		"read_path '%s' names no read path",
+		cJSON_IsString(rp) ? rp->valuestring : "(not a string)");
 	T_CHECK(num(o, "peak_rss_bytes") == peak_ms,
 		"peak_rss_bytes %g is not the larger of lru's and prefetch's %g",
 		num(o, "peak_rss_bytes"), peak_ms);

@@ -18,7 +18,14 @@
  *    at all of them when more are asked;
  *  - more slots than loads, a request size of 4 KiB (a read per page), a
  *    subset of methods (the others null);
- *  - the human table: a row per method and the two target lines;
+ *  - the cache row's reads (--staging): 64K forced through staging buffers
+ *    (read path "staging", the buffers asked, every byte of the chosen
+ *    experts copied, copy CPU time counted and its core shares the
+ *    quotients of copy seconds over the cache's and raw's seconds), off
+ *    straight into the arena (nothing copied), auto staged exactly where
+ *    the arena got no huge pages, and so always with --hugepages off;
+ *  - the human table: a row per method and the target lines, and the
+ *    cache's read path;
  *  - bad usage exits 2 naming the value, a missing model exits 1.
  *
  * Dropping the page cache needs root: skipped (77) otherwise.
@@ -256,6 +263,65 @@ static void defaults_and_caps(void)
 	}
 }
 
+static const char *str(const cJSON *o, const char *k)
+{
+	const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+	T_CHECK(cJSON_IsString(x), "'%s' is not a string", k);
+	return cJSON_IsString(x) ? x->valuestring : "";
+}
+
+static void staging(void)
+{
+	static const char *const args[] = { "--staging 64K", "--staging off",
+					    "--staging auto",
+					    "--hugepages off --staging auto" };
+	for (int i = 0; i < 4; i++) {
+		char a[256];
+		snprintf(a, sizeof(a), "%s --loads 6 --depth 4 --seed 3 --request-size 16K "
+			 "--methods cache,raw", args[i]);
+		cJSON *o = bench_json(a);
+		if (!o)
+			continue;
+		const char *path = str(o, "cache_read_path");
+		double arena = num(o, "cache_arena_bytes");
+		double huge = num(o, "cache_arena_huge_bytes");
+		double sb = num(o, "cache_staging_bytes");
+		double copied = num(o, "cache_copy_bytes");
+		printf("%s: %s: %s\n", args[i], path, str(o, "cache_read_path_detail"));
+		bool staged = i == 0 || (i >= 2 && huge * 2 < arena);
+		if (i == 3) /* 4 KiB pages asked: auto must stage */
+			T_CHECK(huge == 0 && !strcmp(str(o, "hugepages"), "off"),
+				"%s: %g huge bytes, hugepages '%s'", args[i], huge,
+				str(o, "hugepages"));
+		T_CHECK(!strcmp(path, staged ? "staging" : "direct"),
+			"%s: read path %s (arena %g bytes, %g huge)", args[i], path, arena,
+			huge);
+		if (i == 0)
+			T_CHECK(num(o, "staging") == 65536 && sb == 65536,
+				"%s: staging %g, %g staging bytes", args[i], num(o, "staging"),
+				sb);
+		else
+			T_CHECK(!strcmp(str(o, "staging"), i == 1 ? "off" : "auto"),
+				"%s: staging '%s'", args[i], str(o, "staging"));
+		if (i == 2 && strcmp(path, "staging"))
+			printf("%s: the arena got huge pages (%g of %g bytes): reads "
+			       "land in it directly\n", args[i], huge, arena);
+		if (staged) {
+			T_CHECK(copied >= num(o, "bytes") && num(o, "cache_copy_cpu_s") > 0,
+				"%s: %g bytes copied in %g s, the experts are %g bytes",
+				args[i], copied, num(o, "cache_copy_cpu_s"), num(o, "bytes"));
+			check_ratio(o, "cache_copy_core_share", "cache_copy_cpu_s",
+				    "cache_seconds");
+			check_ratio(o, "cache_copy_core_share_at_raw", "cache_copy_cpu_s",
+				    "raw_seconds");
+		} else {
+			T_CHECK(copied == 0 && sb == 0, "%s: %g bytes copied, %g staging "
+				"bytes", args[i], copied, sb);
+		}
+		cJSON_Delete(o);
+	}
+}
+
 static void human(void)
 {
 	char *out = NULL;
@@ -266,7 +332,8 @@ static void human(void)
 		"method |", "engine |", "cache  |", "raw    |", "pread  |",
 		"mmap   |", "engine / raw = ", "(target >= 0.95)",
 		"engine / mmap = ", "(target >= 2)", "touch sums agree",
-		"page cache dropped before each method",
+		"page cache dropped before each method", "cache / raw = ",
+		"(target >= 0.9)", "cache reads (--staging auto): ",
 	};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		T_CHECK(out && strstr(out, want[i]), "the table lacks '%s'",
@@ -298,6 +365,17 @@ static void usage_errors(void)
 	expect(a, 2, "--loads 'x'");
 	snprintf(a, sizeof(a), "%s --request-size 1000", model_path);
 	expect(a, 2, "--request-size '1000'");
+	/* the cache row's arena and reads: each value named back */
+	static const char *const bad[][2] = {
+		{ "--staging", "1000" }, { "--staging", "on" },
+		{ "--hugepages", "maybe" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char want[64];
+		snprintf(a, sizeof(a), "%s %s %s", model_path, bad[i][0], bad[i][1]);
+		snprintf(want, sizeof(want), "%s '%s'", bad[i][0], bad[i][1]);
+		expect(a, 2, want);
+	}
 	snprintf(a, sizeof(a), "%s --methods engine,floppy", model_path);
 	expect(a, 2, "'floppy'");
 	snprintf(a, sizeof(a), "%s %s", model_path, model_path);
@@ -342,6 +420,7 @@ int main(void)
 
 	full_run();
 	defaults_and_caps();
+	staging();
 	human();
 	usage_errors();
 	ms_model_free(model);

@@ -1693,10 +1693,7 @@ int main(int argc, char **argv)
 	       tiny.m->n_layers, tiny.m->n_expert, (unsigned long long)tiny_raw,
 	       (unsigned long long)tiny_sb);
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-		bool want = argc < 2;
-		for (int a = 1; a < argc; a++)
-			want |= !strcmp(argv[a], parts[i].name);
-		if (!want)
+		if (!t_part_wanted(parts[i].name, argc, argv))
 			continue;
 		int before = t_failures;
 		double t0 = ct_now();

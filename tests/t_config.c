@@ -48,6 +48,7 @@ static const char *cfg_diff(const struct ms_config *a, const struct ms_config *b
 	SAME(io_prefetch_inflight);
 	SAME(io_sqpoll);
 	SAME(io_direct);
+	SAME(io_staging);
 	SAME(prefetch_policy);
 	SAME(prefetch_depth);
 	SAME(prefetch_width);
@@ -110,6 +111,7 @@ static void test_defaults(void)
 	T_EQ_U64(c.io_request_size, 1u << 20);
 	T_EQ_U64(c.io_sqpoll, false);
 	T_EQ_U64(c.io_direct, MS_IO_DIRECT_AUTO);
+	T_EQ_U64(c.io_staging, MS_STAGING_AUTO);
 	T_EQ_U64(c.prefetch_policy, MS_PREFETCH_AUTO);
 	T_EQ_U64(c.prefetch_depth, 1);
 	T_EQ_U64(c.prefetch_width, 8);
@@ -280,6 +282,7 @@ static void test_round_trip(void)
 	set_ok(&c, "io", "request_size", "256K");
 	set_ok(&c, "io", "sqpoll", "yes");
 	set_ok(&c, "io", "direct", "off");
+	set_ok(&c, "io", "staging", "24M");
 	set_ok(&c, "prefetch", "policy", "history");
 	set_ok(&c, "prefetch", "depth", "4");
 	set_ok(&c, "prefetch", "width", "16");
@@ -295,6 +298,7 @@ static void test_round_trip(void)
 	T_EQ_U64(c.hugepages, MS_HUGE_ON);
 	T_EQ_U64(c.lock, false);
 	T_EQ_U64(c.io_sqpoll, true);
+	T_EQ_U64(c.io_staging, 24ull << 20);
 	T_EQ_U64(c.log_level, MS_LOG_DEBUG);
 	struct ms_config d;
 	ms_config_defaults(&d);
@@ -303,9 +307,12 @@ static void test_round_trip(void)
 	round_trip("changed.conf", &c);
 	set_ok(&c, "cache", "numa_node", "interleave");
 	set_ok(&c, "prefetch", "min_prob", "1");
+	set_ok(&c, "io", "staging", "OFF");
+	T_EQ_U64(c.io_staging, 0);
 	round_trip("changed2.conf", &c);
 	set_ok(&c, "cache", "numa_node", "none");
 	set_ok(&c, "prefetch", "min_prob", "0");
+	set_ok(&c, "io", "staging", "4100K");
 	round_trip("changed3.conf", &c);
 
 	/* Values far longer than inih's 200-byte line: a 4 KiB pin list and
@@ -475,6 +482,19 @@ static void test_bad_files(void)
 		   "(allowed: 4K..64M, a multiple of 4K)", NULL);
 	expect_bad("request-min.conf", "[io]\nrequest_size = 512\n", 2,
 		   "[io] request_size = '512'", "4K..64M", NULL);
+	/* [io] staging: auto, off, or a size as request_size's */
+	static const char *const staging_bad[][2] = {
+		{ "6K", "not a multiple of 4096" }, { "2G", "above the maximum" },
+		{ "0", "below the minimum" },       { "on", "not a size" },
+	};
+	for (size_t i = 0; i < sizeof(staging_bad) / sizeof(staging_bad[0]); i++) {
+		char text[64], name[64], what[64];
+		snprintf(text, sizeof(text), "[io]\nstaging = %s\n", staging_bad[i][0]);
+		snprintf(name, sizeof(name), "staging-%zu.conf", i);
+		snprintf(what, sizeof(what), "[io] staging = '%s'", staging_bad[i][0]);
+		expect_bad(name, text, 2, what, staging_bad[i][1],
+			   "(allowed: auto|off|4K..1G, a multiple of 4K)", NULL);
+	}
 	expect_bad("min-prob.conf", "[prefetch]\nmin_prob = 1.5\n", 2,
 		   "[prefetch] min_prob = '1.5'", "(allowed: 0..1)", NULL);
 	expect_bad("min-prob-nan.conf", "[prefetch]\nmin_prob = nan\n", 2,
@@ -646,13 +666,14 @@ static void test_apply_live(void)
 	set_ok(&b, "io", "prefetch_inflight", "8M");
 	set_ok(&b, "io", "sqpoll", "true");
 	set_ok(&b, "io", "direct", "on");
+	set_ok(&b, "io", "staging", "off");
 	char all[1024];
 	n = ms_config_apply_live(&a, &b, all, sizeof(all));
 	T_EQ_U64(n, 0);
 	T_CHECK(!strcmp(all, "model.path,socket.mode,cache.pin,cache.hugepages,"
 			"cache.numa_node,cache.gpu,cache.lock,io.engine,"
 			"io.queue_depth,io.request_size,io.prefetch_inflight,"
-			"io.sqpoll,io.direct"),
+			"io.sqpoll,io.direct,io.staging"),
 		"restart-only refused '%s'", all);
 }
 
@@ -674,6 +695,7 @@ static void test_to_cache(void)
 	T_EQ_U64(cc.io.prefetch_inflight, 32u << 20);
 	T_EQ_U64(cc.io.fixed_buffers, true); /* the engine's default kept */
 	T_EQ_U64(cc.max_prefetch_bytes, 0);
+	T_EQ_U64(cc.staging, MS_STAGING_AUTO);
 
 	set_ok(&c, "cache", "size", "96G");
 	set_ok(&c, "cache", "hugepages", "on");
@@ -690,6 +712,7 @@ static void test_to_cache(void)
 	set_ok(&c, "io", "request_size", "2M");
 	set_ok(&c, "io", "prefetch_inflight", "0");
 	set_ok(&c, "io", "sqpoll", "on");
+	set_ok(&c, "io", "staging", "32M");
 	set_ok(&c, "prefetch", "max_inflight", "1G");
 	ms_config_to_cache(&c, &cc);
 	T_EQ_U64(cc.arena.size, 96ull << 30);
@@ -709,6 +732,7 @@ static void test_to_cache(void)
 	T_EQ_U64(cc.io.request_size, 2u << 20);
 	T_EQ_U64(cc.io.prefetch_inflight, 0);
 	T_EQ_U64(cc.io.sqpoll, true);
+	T_EQ_U64(cc.staging, 32ull << 20);
 	T_EQ_U64(cc.max_prefetch_bytes, 1ull << 30);
 }
 

@@ -4,12 +4,13 @@
  *
  * 1. 64 threads, one connection each, acquire random experts (1..3 at a
  *    time, half from a hot set so that there are hits, half uniform so that
- *    a 64 MiB cache of 248 slots over 640 experts must evict), blocking and
- *    asynchronous, and compare every byte of every projection with the
- *    model file at the expert's extents (ms_model_expert + pread). A
+ *    a 64 MiB cache over 640 experts must evict: 4 MiB of it staging
+ *    buffers all the reads go through, 60 MiB the arena's 232 slots),
+ *    blocking and asynchronous, and compare every byte of every projection
+ *    with the model file at the expert's extents (ms_model_expert + pread). A
  *    sampler thread reads STATS all along: held_bytes never exceeds
  *    budget_bytes. At most 64 x 3 = 192 experts are pinned at once, plus at
- *    most 32 slots of prefetch (cache/8): fewer than the 248 slots, so no
+ *    most 29 slots of prefetch (cache/8): fewer than the 232 slots, so no
  *    acquire may be answered -EBUSY. A watchdog fails the test if anything
  *    deadlocks. At the end pinned_entries is 0 and the daemon stops with
  *    exit 0 on SIGTERM.
@@ -497,7 +498,8 @@ int main(void)
 		t_fatal("%s", err.msg);
 	if (dt_start(&dmn, "stress", path,
 		     "[socket]\nmax_clients = 80\n"
-		     "[cache]\nacquire_timeout = 5000\n"))
+		     "[cache]\nacquire_timeout = 5000\n"
+		     "[io]\nstaging = 4M\n"))
 		return t_done();
 	printf("moestreamd ready in %lld ms (pid %d)\n", (long long)dmn.ready_ms,
 	       (int)dmn.pid);

@@ -260,7 +260,7 @@ static void c_every(struct t_buf *b)
 		  "hugepages = on\nnuma_node = 1\ngpu = 0000:65:00.0\n"
 		  "acquire_timeout = 250\nlock = no\n"
 		  "[io]\nengine = preadv\nthreads = 4\nqueue_depth = 64\n"
-		  "request_size = 256K\nsqpoll = on\ndirect = off\n"
+		  "request_size = 256K\nsqpoll = on\ndirect = off\nstaging = 16M\n"
 		  "[prefetch]\npolicy = history\ndepth = 2\nwidth = 16\n"
 		  "min_prob = 0.25\nmax_inflight = 1G\n"
 		  "[log]\nlevel = debug\n");

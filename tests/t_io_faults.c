@@ -546,16 +546,9 @@ static void run_free(enum ms_io_engine engine, enum ms_io_direct direct,
 int main(void)
 {
 	uint64_t seed = t_seed();
-	static char path_buf[2][512];
 	const char *paths[2];
-	for (unsigned i = 0; i < 2; i++) {
-		snprintf(path_buf[i], sizeof(path_buf[i]), "%s/stamped%u.bin",
-			 t_tmpdir(), i);
-		paths[i] = path_buf[i];
-		int rc = iot_make_stamped(paths[i], file_size[i], (uint16_t)i);
-		if (rc)
-			t_fatal("writing %s: %s", paths[i], strerror(-rc));
-	}
+	for (unsigned i = 0; i < 2; i++)
+		paths[i] = iot_stamped(i, file_size[i]);
 	mem = iot_mem_alloc(MEM_SIZE, POISON);
 
 	const struct ms_io_faults none = { 0, 0, 0, 0, 0 };

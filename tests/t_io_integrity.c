@@ -569,17 +569,10 @@ int main(void)
 {
 	uint64_t seed = t_seed();
 	const char *only = getenv("MS_IO_ONLY");
-	static char path_buf[N_FILES][512];
 	const char *paths[N_FILES];
 	double t0 = iot_now();
-	for (unsigned i = 0; i < N_FILES; i++) {
-		snprintf(path_buf[i], sizeof(path_buf[i]), "%s/stamped%u.bin",
-			 t_tmpdir(), i);
-		paths[i] = path_buf[i];
-		int rc = iot_make_stamped(paths[i], file_size[i], (uint16_t)i);
-		if (rc)
-			t_fatal("writing %s: %s", paths[i], strerror(-rc));
-	}
+	for (unsigned i = 0; i < N_FILES; i++)
+		paths[i] = iot_stamped(i, file_size[i]);
 	printf("stamped files: %llu, %llu, %llu bytes in %.2f s\n",
 	       (unsigned long long)file_size[0], (unsigned long long)file_size[1],
 	       (unsigned long long)file_size[2], iot_now() - t0);

@@ -81,20 +81,6 @@ static uint64_t rnd(uint64_t n)
 
 static const char *const eng_names[] = { "auto", "uring", "preadv" };
 
-static struct ms_io_config io_cfg(enum ms_io_engine engine,
-				  enum ms_io_direct direct, unsigned threads,
-				  unsigned depth, uint32_t rs)
-{
-	struct ms_io_config cfg;
-	ms_io_config_default(&cfg);
-	cfg.engine = engine;
-	cfg.direct = direct;
-	cfg.threads = threads;
-	cfg.queue_depth = depth;
-	cfg.request_size = rs;
-	return cfg;
-}
-
 /* Opens the engine on `file` or returns NULL (io_uring unavailable: said). */
 static struct ms_io *open_cfg(const struct ms_io_config *cfg, const char *file,
 			      void *m, size_t mlen)
@@ -117,7 +103,7 @@ static struct ms_io *open_io(enum ms_io_engine engine, enum ms_io_direct direct,
 			     unsigned threads, unsigned depth, uint32_t rs,
 			     const char *file, void *m, size_t mlen)
 {
-	struct ms_io_config cfg = io_cfg(engine, direct, threads, depth, rs);
+	struct ms_io_config cfg = iot_config(engine, direct, threads, depth, rs);
 	return open_cfg(&cfg, file, m, mlen);
 }
 
@@ -304,7 +290,7 @@ static uint64_t cap_run(enum ms_io_engine engine, bool cap, unsigned threads,
 	snprintf(what, sizeof(what), "cap %s %s %ut", cap ? "on" : "off",
 		 eng_names[engine], threads);
 	iot_watchdog(60, what);
-	struct ms_io_config cfg = io_cfg(engine, MS_IO_DIRECT_AUTO, threads, 16, 4096);
+	struct ms_io_config cfg = iot_config(engine, MS_IO_DIRECT_AUTO, threads, 16, 4096);
 	cfg.prefetch_inflight = cap ? CAP_CHUNKS * 4096 : 0;
 	double t0 = iot_now();
 	struct ms_io *io = open_cfg(&cfg, path, mem, MEM_SIZE);

@@ -7,7 +7,9 @@
 # the daemon, the CLI and the tests whose threads share state, then runs
 # them:
 #
-#   the I/O engine        t_io_sched, t_io_fallback
+#   the I/O engine        t_io_sched, t_io_fallback, t_io_staging (staging
+#                         buffers shared by the rings, copies on their
+#                         threads)
 #   the cache             t_cache, t_cache_stress (at half its operations),
 #                         t_prefetch (the history prefetcher)
 #   the daemon            t_daemon_stress (64 clients), t_churn (1,000
@@ -19,12 +21,12 @@
 #                         injected I/O faults, 8 client threads, 3 s per
 #                         engine
 #
-# About 3.5 minutes on 2 cores, the build included. Left out: t_arena (TSan
-# makes mlock a no-op, which its mlock checks see); t_oom (it defines malloc
-# itself, which TSan's runtime does not survive); t_memlimit (TSan's shadow
-# memory does not fit its cgroup limit of cache + 64 MiB); t_io_faults and
-# t_io_integrity for time (6 and 3 minutes under TSan on 2 cores: run them
-# with MS_TSAN_ALL=1); the single-threaded rest.
+# About 3.5 minutes on 2 cores, the build included. Left out: t_oom (it
+# defines malloc itself, which TSan's runtime does not survive); t_memlimit
+# (TSan's shadow memory does not fit its cgroup limit of cache + 64 MiB);
+# t_io_faults and t_io_integrity for time (6 and 3 minutes under TSan on 2
+# cores: run them with MS_TSAN_ALL=1); the single-threaded rest (t_arena
+# among them).
 #
 # Verdict: exit 0 when every test passes AND no ThreadSanitizer report
 # appears anywhere - in the tests' logs or in the logs of the daemons they
@@ -35,7 +37,7 @@ set -u
 cd "$(dirname "$0")/.."
 O=${1:-build/tsan}
 
-tests="t_io_sched t_io_fallback t_cache t_cache_stress t_prefetch t_daemon_stress t_churn t_vanish t_daemon_frames t_daemon_faults"
+tests="t_io_sched t_io_fallback t_io_staging t_cache t_cache_stress t_prefetch t_daemon_stress t_churn t_vanish t_daemon_frames t_daemon_faults"
 [ -n "${MS_TSAN_ALL:-}" ] && tests="$tests t_io_faults t_io_integrity"
 bins= logs=
 for t in $tests; do bins="$bins $O/tests/$t"; logs="$logs $O/test-logs/$t.log"; done

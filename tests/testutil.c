@@ -222,6 +222,14 @@ size_t t_mutate(uint8_t *p, size_t n, size_t cap, uint64_t *state,
 	return n;
 }
 
+bool t_part_wanted(const char *name, int argc, char **argv)
+{
+	bool want = argc < 2;
+	for (int a = 1; a < argc; a++)
+		want |= !strcmp(argv[a], name);
+	return want;
+}
+
 uint64_t t_seed(void)
 {
 	const char *e = getenv("MS_SEED");

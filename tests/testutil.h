@@ -50,6 +50,15 @@ void t_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn
 /* Exit code for the end of main: 0 when no check failed, else 1. */
 int t_done(void);
 
+/* A named part of a test, and whether it should run: no part named on the
+ * command line (argv[1..]), or this one among them. */
+struct t_part {
+	const char *name;
+	void (*fn)(void);
+};
+
+bool t_part_wanted(const char *name, int argc, char **argv);
+
 /* A fresh folder under $MS_TMP, else $TMPDIR, else /tmp, removed at exit
  * (unless MS_KEEP_TMP is set). */
 const char *t_tmpdir(void);

@@ -347,6 +347,10 @@ struct mres {
 	double daemon_demand_stall_s;
 	double io_busy_s;            /* the daemon's engine had a read in flight */
 	uint32_t daemon_slots;
+	uint64_t daemon_arena_bytes;   /* STATS: the arena ... */
+	uint64_t daemon_staging_bytes; /* ... and the staging buffers: cache.size
+					  between them */
+	char read_path[400];           /* STATS: "staging: O_DIRECT into ..." */
 	char arena[256], io[200], note[200];
 	char stop_err[240];          /* the daemon did not exit cleanly */
 	/* the cgroup's, filled by the parent */
@@ -943,6 +947,15 @@ static void daemon_extras(struct ms_client *cl, struct mres *res)
 		res->daemon_demand_stall_s = v->valuedouble;
 	if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "arena")))
 		snprintf(res->arena, sizeof(res->arena), "%s", v->valuestring);
+	if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(o, "arena_bytes")))
+		res->daemon_arena_bytes = (uint64_t)v->valuedouble;
+	if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(o, "staging_bytes")))
+		res->daemon_staging_bytes = (uint64_t)v->valuedouble;
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "read_path");
+	if (cJSON_IsString(rp) &&
+	    cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "read_path_detail")))
+		snprintf(res->read_path, sizeof(res->read_path), "%s: %s",
+			 rp->valuestring, v->valuestring);
 	const cJSON *eng = cJSON_GetObjectItemCaseSensitive(o, "io_engine");
 	const cJSON *dir = cJSON_GetObjectItemCaseSensitive(o, "io_direct");
 	const cJSON *fb = cJSON_GetObjectItemCaseSensitive(o, "io_fixed_buffers");
@@ -1412,6 +1425,12 @@ static void json_run(cJSON *o, const struct cfg *c, const struct run *r,
 		if (mt == M_LRU || mt == M_PREFETCH) {
 			jkey(o, "io_busy_s", mt, ok && x->io_busy_s > 0 ? x->io_busy_s : NAN);
 			jkey(o, "reading_gbps", mt, reading_gbps(x));
+			jkey(o, "daemon_arena_bytes", mt,
+			     ok && x->daemon_arena_bytes ? (double)x->daemon_arena_bytes
+							 : NAN);
+			jkey(o, "daemon_staging_bytes", mt,
+			     ok && x->daemon_arena_bytes ? (double)x->daemon_staging_bytes
+							 : NAN);
 		}
 		jkey(o, "disk_bytes", mt, ok && x->disk_known ? (double)x->disk_bytes : NAN);
 		jkey(o, "hits", mt, ok ? (double)x->hits : NAN);
@@ -1453,9 +1472,11 @@ static void json_run(cJSON *o, const struct cfg *c, const struct run *r,
 	if (dm->ok) {
 		cJSON_AddStringToObject(o, "arena", dm->arena);
 		cJSON_AddStringToObject(o, "io_mode", dm->io);
+		cJSON_AddStringToObject(o, "read_path", dm->read_path);
 	} else {
 		cJSON_AddNullToObject(o, "arena");
 		cJSON_AddNullToObject(o, "io_mode");
+		cJSON_AddNullToObject(o, "read_path");
 	}
 	uint64_t peak;
 	jnum(o, "peak_rss_bytes", ms_peak(r, &peak) ? (double)peak : NAN);
@@ -1660,7 +1681,8 @@ static void print_run(const struct report *rp, const struct run *r)
 		       fmt_bytes(r->proc_need, b2, sizeof(b2)),
 		       rp->cg->kind == BENCH_CG_V2 ? "v2" : "v1");
 	if (dm->ok)
-		printf("moestreamd %s; %s\n", dm->io, dm->arena);
+		printf("moestreamd %s; %s\n           reads %s\n", dm->io, dm->arena,
+		       dm->read_path);
 	if (*c->sets)
 		printf("moestreamd --set %s\n", c->sets);
 	for (int mt = 0; mt < M_COUNT; mt++) {

@@ -21,7 +21,15 @@
  *           with a cache far smaller than the set: every access is a miss
  *           and, once the slots are full, an eviction. The gap to `engine`
  *           is what slot bookkeeping costs - where the arena has the same
- *           kind of pages as the engine's buffers (see below).
+ *           kind of pages as the engine's buffers (see below). Its arena
+ *           and reads are made as the daemon's: --hugepages as
+ *           cache.hugepages (auto: hugetlbfs pages, else THP, collapsed
+ *           where shmem THP is off; off: 4 KiB pages), --staging as [io]
+ *           staging (auto, the default: staging buffers where the arena got
+ *           no huge pages; off; or a size); the staging bytes are added to
+ *           the cache so that its slots are the same either way. The copy's CPU time
+ *           is reported as a share of one core, at the cache row's rate
+ *           and scaled to raw's (what copying at the device's rate costs).
  *   raw     liburing directly, no engine code: the same widened extents cut
  *           into the same read size, D reads in flight, the same buffers
  *           registered the same way, registered files. The device's limit
@@ -91,7 +99,7 @@
 
 static const char usage_line[] =
 	"usage: moestream bench io MODEL [--loads N] [--depth D] [--threads T] "
-	"[--seed S] [--json]";
+	"[--seed S] [--hugepages auto|on|off] [--staging auto|off|SIZE] [--json]";
 
 static void usage(FILE *f)
 {
@@ -127,6 +135,19 @@ static void usage(FILE *f)
 		"(default: 2 MiB\n"
 		"                     transparent huge pages where the kernel "
 		"allows)\n"
+		"  --hugepages H      the cache row's arena pages, as moestreamd's "
+		"cache.hugepages:\n"
+		"                     auto (default: hugetlbfs pages, else THP, "
+		"collapsed with\n"
+		"                     MADV_COLLAPSE where shmem THP is off), on, "
+		"off (4 KiB)\n"
+		"  --staging S        how the cache row's reads reach its arena, "
+		"as moestreamd's\n"
+		"                     [io] staging: auto (default: through 8 MiB "
+		"of huge-page\n"
+		"                     staging buffers when the arena has 4 KiB "
+		"pages), off\n"
+		"                     (straight into the arena), or a size\n"
 		"  --rounds R         run every method R times (1..%u, default 1) "
 		"and report\n"
 		"                     medians: a shared or noisy disk needs 3 or "
@@ -171,6 +192,8 @@ struct bench {
 	uint64_t max_expert;    /* the largest expert of the list */
 	unsigned depth, threads;
 	uint32_t request_size;
+	uint64_t staging;       /* the cache row's: MS_STAGING_AUTO, 0, bytes */
+	enum ms_huge huge;      /* the cache row's arena pages */
 };
 
 struct result {
@@ -179,6 +202,9 @@ struct result {
 	uint64_t sum;           /* touch sum, see the top of the file */
 	char note[320];         /* the mode used, or why it failed */
 	uint64_t misses, evictions; /* cache */
+	struct ms_read_info read;   /* cache: how its reads reached the arena */
+	uint64_t bytes_copied;      /* cache: staging -> arena */
+	double copy_s;              /* cache: CPU seconds of those copies */
 };
 
 /* n distinct experts of the layers run: a partial Fisher-Yates shuffle of
@@ -568,7 +594,13 @@ static int run_cache(const struct bench *b, struct result *res,
 {
 	struct ms_cache_config cfg;
 	ms_cache_config_default(&cfg);
-	cfg.arena.size = cache_size(b);
+	/* the staging bytes come out of the cache: add them, so that the
+	 * arena has the same slots with and without */
+	cfg.staging = b->staging;
+	cfg.arena.huge = b->huge;
+	cfg.arena.size = cache_size(b) + (b->staging == MS_STAGING_AUTO
+						  ? MS_STAGING_DEFAULT
+						  : b->staging);
 	cfg.arena.lock = false;
 	cfg.io = io_config(b);
 	cfg.acquire_timeout_ms = 60000; /* a slow disk is not a busy cache */
@@ -593,6 +625,7 @@ static int run_cache(const struct bench *b, struct result *res,
 	size_t len = strlen(res->note);
 	snprintf(res->note + len, sizeof(res->note) - len, "; arena %.0f MB (%s)",
 		 (double)a->size / 1e6, a->mode);
+	ms_cache_get_read_info(c, &res->read);
 
 	uint32_t next = 0, n_free = 0;
 	unsigned inflight = 0;
@@ -650,6 +683,8 @@ out:
 		ms_cache_get_stats(c, &st);
 		res->misses = st.misses;
 		res->evictions = st.evictions;
+		res->bytes_copied = st.bytes_copied;
+		res->copy_s = (double)st.copy_ns / 1e9;
 	}
 	ms_cache_free(c);
 	q_free(&q);
@@ -1114,12 +1149,47 @@ static double seconds(const struct runs *r, int k)
 	return median(v, n);
 }
 
+/* The staging copy's cost as a share of one core, median over the rounds:
+ * its CPU seconds over the cache row's wall seconds (at the rate it ran), or
+ * (at_raw) over raw's - what copying at the device's rate takes, since the
+ * copy's CPU time per byte is the same whatever the rate. */
+static double copy_share(const struct runs *r, bool at_raw)
+{
+	double v[64];
+	unsigned n = 0;
+	for (unsigned i = 0; i < r->rounds && n < 64; i++) {
+		const struct result *c = &r->res[i][M_CACHE];
+		const struct result *d = &r->res[i][at_raw ? M_RAW : M_CACHE];
+		v[n++] = c->ok && d->ok && d->seconds > 0 ? c->copy_s / d->seconds
+							  : NAN;
+	}
+	return median(v, n);
+}
+
+static double copy_seconds(const struct runs *r)
+{
+	double v[64];
+	unsigned n = 0;
+	for (unsigned i = 0; i < r->rounds && n < 64; i++)
+		v[n++] = r->res[i][M_CACHE].ok ? r->res[i][M_CACHE].copy_s : NAN;
+	return median(v, n);
+}
+
 static void cell(double v, const char *fmt, int width)
 {
 	if (isfinite(v))
 		printf(fmt, v);
 	else
 		printf(" %*s |", width, "-");
+}
+
+static const char *staging_text(uint64_t v, char *buf, size_t len)
+{
+	if (v == MS_STAGING_AUTO)
+		return "auto";
+	if (!v)
+		return "off";
+	return fmt_bytes(v, buf, len);
 }
 
 static void print_human(const struct runs *r)
@@ -1150,11 +1220,16 @@ static void print_human(const struct runs *r)
 	for (int k = 0; k < M_COUNT; k++)
 		if (r0[k].ran && *r0[k].note)
 			printf("%-10s %s\n", method_name[k], r0[k].note);
-	if (r0[M_CACHE].ran)
+	if (r0[M_CACHE].ran) {
 		printf("           cache: %llu misses, %llu evictions (of %u "
 		       "loads)\n",
 		       (unsigned long long)r0[M_CACHE].misses,
 		       (unsigned long long)r0[M_CACHE].evictions, b->n_loads);
+		printf("           cache reads (--staging %s): %s: %s\n",
+		       staging_text(b->staging, b1, sizeof(b1)),
+		       ms_read_path_name(r0[M_CACHE].read.path),
+		       r0[M_CACHE].read.line);
+	}
 	if (r->dropped)
 		printf("page cache dropped before each method\n");
 	else
@@ -1197,6 +1272,14 @@ static void print_human(const struct runs *r)
 		printf("engine / raw = %.2f (target >= 0.95)\n", er);
 	if (isfinite(em))
 		printf("engine / mmap = %.2f (target >= 2)\n", em);
+	double cr = med(r, M_CACHE, M_RAW);
+	if (isfinite(cr))
+		printf("cache / raw = %.2f (target >= 0.9)\n", cr);
+	if (r0[M_CACHE].ok && r0[M_CACHE].read.path == MS_READ_STAGING)
+		printf("staging copy: %s copied, %.3f s of CPU: %.2f of a core at "
+		       "the cache's rate, %.2f at raw's\n",
+		       fmt_bytes(r0[M_CACHE].bytes_copied, b1, sizeof(b1)),
+		       copy_seconds(r), copy_share(r, false), copy_share(r, true));
 	printf("%s\n", r->agree
 			       ? "every method read the same bytes (touch sums agree)"
 			       : "METHODS DISAGREE on the bytes read (touch sums "
@@ -1257,9 +1340,30 @@ static cJSON *json_report(const struct runs *r)
 	cJSON *t = cJSON_AddObjectToObject(o, "targets");
 	jnum(t, "engine_over_raw", 0.95);
 	jnum(t, "engine_over_mmap", 2.0);
+	jnum(t, "cache_over_raw", 0.9);
+	cJSON_AddStringToObject(o, "hugepages", b->huge == MS_HUGE_AUTO ? "auto"
+						: b->huge == MS_HUGE_ON ? "on"
+									: "off");
+	char st[32];
+	if (b->staging == MS_STAGING_AUTO || !b->staging)
+		cJSON_AddStringToObject(o, "staging",
+					staging_text(b->staging, st, sizeof(st)));
+	else
+		jnum(o, "staging", (double)b->staging);
 	if (r0[M_CACHE].ran) {
+		const struct ms_read_info *ri = &r0[M_CACHE].read;
 		jnum(o, "cache_misses", (double)r0[M_CACHE].misses);
 		jnum(o, "cache_evictions", (double)r0[M_CACHE].evictions);
+		cJSON_AddStringToObject(o, "cache_read_path", ms_read_path_name(ri->path));
+		cJSON_AddStringToObject(o, "cache_read_path_detail", ri->line);
+		jnum(o, "cache_arena_bytes", (double)ri->arena_bytes);
+		jnum(o, "cache_arena_huge_bytes", (double)ri->arena_huge_bytes);
+		jnum(o, "cache_staging_bytes", (double)ri->staging_bytes);
+		jnum(o, "cache_staging_huge_bytes", (double)ri->staging_huge_bytes);
+		jnum(o, "cache_copy_bytes", (double)r0[M_CACHE].bytes_copied);
+		jnum(o, "cache_copy_cpu_s", copy_seconds(r));
+		jnum(o, "cache_copy_core_share", copy_share(r, false));
+		jnum(o, "cache_copy_core_share_at_raw", copy_share(r, true));
 	}
 	cJSON_AddBoolToObject(o, "checksums_agree", r->agree);
 	cJSON *l = cJSON_AddArrayToObject(o, "loads");
@@ -1341,13 +1445,16 @@ int bench_io_main(int argc, char **argv)
 		{ "rounds", required_argument, 0, 'R' },
 		{ "methods", required_argument, 0, 'm' },
 		{ "small-pages", no_argument, 0, 'P' },
+		{ "staging", required_argument, 0, 'S' },
+		{ "hugepages", required_argument, 0, 'H' },
 		{ "json", no_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	unsigned long long n_loads = 0, depth = DEFAULT_DEPTH, threads = 0, seed = 1;
 	unsigned long long rounds = 1;
-	uint64_t rsize = 1u << 20;
+	uint64_t rsize = 1u << 20, staging = MS_STAGING_AUTO;
+	enum ms_huge huge = MS_HUGE_AUTO;
 	bool json = false, small = false;
 	bool want[M_COUNT] = { true, true, true, true, true };
 	int c;
@@ -1391,6 +1498,24 @@ int bench_io_main(int argc, char **argv)
 		case 'P':
 			small = true;
 			break;
+		case 'H':
+			if (!strcmp(optarg, "auto") || !strcmp(optarg, "on") ||
+			    !strcmp(optarg, "off")) {
+				huge = optarg[0] == 'a' ? MS_HUGE_AUTO
+				       : optarg[1] == 'n' ? MS_HUGE_ON
+							  : MS_HUGE_OFF;
+				break;
+			}
+			tool_error(CMD, "--hugepages '%s': expected auto, on or off",
+				   optarg);
+			return tool_bad_usage(usage_line);
+		case 'S':
+			if (ms_cache_parse_staging(optarg, &staging)) {
+				tool_error(CMD, "--staging '%s': expected auto, off or "
+						"a multiple of 4K up to 1G", optarg);
+				return tool_bad_usage(usage_line);
+			}
+			break;
 		case 'j':
 			json = true;
 			break;
@@ -1404,7 +1529,8 @@ int bench_io_main(int argc, char **argv)
 	const char *path = tool_one_model(CMD, argc, argv, optind);
 	if (!path)
 		return tool_bad_usage(usage_line);
-	struct bench b = { .depth = (unsigned)depth, .request_size = (uint32_t)rsize };
+	struct bench b = { .depth = (unsigned)depth, .request_size = (uint32_t)rsize,
+			   .staging = staging, .huge = huge };
 	b.threads = threads ? (unsigned)threads
 			    : (unsigned)(depth < MAX_THREADS ? depth : MAX_THREADS);
 	struct buffers buf = { 0 };

@@ -93,6 +93,9 @@ static void print_status(const cJSON *o)
 		       ? 100.0 * num(o, "waste_bytes") / num(o, "budget_bytes")
 		       : 0.0);
 	printf("arena        %s\n", str(o, "arena"));
+	if (*str(o, "read_path"))
+		printf("reads        %s: %s\n", str(o, "read_path"),
+		       str(o, "read_path_detail"));
 }
 
 static void print_stats_table(const cJSON *o)
@@ -111,6 +114,11 @@ static void print_stats_table(const cJSON *o)
 	printf("%-22s %14.2f\n", "disk busy (s)", busy);
 	printf("%-22s %14.3f\n", "read GB/s while busy",
 	       busy > 0 ? num(o, "bytes_read") / busy / 1e9 : 0.0);
+	if (num(o, "staging_bytes") > 0) {
+		printf("%-22s %14s\n", "bytes copied (staging)",
+		       fmt_bytes((uint64_t)num(o, "bytes_copied"), b1, sizeof(b1)));
+		printf("%-22s %14.3f\n", "copy CPU (s)", num(o, "copy_cpu_s"));
+	}
 	printf("%-22s %14.0f\n", "evictions", num(o, "evictions"));
 	printf("%-22s %14.0f\n", "load failures", num(o, "load_failures"));
 	printf("%-22s %14.0f\n", "busy (-EBUSY)", num(o, "busy"));

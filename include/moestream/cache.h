@@ -14,9 +14,11 @@
 #ifndef MOESTREAM_CACHE_H
 #define MOESTREAM_CACHE_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 
 #include "iouring.h"
 #include "model.h"
@@ -60,13 +62,27 @@ struct ms_arena {
 	bool hugetlb, thp, locked;
 	int numa_node;           /* node bound to, or MS_NUMA_* */
 	bool anon;               /* private anonymous memory (memfd = -1) */
-	uint64_t huge_bytes;     /* of it backed by huge pages, as measured */
+	uint64_t huge_bytes;     /* of it backed by huge pages, as measured
+				    (/proc/self/smaps) once every page is in */
 	char mode[256];          /* one line: how it was made and why */
 };
 
 int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 		  struct ms_err *err);
 void ms_arena_free(struct ms_arena *a);
+
+/* Whether an arena made from *cfg now is likely to get huge pages: 2 MiB
+ * hugetlbfs pages free for it, THP on for the kind of memory it will be
+ * (shmem_enabled for the shared memfd, enabled for private_anon), or, for
+ * the memfd, a kernel that collapses shared memory into huge pages
+ * (MADV_COLLAPSE, tried on 2 MiB). A guess made before the arena exists
+ * (memory may be too fragmented for all of it); ms_arena_huge says what
+ * it got. */
+bool ms_arena_huge_expected(const struct ms_arena_config *cfg);
+
+/* Whether the arena got huge pages: hugetlbfs, or at least half of it on
+ * transparent huge pages as measured. */
+bool ms_arena_huge(const struct ms_arena *a);
 
 /* A new read-only descriptor of the arena for a client (O_RDONLY reopen of
  * the memfd: the client cannot write the cache), or -errno. */
@@ -78,6 +94,32 @@ int ms_arena_ro_fd(const struct ms_arena *a);
 void ms_host_memory(uint64_t *total, uint64_t *avail);
 
 /* ---- the expert cache --------------------------------------------------------- */
+
+/* [io] staging: how reads reach an arena on 4 KiB pages (iouring.h,
+ * "Staging"). The staging buffers come out of the cache's memory: the arena
+ * is arena.size less the staging bytes, so that arena + staging still fit
+ * cache.size. */
+#define MS_STAGING_AUTO UINT64_MAX         /* on where the arena got no huge
+					      pages (and reads are O_DIRECT) */
+#define MS_STAGING_DEFAULT (8ull << 20)    /* auto's size, at most a quarter
+					      of the cache */
+
+/* "auto", "off" (any case), or a size (K/M/G suffixes) that is a multiple of
+ * MS_IO_ALIGN from MS_IO_ALIGN up to MS_IO_MAX_STAGING: 0 and *out
+ * (MS_STAGING_AUTO, 0 for off, or bytes), or -EINVAL. */
+static inline int ms_cache_parse_staging(const char *s, uint64_t *out)
+{
+	uint64_t v;
+	if (!strcasecmp(s, "auto") || !strcasecmp(s, "off")) {
+		*out = !strcasecmp(s, "auto") ? MS_STAGING_AUTO : 0;
+		return 0;
+	}
+	if (ms_parse_size(s, &v) || v < MS_IO_ALIGN || v > MS_IO_MAX_STAGING ||
+	    v % MS_IO_ALIGN)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
 
 enum ms_entry_state {
 	MS_ENTRY_EMPTY = 0,
@@ -94,6 +136,10 @@ struct ms_cache_config {
 					of the arena */
 	const char *pin;             /* "L:E,L:E" (block:expert), or NULL */
 	uint32_t pin_top;            /* keep the N most used pinned, 0 = off */
+	uint64_t staging;            /* MS_STAGING_AUTO (the default), 0 =
+					off, or bytes (at most half of
+					arena.size); io.staging is set from
+					it */
 };
 
 void ms_cache_config_default(struct ms_cache_config *cfg);
@@ -125,13 +171,38 @@ struct ms_cache_stats {
 	uint64_t slots, slot_classes;
 	uint64_t lat_us_hist[24];   /* load latency: bucket i = [2^i, 2^(i+1)) us */
 	uint64_t io_busy_ns;        /* the engine's time with a read in flight */
+	uint64_t bytes_copied;      /* staging -> arena */
+	uint64_t copy_ns;           /* CPU time of those copies */
 };
+
+/* How reads reach the arena, as built (the daemon logs `line` at start and
+ * STATS carries it all). */
+enum ms_read_path {
+	MS_READ_DIRECT = 0,   /* O_DIRECT straight into the arena */
+	MS_READ_STAGING = 1,  /* O_DIRECT into staging buffers, then a copy */
+	MS_READ_BUFFERED = 2, /* through the page cache */
+};
+
+struct ms_read_info {
+	enum ms_read_path path;
+	uint64_t arena_bytes, arena_huge_bytes;     /* huge: as measured */
+	uint64_t staging_bytes, staging_huge_bytes;
+	uint32_t staging_buf, staging_bufs;         /* bytes each, how many */
+	char line[400];       /* "O_DIRECT into 8 MiB of staging buffers ..." */
+};
+
+/* "direct", "staging", "buffered". */
+const char *ms_read_path_name(enum ms_read_path p);
 
 struct ms_cache;
 
-/* Makes the arena, opens the model's shards through the engine, carves slots
- * (one class per distinct slot size, each class a region in proportion to
- * the bytes of the experts it holds), applies cache.pin. */
+/* Makes the arena (arena.size less the staging bytes, when staging is on),
+ * opens the model's shards through the engine, carves slots (one class per
+ * distinct slot size, each class a region in proportion to the bytes of
+ * the experts it holds), applies cache.pin. Staging auto is decided by what
+ * the arena got (ms_arena_huge): where the guess made before it existed
+ * (ms_arena_huge_expected) was wrong, the arena is made once more at the
+ * other size. */
 int ms_cache_init(struct ms_cache **out, const struct ms_model *m,
 		  const struct ms_cache_config *cfg, struct ms_err *err);
 void ms_cache_free(struct ms_cache *c);
@@ -139,6 +210,7 @@ void ms_cache_free(struct ms_cache *c);
 const struct ms_arena *ms_cache_arena(const struct ms_cache *c);
 void ms_cache_get_stats(struct ms_cache *c, struct ms_cache_stats *st);
 void ms_cache_get_io_mode(const struct ms_cache *c, struct ms_io_mode *mode);
+void ms_cache_get_read_info(const struct ms_cache *c, struct ms_read_info *ri);
 
 /* Pins (layer index, expert) and makes it READY. If it is READY now: returns
  * 0 and fills *loc (cb not called). Otherwise returns -EINPROGRESS and calls

@@ -12,6 +12,16 @@
  * aligned the same way. ms_io_widen() computes the widened range; the caller
  * reserves room for it and remembers where its data starts (`skip`).
  *
+ * Staging (cfg.staging): O_DIRECT reads into memory on 4 KiB pages cost the
+ * device more segments per read and run slower (a shmem arena where shmem
+ * THP is off, as distributions ship it). With staging on, reads land in a
+ * small ring of buffers the engine owns - anonymous memory, 2 MiB-aligned,
+ * MADV_HUGEPAGE (anonymous THP is on by default), registered in place of
+ * `mem` - and the I/O thread copies each completed read to its destination
+ * before the chunk counts as done. A read waits for a free buffer, so the
+ * buffers bound the reads in flight (all threads together). The copy's CPU
+ * time is counted (ms_io_stats.copy_ns).
+ *
  * Threads: `threads` I/O threads, one ring (or one preadv worker group) each,
  * pull chunks of at most `request_size` bytes from one shared queue, demand
  * first, keeping up to `queue_depth` reads in flight each. Completion
@@ -36,6 +46,7 @@ extern "C" {
 #define MS_IO_MAX_FILES 1024
 #define MS_IO_MAX_THREADS 64
 #define MS_IO_MAX_DEPTH 4096
+#define MS_IO_MAX_STAGING (1ull << 30) /* one registered iovec */
 
 enum ms_io_engine {
 	MS_IO_ENGINE_AUTO = 0,   /* io_uring, else preadv (said once) */
@@ -77,11 +88,21 @@ struct ms_io_config {
 	bool sqpoll;             /* io_uring: a kernel thread polls the SQ */
 	bool fixed_buffers;      /* io_uring: register `mem` (READ_FIXED) */
 	bool fixed_files;        /* io_uring: register the files */
+	uint64_t staging;        /* bytes of staging buffers (see the top), a
+				    multiple of MS_IO_ALIGN up to
+				    MS_IO_MAX_STAGING; 0 = off: reads land in
+				    `mem` itself. Each buffer holds one read:
+				    min(request_size, staging) bytes. Used only
+				    with O_DIRECT (buffered reads are a copy
+				    from the page cache already: dropped and
+				    said in mode.why) */
+	bool staging_lock;       /* mlock the staging buffers (as the cache
+				    locks its arena) */
 	struct ms_io_faults faults;
 };
 
 /* Defaults: auto engine, auto direct, 1 thread, depth 32, 1 MiB requests,
- * no SQPOLL, fixed buffers and files on. */
+ * no SQPOLL, fixed buffers and files on, no staging. */
 void ms_io_config_default(struct ms_io_config *cfg);
 
 /* What the engine ended up using (after fallbacks). */
@@ -89,6 +110,11 @@ struct ms_io_mode {
 	enum ms_io_engine engine;  /* URING or PREADV */
 	bool direct;               /* O_DIRECT in use */
 	bool sqpoll, fixed_buffers, fixed_files;
+	uint64_t staging;          /* staging bytes in use, 0 = reads land in
+				      mem directly */
+	uint64_t staging_huge;     /* of them on 2 MiB pages (smaps) */
+	uint32_t staging_buf;      /* bytes per staging buffer */
+	uint32_t staging_bufs;     /* how many */
 	char why[256];             /* "" or the fallbacks taken, one line */
 };
 
@@ -105,6 +131,10 @@ struct ms_io_stats {
 						  device's working time, so
 						  bytes_read / busy_ns is the
 						  rate while reading */
+	uint64_t bytes_copied;                 /* staging -> destination */
+	uint64_t copy_ns;                      /* CPU time of those copies
+						  (the copying threads' own
+						  clocks) */
 };
 
 /* One piece of a request: read file[file] bytes [offset, offset + len) into
@@ -125,8 +155,9 @@ struct ms_io;
 
 /* Opens `paths` (O_DIRECT as configured) and starts the threads. `mem` and
  * `mem_len` name the memory reads land in (the arena); it is registered as
- * fixed buffers when configured, and every dst must lie inside it. The
- * fallbacks taken are logged once and reported by ms_io_get_mode. */
+ * fixed buffers when configured (the staging buffers are, instead, when
+ * staging is on), and every dst must lie inside it. The fallbacks taken are
+ * logged once and reported by ms_io_get_mode. */
 int ms_io_init(struct ms_io **out, const struct ms_io_config *cfg,
 	       const char *const *paths, unsigned n_paths, void *mem,
 	       size_t mem_len, struct ms_err *err);

@@ -1,9 +1,13 @@
 /*
  * util.h - small helpers every room may use: error messages that travel with
- * a negative errno, overflow-checked arithmetic, and a logger.
+ * a negative errno, overflow-checked arithmetic, a logger, and the few
+ * memory calls that the arena (cache/) and the I/O engine's staging buffers
+ * (iouring/) share.
  *
- * Header-only on purpose: the rooms at the bottom of the dependency graph
- * (model/, iouring/) may use nothing else, and these are a few lines each.
+ * Header-only on purpose where it can be: the rooms at the bottom of the
+ * dependency graph (model/, iouring/) may use nothing else, and these are a
+ * few lines each. The logger (model/log.c) and the memory calls
+ * (model/mem.c) live in model/, which every program links.
  */
 #ifndef MOESTREAM_UTIL_H
 #define MOESTREAM_UTIL_H
@@ -176,6 +180,50 @@ void ms_log_write(int level, const char *func, const char *fmt, ...)
 		if ((level) <= ms_log_threshold)                               \
 			ms_log_write((level), __func__, __VA_ARGS__);          \
 	} while (0)
+
+/* ---- memory (model/mem.c) -------------------------------------------------- */
+
+#define MS_HUGE_2M (2ull << 20)
+
+/* mlock(2) through the system call itself, 0 or -errno. Sanitizer runtimes
+ * (ASan, TSan) replace mlock() with a no-op that returns 0; memory the
+ * program promises to hold resident and locked must be locked in those
+ * builds too (the tests measure it). */
+int ms_mem_lock(void *p, size_t len);
+
+/* `len` bytes of private anonymous memory (MAP_NORESERVE, not yet touched)
+ * starting on a multiple of `align` (a power of two, at least the page
+ * size), so that every aligned 2 MiB of it can be one huge page. 0 and *out,
+ * or -errno. Free with munmap(*out, len). */
+int ms_mem_map_anon(size_t len, size_t align, void **out);
+
+/* `len` bytes of `fd` (from offset 0) mapped shared, read-write, at an
+ * address that is a multiple of `align` (a power of two), so that its
+ * aligned 2 MiB pieces can be mapped as huge pages. 0 and *out, or -errno.
+ * Free with munmap(*out, len). */
+int ms_mem_map_shared(int fd, size_t len, size_t align, void **out);
+
+/* Makes the whole 2 MiB pieces of [p, p + len) (p 2 MiB-aligned) huge
+ * pages now, with MADV_COLLAPSE (Linux 6.1; shared memory included), which
+ * - unlike a fault - ignores the THP settings in sysfs but "deny": one
+ * byte of each piece is written first (a piece needs a page to collapse;
+ * the rest comes zeroed). 0, or -errno: -EINVAL where the kernel cannot
+ * (older, or shmem_enabled = deny), -EAGAIN or -ENOMEM where some pieces
+ * got no huge page (the measure says how many did). */
+int ms_mem_collapse(void *p, size_t len);
+
+/* Is transparent huge page memory on for regions that ask for it
+ * (MADV_HUGEPAGE)? Anonymous memory: "always" or "madvise" in
+ * /sys/kernel/mm/transparent_hugepage/enabled (distributions ship
+ * "madvise"); shared memory (`shared`): "advise", "always", "within_size"
+ * or "force" in .../shmem_enabled (distributions ship "never"). */
+bool ms_mem_thp_on(bool shared);
+
+/* Bytes of the mapping that starts at `base` that are backed by huge pages,
+ * as /proc/self/smaps says (AnonHugePages + ShmemPmdMapped + FilePmdMapped +
+ * Shared_Hugetlb + Private_Hugetlb): what the kernel gave, not what was
+ * asked. Only pages already faulted in count. 0 when unreadable. */
+uint64_t ms_mem_huge_bytes(const void *base);
 
 #ifdef __cplusplus
 }
