@@ -20,7 +20,7 @@
  *   h. --parallel 4: four concurrent chats == the same four in sequence
  *
  * Two servers: "main" (--parallel 4, --ctx 256, --api-key-file) and "key"
- * (--api-key, --max-connections 16, --timeout 2, --parallel 1) for the
+ * (--ctx 4096, --api-key, --max-connections 16, --timeout 2, --parallel 1) for the
  * limits; each is stopped with SIGTERM, which must end it with exit 0
  * within 5 s ("main" while a stream generates, beside an idle and a
  * kept-alive connection).
@@ -1309,7 +1309,9 @@ static void section_queued_stream(struct srv *k)
 	const char *key = "Authorization: Bearer KEY-k2\r\n";
 	const int HOLD = 3500; /* ms the long stream holds the only slot */
 	char body[1024], req[2048];
-	completion_body(body, sizeof(body), "Once upon a time", 450, true);
+	/* long enough to outlast HOLD at any speed (4000 tokens: 3.5 s is
+	 * 1100 tok/s; the tiny preset decodes ~150-300 here) */
+	completion_body(body, sizeof(body), "Once upon a time", 4000, true);
 	int n = snprintf(req, sizeof(req), "POST /v1/completions HTTP/1.1\r\n"
 			 "Host: 127.0.0.1\r\n%sContent-Type: application/json\r\n"
 			 "Content-Length: %zu\r\n\r\n%s", key, strlen(body), body);
@@ -1659,7 +1661,7 @@ int main(void)
 	const char *const margs[] = { "--parallel", "4", "--ctx", "256", "--api-key-file",
 				      keyfile, NULL };
 	srv_start(&m, "main", margs);
-	const char *const kargs[] = { "--ctx", "512", "--api-key", "KEY-k2",
+	const char *const kargs[] = { "--ctx", "4096", "--api-key", "KEY-k2",
 				      "--max-connections", "16", "--timeout", "2", NULL };
 	srv_start(&k, "key", kargs);
 
