@@ -376,7 +376,12 @@ static void test_prefetch_cap(enum ms_io_engine engine)
 	 * while it holds the last read of request i can let i + 1 finish
 	 * first, which says nothing about the queue. */
 	cap_run(engine, !sab, 1, &order_1);
-	uint64_t off = cap_run(engine, false, 2, &order_off);
+	/* the control is a sampling: a watcher thread descheduled through the
+	 * whole burst (a loaded 2-core machine, reads served from the host's
+	 * cache) sees nothing, so it gets three tries */
+	uint64_t off = 0;
+	for (int k = 0; k < 3 && off <= CAP_CHUNKS * 4096; k++)
+		off = cap_run(engine, false, 2, &order_off);
 	T_CHECK(on <= CAP_CHUNKS * 4096, "%s: %llu prefetch bytes in flight with "
 		"the cap at "
 		"%u", eng_names[engine], (unsigned long long)on, CAP_CHUNKS * 4096);
