@@ -290,7 +290,11 @@ static uint64_t cap_run(enum ms_io_engine engine, bool cap, unsigned threads,
 	snprintf(what, sizeof(what), "cap %s %s %ut", cap ? "on" : "off",
 		 eng_names[engine], threads);
 	iot_watchdog(60, what);
-	struct ms_io_config cfg = iot_config(engine, MS_IO_DIRECT_AUTO, threads, 16, 4096);
+	/* the preadv engine starts threads x queue depth workers: one thread
+	 * of depth 1 is one worker */
+	unsigned depth = engine == MS_IO_ENGINE_PREADV && threads == 1 ? 1 : 16;
+	struct ms_io_config cfg = iot_config(engine, MS_IO_DIRECT_AUTO, threads,
+					     depth, 4096);
 	cfg.prefetch_inflight = cap ? CAP_CHUNKS * 4096 : 0;
 	double t0 = iot_now();
 	struct ms_io *io = open_cfg(&cfg, path, mem, MEM_SIZE);
@@ -374,7 +378,10 @@ static void test_prefetch_cap(enum ms_io_engine engine)
 		return; /* io_uring unavailable: said */
 	/* The order is judged with one thread: with two, a thread descheduled
 	 * while it holds the last read of request i can let i + 1 finish
-	 * first, which says nothing about the queue. */
+	 * first, which says nothing about the queue. (The preadv engine's one
+	 * thread is one worker, queue depth 1: at depth 16 it had 16 workers,
+	 * and under load request 1's 64 reads once all finished while a
+	 * worker sat descheduled on request 0's last.) */
 	cap_run(engine, !sab, 1, &order_1);
 	/* the control is a sampling: a watcher thread descheduled through the
 	 * whole burst (a loaded 2-core machine, reads served from the host's
