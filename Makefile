@@ -203,6 +203,7 @@ run:
 # llama.cpp against moestream run under one memory limit; tools/bench-e2e.sh
 # writes the model once and says what it runs.
 bench: all
+	@mk/deps.sh install-bench || echo "bench: no gnuplot: --sweep writes its data and gnuplot script, no PNG"
 	@MS_BUILD=$(O) tools/bench-e2e.sh $(BENCH_ARGS)
 
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------

@@ -6,6 +6,8 @@
 #   mk/deps.sh install-test   the same, plus what the tests need (npm, timeout)
 #   mk/deps.sh install-ci     the same, plus what .ci/run's other steps need
 #                             (clang for libFuzzer, g++ for the CUDA emulator)
+#   mk/deps.sh install-bench  build deps, plus gnuplot for the sweep's PNG
+#                             (make bench)
 #
 # A header (or a command) stands for its package; the check looks at files, not
 # at pkg-config, so that a machine without pkg-config gets the same answer.
@@ -31,10 +33,14 @@ ci_deps='
 cmd:clang clang
 cmd:g++ g++
 '
+bench_deps='
+cmd:gnuplot gnuplot-nox
+'
 
 list=$build_deps
 [ "$mode" = install-test ] && list="$build_deps$test_deps"
 [ "$mode" = install-ci ] && list="$build_deps$test_deps$ci_deps"
+[ "$mode" = install-bench ] && list="$build_deps$bench_deps"
 
 missing=
 set -- $list
