@@ -178,9 +178,7 @@ static void test_priority(enum ms_io_engine engine, bool promote)
 	/* Backlog requests already done when the demand read is asked for (or
 	 * the prefetch promoted) were not overtaken: they do not count. */
 	pthread_mutex_lock(&tr->mu);
-	pthread_mutex_lock(&tr->mu);
 	unsigned done_at_ask = tr->done;
-	pthread_mutex_unlock(&tr->mu);
 	pthread_mutex_unlock(&tr->mu);
 	if (promote && !sab) {
 		int rc = ms_io_promote(io, ids[P]);
@@ -324,9 +322,7 @@ static uint64_t cap_run(enum ms_io_engine engine, bool cap, unsigned threads,
 	while (iot_track_pop(tr, 30) != 0)
 		;
 	pthread_mutex_lock(&tr->mu);
-	pthread_mutex_lock(&tr->mu);
 	unsigned done_at_ask = tr->done;
-	pthread_mutex_unlock(&tr->mu);
 	pthread_mutex_unlock(&tr->mu);
 	rc = submit1(io, offs[CAP_REQS], CAP_LEN, mem + (uint64_t)CAP_REQS * CAP_LEN,
 		     MS_IO_DEMAND, tr, CAP_REQS, &id);
