@@ -210,10 +210,7 @@ struct att_job {
 	struct ms_engine *e;
 	uint32_t block;
 	int64_t T;
-	bool fa16;      /* llama.cpp's flash attention rounding (ms_attn_f16) */
 };
-
-
 
 /* Where sequence seq's K (or V) row for block b at position pos starts, in
  * values. */
@@ -240,7 +237,7 @@ static void att_task(void *ctx, int ith, int nth)
 		float *out = e->att + t * H * D + h * D;
 		size_t base = kv_at(e, e->tseq[t], j->block, 0);
 		uint32_t n_pos = e->tpos[t] + 1; /* causal */
-		if (j->fa16) {
+		if (e->fa16) {
 			ms_attn_f16(e->opts.path, q,
 				    (const uint16_t *)e->k_cache + base + kvh * D,
 				    (const uint16_t *)e->v_cache + base + kvh * D,
@@ -312,7 +309,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		kv_store(e, e->k_cache, at, kk, HK);
 		kv_store(e, e->v_cache, at, v, HK);
 	}
-	struct att_job j = { .e = e, .block = b, .T = T, .fa16 = e->fa16 };
+	struct att_job j = { .e = e, .block = b, .T = T };
 	ms_ffn_parallel(e->pool, 0, att_task, &j);
 	if ((rc = matmul(e, &k->wo, e->att, e->o, T, err)))
 		return rc;

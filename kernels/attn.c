@@ -76,10 +76,7 @@ static float dot16(const uint16_t *a, const uint16_t *b, int64_t d)
 	float l[8] = { 0 };
 	for (int64_t i = 0; i < d; i++)
 		l[i % 8] = fmaf(f16_f32(a[i]), f16_f32(b[i]), l[i % 8]);
-	float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6],
-	      a3 = l[3] + l[7];
-	float b0 = a0 + a2, b1 = a1 + a3;
-	return b0 + b1;
+	return ms_q8_tree8(l);
 }
 
 static void attn_scalar(const float *q, const uint16_t *k, const uint16_t *v,
