@@ -63,23 +63,36 @@ static int patch_copy(const char *src, const char *dst, const char *a,
 	return rc;
 }
 
-/* Starts `moestream run ARGS` (stderr into the test folder), after 1.5 s
- * sends `sig` to `victim` (0: to the run itself), waits up to 30 s: the
- * run's wait status (-1 on timeout) and its stderr in *err_text. */
+/* Starts `moestream run ARGS` (stdout and stderr into the test folder);
+ * once it has printed its prompt (it has loaded, tokenized and set its
+ * Ctrl-C handler: a fixed delay was too short for a sanitizer build on a
+ * loaded machine) and 0.5 s more, sends `sig` to `victim` (0: to the run
+ * itself); waits up to 30 s: the run's wait status (-1 on timeout) and its
+ * stderr in *err_text. */
 static int interrupted_run(const char *args, pid_t victim, int sig,
 			   char **err_text)
 {
-	char path[4096];
+	char path[4096], opath[4096];
 	snprintf(path, sizeof(path), "%s/interrupted.err", t_tmpdir());
-	snprintf(cmd, sizeof(cmd), "exec %s run %s >/dev/null 2>%s",
-		 t_build_path("moestream"), args, path);
+	snprintf(opath, sizeof(opath), "%s/interrupted.out", t_tmpdir());
+	unlink(opath);
+	snprintf(cmd, sizeof(cmd), "exec %s run %s >%s 2>%s",
+		 t_build_path("moestream"), args, opath, path);
 	pid_t pid = fork();
 	if (pid == 0) {
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
 	dt_track(pid);
-	dt_sleep_ms(1500);
+	struct stat st_out;
+	for (int ms = 0; ms < 120000; ms += 50) {
+		if (!stat(opath, &st_out) && st_out.st_size > 0)
+			break;
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			t_fatal("'%s' ended before it printed its prompt", cmd);
+		dt_sleep_ms(50);
+	}
+	dt_sleep_ms(500);
 	kill(victim ? victim : pid, sig);
 	int st = dt_waitpid(pid, 30000);
 	*err_text = t_read_text(path);
