@@ -18,6 +18,7 @@
  *   g. 100 idle connections over --max-connections 16: threads stay
  *      bounded, the server answers again afterwards
  *   h. --parallel 4: four concurrent chats == the same four in sequence
+ *      (two greedy, two sampled with a seed each, so the texts differ)
  *
  * Two servers: "main" (--parallel 4, --ctx 256, --api-key-file) and "key"
  * (--ctx 4096, --api-key, --max-connections 16, --timeout 2, --parallel 1) for the
@@ -537,14 +538,23 @@ static char *jstr(const char *s)
 	return t;
 }
 
+/* temperature 0 when seed < 0, else 1 with that seed */
+static void chat_body_seed(char *out, size_t n, const char *prompt,
+			   int max_tokens, bool stream, int seed)
+{
+	char *p = jstr(prompt), samp[64] = "\"temperature\":0";
+	if (seed >= 0)
+		snprintf(samp, sizeof(samp), "\"temperature\":1,\"seed\":%d", seed);
+	snprintf(out, n, "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":"
+		 "%s}],\"max_tokens\":%d,%s%s}", p, max_tokens, samp,
+		 stream ? ",\"stream\":true" : "");
+	free(p);
+}
+
 static void chat_body(char *out, size_t n, const char *prompt, int max_tokens,
 		      bool stream)
 {
-	char *p = jstr(prompt);
-	snprintf(out, n, "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":"
-		 "%s}],\"max_tokens\":%d,\"temperature\":0%s}", p, max_tokens,
-		 stream ? ",\"stream\":true" : "");
-	free(p);
+	chat_body_seed(out, n, prompt, max_tokens, stream, -1);
 }
 
 static void completion_body(char *out, size_t n, const char *prompt,
@@ -1517,8 +1527,11 @@ static void section_parallel(struct srv *m)
 		jobs[i].port = m->port;
 		jobs[i].path = "/v1/chat/completions";
 		jobs[i].hdrs = auth_main;
-		chat_body(jobs[i].body, sizeof(jobs[i].body), chat_prompts[i], MAXT,
-			  false);
+		/* two greedy, two sampled with their own seeds: the tiny
+		 * model's greedy reply follows the template's last token
+		 * (its embeddings dominate), the same for every prompt */
+		chat_body_seed(jobs[i].body, sizeof(jobs[i].body), chat_prompts[i],
+			       MAXT, false, i < 2 ? -1 : 7 + i);
 		struct resp r;
 		post(m->port, jobs[i].path, auth_main, jobs[i].body, &r);
 		gen_parse("sequential chat", &r, true, &seq[i]);

@@ -15,6 +15,8 @@
  * are set to small finite values, so every block decodes to finite numbers of
  * a sensible scale. Cutting from a pool (at a place chosen by a hash of the
  * seed, tensor and chunk) costs a memcpy, so writing runs at disk speed.
+ * A model with up to WHOLE_POOL_MAX of such weights (tiny) gets pools as
+ * large as its tensors, each tensor its own blocks.
  *
  * Writing: each file is one sequential stream - metadata, then every tensor
  * padded to the alignment - cut into 8 MiB chunks that a producer fills while
@@ -52,6 +54,15 @@
 #define POOL_BYTES (4u << 20)
 #define MAX_TYPES 3
 #define MAX_POOLS 32
+/* Up to this many bytes of quantized weights in all, each tensor gets its
+ * own random blocks (a pool as large as its tensors together); above it,
+ * tensors are cut from POOL_BYTES pools, so a 134 GB model writes at disk
+ * speed. Cut pieces repeat pool bytes at a shift of whole blocks: rows of
+ * the output matrix that are the same blocks one block apart, whose logits
+ * then stay within 1e-4 of each other once the hidden state turns
+ * periodic, which the tiny preset's random model did (a greedy text that
+ * alternated between two such tokens; any rounding decided which). */
+#define WHOLE_POOL_MAX (512ull << 20)
 
 struct shape {
 	const char *preset;   /* NULL for a hand-made shape */
@@ -63,6 +74,8 @@ struct shape {
 	uint32_t gating;             /* expert_gating_func, 0 = absent */
 	bool norm, attn_bias, qk_norm, probs_bias;
 	float scale;                 /* expert_weights_scale, 0 = absent */
+	bool big_embd;               /* token embeddings 2^12 x the weights'
+					scale: see tensor_extra() */
 	uint32_t ctx, rope_dim;
 	float rope_base;
 };
@@ -113,6 +126,7 @@ static const struct shape presets[] = {
 	  .t_embd = MS_TYPE_Q8_0, .t_out = MS_TYPE_Q8_0,
 	  .t_dense = MS_TYPE_Q4_K, .t_dense_down = MS_TYPE_Q4_K, .gating = 2,
 	  .norm = true, .attn_bias = true, .probs_bias = true, .scale = 2.5f,
+	  .big_embd = true,
 	  .ctx = 4096, .rope_dim = 64, .rope_base = 1e6f },
 };
 #define N_PRESETS (sizeof(presets) / sizeof(presets[0]))
@@ -257,7 +271,8 @@ struct pool {
 	uint32_t type;
 	int extra;       /* weight_extra() of the tensors it serves */
 	uint32_t blck_bytes;
-	uint64_t bytes;  /* whole blocks, <= POOL_BYTES */
+	uint64_t bytes;  /* whole blocks, <= POOL_BYTES unless `whole` */
+	bool whole;      /* every tensor of it has its own region (pool_off) */
 	uint8_t *data;
 };
 
@@ -272,12 +287,30 @@ struct tspec {
 	uint32_t shard;
 	uint64_t offset; /* absolute, in its shard */
 	uint64_t size;
+	uint64_t pool_off; /* FILL_BLOCKS from a whole pool: where it starts */
 };
 
 struct tlist {
 	struct tspec *t;
 	uint32_t n, cap;
 };
+
+/* A tensor's scale: weight_extra() of its rows, except, in a preset with
+ * big_embd (tiny), the token embeddings: rows looked up, not a product,
+ * with values about 2^-EMBD_EXTRA. In the tiny preset with embeddings as
+ * small as its weights, the unit-size block outputs summed over the
+ * residual stream drowned the current token, and the random model's greedy
+ * text was one token repeated whatever the prompt (measured: 1 distinct
+ * token in 32, 8 prompts); with these, 32 distinct. The large presets keep
+ * the weights' scale (their logits are what the comparisons were tuned
+ * on). */
+#define EMBD_EXTRA (-12)
+static int tensor_extra(const struct shape *p, const struct tspec *t)
+{
+	return p->big_embd && !strcmp(t->name, "token_embd.weight")
+		       ? EMBD_EXTRA
+		       : weight_extra(t->ne[0]);
+}
 
 static int tadd(struct tlist *l, uint32_t n_dims, int64_t a, int64_t b,
 		int64_t c, uint32_t type, int fill, const char *fmt, ...)
@@ -561,7 +594,11 @@ static void produce(const struct job *j, uint32_t sh, const uint8_t *meta,
 		if (t->fill == FILL_BLOCKS) {
 			/* Cut 64 KiB pieces from the pool at block-aligned places
 			 * chosen by (seed, tensor, piece). */
-			const struct pool *pl = pool_for(j, t->type, weight_extra(t->ne[0]));
+			const struct pool *pl = pool_for(j, t->type, tensor_extra(j->p, t));
+			if (pl->whole) {
+				memcpy(d, pl->data + t->pool_off + in, n);
+				continue;
+			}
 			while (n) {
 				uint64_t piece = in >> 16, pin = in & 0xffff;
 				uint64_t take = 0x10000 - pin < n ? 0x10000 - pin : n;
@@ -836,12 +873,17 @@ static int make_model(const struct shape *p, const struct tool_vocab *vocab,
 		}
 	}
 
-	/* A pool of random valid blocks per quantized type. */
+	/* A pool of random valid blocks per quantized type (and row length). */
+	uint64_t blocks_total = 0;
+	for (uint32_t i = 0; i < tl.n; i++)
+		if (tl.t[i].fill == FILL_BLOCKS)
+			blocks_total += tl.t[i].size;
+	bool whole = blocks_total <= WHOLE_POOL_MAX;
 	for (uint32_t i = 0; i < tl.n && !sparse; i++) {
 		if (tl.t[i].fill != FILL_BLOCKS)
 			continue;
 		bool have = false;
-		int extra = weight_extra(tl.t[i].ne[0]);
+		int extra = tensor_extra(p, &tl.t[i]);
 		for (uint32_t k = 0; k < n_pools; k++)
 			have |= pools[k].type == tl.t[i].type &&
 				pools[k].extra == extra;
@@ -858,7 +900,17 @@ static int make_model(const struct shape *p, const struct tool_vocab *vocab,
 		pl->type = tl.t[i].type;
 		pl->blck_bytes = ti->type_size;
 		pl->bytes = POOL_BYTES / ti->type_size * ti->type_size;
-		pl->data = malloc(pl->bytes);
+		if ((pl->whole = whole)) {
+			pl->bytes = 0;
+			for (uint32_t k = i; k < tl.n; k++)
+				if (tl.t[k].fill == FILL_BLOCKS &&
+				    tl.t[k].type == pl->type &&
+				    tensor_extra(p, &tl.t[k]) == extra) {
+					tl.t[k].pool_off = pl->bytes;
+					pl->bytes += tl.t[k].size;
+				}
+		}
+		pl->data = malloc(pl->bytes ? pl->bytes : 1);
 		if (!pl->data) {
 			rc = ms_err_set(&err, -ENOMEM, "out of memory");
 			goto fail;
