@@ -699,12 +699,16 @@ static void print_run(const struct rcfg *c, const struct rrun *u,
 			printf("; the daemon read for %.2f s of decode", x->io_busy_decode_s);
 		printf("\n");
 	}
-	printf("\nratios     run / llama.cpp: prefill %.2f x, decode %.2f x; run-daemon / "
-	       "llama.cpp: prefill %.2f x, decode %.2f x\n",
-	       ratio(prefill_tokps(u, R_RUN), prefill_tokps(u, R_LLAMA)),
-	       ratio(decode_tokps(u, R_RUN), decode_tokps(u, R_LLAMA)),
-	       ratio(prefill_tokps(u, R_DAEMON), prefill_tokps(u, R_LLAMA)),
-	       ratio(decode_tokps(u, R_DAEMON), decode_tokps(u, R_LLAMA)));
+	/* ratios only between methods that ran */
+	for (int mt = R_RUN; mt < R_COUNT; mt++)
+		if (ok_(u, mt) && ok_(u, R_LLAMA))
+			printf("%s%s / llama.cpp: prefill %.2f x, decode %.2f x",
+			       mt == R_RUN || !ok_(u, R_RUN) ? "\nratios     " : "; ",
+			       r_key[mt],
+			       ratio(prefill_tokps(u, mt), prefill_tokps(u, R_LLAMA)),
+			       ratio(decode_tokps(u, mt), decode_tokps(u, R_LLAMA)));
+	if (ok_(u, R_LLAMA) && (ok_(u, R_RUN) || ok_(u, R_DAEMON)))
+		printf("\n");
 	for (int mt = R_RUN; mt < R_COUNT; mt++)
 		if (ok_(u, mt))
 			printf("overlap    %s: decode %.2f s; disk busy %.2f s; compute "
