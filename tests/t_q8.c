@@ -256,6 +256,22 @@ static void fused_forms(uint32_t t, uint64_t *s)
 	free(w), free(x), free(xq), free(us);
 }
 
+/* h = silu(G x) * (U x) of T inputs (E -> F), as the FFN forms it, from
+ * ms_matmul's products with `o`; uu is scratch (T x F). */
+static void swiglu_h(uint32_t t, const uint8_t *g, const uint8_t *u, int64_t E,
+		     int64_t F, const float *x, int64_t T,
+		     const struct ms_ffn_opts *o, float *h, float *uu)
+{
+	struct ms_err err = { 0 };
+	if (ms_matmul(t, g, E, F, x, h, T, o, &err) ||
+	    ms_matmul(t, u, E, F, x, uu, T, o, &err))
+		t_fatal("%s: %s", ms_type_name(t), err.msg);
+	for (int64_t i = 0; i < T * F; i++) {
+		double gv = h[i], uv = uu[i];
+		h[i] = (float)(gv / (1.0 + exp(-gv)) * uv);
+	}
+}
+
 /* ms_matmul and ms_expert_ffn with q8: batch and thread invariance, the
  * FFN as its products, the error against f32. */
 static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
@@ -296,13 +312,7 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 				    .data = { g, u, d } };
 	if (ms_expert_ffn(&v, x, ye, T, &o, &err))
 		t_fatal("%s: %s", ms_type_name(t), err.msg);
-	if (ms_matmul(t, g, E, F, x, gg, T, &o, &err) ||
-	    ms_matmul(t, u, E, F, x, uu, T, &o, &err))
-		t_fatal("%s", err.msg);
-	for (int64_t i = 0; i < T * F; i++) {
-		double gv = gg[i], uv = uu[i];
-		gg[i] = (float)(gv / (1.0 + exp(-gv)) * uv);
-	}
+	swiglu_h(t, g, u, E, F, x, T, &o, gg, uu);
 	if (ms_matmul(t, d, F, E, gg, yc, T, &o, &err))
 		t_fatal("%s", err.msg);
 	T_CHECK(!memcmp(ye, yc, T * E * sizeof(float)),
@@ -333,13 +343,7 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 	if (ms_expert_ffn(&v, xr, ye, T, &f, &err))
 		t_fatal("%s", err.msg);
 	double ex = rel_l2(ye, yc, T * E);
-	if (ms_matmul(t, g, E, F, x, gg, T, &f, &err) ||
-	    ms_matmul(t, u, E, F, x, uu, T, &f, &err))
-		t_fatal("%s", err.msg);
-	for (int64_t i = 0; i < T * F; i++) {
-		double gv = gg[i], uv = uu[i];
-		gg[i] = (float)(gv / (1.0 + exp(-gv)) * uv);
-	}
+	swiglu_h(t, g, u, E, F, x, T, &f, gg, uu);
 	round_trip(gg, hr, T, F);
 	if (ms_matmul(t, d, F, E, gg, ye, T, &f, &err) ||
 	    ms_matmul(t, d, F, E, hr, yc, T, &f, &err))

@@ -700,14 +700,16 @@ static void print_run(const struct rcfg *c, const struct rrun *u,
 		printf("\n");
 	}
 	/* ratios only between methods that ran */
+	const char *sep = "\nratios     ";
 	for (int mt = R_RUN; mt < R_COUNT; mt++)
-		if (ok_(u, mt) && ok_(u, R_LLAMA))
-			printf("%s%s / llama.cpp: prefill %.2f x, decode %.2f x",
-			       mt == R_RUN || !ok_(u, R_RUN) ? "\nratios     " : "; ",
+		if (ok_(u, mt) && ok_(u, R_LLAMA)) {
+			printf("%s%s / llama.cpp: prefill %.2f x, decode %.2f x", sep,
 			       r_key[mt],
 			       ratio(prefill_tokps(u, mt), prefill_tokps(u, R_LLAMA)),
 			       ratio(decode_tokps(u, mt), decode_tokps(u, R_LLAMA)));
-	if (ok_(u, R_LLAMA) && (ok_(u, R_RUN) || ok_(u, R_DAEMON)))
+			sep = "; ";
+		}
+	if (*sep == ';')
 		printf("\n");
 	for (int mt = R_RUN; mt < R_COUNT; mt++)
 		if (ok_(u, mt))

@@ -271,8 +271,7 @@ struct pool {
 	uint32_t type;
 	int extra;       /* weight_extra() of the tensors it serves */
 	uint32_t blck_bytes;
-	uint64_t bytes;  /* whole blocks, <= POOL_BYTES unless `whole` */
-	bool whole;      /* every tensor of it has its own region (pool_off) */
+	uint64_t bytes;  /* whole blocks, <= POOL_BYTES unless job.whole */
 	uint8_t *data;
 };
 
@@ -287,7 +286,7 @@ struct tspec {
 	uint32_t shard;
 	uint64_t offset; /* absolute, in its shard */
 	uint64_t size;
-	uint64_t pool_off; /* FILL_BLOCKS from a whole pool: where it starts */
+	uint64_t pool_off; /* job.whole: where its blocks start in its pool */
 };
 
 struct tlist {
@@ -552,6 +551,7 @@ struct job {
 	struct tlist *tl;
 	struct pool *pools;
 	uint32_t n_pools;
+	bool whole;      /* every FILL_BLOCKS tensor has its own pool region */
 	uint64_t seed;
 	bool sparse;
 	struct progress *pg;
@@ -592,10 +592,11 @@ static void produce(const struct job *j, uint32_t sh, const uint8_t *meta,
 		uint8_t *d = dst + (a - off);
 		uint64_t in = a - t->offset, n = b - a;
 		if (t->fill == FILL_BLOCKS) {
-			/* Cut 64 KiB pieces from the pool at block-aligned places
-			 * chosen by (seed, tensor, piece). */
+			/* The tensor's own blocks (job.whole), else 64 KiB pieces
+			 * cut from the pool at block-aligned places chosen by
+			 * (seed, tensor, piece). */
 			const struct pool *pl = pool_for(j, t->type, tensor_extra(j->p, t));
-			if (pl->whole) {
+			if (j->whole) {
 				memcpy(d, pl->data + t->pool_off + in, n);
 				continue;
 			}
@@ -899,9 +900,9 @@ static int make_model(const struct shape *p, const struct tool_vocab *vocab,
 		const struct ms_type_info *ti = ms_type_get(tl.t[i].type);
 		pl->type = tl.t[i].type;
 		pl->blck_bytes = ti->type_size;
-		pl->bytes = POOL_BYTES / ti->type_size * ti->type_size;
-		if ((pl->whole = whole)) {
-			pl->bytes = 0;
+		if (!whole)
+			pl->bytes = POOL_BYTES / ti->type_size * ti->type_size;
+		else /* pl->bytes is 0 here */
 			for (uint32_t k = i; k < tl.n; k++)
 				if (tl.t[k].fill == FILL_BLOCKS &&
 				    tl.t[k].type == pl->type &&
@@ -909,8 +910,7 @@ static int make_model(const struct shape *p, const struct tool_vocab *vocab,
 					tl.t[k].pool_off = pl->bytes;
 					pl->bytes += tl.t[k].size;
 				}
-		}
-		pl->data = malloc(pl->bytes ? pl->bytes : 1);
+		pl->data = malloc(pl->bytes);
 		if (!pl->data) {
 			rc = ms_err_set(&err, -ENOMEM, "out of memory");
 			goto fail;
@@ -923,7 +923,7 @@ static int make_model(const struct shape *p, const struct tool_vocab *vocab,
 	struct progress pg = { .tty = isatty(2) && !sparse, .t0 = tool_now_s(),
 			       .total = total };
 	struct job j = { .p = p, .tl = &tl, .pools = pools, .n_pools = n_pools,
-			 .seed = seed, .sparse = sparse, .pg = &pg };
+			 .whole = whole, .seed = seed, .sparse = sparse, .pg = &pg };
 	for (uint32_t s = 0; s < n_sh; s++) {
 		shard_path(path, sizeof(path), out, s, n_sh);
 		const char *base = strrchr(path, '/');
