@@ -360,6 +360,7 @@ struct ffn_job {
 	struct ms_q8_w **wq;
 	ms_q8_unpack_fn up_gate, up_up, up_down;
 	ms_q8_dot_fn q8dot;
+	ms_q8_dotn_fn q8dotn; /* NULL: q8dot per input */
 	/* n_tok <= 4 on AVX2: the fused forms (NULL: unpack + dot) */
 	ms_q8_fused_fn fu_gate, fu_up, fu_down;
 	const float *xv[MULTI_MAX], *x16v[MULTI_MAX], *x32v[MULTI_MAX];
@@ -468,8 +469,54 @@ static void phase_q8_quantize(void *ctx, int ith, int nth)
 		ms_q8_quantize(j->x + t * j->n, j->q + t * nb, j->n);
 }
 
-/* Phase 1 with opts.q8: per row, the gate row unpacked once and dotted with
- * every token, then the up row; h as on the other paths. */
+/* Prompts (more than MS_Q8_FUSED_MAX inputs): each thread unpacks Q8_ROWS
+ * rows at a time, then dots them with the inputs a tile at a time, the
+ * tile small enough to stay in L2 while every row of the chunk passes over
+ * it (a 12288-long input of 64 tokens is ~1 MB). */
+#define Q8_ROWS 8
+#define Q8_TILE_BYTES (192 * 1024)
+
+/* Inputs per tile for rows of nb blocks: a multiple of 8, at least 8. */
+static int64_t q8_tile(int64_t nb)
+{
+	int64_t t = Q8_TILE_BYTES / (nb * (int64_t)sizeof(struct ms_q8_act));
+	return t < 8 ? 8 : t / 8 * 8;
+}
+
+/* out[k * B + b] (B = the job's inputs) = unpacked row k of w (nr rows
+ * of nb blocks) against input b's blocks in q, tile by tile. */
+static void q8_dots(const struct ffn_job *j, const struct ms_q8_w *w, int nr,
+		    const struct ms_q8_act *q, int64_t nb, float *out,
+		    int64_t os_row, int64_t os_tok)
+{
+	int64_t B = j->n_tok, tile = q8_tile(nb);
+	for (int64_t t0 = 0; t0 < B; t0 += tile) {
+		int64_t nt = B - t0 < tile ? B - t0 : tile;
+		for (int k = 0; k < nr; k++) {
+			const struct ms_q8_w *wk = w + k * nb;
+			float *o = out + k * os_row + t0 * os_tok;
+			if (j->q8dotn) {
+				j->q8dotn(wk, q + t0 * nb, nb, nb, (int)nt, o,
+					  os_tok);
+				continue;
+			}
+			for (int64_t b = 0; b < nt; b++)
+				o[b * os_tok] = j->q8dot(wk, q + (t0 + b) * nb, nb);
+		}
+	}
+}
+
+/* Rows r .. r + nr - 1 of `base` unpacked into w. */
+static void q8_unpack_rows(ms_q8_unpack_fn up, const uint8_t *base, uint64_t rs,
+			   int64_t r, int nr, struct ms_q8_w *w, int64_t nb)
+{
+	for (int k = 0; k < nr; k++)
+		up(base + (uint64_t)(r + k) * rs, w + k * nb, nb);
+}
+
+/* Phase 1 with opts.q8: gate and up rows against every token (fused for a
+ * few tokens, else Q8_ROWS unpacked rows at a time); h as on the other
+ * paths. */
 static void phase_gate_up_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
@@ -493,15 +540,19 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 		}
 		return;
 	}
-	for (int64_t r = r0; r < r1; r++) {
-		j->up_gate(j->gate + (uint64_t)r * j->rs_gate, w, nb);
-		for (int64_t b = 0; b < B; b++)
-			g[b] = j->q8dot(w, j->xq + b * nb, nb);
-		j->up_up(j->up + (uint64_t)r * j->rs_up, w, nb);
-		for (int64_t b = 0; b < B; b++) {
-			double gv = g[b], uv = j->q8dot(w, j->xq + b * nb, nb);
-			j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
-		}
+	float *uo = g + Q8_ROWS * B;
+	for (int64_t r = r0; r < r1; r += Q8_ROWS) {
+		int nr = r1 - r < Q8_ROWS ? (int)(r1 - r) : Q8_ROWS;
+		q8_unpack_rows(j->up_gate, j->gate, j->rs_gate, r, nr, w, nb);
+		q8_dots(j, w, nr, j->xq, nb, g, B, 1);
+		q8_unpack_rows(j->up_up, j->up, j->rs_up, r, nr, w, nb);
+		q8_dots(j, w, nr, j->xq, nb, uo, B, 1);
+		for (int k = 0; k < nr; k++)
+			for (int64_t b = 0; b < B; b++) {
+				double gv = g[k * B + b], uv = uo[k * B + b];
+				j->h[b * F + r + k] =
+					(float)(gv / (1.0 + exp(-gv)) * uv);
+			}
 	}
 }
 
@@ -527,10 +578,10 @@ static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
 		}
 		return;
 	}
-	for (int64_t r = r0; r < r1; r++) {
-		up(base + (uint64_t)r * rs, w, nb);
-		for (int64_t b = 0; b < j->n_tok; b++)
-			j->y[b * n_out + r] = j->q8dot(w, q + b * nb, nb);
+	for (int64_t r = r0; r < r1; r += Q8_ROWS) {
+		int nr = r1 - r < Q8_ROWS ? (int)(r1 - r) : Q8_ROWS;
+		q8_unpack_rows(up, base, rs, r, nr, w, nb);
+		q8_dots(j, w, nr, q, nb, j->y + r, 1, n_out);
 	}
 }
 
@@ -573,13 +624,14 @@ static void q8_quantize_all(const struct ms_ffn_opts *opts, int nth,
 }
 
 /* The q8 fields of a job: unpackers, dot, the rounded inputs and a row
- * buffer per thread (each `rows_in` values long at most). */
+ * buffer per thread (Q8_ROWS rows of `rows_in` values at most). */
 static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
 		    int64_t n_x, int64_t n_h)
 {
 	bool avx2 = j->path == MS_FFN_PATH_AVX2;
 	j->q8 = true;
 	j->q8dot = ms_q8_dotter(avx2);
+	j->q8dotn = avx2 ? ms_q8_avx512_dotn() : NULL;
 	j->up_gate = ms_q8_unpacker(j->t_gate, avx2);
 	j->up_up = j->up ? ms_q8_unpacker(j->t_up, avx2) : NULL;
 	j->up_down = j->down ? ms_q8_unpacker(j->t_down, avx2) : NULL;
@@ -596,7 +648,8 @@ static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
 	if (!j->xq || !j->wq)
 		return -ENOMEM;
 	for (int i = 0; i < nth; i++)
-		if (!(j->wq[i] = aligned_alloc(32, (size_t)(rows_in / MS_Q8_QK) *
+		if (!(j->wq[i] = aligned_alloc(32, (size_t)(Q8_ROWS * rows_in /
+								   MS_Q8_QK) *
 							   sizeof(struct ms_q8_w))))
 			return -ENOMEM;
 	return 0;
@@ -750,7 +803,8 @@ static int expert_ffn_q8(struct ffn_job *j, const struct ms_ffn_opts *opts,
 	int rc = !j->h || !j->tbuf ? -ENOMEM
 				   : q8_setup(j, nth, E > F ? E : F, E, F);
 	for (int i = 0; !rc && i < nth; i++)
-		if (!(j->tbuf[i] = malloc((size_t)B * sizeof(float))))
+		if (!(j->tbuf[i] = malloc((size_t)(2 * Q8_ROWS * B) *
+					  sizeof(float))))
 			rc = -ENOMEM;
 	if (rc) {
 		rc = ms_err_set(err, rc, "ffn: out of memory for %lld tokens on "

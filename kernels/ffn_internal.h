@@ -101,6 +101,15 @@ ms_q8_dot_fn ms_q8_dotter(bool avx2);
 ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type);
 ms_q8_dot_fn ms_q8_avx2_dotter(void);
 
+/* An unpacked row against nt inputs, input t's blocks at x + t * xs, its
+ * result at out[t * os]: each the same bits as the dot of that input alone.
+ * AVX-512 BW + VNNI only (NULL without, or with MS_FFN_NO_AVX512=1): the
+ * row's codes and scales are loaded once per four inputs. */
+typedef void (*ms_q8_dotn_fn)(const struct ms_q8_w *w,
+			      const struct ms_q8_act *x, int64_t xs, int64_t nb,
+			      int nt, float *out, int64_t os);
+ms_q8_dotn_fn ms_q8_avx512_dotn(void);
+
 /* AVX2 only (NULL elsewhere): one row against nt (1..4) inputs, the codes
  * made in registers; out[t] has the same bits as unpack + dot. */
 #define MS_Q8_FUSED_MAX 4

@@ -489,19 +489,19 @@ TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 				    int64_t nb, float *out, const int NT)             \
 	{                                                                             \
 		__m256 acc[4], accm[4];                                               \
-		for (int t = 0; t < NT; t++)                                          \
+		_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                          \
 			acc[t] = accm[t] = _mm256_setzero_ps();                       \
 		struct ms_q8_w h;                                                     \
 		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
 			HDR(x, &h);                                                   \
 			__m512i a[4];                                                 \
-			for (int t = 0; t < NT; t++)                                  \
+			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                  \
 				a[t] = _mm512_setzero_si512();                        \
 			_Pragma("GCC unroll 4") for (int g = 0; g < 8; g += 2)       \
 			{                                                             \
 				__m512i u = codes2_##T(x, g);                         \
 				__m512i sc = pair_scales(h.s, g);                     \
-				for (int t = 0; t < NT; t++)                          \
+				_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                          \
 					a[t] = _mm512_dpwssd_epi32(                   \
 						a[t],                                 \
 						_mm512_maddubs_epi16(                 \
@@ -510,11 +510,11 @@ TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 						sc);                                  \
 			}                                                             \
 			__m256i mv = ld(h.m);                                         \
-			for (int t = 0; t < NT; t++)                                  \
+			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                  \
 				lane_block(&acc[t], &accm[t], &h, &in[t][i],          \
 					   fold8(a[t]), mv);                          \
 		}                                                                     \
-		for (int t = 0; t < NT; t++)                                          \
+		_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                          \
 			out[t] = lane_tree(acc[t], accm[t]);                          \
 	}                                                                             \
 	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_act *const *in,  \
@@ -545,6 +545,62 @@ TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
 		lane_block(&acc, &accm, w, x, fold8(a), ld(w->m));
 	}
 	return lane_tree(acc, accm);
+}
+
+/* The unpacked row against nt inputs at once (prompts: many tokens per
+ * row). Per block the row's codes and scales are loaded and spread once for
+ * up to four inputs, not once per input; each input's lanes and float steps
+ * are dot_avx512's: the same bits (t_q8 compares them). */
+TGT5_INLINE void dotn5_n(const struct ms_q8_w *w, const struct ms_q8_act *x,
+			 int64_t xs, int64_t nb, float *out, int64_t os,
+			 const int NT)
+{
+	__m256 acc[8], accm[8];
+	_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
+		acc[t] = accm[t] = _mm256_setzero_ps();
+	for (int64_t i = 0; i < nb; i++, w++, x++) {
+		__m512i a[8];
+		_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
+			a[t] = _mm512_setzero_si512();
+		/* chunk pairs outer, inputs inner: NT independent chains */
+		_Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
+		{
+			__m512i u = _mm512_loadu_si512(w->u + 64 * k);
+			__m512i sc = pair_scales(w->s, 2 * k);
+			_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
+				a[t] = _mm512_dpwssd_epi32(
+					a[t],
+					_mm512_maddubs_epi16(
+						u, _mm512_loadu_si512(x[t * xs].q +
+								      64 * k)),
+					sc);
+		}
+		__m256i mv = ld(w->m);
+		_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
+			lane_block(&acc[t], &accm[t], w, &x[t * xs], fold8(a[t]),
+				   mv);
+	}
+	_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
+		out[t * os] = lane_tree(acc[t], accm[t]);
+}
+
+TGT5 static void dotn_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
+			     int64_t xs, int64_t nb, int nt, float *out,
+			     int64_t os)
+{
+	int t = 0;
+	for (; t + 8 <= nt; t += 8)
+		dotn5_n(w, x + t * xs, xs, nb, out + t * os, os, 8);
+	if (nt - t >= 4) {
+		dotn5_n(w, x + t * xs, xs, nb, out + t * os, os, 4);
+		t += 4;
+	}
+	switch (nt - t) {
+	case 3: dotn5_n(w, x + t * xs, xs, nb, out + t * os, os, 3); break;
+	case 2: dotn5_n(w, x + t * xs, xs, nb, out + t * os, os, 2); break;
+	case 1: dotn5_n(w, x + t * xs, xs, nb, out + t * os, os, 1); break;
+	default: break;
+	}
 }
 
 /* MS_FFN_NO_AVX512=1 in the environment hides these (the AVX2 forms then
@@ -615,6 +671,11 @@ ms_q8_dot_fn ms_q8_avx2_dotter(void)
 	return ms_ffn_avx2_cpu() ? dot_avx2 : NULL;
 }
 
+ms_q8_dotn_fn ms_q8_avx512_dotn(void)
+{
+	return avx512_cpu() ? dotn_avx512 : NULL;
+}
+
 #else /* not x86-64: the scalar forms only */
 
 ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
@@ -624,6 +685,11 @@ ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 }
 
 ms_q8_dot_fn ms_q8_avx2_dotter(void)
+{
+	return NULL;
+}
+
+ms_q8_dotn_fn ms_q8_avx512_dotn(void)
 {
 	return NULL;
 }

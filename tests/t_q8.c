@@ -256,6 +256,49 @@ static void fused_forms(uint32_t t, uint64_t *s)
 	free(w), free(x), free(xq), free(us);
 }
 
+/* The AVX-512 form for many inputs (a prompt's tokens against an unpacked
+ * row, eight or four at a time, then the rest): every input the bits the
+ * scalar dot gives it alone, for 1..13 inputs and a strided output. */
+static void many_forms(uint32_t t, uint64_t *s)
+{
+	const int64_t n = 1024, nb = n / 256, R = 8, N = 13, OS = 3;
+	ms_q8_dotn_fn dn = ms_q8_avx512_dotn();
+	if (!dn) {
+		printf("%-5s many inputs: AVX-512 not on this CPU\n", ms_type_name(t));
+		return;
+	}
+	uint64_t rs;
+	ms_type_row_size(t, n, &rs, NULL);
+	uint8_t *w = malloc(R * rs);
+	float *x = malloc(n * sizeof(float)), ref[13], o[13 * 3];
+	struct ms_q8_act *xq = aligned_alloc(32, N * nb * sizeof(*xq));
+	struct ms_q8_w *us = aligned_alloc(32, nb * sizeof(*us));
+	for (int k = 0; k < N; k++) {
+		fill_x(x, n, s, k == 5);
+		ms_q8_quantize(x, xq + k * nb, n);
+	}
+	tool_fill_blocks(w, R * rs, t, s);
+	int diff = 0, cases = 0;
+	for (int64_t r = 0; r < R; r++) {
+		ms_q8_unpacker(t, false)(w + r * rs, us, nb);
+		for (int k = 0; k < N; k++)
+			ref[k] = ms_q8_dotter(false)(us, xq + k * nb, nb);
+		for (int nt = 1; nt <= N; nt++, cases++) {
+			memset(o, 0xff, sizeof(o));
+			dn(us, xq, nb, nb, nt, o, OS);
+			for (int k = 0; k < nt; k++)
+				diff += memcmp(&o[k * OS], &ref[k], 4) != 0;
+		}
+	}
+	printf("%-5s many inputs (AVX-512): %d rows x 1..%d inputs, %d results "
+	       "differing from scalar unpack + dot\n", ms_type_name(t), (int)R,
+	       (int)N, diff);
+	T_CHECK(diff == 0 && cases == R * N,
+		"%s: the many-input form differs in %d results", ms_type_name(t),
+		diff);
+	free(w), free(x), free(xq), free(us);
+}
+
 /* h = silu(G x) * (U x) of T inputs (E -> F), as the FFN forms it, from
  * ms_matmul's products with `o`; uu is scratch (T x F). */
 static void swiglu_h(uint32_t t, const uint8_t *g, const uint8_t *u, int64_t E,
@@ -276,7 +319,7 @@ static void swiglu_h(uint32_t t, const uint8_t *g, const uint8_t *u, int64_t E,
  * FFN as its products, the error against f32. */
 static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 {
-	const int64_t E = 512, F = 768, T = 5;
+	const int64_t E = 512, F = 768, T = 10;
 	uint64_t rs_e, rs_f;
 	ms_type_row_size(t, E, &rs_e, NULL);
 	ms_type_row_size(t, F, &rs_f, NULL);
@@ -378,6 +421,7 @@ int main(void)
 		if (avx2)
 			products(types[i], &s, MS_FFN_PATH_AVX2);
 		fused_forms(types[i], &s);
+		many_forms(types[i], &s);
 	}
 	/* where the CPU has AVX-512, the AVX2 forms again, the AVX-512 ones
 	 * hidden (ms_q8_dotter and the fused forms then take AVX2) */
