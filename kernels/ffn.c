@@ -159,15 +159,26 @@ int ms_expert_view_bytes(const struct ms_expert_view *v, uint64_t bytes[3],
 
 typedef void (*task_fn)(void *ctx, int ith, int nth);
 
+/* A decode step runs a few hundred short jobs (every product, each expert's
+ * two halves), a few hundred microseconds apart: a worker that slept in
+ * the kernel between them took longer to wake than some jobs take. So a
+ * worker (and the caller waiting for the workers) first spins on the
+ * generation (the pending count) for about this many pause instructions,
+ * a fraction of a millisecond, and only then sleeps on the condition
+ * variable; a pool left idle costs no CPU. */
+#define POOL_SPIN 8192
+
 struct ms_ffn_pool {
 	int n; /* threads, the caller's included */
 	pthread_t *th;
 	int started; /* workers running */
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
-	uint64_t gen; /* bumped for every job */
-	int pending;  /* workers still in the current job */
-	bool stop;
+	_Atomic uint64_t gen;  /* bumped for every job */
+	_Atomic int pending;   /* workers still in the current job */
+	_Atomic int sleepers;  /* workers in (or entering) the go wait */
+	_Atomic bool waiting;  /* the caller in (or entering) the done wait */
+	_Atomic bool stop;
 	task_fn fn;
 	void *ctx;
 };
@@ -177,6 +188,20 @@ struct worker_arg {
 	int ith;
 };
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* Sleeping takes the mutex, counts itself in `sleepers` and checks the
+ * generation again before waiting; the caller bumps the generation and
+ * then takes the mutex to broadcast only when it sees a sleeper. Both
+ * orders are sequentially consistent, so one of the two sees the other's
+ * store: no wake-up is lost (the same for `pending` and `waiting`). */
 static void *pool_worker(void *arg)
 {
 	struct worker_arg *a = arg;
@@ -184,23 +209,27 @@ static void *pool_worker(void *arg)
 	int ith = a->ith;
 	free(a);
 	uint64_t seen = 0;
-	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (p->gen == seen && !p->stop)
-			pthread_cond_wait(&p->go, &p->mu);
+		for (int k = 0; k < POOL_SPIN && p->gen == seen && !p->stop; k++)
+			cpu_relax();
+		if (p->gen == seen && !p->stop) {
+			pthread_mutex_lock(&p->mu);
+			p->sleepers++;
+			while (p->gen == seen && !p->stop)
+				pthread_cond_wait(&p->go, &p->mu);
+			p->sleepers--;
+			pthread_mutex_unlock(&p->mu);
+		}
 		if (p->stop)
 			break;
 		seen = p->gen;
-		task_fn fn = p->fn;
-		void *ctx = p->ctx;
-		int n = p->n;
-		pthread_mutex_unlock(&p->mu);
-		fn(ctx, ith, n);
-		pthread_mutex_lock(&p->mu);
-		if (--p->pending == 0)
+		p->fn(p->ctx, ith, p->n);
+		if (--p->pending == 0 && p->waiting) {
+			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
+			pthread_mutex_unlock(&p->mu);
+		}
 	}
-	pthread_mutex_unlock(&p->mu);
 	return NULL;
 }
 
@@ -278,18 +307,26 @@ int ms_ffn_pool_threads(const struct ms_ffn_pool *p)
 
 static void pool_run(struct ms_ffn_pool *p, task_fn fn, void *ctx)
 {
-	pthread_mutex_lock(&p->mu);
 	p->fn = fn;
 	p->ctx = ctx;
 	p->pending = p->n - 1;
-	p->gen++;
-	pthread_cond_broadcast(&p->go);
-	pthread_mutex_unlock(&p->mu);
+	p->gen++; /* publishes fn and ctx (sequentially consistent) */
+	if (p->sleepers) {
+		pthread_mutex_lock(&p->mu);
+		pthread_cond_broadcast(&p->go);
+		pthread_mutex_unlock(&p->mu);
+	}
 	fn(ctx, 0, p->n);
-	pthread_mutex_lock(&p->mu);
-	while (p->pending)
-		pthread_cond_wait(&p->done, &p->mu);
-	pthread_mutex_unlock(&p->mu);
+	for (int k = 0; k < POOL_SPIN && p->pending; k++)
+		cpu_relax();
+	if (p->pending) {
+		pthread_mutex_lock(&p->mu);
+		p->waiting = true;
+		while (p->pending)
+			pthread_cond_wait(&p->done, &p->mu);
+		p->waiting = false;
+		pthread_mutex_unlock(&p->mu);
+	}
 }
 
 struct spawn_arg {

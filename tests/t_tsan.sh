@@ -37,7 +37,7 @@ set -u
 cd "$(dirname "$0")/.."
 O=${1:-build/tsan}
 
-tests="t_io_sched t_io_fallback t_io_staging t_cache t_cache_stress t_prefetch t_daemon_stress t_churn t_vanish t_daemon_frames t_daemon_faults"
+tests="t_io_sched t_io_fallback t_io_staging t_cache t_cache_stress t_prefetch t_daemon_stress t_churn t_vanish t_daemon_frames t_daemon_faults t_ffn_pool"
 [ -n "${MS_TSAN_ALL:-}" ] && tests="$tests t_io_faults t_io_integrity"
 bins= logs=
 for t in $tests; do bins="$bins $O/tests/$t"; logs="$logs $O/test-logs/$t.log"; done
