@@ -14,12 +14,16 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "engine_internal.h"
+#include "moestream/util.h"
+
+#define RESIDENT_ALIGN ((uint64_t)2 << 20) /* a huge page */
 
 static const struct ms_arch *const arches[] = {
 	&ms_arch_glm4moe,
@@ -265,12 +269,20 @@ int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
 		total += (t->size + 63) & ~(uint64_t)63;
 		x->rt->data = (const void *)1; /* found; the address comes below */
 	}
-	e->resident = aligned_alloc(64, total ? total : 64);
-	if (!e->resident) {
-		rc = ms_err_set(err, -ENOMEM, "out of memory for %" PRIu64 " bytes "
-				"of resident tensors", total);
+	/* Every resident byte is read once a token, streamed: on 2 MiB pages
+	 * (anonymous THP, asked as the embedded cache asks) a stream crosses
+	 * no 4 KiB page boundary, which the CPU's prefetchers stop at, and
+	 * takes 512 times fewer TLB misses (glm8's decode: 0 to 16% faster in
+	 * four paired runs against 4 KiB pages). */
+	e->resident_len = (total + RESIDENT_ALIGN) & ~(uint64_t)(RESIDENT_ALIGN - 1);
+	if ((rc = ms_mem_map_anon(e->resident_len, RESIDENT_ALIGN, &e->resident))) {
+		e->resident = NULL;
+		rc = ms_err_set(err, rc, "mapping %" PRIu64 " bytes for the resident "
+				"tensors: %s", total, strerror(-rc));
 		goto out;
 	}
+	if (ms_mem_thp_on(false))
+		madvise(e->resident, e->resident_len, MADV_HUGEPAGE);
 	for (size_t i = 0; i < n; i++) {
 		struct want *x = &w[i];
 		if (!x->rt->data)
@@ -305,6 +317,9 @@ int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
 	if (!e->output.data)
 		e->output = e->tok_embd;
 	e->info.resident_bytes = total;
+	e->info.resident_huge_bytes = ms_mem_huge_bytes(e->resident);
+	if (e->info.resident_huge_bytes > total) /* the last piece's tail */
+		e->info.resident_huge_bytes = total;
 out:
 	free(w);
 	return rc;
@@ -698,7 +713,8 @@ void ms_engine_close(struct ms_engine *e)
 	free(e->seq_room);
 	free(e->k_cache);
 	free(e->v_cache);
-	free(e->resident);
+	if (e->resident)
+		munmap(e->resident, e->resident_len);
 	free(e->blk);
 	ms_vocab_free(e->vocab);
 	ms_model_free(e->model);

@@ -86,7 +86,8 @@ struct ms_engine {
 
 	struct ms_rt tok_embd, out_norm, output;
 	struct ms_block *blk;
-	void *resident;              /* one allocation for every tensor */
+	void *resident;              /* one mapping for every tensor */
+	uint64_t resident_len;       /* its length (2 MiB pieces) */
 
 	/* KV cache: f16 (f32 with cfg.kv_f32), [seq][block][pos][n_head_kv *
 	 * head_dim], n_ctx positions per sequence and block */

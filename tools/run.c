@@ -290,9 +290,12 @@ int cmd_run(int argc, char **argv)
 	const struct ms_engine_info *info = ms_engine_info(e);
 	const struct ms_vocab *v = ms_engine_vocab(e);
 	char a[32], b[32], k[32];
-	fprintf(stderr, "moestream run: %s, %u blocks (%u MoE), resident %s, KV "
-		"%s for %u tokens\n", info->arch, info->n_block_run, info->n_moe_run,
+	fprintf(stderr, "moestream run: %s, %u blocks (%u MoE), resident %s (%.0f%% "
+		"on 2 MiB pages), KV %s for %u tokens\n", info->arch,
+		info->n_block_run, info->n_moe_run,
 		fmt_bytes(info->resident_bytes, a, sizeof(a)),
+		100.0 * (double)info->resident_huge_bytes /
+			(double)(info->resident_bytes ? info->resident_bytes : 1),
 		fmt_bytes(info->kv_bytes, b, sizeof(b)), info->n_ctx);
 	if (cfg.socket)
 		fprintf(stderr, "moestream run: experts from %s\n", info->cache_mode);

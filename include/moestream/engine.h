@@ -205,6 +205,7 @@ struct ms_engine_info {
 	char arch[64];
 	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch, n_seq;
 	uint64_t resident_bytes;   /* tensors loaded into the engine */
+	uint64_t resident_huge_bytes; /* of their memory, on 2 MiB pages */
 	uint64_t kv_bytes;
 	uint64_t cache_bytes;      /* the embedded cache (0 through a daemon) */
 	uint64_t expert_bytes;     /* routed experts of the layers run */
