@@ -23,8 +23,6 @@
 #include "engine_internal.h"
 #include "moestream/util.h"
 
-#define RESIDENT_ALIGN ((uint64_t)2 << 20) /* a huge page */
-
 static const struct ms_arch *const arches[] = {
 	&ms_arch_glm4moe,
 	&ms_arch_qwen3moe,
@@ -274,8 +272,9 @@ int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
 	 * no 4 KiB page boundary, which the CPU's prefetchers stop at, and
 	 * takes 512 times fewer TLB misses (glm8's decode: 0 to 16% faster in
 	 * four paired runs against 4 KiB pages). */
-	e->resident_len = (total + RESIDENT_ALIGN) & ~(uint64_t)(RESIDENT_ALIGN - 1);
-	if ((rc = ms_mem_map_anon(e->resident_len, RESIDENT_ALIGN, &e->resident))) {
+	e->resident_len = total ? (total + MS_HUGE_2M - 1) & ~(MS_HUGE_2M - 1)
+				: MS_HUGE_2M;
+	if ((rc = ms_mem_map_anon(e->resident_len, MS_HUGE_2M, &e->resident))) {
 		e->resident = NULL;
 		rc = ms_err_set(err, rc, "mapping %" PRIu64 " bytes for the resident "
 				"tensors: %s", total, strerror(-rc));

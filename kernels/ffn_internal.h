@@ -104,7 +104,8 @@ ms_q8_dot_fn ms_q8_avx2_dotter(void);
 /* An unpacked row against nt inputs, input t's blocks at x + t * xs, its
  * result at out[t * os]: each the same bits as the dot of that input alone.
  * AVX-512 BW + VNNI only (NULL without, or with MS_FFN_NO_AVX512=1): the
- * row's codes and scales are loaded once per four inputs. */
+ * row's codes and scales are loaded once per eight inputs (then four, then
+ * the rest). */
 typedef void (*ms_q8_dotn_fn)(const struct ms_q8_w *w,
 			      const struct ms_q8_act *x, int64_t xs, int64_t nb,
 			      int nt, float *out, int64_t os);

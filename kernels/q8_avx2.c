@@ -549,7 +549,7 @@ TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
 
 /* The unpacked row against nt inputs at once (prompts: many tokens per
  * row). Per block the row's codes and scales are loaded and spread once for
- * up to four inputs, not once per input; each input's lanes and float steps
+ * up to eight inputs, not once per input; each input's lanes and float steps
  * are dot_avx512's: the same bits (t_q8 compares them). */
 TGT5_INLINE void dotn5_n(const struct ms_q8_w *w, const struct ms_q8_act *x,
 			 int64_t xs, int64_t nb, float *out, int64_t os,
