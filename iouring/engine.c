@@ -964,10 +964,15 @@ void ms_io_free(struct ms_io *io)
 		free(r);
 	}
 	wake_all(io);
+	/* Every thread first: a ring or worker finishing a chunk writes to the
+	 * other rings' eventfds, so none is closed while any thread runs. */
+	for (unsigned i = 0; i < io->n_rings; i++)
+		if (io->rings[i].started)
+			pthread_join(io->rings[i].thread, NULL);
+	for (unsigned i = 0; i < io->n_workers; i++)
+		pthread_join(io->workers[i], NULL);
 	for (unsigned i = 0; i < io->n_rings; i++) {
 		struct ring *r = &io->rings[i];
-		if (r->started)
-			pthread_join(r->thread, NULL);
 		while (r->cancels) {
 			struct cancel_ask *a = r->cancels;
 			r->cancels = a->next;
@@ -978,8 +983,6 @@ void ms_io_free(struct ms_io *io)
 		if (r->efd >= 0)
 			close(r->efd);
 	}
-	for (unsigned i = 0; i < io->n_workers; i++)
-		pthread_join(io->workers[i], NULL);
 	for (unsigned i = 0; io->fds && i < io->n_files; i++)
 		if (io->fds[i] >= 0)
 			close(io->fds[i]);
