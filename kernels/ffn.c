@@ -549,8 +549,8 @@ static void q8_dots(const struct ffn_job *j, const struct ms_q8_w *w, int nr,
  * core, and at that pace this CPU's hardware prefetchers left the kernels
  * waiting on DRAM (Zen 4, one thread, 4 inputs, a 5120 x 12288 matrix:
  * q6_K 33 GMAC/s from DRAM against 47 from L3; q4_K 43 against 48). With
- * the prefetch, two threads, 4 inputs: q6_K 56-65 -> 89-92 GMAC/s, q4_K
- * 80-88 -> 96-100, q2_K and q3_K +6-8%. Into L1 (prefetcht0) it gained
+ * the prefetch, two threads, 4 inputs: q6_K 56-65 -> 87-92 GMAC/s, q4_K
+ * 74-88 -> 88-100, q2_K and q3_K +6-8% (a shared VM: wide ranges). Into L1 (prefetcht0) it gained
  * nothing; with one or two inputs (memory-bound) it cost up to 20%, so
  * those rows are left to the hardware. */
 #define Q8_PF_BYTES 4096
