@@ -777,6 +777,103 @@ extern "C" int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type,
 			y_dev, err);
 }
 
+/* Rows of f16 weights a prefill product dequantises at once: 64 MiB of
+ * workspace, whatever the matrix (an output head of 150k x 5120 would be
+ * 1.5 GB in one piece). */
+#define MM_CHUNK_BYTES (64u << 20)
+
+extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
+			     const void *w_dev, int64_t n_in, int64_t n_out,
+			     const float *x_dev, float *y_dev, int64_t n_tokens,
+			     struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (type == MS_TYPE_F32 || type == MS_TYPE_F16)
+		return ms_gpu_dense(c, type, w_dev, n_out, n_in, x_dev, y_dev,
+				    n_tokens, err);
+	uint64_t rs = 0;
+	if (n_in < 1 || n_out < 1 || n_tokens < 1 || n_in > INT_MAX ||
+	    n_out > INT_MAX || n_tokens > INT_MAX ||
+	    ms_type_row_size(type, n_in, &rs, NULL))
+		return ms_err_set(err, -EINVAL,
+				  "gpu matmul: %lld x %lld %s weights, %lld "
+				  "tokens",
+				  (long long)n_out, (long long)n_in,
+				  ms_type_name(type), (long long)n_tokens);
+	if (!w_dev || !x_dev || !y_dev)
+		return ms_err_set(err, -EINVAL, "gpu matmul: NULL pointer");
+	if (!ms_gpu_dequant_supported(type))
+		return ms_err_set(err, -ENOTSUP,
+				  "gpu matmul: no GPU kernel for %s weights",
+				  ms_type_name(type));
+	cudaError_t ce;
+	if (n_tokens <= MSG_MV_MAX_TOKENS && msg_matvec_type(type) &&
+	    n_in % 32 == 0 &&
+	    (uintptr_t)w_dev % (uintptr_t)msg_matvec_align(type) == 0) {
+		/* decode: the fused matvec, one "expert" */
+		const size_t xb = MSG_XBLK_BYTES;
+		if ((rc = ws_reserve(c, (size_t)n_tokens * (size_t)(n_in / 32) * xb,
+				     err)))
+			return rc;
+		const void *wa[1] = { w_dev };
+		struct msg_mv_call mv;
+		memset(&mv, 0, sizeof(mv));
+		mv.type = type;
+		mv.n_e = 1;
+		mv.wa = wa;
+		mv.xq = c->ws;
+		mv.out = y_dev;
+		mv.out_stride = n_tokens * n_out;
+		mv.n_rows = (int)n_out;
+		mv.n_in = (int)n_in;
+		mv.rs = (int64_t)rs;
+		mv.B = (int)n_tokens;
+		mv.sms = c->sms;
+		if ((ce = msg_prep_launch(x_dev, nullptr, 0, c->ws, (int)n_in,
+					  (int)n_tokens, 1, c->stream)) !=
+		    cudaSuccess)
+			return cuda_fail(err, ce, "preparing x");
+		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
+			return cuda_fail(err, ce, "the matvec");
+		return 0;
+	}
+	/* prefill: x to f16 once, then the rows in chunks dequantised to f16
+	 * and one GEMM each into their columns of y */
+	if ((rc = ctx_blas(c, err)))
+		return rc;
+	int64_t rows = (int64_t)(MM_CHUNK_BYTES / 2) / n_in;
+	rows = rows < 1 ? 1 : rows > n_out ? n_out : rows;
+	carve cv = { 0 };
+	const size_t o_x = cv.take((size_t)n_tokens * (size_t)n_in * 2);
+	const size_t o_w = cv.take((size_t)rows * (size_t)n_in * 2);
+	if ((rc = ws_reserve(c, cv.off, err)))
+		return rc;
+	uint8_t *ws = (uint8_t *)c->ws;
+	CUDA_TRY(msg_f32_to_f16_launch(x_dev, ws + o_x, n_tokens * n_in,
+				       c->stream),
+		 "rounding x to f16");
+	const float one = 1.0f, zero = 0.0f;
+	for (int64_t r0 = 0; r0 < n_out; r0 += rows) {
+		int64_t m = n_out - r0 < rows ? n_out - r0 : rows;
+		CUDA_TRY(msg_dequant_launch(type, (const uint8_t *)w_dev +
+							  (uint64_t)r0 * rs,
+					    ws + o_w, m * n_in, true, c->stream),
+			 "dequantising weights");
+		/* y[b][r0 + i] (column-major m x n_tokens, ldc n_out) */
+		cublasStatus_t s = cublasGemmEx(
+			c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)n_tokens,
+			(int)n_in, &one, ws + o_w, CUDA_R_16F, (int)n_in,
+			ws + o_x, CUDA_R_16F, (int)n_in, &zero, y_dev + r0,
+			CUDA_R_32F, (int)n_out, CUBLAS_COMPUTE_32F,
+			CUBLAS_GEMM_DEFAULT);
+		if (s != CUBLAS_STATUS_SUCCESS)
+			return blas_fail(err, s, "cublasGemmEx");
+	}
+	return 0;
+}
+
 extern "C" int ms_gpu_expert_ffn_host(const struct ms_expert_view *v,
 				      const float *x, float *y,
 				      int64_t n_tokens,

@@ -365,6 +365,18 @@ int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type, const void *w_dev,
 		 int64_t rows, int64_t cols, const float *x_dev, float *y_dev,
 		 int64_t n_tokens, struct ms_err *err);
 
+/* A hot-layer product from the quantised bytes: y[b][r] = W[r] . x[b] for
+ * n_tokens inputs x [n_tokens][n_in], W n_out rows of n_in elements of
+ * `type` as in the file (row-major), y [n_tokens][n_out]. Up to 8 tokens
+ * and a type with a fused matvec (and W aligned as it needs): the fused
+ * matvec, f32 sums of exact integer partial sums (~1e-7 relative); F32 and
+ * F16: ms_gpu_dense; otherwise rows dequantised to f16 in 64 MiB chunks
+ * and cublasGemmEx with f32 accumulation (f16 operands, ~4e-4 relative).
+ * 0, -EINVAL, -ENOTSUP (no GPU dequantiser for the type), -ENOMEM, -EIO. */
+int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type, const void *w_dev,
+		  int64_t n_in, int64_t n_out, const float *x_dev, float *y_dev,
+		  int64_t n_tokens, struct ms_err *err);
+
 /* For tools and tests: copies the expert `v` (host memory, as
  * ms_expert_ffn takes it) and x [n_tokens][n_embd] to device `device`,
  * runs ms_gpu_expert_ffn and copies y back. Synchronous; everything it
@@ -395,6 +407,81 @@ int ms_gpu_ctx_elapsed(struct ms_gpu_ctx *c, double *ms, struct ms_err *err);
 int ms_gpu_copy_bandwidth(struct ms_gpu_ctx *c, uint64_t bytes, int reps,
 			  double *best_gbps, double *median_gbps,
 			  struct ms_err *err);
+
+/* The small operations of a forward pass on the device (kernels/gpu_ops.cu),
+ * each with the arithmetic of the C forward pass (engine/forward.c). Every
+ * pointer is device memory; each call is asynchronous on the context's
+ * stream. 0, or -EINVAL (a size below 1 or too large, a NULL pointer, a bad
+ * parameter: the message names it), -EIO (the launch failed: the runtime's
+ * message). */
+
+/* y[t] = x[t] * (1 / sqrtf((float)(sum_i (double)x[t][i]^2 / n) + eps)) * w
+ * for T rows of n floats; per element (x[i] * scale) * w[i] in f32. y may
+ * equal x. */
+int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x, const float *w,
+		    float *y, int64_t n, int64_t T, float eps,
+		    struct ms_err *err);
+
+/* x[i] += a[i] for i < n. */
+int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a, int64_t n,
+	       struct ms_err *err);
+
+/* x[t][i] += b[i] for T rows of n. */
+int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
+		    int64_t n, int64_t T, struct ms_err *err);
+
+/* For T tokens of n_head heads of head_dim floats (x[t][h][d]), in place:
+ * when norm_w is not NULL, first an RMS norm of each head with weight
+ * norm_w[head_dim] and eps (ms_gpu_rms_norm's arithmetic), then NEOX RoPE
+ * of the first n_rot dims (even, 0..head_dim) at position pos[t] (int32):
+ * for i < n_rot/2, theta = (double)pos * (double)freq_scale *
+ * pow((double)base, -2.0 * i / n_rot), c = cos(theta), s = sin(theta),
+ * a = x[i], b = x[i + n_rot/2] in double; x[i] = (float)(a*c - b*s),
+ * x[i + n_rot/2] = (float)(a*s + b*c). */
+int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x, const int32_t *pos,
+		     const float *norm_w, float eps, int64_t n_head,
+		     int64_t head_dim, int64_t n_rot, int64_t T, float base,
+		     float freq_scale, struct ms_err *err);
+
+/* Stores T rows of n floats (src[t][n]) into a KV cache at element offsets
+ * at[t] (int64): with f16, cache holds IEEE halves rounded to nearest even
+ * (the bits of ms_f32_f16), else floats. cache aligned to its element. */
+int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src, void *cache,
+		    const int64_t *at, int64_t n, int64_t T, bool f16,
+		    struct ms_err *err);
+
+/* Attention of T query tokens, n_head heads of size D (1..256), grouped:
+ * head h reads kv head h / (n_head / n_head_kv) (n_head % n_head_kv == 0).
+ * Token t's K row for position p < n_pos[t] (int32, >= 1) starts at
+ * k_cache + base[t] (int64) + p * stride + kvh * D elements (stride >=
+ * n_head_kv * D; f16 elements when f16, else f32; v_cache the same). Per
+ * (t, h): s[p] = (q . k_p in f32) * scale, e[p] = expf(s[p] - max s), the
+ * sum of e in double, out[t][h] = sum_p (e[p] / sum) v_p in f32. An online
+ * softmax over tiles of positions (any n_pos): ~1e-6 relative from
+ * that loop. q and out are [T][n_head][D]. */
+int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
+		     const void *k_cache, const void *v_cache, bool f16,
+		     const int64_t *base, const int32_t *n_pos, int64_t stride,
+		     int64_t n_head, int64_t n_head_kv, int64_t D, float scale,
+		     int64_t T, float *out, struct ms_err *err);
+
+/* The MoE output of T tokens of E floats, K experts each: m[i] = sum_{j<K}
+ * w[t*K + j] * y[(t*K + j) * E + i] (f32, j in order), then x[t*E + i] +=
+ * sh ? m[i] + sh[t*E + i] : m[i] (sh, the shared expert's output, may be
+ * NULL). */
+int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x, const float *y,
+		       const float *w, const float *sh, int64_t E, int64_t T,
+		       int64_t K, struct ms_err *err);
+
+/* dst[i][.] = src[rows[i]][.] for n rows of E floats (rows int32). */
+int ms_gpu_gather_rows(struct ms_gpu_ctx *c, const float *src,
+		       const int32_t *rows, int64_t n, int64_t E, float *dst,
+		       struct ms_err *err);
+
+/* dst[rows[i]][.] = src[i][.] for n rows of E floats (rows int32). */
+int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
+			const int32_t *rows, int64_t n, int64_t E, float *dst,
+			struct ms_err *err);
 
 /* ------------------------------- end of GPU ------------------------------ */
 

@@ -1,0 +1,629 @@
+/*
+ * gpu_ops.cu - the small kernels of a forward pass on the GPU: RMS norm,
+ * residual adds and biases, per-head norm + NEOX RoPE, the KV-cache store,
+ * attention over the cache, the MoE combine, and row gather/scatter.
+ *
+ * Each one keeps the arithmetic of the C forward pass (engine/forward.c) so
+ * that a GPU pass can be held to the CPU's result:
+ *
+ *  - norms: the mean of squares in double, one f32 scale, then
+ *    (x * scale) * w in f32. The double sum is reduced in a fixed order
+ *    (per thread, then a warp butterfly, then the warps in order), so a
+ *    result is the same on every run; its order differs from the C loop's
+ *    only in the last bits of a double.
+ *  - element-wise products and sums that the C code rounds one by one are
+ *    written with __fmul_rn / __fadd_rn: nvcc never fuses those into an
+ *    FMA, so combine, add and bias are bit-identical to the C loops.
+ *  - RoPE in double, as the C code; only pow/cos/sin (CUDA's, within an
+ *    ulp or two of glibc's) and a possible double FMA differ, below the
+ *    final f32 rounding almost always.
+ *  - the KV store rounds to f16 with msq::f32_f16 (gpu_quant.cuh), the same
+ *    bits as ms_f32_f16.
+ *  - attention: one block per (token, head), positions in tiles of 256
+ *    whose scores live in shared memory, an online softmax across tiles
+ *    (running max, the running sum in double, the V accumulator rescaled
+ *    when the max grows), so n_pos is limited by nothing but time. The
+ *    exponentials are taken against the running max rather than the final
+ *    one, and V is summed before the 1/sum rather than after: ~1e-7
+ *    relative from the C loop, which the test bounds at 1e-5.
+ *
+ * Simple first: one block per row or per (token, head), grid-stride loops
+ * beyond 65535 blocks. Attention for a single decode token uses n_head
+ * blocks only; splitting the positions across blocks (flash-decoding) is
+ * the next step when that matters.
+ *
+ * The launches keep the plain triple-chevron form with a stream, shared
+ * memory is dynamic (`extern __shared__`, sized at the launch) and the
+ * kernels use only what tests/cuda-emu emulates.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#include "gpu_internal.cuh"
+#include "gpu_quant.cuh"
+
+/* Largest element count of one call (rows x columns): offsets stay far from
+ * int64 overflow. */
+#define OPS_MAX_ELEMS ((int64_t)1 << 40)
+
+/* Largest head size attention takes (one thread per dimension). */
+#define ATT_MAX_D 256
+
+/* Positions per attention tile (scores in shared memory). */
+#define ATT_TILE 256
+
+/* Dynamic shared memory: a norm's 32 doubles; attention's q, scores,
+ * partial sums (floats), then 32 floats and 32 doubles for reductions. */
+#define NORM_SMEM (32 * sizeof(double))
+#define ATT_SMEM ((2 * ATT_MAX_D + ATT_TILE + 32) * sizeof(float) + \
+		  32 * sizeof(double))
+
+namespace {
+
+/* ---- device helpers ---------------------------------------------------- */
+
+/* The sum of v over the block (blockDim.x a multiple of 32, at most 1024),
+ * the same value in every thread; sh holds 32 doubles. Safe to call again
+ * at once with the same sh. */
+__device__ double block_sum_d(double v, double *sh)
+{
+	for (int o = 16; o; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	const int lane = (int)(threadIdx.x & 31), w = (int)(threadIdx.x >> 5);
+	const int nw = (int)(blockDim.x >> 5);
+	__syncthreads(); /* sh's last readers are done */
+	if (lane == 0)
+		sh[w] = v;
+	__syncthreads();
+	double s = 0;
+	for (int i = 0; i < nw; i++)
+		s += sh[i];
+	return s;
+}
+
+/* The max of v over the block, as block_sum_d. */
+__device__ float block_max_f(float v, float *sh)
+{
+	for (int o = 16; o; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	const int lane = (int)(threadIdx.x & 31), w = (int)(threadIdx.x >> 5);
+	const int nw = (int)(blockDim.x >> 5);
+	__syncthreads();
+	if (lane == 0)
+		sh[w] = v;
+	__syncthreads();
+	float m = sh[0];
+	for (int i = 1; i < nw; i++)
+		m = fmaxf(m, sh[i]);
+	return m;
+}
+
+/* 1 / sqrtf(mean of squares + eps) of x[0..n), as forward.c's rms_norm,
+ * every thread of the block taking part. */
+__device__ float rms_scale(const float *x, int64_t n, float eps, double *sh)
+{
+	double s = 0;
+	for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+		const double v = x[i];
+		s += v * v; /* exact in double: an FMA changes nothing */
+	}
+	s = block_sum_d(s, sh);
+	return 1.0f / sqrtf((float)(s / (double)n) + eps);
+}
+
+/* ---- kernels ------------------------------------------------------------- */
+
+/* One block per row. x and y may be the same: every element is read for
+ * the sum before the barriers in block_sum_d, then read and written by the
+ * one thread that owns it. */
+__global__ void __launch_bounds__(256)
+rms_norm_kernel(const float *x, const float *__restrict__ w, float *y,
+		int64_t n, int64_t T, float eps)
+{
+	extern __shared__ __align__(16) double norm_sm[];
+	double *sh = norm_sm;
+	for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+		const float *xr = x + t * n;
+		float *yr = y + t * n;
+		const float scale = rms_scale(xr, n, eps, sh);
+		for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+			yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+	}
+}
+
+__global__ void __launch_bounds__(256)
+add_kernel(float *__restrict__ x, const float *__restrict__ a, int64_t n)
+{
+	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+	     i += stride)
+		x[i] = __fadd_rn(x[i], a[i]);
+}
+
+__global__ void __launch_bounds__(256)
+add_bias_kernel(float *__restrict__ x, const float *__restrict__ b,
+		int64_t n, int64_t total)
+{
+	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < total; i += stride)
+		x[i] = __fadd_rn(x[i], b[i % n]);
+}
+
+/* One block per (token, head) row of hd floats: the optional RMS norm,
+ * then the NEOX rotation of pairs (i, i + n_rot/2). After the norm's
+ * barriers each element belongs to one thread: i < half rotates i and
+ * i + half, i >= n_rot is only normalised. */
+__global__ void __launch_bounds__(128)
+rope_neox_kernel(float *x, const int32_t *__restrict__ pos,
+		 const float *__restrict__ nw, float eps, int64_t n_head,
+		 int64_t hd, int64_t n_rot, int64_t rows, float base,
+		 float freq_scale)
+{
+	extern __shared__ __align__(16) double rope_sm[];
+	double *sh = rope_sm;
+	const int64_t half = n_rot / 2;
+	for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+		float *v = x + r * hd;
+		const double p = (double)pos[r / n_head];
+		float scale = 1.0f;
+		if (nw)
+			scale = rms_scale(v, hd, eps, sh);
+		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
+			if (i >= n_rot) {
+				if (nw)
+					v[i] = __fmul_rn(__fmul_rn(v[i], scale),
+							 nw[i]);
+				continue;
+			}
+			if (i >= half)
+				continue;
+			float fa = v[i], fb = v[i + half];
+			if (nw) {
+				fa = __fmul_rn(__fmul_rn(fa, scale), nw[i]);
+				fb = __fmul_rn(__fmul_rn(fb, scale), nw[i + half]);
+			}
+			const double theta =
+				p * (double)freq_scale *
+				pow((double)base,
+				    -2.0 * (double)i / (double)n_rot);
+			const double c = cos(theta), s = sin(theta);
+			const double a = fa, b = fb;
+			v[i] = (float)(a * c - b * s);
+			v[i + half] = (float)(a * s + b * c);
+		}
+	}
+}
+
+__global__ void __launch_bounds__(256)
+kv_store_kernel(const float *__restrict__ src, void *cache,
+		const int64_t *__restrict__ at, int64_t n, int64_t total,
+		bool f16)
+{
+	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < total; i += stride) {
+		const int64_t t = i / n, o = at[t] + i % n;
+		if (f16)
+			((uint16_t *)cache)[o] = msq::f32_f16(src[i]);
+		else
+			((float *)cache)[o] = src[i];
+	}
+}
+
+/* One block of 256 threads per (token, head) pair r = t * n_head + h.
+ *
+ * A tile: warp w scores positions w, w + 8, ... (its lanes across D, then
+ * a butterfly), into sc[]; the tile's max joins the running max m; sc[j]
+ * becomes expf(s - m), its sum (double) joins the running sum, both the
+ * sum and the V accumulators scaled by expf(m_old - m) first. For V, the
+ * threads form nG = 256 / D groups of D (thread d of group g takes
+ * dimension d of the tile's positions g, g + nG, ...); the groups' sums
+ * are added at the end. */
+__global__ void __launch_bounds__(256)
+attention_kernel(const float *q, const void *kc, const void *vc, bool f16,
+		 const int64_t *__restrict__ base,
+		 const int32_t *__restrict__ n_pos, int64_t stride,
+		 int64_t n_head, int64_t group, int D, float scale, int64_t T,
+		 float *out)
+{
+	extern __shared__ __align__(16) double att_sm[];
+	double *dsh = att_sm; /* [32] */
+	float *qs = (float *)(att_sm + 32); /* [ATT_MAX_D] */
+	float *sc = qs + ATT_MAX_D;         /* [ATT_TILE] */
+	float *part = sc + ATT_TILE;        /* [ATT_MAX_D] */
+	float *fsh = part + ATT_MAX_D;      /* [32] */
+	const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int nwarp = (int)(blockDim.x >> 5), nthr = (int)blockDim.x;
+	const int nG = nthr / D, g = tid / D, d = tid % D;
+	const uint16_t *k16 = (const uint16_t *)kc, *v16 = (const uint16_t *)vc;
+	const float *k32 = (const float *)kc, *v32 = (const float *)vc;
+
+	for (int64_t r = blockIdx.x; r < T * n_head; r += gridDim.x) {
+		const int64_t t = r / n_head, kvh = (r % n_head) / group;
+		const int64_t np = n_pos[t], off = base[t] + kvh * D;
+		__syncthreads(); /* the last pair is done with qs and part */
+		for (int i = tid; i < D; i += nthr)
+			qs[i] = q[r * D + i];
+		__syncthreads();
+		float m = -INFINITY, acc = 0.0f;
+		double sum = 0;
+		for (int64_t p0 = 0; p0 < np; p0 += ATT_TILE) {
+			const int nt = (int)(np - p0 < ATT_TILE ? np - p0 : ATT_TILE);
+			for (int j = warp; j < nt; j += nwarp) {
+				const int64_t row = off + (p0 + j) * stride;
+				float s = 0.0f;
+				if (f16)
+					for (int e = lane; e < D; e += 32)
+						s += qs[e] * msq::f16_f32(k16[row + e]);
+				else
+					for (int e = lane; e < D; e += 32)
+						s += qs[e] * k32[row + e];
+				for (int o = 16; o; o >>= 1)
+					s += __shfl_xor_sync(0xffffffffu, s, o);
+				if (lane == 0)
+					sc[j] = s * scale;
+			}
+			__syncthreads();
+			float mx = -INFINITY;
+			for (int j = tid; j < nt; j += nthr)
+				mx = fmaxf(mx, sc[j]);
+			const float m_new = fmaxf(m, block_max_f(mx, fsh));
+			const float f = expf(m - m_new); /* 0 on the first tile */
+			/* every thread has read sc[] for the max (barriers in
+			 * block_max_f): each now rewrites its own entries */
+			double ts = 0;
+			for (int j = tid; j < nt; j += nthr) {
+				const float e = expf(sc[j] - m_new);
+				sc[j] = e;
+				ts += e;
+			}
+			ts = block_sum_d(ts, dsh); /* its barriers publish sc[] */
+			sum = sum * (double)f + ts;
+			m = m_new;
+			acc *= f;
+			if (g < nG)
+				for (int j = g; j < nt; j += nG) {
+					const int64_t row = off + (p0 + j) * stride + d;
+					const float v = f16 ? msq::f16_f32(v16[row])
+							    : v32[row];
+					acc += sc[j] * v;
+				}
+			__syncthreads(); /* before the next tile's scores */
+		}
+		if (g < nG)
+			part[tid] = acc; /* g * D + d */
+		__syncthreads();
+		if (tid < D) {
+			float o = 0.0f;
+			if (np >= 1) {
+				for (int k = 0; k < nG; k++)
+					o += part[k * D + tid];
+				o *= (float)(1.0 / sum);
+			}
+			out[r * D + tid] = o;
+		}
+	}
+}
+
+__global__ void __launch_bounds__(256)
+moe_combine_kernel(float *__restrict__ x, const float *__restrict__ y,
+		   const float *__restrict__ w, const float *__restrict__ sh,
+		   int64_t E, int64_t K, int64_t total)
+{
+	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < total; i += stride) {
+		const int64_t t = i / E, e = i % E;
+		float m = 0.0f;
+		for (int64_t j = 0; j < K; j++)
+			m = __fadd_rn(m, __fmul_rn(w[t * K + j],
+						   y[(t * K + j) * E + e]));
+		if (sh)
+			m = __fadd_rn(m, sh[i]);
+		x[i] = __fadd_rn(x[i], m);
+	}
+}
+
+/* scatter = false: dst[i] = src[rows[i]]; true: dst[rows[i]] = src[i]. */
+__global__ void __launch_bounds__(256)
+rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ rows,
+	    int64_t E, int64_t total, float *__restrict__ dst, bool scatter)
+{
+	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < total; i += stride) {
+		const int64_t r = i / E, e = i % E, o = (int64_t)rows[r] * E + e;
+		if (scatter)
+			dst[o] = src[i];
+		else
+			dst[i] = src[o];
+	}
+}
+
+/* ---- host side ------------------------------------------------------------ */
+
+/* Blocks for `work` items of `per` each, within 1..65535 (the kernels loop
+ * over the rest). */
+unsigned blocks_for(int64_t work, int64_t per)
+{
+	const int64_t b = (work + per - 1) / per;
+	return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
+}
+
+/* a >= 1, b >= 1 and a * b <= OPS_MAX_ELEMS. */
+bool dims_ok(int64_t a, int64_t b)
+{
+	return a >= 1 && b >= 1 && a <= OPS_MAX_ELEMS / b;
+}
+
+/* The context's device made current, its stream in *st. */
+int ops_enter(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
+	      struct ms_err *err)
+{
+	if (!c)
+		return ms_err_set(err, -EINVAL, "%s: NULL context", who);
+	cudaError_t ce = cudaSetDevice(ms_gpu_ctx_device(c));
+	if (ce != cudaSuccess)
+		return msg_cuda_fail(err, who, ce, "cudaSetDevice");
+	*st = (cudaStream_t)ms_gpu_ctx_stream(c);
+	return 0;
+}
+
+/* 0 when the launch just made went in, else -EIO etc. and the runtime's
+ * message. */
+int launched(const char *who, struct ms_err *err)
+{
+	cudaError_t ce = cudaGetLastError();
+	return ce == cudaSuccess ? 0 : msg_cuda_fail(err, who, ce, "launch");
+}
+
+int null_arg(const char *who, const char *name, struct ms_err *err)
+{
+	return ms_err_set(err, -EINVAL, "%s: %s is NULL", who, name);
+}
+
+} /* namespace */
+
+extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
+			       const float *w, float *y, int64_t n, int64_t T,
+			       float eps, struct ms_err *err)
+{
+	static const char who[] = "gpu rms_norm";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n, T))
+		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
+				  (long long)T, (long long)n);
+	if (!(eps >= 0.0f) || isinf(eps))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	if (!x)
+		return null_arg(who, "x", err);
+	if (!w)
+		return null_arg(who, "w", err);
+	if (!y)
+		return null_arg(who, "y", err);
+	rms_norm_kernel<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
+			  int64_t n, struct ms_err *err)
+{
+	static const char who[] = "gpu add";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n, 1))
+		return ms_err_set(err, -EINVAL, "%s: n %lld", who, (long long)n);
+	if (!x)
+		return null_arg(who, "x", err);
+	if (!a)
+		return null_arg(who, "a", err);
+	add_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, a, n);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
+			       int64_t n, int64_t T, struct ms_err *err)
+{
+	static const char who[] = "gpu add_bias";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n, T))
+		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
+				  (long long)T, (long long)n);
+	if (!x)
+		return null_arg(who, "x", err);
+	if (!b)
+		return null_arg(who, "b", err);
+	add_bias_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(x, b, n, n * T);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
+				const int32_t *pos, const float *norm_w,
+				float eps, int64_t n_head, int64_t head_dim,
+				int64_t n_rot, int64_t T, float base,
+				float freq_scale, struct ms_err *err)
+{
+	static const char who[] = "gpu rope_neox";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n_head, T) || !dims_ok(n_head * T, head_dim))
+		return ms_err_set(err, -EINVAL,
+				  "%s: %lld tokens of %lld heads of %lld", who,
+				  (long long)T, (long long)n_head,
+				  (long long)head_dim);
+	if (n_rot < 0 || n_rot % 2 || n_rot > head_dim)
+		return ms_err_set(err, -EINVAL,
+				  "%s: n_rot %lld: expected an even number "
+				  "0..head_dim (%lld)",
+				  who, (long long)n_rot, (long long)head_dim);
+	if (!(base > 0.0f) || isinf(base) || !isfinite(freq_scale))
+		return ms_err_set(err, -EINVAL, "%s: base %g, freq_scale %g",
+				  who, (double)base, (double)freq_scale);
+	if (norm_w && (!(eps >= 0.0f) || isinf(eps)))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	if (!x)
+		return null_arg(who, "x", err);
+	if (!pos)
+		return null_arg(who, "pos", err);
+	const int64_t rows = n_head * T;
+	rope_neox_kernel<<<blocks_for(rows, 1), 128, NORM_SMEM, st>>>(
+		x, pos, norm_w, eps, n_head, head_dim, n_rot, rows, base,
+		freq_scale);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
+			       void *cache, const int64_t *at, int64_t n,
+			       int64_t T, bool f16, struct ms_err *err)
+{
+	static const char who[] = "gpu kv_store";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n, T))
+		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
+				  (long long)T, (long long)n);
+	if (!src)
+		return null_arg(who, "src", err);
+	if (!cache)
+		return null_arg(who, "cache", err);
+	if (!at)
+		return null_arg(who, "at", err);
+	if ((uintptr_t)cache % (f16 ? 2u : 4u))
+		return ms_err_set(err, -EINVAL,
+				  "%s: cache %p is not aligned to its %s "
+				  "elements",
+				  who, cache, f16 ? "f16" : "f32");
+	kv_store_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(src, cache, at,
+								 n, n * T, f16);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
+				const void *k_cache, const void *v_cache,
+				bool f16, const int64_t *base,
+				const int32_t *n_pos, int64_t stride,
+				int64_t n_head, int64_t n_head_kv, int64_t D,
+				float scale, int64_t T, float *out,
+				struct ms_err *err)
+{
+	static const char who[] = "gpu attention";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (D < 1 || D > ATT_MAX_D)
+		return ms_err_set(err, -EINVAL, "%s: head size %lld: expected "
+				  "1..%d", who, (long long)D, ATT_MAX_D);
+	if (!dims_ok(n_head, T) || !dims_ok(n_head * T, D))
+		return ms_err_set(err, -EINVAL, "%s: %lld tokens of %lld heads",
+				  who, (long long)T, (long long)n_head);
+	if (n_head_kv < 1 || n_head % n_head_kv)
+		return ms_err_set(err, -EINVAL,
+				  "%s: n_head_kv %lld does not divide n_head "
+				  "%lld",
+				  who, (long long)n_head_kv, (long long)n_head);
+	if (stride < n_head_kv * D || stride > OPS_MAX_ELEMS)
+		return ms_err_set(err, -EINVAL,
+				  "%s: stride %lld: expected at least "
+				  "n_head_kv * D = %lld",
+				  who, (long long)stride,
+				  (long long)(n_head_kv * D));
+	if (!isfinite(scale))
+		return ms_err_set(err, -EINVAL, "%s: scale %g", who,
+				  (double)scale);
+	if (!q)
+		return null_arg(who, "q", err);
+	if (!k_cache)
+		return null_arg(who, "k_cache", err);
+	if (!v_cache)
+		return null_arg(who, "v_cache", err);
+	if (!base)
+		return null_arg(who, "base", err);
+	if (!n_pos)
+		return null_arg(who, "n_pos", err);
+	if (!out)
+		return null_arg(who, "out", err);
+	attention_kernel<<<blocks_for(T * n_head, 1), 256, ATT_SMEM, st>>>(
+		q, k_cache, v_cache, f16, base, n_pos, stride, n_head,
+		n_head / n_head_kv, (int)D, scale, T, out);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
+				  const float *y, const float *w,
+				  const float *sh, int64_t E, int64_t T,
+				  int64_t K, struct ms_err *err)
+{
+	static const char who[] = "gpu moe_combine";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(E, T) || !dims_ok(E * T, K))
+		return ms_err_set(err, -EINVAL,
+				  "%s: %lld tokens of %lld, %lld experts each",
+				  who, (long long)T, (long long)E, (long long)K);
+	if (!x)
+		return null_arg(who, "x", err);
+	if (!y)
+		return null_arg(who, "y", err);
+	if (!w)
+		return null_arg(who, "w", err);
+	moe_combine_kernel<<<blocks_for(E * T, 256), 256, 0, st>>>(x, y, w, sh,
+								    E, K,
+								    E * T);
+	return launched(who, err);
+}
+
+/* The checks and launch of gather and scatter. */
+static int rows_call(struct ms_gpu_ctx *c, const char *who, const float *src,
+		     const int32_t *rows, int64_t n, int64_t E, float *dst,
+		     bool scatter, struct ms_err *err)
+{
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(n, E))
+		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
+				  (long long)n, (long long)E);
+	if (!src)
+		return null_arg(who, "src", err);
+	if (!rows)
+		return null_arg(who, "rows", err);
+	if (!dst)
+		return null_arg(who, "dst", err);
+	rows_kernel<<<blocks_for(n * E, 256), 256, 0, st>>>(src, rows, E, n * E,
+							     dst, scatter);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_gather_rows(struct ms_gpu_ctx *c, const float *src,
+				  const int32_t *rows, int64_t n, int64_t E,
+				  float *dst, struct ms_err *err)
+{
+	return rows_call(c, "gpu gather_rows", src, rows, n, E, dst, false, err);
+}
+
+extern "C" int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
+				   const int32_t *rows, int64_t n, int64_t E,
+				   float *dst, struct ms_err *err)
+{
+	return rows_call(c, "gpu scatter_rows", src, rows, n, E, dst, true, err);
+}

@@ -1,0 +1,815 @@
+/*
+ * t_gpu_ops - the forward-pass kernels of kernels/gpu_ops.cu against plain C
+ * references written here (the arithmetic of engine/forward.c):
+ *
+ *  - RMS norm (also in place), add, add_bias, the MoE combine (with and
+ *    without a shared expert): relative L2 <= 1e-6 (they are bit-identical
+ *    by design, the norm up to the order of a double sum);
+ *  - per-head RMS norm + NEOX RoPE: head_dim 64, 96 and 128, n_rot equal
+ *    to and below head_dim (and 0: the norm alone), with and without the
+ *    norm, positions up to 131071: <= 1e-6;
+ *  - the KV store, f32 and f16 (specials included: infinities, NaN,
+ *    overflow, subnormals, ties): exactly the bits ms_f32_f16 gives, and
+ *    nothing else in the cache touched;
+ *  - attention, f32 and f16 caches, grouped heads (8 over 2), head sizes
+ *    64, 80, 96, 128 and 256, n_pos from 1 to 700 (several tiles), a
+ *    stride wider than the row: <= 1e-5;
+ *  - row gather and scatter: exact, untouched rows kept;
+ *  - the argument checks (sizes below 1, NULL pointers, bad parameters).
+ *
+ * Where there is no GPU it exits 77 with the reason; in a build without
+ * CUDA it first checks that every entry point here answers -ENOTSUP "built
+ * without CUDA", then exits 77. Fresh seed every run (MS_SEED=... replays
+ * one).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moestream/kernels.h"
+#include "moestream/model.h"
+#include "testutil.h"
+
+#define TOL_EXACTISH 1e-6 /* norm, rope, add, bias, combine */
+#define TOL_ATT 1e-5
+
+static uint64_t rng;
+static struct ms_gpu_ctx *ctx;
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		t_fatal("out of memory (%zu bytes)", n);
+	return p;
+}
+
+/* Uniform in [-1, 1). */
+static float uni(void)
+{
+	return (float)((double)(t_rand(&rng) >> 11) / 4503599627370496.0 - 1.0);
+}
+
+static float *rand_floats(int64_t n, float amp)
+{
+	float *p = xmalloc((size_t)n * sizeof(float));
+	for (int64_t i = 0; i < n; i++)
+		p[i] = uni() * amp;
+	return p;
+}
+
+/* ---- device memory -------------------------------------------------------- */
+
+static void *dev_alloc(size_t bytes)
+{
+	struct ms_err err = { 0 };
+	void *p = NULL;
+	if (ms_gpu_malloc(&p, bytes ? bytes : 1, &err))
+		t_fatal("ms_gpu_malloc(%zu): %s", bytes, err.msg);
+	return p;
+}
+
+static void *dev_from(const void *host, size_t bytes)
+{
+	struct ms_err err = { 0 };
+	void *p = dev_alloc(bytes);
+	if (ms_gpu_upload(p, host, bytes, &err))
+		t_fatal("ms_gpu_upload(%zu): %s", bytes, err.msg);
+	return p;
+}
+
+/* Waits for the context's stream, then copies back. */
+static void dev_to(void *host, const void *dev, size_t bytes)
+{
+	struct ms_err err = { 0 };
+	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &err))
+		t_fatal("ms_gpu_stream_sync: %s", err.msg);
+	if (ms_gpu_download(host, dev, bytes, &err))
+		t_fatal("ms_gpu_download(%zu): %s", bytes, err.msg);
+}
+
+/* Relative L2 distance of got from ref (absolute when ref is all zeros);
+ * NaN anywhere in got makes it NaN. */
+static double rel_l2(const float *got, const float *ref, int64_t n)
+{
+	double d = 0, r = 0;
+	for (int64_t i = 0; i < n; i++) {
+		const double e = (double)got[i] - (double)ref[i];
+		d += e * e;
+		r += (double)ref[i] * (double)ref[i];
+	}
+	return r > 0 ? sqrt(d / r) : sqrt(d);
+}
+
+/* Calls `call` (an ms_gpu_* call) and fails the test with its message when
+ * it does not return 0. */
+#define GPU_OK(call)                                                           \
+	do {                                                                   \
+		struct ms_err e_ = { 0 };                                      \
+		struct ms_err *err = &e_;                                      \
+		int rc_ = (call);                                              \
+		T_CHECK(rc_ == 0, "%s = %d: %s", #call, rc_, e_.msg);          \
+	} while (0)
+
+/* ---- C references (engine/forward.c's arithmetic) ------------------------- */
+
+static void ref_rms_norm(const float *x, const float *w, float *out,
+			 int64_t n, float eps)
+{
+	double s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += (double)x[i] * (double)x[i];
+	float scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
+	for (int64_t i = 0; i < n; i++)
+		out[i] = (x[i] * scale) * w[i];
+}
+
+static void ref_rope(float *v, int64_t n_rot, int64_t pos, float base,
+		     float freq_scale)
+{
+	int64_t half = n_rot / 2;
+	for (int64_t i = 0; i < half; i++) {
+		double theta = (double)pos * (double)freq_scale *
+			       pow((double)base, -2.0 * (double)i / (double)n_rot);
+		double c = cos(theta), s = sin(theta);
+		double a = v[i], b = v[i + half];
+		v[i] = (float)(a * c - b * s);
+		v[i + half] = (float)(a * s + b * c);
+	}
+}
+
+/* ---- RMS norm, add, bias ----------------------------------------------------- */
+
+static void check_rms_norm(void)
+{
+	static const int64_t shapes[][2] = { { 96, 3 }, { 1, 1 }, { 4096, 2 },
+					     { 1000, 5 }, { 64, 7 } };
+	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+		const int64_t n = shapes[s][0], T = shapes[s][1];
+		const float eps = s % 2 ? 1e-5f : 1e-6f;
+		float *x = rand_floats(n * T, 3.0f), *w = rand_floats(n, 1.5f);
+		float *ref = xmalloc((size_t)(n * T) * sizeof(float));
+		float *got = xmalloc((size_t)(n * T) * sizeof(float));
+		for (int64_t t = 0; t < T; t++)
+			ref_rms_norm(x + t * n, w, ref + t * n, n, eps);
+		const size_t bytes = (size_t)(n * T) * sizeof(float);
+		float *dx = dev_from(x, bytes), *dw = dev_from(w, n * sizeof(float));
+		float *dy = dev_alloc(bytes);
+		GPU_OK(ms_gpu_rms_norm(ctx, dx, dw, dy, n, T, eps, err));
+		dev_to(got, dy, bytes);
+		const double e1 = rel_l2(got, ref, n * T);
+		T_CHECK(e1 <= TOL_EXACTISH, "rms_norm n=%lld T=%lld: %.3e",
+			(long long)n, (long long)T, e1);
+		GPU_OK(ms_gpu_rms_norm(ctx, dx, dw, dx, n, T, eps, err));
+		dev_to(got, dx, bytes);
+		const double e2 = rel_l2(got, ref, n * T);
+		T_CHECK(e2 <= TOL_EXACTISH, "rms_norm in place n=%lld T=%lld: "
+			"%.3e", (long long)n, (long long)T, e2);
+		printf("rms_norm n=%-5lld T=%lld: %.2e, in place %.2e\n",
+		       (long long)n, (long long)T, e1, e2);
+		ms_gpu_free(dx);
+		ms_gpu_free(dw);
+		ms_gpu_free(dy);
+		free(x);
+		free(w);
+		free(ref);
+		free(got);
+	}
+}
+
+static void check_add(void)
+{
+	static const int64_t ns[] = { 1, 96, 100003 };
+	for (size_t s = 0; s < sizeof(ns) / sizeof(ns[0]); s++) {
+		const int64_t n = ns[s];
+		const size_t bytes = (size_t)n * sizeof(float);
+		float *x = rand_floats(n, 4.0f), *a = rand_floats(n, 4.0f);
+		float *ref = xmalloc(bytes), *got = xmalloc(bytes);
+		for (int64_t i = 0; i < n; i++)
+			ref[i] = x[i] + a[i];
+		float *dx = dev_from(x, bytes), *da = dev_from(a, bytes);
+		GPU_OK(ms_gpu_add(ctx, dx, da, n, err));
+		dev_to(got, dx, bytes);
+		const double e = rel_l2(got, ref, n);
+		T_CHECK(e <= TOL_EXACTISH, "add n=%lld: %.3e", (long long)n, e);
+		printf("add n=%lld: %.2e\n", (long long)n, e);
+		ms_gpu_free(dx);
+		ms_gpu_free(da);
+		free(x);
+		free(a);
+		free(ref);
+		free(got);
+	}
+	static const int64_t shapes[][2] = { { 96, 3 }, { 4096, 5 }, { 1, 4 } };
+	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+		const int64_t n = shapes[s][0], T = shapes[s][1];
+		const size_t bytes = (size_t)(n * T) * sizeof(float);
+		float *x = rand_floats(n * T, 4.0f), *b = rand_floats(n, 4.0f);
+		float *ref = xmalloc(bytes), *got = xmalloc(bytes);
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t i = 0; i < n; i++)
+				ref[t * n + i] = x[t * n + i] + b[i];
+		float *dx = dev_from(x, bytes),
+		      *db = dev_from(b, (size_t)n * sizeof(float));
+		GPU_OK(ms_gpu_add_bias(ctx, dx, db, n, T, err));
+		dev_to(got, dx, bytes);
+		const double e = rel_l2(got, ref, n * T);
+		T_CHECK(e <= TOL_EXACTISH, "add_bias n=%lld T=%lld: %.3e",
+			(long long)n, (long long)T, e);
+		printf("add_bias n=%lld T=%lld: %.2e\n", (long long)n,
+		       (long long)T, e);
+		ms_gpu_free(dx);
+		ms_gpu_free(db);
+		free(x);
+		free(b);
+		free(ref);
+		free(got);
+	}
+}
+
+/* ---- norm + RoPE ------------------------------------------------------------ */
+
+static void check_rope(void)
+{
+	static const struct {
+		int64_t n_head, hd, n_rot, T;
+		bool norm;
+		float base, fs;
+	} cases[] = {
+		{ 8, 64, 64, 3, false, 10000.0f, 1.0f },
+		{ 8, 128, 128, 3, true, 1000000.0f, 1.0f },
+		{ 4, 128, 64, 5, true, 10000.0f, 0.25f },
+		{ 2, 64, 32, 1, false, 500000.0f, 1.0f },
+		{ 3, 96, 96, 2, true, 10000.0f, 1.0f },
+		{ 4, 128, 0, 2, true, 10000.0f, 1.0f },
+	};
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		const int64_t H = cases[k].n_head, D = cases[k].hd,
+			      R = cases[k].n_rot, T = cases[k].T;
+		const int64_t n = H * D * T;
+		const float eps = 1e-6f;
+		float *x = rand_floats(n, 2.0f), *w = rand_floats(D, 1.5f);
+		float *ref = xmalloc((size_t)n * sizeof(float));
+		float *got = xmalloc((size_t)n * sizeof(float));
+		int32_t *pos = xmalloc((size_t)T * sizeof(int32_t));
+		for (int64_t t = 0; t < T; t++)
+			pos[t] = t == 0 ? 0 : (int32_t)(t_rand(&rng) % 131072);
+		memcpy(ref, x, (size_t)n * sizeof(float));
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t h = 0; h < H; h++) {
+				float *v = ref + (t * H + h) * D;
+				if (cases[k].norm)
+					ref_rms_norm(v, w, v, D, eps);
+				ref_rope(v, R, pos[t], cases[k].base, cases[k].fs);
+			}
+		float *dx = dev_from(x, (size_t)n * sizeof(float));
+		float *dw = dev_from(w, (size_t)D * sizeof(float));
+		int32_t *dp = dev_from(pos, (size_t)T * sizeof(int32_t));
+		GPU_OK(ms_gpu_rope_neox(ctx, dx, dp, cases[k].norm ? dw : NULL,
+					eps, H, D, R, T, cases[k].base,
+					cases[k].fs, err));
+		dev_to(got, dx, (size_t)n * sizeof(float));
+		const double e = rel_l2(got, ref, n);
+		T_CHECK(e <= TOL_EXACTISH,
+			"rope heads=%lld hd=%lld n_rot=%lld T=%lld norm=%d: %.3e",
+			(long long)H, (long long)D, (long long)R, (long long)T,
+			cases[k].norm, e);
+		printf("rope %lld heads x %-3lld n_rot=%-3lld T=%lld %-7s base "
+		       "%g x %g: %.2e\n",
+		       (long long)H, (long long)D, (long long)R, (long long)T,
+		       cases[k].norm ? "+norm" : "no norm",
+		       (double)cases[k].base, (double)cases[k].fs, e);
+		ms_gpu_free(dx);
+		ms_gpu_free(dw);
+		ms_gpu_free(dp);
+		free(x);
+		free(w);
+		free(ref);
+		free(got);
+		free(pos);
+	}
+}
+
+/* ---- KV store ------------------------------------------------------------- */
+
+static void check_kv_store(void)
+{
+	static const float specials[] = {
+		65504.0f, 65520.0f, 70000.0f, -1e30f, 5.9604645e-8f /* 2^-24 */,
+		2.9802322e-8f /* 2^-25: tie to 0 */, 6.1035156e-5f, 1e-7f,
+		1.00048828125f /* 1 + 2^-11: tie */, -0.0f, 0.0f,
+	};
+	for (int f16 = 0; f16 <= 1; f16++) {
+		const int64_t n = 96, T = 3, slots = 7;
+		const size_t es = f16 ? 2 : 4;
+		float *src = xmalloc((size_t)(n * T) * sizeof(float));
+		for (int64_t i = 0; i < n * T; i++) {
+			/* magnitudes 2^-30 .. 2^17 */
+			src[i] = ldexpf(uni(), (int)(t_rand(&rng) % 48) - 30);
+		}
+		for (size_t i = 0; i < sizeof(specials) / sizeof(specials[0]); i++)
+			src[n + (int64_t)i] = specials[i];
+		src[2 * n] = INFINITY;
+		src[2 * n + 1] = -INFINITY;
+		src[2 * n + 2] = NAN;
+		int64_t at[3];
+		/* distinct slots, one at an odd element offset */
+		at[0] = 4 * n;
+		at[1] = 1 * n + 1;
+		at[2] = 6 * n - 5;
+		const size_t cbytes = (size_t)(slots * n) * es;
+		uint8_t *cache = xmalloc(cbytes), *got = xmalloc(cbytes);
+		for (size_t i = 0; i < cbytes; i++)
+			cache[i] = (uint8_t)(t_rand(&rng) >> 56);
+		uint8_t *ref = xmalloc(cbytes);
+		memcpy(ref, cache, cbytes);
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t i = 0; i < n; i++) {
+				const float v = src[t * n + i];
+				if (f16) {
+					uint16_t h = ms_f32_f16(v);
+					memcpy(ref + (size_t)(at[t] + i) * 2, &h, 2);
+				} else {
+					memcpy(ref + (size_t)(at[t] + i) * 4, &v, 4);
+				}
+			}
+		float *dsrc = dev_from(src, (size_t)(n * T) * sizeof(float));
+		void *dc = dev_from(cache, cbytes);
+		int64_t *dat = dev_from(at, sizeof(at));
+		GPU_OK(ms_gpu_kv_store(ctx, dsrc, dc, dat, n, T, f16, err));
+		dev_to(got, dc, cbytes);
+		size_t bad = 0, first = 0;
+		for (size_t i = 0; i < cbytes; i += es)
+			if (memcmp(got + i, ref + i, es) && !bad++)
+				first = i / es;
+		T_CHECK(bad == 0, "kv_store %s: %zu elements differ, first at "
+			"%zu", f16 ? "f16" : "f32", bad, first);
+		printf("kv_store %s n=%lld T=%lld (specials, odd offsets): %s\n",
+		       f16 ? "f16" : "f32", (long long)n, (long long)T,
+		       bad ? "DIFFERENT" : "exact");
+		ms_gpu_free(dsrc);
+		ms_gpu_free(dc);
+		ms_gpu_free(dat);
+		free(src);
+		free(cache);
+		free(got);
+		free(ref);
+	}
+}
+
+/* ---- attention --------------------------------------------------------------- */
+
+/* The C loop of engine/forward.c's att_task for one (token, head). */
+static void ref_attention(const float *q, const void *kc, const void *vc,
+			  bool f16, int64_t base, int64_t n_pos, int64_t stride,
+			  int64_t kvh, int64_t D, float scale, float *s,
+			  float *out)
+{
+	float kf[256];
+	float mx = -INFINITY;
+	for (int64_t p = 0; p < n_pos; p++) {
+		const int64_t o = base + p * stride + kvh * D;
+		if (f16)
+			ms_dequant_row(MS_TYPE_F16, (const uint16_t *)kc + o, kf, D);
+		else
+			memcpy(kf, (const float *)kc + o, (size_t)D * sizeof(float));
+		float acc = 0;
+		for (int64_t d = 0; d < D; d++)
+			acc += q[d] * kf[d];
+		s[p] = acc * scale;
+		if (s[p] > mx)
+			mx = s[p];
+	}
+	double sum = 0;
+	for (int64_t p = 0; p < n_pos; p++) {
+		s[p] = expf(s[p] - mx);
+		sum += s[p];
+	}
+	float inv = (float)(1.0 / sum);
+	for (int64_t d = 0; d < D; d++)
+		out[d] = 0;
+	for (int64_t p = 0; p < n_pos; p++) {
+		const int64_t o = base + p * stride + kvh * D;
+		if (f16)
+			ms_dequant_row(MS_TYPE_F16, (const uint16_t *)vc + o, kf, D);
+		else
+			memcpy(kf, (const float *)vc + o, (size_t)D * sizeof(float));
+		float pw = s[p] * inv;
+		for (int64_t d = 0; d < D; d++)
+			out[d] += pw * kf[d];
+	}
+}
+
+static double worst_att;
+
+static void check_attention(void)
+{
+	static const struct {
+		int64_t T, H, Hkv, D, pad; /* stride = Hkv * D + pad */
+		int32_t n_pos[3];
+	} cases[] = {
+		{ 3, 8, 2, 64, 0, { 1, 300, 17 } },
+		{ 2, 4, 4, 128, 8, { 300, 1 } },
+		{ 1, 2, 1, 96, 0, { 700 } },
+		{ 2, 6, 3, 80, 3, { 257, 256 } },
+		{ 1, 2, 2, 256, 0, { 40 } },
+	};
+	const int64_t n_seq = 2;
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++)
+		for (int f16 = 0; f16 <= 1; f16++) {
+			const int64_t T = cases[k].T, H = cases[k].H,
+				      Hkv = cases[k].Hkv, D = cases[k].D;
+			const int64_t stride = Hkv * D + cases[k].pad;
+			int64_t n_ctx = 0;
+			for (int64_t t = 0; t < T; t++)
+				if (cases[k].n_pos[t] > n_ctx)
+					n_ctx = cases[k].n_pos[t];
+			const int64_t cn = n_seq * n_ctx * stride;
+			const size_t es = f16 ? 2 : 4;
+			/* the cache: random values (rounded to f16 for f16) */
+			void *kc = xmalloc((size_t)cn * es), *vc = xmalloc((size_t)cn * es);
+			for (int64_t i = 0; i < cn; i++) {
+				const float a = uni(), b = uni();
+				if (f16) {
+					((uint16_t *)kc)[i] = ms_f32_f16(a);
+					((uint16_t *)vc)[i] = ms_f32_f16(b);
+				} else {
+					((float *)kc)[i] = a;
+					((float *)vc)[i] = b;
+				}
+			}
+			const int64_t nq = T * H * D;
+			float *q = rand_floats(nq, 3.0f);
+			float *ref = xmalloc((size_t)nq * sizeof(float));
+			float *got = xmalloc((size_t)nq * sizeof(float));
+			float *s = xmalloc((size_t)n_ctx * sizeof(float));
+			int64_t base[3];
+			int32_t np[3];
+			const float scale = 1.0f / sqrtf((float)D);
+			for (int64_t t = 0; t < T; t++) {
+				base[t] = (t % n_seq) * n_ctx * stride;
+				np[t] = cases[k].n_pos[t];
+				for (int64_t h = 0; h < H; h++)
+					ref_attention(q + (t * H + h) * D, kc, vc,
+						      f16, base[t], np[t], stride,
+						      h / (H / Hkv), D, scale, s,
+						      ref + (t * H + h) * D);
+			}
+			float *dq = dev_from(q, (size_t)nq * sizeof(float));
+			float *dout = dev_alloc((size_t)nq * sizeof(float));
+			void *dk = dev_from(kc, (size_t)cn * es);
+			void *dv = dev_from(vc, (size_t)cn * es);
+			int64_t *db = dev_from(base, (size_t)T * sizeof(int64_t));
+			int32_t *dn = dev_from(np, (size_t)T * sizeof(int32_t));
+			GPU_OK(ms_gpu_attention(ctx, dq, dk, dv, f16, db, dn,
+						stride, H, Hkv, D, scale, T, dout,
+						err));
+			dev_to(got, dout, (size_t)nq * sizeof(float));
+			const double e = rel_l2(got, ref, nq);
+			T_CHECK(e <= TOL_ATT,
+				"attention %s T=%lld H=%lld/%lld D=%lld: %.3e",
+				f16 ? "f16" : "f32", (long long)T, (long long)H,
+				(long long)Hkv, (long long)D, e);
+			if (!(e <= worst_att))
+				worst_att = e;
+			char npos[64];
+			int at = 0;
+			for (int64_t t = 0; t < T; t++)
+				at += snprintf(npos + at, sizeof(npos) - (size_t)at,
+					       "%s%d", t ? "," : "", np[t]);
+			printf("attention %s T=%lld heads %lld/%lld D=%-3lld "
+			       "stride %-4lld n_pos %s: %.2e\n",
+			       f16 ? "f16" : "f32", (long long)T, (long long)H,
+			       (long long)Hkv, (long long)D, (long long)stride,
+			       npos, e);
+			ms_gpu_free(dq);
+			ms_gpu_free(dout);
+			ms_gpu_free(dk);
+			ms_gpu_free(dv);
+			ms_gpu_free(db);
+			ms_gpu_free(dn);
+			free(kc);
+			free(vc);
+			free(q);
+			free(ref);
+			free(got);
+			free(s);
+		}
+}
+
+/* ---- MoE combine ---------------------------------------------------------------- */
+
+static void check_moe_combine(void)
+{
+	static const int64_t shapes[][3] = { { 96, 3, 4 }, { 2048, 2, 8 },
+					     { 5, 1, 1 } };
+	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
+		for (int with_sh = 0; with_sh <= 1; with_sh++) {
+			const int64_t E = shapes[k][0], T = shapes[k][1],
+				      K = shapes[k][2];
+			const size_t xb = (size_t)(E * T) * sizeof(float);
+			float *x = rand_floats(E * T, 2.0f);
+			float *y = rand_floats(E * T * K, 2.0f);
+			float *w = rand_floats(T * K, 1.0f);
+			float *sh = rand_floats(E * T, 2.0f);
+			float *ref = xmalloc(xb), *got = xmalloc(xb);
+			for (int64_t t = 0; t < T; t++)
+				for (int64_t i = 0; i < E; i++) {
+					float m = 0;
+					for (int64_t j = 0; j < K; j++)
+						m += w[t * K + j] *
+						     y[(t * K + j) * E + i];
+					ref[t * E + i] = x[t * E + i] +
+							 (with_sh ? m + sh[t * E + i] : m);
+				}
+			float *dx = dev_from(x, xb);
+			float *dy = dev_from(y, xb * (size_t)K);
+			float *dw = dev_from(w, (size_t)(T * K) * sizeof(float));
+			float *dsh = dev_from(sh, xb);
+			GPU_OK(ms_gpu_moe_combine(ctx, dx, dy, dw,
+						  with_sh ? dsh : NULL, E, T, K,
+						  err));
+			dev_to(got, dx, xb);
+			const double e = rel_l2(got, ref, E * T);
+			T_CHECK(e <= TOL_EXACTISH,
+				"moe_combine E=%lld T=%lld K=%lld sh=%d: %.3e",
+				(long long)E, (long long)T, (long long)K, with_sh,
+				e);
+			printf("moe_combine E=%-4lld T=%lld K=%lld %s: %.2e\n",
+			       (long long)E, (long long)T, (long long)K,
+			       with_sh ? "+shared" : "no shared", e);
+			ms_gpu_free(dx);
+			ms_gpu_free(dy);
+			ms_gpu_free(dw);
+			ms_gpu_free(dsh);
+			free(x);
+			free(y);
+			free(w);
+			free(sh);
+			free(ref);
+			free(got);
+		}
+}
+
+/* ---- gather / scatter -------------------------------------------------------------- */
+
+static void check_rows(void)
+{
+	const int64_t E = 96, n_src = 11, n = 5;
+	const size_t rb = (size_t)E * sizeof(float);
+	float *src = rand_floats(n_src * E, 5.0f);
+	int32_t rows[5];
+	/* gather: any rows, repeats allowed */
+	for (int64_t i = 0; i < n; i++)
+		rows[i] = (int32_t)(t_rand(&rng) % (uint64_t)n_src);
+	rows[1] = rows[3];
+	float *ref = xmalloc((size_t)n_src * rb), *got = xmalloc((size_t)n_src * rb);
+	for (int64_t i = 0; i < n; i++)
+		memcpy(ref + i * E, src + rows[i] * E, rb);
+	float *ds = dev_from(src, (size_t)n_src * rb);
+	int32_t *dr = dev_from(rows, sizeof(rows));
+	float *dd = dev_alloc((size_t)n * rb);
+	GPU_OK(ms_gpu_gather_rows(ctx, ds, dr, n, E, dd, err));
+	dev_to(got, dd, (size_t)n * rb);
+	bool same = !memcmp(got, ref, (size_t)n * rb);
+	T_CHECK(same, "gather_rows n=%lld E=%lld differs", (long long)n,
+		(long long)E);
+	printf("gather_rows n=%lld of %lld, E=%lld: %s\n", (long long)n,
+	       (long long)n_src, (long long)E, same ? "exact" : "DIFFERENT");
+	ms_gpu_free(dr);
+	ms_gpu_free(dd);
+
+	/* scatter: distinct rows of a destination of n_src rows, the others
+	 * kept */
+	int32_t perm[11];
+	for (int i = 0; i < 11; i++)
+		perm[i] = i;
+	for (int i = 10; i > 0; i--) {
+		int j = (int)(t_rand(&rng) % (uint64_t)(i + 1));
+		int32_t tmp = perm[i];
+		perm[i] = perm[j];
+		perm[j] = tmp;
+	}
+	memcpy(rows, perm, sizeof(rows));
+	float *dst0 = rand_floats(n_src * E, 1.0f);
+	memcpy(ref, dst0, (size_t)n_src * rb);
+	for (int64_t i = 0; i < n; i++)
+		memcpy(ref + rows[i] * E, src + i * E, rb);
+	dr = dev_from(rows, sizeof(rows));
+	dd = dev_from(dst0, (size_t)n_src * rb);
+	GPU_OK(ms_gpu_scatter_rows(ctx, ds, dr, n, E, dd, err));
+	dev_to(got, dd, (size_t)n_src * rb);
+	same = !memcmp(got, ref, (size_t)n_src * rb);
+	T_CHECK(same, "scatter_rows n=%lld E=%lld differs", (long long)n,
+		(long long)E);
+	printf("scatter_rows n=%lld into %lld, E=%lld: %s\n", (long long)n,
+	       (long long)n_src, (long long)E, same ? "exact" : "DIFFERENT");
+	ms_gpu_free(ds);
+	ms_gpu_free(dr);
+	ms_gpu_free(dd);
+	free(src);
+	free(dst0);
+	free(ref);
+	free(got);
+}
+
+/* ---- argument checks ------------------------------------------------------------ */
+
+static int n_arg_checks;
+
+static void check_einval(int rc, const struct ms_err *err, const char *what)
+{
+	n_arg_checks++;
+	T_CHECK(rc == -EINVAL, "%s = %d, expected -EINVAL (%s)", what, rc,
+		err->msg);
+	T_CHECK(err->msg[0] != '\0', "%s: no message", what);
+}
+
+static void check_errors(void)
+{
+	struct ms_err err = { 0 };
+	float *f = dev_alloc(4096 * sizeof(float));
+	int32_t *pos = dev_alloc(64 * sizeof(int32_t));
+	int64_t *at = dev_alloc(64 * sizeof(int64_t));
+	void *v = f;
+#define E_(call) check_einval((memset(&err, 0, sizeof(err)), (call)), &err, #call)
+	E_(ms_gpu_rms_norm(NULL, f, f, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, f, 0, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, f, 4, 0, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, f, -4, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, NULL, f, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, NULL, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, f, 4, 1, -1.0f, &err));
+	E_(ms_gpu_rms_norm(ctx, f, f, f, INT64_MAX / 2, 4, 1e-6f, &err));
+	E_(ms_gpu_add(NULL, f, f, 4, &err));
+	E_(ms_gpu_add(ctx, f, f, 0, &err));
+	E_(ms_gpu_add(ctx, NULL, f, 4, &err));
+	E_(ms_gpu_add(ctx, f, NULL, 4, &err));
+	E_(ms_gpu_add_bias(ctx, f, f, 0, 1, &err));
+	E_(ms_gpu_add_bias(ctx, f, f, 4, 0, &err));
+	E_(ms_gpu_add_bias(ctx, f, NULL, 4, 1, &err));
+	E_(ms_gpu_add_bias(ctx, NULL, f, 4, 1, &err));
+	E_(ms_gpu_rope_neox(NULL, f, pos, NULL, 1e-6f, 2, 64, 64, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 0, 64, 64, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 0, 0, 1, 1e4f, 1, &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 64, 64, 0, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 64, 63, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 64, 66, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 64, -2, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, pos, NULL, 1e-6f, 2, 64, 64, 1, 0.0f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, NULL, pos, NULL, 1e-6f, 2, 64, 64, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_rope_neox(ctx, f, NULL, NULL, 1e-6f, 2, 64, 64, 1, 1e4f, 1,
+			    &err));
+	E_(ms_gpu_kv_store(NULL, f, v, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, v, at, 0, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, v, at, 4, 0, false, &err));
+	E_(ms_gpu_kv_store(ctx, NULL, v, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, NULL, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, v, NULL, 4, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, (char *)v + 1, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store(ctx, f, (char *)v + 2, at, 4, 1, false, &err));
+	/* q, k, v, base, n_pos, stride, H, Hkv, D, scale, T, out */
+	E_(ms_gpu_attention(NULL, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 0, 0.125f, 1,
+			    f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 512, 2, 1, 257, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 0, 1, 64, 0.125f, 1,
+			    f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f, 0,
+			    f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 192, 8, 3, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 0, 64, 0.125f, 1,
+			    f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 127, 4, 2, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 64, NAN, 1, f,
+			    &err));
+	E_(ms_gpu_attention(ctx, NULL, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, NULL, v, true, at, pos, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, NULL, true, at, pos, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, NULL, pos, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, NULL, 64, 2, 1, 64, 0.125f,
+			    1, f, &err));
+	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
+			    1, NULL, &err));
+	E_(ms_gpu_moe_combine(NULL, f, f, f, NULL, 4, 1, 2, &err));
+	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 0, 1, 2, &err));
+	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 0, 2, &err));
+	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 1, 0, &err));
+	E_(ms_gpu_moe_combine(ctx, NULL, f, f, NULL, 4, 1, 2, &err));
+	E_(ms_gpu_moe_combine(ctx, f, NULL, f, NULL, 4, 1, 2, &err));
+	E_(ms_gpu_moe_combine(ctx, f, f, NULL, NULL, 4, 1, 2, &err));
+	E_(ms_gpu_gather_rows(NULL, f, pos, 1, 4, f, &err));
+	E_(ms_gpu_gather_rows(ctx, f, pos, 0, 4, f, &err));
+	E_(ms_gpu_gather_rows(ctx, f, pos, 1, 0, f, &err));
+	E_(ms_gpu_gather_rows(ctx, NULL, pos, 1, 4, f, &err));
+	E_(ms_gpu_gather_rows(ctx, f, NULL, 1, 4, f, &err));
+	E_(ms_gpu_gather_rows(ctx, f, pos, 1, 4, NULL, &err));
+	E_(ms_gpu_scatter_rows(NULL, f, pos, 1, 4, f, &err));
+	E_(ms_gpu_scatter_rows(ctx, f, pos, -1, 4, f, &err));
+	E_(ms_gpu_scatter_rows(ctx, f, pos, 1, -4, f, &err));
+	E_(ms_gpu_scatter_rows(ctx, NULL, pos, 1, 4, f, &err));
+	E_(ms_gpu_scatter_rows(ctx, f, NULL, 1, 4, f, &err));
+	E_(ms_gpu_scatter_rows(ctx, f, pos, 1, 4, NULL, &err));
+#undef E_
+	/* the stream is still good after all that */
+	struct ms_err e2 = { 0 };
+	T_CHECK(ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &e2) == 0,
+		"stream after the argument checks: %s", e2.msg);
+	printf("argument checks: %d calls answered -EINVAL with a message\n",
+	       n_arg_checks);
+	ms_gpu_free(f);
+	ms_gpu_free(pos);
+	ms_gpu_free(at);
+}
+
+/* ---- without CUDA ------------------------------------------------------------------ */
+
+static void check_stub(int rc, const struct ms_err *err, const char *what)
+{
+	T_CHECK(rc == -ENOTSUP, "%s = %d, expected -ENOTSUP", what, rc);
+	T_CHECK(strstr(err->msg, "built without CUDA") != NULL,
+		"%s: message '%s'", what, err->msg);
+}
+
+static void check_stubs(void)
+{
+	struct ms_err err = { 0 };
+	struct ms_gpu_ctx *c = (struct ms_gpu_ctx *)1;
+	float f[4] = { 0 };
+	int32_t p[1] = { 0 };
+	int64_t a[1] = { 0 };
+	check_stub(ms_gpu_rms_norm(c, f, f, f, 4, 1, 1e-6f, &err), &err,
+		   "ms_gpu_rms_norm");
+	check_stub(ms_gpu_add(c, f, f, 4, &err), &err, "ms_gpu_add");
+	check_stub(ms_gpu_add_bias(c, f, f, 4, 1, &err), &err,
+		   "ms_gpu_add_bias");
+	check_stub(ms_gpu_rope_neox(c, f, p, NULL, 1e-6f, 1, 4, 4, 1, 1e4f,
+				    1.0f, &err),
+		   &err, "ms_gpu_rope_neox");
+	check_stub(ms_gpu_kv_store(c, f, f, a, 4, 1, true, &err), &err,
+		   "ms_gpu_kv_store");
+	check_stub(ms_gpu_attention(c, f, f, f, false, a, p, 4, 1, 1, 4, 0.5f,
+				    1, f, &err),
+		   &err, "ms_gpu_attention");
+	check_stub(ms_gpu_moe_combine(c, f, f, f, NULL, 4, 1, 1, &err), &err,
+		   "ms_gpu_moe_combine");
+	check_stub(ms_gpu_gather_rows(c, f, p, 1, 4, f, &err), &err,
+		   "ms_gpu_gather_rows");
+	check_stub(ms_gpu_scatter_rows(c, f, p, 1, 4, f, &err), &err,
+		   "ms_gpu_scatter_rows");
+}
+
+int main(void)
+{
+	rng = t_seed();
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err err = { 0 };
+	if (!ms_gpu_built()) {
+		check_stubs();
+		if (t_failures)
+			return t_done();
+		t_skip("built without CUDA (every gpu_ops entry point answers "
+		       "-ENOTSUP, checked)");
+	}
+	int n = ms_gpu_list(g, MS_GPU_MAX, &err);
+	if (n == -ENODEV)
+		t_skip("no GPU: %s", err.msg);
+	T_CHECK(n >= 1, "ms_gpu_list = %d: %s", n, err.msg);
+	if (n < 1)
+		return t_done();
+	printf("%s; gpu 0: %s, sm_%d%d, %d SMs\n", ms_gpu_build_info(),
+	       g[0].name, g[0].cc_major, g[0].cc_minor, g[0].multiprocessors);
+	if (ms_gpu_ctx_init(&ctx, 0, NULL, &err))
+		t_fatal("ms_gpu_ctx_init: %s", err.msg);
+
+	check_rms_norm();
+	check_add();
+	check_rope();
+	check_kv_store();
+	check_attention();
+	check_moe_combine();
+	check_rows();
+	check_errors();
+	printf("worst attention relative L2 %.2e (bound %.0e)\n", worst_att,
+	       TOL_ATT);
+	ms_gpu_ctx_free(ctx);
+	return t_done();
+}
