@@ -593,6 +593,8 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 #undef A
 	uint64_t kv = (uint64_t)e->cfg.n_seq * e->n_run * e->cfg.n_ctx * HK *
 		      (e->cfg.kv_f32 ? 4 : 2);
+	if (e->cfg.gpu)
+		return 0; /* the KV cache is in VRAM (forward_gpu.c) */
 	e->k_cache = calloc(kv, 1);
 	e->v_cache = calloc(kv, 1);
 	if (!e->k_cache || !e->v_cache)
@@ -661,8 +663,11 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 		goto fail;
 	e->opts.pool = e->pool;
 	e->q8 = cfg->q8_activations;
-	if ((rc = alloc_buffers(e, err)) || (rc = ms_xsrc_open(e, err)))
+	if ((rc = alloc_buffers(e, err)) || (rc = ms_xsrc_open(e, err)) ||
+	    (cfg->gpu && (rc = ms_gpu_eng_open(e, err))))
 		goto fail;
+	if (cfg->gpu)
+		e->info.kv_bytes = e->info.vram_kv_bytes;
 	snprintf(e->info.arch, sizeof(e->info.arch), "%s", e->model->arch);
 	e->info.n_block_run = e->n_run;
 	e->info.n_moe_run = e->model->n_layers_run;
@@ -670,6 +675,7 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 	e->info.n_ctx = e->cfg.n_ctx;
 	e->info.n_batch = e->cfg.n_batch;
 	e->info.n_seq = e->cfg.n_seq;
+	e->info.n_expert_used = (uint32_t)e->n_used;
 	e->info.expert_bytes = e->model->expert_bytes_run;
 	*out = e;
 	return 0;
@@ -682,6 +688,7 @@ void ms_engine_close(struct ms_engine *e)
 {
 	if (!e)
 		return;
+	ms_gpu_eng_close(e);
 	ms_xsrc_close(&e->xs);
 	ms_ffn_pool_free(e->pool);
 	free(e->x);
@@ -741,6 +748,7 @@ void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 	st->expert_hits = e->xs.hits;
 	st->expert_misses = e->xs.misses;
 	st->wait_ns = e->xs.wait_ns;
+	ms_gpu_eng_stats(e, st);
 	if (e->xs.cache) {
 		struct ms_cache_stats cs;
 		ms_cache_get_stats(e->xs.cache, &cs);

@@ -121,6 +121,7 @@ struct ms_engine {
 				   flash attention computes a ubatch of
 				   under 64 tokens (ms_attn_f16) */
 	volatile int *stop;
+	struct ms_gpu_eng *gpu;      /* cfg.gpu: engine/forward_gpu.c */
 };
 
 int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err);
@@ -136,5 +137,24 @@ int ms_xsrc_next(struct ms_engine *e, uint32_t layer, uint32_t *expert,
 void ms_xsrc_release(struct ms_engine *e, uint32_t layer, uint32_t expert);
 void ms_xsrc_prefetch(struct ms_engine *e, uint32_t layer,
 		      const uint32_t *experts, uint32_t n);
+
+/* engine/forward.c's steps that the GPU path shares. */
+int ms_eng_embed(struct ms_engine *e, const int32_t *ids, int64_t T,
+		 struct ms_err *err);
+void ms_eng_hint_first(struct ms_engine *e);
+void ms_eng_hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
+		      uint32_t n);
+void ms_eng_spec_score(struct ms_engine *e, uint32_t layer, int64_t T);
+
+/* engine/forward_gpu.c: the forward pass on a GPU. open: after the
+ * weights, buffers and expert source (copies the resident tensors to VRAM,
+ * makes the KV cache there and the VRAM expert cache); -ENOTSUP / -ENODEV
+ * without a GPU. */
+int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err);
+void ms_gpu_eng_close(struct ms_engine *e);
+int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
+		      float *logits, const int64_t *out_rows, int64_t n_out,
+		      struct ms_err *err);
+void ms_gpu_eng_stats(const struct ms_engine *e, struct ms_engine_stats *st);
 
 #endif

@@ -337,7 +337,7 @@ static int dense_ffn(struct ms_engine *e, const struct ms_block *k, int64_t T,
 }
 
 /* Remembers which experts were hinted for a layer, until the layer runs. */
-static void hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
+void ms_eng_hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
 		      uint32_t n)
 {
 	uint8_t *m = e->hinted + (size_t)layer * e->model->n_expert;
@@ -373,7 +373,21 @@ static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 			}
 	}
 	ms_xsrc_prefetch(e, (uint32_t)k->layer, hint, n);
-	hint_mark(e, (uint32_t)k->layer, hint, n);
+	ms_eng_hint_mark(e, (uint32_t)k->layer, hint, n);
+}
+
+/* Speculation accuracy: did the hint for this layer name the experts
+ * e->rsel[0 .. T * n_used) routed to? */
+void ms_eng_spec_score(struct ms_engine *e, uint32_t layer, int64_t T)
+{
+	if (!e->has_hint[layer])
+		return;
+	const uint8_t *m = e->hinted + (size_t)layer * e->model->n_expert;
+	for (int64_t i = 0; i < T * e->n_used; i++) {
+		e->st.spec_routed++;
+		e->st.spec_hit += m[e->rsel[i]];
+	}
+	e->has_hint[layer] = false;
 }
 
 static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
@@ -390,15 +404,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 					   k->probs_b.data, e->rsel + t * K,
 					   e->rw + t * K, err)))
 			return rc;
-	/* speculation accuracy: did the hint for this layer name them? */
-	if (e->has_hint[layer]) {
-		const uint8_t *m = e->hinted + (size_t)layer * X;
-		for (int64_t i = 0; i < T * K; i++) {
-			e->st.spec_routed++;
-			e->st.spec_hit += m[e->rsel[i]];
-		}
-		e->has_hint[layer] = false;
-	}
+	ms_eng_spec_score(e, layer, T);
 	memset(e->need, 0, X * sizeof(*e->need));
 	/* the experts any token needs, each once */
 	uint32_t *ex = e->xlist, n = 0;
@@ -501,13 +507,9 @@ static bool fa16_for(const struct ms_engine *e, size_t n, size_t done)
 	return e->q8 && !e->cfg.kv_f32 && ub < LLAMA_FA_TILE;
 }
 
-/* ---- one batch --------------------------------------------------------------------- */
-
-/* One pass over tokens ids[0..T) whose sequences and positions are in
- * e->tseq / e->tpos; logits for the tokens listed in out_rows[0..n_out). */
-static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
-		      float *logits, const int64_t *out_rows, int64_t n_out,
-		      struct ms_err *err)
+/* The batch's embeddings into e->x. */
+int ms_eng_embed(struct ms_engine *e, const int32_t *ids, int64_t T,
+		 struct ms_err *err)
 {
 	int64_t E = e->n_embd;
 	uint64_t row;
@@ -526,14 +528,36 @@ static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 			return ms_err_set(err, rc, "token_embd: dequantising row %d "
 					  "failed", ids[t]);
 	}
-	/* the hint for the first MoE layer from the last token's history */
+	return 0;
+}
+
+/* The hint for the first MoE layer, from the last token's history. */
+void ms_eng_hint_first(struct ms_engine *e)
+{
 	int32_t fm = e->first_moe;
 	if (!e->cfg.no_speculate && e->n_first_used && fm >= 0) {
 		ms_xsrc_prefetch(e, (uint32_t)e->blk[fm].layer, e->first_used,
 				 e->n_first_used);
-		hint_mark(e, (uint32_t)e->blk[fm].layer, e->first_used,
-			  e->n_first_used);
+		ms_eng_hint_mark(e, (uint32_t)e->blk[fm].layer, e->first_used,
+				 e->n_first_used);
 	}
+}
+
+/* ---- one batch --------------------------------------------------------------------- */
+
+/* One pass over tokens ids[0..T) whose sequences and positions are in
+ * e->tseq / e->tpos; logits for the tokens listed in out_rows[0..n_out). */
+static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
+		      float *logits, const int64_t *out_rows, int64_t n_out,
+		      struct ms_err *err)
+{
+	if (e->gpu)
+		return ms_gpu_eval_batch(e, ids, T, logits, out_rows, n_out, err);
+	int64_t E = e->n_embd;
+	int rc = ms_eng_embed(e, ids, T, err);
+	if (rc)
+		return rc;
+	ms_eng_hint_first(e);
 	for (uint32_t b = 0; b < e->n_run; b++) {
 		if (e->stop && *e->stop)
 			return ms_err_set(err, -EINTR, "stopped");

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "moestream/kernels.h"
 #include "tools.h"
 
 const char *fmt_bytes(uint64_t b, char *buf, size_t len)
@@ -235,6 +236,26 @@ int tool_parse_activations(const char *cmd, const char *s, bool *q8)
 	}
 	tool_error(cmd, "--activations '%s': expected q8 (8-bit, as llama.cpp's "
 		   "CPU backend) or f32 (exact)", s);
+	return -1;
+}
+
+int tool_parse_device(const char *cmd, const char *s, bool *gpu)
+{
+	if (!strcmp(s, "cpu") || !strcmp(s, "gpu")) {
+		*gpu = !strcmp(s, "gpu");
+		return 0;
+	}
+	tool_error(cmd, "--device '%s': cpu or gpu", s);
+	return -1;
+}
+
+int tool_gpu_usable(const char *cmd)
+{
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err err = { 0 };
+	if (ms_gpu_list(g, MS_GPU_MAX, &err) >= 0)
+		return 0;
+	tool_error(cmd, "--device gpu: %s", err.msg);
 	return -1;
 }
 

@@ -33,7 +33,8 @@ static const char usage_line[] =
 	"usage: moestream run MODEL (-p TEXT | -f FILE) [-n N] [--socket S | "
 	"--cache-size SZ]\n"
 	"       [--threads T] [--ctx N] [--batch N] [--chat] [--temp T] "
-	"[--seed S] [--json]";
+	"[--seed S] [--json]\n"
+	"       [--device cpu|gpu] [--vram-experts SZ]";
 
 static void usage(FILE *f)
 {
@@ -86,6 +87,16 @@ static void usage(FILE *f)
 		"f16 accumulator;\n"
 		"                         f32: exact f32 activations (the C "
 		"reference)\n"
+		"  --device D             cpu (default) or gpu: the forward pass on "
+		"GPU 0, resident\n"
+		"                         tensors and the KV cache in VRAM, "
+		"experts copied into a\n"
+		"                         VRAM expert cache from the expert "
+		"cache or daemon; f32\n"
+		"                         activations; exit 3 where there is no "
+		"usable GPU\n"
+		"  --vram-experts SIZE    the VRAM expert cache (default: the VRAM "
+		"left, less 1.5 GB)\n"
 		"  --json                 the figures as one JSON object on stdout "
 		"(the text then\n"
 		"                         goes to stderr)\n"
@@ -99,7 +110,8 @@ static void usage(FILE *f)
 		"  moestream run GLM-4.7-UD-Q2_K_XL-00001-of-00003.gguf --chat -p "
 		"'Hello' --cache-size 24G\n"
 		"exit codes: 0 ok (also after Ctrl-C), 1 failed (bad model, no "
-		"tokenizer,\nprompt too long, daemon gone), 2 bad usage\n",
+		"tokenizer,\nprompt too long, daemon gone), 2 bad usage, 3 --device gpu without a "
+		"usable GPU\n",
 		usage_line);
 }
 
@@ -123,7 +135,7 @@ int cmd_run(int argc, char **argv)
 	enum {
 		O_SOCKET = 256, O_CACHE, O_THREADS, O_CTX, O_BATCH, O_CHAT,
 		O_TMPL, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_REPN, O_SEED,
-		O_JSON, O_NOSPEC, O_ACT,
+		O_JSON, O_NOSPEC, O_ACT, O_DEVICE, O_VRAM,
 	};
 	static const struct option opts[] = {
 		{ "prompt", required_argument, 0, 'p' },
@@ -146,6 +158,8 @@ int cmd_run(int argc, char **argv)
 		{ "json", no_argument, 0, O_JSON },
 		{ "no-speculate", no_argument, 0, O_NOSPEC },
 		{ "activations", required_argument, 0, O_ACT },
+		{ "device", required_argument, 0, O_DEVICE },
+		{ "vram-experts", required_argument, 0, O_VRAM },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -241,6 +255,18 @@ int cmd_run(int argc, char **argv)
 						   &cfg.q8_activations))
 				return 2;
 			break;
+		case O_DEVICE:
+			if (tool_parse_device(CMD, optarg, &cfg.gpu))
+				return EXIT_USAGE;
+			break;
+		case O_VRAM:
+			if (ms_parse_size(optarg, &cfg.vram_experts) ||
+			    !cfg.vram_experts) {
+				tool_error(CMD, "--vram-experts '%s': expected a "
+					   "size such as 8G or 512M", optarg);
+				return EXIT_USAGE;
+			}
+			break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
 		}
@@ -257,6 +283,17 @@ int cmd_run(int argc, char **argv)
 		tool_error(CMD, "--socket and --cache-size exclude each other: the "
 			   "daemon's cache is sized by moestreamd");
 		return EXIT_USAGE;
+	}
+	if (cfg.vram_experts && !cfg.gpu) {
+		tool_error(CMD, "--vram-experts sizes the GPU's expert cache: it "
+			   "needs --device gpu");
+		return EXIT_USAGE;
+	}
+	if (cfg.gpu) {
+		if (tool_gpu_usable(CMD))
+			return EXIT_UNAVAILABLE;
+		/* the GPU path computes in f32 (its matvec sums exactly) */
+		cfg.q8_activations = false;
 	}
 	enum ms_chat_tmpl forced = MS_CHAT_NONE;
 	if (tmpl_name && (forced = ms_chat_from_name(tmpl_name)) == MS_CHAT_NONE) {
@@ -297,6 +334,13 @@ int cmd_run(int argc, char **argv)
 		100.0 * (double)info->resident_huge_bytes /
 			(double)(info->resident_bytes ? info->resident_bytes : 1),
 		fmt_bytes(info->kv_bytes, b, sizeof(b)), info->n_ctx);
+	if (cfg.gpu)
+		fprintf(stderr, "moestream run: GPU %s: resident %s, KV %s and an "
+			"expert cache of %s (%u experts) in VRAM\n", info->gpu_name,
+			fmt_bytes(info->vram_resident_bytes, a, sizeof(a)),
+			fmt_bytes(info->vram_kv_bytes, b, sizeof(b)),
+			fmt_bytes(info->vram_expert_bytes, k, sizeof(k)),
+			info->vram_expert_slots);
 	if (cfg.socket)
 		fprintf(stderr, "moestream run: experts from %s\n", info->cache_mode);
 	else
@@ -426,6 +470,13 @@ int cmd_run(int argc, char **argv)
 		cJSON_AddNumberToObject(j, "speculation_accuracy", spec);
 		cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)peak);
 		cJSON_AddBoolToObject(j, "interrupted", interrupted);
+		if (cfg.gpu) {
+			cJSON_AddNumberToObject(j, "vram_hits", (double)s2.vram_hits);
+			cJSON_AddNumberToObject(j, "vram_misses",
+						(double)s2.vram_misses);
+			cJSON_AddNumberToObject(j, "vram_copied_bytes",
+						(double)s2.vram_copied_bytes);
+		}
 		char *str = cJSON_Print(j);
 		printf("%s\n", str);
 		free(str);
@@ -445,6 +496,15 @@ int cmd_run(int argc, char **argv)
 			(unsigned long long)routed, gb,
 			dec_s > 0 ? 100.0 * wait_dec / dec_s : 0, 100.0 * spec,
 			fmt_bytes(peak, a, sizeof(a)));
+		if (cfg.gpu) {
+			uint64_t vr = s2.vram_hits + s2.vram_misses;
+			fprintf(stderr, "VRAM       expert hit rate %.3f (%llu of "
+				"%llu), %.3f GB copied in\n",
+				vr ? (double)s2.vram_hits / (double)vr : 0,
+				(unsigned long long)s2.vram_hits,
+				(unsigned long long)vr,
+				(double)s2.vram_copied_bytes / 1e9);
+		}
 	}
 	rc = 0;
 done:

@@ -28,7 +28,8 @@ static const char usage_line[] =
 	"       [--parallel N] [--ctx N] [--batch N] [--threads T] "
 	"[--api-key KEY | --api-key-file F]\n"
 	"       [--chat-template NAME] [--alias ID] [--max-connections N] "
-	"[--timeout S] [--max-queue N] [--device cpu]";
+	"[--timeout S] [--max-queue N]\n"
+	"       [--device cpu|gpu] [--vram-experts SZ]";
 
 static void usage(FILE *f)
 {
@@ -96,9 +97,14 @@ static void usage(FILE *f)
 		"K-quant\n"
 		"                          products, as llama.cpp's CPU backend; "
 		"f32: exact\n"
-		"  --device cpu            where the decoder runs (cpu; gpu exits 3 "
-		"until the GPU\n"
-		"                          decoder lands)\n"
+		"  --device D              cpu (default) or gpu: the decoder on GPU 0 "
+		"(resident\n"
+		"                          tensors and KV cache in VRAM, experts "
+		"copied into a VRAM\n"
+		"                          expert cache; f32 activations); exit 3 "
+		"without a usable GPU\n"
+		"  --vram-experts SIZE     the VRAM expert cache (default: the VRAM "
+		"left, less 1.5 GB)\n"
 		"\nexamples:\n"
 		"  moestream serve GLM-4.7-UD-Q2_K_XL-00001-of-00003.gguf "
 		"--cache-size 24G\n"
@@ -108,7 +114,7 @@ static void usage(FILE *f)
 		"  OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=none "
 		"some-openai-client\n"
 		"exit codes: 0 stopped by SIGINT/SIGTERM, 1 failed (model, port), "
-		"2 bad usage,\n3 --device gpu (not available)\n",
+		"2 bad usage,\n3 --device gpu without a usable GPU\n",
 		usage_line);
 }
 
@@ -134,7 +140,7 @@ int cmd_serve(int argc, char **argv)
 	enum {
 		O_HOST = 256, O_PORT, O_SOCKET, O_CACHE, O_PAR, O_CTX, O_BATCH,
 		O_THREADS, O_KEY, O_KEYFILE, O_TMPL, O_ALIAS, O_MAXCONN,
-		O_TIMEOUT, O_MAXQ, O_NOSPEC, O_DEVICE, O_ACT,
+		O_TIMEOUT, O_MAXQ, O_NOSPEC, O_DEVICE, O_ACT, O_VRAM,
 	};
 	static const struct option opts[] = {
 		{ "host", required_argument, 0, O_HOST },
@@ -155,6 +161,7 @@ int cmd_serve(int argc, char **argv)
 		{ "no-speculate", no_argument, 0, O_NOSPEC },
 		{ "activations", required_argument, 0, O_ACT },
 		{ "device", required_argument, 0, O_DEVICE },
+		{ "vram-experts", required_argument, 0, O_VRAM },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -248,16 +255,17 @@ int cmd_serve(int argc, char **argv)
 				return 2;
 			break;
 		case O_DEVICE:
-			if (!strcmp(optarg, "cpu"))
-				break;
-			if (!strcmp(optarg, "gpu")) {
-				tool_error(CMD, "--device gpu: the decoder runs on the "
-					   "CPU in this version (the GPU decoder is "
-					   "not built yet); use --device cpu");
-				return EXIT_UNAVAILABLE;
+			if (tool_parse_device(CMD, optarg, &c.engine.gpu))
+				return EXIT_USAGE;
+			break;
+		case O_VRAM:
+			if (ms_parse_size(optarg, &c.engine.vram_experts) ||
+			    !c.engine.vram_experts) {
+				tool_error(CMD, "--vram-experts '%s': expected a "
+					   "size such as 8G or 512M", optarg);
+				return EXIT_USAGE;
 			}
-			tool_error(CMD, "--device '%s': cpu or gpu", optarg);
-			return EXIT_USAGE;
+			break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
 		}
@@ -265,6 +273,16 @@ int cmd_serve(int argc, char **argv)
 	c.engine.model = tool_one_model(CMD, argc, argv, optind);
 	if (!c.engine.model)
 		return tool_bad_usage(usage_line);
+	if (c.engine.vram_experts && !c.engine.gpu) {
+		tool_error(CMD, "--vram-experts sizes the GPU's expert cache: it "
+			   "needs --device gpu");
+		return EXIT_USAGE;
+	}
+	if (c.engine.gpu) {
+		if (tool_gpu_usable(CMD))
+			return EXIT_UNAVAILABLE;
+		c.engine.q8_activations = false; /* the GPU sums exactly */
+	}
 	if (c.engine.socket && c.engine.cache_size) {
 		tool_error(CMD, "--socket and --cache-size exclude each other: the "
 			   "daemon's cache is sized by moestreamd");

@@ -94,6 +94,15 @@ bool tool_drop_caches(void);
  * value. */
 int tool_parse_activations(const char *cmd, const char *s, bool *q8);
 
+/* --device cpu|gpu -> *gpu; prints the error and returns -1 on another
+ * value. */
+int tool_parse_device(const char *cmd, const char *s, bool *gpu);
+
+/* For --device gpu: 0 when a usable GPU is there, else prints why
+ * ("--device gpu: built without CUDA", "no CUDA device ...") and returns
+ * -1 (the command then exits EXIT_UNAVAILABLE). */
+int tool_gpu_usable(const char *cmd);
+
 int tool_parse_methods(const char *cmd, const char *opt, const char *s,
 		       const char *const *names, int n, const char *choices,
 		       bool *want);

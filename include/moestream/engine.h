@@ -193,6 +193,14 @@ struct ms_engine_config {
 	uint32_t n_seq;         /* sequences with a KV cache each (0: 1);
 				   ms_engine_eval_seqs runs tokens of
 				   several in one batch */
+	bool gpu;               /* --device gpu: the forward pass on GPU
+				   gpu_device (engine/forward_gpu.c): the
+				   resident tensors and the KV cache in VRAM,
+				   routed experts copied into a VRAM expert
+				   cache of vram_experts bytes (0: what VRAM
+				   allows) from the expert source */
+	int gpu_device;
+	uint64_t vram_experts;
 	bool q8_activations;    /* compute as llama.cpp's CPU backend does:
 				   activations rounded to 8 bits before each
 				   quantised product, and (with the f16 KV
@@ -204,12 +212,18 @@ struct ms_engine_config {
 struct ms_engine_info {
 	char arch[64];
 	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch, n_seq;
+	uint32_t n_expert_used;     /* routed experts per token */
 	uint64_t resident_bytes;   /* tensors loaded into the engine */
 	uint64_t resident_huge_bytes; /* of their memory, on 2 MiB pages */
 	uint64_t kv_bytes;
 	uint64_t cache_bytes;      /* the embedded cache (0 through a daemon) */
 	uint64_t expert_bytes;     /* routed experts of the layers run */
 	char cache_mode[256];      /* how the cache's memory was made */
+	char gpu_name[256];        /* --device gpu: the device */
+	uint64_t vram_resident_bytes; /* resident tensors in VRAM */
+	uint64_t vram_kv_bytes;
+	uint64_t vram_expert_bytes;   /* the VRAM expert cache */
+	uint32_t vram_expert_slots;   /* experts it holds */
 };
 
 struct ms_engine_stats {
@@ -222,6 +236,9 @@ struct ms_engine_stats {
 	uint64_t wait_ns;          /* blocked waiting for experts */
 	uint64_t spec_routed;      /* experts routed in layers that had a hint */
 	uint64_t spec_hit;         /* of which the hint named */
+	uint64_t vram_hits, vram_misses; /* --device gpu: experts found in
+					    VRAM, and copied in */
+	uint64_t vram_copied_bytes;
 };
 
 struct ms_engine;

@@ -1,0 +1,744 @@
+/*
+ * forward_gpu.c - the forward pass on a GPU (`moestream run --device gpu`):
+ * forward.c's arithmetic, step for step, on device buffers.
+ *
+ * What lives where:
+ *  - the resident tensors: one copy of the engine's resident mapping in
+ *    VRAM, as their quantised bytes (a tensor's device address is its
+ *    offset in the mapping); products through ms_gpu_matmul (the fused
+ *    matvec up to 8 tokens, dequantise + cuBLAS above), norms, RoPE,
+ *    attention and the MoE sum through kernels/gpu_ops.cu;
+ *  - the KV cache: in VRAM, forward.c's layout and element type (f16 as
+ *    llama.cpp's, f32 with kv_f32);
+ *  - routed experts: a VRAM expert cache of equal slots (each the largest
+ *    expert, every projection 256-byte aligned) with an LRU, in front of
+ *    the engine's expert source (the embedded cache or moestreamd): a miss
+ *    is acquired from the source, copied into a slot and released there.
+ *
+ * Routing is the host's: the router's logits come back once per MoE layer
+ * (with the speculative logits of the next MoE layer, computed from the
+ * same residual, in the same copy) and ms_router_select picks the experts
+ * exactly as the CPU path does; that copy is the stream's only sync point
+ * in a layer, so the copies into slots never overwrite weights a queued
+ * kernel still reads.
+ *
+ * Not here yet (issue 16): the tier's asynchronous copies under compute
+ * (kernels/gpu_tier.cu, today on a moestreamd connection only), the
+ * 8-bit-activation matvec, --gpu-layers (a model whose resident tensors do
+ * not fit in VRAM is refused with the numbers).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "moestream/gpu_tier.h"
+
+#define SLOT_ALIGN 256u
+#define GROUP_MAX 256u /* experts pinned at once (the tier takes 16-bit ids) */
+
+struct ms_gpu_eng {
+	struct ms_gpu_ctx *ctx;
+	/* through moestreamd: the GPU tier (kernels/gpu_tier.cu) on a
+	 * connection of its own, copies on its copy stream */
+	struct ms_client *tclient;
+	struct ms_gpu_tier *tier;
+	uint8_t *res;                /* the resident mapping in VRAM */
+	void *k_cache, *v_cache;
+	/* per batch: [n_batch] each */
+	float *x, *h, *q, *k, *v, *att, *o, *sh, *ylist, *xg, *yg, *rlog, *rw,
+		*logits;
+	int32_t *pos, *npos, *rows;
+	int64_t *at0, *base0;
+	size_t logits_cap;           /* floats */
+	/* host scratch */
+	int32_t *h_pos, *h_npos, *h_rows;
+	int64_t *h_at0, *h_base0;
+	float *h_rlog;               /* [2][n_batch][n_expert] */
+	/* experts in VRAM */
+	uint8_t *slots;
+	uint64_t slot_bytes;
+	uint32_t n_slots;
+	uint64_t proj_off[MS_MOE_MAX_PROJ]; /* within a slot, per layer below */
+	int32_t *slot_of;            /* [n_layers][n_expert]: slot or -1 */
+	uint32_t *slot_key;          /* [n_slots]: layer * n_expert + expert */
+	uint64_t *slot_used;         /* [n_slots]: LRU stamp */
+	uint64_t *slot_pin;          /* [n_slots]: stamp of the layer using it */
+	uint64_t tick, layer_stamp;
+	uint64_t hits, misses, copied;
+	uint32_t *miss;              /* [n_expert] */
+	int64_t *start;              /* [n_expert + 1] */
+	struct ms_gpu_expert *views; /* [GROUP_MAX] */
+	uint16_t hint16[GROUP_MAX];  /* the next MoE layer's guess */
+	uint32_t n_hint, hint_block;
+};
+
+/* The device address of a resident tensor. */
+static const void *dev_of(const struct ms_engine *e, const struct ms_rt *t)
+{
+	if (!t->data)
+		return NULL;
+	return e->gpu->res + ((const uint8_t *)t->data -
+			      (const uint8_t *)e->resident);
+}
+
+static int dmalloc(void *p, size_t bytes, uint64_t *total, struct ms_err *err)
+{
+	int rc = ms_gpu_malloc((void **)p, bytes ? bytes : 4, err);
+	if (!rc && total)
+		*total += bytes;
+	return rc;
+}
+
+/* Bytes of projection j of an expert of MoE layer L (the same for each). */
+static uint64_t proj_bytes(const struct ms_moe_layer *L, uint32_t j)
+{
+	return L->ext[j].bytes;
+}
+
+/* Bytes of one expert of MoE layer L in a slot, projections aligned. */
+static uint64_t slot_need(const struct ms_moe_layer *L)
+{
+	uint64_t s = 0;
+	for (uint32_t j = 0; j < L->n_proj; j++)
+		s += (proj_bytes(L, j) + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+	return s;
+}
+
+int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
+{
+	struct ms_gpu_info info[MS_GPU_MAX];
+	int n = ms_gpu_list(info, MS_GPU_MAX, err);
+	if (n < 0)
+		return n;
+	int dev = e->cfg.gpu_device;
+	if (dev < 0 || dev >= n)
+		return ms_err_set(err, -ENODEV, "GPU %d: this machine has %d "
+				  "(0..%d)", dev, n, n - 1);
+	struct ms_gpu_eng *g = calloc(1, sizeof(*g));
+	if (!g)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	e->gpu = g;
+	snprintf(e->info.gpu_name, sizeof(e->info.gpu_name), "%s",
+		 info[dev].name);
+	const struct ms_model *m = e->model;
+	size_t T = e->cfg.n_batch, E = (size_t)e->n_embd;
+	size_t HQ = (size_t)(e->n_head * e->head_dim);
+	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
+	size_t X = m->n_expert, K = (size_t)e->n_used;
+	uint64_t kv = (uint64_t)e->cfg.n_seq * e->n_run * e->cfg.n_ctx * HK *
+		      (e->cfg.kv_f32 ? 4 : 2);
+	uint64_t work = 0, slot = 0;
+	for (uint32_t l = 0; l < m->n_layers; l++)
+		if (slot_need(&m->layers[l]) > slot)
+			slot = slot_need(&m->layers[l]);
+	/* resident + KV + a margin for the work buffers, cuBLAS and the
+	 * workspace must fit before any expert does */
+	uint64_t margin = 1536ull << 20;
+	uint64_t fixed = e->resident_len + 2 * kv;
+	if (fixed + margin + 2 * K * slot > info[dev].total_mem)
+		return ms_err_set(err, -ENOMEM, "%s has %.1f GB; the resident "
+				  "tensors (%.2f GB), the KV cache (%.2f GB), "
+				  "%.1f GB of working room and two layers' "
+				  "experts (%.2f GB) need %.2f GB: use --device "
+				  "cpu, or a smaller --ctx",
+				  info[dev].name, (double)info[dev].total_mem / 1e9,
+				  (double)e->resident_len / 1e9, 2.0 * (double)kv / 1e9,
+				  (double)margin / 1e9, 2.0 * (double)(K * slot) / 1e9,
+				  (double)(fixed + margin + 2 * K * slot) / 1e9);
+	int rc;
+	if ((rc = ms_gpu_set_device(dev, err)) ||
+	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)))
+		return rc;
+	if ((rc = dmalloc(&g->res, e->resident_len, NULL, err)) ||
+	    (rc = ms_gpu_upload(g->res, e->resident, e->resident_len, err)))
+		return rc;
+	e->info.vram_resident_bytes = e->resident_len;
+	if ((rc = dmalloc(&g->k_cache, kv, NULL, err)) ||
+	    (rc = dmalloc(&g->v_cache, kv, NULL, err)) ||
+	    (rc = ms_gpu_memset(g->k_cache, 0, kv, err)) ||
+	    (rc = ms_gpu_memset(g->v_cache, 0, kv, err)))
+		return rc;
+	e->info.vram_kv_bytes = 2 * kv;
+	size_t KX = K ? K : 1, XX = X ? X : 1;
+	g->logits_cap = T * (size_t)e->n_vocab;
+	if ((rc = dmalloc(&g->x, T * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->h, T * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->q, T * HQ * 4, &work, err)) ||
+	    (rc = dmalloc(&g->k, T * HK * 4, &work, err)) ||
+	    (rc = dmalloc(&g->v, T * HK * 4, &work, err)) ||
+	    (rc = dmalloc(&g->att, T * HQ * 4, &work, err)) ||
+	    (rc = dmalloc(&g->o, T * (E > HQ ? E : HQ) * 4, &work, err)) ||
+	    (rc = dmalloc(&g->sh, T * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->ylist, T * KX * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->xg, T * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->yg, T * (KX > 1 ? KX : 1) * E * 4, &work, err)) ||
+	    (rc = dmalloc(&g->rlog, 2 * T * XX * 4, &work, err)) ||
+	    (rc = dmalloc(&g->rw, T * KX * 4, &work, err)) ||
+	    (rc = dmalloc(&g->logits, g->logits_cap * 4, &work, err)) ||
+	    (rc = dmalloc(&g->pos, T * 4, &work, err)) ||
+	    (rc = dmalloc(&g->npos, T * 4, &work, err)) ||
+	    (rc = dmalloc(&g->rows, 2 * T * KX * 4, &work, err)) ||
+	    (rc = dmalloc(&g->at0, T * 8, &work, err)) ||
+	    (rc = dmalloc(&g->base0, T * 8, &work, err)))
+		return rc;
+	g->h_pos = calloc(T, sizeof(*g->h_pos));
+	g->h_npos = calloc(T, sizeof(*g->h_npos));
+	g->h_rows = calloc(2 * T * KX, sizeof(*g->h_rows));
+	g->h_at0 = calloc(T, sizeof(*g->h_at0));
+	g->h_base0 = calloc(T, sizeof(*g->h_base0));
+	g->h_rlog = calloc(2 * T * XX, sizeof(*g->h_rlog));
+	g->miss = calloc(XX, sizeof(*g->miss));
+	g->start = calloc(XX + 1, sizeof(*g->start));
+	g->views = calloc(GROUP_MAX, sizeof(*g->views));
+	if (!g->h_pos || !g->h_npos || !g->h_rows || !g->h_at0 || !g->h_base0 ||
+	    !g->h_rlog || !g->miss || !g->start || !g->views)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+
+	/* the VRAM expert cache: what is asked, else what is left */
+	uint64_t used = fixed + work, want = e->cfg.vram_experts;
+	uint64_t left = info[dev].total_mem > used + margin
+				? info[dev].total_mem - used - margin
+				: 0;
+	if (!want) {
+		want = left;
+		uint64_t all = (uint64_t)m->n_layers * X * slot;
+		if (want > all)
+			want = all;
+	}
+	if (e->cfg.socket) {
+		/* the tier sizes its own slots (the same rule) */
+		struct ms_gpu_tier_opts to = { .device = dev, .vram_bytes = want,
+					       .stream = ms_gpu_ctx_stream(g->ctx) };
+		struct ms_gpu_tier_stats ts;
+		if ((rc = ms_client_connect(&g->tclient, e->cfg.socket,
+					    "moestream gpu tier", err)) ||
+		    (rc = ms_gpu_tier_init(&g->tier, g->tclient, &to, err)) ||
+		    (rc = ms_gpu_tier_stats(g->tier, &ts, err)))
+			return rc;
+		if (ts.slots < 2 * K)
+			return ms_err_set(err, -ENOMEM, "the VRAM expert cache "
+					  "holds %u experts; it needs at least %zu "
+					  "(two layers' worth): give --vram-experts "
+					  "%.0fM or more", ts.slots, 2 * K,
+					  ceil((double)(2 * K * ts.slot_bytes) /
+					       1048576.0));
+		g->n_slots = ts.slots;
+		e->info.vram_expert_bytes = ts.vram_bytes;
+		e->info.vram_expert_slots = ts.slots;
+		return 0;
+	}
+	g->slot_bytes = slot;
+	g->n_slots = slot ? (uint32_t)(want / slot) : 0;
+	if (g->n_slots < 2 * K)
+		return ms_err_set(err, -ENOMEM, "the VRAM expert cache would hold "
+				  "%u experts of %.1f MB; it needs at least %zu "
+				  "(two layers' worth): give --vram-experts %.0fM "
+				  "or more (%.2f GB of VRAM is left after the "
+				  "resident tensors and the KV cache)",
+				  g->n_slots, (double)slot / 1e6, 2 * K,
+				  ceil((double)(2 * K * slot) / 1048576.0),
+				  (double)left / 1e9);
+	if ((rc = dmalloc(&g->slots, (size_t)g->n_slots * slot, NULL, err)))
+		return rc;
+	e->info.vram_expert_bytes = (uint64_t)g->n_slots * slot;
+	e->info.vram_expert_slots = g->n_slots;
+	size_t nk = (size_t)m->n_layers * X;
+	g->slot_of = malloc(nk * sizeof(*g->slot_of));
+	g->slot_key = calloc(g->n_slots, sizeof(*g->slot_key));
+	g->slot_used = calloc(g->n_slots, sizeof(*g->slot_used));
+	g->slot_pin = calloc(g->n_slots, sizeof(*g->slot_pin));
+	if (!g->slot_of || !g->slot_key || !g->slot_used || !g->slot_pin)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < nk; i++)
+		g->slot_of[i] = -1;
+	for (uint32_t s = 0; s < g->n_slots; s++)
+		g->slot_key[s] = UINT32_MAX;
+	return 0;
+}
+
+void ms_gpu_eng_close(struct ms_engine *e)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	if (!g)
+		return;
+	ms_gpu_tier_free(g->tier);
+	if (g->tclient)
+		ms_client_close(g->tclient);
+	ms_gpu_ctx_free(g->ctx);
+	void *dev[] = { g->res,	 g->k_cache, g->v_cache, g->x,	   g->h,
+			g->q,	 g->k,	     g->v,	 g->att,   g->o,
+			g->sh,	 g->ylist,   g->xg,	 g->yg,	   g->rlog,
+			g->rw,	 g->logits,  g->pos,	 g->npos,  g->rows,
+			g->at0,	 g->base0,   g->slots };
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+		ms_gpu_free(dev[i]);
+	free(g->h_pos);
+	free(g->h_npos);
+	free(g->h_rows);
+	free(g->h_at0);
+	free(g->h_base0);
+	free(g->h_rlog);
+	free(g->miss);
+	free(g->start);
+	free(g->views);
+	free(g->slot_of);
+	free(g->slot_key);
+	free(g->slot_used);
+	free(g->slot_pin);
+	free(g);
+	e->gpu = NULL;
+}
+
+void ms_gpu_eng_stats(const struct ms_engine *e, struct ms_engine_stats *st)
+{
+	if (!e->gpu)
+		return;
+	st->vram_hits = e->gpu->hits;
+	st->vram_misses = e->gpu->misses;
+	st->vram_copied_bytes = e->gpu->copied;
+	struct ms_gpu_tier_stats ts;
+	if (e->gpu->tier && !ms_gpu_tier_stats(e->gpu->tier, &ts, NULL)) {
+		st->vram_hits = ts.hits;
+		st->vram_misses = ts.misses;
+		st->vram_copied_bytes = ts.bytes_copied;
+	}
+}
+
+/* ---- the VRAM expert cache --------------------------------------------------------- */
+
+static struct ms_gpu_expert slot_view(const struct ms_engine *e, uint32_t layer,
+				      int32_t s)
+{
+	const struct ms_moe_layer *L = &e->model->layers[layer];
+	struct ms_gpu_expert v;
+	memset(&v, 0, sizeof(v));
+	v.fused = L->fused;
+	v.n_embd = e->n_embd;
+	v.n_ff = e->n_ff_exp;
+	const uint8_t *p = e->gpu->slots + (uint64_t)s * e->gpu->slot_bytes;
+	for (uint32_t j = 0; j < L->n_proj; j++) {
+		v.type[j] = L->type[j];
+		v.data[j] = p;
+		p += (proj_bytes(L, j) + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+	}
+	return v;
+}
+
+/* A slot for a new expert: the least recently used one that this layer
+ * does not use. */
+static int32_t slot_take(struct ms_gpu_eng *g)
+{
+	int32_t best = -1;
+	for (uint32_t s = 0; s < g->n_slots; s++) {
+		if (g->slot_pin[s] == g->layer_stamp)
+			continue;
+		if (best < 0 || g->slot_used[s] < g->slot_used[best])
+			best = (int32_t)s;
+	}
+	if (best >= 0 && g->slot_key[best] != UINT32_MAX)
+		g->slot_of[g->slot_key[best]] = -1;
+	return best;
+}
+
+/* The embedded source's VRAM cache: makes experts ex[0..n) of MoE layer
+ * `layer` resident in VRAM (the stream must have passed every kernel that
+ * read the slots it reuses: the caller has synced it). */
+static int lru_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
+		  uint32_t n, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	uint32_t X = e->model->n_expert, nm = 0;
+	g->layer_stamp++;
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t s = g->slot_of[(size_t)layer * X + ex[i]];
+		if (s >= 0) {
+			g->slot_pin[s] = g->layer_stamp;
+			g->slot_used[s] = ++g->tick;
+			g->hits++;
+		} else {
+			g->miss[nm++] = ex[i];
+		}
+	}
+	if (!nm)
+		return 0;
+	int rc = ms_xsrc_acquire(e, layer, g->miss, nm, err);
+	if (rc)
+		return rc;
+	int first = 0;
+	for (uint32_t got = 0; got < nm; got++) {
+		uint32_t x;
+		struct ms_expert_view v;
+		rc = ms_xsrc_next(e, layer, &x, &v, first ? NULL : err);
+		if (rc) {
+			first = first ? first : rc;
+			continue;
+		}
+		if (!first) {
+			int32_t s = slot_take(g);
+			if (s < 0) {
+				first = ms_err_set(err, -ENOSPC, "the VRAM expert "
+						   "cache has no free slot");
+			} else {
+				struct ms_gpu_expert d = slot_view(e, layer, s);
+				const struct ms_moe_layer *L =
+					&e->model->layers[layer];
+				for (uint32_t j = 0; j < L->n_proj && !first; j++)
+					first = ms_gpu_upload((void *)d.data[j],
+							      v.data[j],
+							      proj_bytes(L, j),
+							      err);
+				if (!first) {
+					g->slot_key[s] = layer * X + x;
+					g->slot_of[(size_t)layer * X + x] = s;
+					g->slot_pin[s] = g->layer_stamp;
+					g->slot_used[s] = ++g->tick;
+					g->misses++;
+					g->copied += slot_need(L);
+				}
+			}
+		}
+		ms_xsrc_release(e, layer, x);
+	}
+	return first;
+}
+
+/* Device views of experts ex[0..n) of MoE layer `layer` (n <= group_max:
+ * the slots, at most GROUP_MAX), pinned until experts_out. A later group of the same layer
+ * (`again`) reuses slots the previous group's kernels read: the embedded
+ * source's cache drains the stream first; the tier orders that itself
+ * (ms_gpu_tier_release records the stream's position). */
+static int experts_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
+		      uint32_t n, bool again, struct ms_gpu_expert *v,
+		      struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	int rc;
+	if (g->tier) {
+		uint16_t x16[GROUP_MAX];
+		for (uint32_t i = 0; i < n; i++)
+			x16[i] = (uint16_t)ex[i];
+		return ms_gpu_tier_acquire(g->tier, e->model->layers[layer].block,
+					   x16, n, v, err);
+	}
+	if (again && (rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(g->ctx), err)))
+		return rc;
+	if ((rc = lru_in(e, layer, ex, n, err)))
+		return rc;
+	for (uint32_t i = 0; i < n; i++)
+		v[i] = slot_view(e, layer,
+				 g->slot_of[(size_t)layer * e->model->n_expert + ex[i]]);
+	return 0;
+}
+
+/* Unpins what experts_in pinned, once the kernels reading them are
+ * queued. */
+static int experts_out(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
+		       uint32_t n, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	if (!g->tier)
+		return 0; /* the LRU's pins end with the layer's stamp */
+	uint16_t x16[GROUP_MAX];
+	for (uint32_t i = 0; i < n; i++)
+		x16[i] = (uint16_t)ex[i];
+	return ms_gpu_tier_release(g->tier, e->model->layers[layer].block, x16, n,
+				   err);
+}
+
+/* ---- one batch ------------------------------------------------------------------------ */
+
+static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
+		  float *y, int64_t T, struct ms_err *err)
+{
+	return ms_gpu_matmul(e->gpu->ctx, w->type, dev_of(e, w), w->ne[0],
+			     w->ne[1], x, y, T, err);
+}
+
+static int attention(struct ms_engine *e, uint32_t b, int64_t T,
+		     struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	const struct ms_block *k = &e->blk[b];
+	int64_t E = e->n_embd, H = e->n_head, D = e->head_dim;
+	int64_t HQ = H * D, HK = e->n_head_kv * D;
+	size_t el = e->cfg.kv_f32 ? 4 : 2;
+	size_t boff = (size_t)b * e->cfg.n_ctx * (size_t)HK * el;
+	uint8_t *kc = (uint8_t *)g->k_cache + boff, *vc = (uint8_t *)g->v_cache + boff;
+	int rc;
+	if ((rc = matmul(e, &k->wq, g->h, g->q, T, err)) ||
+	    (rc = matmul(e, &k->wk, g->h, g->k, T, err)) ||
+	    (rc = matmul(e, &k->wv, g->h, g->v, T, err)))
+		return rc;
+	if ((k->bq.data && (rc = ms_gpu_add_bias(c, g->q, dev_of(e, &k->bq), HQ, T,
+						 err))) ||
+	    (k->bk.data && (rc = ms_gpu_add_bias(c, g->k, dev_of(e, &k->bk), HK, T,
+						 err))) ||
+	    (k->bv.data && (rc = ms_gpu_add_bias(c, g->v, dev_of(e, &k->bv), HK, T,
+						 err))))
+		return rc;
+	if ((rc = ms_gpu_rope_neox(c, g->q, g->pos, dev_of(e, &k->q_norm), e->eps,
+				   H, D, e->n_rot, T, e->rope_base,
+				   e->freq_scale, err)) ||
+	    (rc = ms_gpu_rope_neox(c, g->k, g->pos, dev_of(e, &k->k_norm), e->eps,
+				   e->n_head_kv, D, e->n_rot, T, e->rope_base,
+				   e->freq_scale, err)) ||
+	    (rc = ms_gpu_kv_store(c, g->k, kc, g->at0, HK, T, !e->cfg.kv_f32,
+				  err)) ||
+	    (rc = ms_gpu_kv_store(c, g->v, vc, g->at0, HK, T, !e->cfg.kv_f32,
+				  err)))
+		return rc;
+	if ((rc = ms_gpu_attention(c, g->q, kc, vc, !e->cfg.kv_f32, g->base0,
+				   g->npos, HK, H, e->n_head_kv, D,
+				   1.0f / sqrtf((float)D), T, g->att, err)) ||
+	    (rc = matmul(e, &k->wo, g->att, g->o, T, err)))
+		return rc;
+	return ms_gpu_add(c, g->x, g->o, T * E, err);
+}
+
+static struct ms_gpu_expert dense_view(const struct ms_engine *e,
+				       const struct ms_rt *gate,
+				       const struct ms_rt *up,
+				       const struct ms_rt *down)
+{
+	struct ms_gpu_expert v;
+	memset(&v, 0, sizeof(v));
+	v.n_embd = e->n_embd;
+	v.n_ff = gate->ne[1];
+	v.type[0] = gate->type;
+	v.type[1] = up->type;
+	v.type[2] = down->type;
+	v.data[0] = dev_of(e, gate);
+	v.data[1] = dev_of(e, up);
+	v.data[2] = dev_of(e, down);
+	return v;
+}
+
+/* The next MoE layer's guessed experts into VRAM through the tier (a
+ * hint: what fails is counted by the tier, not an error). */
+static void hint_copies(struct ms_gpu_eng *g)
+{
+	if (g->tier && g->n_hint)
+		ms_gpu_tier_prefetch(g->tier, g->hint_block, g->hint16, g->n_hint,
+				     NULL);
+	g->n_hint = 0;
+}
+
+static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
+		   struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	const struct ms_block *k = &e->blk[b];
+	uint32_t layer = (uint32_t)k->layer, X = e->model->n_expert;
+	int64_t E = e->n_embd, K = e->n_used;
+	int rc;
+	/* this layer's router on h, and (speculation) the next MoE layer's on
+	 * the same residual normed as it would norm it: one copy back */
+	int32_t nb = k->next_moe;
+	bool spec = !e->cfg.no_speculate && nb >= 0 && T <= 16;
+	g->n_hint = 0;
+	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, T, err)))
+		return rc;
+	if (spec) {
+		const struct ms_block *n = &e->blk[nb];
+		if ((rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &n->ffn_norm), g->xg,
+					  E, T, e->eps, err)) ||
+		    (rc = matmul(e, &n->gate_inp, g->xg, g->rlog + T * X, T, err)))
+			return rc;
+	}
+	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)) ||
+	    (rc = ms_gpu_download(g->h_rlog, g->rlog,
+				  (size_t)(spec ? 2 : 1) * T * X * sizeof(float),
+				  err)))
+		return rc;
+	for (int64_t t = 0; t < T; t++)
+		if ((rc = ms_router_select(&e->router, g->h_rlog + t * X,
+					   k->probs_b.data, e->rsel + t * K,
+					   e->rw + t * K, err)))
+			return rc;
+	ms_eng_spec_score(e, layer, T);
+	if (spec) {
+		uint32_t *hint = e->xlist, nh = 0;
+		bool *mark = e->need;
+		const struct ms_block *n = &e->blk[nb];
+		memset(mark, 0, X * sizeof(*mark));
+		for (int64_t t = 0; t < T; t++) {
+			uint32_t sel[MS_ROUTER_MAX_USED];
+			float w[MS_ROUTER_MAX_USED];
+			if (ms_router_select(&e->router, g->h_rlog + (T + t) * X,
+					     n->probs_b.data, sel, w, NULL))
+				break;
+			for (int64_t j = 0; j < K; j++)
+				if (!mark[sel[j]]) {
+					mark[sel[j]] = true;
+					hint[nh++] = sel[j];
+				}
+		}
+		ms_xsrc_prefetch(e, (uint32_t)n->layer, hint, nh);
+		ms_eng_hint_mark(e, (uint32_t)n->layer, hint, nh);
+		/* their copies into VRAM start once this layer's work is
+		 * queued (below): the GPU computes while the host waits for
+		 * the daemon */
+		g->n_hint = nh < GROUP_MAX ? nh : GROUP_MAX;
+		g->hint_block = e->model->layers[n->layer].block;
+		for (uint32_t i = 0; i < g->n_hint; i++)
+			g->hint16[i] = (uint16_t)hint[i];
+	}
+	memset(e->need, 0, X * sizeof(*e->need));
+	uint32_t *ex = e->xlist, n = 0;
+	for (int64_t i = 0; i < T * K; i++)
+		if (!e->need[e->rsel[i]]) {
+			e->need[e->rsel[i]] = true;
+			ex[n++] = e->rsel[i];
+		}
+	if ((int32_t)b == e->first_moe) {
+		e->n_first_used = (uint32_t)K;
+		for (int64_t j = 0; j < K; j++)
+			e->first_used[j] = e->rsel[(T - 1) * K + j];
+	}
+	/* the shared expert first: it runs while the misses are copied in */
+	bool shared = k->sh_gate.data != NULL;
+	if (shared) {
+		struct ms_gpu_expert v = dense_view(e, &k->sh_gate, &k->sh_up,
+						    &k->sh_down);
+		if ((rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->sh, T,
+					     MS_GPU_FFN_AUTO, err)))
+			return rc;
+	}
+	if ((rc = ms_gpu_upload(g->rw, e->rw, (size_t)(T * K) * sizeof(float),
+				err)))
+		return rc;
+	uint32_t group = g->n_slots < GROUP_MAX ? g->n_slots : GROUP_MAX;
+	struct ms_gpu_expert *v = g->views;
+	if (T == 1) {
+		/* one call: every expert on the same input, in routing order
+		 * (one token's experts are distinct: ex is rsel) */
+		if ((rc = experts_in(e, layer, ex, n, false, v, err)))
+			return rc;
+		rc = ms_gpu_experts_ffn(c, v, (int)n, g->h, 0, g->ylist, 1,
+					MS_GPU_FFN_AUTO, err);
+		int r2 = experts_out(e, layer, ex, n, rc ? NULL : err);
+		if (rc || (rc = r2) ||
+		    (rc = ms_gpu_moe_combine(c, g->x, g->ylist, g->rw,
+					     shared ? g->sh : NULL, E, T, K, err)))
+			return rc;
+		hint_copies(g);
+		return 0;
+	}
+	/* per expert: its tokens gathered, computed, scattered to their
+	 * routing slots; the index lists (routing slots, then the same
+	 * entries' tokens) in one upload */
+	int32_t *hs = g->h_rows, *ht = g->h_rows + T * K;
+	int64_t at = 0;
+	int64_t *start = g->start;
+	for (uint32_t i = 0; i < n; i++) {
+		start[i] = at;
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t j = 0; j < K; j++)
+				if (e->rsel[t * K + j] == ex[i]) {
+					hs[at] = (int32_t)(t * K + j);
+					ht[at++] = (int32_t)t;
+				}
+	}
+	start[n] = at;
+	if ((rc = ms_gpu_upload(g->rows, g->h_rows,
+				(size_t)(2 * T * K) * sizeof(int32_t), err)))
+		return rc;
+	const int32_t *ds = g->rows, *dt = g->rows + T * K;
+	/* a batch may route to more experts than VRAM holds: a group at a
+	 * time */
+	for (uint32_t i0 = 0; i0 < n; i0 += group) {
+		uint32_t m = n - i0 < group ? n - i0 : group;
+		if ((rc = experts_in(e, layer, ex + i0, m, i0 > 0, v, err)))
+			return rc;
+		for (uint32_t i = i0; i < i0 + m && !rc; i++) {
+			int64_t cnt = start[i + 1] - start[i];
+			if ((rc = ms_gpu_gather_rows(c, g->h, dt + start[i], cnt, E,
+						     g->xg, err)) ||
+			    (rc = ms_gpu_experts_ffn(c, &v[i - i0], 1, g->xg, 0,
+						     g->yg, cnt, MS_GPU_FFN_AUTO,
+						     err)))
+				break;
+			rc = ms_gpu_scatter_rows(c, g->yg, ds + start[i], cnt, E,
+						 g->ylist, err);
+		}
+		int r2 = experts_out(e, layer, ex + i0, m, rc ? NULL : err);
+		if (rc || (rc = r2))
+			return rc;
+	}
+	if ((rc = ms_gpu_moe_combine(c, g->x, g->ylist, g->rw,
+				     shared ? g->sh : NULL, E, T, K, err)))
+		return rc;
+	hint_copies(g);
+	return 0;
+}
+
+int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
+		      float *logits, const int64_t *out_rows, int64_t n_out,
+		      struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	int64_t E = e->n_embd;
+	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
+	int rc = ms_eng_embed(e, ids, T, err);
+	if (rc)
+		return rc;
+	for (int64_t t = 0; t < T; t++) {
+		uint32_t s = e->tseq[t], p = e->tpos[t];
+		g->h_pos[t] = (int32_t)p;
+		g->h_npos[t] = (int32_t)p + 1;
+		g->h_base0[t] = (int64_t)((size_t)s * e->n_run * e->cfg.n_ctx * HK);
+		g->h_at0[t] = g->h_base0[t] + (int64_t)((size_t)p * HK);
+	}
+	if ((rc = ms_gpu_upload(g->x, e->x, (size_t)(T * E) * sizeof(float), err)) ||
+	    (rc = ms_gpu_upload(g->pos, g->h_pos, (size_t)T * 4, err)) ||
+	    (rc = ms_gpu_upload(g->npos, g->h_npos, (size_t)T * 4, err)) ||
+	    (rc = ms_gpu_upload(g->at0, g->h_at0, (size_t)T * 8, err)) ||
+	    (rc = ms_gpu_upload(g->base0, g->h_base0, (size_t)T * 8, err)))
+		return rc;
+	ms_eng_hint_first(e);
+	for (uint32_t b = 0; b < e->n_run; b++) {
+		if (e->stop && *e->stop)
+			return ms_err_set(err, -EINTR, "stopped");
+		const struct ms_block *k = &e->blk[b];
+		if ((rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->attn_norm), g->h, E,
+					  T, e->eps, err)) ||
+		    (rc = attention(e, b, T, err)) ||
+		    (rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->ffn_norm), g->h, E,
+					  T, e->eps, err)))
+			return rc;
+		if (k->moe) {
+			rc = moe_ffn(e, b, T, err);
+		} else {
+			struct ms_gpu_expert v = dense_view(e, &k->gate, &k->up,
+							    &k->down);
+			rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->o, T,
+						MS_GPU_FFN_AUTO, err);
+			if (!rc)
+				rc = ms_gpu_add(c, g->x, g->o, T * E, err);
+		}
+		if (rc)
+			return rc;
+	}
+	e->st.tokens += (uint64_t)T;
+	if (!logits || !n_out)
+		return ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err);
+	for (int64_t r = 0; r < n_out; r++)
+		g->h_rows[r] = (int32_t)out_rows[r];
+	/* the last MoE layer's kernels may still read g->rows */
+	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)) ||
+	    (rc = ms_gpu_upload(g->rows, g->h_rows, (size_t)n_out * 4, err)) ||
+	    (rc = ms_gpu_gather_rows(c, g->x, g->rows, n_out, E, g->xg, err)) ||
+	    (rc = ms_gpu_rms_norm(c, g->xg, dev_of(e, &e->out_norm), g->h, E,
+				  n_out, e->eps, err)) ||
+	    (rc = matmul(e, &e->output, g->h, g->logits, n_out, err)) ||
+	    (rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)))
+		return rc;
+	return ms_gpu_download(logits, g->logits,
+			       (size_t)n_out * (size_t)e->n_vocab * sizeof(float),
+			       err);
+}

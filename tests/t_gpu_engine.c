@@ -1,0 +1,295 @@
+/*
+ * t_gpu_engine - the forward pass on the GPU (engine/forward_gpu.c) against
+ * the CPU's, on the same file.
+ *
+ * The CPU engine runs with f32 activations (the exact path: the GPU's
+ * matvec sums exactly too) and both with llama.cpp's f16 KV cache. Per
+ * model:
+ *  - teacher-forced: random token ids, every position's logits, the
+ *    prompt in batches of 16 (dequantise + cuBLAS for the products, f16
+ *    operands), then one token at a time (the fused matvec): the cosine
+ *    of the two logit vectors >= 0.9999 at every position and the same
+ *    argmax at >= 99% of them (issue 16's bar);
+ *  - greedy: 32 tokens from an 8-token prompt, the same ids;
+ *  - a VRAM expert cache of only two layers' experts (every layer evicts
+ *    and copies in again): the same logits, bit for bit, as with room for
+ *    every expert.
+ * Models: the tiny preset everywhere; on a real GPU also the GLM-4.7
+ * preset cut to 2 MoE layers (3 dense + 2 MoE blocks) and the Qwen3
+ * preset cut to 2 (on the CPU emulator of `make gpu-emu` they would take
+ * minutes; MS_GPU_ENGINE_ALL=1 runs them there too).
+ *
+ * Without a GPU: exit 77 with the reason, after checking that an engine
+ * asked for the GPU says why it cannot have one.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "moestream/engine.h"
+#include "moestream/kernels.h"
+#include "daemontest.h"
+#include "testutil.h"
+
+#define N_POS 48
+#define N_PROMPT 32
+
+static struct ms_engine *open_engine(const char *path, bool gpu,
+				     uint64_t vram, const char *sock)
+{
+	struct ms_engine_config cfg = { .model = path, .n_ctx = 128, .n_batch = 16,
+					.quiet = true, .gpu = gpu,
+					.vram_experts = vram, .socket = sock };
+	struct ms_err err = { 0 };
+	struct ms_engine *e;
+	if (ms_engine_open(&e, &cfg, &err))
+		t_fatal("%s (%s): %s", path, gpu ? "gpu" : "cpu", err.msg);
+	return e;
+}
+
+/* All N_POS positions' logits: the first N_PROMPT in one call (batches of
+ * 16), the rest one token a call. */
+static float *forced(struct ms_engine *e, const int32_t *ids, int V)
+{
+	struct ms_err err = { 0 };
+	float *l = malloc((size_t)N_POS * V * sizeof(float));
+	if (!l)
+		t_fatal("out of memory");
+	ms_engine_reset(e);
+	if (ms_engine_eval(e, ids, N_PROMPT, l, true, &err))
+		t_fatal("eval: %s", err.msg);
+	for (int i = N_PROMPT; i < N_POS; i++)
+		if (ms_engine_eval(e, ids + i, 1, l + (size_t)i * V, false, &err))
+			t_fatal("eval at %d: %s", i, err.msg);
+	return l;
+}
+
+static int argmax(const float *v, int n)
+{
+	int m = 0;
+	for (int i = 1; i < n; i++)
+		m = v[i] > v[m] ? i : m;
+	return m;
+}
+
+static void greedy(struct ms_engine *e, const int32_t *prompt, int V,
+		   int32_t *out)
+{
+	struct ms_err err = { 0 };
+	float *l = malloc((size_t)V * sizeof(float));
+	ms_engine_reset(e);
+	if (ms_engine_eval(e, prompt, 8, l, false, &err))
+		t_fatal("greedy prompt: %s", err.msg);
+	for (int i = 0; i < 32; i++) {
+		out[i] = argmax(l, V);
+		if (i < 31 && ms_engine_eval(e, &out[i], 1, l, false, &err))
+			t_fatal("greedy step %d: %s", i, err.msg);
+	}
+	free(l);
+}
+
+static void run_model(const char *name, const char *path)
+{
+	struct ms_engine *cpu = open_engine(path, false, 0, NULL);
+	struct ms_engine *gpu = open_engine(path, true, 0, NULL);
+	const struct ms_engine_info *gi = ms_engine_info(gpu);
+	int V = (int)gi->n_vocab;
+	uint64_t rs = t_seed();
+	int32_t ids[N_POS];
+	for (int i = 0; i < N_POS; i++)
+		ids[i] = (int32_t)(t_rand(&rs) % (uint64_t)V);
+	float *a = forced(cpu, ids, V), *b = forced(gpu, ids, V);
+	double worst = 1, maxd = 0;
+	int same = 0;
+	for (int p = 0; p < N_POS; p++) {
+		const float *x = a + (size_t)p * V, *y = b + (size_t)p * V;
+		double xy = 0, xx = 0, yy = 0;
+		for (int v = 0; v < V; v++) {
+			xy += (double)x[v] * y[v];
+			xx += (double)x[v] * x[v];
+			yy += (double)y[v] * y[v];
+			double d = fabs((double)x[v] - y[v]);
+			maxd = d > maxd ? d : maxd;
+		}
+		double cs = xy / sqrt(xx * yy);
+		worst = cs < worst ? cs : worst;
+		same += argmax(x, V) == argmax(y, V);
+		T_CHECK(cs >= 0.9999, "%s: position %d: cosine %.7f < 0.9999", name,
+			p, cs);
+	}
+	printf("%-8s teacher-forced %d positions (%d in batches of 16, %d one "
+	       "by one): cosine >= %.7f, max |diff| %.3g, argmax equal at %d\n",
+	       name, N_POS, N_PROMPT, N_POS - N_PROMPT, worst, maxd, same);
+	T_CHECK(same * 100 >= 99 * N_POS, "%s: argmax equal at %d of %d", name,
+		same, N_POS);
+
+	int32_t ga[32], gb[32];
+	greedy(cpu, ids, V, ga);
+	greedy(gpu, ids, V, gb);
+	int eq = 0;
+	while (eq < 32 && ga[eq] == gb[eq])
+		eq++;
+	printf("%-8s greedy 32 tokens: %d equal before the first difference\n",
+	       name, eq);
+	T_CHECK(eq == 32, "%s: greedy tokens differ at %d (%d vs %d)", name, eq,
+		eq < 32 ? ga[eq] : 0, eq < 32 ? gb[eq] : 0);
+
+	/* two layers' experts of VRAM: evictions every layer */
+	uint64_t slot = gi->vram_expert_bytes / gi->vram_expert_slots;
+	uint32_t min_slots = 2 * gi->n_expert_used;
+	struct ms_engine *small = open_engine(path, true, slot * min_slots, NULL);
+	T_CHECK(ms_engine_info(small)->vram_expert_slots == min_slots,
+		"%s: %u slots, asked for %u", name,
+		ms_engine_info(small)->vram_expert_slots, min_slots);
+	float *c = forced(small, ids, V);
+	struct ms_engine_stats st;
+	ms_engine_get_stats(small, &st);
+	T_CHECK(!memcmp(b, c, (size_t)N_POS * V * sizeof(float)),
+		"%s: logits with %u VRAM slots differ from those with %u", name,
+		min_slots, gi->vram_expert_slots);
+	printf("%-8s VRAM cache of %u experts (of %u): the same logits; %llu "
+	       "copies in, %llu hits\n", name, min_slots, gi->vram_expert_slots,
+	       (unsigned long long)st.vram_misses,
+	       (unsigned long long)st.vram_hits);
+	T_CHECK(st.vram_misses > 0, "%s: no copies into VRAM", name);
+
+	/* through moestreamd: the GPU tier (asynchronous copies, the next
+	 * layer's guess copied under compute), with room for every expert and
+	 * with two layers' worth */
+	struct dt_daemon d;
+	if (dt_start(&d, "gpueng", path, NULL))
+		t_fatal("%s: moestreamd did not start", name);
+	for (int small_tier = 0; small_tier < 2; small_tier++) {
+		struct ms_engine *te = open_engine(
+			path, true, small_tier ? slot * min_slots : 0, d.sock);
+		float *f = forced(te, ids, V);
+		ms_engine_get_stats(te, &st);
+		T_CHECK(!memcmp(b, f, (size_t)N_POS * V * sizeof(float)),
+			"%s: logits through moestreamd's GPU tier (%u slots) "
+			"differ from the embedded source's", name,
+			ms_engine_info(te)->vram_expert_slots);
+		printf("%-8s through moestreamd, GPU tier of %u experts: the same "
+		       "logits; %llu copies in, %llu hits\n", name,
+		       ms_engine_info(te)->vram_expert_slots,
+		       (unsigned long long)st.vram_misses,
+		       (unsigned long long)st.vram_hits);
+		free(f);
+		ms_engine_close(te);
+	}
+	dt_stop(&d);
+	free(a);
+	free(b);
+	free(c);
+	ms_engine_close(small);
+	ms_engine_close(cpu);
+	ms_engine_close(gpu);
+}
+
+/* `moestream run --device gpu` as a user runs it: the same greedy text as
+ * the CPU's exact path, and the VRAM figures at the end. */
+static void cli(const char *path)
+{
+	char c[8192];
+	char *a = NULL, *b = NULL, *err = NULL;
+	snprintf(c, sizeof(c), "%s run '%s' -p 'The lighthouse' -n 16 --temp 0 "
+		 "--ctx 64 --activations f32 2>/dev/null", t_build_path("moestream"),
+		 path);
+	int sa = t_run(c, &a, 1 << 16);
+	snprintf(c, sizeof(c), "%s run '%s' -p 'The lighthouse' -n 16 --temp 0 "
+		 "--ctx 64 --device gpu 2>/dev/null", t_build_path("moestream"), path);
+	int sb = t_run(c, &b, 1 << 16);
+	snprintf(c, sizeof(c), "%s run '%s' -p 'The lighthouse' -n 4 --temp 0 "
+		 "--ctx 64 --device gpu 2>&1 >/dev/null", t_build_path("moestream"),
+		 path);
+	int se = t_run(c, &err, 1 << 16);
+	T_CHECK(sa == 0 && sb == 0 && se == 0, "run: exit %d (cpu), %d and %d "
+		"(gpu)", sa, sb, se);
+	T_CHECK(a && b && !strcmp(a, b), "run --device gpu wrote '%s', the "
+		"CPU '%s'", b ? b : "", a ? a : "");
+	T_CHECK(err && strstr(err, "in VRAM") && strstr(err, "VRAM       expert "
+							"hit rate"),
+		"run --device gpu's figures: %s", err ? err : "");
+	printf("tiny     moestream run --device gpu: the CPU's greedy text (%zu "
+	       "bytes)\n", b ? strlen(b) : 0);
+	free(a);
+	free(b);
+	free(err);
+}
+
+int main(void)
+{
+	dt_watchdog(1800, "t_gpu_engine");
+	struct ms_gpu_info g[MS_GPU_MAX];
+	struct ms_err err = { 0 };
+	if (ms_gpu_list(g, MS_GPU_MAX, &err) < 0) {
+		/* an engine asked for the GPU says why it cannot have one */
+		char path[4096], cmd[8192];
+		snprintf(path, sizeof(path), "%s/tiny.gguf", t_tmpdir());
+		snprintf(cmd, sizeof(cmd), "%s mkmodel --preset tiny -o '%s' "
+			 ">/dev/null 2>&1", t_build_path("moestream"), path);
+		if (system(cmd))
+			t_fatal("'%s' failed", cmd);
+		struct ms_engine_config cfg = { .model = path, .quiet = true,
+						.gpu = true, .n_ctx = 64 };
+		struct ms_engine *e = NULL;
+		struct ms_err e2 = { 0 };
+		int rc = ms_engine_open(&e, &cfg, &e2);
+		T_CHECK(rc == -ENOTSUP || rc == -ENODEV,
+			"an engine on no GPU: %d (%s)", rc, e2.msg);
+		printf("no GPU: an engine asked for one answers %d: %s\n", rc,
+		       e2.msg);
+		/* and the commands exit 3 with the reason */
+		static const char *const cmds[] = {
+			"run '%s' -p hello -n 2 --device gpu",
+			"serve '%s' --port 0 --device gpu",
+		};
+		for (int i = 0; i < 2; i++) {
+			char c2[8192], line[4096];
+			snprintf(line, sizeof(line), cmds[i], path);
+			snprintf(c2, sizeof(c2), "%s %s 2>&1",
+				 t_build_path("moestream"), line);
+			char *out = NULL;
+			int st = t_run(c2, &out, 1 << 16);
+			T_CHECK(st == 3 && out && strstr(out, "--device gpu"),
+				"'%s': exit %d, said: %s", line, st, out ? out : "");
+			printf("no GPU: moestream %s ... --device gpu: exit %d\n",
+			       i ? "serve" : "run", st);
+			free(out);
+		}
+		unlink(path);
+		if (t_done())
+			return 1;
+		t_skip("no GPU: %s", err.msg);
+	}
+	bool emu = strstr(ms_gpu_build_info(), "emulation") != NULL;
+	bool all = !emu || getenv("MS_GPU_ENGINE_ALL");
+	printf("device: %s (%s)\n", g[0].name, ms_gpu_build_info());
+	static const struct {
+		const char *name, *args;
+		bool big;
+	} models[] = {
+		{ "tiny", "--preset tiny", false },
+		{ "glm4.7", "--preset glm4.7-ud-q2_k_xl --moe-layers 2", true },
+		{ "qwen3", "--preset qwen3-moe-30b-a3b --moe-layers 2", true },
+	};
+	for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+		if (models[i].big && !all) {
+			printf("%-8s not run on the emulator (MS_GPU_ENGINE_ALL=1 "
+			       "runs it)\n", models[i].name);
+			continue;
+		}
+		char path[4096], cmd[8192];
+		snprintf(path, sizeof(path), "%s/%s.gguf", t_tmpdir(), models[i].name);
+		snprintf(cmd, sizeof(cmd), "%s mkmodel %s -o '%s' >/dev/null 2>&1",
+			 t_build_path("moestream"), models[i].args, path);
+		if (system(cmd))
+			t_fatal("'%s' failed", cmd);
+		run_model(models[i].name, path);
+		if (!models[i].big)
+			cli(path);
+		unlink(path);
+	}
+	return t_done();
+}
