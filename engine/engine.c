@@ -313,9 +313,14 @@ int ms_engine_load_weights(struct ms_engine *e, struct ms_err *err)
 			e->first_moe = (int32_t)b;
 	}
 	/* tied output: the embedding */
-	if (!e->output.data)
+	bool tied = !e->output.data;
+	if (tied)
 		e->output = e->tok_embd;
 	e->info.resident_bytes = total;
+	uint64_t embd = 0;
+	if (!tied && !ms_type_row_size(e->tok_embd.type, e->n_embd, &embd, NULL))
+		embd *= (uint64_t)e->n_vocab;
+	e->info.resident_token_bytes = total - embd;
 	e->info.resident_huge_bytes = ms_mem_huge_bytes(e->resident);
 	if (e->info.resident_huge_bytes > total) /* the last piece's tail */
 		e->info.resident_huge_bytes = total;
@@ -676,6 +681,7 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 	e->info.n_batch = e->cfg.n_batch;
 	e->info.n_seq = e->cfg.n_seq;
 	e->info.n_expert_used = (uint32_t)e->n_used;
+	e->info.n_expert = e->model->n_expert;
 	e->info.expert_bytes = e->model->expert_bytes_run;
 	*out = e;
 	return 0;

@@ -31,6 +31,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "engine_internal.h"
 #include "moestream/gpu_tier.h"
@@ -106,6 +107,53 @@ static uint64_t slot_need(const struct ms_moe_layer *L)
 	return s;
 }
 
+static int cmp_range(const void *a, const void *b)
+{
+	const uint64_t *x = a, *y = b;
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* Once the resident tensors are in VRAM, the host needs only the
+ * embedding (a row a token, dequantised here) and the routers' selection
+ * biases (ms_router_select runs here): the rest of the mapping's pages go
+ * back to the kernel (MADV_DONTNEED: reading them would give zeros, and
+ * nothing here does). */
+static void drop_host_copy(struct ms_engine *e)
+{
+	const uint8_t *base = e->resident;
+	uint64_t (*keep)[2] = calloc(e->n_run + 2, sizeof(*keep));
+	if (!keep)
+		return; /* the copy stays: only memory is lost */
+	size_t n = 0;
+	uint64_t row = 0;
+	if (!ms_type_row_size(e->tok_embd.type, e->n_embd, &row, NULL)) {
+		keep[n][0] = (uint64_t)((const uint8_t *)e->tok_embd.data - base);
+		keep[n][1] = keep[n][0] + row * (uint64_t)e->n_vocab;
+		n++;
+	}
+	for (uint32_t b = 0; b < e->n_run; b++)
+		if (e->blk[b].probs_b.data) {
+			keep[n][0] = (uint64_t)((const uint8_t *)e->blk[b].probs_b.data -
+						base);
+			keep[n][1] = keep[n][0] + (uint64_t)e->blk[b].probs_b.ne[0] * 4;
+			n++;
+		}
+	qsort(keep, n, sizeof(*keep), cmp_range);
+	const uint64_t pg = 4096;
+	uint64_t at = 0, freed = 0;
+	for (size_t i = 0; i <= n; i++) {
+		uint64_t end = i < n ? keep[i][0] : e->resident_len;
+		uint64_t a = (at + pg - 1) / pg * pg, z = end / pg * pg;
+		if (z > a && !madvise((uint8_t *)e->resident + a, z - a,
+				      MADV_DONTNEED))
+			freed += z - a;
+		if (i < n && keep[i][1] > at)
+			at = keep[i][1];
+	}
+	free(keep);
+	e->info.resident_host_bytes = e->resident_len - freed;
+}
+
 int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 {
 	struct ms_gpu_info info[MS_GPU_MAX];
@@ -155,6 +203,7 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	    (rc = ms_gpu_upload(g->res, e->resident, e->resident_len, err)))
 		return rc;
 	e->info.vram_resident_bytes = e->resident_len;
+	drop_host_copy(e);
 	if ((rc = dmalloc(&g->k_cache, kv, NULL, err)) ||
 	    (rc = dmalloc(&g->v_cache, kv, NULL, err)) ||
 	    (rc = ms_gpu_memset(g->k_cache, 0, kv, err)) ||
@@ -303,6 +352,7 @@ void ms_gpu_eng_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 		st->vram_hits = ts.hits;
 		st->vram_misses = ts.misses;
 		st->vram_copied_bytes = ts.bytes_copied;
+		st->vram_copy_ns = (uint64_t)(ts.copy_ms * 1e6);
 	}
 }
 

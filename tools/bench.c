@@ -809,6 +809,7 @@ int cmd_bench(int argc, char **argv)
 		    io[] = "moestream bench io", rpc[] = "moestream bench rpc",
 		    e2e[] = "moestream bench e2e", gpu[] = "moestream bench gpu",
 		    tier[] = "moestream bench gpu-tier",
+		    gdec[] = "moestream bench gpu-decode",
 		    tok[] = "moestream bench tokenize",
 		    srv[] = "moestream bench serve";
 	if (argc >= 2 && !strcmp(argv[1], "serve")) {
@@ -839,13 +840,17 @@ int cmd_bench(int argc, char **argv)
 		argv[1] = gpu;
 		return bench_gpu_main(argc - 1, argv + 1);
 	}
+	if (argc >= 2 && !strcmp(argv[1], "gpu-decode")) {
+		argv[1] = gdec;
+		return bench_gpu_decode_main(argc - 1, argv + 1);
+	}
 	if (argc >= 2 && !strcmp(argv[1], "gpu-tier")) {
 		argv[1] = tier;
 		return bench_gpu_tier_main(argc - 1, argv + 1);
 	}
 	if (argc >= 2 &&
 	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-		printf("usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|tokenize "
+		printf("usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|gpu-decode|tokenize "
 		       "[OPTIONS]\n\n"
 		       "Benchmarks, each against the machine's own limit "
 		       "measured in the same run:\n"
@@ -876,6 +881,12 @@ int cmd_bench(int argc, char **argv)
 		       "           against pinned memory, and copies under "
 		       "compute (exit 3 without\n"
 		       "           a GPU)\n"
+		       "  gpu-decode the GPU decoder (run --device gpu): decode "
+		       "with every expert in\n"
+		       "           VRAM against the device's copy rate, and with "
+		       "experts streaming\n"
+		       "           through moestreamd against max(copy, compute) "
+		       "(exit 3 without a GPU)\n"
 		       "  tokenize the model's tokenizer against llama.cpp's on "
 		       "the same text\n"
 		       "'moestream bench NAME --help' explains each.\n");
@@ -883,13 +894,13 @@ int cmd_bench(int argc, char **argv)
 	}
 	if (argc < 2)
 		tool_error(CMD, "which benchmark? (kernels, io, rpc, e2e, serve, "
-				"gpu, gpu-tier, tokenize)");
+				"gpu, gpu-tier, gpu-decode, tokenize)");
 	else
 		tool_error(CMD,
 			   "'%s' is not a benchmark (kernels, io, rpc, e2e, serve, "
-			   "gpu, gpu-tier, tokenize)",
+			   "gpu, gpu-tier, gpu-decode, tokenize)",
 			   argv[1]);
-	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|tokenize "
+	fprintf(stderr, "usage: moestream bench kernels|io|rpc|e2e|serve|gpu|gpu-tier|gpu-decode|tokenize "
 			"[OPTIONS]  (see --help)\n");
 	return EXIT_USAGE;
 }

@@ -29,7 +29,12 @@
 #            quantized weights and its ratio to the device-to-device copy
 #            bandwidth measured in the same run (t_gpu_kernels --bench is the
 #            same code: not run again);
-#         3. the GPU tier's transfer benchmark (`moestream bench gpu-tier`,
+#         3. `moestream bench gpu-decode` on the GLM-4.7 preset cut to 4 MoE
+#            layers (written to $TMPDIR, removed after): the GPU decoder's
+#            tok/s with every expert in VRAM against the device's copy rate
+#            over a token's bytes, and with experts streaming through a
+#            private moestreamd against max(copy, compute);
+#         4. the GPU tier's transfer benchmark (`moestream bench gpu-tier`,
 #            where the pack has it; t_gpu_tier --bench is the same code):
 #            host->device GB/s from moestreamd's cache against pinned
 #            memory, copy/compute overlap;
@@ -39,26 +44,28 @@
 #       bench-tier.json and results.tgz (everything) are copied there (the
 #       tool brings back at most 8 files).
 #
-# Exit: 0 when every test passed and both benchmarks ran; 1 when a test
+# Exit: 0 when every test passed and every benchmark ran; 1 when a test
 # failed or skipped (a skip on a GPU machine is a failure) or a benchmark
 # failed; 2 when the pack cannot run here (missing, no GPU, libraries not
 # found). The benchmarks' targets (K-quants' matvec >= 0.8 of the copy
 # bandwidth; the tier's >= 0.9 of pinned memory) are reported, not enforced:
 # benchmarks are not tests.
 #
-# Time: about 1.5 minutes on an H100 (tests ~40 s, benchmarks ~40 s). Each
-# step has a timeout and the whole run a deadline (GPU_CHECK_DEADLINE, 270
-# s): a step starts with whatever is left, so the script ends within about
-# 4.5 minutes whatever hangs. Give the device tool timeout_s=330: a 15-minute
-# lease then holds a machine start, a run, and a rerun.
+# Time: about 1.5 minutes on an H100 before the GPU decoder's test and
+# benchmark came (tests ~40 s, benchmarks ~40 s); those add an estimated
+# 1.5-2 minutes (not yet measured on a GPU). Each step has a timeout and
+# the whole run a deadline (GPU_CHECK_DEADLINE, 300 s): a step starts with
+# whatever is left, so the script ends within about 5 minutes whatever
+# hangs. Give the device tool timeout_s=360.
 #
 # With the device tool (the pack is in an ignored folder, so it is carried):
 #   make -j2 O=build/gpu tests && tools/gpu-check.sh pack build/gpu
 #   run(command="tools/gpu-check.sh run build/gpu/gpu-pack",
-#       carry=["build/gpu/gpu-pack"], timeout_s=330)
+#       carry=["build/gpu/gpu-pack"], timeout_s=360)
 #
-# Knobs: GPU_CHECK_BENCH_TIME (seconds per type, 1), GPU_CHECK_BENCH_ARGS and
-# GPU_CHECK_TIER_ARGS (more options for the two benchmarks),
+# Knobs: GPU_CHECK_BENCH_TIME (seconds per type, 1), GPU_CHECK_BENCH_ARGS,
+# GPU_CHECK_DECODE_ARGS and GPU_CHECK_TIER_ARGS (more options for the
+# benchmarks),
 # GPU_CHECK_TESTS (test names instead of all packed ones).
 set -u
 
@@ -170,7 +177,7 @@ EOF
 	return 1
 }
 
-deadline=${GPU_CHECK_DEADLINE:-270}
+deadline=${GPU_CHECK_DEADLINE:-300}
 
 # run_step NAME MAX_SECONDS COMMAND...: the command under a timeout of
 # MAX_SECONDS or what is left before the deadline, whichever is less.
@@ -266,7 +273,28 @@ run() {
 		status=1
 	fi
 
-	# 3. the GPU tier's transfer benchmark (tools/bench_gpu_tier.c), where
+	# 3. the GPU decoder end to end (tools/bench_gpu_decode.c): the
+	# GLM-4.7 preset cut to 4 MoE layers, written outside the results
+	local dtxt=$res/bench-decode.txt drc=none model=${TMPDIR:-/tmp}/gpu-check-glm4.gguf
+	if "$pack/moestream" bench gpu-decode --help >/dev/null 2>&1; then
+		run_step mkmodel 60 "$pack/moestream" mkmodel --preset glm4.7-ud-q2_k_xl \
+			--moe-layers 4 -o "$model" --force >/dev/null
+		if [ $? -eq 0 ]; then
+			run_step decode-bench 100 env MOESTREAMD="$pack/moestreamd" \
+				"$pack/moestream" bench gpu-decode --model "$model" \
+				${GPU_CHECK_DECODE_ARGS:-} | tee "$dtxt"
+			drc=${PIPESTATUS[0]}
+		else
+			drc=1
+		fi
+		rm -f "$model"
+		if [ "$drc" != 0 ]; then
+			echo "gpu-check: GPU DECODE BENCHMARK FAILED (exit $drc)"
+			status=1
+		fi
+	fi
+
+	# 4. the GPU tier's transfer benchmark (tools/bench_gpu_tier.c), where
 	# the pack has it: it writes its own model and starts its own
 	# moestreamd (the packed one, found beside the binary)
 	local ttxt=$res/bench-tier.txt trc2=none tier=()
@@ -293,6 +321,10 @@ run() {
 		echo "   -- moestream bench gpu"
 		sed -n '/^type /,/^$/p' "$btxt" | sed 's/^/   /'
 		grep -E '^(note|gpu|target|prefill) ' "$btxt" | sed 's/^/   /'
+	fi
+	if [ "$drc" = 0 ]; then
+		echo "   -- moestream bench gpu-decode"
+		grep -E '^(per token|resident|streaming) ' "$dtxt" | sed 's/^/   /'
 	fi
 	if [ "$trc2" = 0 ]; then
 		echo "   -- ${tier[*]##*/}"

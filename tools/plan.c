@@ -31,8 +31,9 @@
  *
  * With --vram: the resident tensors go to the GPU when they fit with the KV
  * cache and 1 GiB, and the VRAM left is a first expert tier in front of the
- * RAM one; the GPU's rate is --gpu-gbps (there is no GPU decoder in this
- * version to measure: the GPU line is a projection and says so), copies
+ * RAM one; the GPU's rate is --gpu-gbps (the GPU decoder, run --device
+ * gpu, has not been measured on a GPU yet: the GPU line is a projection
+ * and says so), copies
  * from RAM to VRAM at --pcie-gbps. A token then takes max(GPU compute,
  * PCIe copies of RAM hits and misses, disk reads of misses).
  */
@@ -874,8 +875,8 @@ int cmd_plan(int argc, char **argv)
 							    1e9 / mc.cpu_tok : 0.0,
 		       mc.n_shapes);
 	if (mc.vram)
-		printf("          GPU %.0f GB/s (assumed: there is no GPU decoder to "
-		       "measure yet), PCIe %.0f GB/s\n", mc.gpu, mc.pcie);
+		printf("          GPU %.0f GB/s (assumed: the GPU decoder is not "
+		       "measured here), PCIe %.0f GB/s\n", mc.gpu, mc.pcie);
 	printf("trace     %s: %u tokens\n", trace ? trace : "synthetic routing",
 	       tr->n_tokens);
 	printf("\n");

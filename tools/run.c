@@ -334,13 +334,17 @@ int cmd_run(int argc, char **argv)
 		100.0 * (double)info->resident_huge_bytes /
 			(double)(info->resident_bytes ? info->resident_bytes : 1),
 		fmt_bytes(info->kv_bytes, b, sizeof(b)), info->n_ctx);
-	if (cfg.gpu)
+	if (cfg.gpu) {
 		fprintf(stderr, "moestream run: GPU %s: resident %s, KV %s and an "
 			"expert cache of %s (%u experts) in VRAM\n", info->gpu_name,
 			fmt_bytes(info->vram_resident_bytes, a, sizeof(a)),
 			fmt_bytes(info->vram_kv_bytes, b, sizeof(b)),
 			fmt_bytes(info->vram_expert_bytes, k, sizeof(k)),
 			info->vram_expert_slots);
+		fprintf(stderr, "moestream run: of the resident tensors the host "
+			"keeps %s (the embedding, the routers' biases)\n",
+			fmt_bytes(info->resident_host_bytes, a, sizeof(a)));
+	}
 	if (cfg.socket)
 		fprintf(stderr, "moestream run: experts from %s\n", info->cache_mode);
 	else

@@ -32,6 +32,7 @@ int cmd_get(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv); /* bench_tokenize.c */
+int bench_gpu_decode_main(int argc, char **argv); /* bench_gpu_decode.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_serve(int argc, char **argv);

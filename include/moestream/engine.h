@@ -212,15 +212,21 @@ struct ms_engine_config {
 struct ms_engine_info {
 	char arch[64];
 	uint32_t n_block_run, n_moe_run, n_vocab, n_ctx, n_batch, n_seq;
+	uint32_t n_expert;          /* routed experts per MoE layer */
 	uint32_t n_expert_used;     /* routed experts per token */
 	uint64_t resident_bytes;   /* tensors loaded into the engine */
 	uint64_t resident_huge_bytes; /* of their memory, on 2 MiB pages */
+	uint64_t resident_token_bytes; /* of them, what a token reads: all but
+					  the embedding (a row of it) */
 	uint64_t kv_bytes;
 	uint64_t cache_bytes;      /* the embedded cache (0 through a daemon) */
 	uint64_t expert_bytes;     /* routed experts of the layers run */
 	char cache_mode[256];      /* how the cache's memory was made */
 	char gpu_name[256];        /* --device gpu: the device */
 	uint64_t vram_resident_bytes; /* resident tensors in VRAM */
+	uint64_t resident_host_bytes; /* --device gpu: of the resident
+					tensors' memory, what the host keeps
+					(the embedding, the routers' biases) */
 	uint64_t vram_kv_bytes;
 	uint64_t vram_expert_bytes;   /* the VRAM expert cache */
 	uint32_t vram_expert_slots;   /* experts it holds */
@@ -239,6 +245,8 @@ struct ms_engine_stats {
 	uint64_t vram_hits, vram_misses; /* --device gpu: experts found in
 					    VRAM, and copied in */
 	uint64_t vram_copied_bytes;
+	uint64_t vram_copy_ns;      /* the GPU tier's copy stream busy (CUDA
+				       events), through moestreamd only */
 };
 
 struct ms_engine;
