@@ -22,7 +22,8 @@
  * Models: the tiny preset everywhere; on a real GPU also the GLM-4.7
  * preset cut to 2 MoE layers (3 dense + 2 MoE blocks) and the Qwen3
  * preset cut to 2 (on the CPU emulator of `make gpu-emu` they would take
- * minutes; MS_GPU_ENGINE_ALL=1 runs them there too).
+ * minutes; MS_GPU_ENGINE_ALL=1 runs them there too, MS_GPU_ENGINE_ONLY=NAME
+ * one model).
  *
  * Without a GPU: exit 77 with the reason, after checking that an engine
  * asked for the GPU says why it cannot have one.
@@ -371,8 +372,11 @@ int main(void)
 		{ "glm4.7", "--preset glm4.7-ud-q2_k_xl --moe-layers 2", true },
 		{ "qwen3", "--preset qwen3-moe-30b-a3b --moe-layers 2", true },
 	};
+	const char *only = getenv("MS_GPU_ENGINE_ONLY");
 	for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
-		if (models[i].big && !all) {
+		if (only && strcmp(only, models[i].name))
+			continue;
+		if (models[i].big && !all && !only) {
 			printf("%-8s not run on the emulator (MS_GPU_ENGINE_ALL=1 "
 			       "runs it)\n", models[i].name);
 			continue;
