@@ -138,6 +138,7 @@ struct rcfg {
 	const char *llama_dir;
 	bool llama_repack;
 	bool f32_act;       /* --activations f32 */
+	bool gpu;           /* --device gpu: run's methods on GPU 0 */
 	uint64_t kv_bytes;           /* the engine's formula */
 	uint32_t n_run;              /* blocks run (dense + MoE) */
 	bool want[R_COUNT];
@@ -370,7 +371,8 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 	struct ms_engine_config cfg = { .model = c->model_path, .n_ctx = c->n_ctx,
 					.n_batch = c->n_batch,
 					.n_threads = (int)c->threads, .quiet = true,
-					.q8_activations = !c->f32_act };
+					.q8_activations = !c->f32_act && !c->gpu,
+					.gpu = c->gpu };
 	if (daemon) {
 		struct bench_daemon_opts o = { .model = c->model_path,
 					       .cache_bytes = u->cache_daemon,
@@ -453,7 +455,7 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 		 daemon ? "moestreamd" : "embedded",
 		 fmt_bytes(x->cache_bytes, b, sizeof(b)), c->threads,
 		 c->threads == 1 ? "" : "s", c->n_batch,
-		 c->f32_act ? "f32" : "8-bit");
+		 c->gpu ? "GPU 0, f32" : c->f32_act ? "f32" : "8-bit");
 out:
 	free(logits);
 	ms_engine_close(e);
@@ -943,6 +945,12 @@ static void usage(FILE *f)
 		"  --activations A    run's products: q8 (default; 8-bit "
 		"activations as llama.cpp's\n"
 		"                     CPU backend) or f32 (exact)\n"
+		"  --device D         run's methods on cpu (default) or gpu (GPU 0: "
+		"resident tensors,\n"
+		"                     KV and a VRAM expert cache there, f32 "
+		"activations; llama.cpp\n"
+		"                     stays on the CPU: the pinned package has CPU "
+		"backends only)\n"
 		"  --llama-dir D      llama.cpp's libraries (default: "
 		"$MS_LLAMA_DIR, else the\n"
 		"                     cache tests/fetch-ggml.sh fills)\n"
@@ -1035,7 +1043,7 @@ int bench_e2e_real_main(int argc, char **argv)
 {
 	enum { O_MODEL = 1000, O_PROMPT, O_PROMPT_FILE, O_GEN, O_CACHE, O_MEM,
 	       O_METHODS, O_THREADS, O_CTX, O_BATCH, O_REPACK, O_ACT, O_LLDIR, O_SWEEP,
-	       O_SWEEP_OUT, O_JSON, O_DECODE };
+	       O_SWEEP_OUT, O_JSON, O_DECODE, O_DEVICE };
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, O_MODEL },
 		{ "prompt", required_argument, 0, O_PROMPT },
@@ -1049,6 +1057,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		{ "batch", required_argument, 0, O_BATCH },
 		{ "llamacpp-repack", no_argument, 0, O_REPACK },
 		{ "activations", required_argument, 0, O_ACT },
+		{ "device", required_argument, 0, O_DEVICE },
 		{ "llama-dir", required_argument, 0, O_LLDIR },
 		{ "sweep", optional_argument, 0, O_SWEEP },
 		{ "sweep-out", required_argument, 0, O_SWEEP_OUT },
@@ -1122,6 +1131,12 @@ int bench_e2e_real_main(int argc, char **argv)
 			c.f32_act = !q8;
 			break;
 		}
+		case O_DEVICE:
+			if (tool_parse_device(CMD, optarg, &c.gpu))
+				return tool_bad_usage(usage_line);
+			if (c.gpu && tool_gpu_usable(CMD))
+				return EXIT_UNAVAILABLE;
+			break;
 		case O_LLDIR: c.llama_dir = optarg; break;
 		case O_SWEEP:
 			/* --sweep LIST as well as --sweep=LIST: a list is what
@@ -1301,7 +1316,9 @@ int bench_e2e_real_main(int argc, char **argv)
 		cJSON_AddStringToObject(o, "cgroup", bench_cg_name(&cg));
 		cJSON_AddBoolToObject(o, "page_cache_dropped", dropped);
 		cJSON_AddBoolToObject(o, "llamacpp_repack", c.llama_repack);
-		cJSON_AddStringToObject(o, "activations", c.f32_act ? "f32" : "q8");
+		cJSON_AddStringToObject(o, "activations",
+					c.f32_act || c.gpu ? "f32" : "q8");
+		cJSON_AddStringToObject(o, "device", c.gpu ? "gpu" : "cpu");
 		if (n_runs == 1) {
 			json_run(o, &c, &runs[0]);
 		} else {
