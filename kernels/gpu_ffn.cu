@@ -10,7 +10,13 @@
  * kernel (h = silu(g) * u in double, as kernels/ffn.c); prepare h; down.
  * Experts whose gate and up types differ take two plain launches and the
  * SwiGLU moves into the second preparation. Nothing is dequantised to
- * memory.
+ * memory. MATVEC prepares x and h exactly (three int8 digits: f32
+ * accuracy); MATVEC_Q8 rounds them to 8 bits per 32-element block as
+ * ggml's q8_1 does (one digit, a third of the __dp4a; the error is the
+ * rounding's, see gpu_matvec.cu); ms_gpu_ctx_set_q8 makes AUTO take it.
+ * Launches too small to fill the device split K (gpu_matvec.cu), with a
+ * second pass that adds the ranges in a fixed order: partials in the
+ * workspace.
  *
  * Prefill (any B): per expert, gate and up are dequantised to f16 into one
  * [2 n_ff][n_embd] buffer (gate rows first: the fused layout's order, so a
@@ -51,6 +57,8 @@ struct ms_gpu_ctx {
 	bool marked;
 	void *ws;
 	size_t ws_size;
+	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
+	int mv_split; /* msg_mv_call.split */
 };
 
 namespace {
@@ -366,24 +374,12 @@ int matvec_ok(const struct ms_gpu_expert *e, int n, const struct plan *p,
 
 int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	       const struct plan *p, const float *x, int64_t x_stride,
-	       float *y, struct ms_err *err)
+	       float *y, bool q8, struct ms_err *err)
 {
 	const int64_t E = p->E, F = p->F, B = p->B;
 	const int n_sets = x_stride ? n : 1;
 	const bool mixed = p->t_gate != p->t_up;
-	const size_t xb = MSG_XBLK_BYTES;
-	carve cv = { 0 };
-	const size_t o_xq = cv.take((size_t)n_sets * B * (E / 32) * xb);
-	const size_t o_h = cv.take((size_t)n * B * F * sizeof(float));
-	const size_t o_u = mixed ? cv.take((size_t)n * B * F * sizeof(float)) : 0;
-	const size_t o_hq = cv.take((size_t)n * B * (F / 32) * xb);
-	int rc = ws_reserve(c, cv.off, err);
-	if (rc)
-		return rc;
-	uint8_t *ws = (uint8_t *)c->ws;
-	void *xq = ws + o_xq, *hq = ws + o_hq;
-	float *h = (float *)(ws + o_h);
-	float *u = mixed ? (float *)(ws + o_u) : nullptr;
+	const size_t xb = msg_xblk_bytes(q8);
 
 	const void **pa = (const void **)malloc(sizeof(void *) * 3 * (size_t)n);
 	if (!pa)
@@ -397,69 +393,88 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 		pd[i] = e[i].data[p->np - 1];
 	}
 
+	/* the launches: gate and up (a pair, or two plain ones), down */
+	struct msg_mv_call gu, up, dn;
+	memset(&gu, 0, sizeof(gu));
+	gu.n_e = n;
+	gu.B = (int)B;
+	gu.sms = c->sms;
+	gu.split = c->mv_split;
+	gu.q8 = q8;
+	gu.xq_stride = n_sets > 1 ? B * (E / 32) : 0;
+	gu.out_stride = B * F;
+	gu.n_rows = (int)F;
+	gu.n_in = (int)E;
+	gu.type = p->t_gate;
+	gu.pair = !mixed;
+	gu.wa = pa;
+	gu.wb = mixed ? nullptr : pb;
+	gu.rs = (int64_t)p->rs_gate;
+	up = gu;
+	up.type = p->t_up;
+	up.wa = pb;
+	up.rs = (int64_t)p->rs_up;
+	dn = gu;
+	dn.type = p->t_down;
+	dn.pair = false;
+	dn.wa = pd;
+	dn.wb = nullptr;
+	dn.xq_stride = B * (F / 32);
+	dn.out = y;
+	dn.out_stride = B * E;
+	dn.n_rows = (int)E;
+	dn.n_in = (int)F;
+	dn.rs = (int64_t)p->rs_down;
+
+	size_t part = msg_matvec_part_bytes(&gu);
+	if (mixed && msg_matvec_part_bytes(&up) > part)
+		part = msg_matvec_part_bytes(&up);
+	if (msg_matvec_part_bytes(&dn) > part)
+		part = msg_matvec_part_bytes(&dn);
+	carve cv = { 0 };
+	const size_t o_xq = cv.take((size_t)n_sets * B * (E / 32) * xb);
+	const size_t o_h = cv.take((size_t)n * B * F * sizeof(float));
+	const size_t o_u = mixed ? cv.take((size_t)n * B * F * sizeof(float)) : 0;
+	const size_t o_hq = cv.take((size_t)n * B * (F / 32) * xb);
+	const size_t o_part = cv.take(part);
+	int rc = ws_reserve(c, cv.off, err);
+	if (rc) {
+		free(pa);
+		return rc;
+	}
+	uint8_t *ws = (uint8_t *)c->ws;
+	void *xq = ws + o_xq, *hq = ws + o_hq;
+	float *h = (float *)(ws + o_h);
+	float *u = mixed ? (float *)(ws + o_u) : nullptr;
+	gu.part = up.part = dn.part = part ? ws + o_part : nullptr;
+	gu.part_bytes = up.part_bytes = dn.part_bytes = part;
+	gu.xq = up.xq = xq;
+	gu.out = h;
+	up.out = u;
+	dn.xq = hq;
+
 	cudaError_t ce;
 	const char *what = "preparing x";
-	struct msg_mv_call mv;
-	memset(&mv, 0, sizeof(mv));
-	mv.n_e = n;
-	mv.B = (int)B;
-	mv.sms = c->sms;
 	if ((ce = msg_prep_launch(x, nullptr, x_stride, xq, (int)E, (int)B,
-				  n_sets, c->stream)) != cudaSuccess)
+				  n_sets, q8, c->stream)) != cudaSuccess)
 		goto fail;
 
 	/* gate and up -> h (or g, u) */
 	what = "the gate/up matvec";
-	mv.xq = xq;
-	mv.xq_stride = n_sets > 1 ? B * (E / 32) : 0;
-	mv.out_stride = B * F;
-	mv.n_rows = (int)F;
-	mv.n_in = (int)E;
-	if (!mixed) {
-		mv.type = p->t_gate;
-		mv.pair = true;
-		mv.wa = pa;
-		mv.wb = pb;
-		mv.out = h;
-		mv.rs = (int64_t)p->rs_gate;
-		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
-			goto fail;
-	} else {
-		mv.pair = false;
-		mv.type = p->t_gate;
-		mv.wa = pa;
-		mv.out = h;
-		mv.rs = (int64_t)p->rs_gate;
-		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
-			goto fail;
-		mv.type = p->t_up;
-		mv.wa = pb;
-		mv.out = u;
-		mv.rs = (int64_t)p->rs_up;
-		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
-			goto fail;
-	}
+	if ((ce = msg_matvec_launch(&gu, c->stream)) != cudaSuccess)
+		goto fail;
+	if (mixed && (ce = msg_matvec_launch(&up, c->stream)) != cudaSuccess)
+		goto fail;
 
 	/* h (mixed: silu(g) * u here) -> prepared */
 	what = "preparing h";
-	if ((ce = msg_prep_launch(h, u, B * F, hq, (int)F, (int)B, n,
+	if ((ce = msg_prep_launch(h, u, B * F, hq, (int)F, (int)B, n, q8,
 				  c->stream)) != cudaSuccess)
 		goto fail;
 
 	/* down -> y */
 	what = "the down matvec";
-	mv.type = p->t_down;
-	mv.pair = false;
-	mv.wa = pd;
-	mv.wb = nullptr;
-	mv.xq = hq;
-	mv.xq_stride = B * (F / 32);
-	mv.out = y;
-	mv.out_stride = B * E;
-	mv.n_rows = (int)E;
-	mv.n_in = (int)F;
-	mv.rs = (int64_t)p->rs_down;
-	if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
+	if ((ce = msg_matvec_launch(&dn, c->stream)) != cudaSuccess)
 		goto fail;
 	free(pa);
 	return 0;
@@ -548,6 +563,7 @@ extern "C" const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p)
 	case MS_GPU_FFN_AUTO: return "auto";
 	case MS_GPU_FFN_MATVEC: return "matvec";
 	case MS_GPU_FFN_CUBLAS: return "cublas";
+	case MS_GPU_FFN_MATVEC_Q8: return "matvec-q8";
 	default: return "invalid";
 	}
 }
@@ -678,6 +694,29 @@ extern "C" void ms_gpu_ctx_free(struct ms_gpu_ctx *c)
 	free(c);
 }
 
+extern "C" int ms_gpu_ctx_set_q8(struct ms_gpu_ctx *c, bool q8,
+				 struct ms_err *err)
+{
+	if (!c)
+		return ms_err_set(err, -EINVAL, "gpu: NULL context");
+	c->q8 = q8;
+	return 0;
+}
+
+extern "C" int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split,
+				    struct ms_err *err)
+{
+	if (!c)
+		return ms_err_set(err, -EINVAL, "gpu: NULL context");
+	if (split < 0 || split > MSG_MV_MAX_SPLIT)
+		return ms_err_set(err, -EINVAL,
+				  "gpu: split %d: expected 0 (the rule), 1 "
+				  "(never) or up to %d ranges",
+				  split, MSG_MV_MAX_SPLIT);
+	c->mv_split = split;
+	return 0;
+}
+
 extern "C" void *ms_gpu_ctx_stream(const struct ms_gpu_ctx *c)
 {
 	return c ? (void *)c->stream : nullptr;
@@ -711,16 +750,17 @@ extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
 	if (path == MS_GPU_FFN_AUTO) {
 		struct ms_err why = { 0, "" };
 		path = matvec_ok(e, n_experts, &p, &why) ? MS_GPU_FFN_CUBLAS
+			: c->q8				 ? MS_GPU_FFN_MATVEC_Q8
 							 : MS_GPU_FFN_MATVEC;
-	} else if (path == MS_GPU_FFN_MATVEC) {
+	} else if (path == MS_GPU_FFN_MATVEC || path == MS_GPU_FFN_MATVEC_Q8) {
 		if ((rc = matvec_ok(e, n_experts, &p, err)))
 			return rc;
 	}
-	return path == MS_GPU_FFN_MATVEC
-		       ? run_matvec(c, e, n_experts, &p, x_dev, x_stride, y_dev,
+	return path == MS_GPU_FFN_CUBLAS
+		       ? run_cublas(c, e, n_experts, &p, x_dev, x_stride, y_dev,
 				    err)
-		       : run_cublas(c, e, n_experts, &p, x_dev, x_stride, y_dev,
-				    err);
+		       : run_matvec(c, e, n_experts, &p, x_dev, x_stride, y_dev,
+				    path == MS_GPU_FFN_MATVEC_Q8, err);
 }
 
 extern "C" int ms_gpu_expert_ffn(struct ms_gpu_ctx *c,
@@ -812,18 +852,15 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 	if (n_tokens <= MSG_MV_MAX_TOKENS && msg_matvec_type(type) &&
 	    n_in % 32 == 0 &&
 	    (uintptr_t)w_dev % (uintptr_t)msg_matvec_align(type) == 0) {
-		/* decode: the fused matvec, one "expert" */
-		const size_t xb = MSG_XBLK_BYTES;
-		if ((rc = ws_reserve(c, (size_t)n_tokens * (size_t)(n_in / 32) * xb,
-				     err)))
-			return rc;
+		/* decode: the fused matvec, one "expert" (8-bit input with
+		 * ms_gpu_ctx_set_q8) */
 		const void *wa[1] = { w_dev };
 		struct msg_mv_call mv;
 		memset(&mv, 0, sizeof(mv));
 		mv.type = type;
+		mv.q8 = c->q8;
 		mv.n_e = 1;
 		mv.wa = wa;
-		mv.xq = c->ws;
 		mv.out = y_dev;
 		mv.out_stride = n_tokens * n_out;
 		mv.n_rows = (int)n_out;
@@ -831,9 +868,19 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 		mv.rs = (int64_t)rs;
 		mv.B = (int)n_tokens;
 		mv.sms = c->sms;
-		if ((ce = msg_prep_launch(x_dev, nullptr, 0, c->ws, (int)n_in,
-					  (int)n_tokens, 1, c->stream)) !=
-		    cudaSuccess)
+		mv.split = c->mv_split;
+		carve cv = { 0 };
+		const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
+					    msg_xblk_bytes(c->q8));
+		mv.part_bytes = msg_matvec_part_bytes(&mv);
+		const size_t o_part = cv.take(mv.part_bytes);
+		if ((rc = ws_reserve(c, cv.off, err)))
+			return rc;
+		mv.xq = (uint8_t *)c->ws + o_xq;
+		mv.part = mv.part_bytes ? (uint8_t *)c->ws + o_part : nullptr;
+		if ((ce = msg_prep_launch(x_dev, nullptr, 0, (void *)mv.xq,
+					  (int)n_in, (int)n_tokens, 1, c->q8,
+					  c->stream)) != cudaSuccess)
 			return cuda_fail(err, ce, "preparing x");
 		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
 			return cuda_fail(err, ce, "the matvec");

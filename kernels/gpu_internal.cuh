@@ -88,8 +88,10 @@ cudaError_t msg_f32_to_f16_launch(const float *src, void *dst, int64_t n,
 
 /* One prepared block of 32 input elements of one token: the elements as
  * 22-bit integers split into three int8 digit planes, a power-of-two scale
- * and the scaled sums of each half (see gpu_matvec.cu). */
+ * and the scaled sums of each half (see gpu_matvec.cu); with q8, one int8
+ * plane (ggml's q8_1 rounding: d = amax / 127), d and the scaled sums. */
 #define MSG_XBLK_BYTES 112
+#define MSG_XBLK8_BYTES 48
 
 /* Experts per matvec launch (the kernel takes their pointers by value). */
 #define MSG_MV_MAX_EXPERTS 32
@@ -97,29 +99,40 @@ cudaError_t msg_f32_to_f16_launch(const float *src, void *dst, int64_t n,
 /* Largest batch the fused matvec takes. */
 #define MSG_MV_MAX_TOKENS 8
 
+/* Most split-K ranges a matvec launch is cut into. */
+#define MSG_MV_MAX_SPLIT 16
+
 /* True for the types with a fused matvec kernel. */
 bool msg_matvec_type(uint32_t type);
 
 /* Alignment in bytes the matvec needs of a projection's base pointer. */
 int msg_matvec_align(uint32_t type);
 
+/* Bytes of one prepared block: MSG_XBLK8_BYTES with q8, else
+ * MSG_XBLK_BYTES. */
+size_t msg_xblk_bytes(bool q8);
+
 /* Prepares the input: for each of n_sets sets (set i at in + i * in_stride
  * floats), B tokens of n floats (n % 32 == 0) -> n_sets * B * n / 32
- * blocks at xq, [set][token][block]. With in2 != NULL the input is
- * silu(in) * in2, computed in double and rounded to f32, as the C FFN
- * computes h. */
+ * blocks at xq, [set][token][block] (msg_xblk_bytes(q8) each). With in2 !=
+ * NULL the input is silu(in) * in2, computed in double and rounded to f32,
+ * as the C FFN computes h. */
 cudaError_t msg_prep_launch(const float *in, const float *in2,
 			    int64_t in_stride, void *xq, int n, int B,
-			    int n_sets, cudaStream_t stream);
+			    int n_sets, bool q8, cudaStream_t stream);
 
 /* One fused matvec over up to MSG_MV_MAX_EXPERTS experts of one type:
  *   pair:  out[e][b][r] = silu(A_e[r] . x_e[b]) * (B_e[r] . x_e[b])
  *   plain: out[e][b][r] = A_e[r] . x_e[b]
  * A_e = wa[e], B_e = wb[e]: n_rows rows of rs bytes, n_in elements each;
- * x_e = the prepared blocks at xq + e * xq_stride blocks (0: shared). */
+ * x_e = the prepared blocks at xq + e * xq_stride blocks (0: shared),
+ * prepared with the same q8. A split-K launch needs
+ * msg_matvec_part_bytes(c) of device workspace at part (not overlapping
+ * anything else of the call). */
 struct msg_mv_call {
 	uint32_t type;
 	bool pair;
+	bool q8; /* xq holds 8-bit blocks */
 	int n_e;
 	const void *const *wa, *const *wb;
 	const void *xq;
@@ -129,8 +142,15 @@ struct msg_mv_call {
 	int n_rows, n_in;
 	int64_t rs;
 	int B;   /* 1..MSG_MV_MAX_TOKENS */
-	int sms; /* multiprocessors, to size the tiles */
+	int sms; /* multiprocessors, to size the tiles and the split */
+	int split; /* 0: the rule (gpu_matvec.cu); 1: never; N: N ranges */
+	void *part; /* split-K partials */
+	size_t part_bytes;
 };
+
+/* The workspace msg_matvec_launch needs at c->part for this call: 0 when
+ * it does not split. */
+size_t msg_matvec_part_bytes(const struct msg_mv_call *c);
 
 cudaError_t msg_matvec_launch(const struct msg_mv_call *c,
 			      cudaStream_t stream);

@@ -51,6 +51,36 @@
  * The pointers of up to 32 experts of one type are passed by value: one
  * launch serves a decode step's 8 routed experts, blockIdx.y picks the
  * expert.
+ *
+ * 8-bit activations (msg_prep_launch with q8, the kernels' NP = 1): the
+ * same kernels with one digit plane instead of three, as ggml's q8_1 and
+ * MMVQ do: each block of 32 inputs is q * d with d = amax / 127 and q =
+ * rint(x / d) in -127..127, so a 32-element group costs 8 __dp4a instead
+ * of 24 and the prepared block is 48 bytes instead of 112 (three aligned
+ * 16-byte loads). The min terms keep using d * sum(q) of each half, so the
+ * result is the exact product with the rounded input (up to the f32 sums):
+ * per element an error uniform in +-d/2, an RMS of amax / (127 sqrt 12) =
+ * amax x 2.3e-3, and a dot product's relative error is about that over
+ * the input's RMS: ~5e-3 for normal-ish inputs (amax ~2.3 sigma in a block
+ * of 32), at most 1.3e-2 (amax <= sqrt(32) x RMS). tests/t_gpu_kernels
+ * measures it against the float64 reference and holds it to its bound.
+ *
+ * Split-K: a launch with fewer CTAs than one wave (4 per multiprocessor,
+ * what __launch_bounds__ asks for) even at 8-row tiles, such as one
+ * expert's 1536 gate rows, splits each row's blocks into S contiguous
+ * ranges (S CTAs per tile, blockIdx.x = range * tiles + tile), as long as
+ * every range keeps each k-slice busy. Each CTA writes its range's sums to
+ * a workspace the caller provides, and a second small kernel adds the S
+ * partials in range order and applies the SwiGLU: the result does not
+ * depend on timing, and differs from the unsplit one by the reassociation
+ * of f32 sums only.
+ *
+ * Not done: 16-byte cp.async for the weight tiles. A 16-byte copy needs the
+ * slot to sit at the source's address modulo 16, so slots would be a
+ * multiple of 4 words apart, and the 4-byte reads the formats make from
+ * shared memory (lanes = 32 rows) would then hit 8 banks, not 32; doing
+ * it well means 16-byte shared reads in every format's load(), which is a
+ * rewrite of each Fmt, left for a measured GPU session.
  */
 #include <stdint.h>
 
@@ -68,27 +98,33 @@ constexpr int MV_THREADS = 128;
 
 /* ---- the prepared input -------------------------------------------------- */
 
-/* 32 elements of one token: plane p holds digit p of X = x / s (p = 0 least
- * significant, each in -128..127, X = d0 + 256 d1 + 65536 d2), elements 0..15
- * in dig[p][0] and 16..31 in dig[p][1]; meta = (s, s * sum X[0..15],
- * s * sum X[16..31], 0). */
-struct __align__(16) XBlk {
-	int4 dig[3][2];
+/* 32 elements of one token in NP int8 digit planes (elements 0..15 in
+ * dig[p][0], 16..31 in dig[p][1]) and meta = (s, s * sum X[0..15],
+ * s * sum X[16..31], 0), x ~ s * X.
+ * NP = 3: X = d0 + 256 d1 + 65536 d2 (digit p in plane p), a 22-bit integer
+ *         and s a power of two: exact to f32's precision;
+ * NP = 1: X = q in -127..127 and s = amax / 127 (ggml's q8_1). */
+template <int NP> struct __align__(16) XBlk {
+	int4 dig[NP][2];
 	float4 meta;
 };
-static_assert(sizeof(XBlk) == MSG_XBLK_BYTES, "prepared block size");
+static_assert(sizeof(XBlk<3>) == MSG_XBLK_BYTES, "prepared block size");
+static_assert(sizeof(XBlk<1>) == MSG_XBLK8_BYTES, "prepared block size");
 
 /*
- * One warp per block of 32 elements; lane = element. s = 2^(E - 22) where
- * the block's largest magnitude is < 2^E, so |X| = |rint(x / s)| <= 2^22 and
- * the digits fit: d0, d1 in -128..127 and |d2| <= 65. E is clamped to
- * [-100, 127] so that s stays a normal float (a block whose largest element
- * is below 2^-100 is read as zeros, an error under 2^-123 each). Inputs
- * must be finite.
+ * One warp per block of 32 elements; lane = element.
+ * NP = 3: s = 2^(E - 22) where the block's largest magnitude is < 2^E, so
+ * |X| = |rint(x / s)| <= 2^22 and the digits fit: d0, d1 in -128..127 and
+ * |d2| <= 65. E is clamped to [-100, 127] so that s stays a normal float (a
+ * block whose largest element is below 2^-100 is read as zeros, an error
+ * under 2^-123 each).
+ * NP = 1: s = amax / 127 (f32), q = rint(x / s) (a zero block: s = 0, q = 0).
+ * Inputs must be finite.
  */
+template <int NP>
 __global__ void __launch_bounds__(256)
 prep_kernel(const float *__restrict__ in, const float *__restrict__ in2,
-	    int64_t in_stride, XBlk *__restrict__ out, int n, int B,
+	    int64_t in_stride, XBlk<NP> *__restrict__ out, int n, int B,
 	    int64_t n_warps)
 {
 	const int lane = threadIdx.x & 31;
@@ -110,54 +146,60 @@ prep_kernel(const float *__restrict__ in, const float *__restrict__ in2,
 	}
 	const uint32_t mbits =
 		__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(v)));
-	int E = 0;
-	frexpf(__uint_as_float(mbits), &E);
-	E = E < -100 ? -100 : E > 127 ? 127 : E;
-	const int X = __float2int_rn(ldexpf(v, 22 - E));
-	const int d0 = ((X + 128) & 255) - 128;
-	const int r = (X - d0) >> 8; /* exact: X - d0 is a multiple of 256 */
-	const int d1 = ((r + 128) & 255) - 128;
-	const int d2 = (r - d1) >> 8;
-	XBlk *o = out + gw; /* gw runs over [set][token][block] */
+	XBlk<NP> *o = out + gw; /* gw runs over [set][token][block] */
 	int8_t *dig = (int8_t *)o->dig;
-	dig[lane] = (int8_t)d0;
-	dig[32 + lane] = (int8_t)d1;
-	dig[64 + lane] = (int8_t)d2;
+	float sc;
+	int X;
+	if (NP == 1) {
+		sc = __uint_as_float(mbits) / 127.0f;
+		X = sc > 0.0f ? __float2int_rn(v / sc) : 0;
+		X = X < -127 ? -127 : X > 127 ? 127 : X;
+		dig[lane] = (int8_t)X;
+	} else {
+		int E = 0;
+		frexpf(__uint_as_float(mbits), &E);
+		E = E < -100 ? -100 : E > 127 ? 127 : E;
+		sc = ldexpf(1.0f, E - 22);
+		X = __float2int_rn(ldexpf(v, 22 - E));
+		const int d0 = ((X + 128) & 255) - 128;
+		const int r = (X - d0) >> 8; /* exact: a multiple of 256 */
+		const int d1 = ((r + 128) & 255) - 128;
+		const int d2 = (r - d1) >> 8;
+		dig[lane] = (int8_t)d0;
+		dig[32 + lane] = (int8_t)d1;
+		dig[64 + lane] = (int8_t)d2;
+	}
 	int s = X; /* |sum| <= 16 * 2^22: fits */
 #pragma unroll
 	for (int off = 8; off > 0; off >>= 1)
 		s += __shfl_xor_sync(0xffffffffu, s, off); /* within halves */
 	const int s_hi = __shfl_sync(0xffffffffu, s, 16);
-	if (lane == 0) {
-		const float sc = ldexpf(1.0f, E - 22);
+	if (lane == 0)
 		o->meta = make_float4(sc, sc * (float)s, sc * (float)s_hi, 0.0f);
-	}
 }
 
-/* The prepared block, in registers. */
-struct XDig {
-	int p0[8], p1[8], p2[8];
+/* The prepared block, in registers: p[plane][word], word w = elements
+ * 4w..4w+3. */
+template <int NP> struct XDig {
+	int p[NP][8];
 	float s, s0, s1;
 };
 
-__device__ __forceinline__ void ld_x(const XBlk *x, XDig &d)
+/* 2 NP + 1 aligned 16-byte loads. */
+template <int NP>
+__device__ __forceinline__ void ld_x(const XBlk<NP> *x, XDig<NP> &d)
 {
 	const int4 *v = (const int4 *)x;
-	int4 t;
-#define LDX(k, arr, o)                                                         \
-	t = __ldg(v + (k));                                                    \
-	arr[o] = t.x;                                                          \
-	arr[o + 1] = t.y;                                                      \
-	arr[o + 2] = t.z;                                                      \
-	arr[o + 3] = t.w
-	LDX(0, d.p0, 0);
-	LDX(1, d.p0, 4);
-	LDX(2, d.p1, 0);
-	LDX(3, d.p1, 4);
-	LDX(4, d.p2, 0);
-	LDX(5, d.p2, 4);
-#undef LDX
-	const float4 m = __ldg((const float4 *)(v + 6));
+#pragma unroll
+	for (int k = 0; k < 2 * NP; k++) {
+		const int4 t = __ldg(v + k);
+		int *o = d.p[k >> 1] + 4 * (k & 1);
+		o[0] = t.x;
+		o[1] = t.y;
+		o[2] = t.z;
+		o[3] = t.w;
+	}
+	const float4 m = __ldg((const float4 *)(v + 2 * NP));
 	d.s = m.x;
 	d.s0 = m.y;
 	d.s1 = m.z;
@@ -538,22 +580,35 @@ template <> struct Fmt<MS_TYPE_MXFP4> {
 	}
 };
 
-/* acc += sum over the 32 elements of (A q - M) * x, x = s * X. */
-__device__ __forceinline__ void dot(const Sub &q, const XDig &x, float &acc)
+/* acc += sum over the 32 elements of (A q - M) * x, x = s * X: 8 NP
+ * __dp4a, exact int32 sums. */
+template <int NP>
+__device__ __forceinline__ void dot(const Sub &q, const XDig<NP> &x,
+				    float &acc)
 {
-	int a0 = 0, a1 = 0, b0 = 0, b1 = 0, c0 = 0, c1 = 0;
+	int a[NP][2];
 #pragma unroll
-	for (int w = 0; w < 4; w++) {
-		a0 = __dp4a((int)q.q[w], x.p0[w], a0);
-		b0 = __dp4a((int)q.q[w], x.p1[w], b0);
-		c0 = __dp4a((int)q.q[w], x.p2[w], c0);
-		a1 = __dp4a((int)q.q[w + 4], x.p0[w + 4], a1);
-		b1 = __dp4a((int)q.q[w + 4], x.p1[w + 4], b1);
-		c1 = __dp4a((int)q.q[w + 4], x.p2[w + 4], c1);
+	for (int p = 0; p < NP; p++)
+		a[p][0] = a[p][1] = 0;
+#pragma unroll
+	for (int w = 0; w < 4; w++)
+#pragma unroll
+		for (int p = 0; p < NP; p++) {
+			a[p][0] = __dp4a((int)q.q[w], x.p[p][w], a[p][0]);
+			a[p][1] = __dp4a((int)q.q[w + 4], x.p[p][w + 4],
+					 a[p][1]);
+		}
+	float v0, v1;
+	if (NP == 3) {
+		/* |a|, |b| <= 16 * 128 * 128 = 2^18: b * 256 + a fits */
+		v0 = fmaf((float)a[NP - 1][0], 65536.0f,
+			  (float)(a[NP > 1][0] * 256 + a[0][0]));
+		v1 = fmaf((float)a[NP - 1][1], 65536.0f,
+			  (float)(a[NP > 1][1] * 256 + a[0][1]));
+	} else {
+		v0 = (float)a[0][0];
+		v1 = (float)a[0][1];
 	}
-	/* |a|, |b| <= 16 * 128 * 128 = 2^18: b * 256 + a fits an int */
-	const float v0 = fmaf((float)c0, 65536.0f, (float)(b0 * 256 + a0));
-	const float v1 = fmaf((float)c1, 65536.0f, (float)(b1 * 256 + a1));
 	acc = fmaf(q.A0 * x.s, v0, acc);
 	acc = fmaf(-q.M0, x.s0, acc);
 	acc = fmaf(q.A1 * x.s, v1, acc);
@@ -565,31 +620,35 @@ __device__ __forceinline__ void dot(const Sub &q, const XDig &x, float &acc)
 struct MvArgs {
 	const uint8_t *wa[MSG_MV_MAX_EXPERTS];
 	const uint8_t *wb[MSG_MV_MAX_EXPERTS];
-	const XBlk *xq;
+	const void *xq; /* XBlk<NP> */
 	int64_t xq_stride;
 	float *out;
 	int64_t out_stride;
+	float *part;   /* split-K partials [split][matrix][expert][B][row] */
 	int64_t rs;    /* bytes per row */
 	int n_rows;    /* output rows */
 	int n_in;      /* elements per row */
 	int B;         /* tokens, 1..BT */
+	int ne;        /* experts in this launch */
 	int tr_log2;   /* rows per tile: 1 << tr_log2 */
+	int tiles;     /* tiles of rows: blockIdx.x = split * tiles + tile */
+	int kspan;     /* blocks per split range */
 	int kc;        /* blocks per chunk */
 	int sw;        /* words per row slot (odd) */
 };
 
-/* Starts copying chunk c of the tile's rows (both matrices for a pair)
- * into dst: slot r (r < tr: matrix A, else B) gets the 4-byte words that
- * hold the row's chunk, from the one holding its first byte. Rows past the
- * end repeat the last row (loaded, computed, never written). */
+/* Starts copying the chunk of blocks [b0, min(b0 + kc, kb1)) of the tile's
+ * rows (both matrices for a pair) into dst: slot r (r < tr: matrix A, else
+ * B) gets the 4-byte words that hold the row's chunk, from the one holding
+ * its first byte. Rows past the end repeat the last row (loaded, computed,
+ * never written). */
 template <class F, int NM>
 __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 					const uint8_t *wb, int row0, int tr,
-					int c, uint32_t *dst)
+					int b0, int kb1, uint32_t *dst)
 {
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const int nb = a.n_in / F::QK, b0 = c * a.kc;
-	const int len = min(a.kc, nb - b0) * F::BS;
+	const int len = min(a.kc, kb1 - b0) * F::BS;
 	for (int r = warp; r < NM * tr; r += MV_THREADS / 32) {
 		const int m = NM > 1 && r >= tr;
 		const int rr = min(row0 + r - m * tr, a.n_rows - 1);
@@ -616,14 +675,15 @@ __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 	}
 }
 
-template <class F, int BT, bool PAIR>
+template <class F, int BT, bool PAIR, int NP>
 __device__ __forceinline__ void
 mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
-	   const XBlk *xq, int row0, int tr, int rl, int ks, int nks, int c,
-	   const uint32_t *buf, float (&accA)[BT], float (&accB)[BT])
+	   const XBlk<NP> *xq, int row0, int tr, int rl, int ks, int nks,
+	   int b0, int kb1, const uint32_t *buf, float (&accA)[BT],
+	   float (&accB)[BT])
 {
-	const int nb = a.n_in / F::QK, nxb = a.n_in / 32;
-	const int b0 = c * a.kc, units = min(a.kc, nb - b0) * F::UPB;
+	const int nxb = a.n_in / 32;
+	const int units = min(a.kc, kb1 - b0) * F::UPB;
 	const int64_t rr = min(row0 + rl, a.n_rows - 1);
 	const uint32_t *slA = buf + rl * a.sw;
 	const uint32_t *slB = buf + (tr + rl) * a.sw;
@@ -646,22 +706,22 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 			F::sub(ra, u, s, qa);
 			if (PAIR)
 				F::sub(rb, u, s, qb);
-			const XBlk *xs = xq + kx0 + F::xblk(u, s);
+			const XBlk<NP> *xs = xq + kx0 + F::xblk(u, s);
 #pragma unroll
 			for (int b = 0; b < BT; b++) {
 				if (b < a.B) {
-					XDig xd;
-					ld_x(xs + (int64_t)b * nxb, xd);
-					dot(qa, xd, accA[b]);
+					XDig<NP> xd;
+					ld_x<NP>(xs + (int64_t)b * nxb, xd);
+					dot<NP>(qa, xd, accA[b]);
 					if (PAIR)
-						dot(qb, xd, accB[b]);
+						dot<NP>(qb, xd, accB[b]);
 				}
 			}
 		}
 	}
 }
 
-template <int T, int BT, bool PAIR>
+template <int T, int BT, bool PAIR, int NP>
 __global__ void __launch_bounds__(MV_THREADS, 4)
 mv_kernel(const __grid_constant__ MvArgs a)
 {
@@ -671,12 +731,15 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	const int tid = threadIdx.x;
 	const int tr = 1 << a.tr_log2, nks = MV_THREADS >> a.tr_log2;
 	const int rl = tid & (tr - 1), ks = tid >> a.tr_log2;
-	const int e = blockIdx.y, row0 = blockIdx.x * tr;
+	const int e = blockIdx.y;
+	const int split = blockIdx.x / a.tiles;
+	const int row0 = (blockIdx.x % a.tiles) * tr;
 	const uint8_t *wa = a.wa[e];
 	const uint8_t *wb = PAIR ? a.wb[e] : wa;
-	const XBlk *xq = a.xq + e * a.xq_stride;
-	const int nb = a.n_in / F::QK;
-	const int nch = (nb + a.kc - 1) / a.kc;
+	const XBlk<NP> *xq = (const XBlk<NP> *)a.xq + e * a.xq_stride;
+	const int kb0 = split * a.kspan;
+	const int kb1 = min(a.n_in / F::QK, kb0 + a.kspan);
+	const int nch = (kb1 - kb0 + a.kc - 1) / a.kc;
 	const int buf_words = NM * tr * a.sw;
 
 	float accA[BT], accB[BT];
@@ -684,17 +747,19 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	for (int b = 0; b < BT; b++)
 		accA[b] = accB[b] = 0.0f;
 
-	mv_load<F, NM>(a, wa, wb, row0, tr, 0, sm);
+	mv_load<F, NM>(a, wa, wb, row0, tr, kb0, kb1, sm);
 	__pipeline_commit();
 	for (int c = 0; c < nch; c++) {
 		if (c + 1 < nch)
-			mv_load<F, NM>(a, wa, wb, row0, tr, c + 1,
-				       sm + ((c + 1) & 1) * buf_words);
+			mv_load<F, NM>(a, wa, wb, row0, tr, kb0 + (c + 1) * a.kc,
+				       kb1, sm + ((c + 1) & 1) * buf_words);
 		__pipeline_commit();   /* maybe empty: keeps the count */
 		__pipeline_wait_prior(1); /* chunk c has landed */
 		__syncthreads();
-		mv_compute<F, BT, PAIR>(a, wa, wb, xq, row0, tr, rl, ks, nks, c,
-					sm + (c & 1) * buf_words, accA, accB);
+		mv_compute<F, BT, PAIR, NP>(a, wa, wb, xq, row0, tr, rl, ks,
+					    nks, kb0 + c * a.kc, kb1,
+					    sm + (c & 1) * buf_words, accA,
+					    accB);
 		__syncthreads(); /* before chunk c + 2 overwrites this buffer */
 	}
 
@@ -711,6 +776,11 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	if (ks != 0 || row >= a.n_rows)
 		return;
 	float *out = a.out + e * a.out_stride + row;
+	/* split-K: this range's sums, for mv_reduce_kernel */
+	const int64_t pstride = (int64_t)a.ne * a.B * a.n_rows;
+	float *part = a.part ? a.part + (int64_t)split * NM * pstride +
+				       (int64_t)e * a.B * a.n_rows + row
+			     : nullptr;
 	for (int b = 0; b < a.B; b++) {
 		float g = 0.0f, u = 0.0f;
 		for (int k = 0; k < nks; k++) {
@@ -718,12 +788,44 @@ mv_kernel(const __grid_constant__ MvArgs a)
 			if (PAIR)
 				u += red[((k * NM + 1) * BT + b) * tr + rl];
 		}
-		if (PAIR) {
+		if (part) {
+			part[(int64_t)b * a.n_rows] = g;
+			if (PAIR)
+				part[pstride + (int64_t)b * a.n_rows] = u;
+		} else if (PAIR) {
 			const double gd = g;
 			out[(int64_t)b * a.n_rows] =
 				(float)(gd / (1.0 + exp(-gd)) * (double)u);
 		} else {
 			out[(int64_t)b * a.n_rows] = g;
+		}
+	}
+}
+
+/* Split-K's second pass: one thread per output, the partials of the S
+ * ranges added in range order (f32, as the unsplit kernel adds its
+ * k-slices), then the pair's SwiGLU in double. */
+__global__ void __launch_bounds__(256)
+mv_reduce_kernel(const float *__restrict__ part, float *__restrict__ out,
+		 int64_t out_stride, int n_rows, int B, int ne, int S,
+		 bool pair)
+{
+	const int64_t per_e = (int64_t)B * n_rows, n = ne * per_e;
+	const int NM = pair ? 2 : 1;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < n; i += (int64_t)gridDim.x * blockDim.x) {
+		float g = 0.0f, u = 0.0f;
+		for (int z = 0; z < S; z++) {
+			g += part[(int64_t)z * NM * n + i];
+			if (pair)
+				u += part[((int64_t)z * NM + 1) * n + i];
+		}
+		float *o = out + (i / per_e) * out_stride + i % per_e;
+		if (pair) {
+			const double gd = g;
+			*o = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+		} else {
+			*o = g;
 		}
 	}
 }
@@ -734,15 +836,21 @@ typedef void (*mv_kernel_t)(const MvArgs);
 
 struct MvInfo {
 	int qk, bs, upb, align;
-	mv_kernel_t k[2][2]; /* [BT == 8][pair] */
+	mv_kernel_t k[2][2][2]; /* [q8][BT == 8][pair] */
 };
 
 template <int T> MvInfo mv_info()
 {
 	using F = Fmt<T>;
-	return { F::QK, F::BS, F::UPB, F::ALIGN,
-		 { { mv_kernel<T, 1, false>, mv_kernel<T, 1, true> },
-		   { mv_kernel<T, 8, false>, mv_kernel<T, 8, true> } } };
+	return { F::QK,
+		 F::BS,
+		 F::UPB,
+		 F::ALIGN,
+		 { { { mv_kernel<T, 1, false, 3>, mv_kernel<T, 1, true, 3> },
+		     { mv_kernel<T, 8, false, 3>, mv_kernel<T, 8, true, 3> } },
+		   { { mv_kernel<T, 1, false, 1>, mv_kernel<T, 1, true, 1> },
+		     { mv_kernel<T, 8, false, 1>,
+		       mv_kernel<T, 8, true, 1> } } } };
 }
 
 bool mv_lookup(uint32_t type, MvInfo *m)
@@ -770,6 +878,79 @@ int gcd_int(int a, int b)
 	return a;
 }
 
+/* How a call is cut: tiles, chunks, split-K ranges. */
+struct MvPlan {
+	int tr_log2, tiles, kc, sw, S, kspan, ne;
+	size_t smem;
+};
+
+/*
+ * Tiles: 32 rows unless that gives fewer than two CTAs per multiprocessor
+ * (a single expert's 1536 gate rows), then 16 or 8.
+ * Split-K: if the launch (the first MSG_MV_MAX_EXPERTS experts) still has
+ * fewer CTAs than a wave of 4 per multiprocessor, S = the CTAs short of a
+ * wave, rounded up, but no more than keeps at least one unit per k-slice
+ * in each range (and at most MSG_MV_MAX_SPLIT). c->split: 0 this rule, 1
+ * never, N >= 2 N ranges (at most one per block) whatever the rule says.
+ * Chunks: about 10 KB of each matrix per buffer (two buffers, two matrices
+ * for a pair: ~40 KB of shared memory, under the 48 KB every target gives
+ * without opting in), rounded to whole units per k-slice where possible,
+ * at most a range.
+ */
+bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
+{
+	if (c->B < 1 || c->B > MSG_MV_MAX_TOKENS || c->n_e < 1 ||
+	    c->n_in % m.qk || c->n_in % 32 || c->n_rows < 1 || c->split < 0)
+		return false;
+	const int NM = c->pair ? 2 : 1;
+	const int BT = c->B == 1 ? 1 : 8;
+	const int nb = c->n_in / m.qk;
+	p->ne = c->n_e < MSG_MV_MAX_EXPERTS ? c->n_e : MSG_MV_MAX_EXPERTS;
+
+	int tr_log2 = 5;
+	while (tr_log2 > 3 &&
+	       (int64_t)((c->n_rows + (1 << tr_log2) - 1) >> tr_log2) * p->ne <
+		       2 * (int64_t)c->sms)
+		tr_log2--;
+	const int tr = 1 << tr_log2, nks = MV_THREADS / tr;
+	p->tr_log2 = tr_log2;
+	p->tiles = (c->n_rows + tr - 1) / tr;
+
+	int S = 1;
+	const int64_t ctas = (int64_t)p->tiles * p->ne;
+	if (c->split >= 2) {
+		S = c->split;
+	} else if (c->split == 0 && ctas < 4 * (int64_t)c->sms) {
+		const int64_t want = (4 * (int64_t)c->sms + ctas - 1) / ctas;
+		const int most = nb * m.upb / nks;
+		S = (int)(want < most ? want : most);
+	}
+	S = S > MSG_MV_MAX_SPLIT ? MSG_MV_MAX_SPLIT : S > nb ? nb : S;
+	S = S < 1 ? 1 : S;
+	p->kspan = (nb + S - 1) / S;
+	p->S = (nb + p->kspan - 1) / p->kspan; /* no empty range */
+
+	const int kmul = nks / gcd_int(nks, m.upb);
+	int kc = (int)(10240 / (tr * m.bs));
+	if (kc < 1)
+		kc = 1;
+	if (kc >= kmul)
+		kc = (kc + kmul / 2) / kmul * kmul;
+	if (kc > p->kspan)
+		kc = p->kspan;
+	for (;;) {
+		p->sw = (((3 + kc * m.bs + 3) >> 2) + 2) | 1;
+		const size_t bufs = (size_t)2 * NM * tr * p->sw * 4;
+		const size_t red = (size_t)MV_THREADS * NM * BT * 4;
+		p->smem = bufs > red ? bufs : red;
+		if (p->smem <= 46 * 1024 || kc == 1)
+			break;
+		kc = kc > kmul ? kc - kmul : kc - 1;
+	}
+	p->kc = kc;
+	return true;
+}
+
 } /* namespace */
 
 bool msg_matvec_type(uint32_t type)
@@ -784,77 +965,67 @@ int msg_matvec_align(uint32_t type)
 	return mv_lookup(type, &m) ? m.align : 1;
 }
 
+size_t msg_xblk_bytes(bool q8)
+{
+	return q8 ? MSG_XBLK8_BYTES : MSG_XBLK_BYTES;
+}
+
 cudaError_t msg_prep_launch(const float *in, const float *in2,
 			    int64_t in_stride, void *xq, int n, int B,
-			    int n_sets, cudaStream_t stream)
+			    int n_sets, bool q8, cudaStream_t stream)
 {
 	const int64_t warps = (int64_t)n_sets * B * (n / 32);
 	const int64_t blocks = (warps + 7) / 8;
 	if (blocks > 0x7fffffff)
 		return cudaErrorInvalidValue;
-	prep_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
-		in, in2, in_stride, (XBlk *)xq, n, B, warps);
+	const auto k1 = prep_kernel<1>;
+	const auto k3 = prep_kernel<3>;
+	if (q8)
+		k1<<<(unsigned)blocks, 256, 0, stream>>>(
+			in, in2, in_stride, (XBlk<1> *)xq, n, B, warps);
+	else
+		k3<<<(unsigned)blocks, 256, 0, stream>>>(
+			in, in2, in_stride, (XBlk<3> *)xq, n, B, warps);
 	return cudaGetLastError();
 }
 
-/*
- * Tile and chunk sizes. Tiles: 32 rows unless that gives fewer than two
- * CTAs per multiprocessor (a single expert's 1536 gate rows), then 16 or 8.
- * Chunks: about 10 KB of each matrix per buffer (two buffers, two matrices
- * for a pair: ~40 KB of shared memory, under the 48 KB every target gives
- * without opting in), rounded to whole units per k-slice where possible.
- */
+size_t msg_matvec_part_bytes(const struct msg_mv_call *c)
+{
+	MvInfo m;
+	MvPlan p;
+	if (!mv_lookup(c->type, &m) || !mv_plan(c, m, &p) || p.S < 2)
+		return 0;
+	return (size_t)p.S * (c->pair ? 2 : 1) * p.ne * c->B * c->n_rows *
+	       sizeof(float);
+}
+
 cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 {
 	MvInfo m;
-	if (!mv_lookup(c->type, &m) || c->B < 1 || c->B > MSG_MV_MAX_TOKENS ||
-	    c->n_e < 1 || c->n_in % m.qk || c->n_in % 32 || c->n_rows < 1)
+	MvPlan p;
+	if (!mv_lookup(c->type, &m) || !mv_plan(c, m, &p))
 		return cudaErrorInvalidValue;
-	const int NM = c->pair ? 2 : 1;
+	const size_t part_bytes = msg_matvec_part_bytes(c);
+	if (part_bytes && (!c->part || c->part_bytes < part_bytes))
+		return cudaErrorInvalidValue;
 	const int BT = c->B == 1 ? 1 : 8;
-	const int nb = c->n_in / m.qk;
-
-	int tr_log2 = 5;
-	while (tr_log2 > 3 &&
-	       (int64_t)((c->n_rows + (1 << tr_log2) - 1) >> tr_log2) * c->n_e <
-		       2 * (int64_t)c->sms)
-		tr_log2--;
-	const int tr = 1 << tr_log2, nks = MV_THREADS / tr;
-	const int kmul = nks / gcd_int(nks, m.upb);
-	int kc = (int)(10240 / (tr * m.bs));
-	if (kc < 1)
-		kc = 1;
-	if (kc >= kmul)
-		kc = (kc + kmul / 2) / kmul * kmul;
-	if (kc > nb)
-		kc = nb;
-	int sw;
-	size_t smem;
-	for (;;) {
-		sw = ((3 + kc * m.bs + 3) >> 2) + 2;
-		sw |= 1;
-		const size_t bufs = (size_t)2 * NM * tr * sw * 4;
-		const size_t red = (size_t)MV_THREADS * NM * BT * 4;
-		smem = bufs > red ? bufs : red;
-		if (smem <= 46 * 1024 || kc == 1)
-			break;
-		kc = kc > kmul ? kc - kmul : kc - 1;
-	}
+	const size_t xb = msg_xblk_bytes(c->q8);
 
 	MvArgs a;
 	memset(&a, 0, sizeof(a));
-	a.xq = (const XBlk *)c->xq;
 	a.xq_stride = c->xq_stride;
-	a.out = c->out;
 	a.out_stride = c->out_stride;
+	a.part = p.S > 1 ? (float *)c->part : nullptr;
 	a.rs = c->rs;
 	a.n_rows = c->n_rows;
 	a.n_in = c->n_in;
 	a.B = c->B;
-	a.tr_log2 = tr_log2;
-	a.kc = kc;
-	a.sw = sw;
-	const mv_kernel_t k = m.k[BT == 8][c->pair];
+	a.tr_log2 = p.tr_log2;
+	a.tiles = p.tiles;
+	a.kspan = p.kspan;
+	a.kc = p.kc;
+	a.sw = p.sw;
+	const mv_kernel_t k = m.k[c->q8][BT == 8][c->pair];
 	for (int e0 = 0; e0 < c->n_e; e0 += MSG_MV_MAX_EXPERTS) {
 		const int ne = c->n_e - e0 < MSG_MV_MAX_EXPERTS
 				       ? c->n_e - e0
@@ -864,14 +1035,24 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 			a.wb[i] = c->pair ? (const uint8_t *)c->wb[e0 + i]
 					  : nullptr;
 		}
-		a.xq = (const XBlk *)c->xq + e0 * c->xq_stride;
+		a.ne = ne;
+		a.xq = (const uint8_t *)c->xq + (size_t)(e0 * c->xq_stride) * xb;
 		a.out = c->out + e0 * c->out_stride;
-		const dim3 grid((unsigned)((c->n_rows + tr - 1) / tr),
-				(unsigned)ne);
-		k<<<grid, MV_THREADS, smem, stream>>>(a);
-		const cudaError_t ce = cudaGetLastError();
+		const dim3 grid((unsigned)(p.tiles * p.S), (unsigned)ne);
+		k<<<grid, MV_THREADS, p.smem, stream>>>(a);
+		cudaError_t ce = cudaGetLastError();
 		if (ce != cudaSuccess)
 			return ce;
+		if (p.S > 1) {
+			const int64_t n = (int64_t)ne * c->B * c->n_rows;
+			int64_t g = (n + 255) / 256;
+			g = g > 4096 ? 4096 : g;
+			mv_reduce_kernel<<<(unsigned)g, 256, 0, stream>>>(
+				a.part, a.out, c->out_stride, c->n_rows, c->B,
+				ne, p.S, c->pair);
+			if ((ce = cudaGetLastError()) != cudaSuccess)
+				return ce;
+		}
 	}
 	return cudaSuccess;
 }

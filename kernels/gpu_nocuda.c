@@ -117,6 +117,8 @@ const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p)
 		return "matvec";
 	case MS_GPU_FFN_CUBLAS:
 		return "cublas";
+	case MS_GPU_FFN_MATVEC_Q8:
+		return "matvec-q8";
 	default:
 		return "invalid";
 	}
@@ -147,6 +149,20 @@ int ms_gpu_ctx_device(const struct ms_gpu_ctx *c)
 {
 	(void)c;
 	return -1;
+}
+
+int ms_gpu_ctx_set_q8(struct ms_gpu_ctx *c, bool q8, struct ms_err *err)
+{
+	(void)c;
+	(void)q8;
+	return no_cuda(err);
+}
+
+int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split, struct ms_err *err)
+{
+	(void)c;
+	(void)split;
+	return no_cuda(err);
 }
 
 int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,

@@ -13,6 +13,14 @@
  *    Q2_K/Q2_K/Q3_K mix) against ms_expert_ffn's scalar path (double dots
  *    over f32 weights): relative L2 <= 1e-5; the same call twice gives the
  *    same bits;
+ *  - the same with 8-bit activations (MATVEC_Q8, and AUTO after
+ *    ms_gpu_ctx_set_q8: the same bits), all eight types, B = 1..8, several
+ *    experts, GLM-4.7's shape: relative L2 against float64 printed and
+ *    bounded (see check_matvec_q8), and the GPU equal to a CPU emulation
+ *    of the same roundings to 4e-3 (it measures ~2e-7);
+ *    ms_gpu_matmul exact and q8 against a float64 product;
+ *  - split-K (ms_gpu_ctx_set_split): the same bits twice, within f32
+ *    reassociation (3e-6) of the unsplit result, exact and q8;
  *  - the cuBLAS prefill path (B = 16, 64, 512) against the same reference
  *    with a bound derived from its f16 operands, see check_cublas;
  *  - the dense cuBLAS GEMV/GEMM, f32 (<= 1e-5) and f16 weights;
@@ -58,6 +66,12 @@
 #define TOL_CUBLAS_EXACT 2e-3 /* against the f32 reference */
 #define TOL_CUBLAS_EMUL 1e-4  /* against the f16-operand emulation */
 #define TOL_DENSE_F32 1e-5
+/* MATVEC_Q8 against float64: one product, the FFN (two roundings), and a
+ * split-K result against the unsplit one; derived at check_matvec_q8 */
+#define TOL_Q8_PRODUCT 1.3e-2
+#define TOL_Q8_FFN 0.25
+#define TOL_Q8_EMUL 4e-3
+#define TOL_SPLIT 3e-6
 
 static uint64_t rng;
 static struct ms_gpu_ctx *ctx;
@@ -475,6 +489,13 @@ static const char *ty_name(const uint32_t ty[3], char *buf, size_t len)
 
 static double worst_matvec;
 
+static void emul_ffn(const struct hexpert *x, const float *in, float *out,
+		     int64_t B, bool q8);
+
+/* MATVEC_Q8 cases: the worst distance from the CPU emulation of its
+ * roundings, and the worst error that emulation predicts */
+static double q8_vs_emul, q8_predicted;
+
 /* n experts of the same types, B tokens, shared or separate x: the GPU
  * against the reference for each expert. Returns the worst error. */
 static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
@@ -524,10 +545,24 @@ static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 			(long long)B);
 	}
 	for (int i = 0; i < n; i++) {
-		ref_ffn(&x[i], in + (shared_x ? 0 : (size_t)i * xs), ref, B);
+		const float *xi = in + (shared_x ? 0 : (size_t)i * xs);
+		ref_ffn(&x[i], xi, ref, B);
 		double e = rel_l2(got + (size_t)i * xs, ref, (int64_t)xs);
 		if (e > worst)
 			worst = e;
+		if (path != MS_GPU_FFN_MATVEC_Q8)
+			continue;
+		/* got2 is free after the comparison above */
+		emul_ffn(&x[i], xi, got2, B, true);
+		const double ve = rel_l2(got + (size_t)i * xs, got2, (int64_t)xs);
+		const double pr = rel_l2(got2, ref, (int64_t)xs);
+		T_CHECK(ve <= TOL_Q8_EMUL,
+			"%s matvec-q8 B=%lld expert %d: %.3g from the CPU "
+			"emulation of its roundings (bound %.0e)",
+			ty_name(ty, nm, sizeof(nm)), (long long)B, i, ve,
+			TOL_Q8_EMUL);
+		q8_vs_emul = ve > q8_vs_emul ? ve : q8_vs_emul;
+		q8_predicted = pr > q8_predicted ? pr : q8_predicted;
 	}
 	T_CHECK(worst <= tol,
 		"%s %s E=%lld F=%lld %s B=%lld x%d%s: relative L2 %.3g > %.1g",
@@ -629,6 +664,319 @@ static void check_matvec(void)
 	}
 }
 
+/* ---- the 8-bit-activation matvec ------------------------------------------ */
+
+/*
+ * MATVEC_Q8 rounds each block of 32 inputs to q * d, d = amax / 127 and
+ * q = rint(x / d), as ggml's q8_1 does: per element an error uniform in
+ * +-d/2, an RMS of d / sqrt(12) = amax / (127 sqrt 12) = 2.27e-3 amax. A
+ * dot product with the rounded input then has a relative error of about
+ * that RMS over the input's: 2.27e-3 x amax / rms (in expectation over the
+ * input, whatever the weights). gauss() inputs (the sum of four uniforms)
+ * give amax / rms ~2.3 in a block of 32, so ~5e-3 per product; no block of
+ * 32 can exceed sqrt(32) = 5.66, so 2.27e-3 x 5.66 = 1.29e-2 bounds one
+ * product (TOL_Q8_PRODUCT, ms_gpu_matmul; measured ~5e-3).
+ *
+ * The FFN rounds twice, x and h, and x's error reaches y through silu(g) u
+ * (about sqrt(2) of it), so sqrt(e_h^2 + 2 e_x^2) ~ 1e-2 is the typical
+ * figure; but h is heavy-tailed (amax / rms near the sqrt(32) limit) and
+ * the test's random K-quant blocks have large per-group offsets (A q - M
+ * with unrelated A and M: every weight of a group one sign), which make
+ * the errors of a group add coherently, so single experts reach 2-4e-2.
+ * That is the rounding's own error, not the kernel's: each case is also
+ * computed on the CPU with the same roundings (emul_ffn with q8: x and h
+ * rounded per block exactly as prep_kernel<1> does, double dots), and the
+ * GPU must match that emulation to TOL_Q8_EMUL (what it measures is ~2e-7:
+ * f32 sums; the bound leaves room for a rare h element whose f32 and
+ * double values round to neighbouring q, one step of h moving y by about
+ * (amax / rms) / (127 sqrt F) ~ 1.5e-3 at F = 256). Against float64 the
+ * FFN is only held to TOL_Q8_FFN = 0.25, a bound against gross errors (a
+ * wrong scale or block is off by ~1): 4 x sqrt(3) x 1.29e-2 ~ 9e-2 (the
+ * per-product bound for the three roundings, times 4 for the coherent
+ * groups of these random weights) was only 2.2x the worst of five seeds
+ * (4.1e-2, q5_K), too close for a test CI runs on a fresh seed each time;
+ * the kernel's own accuracy is the emulation check above, and the figures
+ * printed are the measure of the rounding's error.
+ */
+static double worst_q8;
+
+/* Same bits from MATVEC_Q8 and from AUTO on a context set to q8, and
+ * AUTO back on the exact kernel after unsetting it. */
+static void check_q8_auto(void)
+{
+	uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q6_K };
+	const int64_t E = 512, F = 256, B = 2;
+	struct hexpert x;
+	struct ms_err err = { 0 };
+	hexpert_make(&x, ty, E, F, true, 0);
+	float *in = xmalloc(sizeof(float) * (size_t)(B * E));
+	float *y[3];
+	for (int k = 0; k < 3; k++)
+		y[k] = xmalloc(sizeof(float) * (size_t)(B * E));
+	for (int64_t i = 0; i < B * E; i++)
+		in[i] = gauss();
+	float *din = dev_alloc(sizeof(float) * (size_t)(B * E));
+	float *dout = dev_alloc(sizeof(float) * (size_t)(B * E));
+	up(din, in, sizeof(float) * (size_t)(B * E));
+	static const enum ms_gpu_ffn_path paths[3] = {
+		MS_GPU_FFN_MATVEC_Q8, MS_GPU_FFN_AUTO, MS_GPU_FFN_AUTO
+	};
+	for (int k = 0; k < 3; k++) {
+		if (ms_gpu_ctx_set_q8(ctx, k == 1, &err) ||
+		    ms_gpu_expert_ffn(ctx, &x.g, din, dout, B, paths[k], &err))
+			t_fatal("q8 auto %d: %s", k, err.msg);
+		down(y[k], dout, sizeof(float) * (size_t)(B * E));
+	}
+	T_CHECK(!memcmp(y[0], y[1], sizeof(float) * (size_t)(B * E)),
+		"auto with q8 set differs from matvec-q8");
+	float *ref = xmalloc(sizeof(float) * (size_t)(B * E));
+	ref_ffn(&x, in, ref, B);
+	const double eq = rel_l2(y[1], ref, B * E), ee = rel_l2(y[2], ref, B * E);
+	T_CHECK(ee <= TOL_MATVEC, "auto after q8 unset: %.3g (exact?)", ee);
+	printf("auto: q8 set = matvec-q8 bit for bit (%.2e), unset exact "
+	       "(%.2e)\n",
+	       eq, ee);
+	T_CHECK(!strcmp(ms_gpu_ffn_path_name(MS_GPU_FFN_MATVEC_Q8),
+			"matvec-q8"),
+		"path name %s", ms_gpu_ffn_path_name(MS_GPU_FFN_MATVEC_Q8));
+	ms_gpu_free(din);
+	ms_gpu_free(dout);
+	hexpert_free(&x);
+	free(in);
+	free(ref);
+	for (int k = 0; k < 3; k++)
+		free(y[k]);
+}
+
+static void check_matvec_q8(void)
+{
+	static const int64_t Bs[] = { 1, 2, 3, 4, 8 };
+	const enum ms_gpu_ffn_path q8 = MS_GPU_FFN_MATVEC_Q8;
+	char nm[64];
+	for (size_t t = 0; t < N_MV; t++) {
+		uint32_t T = mv_types[t];
+		uint32_t ty[3] = { T, T, T };
+		double w = 0;
+		/* fused and separate in turn; the first twice (same bits) */
+		for (size_t k = 0; k < sizeof(Bs) / sizeof(Bs[0]); k++) {
+			double e = run_ffn_case(ty, 512, 256, k & 1, 1, Bs[k],
+						true, q8, 0, TOL_Q8_FFN, k == 0);
+			w = e > w ? e : w;
+		}
+		printf("matvec-q8 %-19s E=512  F=256  B=1,2,3,4,8: worst "
+		       "relative L2 vs float64 %.2e (bound %.0e; the "
+		       "roundings predict %.2e, GPU vs their emulation "
+		       "%.1e)\n",
+		       ty_name(ty, nm, sizeof(nm)), w, TOL_Q8_FFN, q8_predicted,
+		       q8_vs_emul);
+		q8_predicted = q8_vs_emul = 0;
+		worst_q8 = w > worst_q8 ? w : worst_q8;
+	}
+	{
+		uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q6_K, MS_TYPE_Q8_0 };
+		double e = run_ffn_case(ty, 512, 256, false, 1, 4, true, q8, 0,
+					TOL_Q8_FFN, false);
+		printf("matvec-q8 %-19s (gate != up) B=4: %.2e\n",
+		       ty_name(ty, nm, sizeof(nm)), e);
+		worst_q8 = e > worst_q8 ? e : worst_q8;
+	}
+	{
+		uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q5_K };
+		double a = run_ffn_case(ty, 512, 256, true, 3, 2, true, q8, 0,
+					TOL_Q8_FFN, true);
+		double b = run_ffn_case(ty, 512, 256, false, 3, 3, false, q8, 0,
+					TOL_Q8_FFN, false);
+		printf("matvec-q8 3 experts per call, shared x %.2e, separate "
+		       "x %.2e\n",
+		       a, b);
+		worst_q8 = a > worst_q8 ? a : worst_q8;
+		worst_q8 = b > worst_q8 ? b : worst_q8;
+	}
+	{
+		uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+		double a = run_ffn_case(ty, 5120, 1536, true, 1, 1, true, q8, 0,
+					TOL_Q8_FFN, true);
+		double b = run_ffn_case(ty, 5120, 1536, false, 2, 8, true, q8, 0,
+					TOL_Q8_FFN, false);
+		printf("matvec-q8 GLM-4.7 %s 5120x1536 B=1 (1 expert, fused) "
+		       "%.2e, B=8 (2 experts) %.2e\n",
+		       ty_name(ty, nm, sizeof(nm)), a, b);
+		worst_q8 = a > worst_q8 ? a : worst_q8;
+		worst_q8 = b > worst_q8 ? b : worst_q8;
+	}
+	printf("matvec-q8 the cases above: the roundings predict up to %.2e, "
+	       "GPU vs their emulation %.1e (bound %.0e)\n",
+	       q8_predicted, q8_vs_emul, TOL_Q8_EMUL);
+	check_q8_auto();
+}
+
+/* ms_gpu_matmul (exact, q8; unsplit and split into `split` ranges) against
+ * a float64 product; split results within TOL_SPLIT of the unsplit ones and
+ * the same bits twice. */
+static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
+			int64_t B, int split)
+{
+	const struct ms_type_info *ti = ms_type_get(type);
+	const size_t bytes = (size_t)(n_out * (n_in / ti->blck)) * ti->type_size;
+	struct ms_err err = { 0 };
+	uint8_t *w = xmalloc(bytes);
+	fill(w, bytes, type, true);
+	float *wf = xmalloc(sizeof(float) * (size_t)(n_in * n_out));
+	if (ms_dequant_row(type, w, wf, n_in * n_out))
+		t_fatal("dequant %s", ms_type_name(type));
+	float *in = xmalloc(sizeof(float) * (size_t)(B * n_in));
+	for (int64_t i = 0; i < B * n_in; i++)
+		in[i] = gauss();
+	const size_t ny = (size_t)(B * n_out);
+	float *ref = xmalloc(sizeof(float) * ny), *y[2][3];
+	for (int64_t b = 0; b < B; b++)
+		for (int64_t r = 0; r < n_out; r++) {
+			double s = 0;
+			for (int64_t i = 0; i < n_in; i++)
+				s += (double)wf[r * n_in + i] * in[b * n_in + i];
+			ref[b * n_out + r] = (float)s;
+		}
+	void *dw = dev_alloc(bytes);
+	float *dx = dev_alloc(sizeof(float) * (size_t)(B * n_in));
+	float *dy = dev_alloc(sizeof(float) * ny);
+	up(dw, w, bytes);
+	up(dx, in, sizeof(float) * (size_t)(B * n_in));
+	for (int q8 = 0; q8 <= 1; q8++) {
+		/* [0] unsplit, [1] split, [2] split again */
+		for (int k = 0; k < 3; k++) {
+			y[q8][k] = xmalloc(sizeof(float) * ny);
+			if (ms_gpu_ctx_set_q8(ctx, q8, &err) ||
+			    ms_gpu_ctx_set_split(ctx, k ? split : 1, &err) ||
+			    ms_gpu_memset(dy, 0xff, sizeof(float) * ny, &err) ||
+			    ms_gpu_matmul(ctx, type, dw, n_in, n_out, dx, dy, B,
+					  &err))
+				t_fatal("matmul %s: %s", ms_type_name(type),
+					err.msg);
+			down(y[q8][k], dy, sizeof(float) * ny);
+		}
+		const double e = rel_l2(y[q8][0], ref, (int64_t)ny);
+		const double es = rel_l2(y[q8][1], y[q8][0], (int64_t)ny);
+		const double tol = q8 ? TOL_Q8_PRODUCT : TOL_MATVEC;
+		T_CHECK(e <= tol, "matmul %s %s %lldx%lld B=%lld: %.3g > %.1g",
+			ms_type_name(type), q8 ? "q8" : "exact",
+			(long long)n_out, (long long)n_in, (long long)B, e, tol);
+		T_CHECK(es <= TOL_SPLIT, "matmul %s %s split %d: %.3g from "
+			"unsplit", ms_type_name(type), q8 ? "q8" : "exact",
+			split, es);
+		T_CHECK(!memcmp(y[q8][1], y[q8][2], sizeof(float) * ny),
+			"matmul %s split %d: two runs differ",
+			ms_type_name(type), split);
+		printf("matmul %-6s %s %lldx%lld B=%lld: relative L2 vs "
+		       "float64 %.2e (bound %.1e); split %d vs unsplit %.2e, "
+		       "same bits twice\n",
+		       ms_type_name(type), q8 ? "q8   " : "exact",
+		       (long long)n_out, (long long)n_in, (long long)B, e, tol,
+		       split, es);
+		if (q8)
+			worst_q8 = e > worst_q8 ? e : worst_q8;
+	}
+	if (ms_gpu_ctx_set_q8(ctx, false, &err) ||
+	    ms_gpu_ctx_set_split(ctx, 0, &err))
+		t_fatal("%s", err.msg);
+	ms_gpu_free(dw);
+	ms_gpu_free(dx);
+	ms_gpu_free(dy);
+	for (int q8 = 0; q8 <= 1; q8++)
+		for (int k = 0; k < 3; k++)
+			free(y[q8][k]);
+	free(w);
+	free(wf);
+	free(in);
+	free(ref);
+}
+
+/* The expert FFN: unsplit, split into `split` ranges twice; split within
+ * `tol` of unsplit, the same bits twice, and both against float64. */
+static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
+			   bool fused, int n, int64_t B, int split,
+			   enum ms_gpu_ffn_path path, double tol)
+{
+	struct hexpert *x = xmalloc(sizeof(*x) * (size_t)n);
+	struct ms_gpu_expert *ge = xmalloc(sizeof(*ge) * (size_t)n);
+	const size_t xs = (size_t)(B * E), ny = xs * (size_t)n;
+	float *in = xmalloc(sizeof(float) * ny), *ref = xmalloc(sizeof(float) * xs);
+	float *y[3];
+	struct ms_err err = { 0 };
+	char nm[64];
+	for (int i = 0; i < n; i++) {
+		hexpert_make(&x[i], ty, E, F, fused, 0);
+		ge[i] = x[i].g;
+	}
+	for (size_t i = 0; i < ny; i++)
+		in[i] = gauss();
+	float *din = dev_alloc(sizeof(float) * ny);
+	float *dout = dev_alloc(sizeof(float) * ny);
+	up(din, in, sizeof(float) * ny);
+	for (int k = 0; k < 3; k++) {
+		y[k] = xmalloc(sizeof(float) * ny);
+		if (ms_gpu_ctx_set_split(ctx, k ? split : 1, &err) ||
+		    ms_gpu_memset(dout, 0xff, sizeof(float) * ny, &err) ||
+		    ms_gpu_experts_ffn(ctx, ge, n, din, (int64_t)xs, dout, B,
+				       path, &err))
+			t_fatal("split ffn: %s", err.msg);
+		down(y[k], dout, sizeof(float) * ny);
+	}
+	if (ms_gpu_ctx_set_split(ctx, 0, &err))
+		t_fatal("%s", err.msg);
+	const double es = rel_l2(y[1], y[0], (int64_t)ny);
+	double e = 0;
+	for (int i = 0; i < n; i++) {
+		ref_ffn(&x[i], in + (size_t)i * xs, ref, B);
+		const double ei = rel_l2(y[1] + (size_t)i * xs, ref, (int64_t)xs);
+		e = ei > e ? ei : e;
+	}
+	const double tol_ref =
+		path == MS_GPU_FFN_MATVEC_Q8 ? TOL_Q8_FFN : TOL_MATVEC;
+	T_CHECK(es <= tol, "%s %s split %d: %.3g from unsplit (bound %.1g)",
+		ms_gpu_ffn_path_name(path), ty_name(ty, nm, sizeof(nm)), split,
+		es, tol);
+	T_CHECK(e <= tol_ref, "%s %s split %d: %.3g from float64",
+		ms_gpu_ffn_path_name(path), ty_name(ty, nm, sizeof(nm)), split,
+		e);
+	T_CHECK(!memcmp(y[1], y[2], sizeof(float) * ny),
+		"%s split %d: two runs differ", ms_gpu_ffn_path_name(path),
+		split);
+	printf("%-9s %s E=%lld F=%lld %s B=%lld x%d split %d: vs unsplit "
+	       "%.2e (bound %.0e), vs float64 %.2e, same bits twice\n",
+	       ms_gpu_ffn_path_name(path), ty_name(ty, nm, sizeof(nm)),
+	       (long long)E, (long long)F, fused ? "fused" : "separate",
+	       (long long)B, n, split, es, tol, e);
+	ms_gpu_free(din);
+	ms_gpu_free(dout);
+	for (int i = 0; i < n; i++)
+		hexpert_free(&x[i]);
+	for (int k = 0; k < 3; k++)
+		free(y[k]);
+	free(x);
+	free(ge);
+	free(in);
+	free(ref);
+}
+
+/* Split-K, on products and FFNs. The q8 FFN rounds h to 8 bits after
+ * gate/up, and a reassociated f32 sum can land on the other side of a
+ * rounding boundary (one step of one element of h, ~1e-4 of y here, and
+ * rare): its split is held to 1e-3 instead of TOL_SPLIT. */
+static void check_split(void)
+{
+	struct ms_err err = { 0 };
+	uint32_t ty[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q3_K };
+	matmul_case(MS_TYPE_Q6_K, 1024, 256, 2, 3);
+	matmul_case(MS_TYPE_MXFP4, 1024, 96, 1, 5);
+	matmul_case(MS_TYPE_Q2_K, 2048, 64, 8, 8);
+	split_ffn_case(ty, 1024, 512, true, 2, 3, 4, MS_GPU_FFN_MATVEC,
+		       TOL_SPLIT);
+	split_ffn_case(ty, 1024, 512, false, 1, 1, 3, MS_GPU_FFN_MATVEC_Q8,
+		       1e-3);
+	T_CHECK(ms_gpu_ctx_set_split(ctx, 17, &err) == -EINVAL,
+		"split 17 accepted");
+}
+
 /* ---- cuBLAS prefill ------------------------------------------------------------ */
 
 /*
@@ -646,8 +994,28 @@ static void check_matvec(void)
  * emulation's own distance from the reference (the "predicted" error) is
  * printed next to the measured one.
  */
+/* n floats rounded as MATVEC_Q8 prepares them (gpu_matvec.cu's
+ * prep_kernel<1>: per block of 32, d = amax / 127 in f32, q = rint(x / d)
+ * ties to even), as doubles. */
+static void round_q8(const float *v, double *o, int64_t n)
+{
+	for (int64_t b = 0; b < n; b += 32) {
+		float amax = 0;
+		for (int i = 0; i < 32; i++)
+			amax = fabsf(v[b + i]) > amax ? fabsf(v[b + i]) : amax;
+		const float d = amax / 127.0f;
+		for (int i = 0; i < 32; i++) {
+			float q = d > 0 ? nearbyintf(v[b + i] / d) : 0.0f;
+			q = q > 127 ? 127 : q < -127 ? -127 : q;
+			o[b + i] = (double)q * d;
+		}
+	}
+}
+
+/* q8: MATVEC_Q8's roundings instead (x and h to 8 bits per block of 32,
+ * weights exact). */
 static void emul_ffn(const struct hexpert *x, const float *in, float *out,
-		     int64_t B)
+		     int64_t B, bool q8)
 {
 	const int64_t E = x->v.n_embd, F = x->v.n_ff;
 	float *wg = xmalloc(sizeof(float) * (size_t)(F * E));
@@ -655,6 +1023,7 @@ static void emul_ffn(const struct hexpert *x, const float *in, float *out,
 	float *wd = xmalloc(sizeof(float) * (size_t)(E * F));
 	double *xr = xmalloc(sizeof(double) * (size_t)E);
 	double *h = xmalloc(sizeof(double) * (size_t)F);
+	float *hf = xmalloc(sizeof(float) * (size_t)F);
 	uint32_t tg = x->v.type[0];
 	uint32_t tu = x->v.fused ? tg : x->v.type[1];
 	uint32_t td = x->v.type[x->v.fused ? 1 : 2];
@@ -670,13 +1039,15 @@ static void emul_ffn(const struct hexpert *x, const float *in, float *out,
 	}
 	for (int64_t r = 0; r < E; r++)
 		ms_dequant_row(td, dp + r * rd, wd + r * F, F);
-	for (int64_t i = 0; i < F * E; i++) {
+	for (int64_t i = 0; !q8 && i < F * E; i++) {
 		wg[i] = round_f16(wg[i]);
 		wu[i] = round_f16(wu[i]);
 		wd[i] = round_f16(wd[i]);
 	}
 	for (int64_t b = 0; b < B; b++) {
-		for (int64_t i = 0; i < E; i++)
+		if (q8)
+			round_q8(in + b * E, xr, E);
+		for (int64_t i = 0; !q8 && i < E; i++)
 			xr[i] = round_f16(in[b * E + i]);
 		for (int64_t r = 0; r < F; r++) {
 			double g = 0, u = 0;
@@ -684,11 +1055,14 @@ static void emul_ffn(const struct hexpert *x, const float *in, float *out,
 				g += wg[r * E + i] * xr[i];
 				u += wu[r * E + i] * xr[i];
 			}
-			/* the GEMM writes f32; h is formed in double, then
-			 * f32, then f16 */
+			/* the GEMM (or matvec) writes f32; h is formed in
+			 * double, then f32, then f16 (or 8 bits) */
 			double gf = (float)g, uf = (float)u;
-			h[r] = round_f16((float)(gf / (1.0 + exp(-gf)) * uf));
+			hf[r] = (float)(gf / (1.0 + exp(-gf)) * uf);
+			h[r] = round_f16(hf[r]);
 		}
+		if (q8)
+			round_q8(hf, h, F);
 		for (int64_t r = 0; r < E; r++) {
 			double s = 0;
 			for (int64_t i = 0; i < F; i++)
@@ -701,6 +1075,7 @@ static void emul_ffn(const struct hexpert *x, const float *in, float *out,
 	free(wd);
 	free(xr);
 	free(h);
+	free(hf);
 }
 
 static void cublas_case(const uint32_t ty[3], int64_t E, int64_t F, bool fused,
@@ -726,7 +1101,7 @@ static void cublas_case(const uint32_t ty[3], int64_t E, int64_t F, bool fused,
 	if (!rc) {
 		down(got, dout, sizeof(float) * n);
 		ref_ffn(&x, in, ref, B);
-		emul_ffn(&x, in, emu, B);
+		emul_ffn(&x, in, emu, B, false);
 		double exact = rel_l2(got, ref, (int64_t)n);
 		double vs_emul = rel_l2(got, emu, (int64_t)n);
 		double predicted = rel_l2(emu, ref, (int64_t)n);
@@ -1063,7 +1438,14 @@ static void check_bench(void)
 			T_CHECK(gb > 0 && fabs(r - gb / copy) <= 1e-9 * r,
 				"bench gpu %s %s: %g GB/s, ratio %g, copy %g",
 				name, confs[k], gb, r, copy);
-			checked++;
+			gb = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "q8_gbps"));
+			r = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "q8_ratio"));
+			T_CHECK(gb > 0 && fabs(r - gb / copy) <= 1e-9 * r,
+				"bench gpu %s %s q8: %g GB/s, ratio %g, copy %g",
+				name, confs[k], gb, r, copy);
+			checked += 2;
 		}
 	}
 	printf("bench gpu (64x64, q8_0 and q5_0): ran, JSON consistent (%d "
@@ -1118,6 +1500,10 @@ static void check_stubs(void)
 		   &err, "ms_gpu_expert_ffn_host");
 	check_stub(ms_gpu_fill_blocks(MS_TYPE_Q4_0, f, 18, 1, NULL, &err),
 		   &err, "ms_gpu_fill_blocks");
+	check_stub(ms_gpu_ctx_set_q8(NULL, true, &err), &err,
+		   "ms_gpu_ctx_set_q8");
+	check_stub(ms_gpu_ctx_set_split(NULL, 2, &err), &err,
+		   "ms_gpu_ctx_set_split");
 	check_stub(ms_gpu_ctx_mark(NULL, &err), &err, "ms_gpu_ctx_mark");
 	check_stub(ms_gpu_ctx_elapsed(NULL, &a, &err), &err,
 		   "ms_gpu_ctx_elapsed");
@@ -1130,6 +1516,9 @@ static void check_stubs(void)
 			"matvec supported without CUDA");
 	}
 	T_CHECK(!strcmp(ms_gpu_ffn_path_name(MS_GPU_FFN_CUBLAS), "cublas"),
+		"path name");
+	T_CHECK(!strcmp(ms_gpu_ffn_path_name(MS_GPU_FFN_MATVEC_Q8),
+			"matvec-q8"),
 		"path name");
 }
 
@@ -1168,6 +1557,8 @@ int main(int argc, char **argv)
 
 	check_dequant();
 	check_matvec();
+	check_matvec_q8();
+	check_split();
 	check_cublas();
 	check_dense();
 	check_errors();
@@ -1176,6 +1567,9 @@ int main(int argc, char **argv)
 	check_bench();
 	printf("worst matvec relative L2 %.2e (bound %.0e)\n", worst_matvec,
 	       TOL_MATVEC);
+	printf("worst matvec-q8 relative L2 vs float64 %.2e (bounds %.1e a "
+	       "product, %.1e the FFN)\n",
+	       worst_q8, TOL_Q8_PRODUCT, TOL_Q8_FFN);
 	ms_gpu_ctx_free(ctx);
 	return t_done();
 }

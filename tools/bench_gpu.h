@@ -1,7 +1,7 @@
 /*
  * bench_gpu.h - the GPU kernel benchmark: per quant type, the GB/s of
  * quantized weights the fused decode matvec reads (B = 1, GLM-4.7's expert
- * shape), against the device's own device-to-device copy bandwidth measured
+ * shape; the exact and the 8-bit-activation kernel), against the device's own device-to-device copy bandwidth measured
  * in the same run. As a command (`moestream bench gpu`, and
  * `t_gpu_kernels --bench` for tools/gpu-check.sh) and as functions that
  * `moestream bench kernels` can call for its GPU column.
@@ -38,6 +38,11 @@ struct bench_gpu_row {
 	double gbps[BENCH_GPU_NCONF];	 /* best window, weight bytes / s */
 	double median[BENCH_GPU_NCONF];	 /* median window */
 	double us_call[BENCH_GPU_NCONF]; /* best window, per call */
+	/* the same for the 8-bit-activation kernel (MATVEC_Q8); the three
+	 * above are the exact kernel's (MATVEC) */
+	double q8_gbps[BENCH_GPU_NCONF];
+	double q8_median[BENCH_GPU_NCONF];
+	double q8_us_call[BENCH_GPU_NCONF];
 };
 
 struct bench_gpu_report {

@@ -304,7 +304,8 @@ struct ms_gpu_expert {
 
 /* Which GPU code computes the FFN. */
 enum ms_gpu_ffn_path {
-	MS_GPU_FFN_AUTO = 0,   /* MATVEC where it can, else CUBLAS */
+	MS_GPU_FFN_AUTO = 0,   /* MATVEC (MATVEC_Q8 after ms_gpu_ctx_set_q8)
+				  where it can, else CUBLAS */
 	MS_GPU_FFN_MATVEC = 1, /* fused dequantise + matvec straight from the
 				  quantized bytes, SwiGLU fused into the
 				  gate/up kernel; B <= 8, the matvec types;
@@ -315,7 +316,17 @@ enum ms_gpu_ffn_path {
 				  f32 accumulation); x and h rounded to f16:
 				  relative L2 ~4e-4 (f16 rounding of weights
 				  and activations); any B, every type */
-	MS_GPU_FFN_PATH_COUNT = 3,
+	MS_GPU_FFN_MATVEC_Q8 = 3, /* MATVEC with x and h rounded to 8 bits
+				  per block of 32 as ggml's q8_1 (d = amax /
+				  127, q = rint(x / d)): a third of the
+				  integer work and input bytes; the error is
+				  that rounding's, ~5e-3 relative per product
+				  for normal-ish inputs (at most ~1.3e-2),
+				  ~1e-2 relative L2 for the whole FFN (two
+				  roundings: x and h; up to ~4e-2 seen on
+				  random weights); t_gpu_kernels measures it
+				  against float64 */
+	MS_GPU_FFN_PATH_COUNT = 4,
 };
 
 const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p); /* "auto", ... */
@@ -333,18 +344,34 @@ void ms_gpu_ctx_free(struct ms_gpu_ctx *c); /* waits for its stream */
 void *ms_gpu_ctx_stream(const struct ms_gpu_ctx *c);
 int ms_gpu_ctx_device(const struct ms_gpu_ctx *c);
 
+/* q8 = true: the context's decode products take 8-bit activations, AUTO
+ * in ms_gpu_experts_ffn picking MATVEC_Q8 where it would pick MATVEC, and
+ * ms_gpu_matmul's fused matvec (<= 8 tokens) doing the same (its error
+ * then ~5e-3 relative, see MS_GPU_FFN_MATVEC_Q8). Default false: exact.
+ * 0, -EINVAL (NULL context). */
+int ms_gpu_ctx_set_q8(struct ms_gpu_ctx *c, bool q8, struct ms_err *err);
+
+/* How the fused matvec splits K (each output row's blocks, across CTAs)
+ * when a launch is too small to fill the device: 0 (default) by its rule
+ * (from the multiprocessor count, see kernels/gpu_matvec.cu), 1 never,
+ * 2..16 into that many ranges on every launch (at most one per block),
+ * for tests and benchmarks. The ranges' sums are added in a fixed order,
+ * so results are deterministic; a split result differs from the unsplit
+ * one by f32 reassociation only. 0, -EINVAL. */
+int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split, struct ms_err *err);
+
 /* The FFN of n_experts experts that share fused, n_embd, n_ff and types
  * (one layer's routed experts), each on n_tokens inputs, unweighted:
  *   y_e = W_down_e . (silu(W_gate_e . x_e) * (W_up_e . x_e))
  * x_dev + e * x_stride (floats; 0: every expert reads the same x) holds
  * expert e's n_tokens x n_embd inputs, finite; y_dev + e * n_tokens *
  * n_embd receives its outputs (must not overlap x). n_embd and n_ff are
- * multiples of 32 and of the types' blocks. AUTO takes MATVEC when
- * n_tokens <= 8, every type has a matvec kernel and each projection is
- * aligned as the matvec needs (4 bytes for Q2_K/Q4_K/Q5_K, 2 for
- * Q3_K/Q6_K/Q8_0/Q4_0), else CUBLAS. Asynchronous on the context's stream.
- * 0, or -EINVAL (shapes, NULLs, mixed experts, alignment for MATVEC),
- * -ENOTSUP (MATVEC for a type without a kernel, or n_tokens > 8), -ENOMEM,
+ * multiples of 32 and of the types' blocks. AUTO takes MATVEC (or
+ * MATVEC_Q8, after ms_gpu_ctx_set_q8) when n_tokens <= 8, every type has
+ * a matvec kernel and each projection is aligned as the matvec needs (4
+ * bytes for Q2_K/Q4_K/Q5_K, 2 for Q3_K/Q6_K/Q8_0/Q4_0), else CUBLAS. Asynchronous on the context's stream.
+ * 0, or -EINVAL (shapes, NULLs, mixed experts, alignment for MATVEC*),
+ * -ENOTSUP (MATVEC* for a type without a kernel, or n_tokens > 8), -ENOMEM,
  * -EIO. */
 int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 		       int n_experts, const float *x_dev, int64_t x_stride,
@@ -369,7 +396,8 @@ int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type, const void *w_dev,
  * n_tokens inputs x [n_tokens][n_in], W n_out rows of n_in elements of
  * `type` as in the file (row-major), y [n_tokens][n_out]. Up to 8 tokens
  * and a type with a fused matvec (and W aligned as it needs): the fused
- * matvec, f32 sums of exact integer partial sums (~1e-7 relative); F32 and
+ * matvec, f32 sums of exact integer partial sums (~1e-7 relative; with
+ * ms_gpu_ctx_set_q8, x rounded to 8 bits per block of 32: ~5e-3); F32 and
  * F16: ms_gpu_dense; otherwise rows dequantised to f16 in 64 MiB chunks
  * and cublasGemmEx with f32 accumulation (f16 operands, ~4e-4 relative).
  * 0, -EINVAL, -ENOTSUP (no GPU dequantiser for the type), -ENOMEM, -EIO. */
