@@ -6,7 +6,9 @@
  *  - the resident tensors: one copy of the engine's resident mapping in
  *    VRAM, as their quantised bytes (a tensor's device address is its
  *    offset in the mapping); products through ms_gpu_matmul (the fused
- *    matvec up to 8 tokens, dequantise + cuBLAS above), norms, RoPE,
+ *    matvec up to 8 tokens: with cfg.q8_activations the 8-bit one, inputs
+ *    rounded per 32 values as ggml's q8_1, else the exact one; dequantise
+ *    + cuBLAS above), norms, RoPE,
  *    attention and the MoE sum through kernels/gpu_ops.cu;
  *  - the KV cache: in VRAM, forward.c's layout and element type (f16 as
  *    llama.cpp's, f32 with kv_f32);
@@ -23,9 +25,10 @@
  * kernel still reads.
  *
  * Not here yet (issue 16): the tier's asynchronous copies under compute
- * (kernels/gpu_tier.cu, today on a moestreamd connection only), the
- * 8-bit-activation matvec, --gpu-layers (a model whose resident tensors do
- * not fit in VRAM is refused with the numbers).
+ * for the embedded source (kernels/gpu_tier.cu takes a moestreamd
+ * connection only: embedded, a miss is copied in before its layer runs),
+ * --gpu-layers (a model whose resident tensors do not fit in VRAM is
+ * refused with the numbers).
  */
 #include <errno.h>
 #include <math.h>
@@ -197,7 +200,8 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 				  (double)(fixed + margin + 2 * K * slot) / 1e9);
 	int rc;
 	if ((rc = ms_gpu_set_device(dev, err)) ||
-	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)))
+	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)) ||
+	    (rc = ms_gpu_ctx_set_q8(g->ctx, e->cfg.q8_activations, err)))
 		return rc;
 	if ((rc = dmalloc(&g->res, e->resident_len, NULL, err)) ||
 	    (rc = ms_gpu_upload(g->res, e->resident, e->resident_len, err)))

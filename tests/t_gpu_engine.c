@@ -10,6 +10,9 @@
  *    operands), then one token at a time (the fused matvec): the cosine
  *    of the two logit vectors >= 0.9999 at every position and the same
  *    argmax at >= 99% of them (issue 16's bar);
+ *  - the 8-bit matvec (--activations q8 on the GPU) on the decode steps:
+ *    cosine >= 0.999 against the CPU's exact path (printed: against the
+ *    CPU's own 8-bit path too, whose rounding is per 256 values, not 32);
  *  - greedy (tiny): 32 tokens from an 8-token prompt, the same ids;
  *  - (tiny) a VRAM expert cache of only two layers' experts (every layer
  *    evicts and copies in again): the same logits, bit for bit, as with
@@ -42,12 +45,16 @@
 #define N_POS 48
 #define N_PROMPT 32
 
+static bool q8_next; /* the next open_engine with 8-bit activations */
+
 static struct ms_engine *open_engine(const char *path, bool gpu,
 				     uint64_t vram, const char *sock)
 {
 	struct ms_engine_config cfg = { .model = path, .n_ctx = 128, .n_batch = 16,
 					.quiet = true, .gpu = gpu,
-					.vram_experts = vram, .socket = sock };
+					.vram_experts = vram, .socket = sock,
+					.q8_activations = q8_next };
+	q8_next = false;
 	struct ms_err err = { 0 };
 	struct ms_engine *e;
 	if (ms_engine_open(&e, &cfg, &err))
@@ -212,6 +219,41 @@ static void run_model(const char *name, const char *path, bool full)
 	T_CHECK(same * 100 >= 99 * N_POS, "%s: argmax equal at %d of %d", name,
 		same, N_POS);
 
+	/* the 8-bit matvec (decode steps; prompt batches are cuBLAS either
+	 * way) against the CPU's exact path and its 8-bit one */
+	q8_next = true;
+	struct ms_engine *g8 = open_engine(path, true, 0, NULL);
+	q8_next = true;
+	struct ms_engine *c8 = open_engine(path, false, 0, NULL);
+	float *b8 = forced(g8, ids, V), *a8 = forced(c8, ids, V);
+	double w8 = 1, w88 = 1;
+	int same8 = 0;
+	for (int p = N_PROMPT; p < N_POS; p++) {
+		const float *x = a + (size_t)p * V, *y = b8 + (size_t)p * V,
+			    *z = a8 + (size_t)p * V;
+		double xy = 0, xx = 0, yy = 0, yz = 0, zz = 0;
+		for (int v = 0; v < V; v++) {
+			xy += (double)x[v] * y[v];
+			xx += (double)x[v] * x[v];
+			yy += (double)y[v] * y[v];
+			yz += (double)y[v] * z[v];
+			zz += (double)z[v] * z[v];
+		}
+		double c1 = xy / sqrt(xx * yy), c2 = yz / sqrt(yy * zz);
+		w8 = c1 < w8 ? c1 : w8;
+		w88 = c2 < w88 ? c2 : w88;
+		same8 += argmax(x, V) == argmax(y, V);
+	}
+	printf("%-8s 8-bit matvec, %d decode steps: cosine >= %.6f against the "
+	       "CPU's exact path (argmax equal at %d), >= %.6f against its 8-bit "
+	       "one\n", name, N_POS - N_PROMPT, w8, same8, w88);
+	T_CHECK(w8 >= 0.999, "%s: 8-bit matvec: cosine %.6f < 0.999 against the "
+		"exact path", name, w8);
+	free(a8);
+	free(b8);
+	ms_engine_close(g8);
+	ms_engine_close(c8);
+
 	if (!full) {
 		/* the big models: the teacher-forced bar only (the rest is the
 		 * same code as on tiny, and the CPU side would take minutes) */
@@ -296,7 +338,8 @@ static void cli(const char *path)
 		 path);
 	int sa = t_run(c, &a, 1 << 16);
 	snprintf(c, sizeof(c), "%s run '%s' -p 'The lighthouse' -n 16 --temp 0 "
-		 "--ctx 64 --device gpu 2>/dev/null", t_build_path("moestream"), path);
+		 "--ctx 64 --device gpu --activations f32 2>/dev/null",
+		 t_build_path("moestream"), path);
 	int sb = t_run(c, &b, 1 << 16);
 	snprintf(c, sizeof(c), "%s run '%s' -p 'The lighthouse' -n 4 --temp 0 "
 		 "--ctx 64 --device gpu 2>&1 >/dev/null", t_build_path("moestream"),

@@ -371,7 +371,7 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 	struct ms_engine_config cfg = { .model = c->model_path, .n_ctx = c->n_ctx,
 					.n_batch = c->n_batch,
 					.n_threads = (int)c->threads, .quiet = true,
-					.q8_activations = !c->f32_act && !c->gpu,
+					.q8_activations = !c->f32_act,
 					.gpu = c->gpu };
 	if (daemon) {
 		struct bench_daemon_opts o = { .model = c->model_path,
@@ -451,11 +451,11 @@ static int child_engine(const struct rcfg *c, const struct rrun *u, bool daemon,
 		x->bytes_decode = s2.expert_bytes_read - s1.expert_bytes_read;
 	}
 	char b[32];
-	snprintf(x->note, sizeof(x->note), "%s cache %s, %u thread%s, batch %u, %s activations",
+	snprintf(x->note, sizeof(x->note), "%s cache %s, %u thread%s, batch %u, %s activations%s",
 		 daemon ? "moestreamd" : "embedded",
 		 fmt_bytes(x->cache_bytes, b, sizeof(b)), c->threads,
 		 c->threads == 1 ? "" : "s", c->n_batch,
-		 c->gpu ? "GPU 0, f32" : c->f32_act ? "f32" : "8-bit");
+		 c->f32_act ? "f32" : "8-bit", c->gpu ? ", on GPU 0" : "");
 out:
 	free(logits);
 	ms_engine_close(e);
@@ -947,8 +947,9 @@ static void usage(FILE *f)
 		"                     CPU backend) or f32 (exact)\n"
 		"  --device D         run's methods on cpu (default) or gpu (GPU 0: "
 		"resident tensors,\n"
-		"                     KV and a VRAM expert cache there, f32 "
-		"activations; llama.cpp\n"
+		"                     KV and a VRAM expert cache there; "
+		"--activations picks the\n"
+		"                     GPU's matvec too; llama.cpp\n"
 		"                     stays on the CPU: the pinned package has CPU "
 		"backends only)\n"
 		"  --llama-dir D      llama.cpp's libraries (default: "
@@ -1316,8 +1317,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		cJSON_AddStringToObject(o, "cgroup", bench_cg_name(&cg));
 		cJSON_AddBoolToObject(o, "page_cache_dropped", dropped);
 		cJSON_AddBoolToObject(o, "llamacpp_repack", c.llama_repack);
-		cJSON_AddStringToObject(o, "activations",
-					c.f32_act || c.gpu ? "f32" : "q8");
+		cJSON_AddStringToObject(o, "activations", c.f32_act ? "f32" : "q8");
 		cJSON_AddStringToObject(o, "device", c.gpu ? "gpu" : "cpu");
 		if (n_runs == 1) {
 			json_run(o, &c, &runs[0]);

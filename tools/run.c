@@ -92,9 +92,12 @@ static void usage(FILE *f)
 		"                         tensors and the KV cache in VRAM, "
 		"experts copied into a\n"
 		"                         VRAM expert cache from the expert "
-		"cache or daemon; f32\n"
-		"                         activations; exit 3 where there is no "
-		"usable GPU\n"
+		"cache or daemon; with\n"
+		"                         q8 activations the 8-bit matvec (per 32 "
+		"values, as ggml's\n"
+		"                         q8_1), with f32 the exact one; exit 3 "
+		"where there is no\n"
+		"                         usable GPU\n"
 		"  --vram-experts SIZE    the VRAM expert cache (default: the VRAM "
 		"left, less 1.5 GB)\n"
 		"  --json                 the figures as one JSON object on stdout "
@@ -289,12 +292,8 @@ int cmd_run(int argc, char **argv)
 			   "needs --device gpu");
 		return EXIT_USAGE;
 	}
-	if (cfg.gpu) {
-		if (tool_gpu_usable(CMD))
-			return EXIT_UNAVAILABLE;
-		/* the GPU path computes in f32 (its matvec sums exactly) */
-		cfg.q8_activations = false;
-	}
+	if (cfg.gpu && tool_gpu_usable(CMD))
+		return EXIT_UNAVAILABLE;
 	enum ms_chat_tmpl forced = MS_CHAT_NONE;
 	if (tmpl_name && (forced = ms_chat_from_name(tmpl_name)) == MS_CHAT_NONE) {
 		tool_error(CMD, "--chat-template '%s': known are qwen3, glm4, glm47",

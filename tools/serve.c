@@ -101,8 +101,9 @@ static void usage(FILE *f)
 		"(resident\n"
 		"                          tensors and KV cache in VRAM, experts "
 		"copied into a VRAM\n"
-		"                          expert cache; f32 activations); exit 3 "
-		"without a usable GPU\n"
+		"                          expert cache; --activations picks its "
+		"matvec: 8-bit or\n"
+		"                          exact); exit 3 without a usable GPU\n"
 		"  --vram-experts SIZE     the VRAM expert cache (default: the VRAM "
 		"left, less 1.5 GB)\n"
 		"\nexamples:\n"
@@ -278,11 +279,8 @@ int cmd_serve(int argc, char **argv)
 			   "needs --device gpu");
 		return EXIT_USAGE;
 	}
-	if (c.engine.gpu) {
-		if (tool_gpu_usable(CMD))
-			return EXIT_UNAVAILABLE;
-		c.engine.q8_activations = false; /* the GPU sums exactly */
-	}
+	if (c.engine.gpu && tool_gpu_usable(CMD))
+		return EXIT_UNAVAILABLE;
 	if (c.engine.socket && c.engine.cache_size) {
 		tool_error(CMD, "--socket and --cache-size exclude each other: the "
 			   "daemon's cache is sized by moestreamd");
