@@ -145,6 +145,9 @@ void ms_eng_hint_first(struct ms_engine *e);
 void ms_eng_hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
 		      uint32_t n);
 void ms_eng_spec_score(struct ms_engine *e, uint32_t layer, int64_t T);
+int ms_eng_route(struct ms_engine *e, uint32_t b, const float *logits,
+		 int64_t T, struct ms_err *err);
+uint32_t ms_eng_needed(struct ms_engine *e, uint32_t b, int64_t T);
 
 /* engine/forward_gpu.c: the forward pass on a GPU. open: after the
  * weights, buffers and expert source (copies the resident tensors to VRAM,

@@ -376,6 +376,45 @@ static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 	ms_eng_hint_mark(e, (uint32_t)k->layer, hint, n);
 }
 
+/* Block b's routing of the batch from its router's logits [T][n_expert]
+ * into e->rsel / e->rw, and how well this layer's hint guessed it. */
+int ms_eng_route(struct ms_engine *e, uint32_t b, const float *logits,
+		 int64_t T, struct ms_err *err)
+{
+	const struct ms_block *k = &e->blk[b];
+	int64_t K = e->n_used, X = e->model->n_expert;
+	for (int64_t t = 0; t < T; t++) {
+		int rc = ms_router_select(&e->router, logits + t * X,
+					  k->probs_b.data, e->rsel + t * K,
+					  e->rw + t * K, err);
+		if (rc)
+			return rc;
+	}
+	ms_eng_spec_score(e, (uint32_t)k->layer, T);
+	return 0;
+}
+
+/* The experts the batch's routing (e->rsel) names, each once, into
+ * e->xlist: their count. At the first MoE block, also keeps the last
+ * token's for the next token's hint. */
+uint32_t ms_eng_needed(struct ms_engine *e, uint32_t b, int64_t T)
+{
+	int64_t K = e->n_used;
+	memset(e->need, 0, e->model->n_expert * sizeof(*e->need));
+	uint32_t n = 0;
+	for (int64_t i = 0; i < T * K; i++)
+		if (!e->need[e->rsel[i]]) {
+			e->need[e->rsel[i]] = true;
+			e->xlist[n++] = e->rsel[i];
+		}
+	if ((int32_t)b == e->first_moe) {
+		e->n_first_used = (uint32_t)K;
+		for (int64_t j = 0; j < K; j++)
+			e->first_used[j] = e->rsel[(T - 1) * K + j];
+	}
+	return n;
+}
+
 /* Speculation accuracy: did the hint for this layer name the experts
  * e->rsel[0 .. T * n_used) routed to? */
 void ms_eng_spec_score(struct ms_engine *e, uint32_t layer, int64_t T)
@@ -394,31 +433,14 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		   struct ms_err *err)
 {
 	const struct ms_block *k = &e->blk[b];
-	uint32_t layer = (uint32_t)k->layer, X = e->model->n_expert;
+	uint32_t layer = (uint32_t)k->layer;
 	int64_t E = e->n_embd, K = e->n_used;
 	int rc;
 	if ((rc = matmul(e, &k->gate_inp, e->h, e->rlog, T, err)))
 		return rc;
-	for (int64_t t = 0; t < T; t++)
-		if ((rc = ms_router_select(&e->router, e->rlog + t * X,
-					   k->probs_b.data, e->rsel + t * K,
-					   e->rw + t * K, err)))
-			return rc;
-	ms_eng_spec_score(e, layer, T);
-	memset(e->need, 0, X * sizeof(*e->need));
-	/* the experts any token needs, each once */
-	uint32_t *ex = e->xlist, n = 0;
-	for (int64_t i = 0; i < T * K; i++)
-		if (!e->need[e->rsel[i]]) {
-			e->need[e->rsel[i]] = true;
-			ex[n++] = e->rsel[i];
-		}
-	/* the first MoE layer's experts, for the next token's hint */
-	if ((int32_t)b == e->first_moe) {
-		e->n_first_used = (uint32_t)K;
-		for (int64_t j = 0; j < K; j++)
-			e->first_used[j] = e->rsel[(T - 1) * K + j];
-	}
+	if ((rc = ms_eng_route(e, b, e->rlog, T, err)))
+		return rc;
+	uint32_t *ex = e->xlist, n = ms_eng_needed(e, b, T);
 	if ((rc = ms_xsrc_acquire(e, layer, ex, n, err)))
 		return rc;
 

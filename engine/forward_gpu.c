@@ -608,12 +608,8 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 				  (size_t)(spec ? 2 : 1) * T * X * sizeof(float),
 				  err)))
 		return rc;
-	for (int64_t t = 0; t < T; t++)
-		if ((rc = ms_router_select(&e->router, g->h_rlog + t * X,
-					   k->probs_b.data, e->rsel + t * K,
-					   e->rw + t * K, err)))
-			return rc;
-	ms_eng_spec_score(e, layer, T);
+	if ((rc = ms_eng_route(e, b, g->h_rlog, T, err)))
+		return rc;
 	if (spec) {
 		uint32_t *hint = e->xlist, nh = 0;
 		bool *mark = e->need;
@@ -641,18 +637,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		for (uint32_t i = 0; i < g->n_hint; i++)
 			g->hint16[i] = (uint16_t)hint[i];
 	}
-	memset(e->need, 0, X * sizeof(*e->need));
-	uint32_t *ex = e->xlist, n = 0;
-	for (int64_t i = 0; i < T * K; i++)
-		if (!e->need[e->rsel[i]]) {
-			e->need[e->rsel[i]] = true;
-			ex[n++] = e->rsel[i];
-		}
-	if ((int32_t)b == e->first_moe) {
-		e->n_first_used = (uint32_t)K;
-		for (int64_t j = 0; j < K; j++)
-			e->first_used[j] = e->rsel[(T - 1) * K + j];
-	}
+	uint32_t *ex = e->xlist, n = ms_eng_needed(e, b, T);
 	/* the shared expert first: it runs while the misses are copied in */
 	bool shared = k->sh_gate.data != NULL;
 	if (shared) {

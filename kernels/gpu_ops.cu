@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <cuda_runtime.h>
 
@@ -381,10 +382,40 @@ int launched(const char *who, struct ms_err *err)
 	return ce == cudaSuccess ? 0 : msg_cuda_fail(err, who, ce, "launch");
 }
 
-int null_arg(const char *who, const char *name, struct ms_err *err)
+/* -EINVAL naming the first of n pointers that is NULL ("x,w,y": their
+ * names, comma-separated), else 0. */
+int nonnull(const char *who, const char *names, const void *const *p, int n,
+	    struct ms_err *err)
 {
-	return ms_err_set(err, -EINVAL, "%s: %s is NULL", who, name);
+	for (int i = 0; i < n; i++, names = strchr(names, ',') + 1)
+		if (!p[i]) {
+			const char *end = strchr(names, ',');
+			int len = end ? (int)(end - names) : (int)strlen(names);
+			return ms_err_set(err, -EINVAL, "%s: %.*s is NULL", who,
+					  len, names);
+		}
+	return 0;
 }
+
+/* ops_enter, then T rows of n elements checked ("%s: T rows of n"). */
+int enter_rows(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
+	       int64_t n, int64_t T, struct ms_err *err)
+{
+	int rc = ops_enter(c, who, st, err);
+	if (!rc && !dims_ok(n, T))
+		rc = ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
+				(long long)T, (long long)n);
+	return rc;
+}
+
+#define NONNULL(who, names, ...)                                              \
+	do {                                                                  \
+		const void *const p_[] = { __VA_ARGS__ };                     \
+		int rc_ = nonnull(who, names, p_,                             \
+				  (int)(sizeof(p_) / sizeof(p_[0])), err);    \
+		if (rc_)                                                      \
+			return rc_;                                           \
+	} while (0)
 
 } /* namespace */
 
@@ -394,20 +425,12 @@ extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
 {
 	static const char who[] = "gpu rms_norm";
 	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = enter_rows(c, who, &st, n, T, err);
 	if (rc)
 		return rc;
-	if (!dims_ok(n, T))
-		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
-				  (long long)T, (long long)n);
 	if (!(eps >= 0.0f) || isinf(eps))
 		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
-	if (!x)
-		return null_arg(who, "x", err);
-	if (!w)
-		return null_arg(who, "w", err);
-	if (!y)
-		return null_arg(who, "y", err);
+	NONNULL(who, "x,w,y", x, w, y);
 	rms_norm_kernel<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps);
 	return launched(who, err);
 }
@@ -422,10 +445,7 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 		return rc;
 	if (!dims_ok(n, 1))
 		return ms_err_set(err, -EINVAL, "%s: n %lld", who, (long long)n);
-	if (!x)
-		return null_arg(who, "x", err);
-	if (!a)
-		return null_arg(who, "a", err);
+	NONNULL(who, "x,a", x, a);
 	add_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, a, n);
 	return launched(who, err);
 }
@@ -435,16 +455,10 @@ extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 {
 	static const char who[] = "gpu add_bias";
 	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = enter_rows(c, who, &st, n, T, err);
 	if (rc)
 		return rc;
-	if (!dims_ok(n, T))
-		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
-				  (long long)T, (long long)n);
-	if (!x)
-		return null_arg(who, "x", err);
-	if (!b)
-		return null_arg(who, "b", err);
+	NONNULL(who, "x,b", x, b);
 	add_bias_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(x, b, n, n * T);
 	return launched(who, err);
 }
@@ -475,10 +489,7 @@ extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
 				  who, (double)base, (double)freq_scale);
 	if (norm_w && (!(eps >= 0.0f) || isinf(eps)))
 		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
-	if (!x)
-		return null_arg(who, "x", err);
-	if (!pos)
-		return null_arg(who, "pos", err);
+	NONNULL(who, "x,pos", x, pos);
 	const int64_t rows = n_head * T;
 	rope_neox_kernel<<<blocks_for(rows, 1), 128, NORM_SMEM, st>>>(
 		x, pos, norm_w, eps, n_head, head_dim, n_rot, rows, base,
@@ -492,18 +503,10 @@ extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
 {
 	static const char who[] = "gpu kv_store";
 	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = enter_rows(c, who, &st, n, T, err);
 	if (rc)
 		return rc;
-	if (!dims_ok(n, T))
-		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
-				  (long long)T, (long long)n);
-	if (!src)
-		return null_arg(who, "src", err);
-	if (!cache)
-		return null_arg(who, "cache", err);
-	if (!at)
-		return null_arg(who, "at", err);
+	NONNULL(who, "src,cache,at", src, cache, at);
 	if ((uintptr_t)cache % (f16 ? 2u : 4u))
 		return ms_err_set(err, -EINVAL,
 				  "%s: cache %p is not aligned to its %s "
@@ -547,18 +550,8 @@ extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 	if (!isfinite(scale))
 		return ms_err_set(err, -EINVAL, "%s: scale %g", who,
 				  (double)scale);
-	if (!q)
-		return null_arg(who, "q", err);
-	if (!k_cache)
-		return null_arg(who, "k_cache", err);
-	if (!v_cache)
-		return null_arg(who, "v_cache", err);
-	if (!base)
-		return null_arg(who, "base", err);
-	if (!n_pos)
-		return null_arg(who, "n_pos", err);
-	if (!out)
-		return null_arg(who, "out", err);
+	NONNULL(who, "q,k_cache,v_cache,base,n_pos,out", q, k_cache, v_cache,
+		base, n_pos, out);
 	attention_kernel<<<blocks_for(T * n_head, 1), 256, ATT_SMEM, st>>>(
 		q, k_cache, v_cache, f16, base, n_pos, stride, n_head,
 		n_head / n_head_kv, (int)D, scale, T, out);
@@ -579,12 +572,7 @@ extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 		return ms_err_set(err, -EINVAL,
 				  "%s: %lld tokens of %lld, %lld experts each",
 				  who, (long long)T, (long long)E, (long long)K);
-	if (!x)
-		return null_arg(who, "x", err);
-	if (!y)
-		return null_arg(who, "y", err);
-	if (!w)
-		return null_arg(who, "w", err);
+	NONNULL(who, "x,y,w", x, y, w);
 	moe_combine_kernel<<<blocks_for(E * T, 256), 256, 0, st>>>(x, y, w, sh,
 								    E, K,
 								    E * T);
@@ -597,18 +585,10 @@ static int rows_call(struct ms_gpu_ctx *c, const char *who, const float *src,
 		     bool scatter, struct ms_err *err)
 {
 	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = enter_rows(c, who, &st, E, n, err);
 	if (rc)
 		return rc;
-	if (!dims_ok(n, E))
-		return ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
-				  (long long)n, (long long)E);
-	if (!src)
-		return null_arg(who, "src", err);
-	if (!rows)
-		return null_arg(who, "rows", err);
-	if (!dst)
-		return null_arg(who, "dst", err);
+	NONNULL(who, "src,rows,dst", src, rows, dst);
 	rows_kernel<<<blocks_for(n * E, 256), 256, 0, st>>>(src, rows, E, n * E,
 							     dst, scatter);
 	return launched(who, err);

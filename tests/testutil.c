@@ -3,6 +3,8 @@
  */
 #include "testutil.h"
 
+#include "moestream/util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -451,4 +453,11 @@ int t_call_main(int (*fn)(int, char **), const char *name, const char *args,
 	else
 		free(e);
 	return rc;
+}
+
+void t_check_no_cuda(int rc, const struct ms_err *err, const char *what)
+{
+	T_CHECK(rc == -ENOTSUP, "%s = %d, expected -ENOTSUP", what, rc);
+	T_CHECK(strstr(err->msg, "built without CUDA") != NULL,
+		"%s: message '%s'", what, err->msg);
 }

@@ -73,6 +73,12 @@ const char *t_build_path(const char *rel);
  * command redirects it. */
 int t_run(const char *cmd, char **out, size_t max);
 
+/* A GPU entry point in a build without CUDA: rc must be -ENOTSUP and the
+ * message say "built without CUDA" (a failed check names `what`). `err`
+ * is a struct ms_err *. */
+struct ms_err;
+void t_check_no_cuda(int rc, const struct ms_err *err, const char *what);
+
 /* A 64-bit PRNG (splitmix64) for tests that pick random data. The seed is
  * printed by t_seed() so that a failure can be replayed with MS_SEED=... */
 uint64_t t_rand(uint64_t *state);
