@@ -764,7 +764,7 @@ static void check_matvec_q8(void)
 			w = e > w ? e : w;
 		}
 		printf("matvec-q8 %-19s E=512  F=256  B=1,2,3,4,8: worst "
-		       "relative L2 vs float64 %.2e (bound %.0e; the "
+		       "relative L2 vs float64 %.2e (bound %.2g; the "
 		       "roundings predict %.2e, GPU vs their emulation "
 		       "%.1e)\n",
 		       ty_name(ty, nm, sizeof(nm)), w, TOL_Q8_FFN, q8_predicted,

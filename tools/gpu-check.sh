@@ -27,7 +27,8 @@
 #            against float64, bench kernels' GPU column);
 #         2. `moestream bench gpu`: per type, the fused matvec's GB/s of
 #            quantized weights and its ratio to the device-to-device copy
-#            bandwidth measured in the same run (t_gpu_kernels --bench is the
+#            bandwidth measured in the same run, for the exact kernel and the
+#            8-bit-activation one (q8 rows; t_gpu_kernels --bench is the
 #            same code: not run again);
 #         3. `moestream bench gpu-decode` on the GLM-4.7 preset cut to 4 MoE
 #            layers (written to $TMPDIR, removed after): the GPU decoder's
