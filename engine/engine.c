@@ -598,15 +598,15 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 #undef A
 	uint64_t kv = (uint64_t)e->cfg.n_seq * e->n_run * e->cfg.n_ctx * HK *
 		      (e->cfg.kv_f32 ? 4 : 2);
+	e->info.kv_bytes = 2 * kv; /* in VRAM with cfg.gpu (forward_gpu.c) */
 	if (e->cfg.gpu)
-		return 0; /* the KV cache is in VRAM (forward_gpu.c) */
+		return 0;
 	e->k_cache = calloc(kv, 1);
 	e->v_cache = calloc(kv, 1);
 	if (!e->k_cache || !e->v_cache)
 		return ms_err_set(err, -ENOMEM, "out of memory for the KV cache "
 				  "(%.1f MB for %u sequences of %u tokens)",
 				  2.0 * (double)kv / 1e6, e->cfg.n_seq, e->cfg.n_ctx);
-	e->info.kv_bytes = 2 * kv;
 	return 0;
 }
 
@@ -671,8 +671,6 @@ int ms_engine_open(struct ms_engine **out, const struct ms_engine_config *cfg,
 	if ((rc = alloc_buffers(e, err)) || (rc = ms_xsrc_open(e, err)) ||
 	    (cfg->gpu && (rc = ms_gpu_eng_open(e, err))))
 		goto fail;
-	if (cfg->gpu)
-		e->info.kv_bytes = e->info.vram_kv_bytes;
 	snprintf(e->info.arch, sizeof(e->info.arch), "%s", e->model->arch);
 	e->info.n_block_run = e->n_run;
 	e->info.n_moe_run = e->model->n_layers_run;

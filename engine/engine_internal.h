@@ -148,6 +148,12 @@ void ms_eng_spec_score(struct ms_engine *e, uint32_t layer, int64_t T);
 int ms_eng_route(struct ms_engine *e, uint32_t b, const float *logits,
 		 int64_t T, struct ms_err *err);
 uint32_t ms_eng_needed(struct ms_engine *e, uint32_t b, int64_t T);
+uint32_t ms_eng_hint(struct ms_engine *e, uint32_t nb, const float *logits,
+		     int64_t T);
+/* Where sequence seq's K (or V) row for block b at position pos starts in
+ * the KV cache, in values (forward.c's layout, on the GPU too). */
+size_t ms_eng_kv_at(const struct ms_engine *e, uint32_t seq, uint32_t b,
+		    uint32_t pos);
 
 /* engine/forward_gpu.c: the forward pass on a GPU. open: after the
  * weights, buffers and expert source (copies the resident tensors to VRAM,

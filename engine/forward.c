@@ -214,7 +214,7 @@ struct att_job {
 
 /* Where sequence seq's K (or V) row for block b at position pos starts, in
  * values. */
-static size_t kv_at(const struct ms_engine *e, uint32_t seq, uint32_t b,
+size_t ms_eng_kv_at(const struct ms_engine *e, uint32_t seq, uint32_t b,
 		    uint32_t pos)
 {
 	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
@@ -235,7 +235,7 @@ static void att_task(void *ctx, int ith, int nth)
 		int64_t t = w / H, h = w % H, kvh = h / group;
 		const float *q = e->q + t * H * D + h * D;
 		float *out = e->att + t * H * D + h * D;
-		size_t base = kv_at(e, e->tseq[t], j->block, 0);
+		size_t base = ms_eng_kv_at(e, e->tseq[t], j->block, 0);
 		uint32_t n_pos = e->tpos[t] + 1; /* causal */
 		if (e->fa16) {
 			ms_attn_f16(e->opts.path, q,
@@ -305,7 +305,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 					 e->eps);
 			rope(kk + h * D, e->n_rot, pos, e->rope_base, e->freq_scale);
 		}
-		size_t at = kv_at(e, e->tseq[t], b, e->tpos[t]);
+		size_t at = ms_eng_kv_at(e, e->tseq[t], b, e->tpos[t]);
 		kv_store(e, e->k_cache, at, kk, HK);
 		kv_store(e, e->v_cache, at, v, HK);
 	}
@@ -347,25 +347,24 @@ void ms_eng_hint_mark(struct ms_engine *e, uint32_t layer, const uint32_t *x,
 	e->has_hint[layer] = n > 0;
 }
 
-/* Speculative routing: block nb's router applied to x (this block's input,
- * normed as nb would norm it), its top experts over the batch hinted. */
-static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
+/* Block nb's top experts over a batch, from its router's logits
+ * [T][n_expert], each once into e->xlist: read ahead from the expert
+ * source and marked as that layer's hint. Their count; 0 (nothing hinted)
+ * when a token's logits cannot be ranked. */
+uint32_t ms_eng_hint(struct ms_engine *e, uint32_t nb, const float *logits,
+		     int64_t T)
 {
 	const struct ms_block *k = &e->blk[nb];
 	uint32_t X = e->model->n_expert;
 	bool *mark = e->need;
 	memset(mark, 0, X * sizeof(*mark));
 	uint32_t *hint = e->xlist, n = 0;
-	for (int64_t t = 0; t < T && n < X; t++) {
-		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data, e->hint_x,
-			 e->n_embd, e->eps);
+	for (int64_t t = 0; t < T; t++) {
 		uint32_t sel[MS_ROUTER_MAX_USED];
 		float w[MS_ROUTER_MAX_USED];
-		if (ms_matmul(k->gate_inp.type, k->gate_inp.data, e->n_embd, X,
-			      e->hint_x, e->rlog, 1, &e->opts, NULL) ||
-		    ms_router_select(&e->router, e->rlog,
-				     k->probs_b.data, sel, w, NULL))
-			return;
+		if (ms_router_select(&e->router, logits + t * X, k->probs_b.data,
+				     sel, w, NULL))
+			return 0;
 		for (int64_t j = 0; j < e->n_used; j++)
 			if (!mark[sel[j]]) {
 				mark[sel[j]] = true;
@@ -374,6 +373,23 @@ static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 	}
 	ms_xsrc_prefetch(e, (uint32_t)k->layer, hint, n);
 	ms_eng_hint_mark(e, (uint32_t)k->layer, hint, n);
+	return n;
+}
+
+/* Speculative routing: block nb's router applied to x (this block's input,
+ * normed as nb would norm it), its top experts over the batch hinted. */
+static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
+{
+	const struct ms_block *k = &e->blk[nb];
+	uint32_t X = e->model->n_expert;
+	for (int64_t t = 0; t < T; t++) {
+		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data, e->hint_x,
+			 e->n_embd, e->eps);
+		if (ms_matmul(k->gate_inp.type, k->gate_inp.data, e->n_embd, X,
+			      e->hint_x, e->rlog + t * X, 1, &e->opts, NULL))
+			return;
+	}
+	ms_eng_hint(e, nb, e->rlog, T);
 }
 
 /* Block b's routing of the batch from its router's logits [T][n_expert]

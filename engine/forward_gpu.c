@@ -178,8 +178,7 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	size_t HQ = (size_t)(e->n_head * e->head_dim);
 	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
 	size_t X = m->n_expert, K = (size_t)e->n_used;
-	uint64_t kv = (uint64_t)e->cfg.n_seq * e->n_run * e->cfg.n_ctx * HK *
-		      (e->cfg.kv_f32 ? 4 : 2);
+	uint64_t kv = e->info.kv_bytes / 2; /* each of K and V: alloc_buffers */
 	uint64_t work = 0, slot = 0;
 	for (uint32_t l = 0; l < m->n_layers; l++)
 		if (slot_need(&m->layers[l]) > slot)
@@ -519,7 +518,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	int64_t E = e->n_embd, H = e->n_head, D = e->head_dim;
 	int64_t HQ = H * D, HK = e->n_head_kv * D;
 	size_t el = e->cfg.kv_f32 ? 4 : 2;
-	size_t boff = (size_t)b * e->cfg.n_ctx * (size_t)HK * el;
+	size_t boff = ms_eng_kv_at(e, 0, b, 0) * el;
 	uint8_t *kc = (uint8_t *)g->k_cache + boff, *vc = (uint8_t *)g->v_cache + boff;
 	int rc;
 	if ((rc = matmul(e, &k->wq, g->h, g->q, T, err)) ||
@@ -611,31 +610,15 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	if ((rc = ms_eng_route(e, b, g->h_rlog, T, err)))
 		return rc;
 	if (spec) {
-		uint32_t *hint = e->xlist, nh = 0;
-		bool *mark = e->need;
 		const struct ms_block *n = &e->blk[nb];
-		memset(mark, 0, X * sizeof(*mark));
-		for (int64_t t = 0; t < T; t++) {
-			uint32_t sel[MS_ROUTER_MAX_USED];
-			float w[MS_ROUTER_MAX_USED];
-			if (ms_router_select(&e->router, g->h_rlog + (T + t) * X,
-					     n->probs_b.data, sel, w, NULL))
-				break;
-			for (int64_t j = 0; j < K; j++)
-				if (!mark[sel[j]]) {
-					mark[sel[j]] = true;
-					hint[nh++] = sel[j];
-				}
-		}
-		ms_xsrc_prefetch(e, (uint32_t)n->layer, hint, nh);
-		ms_eng_hint_mark(e, (uint32_t)n->layer, hint, nh);
+		uint32_t nh = ms_eng_hint(e, (uint32_t)nb, g->h_rlog + T * X, T);
 		/* their copies into VRAM start once this layer's work is
 		 * queued (below): the GPU computes while the host waits for
 		 * the daemon */
 		g->n_hint = nh < GROUP_MAX ? nh : GROUP_MAX;
 		g->hint_block = e->model->layers[n->layer].block;
 		for (uint32_t i = 0; i < g->n_hint; i++)
-			g->hint16[i] = (uint16_t)hint[i];
+			g->hint16[i] = (uint16_t)e->xlist[i];
 	}
 	uint32_t *ex = e->xlist, n = ms_eng_needed(e, b, T);
 	/* the shared expert first: it runs while the misses are copied in */
@@ -722,7 +705,6 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
 	int64_t E = e->n_embd;
-	size_t HK = (size_t)(e->n_head_kv * e->head_dim);
 	int rc = ms_eng_embed(e, ids, T, err);
 	if (rc)
 		return rc;
@@ -730,8 +712,8 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 		uint32_t s = e->tseq[t], p = e->tpos[t];
 		g->h_pos[t] = (int32_t)p;
 		g->h_npos[t] = (int32_t)p + 1;
-		g->h_base0[t] = (int64_t)((size_t)s * e->n_run * e->cfg.n_ctx * HK);
-		g->h_at0[t] = g->h_base0[t] + (int64_t)((size_t)p * HK);
+		g->h_base0[t] = (int64_t)ms_eng_kv_at(e, s, 0, 0);
+		g->h_at0[t] = (int64_t)ms_eng_kv_at(e, s, 0, p);
 	}
 	if ((rc = ms_gpu_upload(g->x, e->x, (size_t)(T * E) * sizeof(float), err)) ||
 	    (rc = ms_gpu_upload(g->pos, g->h_pos, (size_t)T * 4, err)) ||
