@@ -33,14 +33,6 @@ static float gauss(void)
 	return (float)((s - 2.0) * 1.7320508075688772);
 }
 
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		t_fatal("out of memory (%zu bytes)", n);
-	return p;
-}
-
 /* One quantised matrix: rows x cols of `type`, and ggml's dequantisation. */
 struct mat {
 	uint32_t type;
@@ -56,9 +48,9 @@ static void mat_make(struct mat *m, uint32_t type, int64_t rows, int64_t cols)
 	m->rows = rows;
 	m->cols = cols;
 	m->row_bytes = R.ggml_row_size((int)type, cols);
-	m->q = xmalloc(m->row_bytes * (size_t)rows);
-	m->f = xmalloc(sizeof(float) * (size_t)(rows * cols));
-	float *src = xmalloc(sizeof(float) * (size_t)(rows * cols));
+	m->q = t_xmalloc(m->row_bytes * (size_t)rows);
+	m->f = t_xmalloc(sizeof(float) * (size_t)(rows * cols));
+	float *src = t_xmalloc(sizeof(float) * (size_t)(rows * cols));
 	float sd = 1.0f / sqrtf((float)cols);
 	for (int64_t i = 0; i < rows * cols; i++)
 		src[i] = sd * gauss();
@@ -101,8 +93,8 @@ static void ref_ffn(const struct mat *g, const struct mat *u,
 		    const struct mat *d, const float *x, int64_t B, double *y)
 {
 	int64_t E = g->cols, F = g->rows;
-	double *h = xmalloc(sizeof(double) * (size_t)F);
-	double *xd = xmalloc(sizeof(double) * (size_t)E);
+	double *h = t_xmalloc(sizeof(double) * (size_t)F);
+	double *xd = t_xmalloc(sizeof(double) * (size_t)E);
 	for (int64_t b = 0; b < B; b++) {
 		for (int64_t i = 0; i < E; i++)
 			xd[i] = x[b * E + i];
@@ -155,7 +147,7 @@ static void check_dequant(enum ms_ffn_path path)
 		uint32_t type = all_types[t];
 		struct mat m;
 		mat_make(&m, type, 16, 512);
-		float *got = xmalloc(sizeof(float) * 512);
+		float *got = t_xmalloc(sizeof(float) * 512);
 		int bad = 0;
 		for (int64_t r = 0; r < m.rows; r++) {
 			int rc = ms_ffn_dequant_row(
@@ -200,8 +192,8 @@ static void check_dequant(enum ms_ffn_path path)
 static void check_dequant_random(void)
 {
 	enum { N = 2048 };
-	float *a = xmalloc(sizeof(float) * N), *b = xmalloc(sizeof(float) * N);
-	uint8_t *q = xmalloc(N * 4);
+	float *a = t_xmalloc(sizeof(float) * N), *b = t_xmalloc(sizeof(float) * N);
+	uint8_t *q = t_xmalloc(N * 4);
 	for (size_t t = 0; t < N_TYPES; t++) {
 		uint32_t type = all_types[t];
 		int bad = 0;
@@ -256,7 +248,7 @@ static void expert_make(struct expert *e, const uint32_t ty[3], int64_t E,
 	e->gate_up = NULL;
 	if (ty[0] == ty[1]) {
 		size_t n = e->gate.row_bytes * (size_t)F;
-		e->gate_up = xmalloc(2 * n);
+		e->gate_up = t_xmalloc(2 * n);
 		memcpy(e->gate_up, e->gate.q, n);
 		memcpy(e->gate_up + n, e->up.q, n);
 	}
@@ -306,14 +298,14 @@ static void check_expert(const uint32_t ty[3], int64_t E, int64_t F,
 		 ms_type_name(ty[1]), ms_type_name(ty[2]));
 	for (int k = 0; k < nB; k++) {
 		int64_t B = Bs[k];
-		float *x = xmalloc(sizeof(float) * (size_t)(B * E));
+		float *x = t_xmalloc(sizeof(float) * (size_t)(B * E));
 		for (int64_t i = 0; i < B * E; i++)
 			x[i] = gauss();
-		double *ref = xmalloc(sizeof(double) * (size_t)(B * E));
+		double *ref = t_xmalloc(sizeof(double) * (size_t)(B * E));
 		ref_ffn(&e.gate, &e.up, &e.down, x, B, ref);
-		float *y = xmalloc(sizeof(float) * (size_t)(B * E));
-		float *y1 = xmalloc(sizeof(float) * (size_t)(B * E));
-		float *yu = xmalloc(sizeof(float) * (size_t)(B * E));
+		float *y = t_xmalloc(sizeof(float) * (size_t)(B * E));
+		float *y1 = t_xmalloc(sizeof(float) * (size_t)(B * E));
+		float *yu = t_xmalloc(sizeof(float) * (size_t)(B * E));
 
 		for (int p = MS_FFN_PATH_SCALAR; p <= MS_FFN_PATH_AVX2; p++) {
 			if (p == MS_FFN_PATH_AVX2 && !avx2)

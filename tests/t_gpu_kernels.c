@@ -76,14 +76,6 @@
 static uint64_t rng;
 static struct ms_gpu_ctx *ctx;
 
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		t_fatal("out of memory (%zu bytes)", n);
-	return p;
-}
-
 /* Roughly normal: the sum of four uniforms, centred, unit variance. */
 static float gauss(void)
 {
@@ -262,32 +254,6 @@ static void fill(uint8_t *buf, size_t size, uint32_t type, bool valid)
 	}
 }
 
-/* ---- device memory ---------------------------------------------------------- */
-
-static void *dev_alloc(size_t n)
-{
-	void *p;
-	struct ms_err err = { 0 };
-	if (ms_gpu_malloc(&p, n, &err))
-		t_fatal("%s", err.msg);
-	return p;
-}
-
-static void up(void *dev, const void *host, size_t n)
-{
-	struct ms_err err = { 0 };
-	if (ms_gpu_upload(dev, host, n, &err))
-		t_fatal("%s", err.msg);
-}
-
-static void down(void *host, const void *dev, size_t n)
-{
-	struct ms_err err = { 0 };
-	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &err) ||
-	    ms_gpu_download(host, dev, n, &err))
-		t_fatal("%s", err.msg);
-}
-
 static double rel_l2(const float *y, const float *ref, int64_t n)
 {
 	double num = 0, den = 0;
@@ -322,18 +288,18 @@ static const uint32_t mv_types[] = {
 static int dequant_case(uint32_t type, const uint8_t *q, int64_t n,
 			size_t bytes, const char *what)
 {
-	float *ref = xmalloc(sizeof(float) * (size_t)n);
-	float *got = xmalloc(sizeof(float) * (size_t)n);
-	uint16_t *got16 = xmalloc(2 * (size_t)n);
+	float *ref = t_xmalloc(sizeof(float) * (size_t)n);
+	float *got = t_xmalloc(sizeof(float) * (size_t)n);
+	uint16_t *got16 = t_xmalloc(2 * (size_t)n);
 	struct ms_err err = { 0 };
 	int bad = 0;
 	if (ms_dequant_row(type, q, ref, n))
 		t_fatal("ms_dequant_row(%s) failed", ms_type_name(type));
-	uint8_t *src = dev_alloc(bytes + 16);
-	uint8_t *dst = dev_alloc((size_t)n * 4 + 64);
+	uint8_t *src = t_dev_alloc(bytes + 16);
+	uint8_t *dst = t_dev_alloc((size_t)n * 4 + 64);
 	static const int src_off[] = { 0, 1, 6 };
 	for (int so = 0; so < 3 && !bad; so++) {
-		up(src + src_off[so], q, bytes);
+		t_dev_up(src + src_off[so], q, bytes);
 		for (int f16 = 0; f16 <= 1 && !bad; f16++)
 			for (int dofs = 0; dofs <= 1 && !bad; dofs++) {
 				/* dofs: one element in, so the vector store
@@ -354,9 +320,9 @@ static int dequant_case(uint32_t type, const uint8_t *q, int64_t n,
 					break;
 				}
 				if (f16)
-					down(got16, d, 2 * (size_t)n);
+					t_dev_to(ctx, got16, d, 2 * (size_t)n);
 				else
-					down(got, d, 4 * (size_t)n);
+					t_dev_to(ctx, got, d, 4 * (size_t)n);
 				for (int64_t i = 0; i < n; i++) {
 					bool ok;
 					if (f16)
@@ -404,7 +370,7 @@ static void check_dequant(void)
 		int64_t n = ti->blck == 1 ? 8191 : ti->blck == 256 ? 64 * 256
 								   : 512 * 32;
 		size_t bytes = (size_t)(n / ti->blck) * ti->type_size;
-		uint8_t *q = xmalloc(bytes);
+		uint8_t *q = t_xmalloc(bytes);
 		int bad = 0;
 		for (int rep = 0; rep < 3; rep++) {
 			fill(q, bytes, type, false);
@@ -449,11 +415,11 @@ static void hexpert_make(struct hexpert *x, const uint32_t ty[3], int64_t E,
 		t_fatal("%s", err.msg);
 	int np = fused ? 2 : 3;
 	for (int j = 0; j < np; j++) {
-		x->h[j] = xmalloc(x->bytes[j]);
+		x->h[j] = t_xmalloc(x->bytes[j]);
 		fill(x->h[j], x->bytes[j], x->v.type[j], true);
 		x->v.data[j] = x->h[j];
-		x->d[j] = dev_alloc(x->bytes[j] + dev_off + 16);
-		up((uint8_t *)x->d[j] + dev_off, x->h[j], x->bytes[j]);
+		x->d[j] = t_dev_alloc(x->bytes[j] + dev_off + 16);
+		t_dev_up((uint8_t *)x->d[j] + dev_off, x->h[j], x->bytes[j]);
 		x->g.data[j] = (uint8_t *)x->d[j] + dev_off;
 		x->g.type[j] = x->v.type[j];
 	}
@@ -503,14 +469,14 @@ static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 			   enum ms_gpu_ffn_path path, size_t dev_off,
 			   double tol, bool twice)
 {
-	struct hexpert *x = xmalloc(sizeof(*x) * (size_t)n);
-	struct ms_gpu_expert *ge = xmalloc(sizeof(*ge) * (size_t)n);
+	struct hexpert *x = t_xmalloc(sizeof(*x) * (size_t)n);
+	struct ms_gpu_expert *ge = t_xmalloc(sizeof(*ge) * (size_t)n);
 	int nx = shared_x ? 1 : n;
 	size_t xs = (size_t)(B * E);
-	float *in = xmalloc(sizeof(float) * xs * (size_t)nx);
-	float *ref = xmalloc(sizeof(float) * xs);
-	float *got = xmalloc(sizeof(float) * xs * (size_t)n);
-	float *got2 = xmalloc(sizeof(float) * xs * (size_t)n);
+	float *in = t_xmalloc(sizeof(float) * xs * (size_t)nx);
+	float *ref = t_xmalloc(sizeof(float) * xs);
+	float *got = t_xmalloc(sizeof(float) * xs * (size_t)n);
+	float *got2 = t_xmalloc(sizeof(float) * xs * (size_t)n);
 	char nm[64];
 	struct ms_err err = { 0 };
 	double worst = 0;
@@ -520,9 +486,9 @@ static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 	}
 	for (size_t i = 0; i < xs * (size_t)nx; i++)
 		in[i] = gauss();
-	float *din = dev_alloc(sizeof(float) * xs * (size_t)nx);
-	float *dout = dev_alloc(sizeof(float) * xs * (size_t)n);
-	up(din, in, sizeof(float) * xs * (size_t)nx);
+	float *din = t_dev_alloc(sizeof(float) * xs * (size_t)nx);
+	float *dout = t_dev_alloc(sizeof(float) * xs * (size_t)n);
+	t_dev_up(din, in, sizeof(float) * xs * (size_t)nx);
 	if (ms_gpu_memset(dout, 0xff, sizeof(float) * xs * (size_t)n, &err))
 		t_fatal("%s", err.msg);
 	int rc = ms_gpu_experts_ffn(ctx, ge, n, din, shared_x ? 0 : (int64_t)xs,
@@ -531,7 +497,7 @@ static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 		ms_gpu_ffn_path_name(path), (long long)B, n, err.msg);
 	if (rc)
 		goto out;
-	down(got, dout, sizeof(float) * xs * (size_t)n);
+	t_dev_to(ctx, got, dout, sizeof(float) * xs * (size_t)n);
 	if (twice) {
 		if (ms_gpu_memset(dout, 0xff, sizeof(float) * xs * (size_t)n,
 				  &err) ||
@@ -539,7 +505,7 @@ static double run_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 				       shared_x ? 0 : (int64_t)xs, dout, B,
 				       path, &err))
 			t_fatal("second run: %s", err.msg);
-		down(got2, dout, sizeof(float) * xs * (size_t)n);
+		t_dev_to(ctx, got2, dout, sizeof(float) * xs * (size_t)n);
 		T_CHECK(!memcmp(got, got2, sizeof(float) * xs * (size_t)n),
 			"%s B=%lld: two runs differ", ty_name(ty, nm, sizeof(nm)),
 			(long long)B);
@@ -709,15 +675,15 @@ static void check_q8_auto(void)
 	struct hexpert x;
 	struct ms_err err = { 0 };
 	hexpert_make(&x, ty, E, F, true, 0);
-	float *in = xmalloc(sizeof(float) * (size_t)(B * E));
+	float *in = t_xmalloc(sizeof(float) * (size_t)(B * E));
 	float *y[3];
 	for (int k = 0; k < 3; k++)
-		y[k] = xmalloc(sizeof(float) * (size_t)(B * E));
+		y[k] = t_xmalloc(sizeof(float) * (size_t)(B * E));
 	for (int64_t i = 0; i < B * E; i++)
 		in[i] = gauss();
-	float *din = dev_alloc(sizeof(float) * (size_t)(B * E));
-	float *dout = dev_alloc(sizeof(float) * (size_t)(B * E));
-	up(din, in, sizeof(float) * (size_t)(B * E));
+	float *din = t_dev_alloc(sizeof(float) * (size_t)(B * E));
+	float *dout = t_dev_alloc(sizeof(float) * (size_t)(B * E));
+	t_dev_up(din, in, sizeof(float) * (size_t)(B * E));
 	static const enum ms_gpu_ffn_path paths[3] = {
 		MS_GPU_FFN_MATVEC_Q8, MS_GPU_FFN_AUTO, MS_GPU_FFN_AUTO
 	};
@@ -725,11 +691,11 @@ static void check_q8_auto(void)
 		if (ms_gpu_ctx_set_q8(ctx, k == 1, &err) ||
 		    ms_gpu_expert_ffn(ctx, &x.g, din, dout, B, paths[k], &err))
 			t_fatal("q8 auto %d: %s", k, err.msg);
-		down(y[k], dout, sizeof(float) * (size_t)(B * E));
+		t_dev_to(ctx, y[k], dout, sizeof(float) * (size_t)(B * E));
 	}
 	T_CHECK(!memcmp(y[0], y[1], sizeof(float) * (size_t)(B * E)),
 		"auto with q8 set differs from matvec-q8");
-	float *ref = xmalloc(sizeof(float) * (size_t)(B * E));
+	float *ref = t_xmalloc(sizeof(float) * (size_t)(B * E));
 	ref_ffn(&x, in, ref, B);
 	const double eq = rel_l2(y[1], ref, B * E), ee = rel_l2(y[2], ref, B * E);
 	T_CHECK(ee <= TOL_MATVEC, "auto after q8 unset: %.3g (exact?)", ee);
@@ -819,16 +785,16 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 	const struct ms_type_info *ti = ms_type_get(type);
 	const size_t bytes = (size_t)(n_out * (n_in / ti->blck)) * ti->type_size;
 	struct ms_err err = { 0 };
-	uint8_t *w = xmalloc(bytes);
+	uint8_t *w = t_xmalloc(bytes);
 	fill(w, bytes, type, true);
-	float *wf = xmalloc(sizeof(float) * (size_t)(n_in * n_out));
+	float *wf = t_xmalloc(sizeof(float) * (size_t)(n_in * n_out));
 	if (ms_dequant_row(type, w, wf, n_in * n_out))
 		t_fatal("dequant %s", ms_type_name(type));
-	float *in = xmalloc(sizeof(float) * (size_t)(B * n_in));
+	float *in = t_xmalloc(sizeof(float) * (size_t)(B * n_in));
 	for (int64_t i = 0; i < B * n_in; i++)
 		in[i] = gauss();
 	const size_t ny = (size_t)(B * n_out);
-	float *ref = xmalloc(sizeof(float) * ny), *y[2][3];
+	float *ref = t_xmalloc(sizeof(float) * ny), *y[2][3];
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t r = 0; r < n_out; r++) {
 			double s = 0;
@@ -836,15 +802,15 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 				s += (double)wf[r * n_in + i] * in[b * n_in + i];
 			ref[b * n_out + r] = (float)s;
 		}
-	void *dw = dev_alloc(bytes);
-	float *dx = dev_alloc(sizeof(float) * (size_t)(B * n_in));
-	float *dy = dev_alloc(sizeof(float) * ny);
-	up(dw, w, bytes);
-	up(dx, in, sizeof(float) * (size_t)(B * n_in));
+	void *dw = t_dev_alloc(bytes);
+	float *dx = t_dev_alloc(sizeof(float) * (size_t)(B * n_in));
+	float *dy = t_dev_alloc(sizeof(float) * ny);
+	t_dev_up(dw, w, bytes);
+	t_dev_up(dx, in, sizeof(float) * (size_t)(B * n_in));
 	for (int q8 = 0; q8 <= 1; q8++) {
 		/* [0] unsplit, [1] split, [2] split again */
 		for (int k = 0; k < 3; k++) {
-			y[q8][k] = xmalloc(sizeof(float) * ny);
+			y[q8][k] = t_xmalloc(sizeof(float) * ny);
 			if (ms_gpu_ctx_set_q8(ctx, q8, &err) ||
 			    ms_gpu_ctx_set_split(ctx, k ? split : 1, &err) ||
 			    ms_gpu_memset(dy, 0xff, sizeof(float) * ny, &err) ||
@@ -852,7 +818,7 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 					  &err))
 				t_fatal("matmul %s: %s", ms_type_name(type),
 					err.msg);
-			down(y[q8][k], dy, sizeof(float) * ny);
+			t_dev_to(ctx, y[q8][k], dy, sizeof(float) * ny);
 		}
 		const double e = rel_l2(y[q8][0], ref, (int64_t)ny);
 		const double es = rel_l2(y[q8][1], y[q8][0], (int64_t)ny);
@@ -896,10 +862,10 @@ static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 			   bool fused, int n, int64_t B, int split,
 			   enum ms_gpu_ffn_path path, double tol)
 {
-	struct hexpert *x = xmalloc(sizeof(*x) * (size_t)n);
-	struct ms_gpu_expert *ge = xmalloc(sizeof(*ge) * (size_t)n);
+	struct hexpert *x = t_xmalloc(sizeof(*x) * (size_t)n);
+	struct ms_gpu_expert *ge = t_xmalloc(sizeof(*ge) * (size_t)n);
 	const size_t xs = (size_t)(B * E), ny = xs * (size_t)n;
-	float *in = xmalloc(sizeof(float) * ny), *ref = xmalloc(sizeof(float) * xs);
+	float *in = t_xmalloc(sizeof(float) * ny), *ref = t_xmalloc(sizeof(float) * xs);
 	float *y[3];
 	struct ms_err err = { 0 };
 	char nm[64];
@@ -909,17 +875,17 @@ static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 	}
 	for (size_t i = 0; i < ny; i++)
 		in[i] = gauss();
-	float *din = dev_alloc(sizeof(float) * ny);
-	float *dout = dev_alloc(sizeof(float) * ny);
-	up(din, in, sizeof(float) * ny);
+	float *din = t_dev_alloc(sizeof(float) * ny);
+	float *dout = t_dev_alloc(sizeof(float) * ny);
+	t_dev_up(din, in, sizeof(float) * ny);
 	for (int k = 0; k < 3; k++) {
-		y[k] = xmalloc(sizeof(float) * ny);
+		y[k] = t_xmalloc(sizeof(float) * ny);
 		if (ms_gpu_ctx_set_split(ctx, k ? split : 1, &err) ||
 		    ms_gpu_memset(dout, 0xff, sizeof(float) * ny, &err) ||
 		    ms_gpu_experts_ffn(ctx, ge, n, din, (int64_t)xs, dout, B,
 				       path, &err))
 			t_fatal("split ffn: %s", err.msg);
-		down(y[k], dout, sizeof(float) * ny);
+		t_dev_to(ctx, y[k], dout, sizeof(float) * ny);
 	}
 	if (ms_gpu_ctx_set_split(ctx, 0, &err))
 		t_fatal("%s", err.msg);
@@ -1018,12 +984,12 @@ static void emul_ffn(const struct hexpert *x, const float *in, float *out,
 		     int64_t B, bool q8)
 {
 	const int64_t E = x->v.n_embd, F = x->v.n_ff;
-	float *wg = xmalloc(sizeof(float) * (size_t)(F * E));
-	float *wu = xmalloc(sizeof(float) * (size_t)(F * E));
-	float *wd = xmalloc(sizeof(float) * (size_t)(E * F));
-	double *xr = xmalloc(sizeof(double) * (size_t)E);
-	double *h = xmalloc(sizeof(double) * (size_t)F);
-	float *hf = xmalloc(sizeof(float) * (size_t)F);
+	float *wg = t_xmalloc(sizeof(float) * (size_t)(F * E));
+	float *wu = t_xmalloc(sizeof(float) * (size_t)(F * E));
+	float *wd = t_xmalloc(sizeof(float) * (size_t)(E * F));
+	double *xr = t_xmalloc(sizeof(double) * (size_t)E);
+	double *h = t_xmalloc(sizeof(double) * (size_t)F);
+	float *hf = t_xmalloc(sizeof(float) * (size_t)F);
 	uint32_t tg = x->v.type[0];
 	uint32_t tu = x->v.fused ? tg : x->v.type[1];
 	uint32_t td = x->v.type[x->v.fused ? 1 : 2];
@@ -1086,12 +1052,12 @@ static void cublas_case(const uint32_t ty[3], int64_t E, int64_t F, bool fused,
 	char nm[64];
 	hexpert_make(&x, ty, E, F, fused, 0);
 	size_t n = (size_t)(B * E);
-	float *in = xmalloc(sizeof(float) * n), *ref = xmalloc(sizeof(float) * n);
-	float *emu = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
+	float *in = t_xmalloc(sizeof(float) * n), *ref = t_xmalloc(sizeof(float) * n);
+	float *emu = t_xmalloc(sizeof(float) * n), *got = t_xmalloc(sizeof(float) * n);
 	for (size_t i = 0; i < n; i++)
 		in[i] = gauss();
-	float *din = dev_alloc(sizeof(float) * n), *dout = dev_alloc(sizeof(float) * n);
-	up(din, in, sizeof(float) * n);
+	float *din = t_dev_alloc(sizeof(float) * n), *dout = t_dev_alloc(sizeof(float) * n);
+	t_dev_up(din, in, sizeof(float) * n);
 	if (ms_gpu_memset(dout, 0xff, sizeof(float) * n, &err))
 		t_fatal("%s", err.msg);
 	int rc = ms_gpu_expert_ffn(ctx, &x.g, din, dout, B, MS_GPU_FFN_CUBLAS,
@@ -1099,7 +1065,7 @@ static void cublas_case(const uint32_t ty[3], int64_t E, int64_t F, bool fused,
 	T_CHECK(rc == 0, "cublas %s B=%lld: %s", ty_name(ty, nm, sizeof(nm)),
 		(long long)B, err.msg);
 	if (!rc) {
-		down(got, dout, sizeof(float) * n);
+		t_dev_to(ctx, got, dout, sizeof(float) * n);
 		ref_ffn(&x, in, ref, B);
 		emul_ffn(&x, in, emu, B, false);
 		double exact = rel_l2(got, ref, (int64_t)n);
@@ -1150,16 +1116,16 @@ static void dense_case(uint32_t wt, int64_t rows, int64_t cols, int64_t B)
 {
 	struct ms_err err = { 0 };
 	size_t nw = (size_t)(rows * cols), esz = wt == MS_TYPE_F32 ? 4 : 2;
-	uint8_t *w = xmalloc(nw * esz);
+	uint8_t *w = t_xmalloc(nw * esz);
 	fill(w, nw * esz, wt, true);
-	float *wf = xmalloc(sizeof(float) * nw);
+	float *wf = t_xmalloc(sizeof(float) * nw);
 	ms_dequant_row(wt, w, wf, (int64_t)nw);
-	float *in = xmalloc(sizeof(float) * (size_t)(B * cols));
+	float *in = t_xmalloc(sizeof(float) * (size_t)(B * cols));
 	for (int64_t i = 0; i < B * cols; i++)
 		in[i] = gauss();
-	float *ref = xmalloc(sizeof(float) * (size_t)(B * rows));
-	float *emu = xmalloc(sizeof(float) * (size_t)(B * rows));
-	float *got = xmalloc(sizeof(float) * (size_t)(B * rows));
+	float *ref = t_xmalloc(sizeof(float) * (size_t)(B * rows));
+	float *emu = t_xmalloc(sizeof(float) * (size_t)(B * rows));
+	float *got = t_xmalloc(sizeof(float) * (size_t)(B * rows));
 	for (int64_t b = 0; b < B; b++)
 		for (int64_t r = 0; r < rows; r++) {
 			double s = 0, s16 = 0;
@@ -1171,17 +1137,17 @@ static void dense_case(uint32_t wt, int64_t rows, int64_t cols, int64_t B)
 			ref[b * rows + r] = (float)s;
 			emu[b * rows + r] = (float)s16;
 		}
-	void *dw = dev_alloc(nw * esz);
-	float *dx = dev_alloc(sizeof(float) * (size_t)(B * cols));
-	float *dy = dev_alloc(sizeof(float) * (size_t)(B * rows));
-	up(dw, w, nw * esz);
-	up(dx, in, sizeof(float) * (size_t)(B * cols));
+	void *dw = t_dev_alloc(nw * esz);
+	float *dx = t_dev_alloc(sizeof(float) * (size_t)(B * cols));
+	float *dy = t_dev_alloc(sizeof(float) * (size_t)(B * rows));
+	t_dev_up(dw, w, nw * esz);
+	t_dev_up(dx, in, sizeof(float) * (size_t)(B * cols));
 	if (ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(B * rows), &err))
 		t_fatal("%s", err.msg);
 	int rc = ms_gpu_dense(ctx, wt, dw, rows, cols, dx, dy, B, &err);
 	T_CHECK(rc == 0, "dense %s: %s", ms_type_name(wt), err.msg);
 	if (!rc) {
-		down(got, dy, sizeof(float) * (size_t)(B * rows));
+		t_dev_to(ctx, got, dy, sizeof(float) * (size_t)(B * rows));
 		double e = rel_l2(got, ref, B * rows);
 		if (wt == MS_TYPE_F32) {
 			printf("dense f32 %lldx%lld B=%-3lld: %.2e\n",
@@ -1233,7 +1199,7 @@ static void check_errors(void)
 	uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
 	struct hexpert x;
 	hexpert_make(&x, ty, 512, 256, false, 2); /* 2 bytes off */
-	float *d = dev_alloc(sizeof(float) * 512 * 16);
+	float *d = t_dev_alloc(sizeof(float) * 512 * 16);
 	int rc;
 
 	rc = ms_gpu_expert_ffn(ctx, &x.g, d, d + 512 * 8, 1, MS_GPU_FFN_MATVEC,
@@ -1307,7 +1273,7 @@ static void check_host_helper(void)
 
 static float *read_f32_file(const char *path, size_t n)
 {
-	float *v = xmalloc(n * sizeof(float));
+	float *v = t_xmalloc(n * sizeof(float));
 	FILE *f = fopen(path, "rb");
 	size_t got = f ? fread(v, sizeof(float), n + 1, f) : 0;
 	if (f)
@@ -1344,7 +1310,7 @@ static void check_cli(void)
 		      { 2, 7, 16, TOL_CUBLAS_EXACT } };
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		const int64_t B = cases[c].B;
-		float *x = xmalloc(sizeof(float) * (size_t)(B * E));
+		float *x = t_xmalloc(sizeof(float) * (size_t)(B * E));
 		for (int64_t i = 0; i < B * E; i++)
 			x[i] = gauss();
 		char xp[4200], yc[4200], yg[4200];
@@ -1406,7 +1372,7 @@ static void check_bench(void)
 	char *js = NULL;
 	FILE *f = fopen(jp, "rb");
 	if (f) {
-		js = xmalloc(1 << 20);
+		js = t_xmalloc(1 << 20);
 		len = fread(js, 1, (1 << 20) - 1, f);
 		js[len] = 0;
 		fclose(f);

@@ -37,14 +37,6 @@
 static uint64_t rng;
 static struct ms_gpu_ctx *ctx;
 
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		t_fatal("out of memory (%zu bytes)", n);
-	return p;
-}
-
 /* Uniform in [-1, 1). */
 static float uni(void)
 {
@@ -53,40 +45,10 @@ static float uni(void)
 
 static float *rand_floats(int64_t n, float amp)
 {
-	float *p = xmalloc((size_t)n * sizeof(float));
+	float *p = t_xmalloc((size_t)n * sizeof(float));
 	for (int64_t i = 0; i < n; i++)
 		p[i] = uni() * amp;
 	return p;
-}
-
-/* ---- device memory -------------------------------------------------------- */
-
-static void *dev_alloc(size_t bytes)
-{
-	struct ms_err err = { 0 };
-	void *p = NULL;
-	if (ms_gpu_malloc(&p, bytes ? bytes : 1, &err))
-		t_fatal("ms_gpu_malloc(%zu): %s", bytes, err.msg);
-	return p;
-}
-
-static void *dev_from(const void *host, size_t bytes)
-{
-	struct ms_err err = { 0 };
-	void *p = dev_alloc(bytes);
-	if (ms_gpu_upload(p, host, bytes, &err))
-		t_fatal("ms_gpu_upload(%zu): %s", bytes, err.msg);
-	return p;
-}
-
-/* Waits for the context's stream, then copies back. */
-static void dev_to(void *host, const void *dev, size_t bytes)
-{
-	struct ms_err err = { 0 };
-	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &err))
-		t_fatal("ms_gpu_stream_sync: %s", err.msg);
-	if (ms_gpu_download(host, dev, bytes, &err))
-		t_fatal("ms_gpu_download(%zu): %s", bytes, err.msg);
 }
 
 /* Relative L2 distance of got from ref (absolute when ref is all zeros);
@@ -149,20 +111,20 @@ static void check_rms_norm(void)
 		const int64_t n = shapes[s][0], T = shapes[s][1];
 		const float eps = s % 2 ? 1e-5f : 1e-6f;
 		float *x = rand_floats(n * T, 3.0f), *w = rand_floats(n, 1.5f);
-		float *ref = xmalloc((size_t)(n * T) * sizeof(float));
-		float *got = xmalloc((size_t)(n * T) * sizeof(float));
+		float *ref = t_xmalloc((size_t)(n * T) * sizeof(float));
+		float *got = t_xmalloc((size_t)(n * T) * sizeof(float));
 		for (int64_t t = 0; t < T; t++)
 			ref_rms_norm(x + t * n, w, ref + t * n, n, eps);
 		const size_t bytes = (size_t)(n * T) * sizeof(float);
-		float *dx = dev_from(x, bytes), *dw = dev_from(w, n * sizeof(float));
-		float *dy = dev_alloc(bytes);
+		float *dx = t_dev_from(x, bytes), *dw = t_dev_from(w, n * sizeof(float));
+		float *dy = t_dev_alloc(bytes);
 		GPU_OK(ms_gpu_rms_norm(ctx, dx, dw, dy, n, T, eps, err));
-		dev_to(got, dy, bytes);
+		t_dev_to(ctx, got, dy, bytes);
 		const double e1 = rel_l2(got, ref, n * T);
 		T_CHECK(e1 <= TOL_EXACTISH, "rms_norm n=%lld T=%lld: %.3e",
 			(long long)n, (long long)T, e1);
 		GPU_OK(ms_gpu_rms_norm(ctx, dx, dw, dx, n, T, eps, err));
-		dev_to(got, dx, bytes);
+		t_dev_to(ctx, got, dx, bytes);
 		const double e2 = rel_l2(got, ref, n * T);
 		T_CHECK(e2 <= TOL_EXACTISH, "rms_norm in place n=%lld T=%lld: "
 			"%.3e", (long long)n, (long long)T, e2);
@@ -185,12 +147,12 @@ static void check_add(void)
 		const int64_t n = ns[s];
 		const size_t bytes = (size_t)n * sizeof(float);
 		float *x = rand_floats(n, 4.0f), *a = rand_floats(n, 4.0f);
-		float *ref = xmalloc(bytes), *got = xmalloc(bytes);
+		float *ref = t_xmalloc(bytes), *got = t_xmalloc(bytes);
 		for (int64_t i = 0; i < n; i++)
 			ref[i] = x[i] + a[i];
-		float *dx = dev_from(x, bytes), *da = dev_from(a, bytes);
+		float *dx = t_dev_from(x, bytes), *da = t_dev_from(a, bytes);
 		GPU_OK(ms_gpu_add(ctx, dx, da, n, err));
-		dev_to(got, dx, bytes);
+		t_dev_to(ctx, got, dx, bytes);
 		const double e = rel_l2(got, ref, n);
 		T_CHECK(e <= TOL_EXACTISH, "add n=%lld: %.3e", (long long)n, e);
 		printf("add n=%lld: %.2e\n", (long long)n, e);
@@ -206,14 +168,14 @@ static void check_add(void)
 		const int64_t n = shapes[s][0], T = shapes[s][1];
 		const size_t bytes = (size_t)(n * T) * sizeof(float);
 		float *x = rand_floats(n * T, 4.0f), *b = rand_floats(n, 4.0f);
-		float *ref = xmalloc(bytes), *got = xmalloc(bytes);
+		float *ref = t_xmalloc(bytes), *got = t_xmalloc(bytes);
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t i = 0; i < n; i++)
 				ref[t * n + i] = x[t * n + i] + b[i];
-		float *dx = dev_from(x, bytes),
-		      *db = dev_from(b, (size_t)n * sizeof(float));
+		float *dx = t_dev_from(x, bytes),
+		      *db = t_dev_from(b, (size_t)n * sizeof(float));
 		GPU_OK(ms_gpu_add_bias(ctx, dx, db, n, T, err));
-		dev_to(got, dx, bytes);
+		t_dev_to(ctx, got, dx, bytes);
 		const double e = rel_l2(got, ref, n * T);
 		T_CHECK(e <= TOL_EXACTISH, "add_bias n=%lld T=%lld: %.3e",
 			(long long)n, (long long)T, e);
@@ -250,9 +212,9 @@ static void check_rope(void)
 		const int64_t n = H * D * T;
 		const float eps = 1e-6f;
 		float *x = rand_floats(n, 2.0f), *w = rand_floats(D, 1.5f);
-		float *ref = xmalloc((size_t)n * sizeof(float));
-		float *got = xmalloc((size_t)n * sizeof(float));
-		int32_t *pos = xmalloc((size_t)T * sizeof(int32_t));
+		float *ref = t_xmalloc((size_t)n * sizeof(float));
+		float *got = t_xmalloc((size_t)n * sizeof(float));
+		int32_t *pos = t_xmalloc((size_t)T * sizeof(int32_t));
 		for (int64_t t = 0; t < T; t++)
 			pos[t] = t == 0 ? 0 : (int32_t)(t_rand(&rng) % 131072);
 		memcpy(ref, x, (size_t)n * sizeof(float));
@@ -263,13 +225,13 @@ static void check_rope(void)
 					ref_rms_norm(v, w, v, D, eps);
 				ref_rope(v, R, pos[t], cases[k].base, cases[k].fs);
 			}
-		float *dx = dev_from(x, (size_t)n * sizeof(float));
-		float *dw = dev_from(w, (size_t)D * sizeof(float));
-		int32_t *dp = dev_from(pos, (size_t)T * sizeof(int32_t));
+		float *dx = t_dev_from(x, (size_t)n * sizeof(float));
+		float *dw = t_dev_from(w, (size_t)D * sizeof(float));
+		int32_t *dp = t_dev_from(pos, (size_t)T * sizeof(int32_t));
 		GPU_OK(ms_gpu_rope_neox(ctx, dx, dp, cases[k].norm ? dw : NULL,
 					eps, H, D, R, T, cases[k].base,
 					cases[k].fs, err));
-		dev_to(got, dx, (size_t)n * sizeof(float));
+		t_dev_to(ctx, got, dx, (size_t)n * sizeof(float));
 		const double e = rel_l2(got, ref, n);
 		T_CHECK(e <= TOL_EXACTISH,
 			"rope heads=%lld hd=%lld n_rot=%lld T=%lld norm=%d: %.3e",
@@ -303,7 +265,7 @@ static void check_kv_store(void)
 	for (int f16 = 0; f16 <= 1; f16++) {
 		const int64_t n = 96, T = 3, slots = 7;
 		const size_t es = f16 ? 2 : 4;
-		float *src = xmalloc((size_t)(n * T) * sizeof(float));
+		float *src = t_xmalloc((size_t)(n * T) * sizeof(float));
 		for (int64_t i = 0; i < n * T; i++) {
 			/* magnitudes 2^-30 .. 2^17 */
 			src[i] = ldexpf(uni(), (int)(t_rand(&rng) % 48) - 30);
@@ -319,10 +281,10 @@ static void check_kv_store(void)
 		at[1] = 1 * n + 1;
 		at[2] = 6 * n - 5;
 		const size_t cbytes = (size_t)(slots * n) * es;
-		uint8_t *cache = xmalloc(cbytes), *got = xmalloc(cbytes);
+		uint8_t *cache = t_xmalloc(cbytes), *got = t_xmalloc(cbytes);
 		for (size_t i = 0; i < cbytes; i++)
 			cache[i] = (uint8_t)(t_rand(&rng) >> 56);
-		uint8_t *ref = xmalloc(cbytes);
+		uint8_t *ref = t_xmalloc(cbytes);
 		memcpy(ref, cache, cbytes);
 		for (int64_t t = 0; t < T; t++)
 			for (int64_t i = 0; i < n; i++) {
@@ -334,11 +296,11 @@ static void check_kv_store(void)
 					memcpy(ref + (size_t)(at[t] + i) * 4, &v, 4);
 				}
 			}
-		float *dsrc = dev_from(src, (size_t)(n * T) * sizeof(float));
-		void *dc = dev_from(cache, cbytes);
-		int64_t *dat = dev_from(at, sizeof(at));
+		float *dsrc = t_dev_from(src, (size_t)(n * T) * sizeof(float));
+		void *dc = t_dev_from(cache, cbytes);
+		int64_t *dat = t_dev_from(at, sizeof(at));
 		GPU_OK(ms_gpu_kv_store(ctx, dsrc, dc, dat, n, T, f16, err));
-		dev_to(got, dc, cbytes);
+		t_dev_to(ctx, got, dc, cbytes);
 		size_t bad = 0, first = 0;
 		for (size_t i = 0; i < cbytes; i += es)
 			if (memcmp(got + i, ref + i, es) && !bad++)
@@ -428,7 +390,7 @@ static void check_attention(void)
 			const int64_t cn = n_seq * n_ctx * stride;
 			const size_t es = f16 ? 2 : 4;
 			/* the cache: random values (rounded to f16 for f16) */
-			void *kc = xmalloc((size_t)cn * es), *vc = xmalloc((size_t)cn * es);
+			void *kc = t_xmalloc((size_t)cn * es), *vc = t_xmalloc((size_t)cn * es);
 			for (int64_t i = 0; i < cn; i++) {
 				const float a = uni(), b = uni();
 				if (f16) {
@@ -441,9 +403,9 @@ static void check_attention(void)
 			}
 			const int64_t nq = T * H * D;
 			float *q = rand_floats(nq, 3.0f);
-			float *ref = xmalloc((size_t)nq * sizeof(float));
-			float *got = xmalloc((size_t)nq * sizeof(float));
-			float *s = xmalloc((size_t)n_ctx * sizeof(float));
+			float *ref = t_xmalloc((size_t)nq * sizeof(float));
+			float *got = t_xmalloc((size_t)nq * sizeof(float));
+			float *s = t_xmalloc((size_t)n_ctx * sizeof(float));
 			int64_t base[3];
 			int32_t np[3];
 			const float scale = 1.0f / sqrtf((float)D);
@@ -456,16 +418,16 @@ static void check_attention(void)
 						      h / (H / Hkv), D, scale, s,
 						      ref + (t * H + h) * D);
 			}
-			float *dq = dev_from(q, (size_t)nq * sizeof(float));
-			float *dout = dev_alloc((size_t)nq * sizeof(float));
-			void *dk = dev_from(kc, (size_t)cn * es);
-			void *dv = dev_from(vc, (size_t)cn * es);
-			int64_t *db = dev_from(base, (size_t)T * sizeof(int64_t));
-			int32_t *dn = dev_from(np, (size_t)T * sizeof(int32_t));
+			float *dq = t_dev_from(q, (size_t)nq * sizeof(float));
+			float *dout = t_dev_alloc((size_t)nq * sizeof(float));
+			void *dk = t_dev_from(kc, (size_t)cn * es);
+			void *dv = t_dev_from(vc, (size_t)cn * es);
+			int64_t *db = t_dev_from(base, (size_t)T * sizeof(int64_t));
+			int32_t *dn = t_dev_from(np, (size_t)T * sizeof(int32_t));
 			GPU_OK(ms_gpu_attention(ctx, dq, dk, dv, f16, db, dn,
 						stride, H, Hkv, D, scale, T, dout,
 						err));
-			dev_to(got, dout, (size_t)nq * sizeof(float));
+			t_dev_to(ctx, got, dout, (size_t)nq * sizeof(float));
 			const double e = rel_l2(got, ref, nq);
 			T_CHECK(e <= TOL_ATT,
 				"attention %s T=%lld H=%lld/%lld D=%lld: %.3e",
@@ -513,7 +475,7 @@ static void check_moe_combine(void)
 			float *y = rand_floats(E * T * K, 2.0f);
 			float *w = rand_floats(T * K, 1.0f);
 			float *sh = rand_floats(E * T, 2.0f);
-			float *ref = xmalloc(xb), *got = xmalloc(xb);
+			float *ref = t_xmalloc(xb), *got = t_xmalloc(xb);
 			for (int64_t t = 0; t < T; t++)
 				for (int64_t i = 0; i < E; i++) {
 					float m = 0;
@@ -523,14 +485,14 @@ static void check_moe_combine(void)
 					ref[t * E + i] = x[t * E + i] +
 							 (with_sh ? m + sh[t * E + i] : m);
 				}
-			float *dx = dev_from(x, xb);
-			float *dy = dev_from(y, xb * (size_t)K);
-			float *dw = dev_from(w, (size_t)(T * K) * sizeof(float));
-			float *dsh = dev_from(sh, xb);
+			float *dx = t_dev_from(x, xb);
+			float *dy = t_dev_from(y, xb * (size_t)K);
+			float *dw = t_dev_from(w, (size_t)(T * K) * sizeof(float));
+			float *dsh = t_dev_from(sh, xb);
 			GPU_OK(ms_gpu_moe_combine(ctx, dx, dy, dw,
 						  with_sh ? dsh : NULL, E, T, K,
 						  err));
-			dev_to(got, dx, xb);
+			t_dev_to(ctx, got, dx, xb);
 			const double e = rel_l2(got, ref, E * T);
 			T_CHECK(e <= TOL_EXACTISH,
 				"moe_combine E=%lld T=%lld K=%lld sh=%d: %.3e",
@@ -564,14 +526,14 @@ static void check_rows(void)
 	for (int64_t i = 0; i < n; i++)
 		rows[i] = (int32_t)(t_rand(&rng) % (uint64_t)n_src);
 	rows[1] = rows[3];
-	float *ref = xmalloc((size_t)n_src * rb), *got = xmalloc((size_t)n_src * rb);
+	float *ref = t_xmalloc((size_t)n_src * rb), *got = t_xmalloc((size_t)n_src * rb);
 	for (int64_t i = 0; i < n; i++)
 		memcpy(ref + i * E, src + rows[i] * E, rb);
-	float *ds = dev_from(src, (size_t)n_src * rb);
-	int32_t *dr = dev_from(rows, sizeof(rows));
-	float *dd = dev_alloc((size_t)n * rb);
+	float *ds = t_dev_from(src, (size_t)n_src * rb);
+	int32_t *dr = t_dev_from(rows, sizeof(rows));
+	float *dd = t_dev_alloc((size_t)n * rb);
 	GPU_OK(ms_gpu_gather_rows(ctx, ds, dr, n, E, dd, err));
-	dev_to(got, dd, (size_t)n * rb);
+	t_dev_to(ctx, got, dd, (size_t)n * rb);
 	bool same = !memcmp(got, ref, (size_t)n * rb);
 	T_CHECK(same, "gather_rows n=%lld E=%lld differs", (long long)n,
 		(long long)E);
@@ -596,10 +558,10 @@ static void check_rows(void)
 	memcpy(ref, dst0, (size_t)n_src * rb);
 	for (int64_t i = 0; i < n; i++)
 		memcpy(ref + rows[i] * E, src + i * E, rb);
-	dr = dev_from(rows, sizeof(rows));
-	dd = dev_from(dst0, (size_t)n_src * rb);
+	dr = t_dev_from(rows, sizeof(rows));
+	dd = t_dev_from(dst0, (size_t)n_src * rb);
 	GPU_OK(ms_gpu_scatter_rows(ctx, ds, dr, n, E, dd, err));
-	dev_to(got, dd, (size_t)n_src * rb);
+	t_dev_to(ctx, got, dd, (size_t)n_src * rb);
 	same = !memcmp(got, ref, (size_t)n_src * rb);
 	T_CHECK(same, "scatter_rows n=%lld E=%lld differs", (long long)n,
 		(long long)E);
@@ -629,9 +591,9 @@ static void check_einval(int rc, const struct ms_err *err, const char *what)
 static void check_errors(void)
 {
 	struct ms_err err = { 0 };
-	float *f = dev_alloc(4096 * sizeof(float));
-	int32_t *pos = dev_alloc(64 * sizeof(int32_t));
-	int64_t *at = dev_alloc(64 * sizeof(int64_t));
+	float *f = t_dev_alloc(4096 * sizeof(float));
+	int32_t *pos = t_dev_alloc(64 * sizeof(int32_t));
+	int64_t *at = t_dev_alloc(64 * sizeof(int64_t));
 	void *v = f;
 #define E_(call) check_einval((memset(&err, 0, sizeof(err)), (call)), &err, #call)
 	E_(ms_gpu_rms_norm(NULL, f, f, f, 4, 1, 1e-6f, &err));

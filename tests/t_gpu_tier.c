@@ -56,14 +56,6 @@ static struct dt_daemon daemon_;
 static struct ms_client *cstats;
 static uint64_t slot_bytes; /* what the tier should choose */
 
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		t_fatal("out of memory (%zu bytes)", n);
-	return p;
-}
-
 static const struct ms_moe_layer *layer_of_block(uint32_t block)
 {
 	for (uint32_t l = 0; l < model->n_layers; l++)
@@ -79,7 +71,7 @@ static uint8_t *file_proj(uint32_t block, uint32_t expert, uint32_t k,
 	const struct ms_moe_layer *L = layer_of_block(block);
 	const struct ms_extent *e =
 		&L->ext[(size_t)expert * L->n_proj + k];
-	uint8_t *buf = xmalloc(e->bytes);
+	uint8_t *buf = t_xmalloc(e->bytes);
 	if (pread(model->shards[e->shard]->fd, buf, e->bytes, (off_t)e->offset) !=
 	    (ssize_t)e->bytes)
 		t_fatal("pread of the model");
@@ -130,7 +122,7 @@ static bool check_view(const char *what, uint32_t block, uint32_t expert,
 		const int r = role_of(L, k);
 		size_t len;
 		uint8_t *want = file_proj(block, expert, k, &len);
-		uint8_t *got = xmalloc(len);
+		uint8_t *got = t_xmalloc(len);
 		struct ms_err err = { 0 };
 		if (v->type[r] != L->type[k]) {
 			t_fail_at(__FILE__, __LINE__, "%s: %u:%u %s: type %u, file %u",
@@ -378,9 +370,9 @@ static void check_ffn(uint32_t b1)
 	static const int64_t Bs[] = { 1, 3, 8, 16 };
 	const uint16_t ex[4] = { 2, 5, 14, 9 };
 	const unsigned n = 4;
-	float *x = xmalloc(sizeof(float) * 16 * E);
-	float *y = xmalloc(sizeof(float) * n * 16 * E);
-	float *ref = xmalloc(sizeof(float) * 16 * E);
+	float *x = t_xmalloc(sizeof(float) * 16 * E);
+	float *y = t_xmalloc(sizeof(float) * n * 16 * E);
+	float *ref = t_xmalloc(sizeof(float) * 16 * E);
 	void *x_dev = NULL, *y_dev = NULL;
 	struct ms_err err = { 0 };
 	if (ms_gpu_malloc(&x_dev, sizeof(float) * 16 * E, &err) ||

@@ -3,6 +3,7 @@
  */
 #include "testutil.h"
 
+#include "moestream/kernels.h"
 #include "moestream/util.h"
 
 #include <dirent.h>
@@ -460,4 +461,45 @@ void t_check_no_cuda(int rc, const struct ms_err *err, const char *what)
 	T_CHECK(rc == -ENOTSUP, "%s = %d, expected -ENOTSUP", what, rc);
 	T_CHECK(strstr(err->msg, "built without CUDA") != NULL,
 		"%s: message '%s'", what, err->msg);
+}
+
+void *t_xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		t_fatal("out of memory (%zu bytes)", n);
+	return p;
+}
+
+void *t_dev_alloc(size_t bytes)
+{
+	struct ms_err err = { 0 };
+	void *p = NULL;
+	if (ms_gpu_malloc(&p, bytes ? bytes : 1, &err))
+		t_fatal("ms_gpu_malloc(%zu): %s", bytes, err.msg);
+	return p;
+}
+
+void t_dev_up(void *dev, const void *host, size_t bytes)
+{
+	struct ms_err err = { 0 };
+	if (ms_gpu_upload(dev, host, bytes, &err))
+		t_fatal("ms_gpu_upload(%zu): %s", bytes, err.msg);
+}
+
+void *t_dev_from(const void *host, size_t bytes)
+{
+	void *p = t_dev_alloc(bytes);
+	t_dev_up(p, host, bytes);
+	return p;
+}
+
+void t_dev_to(struct ms_gpu_ctx *ctx, void *host, const void *dev,
+	      size_t bytes)
+{
+	struct ms_err err = { 0 };
+	if (ms_gpu_stream_sync(ms_gpu_ctx_stream(ctx), &err))
+		t_fatal("ms_gpu_stream_sync: %s", err.msg);
+	if (ms_gpu_download(host, dev, bytes, &err))
+		t_fatal("ms_gpu_download(%zu): %s", bytes, err.msg);
 }

@@ -79,6 +79,20 @@ int t_run(const char *cmd, char **out, size_t max);
 struct ms_err;
 void t_check_no_cuda(int rc, const struct ms_err *err, const char *what);
 
+/* malloc that never returns NULL (n = 0 gives a byte): out of memory is
+ * fatal. */
+void *t_xmalloc(size_t n);
+
+/* Device memory for the GPU tests, fatal on failure: an allocation (of at
+ * least a byte), a copy to it, one allocated and filled from host memory,
+ * and a copy back after waiting for the context's stream. */
+struct ms_gpu_ctx;
+void *t_dev_alloc(size_t bytes);
+void t_dev_up(void *dev, const void *host, size_t bytes);
+void *t_dev_from(const void *host, size_t bytes);
+void t_dev_to(struct ms_gpu_ctx *ctx, void *host, const void *dev,
+	      size_t bytes);
+
 /* A 64-bit PRNG (splitmix64) for tests that pick random data. The seed is
  * printed by t_seed() so that a failure can be replayed with MS_SEED=... */
 uint64_t t_rand(uint64_t *state);
