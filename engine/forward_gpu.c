@@ -64,7 +64,6 @@ struct ms_gpu_eng {
 	uint8_t *slots;
 	uint64_t slot_bytes;
 	uint32_t n_slots;
-	uint64_t proj_off[MS_MOE_MAX_PROJ]; /* within a slot, per layer below */
 	int32_t *slot_of;            /* [n_layers][n_expert]: slot or -1 */
 	uint32_t *slot_key;          /* [n_slots]: layer * n_expert + expert */
 	uint64_t *slot_used;         /* [n_slots]: LRU stamp */

@@ -239,6 +239,15 @@ int tool_parse_activations(const char *cmd, const char *s, bool *q8)
 	return -1;
 }
 
+int tool_parse_size(const char *cmd, const char *opt, const char *s,
+		    uint64_t *out)
+{
+	if (!ms_parse_size(s, out) && *out)
+		return 0;
+	tool_error(cmd, "%s '%s': expected a size such as 8G or 512M", opt, s);
+	return -1;
+}
+
 int tool_parse_device(const char *cmd, const char *s, bool *gpu)
 {
 	if (!strcmp(s, "cpu") || !strcmp(s, "gpu")) {

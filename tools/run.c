@@ -184,11 +184,9 @@ int cmd_run(int argc, char **argv)
 			break;
 		case O_SOCKET: cfg.socket = optarg; break;
 		case O_CACHE:
-			if (ms_parse_size(optarg, &cfg.cache_size) || !cfg.cache_size) {
-				tool_error(CMD, "--cache-size '%s': expected a size "
-					   "such as 8G or 512M", optarg);
+			if (tool_parse_size(CMD, "--cache-size", optarg,
+					    &cfg.cache_size))
 				return EXIT_USAGE;
-			}
 			break;
 		case O_THREADS:
 			if (tool_parse_u32(CMD, "--threads", optarg, &u) || u > 512)
@@ -263,12 +261,9 @@ int cmd_run(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case O_VRAM:
-			if (ms_parse_size(optarg, &cfg.vram_experts) ||
-			    !cfg.vram_experts) {
-				tool_error(CMD, "--vram-experts '%s': expected a "
-					   "size such as 8G or 512M", optarg);
+			if (tool_parse_size(CMD, "--vram-experts", optarg,
+					    &cfg.vram_experts))
 				return EXIT_USAGE;
-			}
 			break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);

@@ -188,12 +188,9 @@ int cmd_serve(int argc, char **argv)
 			break;
 		case O_SOCKET: c.engine.socket = optarg; break;
 		case O_CACHE:
-			if (ms_parse_size(optarg, &c.engine.cache_size) ||
-			    !c.engine.cache_size) {
-				tool_error(CMD, "--cache-size '%s': expected a size "
-					   "such as 8G or 512M", optarg);
+			if (tool_parse_size(CMD, "--cache-size", optarg,
+					    &c.engine.cache_size))
 				return EXIT_USAGE;
-			}
 			break;
 		case O_PAR:
 			if (tool_parse_u32(CMD, "--parallel", optarg, &c.parallel) ||
@@ -260,12 +257,9 @@ int cmd_serve(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case O_VRAM:
-			if (ms_parse_size(optarg, &c.engine.vram_experts) ||
-			    !c.engine.vram_experts) {
-				tool_error(CMD, "--vram-experts '%s': expected a "
-					   "size such as 8G or 512M", optarg);
+			if (tool_parse_size(CMD, "--vram-experts", optarg,
+					    &c.engine.vram_experts))
 				return EXIT_USAGE;
-			}
 			break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);

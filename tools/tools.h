@@ -95,6 +95,11 @@ bool tool_drop_caches(void);
  * value. */
 int tool_parse_activations(const char *cmd, const char *s, bool *q8);
 
+/* A size option (8G, 512M, ...; not 0) -> *out; prints "OPT 'S': expected
+ * a size such as 8G or 512M" and returns -1 otherwise. */
+int tool_parse_size(const char *cmd, const char *opt, const char *s,
+		    uint64_t *out);
+
 /* --device cpu|gpu -> *gpu; prints the error and returns -1 on another
  * value. */
 int tool_parse_device(const char *cmd, const char *s, bool *gpu);
