@@ -17,6 +17,13 @@
  *    the engine's expert source (the embedded cache or moestreamd): a miss
  *    is acquired from the source, copied into a slot and released there.
  *
+ * With room in VRAM for every expert of the layers run (the embedded
+ * source), all are loaded at open (all_in) and a one-token step routes on
+ * the GPU instead (moe_ffn_dev: ms_gpu_route_topk, the experts through a
+ * device table of their slots), queuing the whole step with nothing copied
+ * back until the logits; from the second such step it is replayed from a
+ * CUDA graph (step_graph). Otherwise:
+ *
  * Routing is the host's: the router's logits come back once per MoE layer
  * (with the speculative logits of the next MoE layer, computed from the
  * same residual, in the same copy) and ms_router_select picks the experts
@@ -53,13 +60,37 @@ struct ms_gpu_eng {
 	/* per batch: [n_batch] each */
 	float *x, *h, *q, *k, *v, *att, *o, *sh, *ylist, *xg, *yg, *rlog, *rw,
 		*logits;
-	int32_t *pos, *npos, *rows;
+	int32_t *rows;
+	/* the tokens' positions, one block [at0 | base0 | pos | npos] of
+	 * n_batch each, uploaded in one copy */
+	void *meta;
+	int32_t *pos, *npos;
 	int64_t *at0, *base0;
 	size_t logits_cap;           /* floats */
-	/* host scratch */
-	int32_t *h_pos, *h_npos, *h_rows;
+	/* host scratch, page-locked (copies on the stream without a wait):
+	 * each is written only after the stream has passed its last copy */
+	void *pin;
+	float *p_x;                  /* [n_batch][n_embd] */
+	void *h_meta;                /* meta's host side */
+	int32_t *h_pos, *h_npos;
 	int64_t *h_at0, *h_base0;
 	float *h_rlog;               /* [2][n_batch][n_expert] */
+	float *p_rw;                 /* [n_batch][n_used] */
+	int32_t *h_rows;             /* [2][n_batch][n_used] */
+	int32_t *p_out;              /* [n_batch]: the rows whose logits */
+	int32_t *p_bad;              /* the device router's flag, copied */
+	/* every expert of the layers run in VRAM (the embedded source with
+	 * room for all, loaded at open): a one-token step routes on the GPU
+	 * (ms_gpu_route_topk) and reads its experts through a device table,
+	 * with nothing copied back until the logits */
+	bool all;
+	const void **tab;            /* device: [n_layers][n_expert][3] */
+	int32_t *dsel;               /* device: [n_used] */
+	int32_t *bad;                /* device: a router saw a non-finite value */
+	struct ms_gpu_graph *graph;  /* a one-token step, to replay */
+	uint64_t graph_hits;         /* VRAM hits one replay counts */
+	uint64_t steps1;             /* one-token steps run eagerly */
+	int graph_fails;
 	/* experts in VRAM */
 	uint8_t *slots;
 	uint64_t slot_bytes;
@@ -84,6 +115,19 @@ static const void *dev_of(const struct ms_engine *e, const struct ms_rt *t)
 		return NULL;
 	return e->gpu->res + ((const uint8_t *)t->data -
 			      (const uint8_t *)e->resident);
+}
+
+/* Bytes per token of the position block: at0, base0 (int64), pos, npos
+ * (int32). */
+#define META_BYTES 24u
+
+static void meta_carve(void *base, size_t T, int64_t **at0, int64_t **base0,
+		       int32_t **pos, int32_t **npos)
+{
+	*at0 = base;
+	*base0 = *at0 + T;
+	*pos = (int32_t *)(*base0 + T);
+	*npos = *pos + T;
 }
 
 static int dmalloc(void *p, size_t bytes, uint64_t *total, struct ms_err *err)
@@ -155,6 +199,8 @@ static void drop_host_copy(struct ms_engine *e)
 	free(keep);
 	e->info.resident_host_bytes = e->resident_len - freed;
 }
+
+static int all_in(struct ms_engine *e, struct ms_err *err);
 
 int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 {
@@ -228,23 +274,37 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	    (rc = dmalloc(&g->rlog, 2 * T * XX * 4, &work, err)) ||
 	    (rc = dmalloc(&g->rw, T * KX * 4, &work, err)) ||
 	    (rc = dmalloc(&g->logits, g->logits_cap * 4, &work, err)) ||
-	    (rc = dmalloc(&g->pos, T * 4, &work, err)) ||
-	    (rc = dmalloc(&g->npos, T * 4, &work, err)) ||
 	    (rc = dmalloc(&g->rows, 2 * T * KX * 4, &work, err)) ||
-	    (rc = dmalloc(&g->at0, T * 8, &work, err)) ||
-	    (rc = dmalloc(&g->base0, T * 8, &work, err)))
+	    (rc = dmalloc(&g->meta, T * META_BYTES, &work, err)) ||
+	    (rc = dmalloc(&g->dsel, T * KX * 4, &work, err)) ||
+	    (rc = dmalloc(&g->bad, 4, &work, err)) ||
+	    (rc = ms_gpu_memset(g->bad, 0, 4, err)))
 		return rc;
-	g->h_pos = calloc(T, sizeof(*g->h_pos));
-	g->h_npos = calloc(T, sizeof(*g->h_npos));
-	g->h_rows = calloc(2 * T * KX, sizeof(*g->h_rows));
-	g->h_at0 = calloc(T, sizeof(*g->h_at0));
-	g->h_base0 = calloc(T, sizeof(*g->h_base0));
-	g->h_rlog = calloc(2 * T * XX, sizeof(*g->h_rlog));
+	/* the host's side of the copies, page-locked, in one piece */
+	size_t off[8], at = 0;
+	const size_t want_pin[8] = { T * E * 4, T * META_BYTES, 2 * T * XX * 4,
+				     T * KX * 4, 2 * T * KX * 4, T * 4, 4, 0 };
+	for (int i = 0; i < 8; i++) {
+		off[i] = at;
+		at += (want_pin[i] + 63) / 64 * 64;
+	}
+	if ((rc = ms_gpu_host_alloc(&g->pin, at, err)))
+		return rc;
+	uint8_t *pin = g->pin;
+	memset(pin, 0, at);
+	g->p_x = (float *)(pin + off[0]);
+	g->h_meta = pin + off[1];
+	g->h_rlog = (float *)(pin + off[2]);
+	g->p_rw = (float *)(pin + off[3]);
+	g->h_rows = (int32_t *)(pin + off[4]);
+	g->p_out = (int32_t *)(pin + off[5]);
+	g->p_bad = (int32_t *)(pin + off[6]);
+	meta_carve(g->meta, T, &g->at0, &g->base0, &g->pos, &g->npos);
+	meta_carve(g->h_meta, T, &g->h_at0, &g->h_base0, &g->h_pos, &g->h_npos);
 	g->miss = calloc(XX, sizeof(*g->miss));
 	g->start = calloc(XX + 1, sizeof(*g->start));
 	g->views = calloc(GROUP_MAX, sizeof(*g->views));
-	if (!g->h_pos || !g->h_npos || !g->h_rows || !g->h_at0 || !g->h_base0 ||
-	    !g->h_rlog || !g->miss || !g->start || !g->views)
+	if (!g->miss || !g->start || !g->views)
 		return ms_err_set(err, -ENOMEM, "out of memory");
 
 	/* the VRAM expert cache: what is asked, else what is left */
@@ -306,7 +366,7 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 		g->slot_of[i] = -1;
 	for (uint32_t s = 0; s < g->n_slots; s++)
 		g->slot_key[s] = UINT32_MAX;
-	return 0;
+	return all_in(e, err);
 }
 
 void ms_gpu_eng_close(struct ms_engine *e)
@@ -314,6 +374,7 @@ void ms_gpu_eng_close(struct ms_engine *e)
 	struct ms_gpu_eng *g = e->gpu;
 	if (!g)
 		return;
+	ms_gpu_graph_free(g->graph);
 	ms_gpu_tier_free(g->tier);
 	if (g->tclient)
 		ms_client_close(g->tclient);
@@ -321,16 +382,11 @@ void ms_gpu_eng_close(struct ms_engine *e)
 	void *dev[] = { g->res,	 g->k_cache, g->v_cache, g->x,	   g->h,
 			g->q,	 g->k,	     g->v,	 g->att,   g->o,
 			g->sh,	 g->ylist,   g->xg,	 g->yg,	   g->rlog,
-			g->rw,	 g->logits,  g->pos,	 g->npos,  g->rows,
-			g->at0,	 g->base0,   g->slots };
+			g->rw,	 g->logits,  g->rows,	 g->meta,  g->slots,
+			(void *)g->tab, g->dsel, g->bad };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		ms_gpu_free(dev[i]);
-	free(g->h_pos);
-	free(g->h_npos);
-	free(g->h_rows);
-	free(g->h_at0);
-	free(g->h_base0);
-	free(g->h_rlog);
+	ms_gpu_host_free(g->pin);
 	free(g->miss);
 	free(g->start);
 	free(g->views);
@@ -456,6 +512,73 @@ static int lru_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
 	return first;
 }
 
+/* With room in VRAM for every expert of the layers run (and a matvec
+ * kernel for their types), loads them all now and writes the device table
+ * a one-token step reads them through: its routing then stays on the GPU.
+ * Otherwise nothing (the LRU fills on demand). */
+static int all_in(struct ms_engine *e, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	const struct ms_model *m = e->model;
+	uint32_t X = m->n_expert, K = (uint32_t)e->n_used, n_moe = 0;
+	for (uint32_t b = 0; b < e->n_run; b++) {
+		const struct ms_block *k = &e->blk[b];
+		if (!k->moe)
+			continue;
+		n_moe++;
+		const struct ms_moe_layer *L = &m->layers[k->layer];
+		for (uint32_t j = 0; j < L->n_proj; j++)
+			if (!ms_gpu_matvec_supported(L->type[j]))
+				return 0;
+	}
+	if (!n_moe || !K || (uint64_t)g->n_slots < (uint64_t)n_moe * X)
+		return 0;
+	size_t n_tab = (size_t)m->n_layers * X * 3;
+	const void **h = calloc(n_tab, sizeof(*h));
+	uint32_t *ex = malloc(K * sizeof(*ex));
+	int rc = 0;
+	if (!h || !ex) {
+		rc = ms_err_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if (!e->cfg.quiet)
+		fprintf(stderr, "moestream: VRAM holds every expert of the %u MoE "
+			"layers run (%u x %u): loading them; one-token steps "
+			"route on the GPU\n", n_moe, n_moe, X);
+	for (uint32_t b = 0; b < e->n_run && !rc; b++) {
+		const struct ms_block *k = &e->blk[b];
+		if (!k->moe)
+			continue;
+		uint32_t layer = (uint32_t)k->layer;
+		const struct ms_moe_layer *L = &m->layers[layer];
+		for (uint32_t x0 = 0; x0 < X && !rc; x0 += K) {
+			uint32_t n = X - x0 < K ? X - x0 : K;
+			for (uint32_t i = 0; i < n; i++)
+				ex[i] = x0 + i;
+			rc = lru_in(e, layer, ex, n, err);
+		}
+		for (uint32_t x = 0; x < X && !rc; x++) {
+			struct ms_gpu_expert v =
+				slot_view(e, layer, g->slot_of[(size_t)layer * X + x]);
+			const void **t = h + ((size_t)layer * X + x) * 3;
+			t[0] = v.data[0];
+			t[1] = L->fused ? (const uint8_t *)v.data[0] +
+						  proj_bytes(L, 0) / 2
+					: v.data[1];
+			t[2] = v.data[L->n_proj - 1];
+		}
+	}
+	if (!rc && !(rc = dmalloc((void *)&g->tab, n_tab * sizeof(*h), NULL, err)) &&
+	    !(rc = ms_gpu_upload((void *)g->tab, h, n_tab * sizeof(*h), err))) {
+		g->all = true;
+		e->info.vram_all_experts = true;
+	}
+out:
+	free(h);
+	free(ex);
+	return rc;
+}
+
 /* Device views of experts ex[0..n) of MoE layer `layer` (n <= group_max:
  * the slots, at most GROUP_MAX), pinned until experts_out. A later group of the same layer
  * (`again`) reuses slots the previous group's kernels read: the embedded
@@ -578,6 +701,41 @@ static void hint_copies(struct ms_gpu_eng *g)
 	g->n_hint = 0;
 }
 
+/* One token's MoE block with every expert in VRAM (g->all): the router,
+ * its top-k (ms_gpu_route_topk), the shared expert, the chosen experts
+ * through the device table and the sum, all queued with nothing copied
+ * back; what the host path would have done with the choice (hints,
+ * speculation's score) has nothing to do here: no expert is copied. */
+static int moe_ffn_dev(struct ms_engine *e, uint32_t b, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	const struct ms_block *k = &e->blk[b];
+	uint32_t layer = (uint32_t)k->layer, X = e->model->n_expert;
+	int64_t E = e->n_embd, K = e->n_used;
+	bool shared = k->sh_gate.data != NULL;
+	int rc;
+	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, 1, err)) ||
+	    (rc = ms_gpu_route_topk(c, &e->router, g->rlog, dev_of(e, &k->probs_b),
+				    1, g->dsel, g->rw, g->bad, err)))
+		return rc;
+	if (shared) {
+		struct ms_gpu_expert v = dense_view(e, &k->sh_gate, &k->sh_up,
+						    &k->sh_down);
+		if ((rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->sh, 1,
+					     MS_GPU_FFN_AUTO, err)))
+			return rc;
+	}
+	struct ms_gpu_expert proto =
+		slot_view(e, layer, g->slot_of[(size_t)layer * X]);
+	if ((rc = ms_gpu_experts_ffn_sel(c, &proto, g->tab + (size_t)layer * X * 3,
+					 g->dsel, (int)K, g->h, g->ylist, err)))
+		return rc;
+	g->hits += (uint64_t)K;
+	return ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, shared ? g->sh : NULL,
+				  E, 1, K, err);
+}
+
 static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		   struct ms_err *err)
 {
@@ -589,8 +747,11 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	int rc;
 	/* this layer's router on h, and (speculation) the next MoE layer's on
 	 * the same residual normed as it would norm it: one copy back */
+	if (g->all && T == 1)
+		return moe_ffn_dev(e, b, err);
 	int32_t nb = k->next_moe;
-	bool spec = !e->cfg.no_speculate && nb >= 0 && T <= 16;
+	/* (with every expert in VRAM a guess has nothing to fetch) */
+	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 && T <= 16;
 	g->n_hint = 0;
 	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, T, err)))
 		return rc;
@@ -601,10 +762,11 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		    (rc = matmul(e, &n->gate_inp, g->xg, g->rlog + T * X, T, err)))
 			return rc;
 	}
-	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)) ||
-	    (rc = ms_gpu_download(g->h_rlog, g->rlog,
-				  (size_t)(spec ? 2 : 1) * T * X * sizeof(float),
-				  err)))
+	if ((rc = ms_gpu_download_async(c, g->h_rlog, g->rlog,
+					(size_t)(spec ? 2 : 1) * T * X *
+						sizeof(float),
+					err)) ||
+	    (rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)))
 		return rc;
 	if ((rc = ms_eng_route(e, b, g->h_rlog, T, err)))
 		return rc;
@@ -629,8 +791,9 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 					     MS_GPU_FFN_AUTO, err)))
 			return rc;
 	}
-	if ((rc = ms_gpu_upload(g->rw, e->rw, (size_t)(T * K) * sizeof(float),
-				err)))
+	memcpy(g->p_rw, e->rw, (size_t)(T * K) * sizeof(float));
+	if ((rc = ms_gpu_upload_async(c, g->rw, g->p_rw,
+				      (size_t)(T * K) * sizeof(float), err)))
 		return rc;
 	uint32_t group = g->n_slots < GROUP_MAX ? g->n_slots : GROUP_MAX;
 	struct ms_gpu_expert *v = g->views;
@@ -665,8 +828,8 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 				}
 	}
 	start[n] = at;
-	if ((rc = ms_gpu_upload(g->rows, g->h_rows,
-				(size_t)(2 * T * K) * sizeof(int32_t), err)))
+	if ((rc = ms_gpu_upload_async(c, g->rows, g->h_rows,
+				      (size_t)(2 * T * K) * sizeof(int32_t), err)))
 		return rc;
 	const int32_t *ds = g->rows, *dt = g->rows + T * K;
 	/* a batch may route to more experts than VRAM holds: a group at a
@@ -697,30 +860,26 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	return 0;
 }
 
-int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
-		      float *logits, const int64_t *out_rows, int64_t n_out,
-		      struct ms_err *err)
+/* Queues one batch of T tokens on the stream, the host's inputs already in
+ * the page-locked scratch (p_x, h_meta, p_out): their copies in, every
+ * block, the logits of the n_out rows p_out names, and (every expert in
+ * VRAM) the device router's flag back. Nothing here waits for the device
+ * when every expert is in VRAM and T == 1: that is what a graph captures
+ * (ms_gpu_eval_batch). */
+static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
+		       struct ms_err *err)
 {
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
 	int64_t E = e->n_embd;
-	int rc = ms_eng_embed(e, ids, T, err);
-	if (rc)
+	int rc;
+	if ((rc = ms_gpu_upload_async(c, g->x, g->p_x,
+				      (size_t)(T * E) * sizeof(float), err)) ||
+	    (rc = ms_gpu_upload_async(c, g->meta, g->h_meta,
+				      (size_t)e->cfg.n_batch * META_BYTES, err)))
 		return rc;
-	for (int64_t t = 0; t < T; t++) {
-		uint32_t s = e->tseq[t], p = e->tpos[t];
-		g->h_pos[t] = (int32_t)p;
-		g->h_npos[t] = (int32_t)p + 1;
-		g->h_base0[t] = (int64_t)ms_eng_kv_at(e, s, 0, 0);
-		g->h_at0[t] = (int64_t)ms_eng_kv_at(e, s, 0, p);
-	}
-	if ((rc = ms_gpu_upload(g->x, e->x, (size_t)(T * E) * sizeof(float), err)) ||
-	    (rc = ms_gpu_upload(g->pos, g->h_pos, (size_t)T * 4, err)) ||
-	    (rc = ms_gpu_upload(g->npos, g->h_npos, (size_t)T * 4, err)) ||
-	    (rc = ms_gpu_upload(g->at0, g->h_at0, (size_t)T * 8, err)) ||
-	    (rc = ms_gpu_upload(g->base0, g->h_base0, (size_t)T * 8, err)))
-		return rc;
-	ms_eng_hint_first(e);
+	if (!g->all)
+		ms_eng_hint_first(e);
 	for (uint32_t b = 0; b < e->n_run; b++) {
 		if (e->stop && *e->stop)
 			return ms_err_set(err, -EINTR, "stopped");
@@ -744,20 +903,117 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 		if (rc)
 			return rc;
 	}
-	e->st.tokens += (uint64_t)T;
-	if (!logits || !n_out)
-		return ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err);
-	for (int64_t r = 0; r < n_out; r++)
-		g->h_rows[r] = (int32_t)out_rows[r];
-	/* the last MoE layer's kernels may still read g->rows */
-	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)) ||
-	    (rc = ms_gpu_upload(g->rows, g->h_rows, (size_t)n_out * 4, err)) ||
-	    (rc = ms_gpu_gather_rows(c, g->x, g->rows, n_out, E, g->xg, err)) ||
-	    (rc = ms_gpu_rms_norm(c, g->xg, dev_of(e, &e->out_norm), g->h, E,
-				  n_out, e->eps, err)) ||
-	    (rc = matmul(e, &e->output, g->h, g->logits, n_out, err)) ||
-	    (rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)))
+	/* g->rows is the stream's to overwrite (ordered after the kernels
+	 * that read it); p_out is not the rows' scratch, whose copy may still
+	 * be in flight */
+	if (n_out &&
+	    ((rc = ms_gpu_upload_async(c, g->rows, g->p_out, (size_t)n_out * 4,
+				       err)) ||
+	     (rc = ms_gpu_gather_rows(c, g->x, g->rows, n_out, E, g->xg, err)) ||
+	     (rc = ms_gpu_rms_norm(c, g->xg, dev_of(e, &e->out_norm), g->h, E,
+				   n_out, e->eps, err)) ||
+	     (rc = matmul(e, &e->output, g->h, g->logits, n_out, err))))
 		return rc;
+	if (g->all && (rc = ms_gpu_download_async(c, g->p_bad, g->bad, 4, err)))
+		return rc;
+	return 0;
+}
+
+/* A one-token step with every expert in VRAM, from the graph: captured on
+ * the second such step (the first sizes the workspace), replayed after.
+ * *done false: run it eagerly instead (no graph to be had; said once). */
+static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	*done = false;
+	int rc;
+	if (g->graph) {
+		rc = ms_gpu_graph_launch(c, g->graph, err);
+		if (rc == -ESTALE) {
+			ms_gpu_graph_free(g->graph);
+			g->graph = NULL;
+			return 0; /* eagerly now, captured again next step */
+		}
+		if (!rc) {
+			g->hits += g->graph_hits;
+			*done = true;
+		}
+		return rc;
+	}
+	if (g->graph_fails >= 3 || !g->steps1)
+		return 0;
+	uint64_t h0 = g->hits;
+	struct ms_err why = { 0 };
+	if (!(rc = ms_gpu_capture_begin(c, &why))) {
+		int qr = queue_batch(e, 1, 1, &why);
+		rc = ms_gpu_capture_end(c, qr ? NULL : &g->graph, qr ? NULL : &why);
+		rc = qr ? qr : rc;
+	}
+	uint64_t added = g->hits - h0;
+	g->hits = h0;
+	if (rc || !g->graph) {
+		if (!g->graph_fails++)
+			fprintf(stderr, "moestream: no CUDA graph of the decode step "
+				"(%s): its kernels are launched one by one\n",
+				why.msg[0] ? why.msg : "capture failed");
+		return 0;
+	}
+	g->graph_hits = added;
+	e->info.gpu_graph = true;
+	if ((rc = ms_gpu_graph_launch(c, g->graph, err)))
+		return rc;
+	g->hits += added;
+	*done = true;
+	return 0;
+}
+
+int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
+		      float *logits, const int64_t *out_rows, int64_t n_out,
+		      struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	int64_t E = e->n_embd;
+	int rc = ms_eng_embed(e, ids, T, err);
+	if (rc)
+		return rc;
+	if (!logits)
+		n_out = 0;
+	/* the stream has passed every copy from the host scratch: each batch
+	 * ends with a sync */
+	for (int64_t t = 0; t < T; t++) {
+		uint32_t s = e->tseq[t], p = e->tpos[t];
+		g->h_pos[t] = (int32_t)p;
+		g->h_npos[t] = (int32_t)p + 1;
+		g->h_base0[t] = (int64_t)ms_eng_kv_at(e, s, 0, 0);
+		g->h_at0[t] = (int64_t)ms_eng_kv_at(e, s, 0, p);
+	}
+	memcpy(g->p_x, e->x, (size_t)(T * E) * sizeof(float));
+	for (int64_t r = 0; r < n_out; r++)
+		g->p_out[r] = (int32_t)out_rows[r];
+	bool done = false;
+	if (g->all && T == 1 && n_out == 1 && !e->cfg.gpu_no_graph &&
+	    (rc = step_graph(e, &done, err)))
+		return rc;
+	if (!done) {
+		if ((rc = queue_batch(e, T, n_out, err)))
+			return rc;
+		if (T == 1)
+			g->steps1++;
+	}
+	e->st.tokens += (uint64_t)T;
+	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)))
+		return rc;
+	if (g->all && *g->p_bad) {
+		*g->p_bad = 0;
+		ms_gpu_memset(g->bad, 0, 4, NULL);
+		return ms_err_set(err, -EINVAL, "router (on the GPU): a logit or "
+				  "selection bias is not finite (NaN or "
+				  "infinity)");
+	}
+	if (!n_out)
+		return 0;
 	return ms_gpu_download(logits, g->logits,
 			       (size_t)n_out * (size_t)e->n_vocab * sizeof(float),
 			       err);

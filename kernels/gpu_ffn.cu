@@ -59,6 +59,13 @@ struct ms_gpu_ctx {
 	size_t ws_size;
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
 	int mv_split; /* msg_mv_call.split */
+	bool capturing;  /* between ms_gpu_capture_begin and _end */
+	uint64_t ws_gen; /* bumped each time ws moves (a graph holds it) */
+};
+
+struct ms_gpu_graph {
+	cudaGraphExec_t exec;
+	uint64_t ws_gen;
 };
 
 namespace {
@@ -216,6 +223,10 @@ int ws_reserve(struct ms_gpu_ctx *c, size_t bytes, struct ms_err *err)
 {
 	if (bytes <= c->ws_size)
 		return 0;
+	if (c->capturing)
+		return ms_err_set(err, -EAGAIN, "gpu: the workspace would have to "
+				  "grow (to %zu bytes) during a graph capture",
+				  bytes);
 	size_t want = c->ws_size + c->ws_size / 2;
 	if (want < bytes)
 		want = bytes;
@@ -235,6 +246,7 @@ int ws_reserve(struct ms_gpu_ctx *c, size_t bytes, struct ms_err *err)
 				  cudaGetErrorString(ce));
 	}
 	c->ws_size = want;
+	c->ws_gen++;
 	return 0;
 }
 
@@ -372,9 +384,12 @@ int matvec_ok(const struct ms_gpu_expert *e, int n, const struct plan *p,
 	return 0;
 }
 
+/* The experts' matrices come from e[0..n), or with tab (device memory)
+ * from its entries sel[i] (e then only gives the shape and types). */
 int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	       const struct plan *p, const float *x, int64_t x_stride,
-	       float *y, bool q8, struct ms_err *err)
+	       float *y, bool q8, const void *const *tab, const int32_t *sel,
+	       struct ms_err *err)
 {
 	const int64_t E = p->E, F = p->F, B = p->B;
 	const int n_sets = x_stride ? n : 1;
@@ -385,7 +400,7 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	if (!pa)
 		return ms_err_set(err, -ENOMEM, "gpu ffn: out of memory");
 	const void **pb = pa + n, **pd = pa + 2 * n;
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n && !tab; i++) {
 		pa[i] = e[i].data[0];
 		pb[i] = e[i].fused ? (const uint8_t *)e[i].data[0] +
 					     (uint64_t)F * p->rs_gate
@@ -425,6 +440,13 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	dn.n_rows = (int)E;
 	dn.n_in = (int)F;
 	dn.rs = (int64_t)p->rs_down;
+	if (tab) {
+		gu.tab = up.tab = dn.tab = tab;
+		gu.sel = up.sel = dn.sel = sel;
+		gu.tab_j = 0;
+		up.tab_j = 1;
+		dn.tab_j = 2;
+	}
 
 	size_t part = msg_matvec_part_bytes(&gu);
 	if (mixed && msg_matvec_part_bytes(&up) > part)
@@ -617,6 +639,108 @@ extern "C" int ms_gpu_download(void *host, const void *dev, size_t bytes,
 	return 0;
 }
 
+extern "C" int ms_gpu_capture_begin(struct ms_gpu_ctx *c, struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (c->capturing)
+		return ms_err_set(err, -EINVAL, "gpu: a capture is already open");
+	CUDA_TRY(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed),
+		 "cudaStreamBeginCapture");
+	c->capturing = true;
+	return 0;
+}
+
+extern "C" int ms_gpu_capture_end(struct ms_gpu_ctx *c,
+				  struct ms_gpu_graph **out, struct ms_err *err)
+{
+	if (out)
+		*out = nullptr;
+	if (!c || !c->capturing)
+		return ms_err_set(err, -EINVAL, "gpu: no capture is open");
+	c->capturing = false;
+	cudaGraph_t graph = nullptr;
+	cudaError_t ce = cudaStreamEndCapture(c->stream, &graph);
+	if (ce != cudaSuccess || !out) {
+		if (graph)
+			cudaGraphDestroy(graph);
+		cudaGetLastError();
+		return ce != cudaSuccess ? cuda_fail(err, ce, "cudaStreamEndCapture")
+					 : 0;
+	}
+	struct ms_gpu_graph *g =
+		(struct ms_gpu_graph *)calloc(1, sizeof(struct ms_gpu_graph));
+	if (!g) {
+		cudaGraphDestroy(graph);
+		return ms_err_set(err, -ENOMEM, "gpu: out of memory");
+	}
+	ce = cudaGraphInstantiate(&g->exec, graph, 0);
+	cudaGraphDestroy(graph);
+	if (ce != cudaSuccess) {
+		free(g);
+		cudaGetLastError();
+		return cuda_fail(err, ce, "cudaGraphInstantiate");
+	}
+	g->ws_gen = c->ws_gen;
+	*out = g;
+	return 0;
+}
+
+extern "C" int ms_gpu_graph_launch(struct ms_gpu_ctx *c,
+				   struct ms_gpu_graph *g, struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (!g)
+		return ms_err_set(err, -EINVAL, "gpu: NULL graph");
+	if (g->ws_gen != c->ws_gen)
+		return ms_err_set(err, -ESTALE, "gpu: the graph's workspace has "
+				  "moved since it was captured");
+	CUDA_TRY(cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch");
+	return 0;
+}
+
+extern "C" void ms_gpu_graph_free(struct ms_gpu_graph *g)
+{
+	if (!g)
+		return;
+	cudaGraphExecDestroy(g->exec);
+	free(g);
+}
+
+/* An asynchronous copy on the context's stream (the host side page-locked
+ * or registered: the caller's guarantee). */
+static int copy_async(struct ms_gpu_ctx *c, void *dst, const void *src,
+		      size_t bytes, cudaMemcpyKind kind, const char *what,
+		      struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc || !bytes)
+		return rc;
+	if (!dst || !src)
+		return ms_err_set(err, -EINVAL, "gpu %s: NULL pointer", what);
+	CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, c->stream), what);
+	return 0;
+}
+
+extern "C" int ms_gpu_upload_async(struct ms_gpu_ctx *c, void *dev,
+				   const void *host, size_t bytes,
+				   struct ms_err *err)
+{
+	return copy_async(c, dev, host, bytes, cudaMemcpyHostToDevice,
+			  "copying to the device", err);
+}
+
+extern "C" int ms_gpu_download_async(struct ms_gpu_ctx *c, void *host,
+				     const void *dev, size_t bytes,
+				     struct ms_err *err)
+{
+	return copy_async(c, host, dev, bytes, cudaMemcpyDeviceToHost,
+			  "copying from the device", err);
+}
+
 extern "C" int ms_gpu_memset(void *dev, int byte, size_t bytes,
 			     struct ms_err *err)
 {
@@ -760,7 +884,36 @@ extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
 		       ? run_cublas(c, e, n_experts, &p, x_dev, x_stride, y_dev,
 				    err)
 		       : run_matvec(c, e, n_experts, &p, x_dev, x_stride, y_dev,
-				    path == MS_GPU_FFN_MATVEC_Q8, err);
+				    path == MS_GPU_FFN_MATVEC_Q8, nullptr,
+				    nullptr, err);
+}
+
+extern "C" int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
+				      const struct ms_gpu_expert *proto,
+				      const void *const *tab, const int32_t *sel,
+				      int n, const float *x_dev, float *y_dev,
+				      struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (!proto || !tab || !sel || !x_dev || !y_dev)
+		return ms_err_set(err, -EINVAL, "gpu ffn (device-chosen experts): "
+				  "NULL pointer");
+	if (n < 1)
+		return ms_err_set(err, -EINVAL, "gpu ffn (device-chosen experts): "
+				  "%d experts", n);
+	/* the shape and types are checked on proto; its addresses are the
+	 * table's (on the device, the caller's guarantee), so the checks see
+	 * the table's own (aligned, non-NULL) address in their place */
+	struct ms_gpu_expert e = *proto;
+	for (int j = 0; j < 3; j++)
+		e.data[j] = (const void *)tab;
+	struct plan p;
+	if ((rc = check_experts(&e, 1, 1, &p, err)) ||
+	    (rc = matvec_ok(&e, 1, &p, err)))
+		return rc;
+	return run_matvec(c, &e, n, &p, x_dev, 0, y_dev, c->q8, tab, sel, err);
 }
 
 extern "C" int ms_gpu_expert_ffn(struct ms_gpu_ctx *c,

@@ -135,6 +135,11 @@ struct msg_mv_call {
 	bool q8; /* xq holds 8-bit blocks */
 	int n_e;
 	const void *const *wa, *const *wb;
+	/* or, with tab != NULL (device memory): expert e's A is tab[sel[e] *
+	 * 3 + tab_j], a pair's B the entry after it (wa, wb unused) */
+	const void *const *tab;
+	const int32_t *sel;
+	int tab_j;
 	const void *xq;
 	int64_t xq_stride; /* in prepared blocks */
 	float *out;

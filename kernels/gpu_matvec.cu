@@ -620,6 +620,11 @@ __device__ __forceinline__ void dot(const Sub &q, const XDig<NP> &x,
 struct MvArgs {
 	const uint8_t *wa[MSG_MV_MAX_EXPERTS];
 	const uint8_t *wb[MSG_MV_MAX_EXPERTS];
+	/* tab != NULL: expert e's matrices are tab[sel[e] * 3 + tab_j] (and
+	 * + 1 for a pair's second), device memory; wa/wb unused */
+	const uint8_t *const *tab;
+	const int32_t *sel;
+	int tab_j;
 	const void *xq; /* XBlk<NP> */
 	int64_t xq_stride;
 	float *out;
@@ -734,8 +739,15 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	const int e = blockIdx.y;
 	const int split = blockIdx.x / a.tiles;
 	const int row0 = (blockIdx.x % a.tiles) * tr;
-	const uint8_t *wa = a.wa[e];
-	const uint8_t *wb = PAIR ? a.wb[e] : wa;
+	const uint8_t *wa, *wb;
+	if (a.tab) {
+		const int64_t t = (int64_t)a.sel[e] * 3 + a.tab_j;
+		wa = a.tab[t];
+		wb = PAIR ? a.tab[t + 1] : wa;
+	} else {
+		wa = a.wa[e];
+		wb = PAIR ? a.wb[e] : wa;
+	}
 	const XBlk<NP> *xq = (const XBlk<NP> *)a.xq + e * a.xq_stride;
 	const int kb0 = split * a.kspan;
 	const int kb1 = min(a.n_in / F::QK, kb0 + a.kspan);
@@ -1030,10 +1042,16 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 		const int ne = c->n_e - e0 < MSG_MV_MAX_EXPERTS
 				       ? c->n_e - e0
 				       : MSG_MV_MAX_EXPERTS;
-		for (int i = 0; i < ne; i++) {
-			a.wa[i] = (const uint8_t *)c->wa[e0 + i];
-			a.wb[i] = c->pair ? (const uint8_t *)c->wb[e0 + i]
-					  : nullptr;
+		if (c->tab) {
+			a.tab = (const uint8_t *const *)c->tab;
+			a.sel = c->sel + e0;
+			a.tab_j = c->tab_j;
+		} else {
+			for (int i = 0; i < ne; i++) {
+				a.wa[i] = (const uint8_t *)c->wa[e0 + i];
+				a.wb[i] = c->pair ? (const uint8_t *)c->wb[e0 + i]
+						  : nullptr;
+			}
 		}
 		a.ne = ne;
 		a.xq = (const uint8_t *)c->xq + (size_t)(e0 * c->xq_stride) * xb;

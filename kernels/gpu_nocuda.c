@@ -70,6 +70,54 @@ int ms_gpu_download(void *host, const void *dev, size_t bytes,
 	return no_cuda(err);
 }
 
+int ms_gpu_capture_begin(struct ms_gpu_ctx *c, struct ms_err *err)
+{
+	(void)c;
+	return no_cuda(err);
+}
+
+int ms_gpu_capture_end(struct ms_gpu_ctx *c, struct ms_gpu_graph **out,
+		       struct ms_err *err)
+{
+	(void)c;
+	if (out)
+		*out = NULL;
+	return no_cuda(err);
+}
+
+int ms_gpu_graph_launch(struct ms_gpu_ctx *c, struct ms_gpu_graph *g,
+			struct ms_err *err)
+{
+	(void)c;
+	(void)g;
+	return no_cuda(err);
+}
+
+void ms_gpu_graph_free(struct ms_gpu_graph *g)
+{
+	(void)g;
+}
+
+int ms_gpu_upload_async(struct ms_gpu_ctx *c, void *dev, const void *host,
+			size_t bytes, struct ms_err *err)
+{
+	(void)c;
+	(void)dev;
+	(void)host;
+	(void)bytes;
+	return no_cuda(err);
+}
+
+int ms_gpu_download_async(struct ms_gpu_ctx *c, void *host, const void *dev,
+			  size_t bytes, struct ms_err *err)
+{
+	(void)c;
+	(void)host;
+	(void)dev;
+	(void)bytes;
+	return no_cuda(err);
+}
+
 int ms_gpu_memset(void *dev, int byte, size_t bytes, struct ms_err *err)
 {
 	(void)dev;
@@ -178,6 +226,21 @@ int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 	(void)y_dev;
 	(void)n_tokens;
 	(void)path;
+	return no_cuda(err);
+}
+
+int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
+			   const struct ms_gpu_expert *proto,
+			   const void *const *tab, const int32_t *sel, int n,
+			   const float *x_dev, float *y_dev, struct ms_err *err)
+{
+	(void)c;
+	(void)proto;
+	(void)tab;
+	(void)sel;
+	(void)n;
+	(void)x_dev;
+	(void)y_dev;
 	return no_cuda(err);
 }
 
@@ -408,6 +471,21 @@ int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
 	(void)n;
 	(void)E;
 	(void)dst;
+	return no_cuda(err);
+}
+
+int ms_gpu_route_topk(struct ms_gpu_ctx *c, const struct ms_router_params *p,
+		      const float *logits, const float *probs_b, int64_t T,
+		      int32_t *sel, float *w, int32_t *bad, struct ms_err *err)
+{
+	(void)c;
+	(void)p;
+	(void)logits;
+	(void)probs_b;
+	(void)T;
+	(void)sel;
+	(void)w;
+	(void)bad;
 	return no_cuda(err);
 }
 

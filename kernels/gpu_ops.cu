@@ -26,6 +26,11 @@
  *    exponentials are taken against the running max rather than the final
  *    one, and V is summed before the 1/sum rather than after: ~1e-7
  *    relative from the C loop, which the test bounds at 1e-5.
+ *  - routing top-k: kernels/router.c's select_d over double, one warp per
+ *    token (below, at route_topk_kernel). Only the softmax's sum is
+ *    reduced in another order (a butterfly) and CUDA's exp/log1p may be
+ *    an ulp from glibc's: the last bits of a double, so the choice is the
+ *    host's and a weight is the same f32 but in the rarest case.
  *
  * Simple first: one block per row or per (token, head), grid-stride loops
  * beyond 65535 blocks. Attention for a single decode token uses n_head
@@ -56,11 +61,21 @@
 /* Positions per attention tile (scores in shared memory). */
 #define ATT_TILE 256
 
+/* Most experts of a routing call (ms_gpu_route_topk's contract): each lane
+ * of a warp holds ROUTE_MAX_EXPERT / 32 scores in registers. */
+#define ROUTE_MAX_EXPERT 1024
+#define ROUTE_PER_LANE (ROUTE_MAX_EXPERT / 32)
+
+/* Tokens (warps) per routing CTA. */
+#define ROUTE_WARPS 4
+
 /* Dynamic shared memory: a norm's 32 doubles; attention's q, scores,
  * partial sums (floats), then 32 floats and 32 doubles for reductions. */
 #define NORM_SMEM (32 * sizeof(double))
 #define ATT_SMEM ((2 * ATT_MAX_D + ATT_TILE + 32) * sizeof(float) + \
 		  32 * sizeof(double))
+/* routing: each warp's selected weights, in double until the end */
+#define ROUTE_SMEM (ROUTE_WARPS * MS_ROUTER_MAX_USED * sizeof(double))
 
 namespace {
 
@@ -345,6 +360,172 @@ rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ rows,
 	}
 }
 
+/* The probability of one logit l as select_d computes it: softmax's
+ * exp(l - mx) / sum (mx and sum over the row), sigmoid, sqrt(softplus)
+ * (ggml_softplus's cut-over at 20), or l itself for softmax_weight. The
+ * kernel's first pass and lane 0's second look at the chosen expert both
+ * come here or do the same operations, so they agree to the bit. */
+__device__ double route_prob(int gating, double l, double mx, double sum)
+{
+	switch (gating) {
+	case MS_GATING_SOFTMAX:
+		return exp(l - mx) / sum;
+	case MS_GATING_SIGMOID:
+		return 1.0 / (1.0 + exp(-l));
+	case MS_GATING_SQRT_SOFTPLUS:
+		return sqrt(l > 20.0 ? l : log1p(exp(l)));
+	default: /* softmax_weight: the raw logit */
+		return l;
+	}
+}
+
+/* select_d's tail over the k chosen probabilities wd[] (double, changed
+ * in place), in its order: softmax_weight's softmax, norm (the sum clamped
+ * at 2^-14, as llama.cpp does), scale, the f32 rounding into wo[]. */
+__device__ void route_tail(double *wd, int k, int gating, bool norm,
+			   float scale, float *wo)
+{
+	if (gating == MS_GATING_SOFTMAX_WEIGHT) {
+		double m = wd[0], z = 0;
+		for (int i = 1; i < k; i++)
+			m = wd[i] > m ? wd[i] : m;
+		for (int i = 0; i < k; i++)
+			z += wd[i] = exp(wd[i] - m);
+		for (int i = 0; i < k; i++)
+			wd[i] /= z;
+	}
+	if (norm) {
+		double z = 0;
+		for (int i = 0; i < k; i++)
+			z += wd[i];
+		if (z < 6.103515625e-5) /* llama.cpp's clamp, as router.c */
+			z = 6.103515625e-5;
+		for (int i = 0; i < k; i++)
+			wd[i] /= z;
+	}
+	if (scale != 0.0f && scale != 1.0f)
+		for (int i = 0; i < k; i++)
+			wd[i] *= (double)scale;
+	for (int i = 0; i < k; i++)
+		wo[i] = (float)wd[i];
+}
+
+/* One warp per token, ROUTE_WARPS per CTA: ms_router_select's select_d.
+ *
+ * Lane j holds experts j, j + 32, ... (ascending ids) in s[], a register
+ * array indexed only by unrolled loops: first the logits, then the
+ * probabilities, then the scores (prob + bias). Softmax's max is exact in
+ * any order; its sum is a butterfly (the last bits of a double differ
+ * from select_d's sequential sum). A non-finite logit or bias anywhere in
+ * the row makes it a fallback row (ids 0..k-1, weight 0, *bad = 1).
+ *
+ * Each of the k rounds: every lane its best by strict >, so the lower id
+ * wins a tie as in select_d; then a butterfly argmax under the same order
+ * (the greater score, or the same score and the lower id), which every
+ * lane ends with; the owner marks it taken (-inf; scores are finite).
+ * Lane 0 writes the id and keeps the unbiased probability (route_prob
+ * again from the logit) in shared memory, then route_tail. */
+__global__ void __launch_bounds__(ROUTE_WARPS * 32)
+route_topk_kernel(const float *__restrict__ logits,
+		  const float *__restrict__ pb, int64_t T, int n, int k,
+		  int gating, bool norm, float scale, int32_t *__restrict__ sel,
+		  float *__restrict__ w, int32_t *bad)
+{
+	extern __shared__ __align__(16) double route_sm[];
+	const int lane = (int)(threadIdx.x & 31), wid = (int)(threadIdx.x >> 5);
+	double *wd = route_sm + wid * MS_ROUTER_MAX_USED;
+	const int64_t step = (int64_t)gridDim.x * ROUTE_WARPS;
+	for (int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + wid; t < T;
+	     t += step) {
+		const float *lr = logits + t * n;
+		int32_t *so = sel + t * k;
+		float *wo = w + t * k;
+		double s[ROUTE_PER_LANE];
+		double mx = -INFINITY, sum = 0;
+		int nonfin = 0;
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++) {
+			const int e = j * 32 + lane;
+			s[j] = -INFINITY;
+			if (e >= n)
+				continue;
+			s[j] = (double)lr[e];
+			if (!isfinite(s[j]) || (pb && !isfinite(pb[e])))
+				nonfin = 1;
+			mx = s[j] > mx ? s[j] : mx;
+		}
+		for (int o = 16; o; o >>= 1)
+			nonfin |= __shfl_xor_sync(0xffffffffu, nonfin, o);
+		if (nonfin) { /* the whole warp: nonfin is the same in all */
+			for (int i = lane; i < k; i += 32) {
+				so[i] = i;
+				wo[i] = 0.0f;
+			}
+			if (lane == 0)
+				*bad = 1;
+			continue;
+		}
+		if (gating == MS_GATING_SOFTMAX) {
+			for (int o = 16; o; o >>= 1) {
+				const double m = __shfl_xor_sync(0xffffffffu, mx, o);
+				mx = m > mx ? m : mx;
+			}
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane < n) {
+					s[j] = exp(s[j] - mx);
+					sum += s[j];
+				}
+			for (int o = 16; o; o >>= 1)
+				sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane < n)
+					s[j] /= sum;
+		} else if (gating != MS_GATING_SOFTMAX_WEIGHT) {
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane < n)
+					s[j] = route_prob(gating, s[j], 0, 0);
+		}
+		if (pb) {
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane < n)
+					s[j] += (double)pb[j * 32 + lane];
+		}
+
+		for (int i = 0; i < k; i++) {
+			double bs = -INFINITY;
+			int bi = INT32_MAX; /* none: this lane has none left */
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane < n && s[j] > bs) {
+					bs = s[j];
+					bi = j * 32 + lane;
+				}
+			for (int o = 16; o; o >>= 1) {
+				const double os = __shfl_xor_sync(0xffffffffu, bs, o);
+				const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+				if (os > bs || (os == bs && oi < bi)) {
+					bs = os;
+					bi = oi;
+				}
+			}
+#pragma unroll
+			for (int j = 0; j < ROUTE_PER_LANE; j++)
+				if (j * 32 + lane == bi)
+					s[j] = -INFINITY;
+			if (lane == 0) {
+				so[i] = bi;
+				wd[i] = route_prob(gating, (double)lr[bi], mx, sum);
+			}
+		}
+		if (lane == 0)
+			route_tail(wd, k, gating, norm, scale, wo);
+	}
+}
+
 /* ---- host side ------------------------------------------------------------ */
 
 /* Blocks for `work` items of `per` each, within 1..65535 (the kernels loop
@@ -606,4 +787,48 @@ extern "C" int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
 				   float *dst, struct ms_err *err)
 {
 	return rows_call(c, "gpu scatter_rows", src, rows, n, E, dst, true, err);
+}
+
+extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
+				 const struct ms_router_params *p,
+				 const float *logits, const float *probs_b,
+				 int64_t T, int32_t *sel, float *w,
+				 int32_t *bad, struct ms_err *err)
+{
+	static const char who[] = "gpu route_topk";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	/* router.c's check_params, and the kernel's bound on n_expert */
+	if (!p)
+		return ms_err_set(err, -EINVAL, "%s: NULL params", who);
+	if (p->gating <= MS_GATING_NONE || p->gating >= MS_GATING_COUNT)
+		return ms_err_set(err, -EINVAL,
+				  "%s: gating %d is not a resolved gating "
+				  "function",
+				  who, (int)p->gating);
+	if (p->n_expert < 1 || p->n_expert > ROUTE_MAX_EXPERT)
+		return ms_err_set(err, -EINVAL, "%s: n_expert %u: expected 1..%d",
+				  who, p->n_expert, ROUTE_MAX_EXPERT);
+	const uint32_t max_used = p->n_expert < MS_ROUTER_MAX_USED
+					  ? p->n_expert
+					  : MS_ROUTER_MAX_USED;
+	if (p->n_used < 1 || p->n_used > max_used)
+		return ms_err_set(err, -EINVAL,
+				  "%s: n_used %u of %u experts: expected 1..%u",
+				  who, p->n_used, p->n_expert, max_used);
+	if (!isfinite(p->scale))
+		return ms_err_set(err, -EINVAL, "%s: scale %g is not finite",
+				  who, (double)p->scale);
+	if (!dims_ok(p->n_expert, T))
+		return ms_err_set(err, -EINVAL, "%s: %lld tokens of %u logits",
+				  who, (long long)T, p->n_expert);
+	NONNULL(who, "logits,sel,w,bad", logits, sel, w, bad);
+	route_topk_kernel<<<blocks_for(T, ROUTE_WARPS), ROUTE_WARPS * 32,
+			    ROUTE_SMEM, st>>>(logits, probs_b, T,
+					      (int)p->n_expert, (int)p->n_used,
+					      (int)p->gating, p->norm, p->scale,
+					      sel, w, bad);
+	return launched(who, err);
 }

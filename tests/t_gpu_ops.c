@@ -15,6 +15,13 @@
  *    64, 80, 96, 128 and 256, n_pos from 1 to 700 (several tiles), a
  *    stride wider than the row: <= 1e-5;
  *  - row gather and scatter: exact, untouched rows kept;
+ *  - routing top-k against ms_router_select: every gating (sigmoid with
+ *    and without a bias), norm on and off, scale 0, 1 and 2.5, n_expert 8
+ *    to 1024, n_used 1 to 64, 1, 3 and 17 tokens; a row of exact ties, a
+ *    row with a NaN and an inf (ids 0..n_used-1, weight 0, *bad set, the
+ *    other rows unaffected), a NaN bias (every row so), *bad left alone
+ *    when no row is bad, nothing written past T rows: ids exact, weights
+ *    exact or (rarely) 1 ulp, see check_route_topk;
  *  - the argument checks (sizes below 1, NULL pointers, bad parameters).
  *
  * Where there is no GPU it exits 77 with the reason; in a build without
@@ -576,6 +583,223 @@ static void check_rows(void)
 	free(got);
 }
 
+/* ---- routing top-k --------------------------------------------------------------- */
+
+/* Rows of logits per n_expert; row 1 holds exact ties, ROUTE_BAD_ROW a NaN
+ * and an inf (so only the 17-token calls see it). */
+#define ROUTE_T 17
+#define ROUTE_BAD_ROW 9
+
+/* How many floats apart a and b are: 0 when equal (-0 and 0 too),
+ * UINT32_MAX for a NaN or different signs. */
+static uint32_t ulps_apart(float a, float b)
+{
+	if (a == b)
+		return 0;
+	if (isnan(a) || isnan(b) || signbit(a) != signbit(b))
+		return UINT32_MAX;
+	uint32_t ia, ib;
+	memcpy(&ia, &a, sizeof(ia));
+	memcpy(&ib, &b, sizeof(ib));
+	return ia > ib ? ia - ib : ib - ia;
+}
+
+/* The counts check_route_topk prints. */
+static struct {
+	int calls;
+	int64_t entries, ids, w_exact, w_ulp1, bad_rows;
+} rt;
+
+/* One call of T rows (T <= ROUTE_T) against the references ref_id, ref_w
+ * [ROUTE_T][k] (ref_bad[t]: ms_router_select refused row t). sel and w on
+ * the device hold ROUTE_T * MS_ROUTER_MAX_USED entries, all 0xff bytes
+ * before the call: past T * k they must stay so. bad0 is *bad before the
+ * call: it must become 1 if a row is bad, else stay bad0. */
+static void route_call(const struct ms_router_params *p, const float *dl,
+		       const float *db, int64_t T, int32_t bad0,
+		       const uint32_t *ref_id, const float *ref_w,
+		       const bool *ref_bad, int32_t *dsel, float *dw,
+		       int32_t *dbad)
+{
+	const int64_t cap = ROUTE_T * MS_ROUTER_MAX_USED;
+	const size_t bytes = (size_t)cap * 4;
+	const int64_t k = p->n_used;
+	static uint8_t ff[ROUTE_T * MS_ROUTER_MAX_USED * 4];
+	static int32_t gsel[ROUTE_T * MS_ROUTER_MAX_USED];
+	static float gw[ROUTE_T * MS_ROUTER_MAX_USED];
+	memset(ff, 0xff, sizeof(ff));
+	t_dev_up(dsel, ff, bytes);
+	t_dev_up(dw, ff, bytes);
+	t_dev_up(dbad, &bad0, sizeof(bad0));
+	GPU_OK(ms_gpu_route_topk(ctx, p, dl, db, T, dsel, dw, dbad, err));
+	int32_t gbad = -1;
+	t_dev_to(ctx, gsel, dsel, bytes);
+	t_dev_to(ctx, gw, dw, bytes);
+	t_dev_to(ctx, &gbad, dbad, sizeof(gbad));
+	rt.calls++;
+
+	bool any_bad = false;
+	int64_t first = -1; /* the first wrong entry */
+	int32_t want_id = -1;
+	float want_w = 0.0f;
+	for (int64_t t = 0; t < T; t++) {
+		any_bad |= ref_bad[t];
+		rt.bad_rows += ref_bad[t];
+		for (int64_t i = 0; i < k; i++) {
+			const int64_t o = t * k + i;
+			/* a bad row: ids 0..k-1, weight 0 */
+			const int32_t id = ref_bad[t] ? (int32_t)i
+						      : (int32_t)ref_id[o];
+			const float rw = ref_bad[t] ? 0.0f : ref_w[o];
+			const uint32_t d = ulps_apart(gw[o], rw);
+			rt.entries++;
+			rt.ids += gsel[o] == id;
+			rt.w_exact += d == 0;
+			rt.w_ulp1 += d == 1;
+			if ((gsel[o] != id || d > 1) && first < 0) {
+				first = o;
+				want_id = id;
+				want_w = rw;
+			}
+		}
+	}
+	/* past T rows: untouched (all bits set: id -1, w a NaN) */
+	for (int64_t o = T * k; o < cap && first < 0; o++)
+		if (memcmp(&gsel[o], ff, 4) || memcmp(&gw[o], ff, 4))
+			first = o;
+	T_CHECK(first < 0,
+		"route_topk %s%s norm=%d scale=%g n_expert=%u n_used=%u "
+		"T=%lld: entry %lld (row %lld) is id %d w %.9g, expected id "
+		"%d w %.9g",
+		ms_gating_name(p->gating), db ? "+bias" : "", p->norm,
+		(double)p->scale, p->n_expert, p->n_used, (long long)T,
+		(long long)first, (long long)(first / k),
+		first >= 0 ? gsel[first] : 0,
+		first >= 0 ? (double)gw[first] : 0.0, want_id, (double)want_w);
+	const int32_t want = any_bad ? 1 : bad0;
+	T_CHECK(gbad == want,
+		"route_topk %s%s n_expert=%u n_used=%u T=%lld: *bad %d, "
+		"expected %d",
+		ms_gating_name(p->gating), db ? "+bias" : "", p->n_expert,
+		p->n_used, (long long)T, gbad, want);
+}
+
+/* The device's selection is ms_router_select's: the same doubles but for
+ * the softmax's sum (added in another order) and, on a GPU, CUDA's exp and
+ * log1p (within an ulp of glibc's), so a weight can differ from the host's
+ * by an f32 ulp when its double lies that close to a rounding boundary
+ * (about one weight in 10^8 to 10^9: this check compares some 10^5 per
+ * run, so exactness would fail a run now and then for nothing). 1 ulp is
+ * allowed and the count printed; ids must be exact (the scores' last-bit
+ * differences would have to meet a near-tie in double, which distinct f32
+ * logits in [-4, 4) do not make; exact ties give the same bits). */
+static void check_route_topk(void)
+{
+	static const uint32_t ns[] = { 8, 128, 160, 256, 384, 1024 };
+	static const uint32_t ks[] = { 1, 2, 8, 64 };
+	static const int64_t Ts[] = { 1, 3, 17 };
+	static const struct {
+		enum ms_gating g;
+		bool bias;
+	} gs[] = {
+		{ MS_GATING_SOFTMAX, false },       { MS_GATING_SIGMOID, false },
+		{ MS_GATING_SIGMOID, true },        { MS_GATING_SQRT_SOFTPLUS, false },
+		{ MS_GATING_SOFTMAX_WEIGHT, false },
+	};
+	static const float scales[] = { 0.0f, 1.0f, 2.5f };
+	const size_t cap = (size_t)ROUTE_T * MS_ROUTER_MAX_USED;
+	uint32_t *ref_id = t_xmalloc(cap * sizeof(uint32_t));
+	float *ref_w = t_xmalloc(cap * sizeof(float));
+	bool ref_bad[ROUTE_T];
+	int32_t *dsel = t_dev_alloc(cap * sizeof(int32_t));
+	float *dw = t_dev_alloc(cap * sizeof(float));
+	int32_t *dbad = t_dev_alloc(sizeof(int32_t));
+
+	for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+		const uint32_t n = ns[ni];
+		float *lg = rand_floats(ROUTE_T * (int64_t)n, 4.0f);
+		float *bias = rand_floats(n, 0.25f);
+		/* row 1: five experts tie above the rest (5, 37 and 69 in one
+		 * lane's slots, 42 and 79 in other lanes; for n = 8: 5, 2 and
+		 * 7), three more tie in the middle (other ids) */
+		for (uint32_t i = 0; i < 3; i++)
+			lg[n + (5 + 32 * i) % n] = 4.5f;
+		for (uint32_t i = 1; i < 3; i++)
+			lg[n + (i * 37 + 5) % n] = 4.5f;
+		for (uint32_t i = 0; i < 3; i++)
+			lg[n + (i * 53 + 14) % n] = 0.25f;
+		lg[ROUTE_BAD_ROW * n + 2] = NAN;
+		lg[ROUTE_BAD_ROW * n + n - 1] = INFINITY;
+		float *dl = t_dev_from(lg, (size_t)(ROUTE_T * n) * sizeof(float));
+		float *db = t_dev_from(bias, (size_t)n * sizeof(float));
+
+		/* every gating x norm x scale x n_used */
+		const int n_s = (int)(sizeof(scales) / sizeof(scales[0]));
+		const int n_k = (int)(sizeof(ks) / sizeof(ks[0]));
+		const int n_c = (int)(sizeof(gs) / sizeof(gs[0])) * 2 * n_s * n_k;
+		for (int c = 0; c < n_c; c++) {
+			const int gi = c / (2 * n_s * n_k), norm = c / (n_s * n_k) % 2;
+			const int si = c / n_k % n_s, ki = c % n_k;
+			if (ks[ki] > n)
+				continue;
+			const struct ms_router_params p = {
+				.gating = gs[gi].g,
+				.norm = norm,
+				.scale = scales[si],
+				.n_expert = n,
+				.n_used = ks[ki],
+			};
+			const float *hb = gs[gi].bias ? bias : NULL;
+			for (int64_t t = 0; t < ROUTE_T; t++) {
+				struct ms_err err = { 0 };
+				const int rc = ms_router_select(
+					&p, lg + t * n, hb, ref_id + t * p.n_used,
+					ref_w + t * p.n_used, &err);
+				ref_bad[t] = rc == -EINVAL;
+				T_CHECK(rc == (t == ROUTE_BAD_ROW ? -EINVAL : 0),
+					"ms_router_select row %lld = %d: %s",
+					(long long)t, rc, err.msg);
+			}
+			for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
+				/* *bad: 0 before, or 5 to see it left alone */
+				route_call(&p, dl, gs[gi].bias ? db : NULL, Ts[ti],
+					   Ts[ti] == 3 ? 5 : 0, ref_id, ref_w,
+					   ref_bad, dsel, dw, dbad);
+		}
+
+		/* a NaN bias: every row is bad */
+		bias[n / 2] = NAN;
+		t_dev_up(db, bias, (size_t)n * sizeof(float));
+		const struct ms_router_params p = {
+			.gating = MS_GATING_SIGMOID,
+			.norm = true,
+			.n_expert = n,
+			.n_used = 8,
+		};
+		for (int64_t t = 0; t < ROUTE_T; t++)
+			ref_bad[t] = true;
+		route_call(&p, dl, db, 3, 0, ref_id, ref_w, ref_bad, dsel, dw,
+			   dbad);
+
+		ms_gpu_free(dl);
+		ms_gpu_free(db);
+		free(lg);
+		free(bias);
+	}
+	printf("route_topk: %d calls (5 gatings, norm, 3 scales, n_expert "
+	       "8..1024, n_used 1..64, T 1/3/17; ties, NaN/inf rows, NaN "
+	       "bias): of %lld entries, ids %lld exact, weights %lld exact "
+	       "and %lld 1 ulp off; %lld bad rows\n",
+	       rt.calls, (long long)rt.entries, (long long)rt.ids,
+	       (long long)rt.w_exact, (long long)rt.w_ulp1,
+	       (long long)rt.bad_rows);
+	ms_gpu_free(dsel);
+	ms_gpu_free(dw);
+	ms_gpu_free(dbad);
+	free(ref_id);
+	free(ref_w);
+}
+
 /* ---- argument checks ------------------------------------------------------------ */
 
 static int n_arg_checks;
@@ -690,6 +914,34 @@ static void check_errors(void)
 	E_(ms_gpu_scatter_rows(ctx, NULL, pos, 1, 4, f, &err));
 	E_(ms_gpu_scatter_rows(ctx, f, NULL, 1, 4, f, &err));
 	E_(ms_gpu_scatter_rows(ctx, f, pos, 1, 4, NULL, &err));
+	/* routing: params as router.c's check_params, n_expert <= 1024 */
+	const struct ms_router_params rp = { .gating = MS_GATING_SOFTMAX,
+					     .norm = true,
+					     .n_expert = 64,
+					     .n_used = 8 };
+	struct ms_router_params rq;
+#define RQ_(field, v) (rq = rp, rq.field = (v), &rq)
+	E_(ms_gpu_route_topk(NULL, &rp, f, NULL, 1, pos, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, NULL, f, NULL, 1, pos, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(n_used, 0), f, NULL, 1, pos, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(n_used, 65), f, NULL, 1, pos, f, pos,
+			     &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(n_expert, 1025), f, NULL, 1, pos, f, pos,
+			     &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(n_expert, 4), f, NULL, 1, pos, f, pos,
+			     &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(gating, MS_GATING_NONE), f, NULL, 1, pos,
+			     f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(gating, MS_GATING_COUNT), f, NULL, 1, pos,
+			     f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, RQ_(scale, NAN), f, NULL, 1, pos, f, pos,
+			     &err));
+	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 0, pos, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, &rp, NULL, NULL, 1, pos, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, NULL, f, pos, &err));
+	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, pos, NULL, pos, &err));
+	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, pos, f, NULL, &err));
+#undef RQ_
 #undef E_
 	/* the stream is still good after all that */
 	struct ms_err e2 = { 0 };
@@ -730,6 +982,11 @@ static void check_stubs(void)
 		   "ms_gpu_gather_rows");
 	t_check_no_cuda(ms_gpu_scatter_rows(c, f, p, 1, 4, f, &err), &err,
 		   "ms_gpu_scatter_rows");
+	const struct ms_router_params rp = { .gating = MS_GATING_SOFTMAX,
+					     .n_expert = 4,
+					     .n_used = 1 };
+	t_check_no_cuda(ms_gpu_route_topk(c, &rp, f, NULL, 1, p, f, p, &err),
+			&err, "ms_gpu_route_topk");
 }
 
 int main(void)
@@ -762,6 +1019,7 @@ int main(void)
 	check_attention();
 	check_moe_combine();
 	check_rows();
+	check_route_topk();
 	check_errors();
 	printf("worst attention relative L2 %.2e (bound %.0e)\n", worst_att,
 	       TOL_ATT);

@@ -3,9 +3,10 @@
  * (run --device gpu) end to end, each figure against its bound measured in
  * the same run (issue 16's last two targets).
  *
- *  1. resident: every expert a token routes to is already in VRAM (a first
- *     pass over the same tokens put them there; the second pass is timed
- *     and must copy nothing). A decode step then reads, from VRAM, the
+ *  1. resident: every expert a token routes to is already in VRAM (where
+ *     VRAM holds every expert the engine loads them all at open and routes
+ *     one-token steps on the GPU; else a first pass over the same tokens
+ *     put them there; the second pass is timed and must copy nothing). A decode step then reads, from VRAM, the
  *     resident tensors a token uses (all but the embedding) and its routed
  *     experts; at the device's own copy rate (device-to-device, read +
  *     written bytes, as `bench gpu` measures it) that takes
@@ -79,19 +80,22 @@ struct pass {
 	struct ms_engine_stats st0, st1; /* around the timed steps */
 };
 
-/* Prompt then n single steps over ids; the second of two passes timed. */
+/* Prompt then n single steps over ids, each computing its logits as a
+ * decode step does (the output head is among the bytes a token reads);
+ * the second of two passes timed. */
 static int two_passes(struct ms_engine *e, const int32_t *ids, int P, int N,
-		      struct pass *out, struct ms_err *err)
+		      float *logits, struct pass *out, struct ms_err *err)
 {
 	for (int k = 0; k < 2; k++) {
 		ms_engine_reset(e);
-		int rc = ms_engine_eval(e, ids, (size_t)P, NULL, false, err);
+		int rc = ms_engine_eval(e, ids, (size_t)P, logits, false, err);
 		if (rc)
 			return rc;
 		ms_engine_get_stats(e, &out->st0);
 		double t0 = tool_now_s();
 		for (int i = P; i < P + N; i++)
-			if ((rc = ms_engine_eval(e, ids + i, 1, NULL, false, err)))
+			if ((rc = ms_engine_eval(e, ids + i, 1, logits, false,
+						 err)))
 				return rc;
 		out->decode_s = tool_now_s() - t0;
 		ms_engine_get_stats(e, &out->st1);
@@ -149,15 +153,19 @@ int bench_gpu_decode_main(int argc, char **argv)
 	struct ms_gpu_ctx *ctx = NULL;
 	struct bench_daemon d = { 0 };
 	int32_t *ids = NULL;
+	float *logits = NULL;
 	int rc = 1;
 	fprintf(stderr, "bench gpu-decode: loading %s to the GPU ...\n", model);
 	if (ms_engine_open(&e, &cfg, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		goto out;
 	}
-	const struct ms_engine_info *in = ms_engine_info(e);
+	/* a copy: the engine is closed and opened again below */
+	struct ms_engine_info info = *ms_engine_info(e);
+	const struct ms_engine_info *in = &info;
 	ids = malloc((size_t)(P + N) * sizeof(*ids));
-	if (!ids) {
+	logits = malloc((size_t)in->n_vocab * sizeof(*logits));
+	if (!ids || !logits) {
 		tool_error(CMD, "out of memory");
 		goto out;
 	}
@@ -167,7 +175,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 
 	/* 1. resident */
 	struct pass a;
-	if (two_passes(e, ids, (int)P, (int)N, &a, &err)) {
+	if (two_passes(e, ids, (int)P, (int)N, logits, &a, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		goto out;
 	}
@@ -185,11 +193,29 @@ int bench_gpu_decode_main(int argc, char **argv)
 		goto out;
 	}
 	double tokps_a = N / a.decode_s, bound = best * 1e9 / bytes;
+	bool all_a = in->vram_all_experts, graph_a = ms_engine_info(e)->gpu_graph;
 	uint64_t slot = in->vram_expert_slots
 				? in->vram_expert_bytes / in->vram_expert_slots
 				: 0;
 	ms_engine_close(e);
 	e = NULL;
+
+	/* 1b. the same with the step's kernels launched one by one (the
+	 * baseline of the graph's gain) */
+	double tokps_e = 0;
+	if (graph_a) {
+		struct pass pe;
+		struct ms_engine_config ce = cfg;
+		ce.gpu_no_graph = true;
+		if (ms_engine_open(&e, &ce, &err) ||
+		    two_passes(e, ids, (int)P, (int)N, logits, &pe, &err)) {
+			tool_error(CMD, "%s", err.msg);
+			goto out;
+		}
+		tokps_e = N / pe.decode_s;
+		ms_engine_close(e);
+		e = NULL;
+	}
 
 	/* 2. streaming */
 	struct pass b;
@@ -210,7 +236,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 		cfg.socket = d.socket;
 		cfg.vram_experts = slot * 2 * K;
 		if (ms_engine_open(&e, &cfg, &err) ||
-		    two_passes(e, ids, (int)P, (int)N, &b, &err)) {
+		    two_passes(e, ids, (int)P, (int)N, logits, &b, &err)) {
 			tool_error(CMD, "%s", err.msg);
 			goto out;
 		}
@@ -233,6 +259,13 @@ int bench_gpu_decode_main(int argc, char **argv)
 		cJSON_AddNumberToObject(j, "resident_bound_tokps", bound);
 		cJSON_AddNumberToObject(j, "resident_ratio", tokps_a / bound);
 		cJSON_AddNumberToObject(j, "resident_copies", (double)copied_a);
+		cJSON_AddBoolToObject(j, "resident_gpu_routing", all_a);
+		cJSON_AddBoolToObject(j, "resident_cuda_graph", graph_a);
+		if (graph_a) {
+			cJSON_AddNumberToObject(j, "resident_eager_tokps", tokps_e);
+			cJSON_AddNumberToObject(j, "resident_eager_ratio",
+						tokps_e / bound);
+		}
 		if (stream) {
 			cJSON_AddNumberToObject(j, "stream_tokps", tokps_b);
 			cJSON_AddNumberToObject(j, "stream_copy_s_per_token", copy_tok);
@@ -258,9 +291,13 @@ int bench_gpu_decode_main(int argc, char **argv)
 		       expert / 1e6);
 		printf("resident   %u decode steps in %.3f s: %.2f tok/s; bound %.2f "
 		       "tok/s (copy rate %.0f GB/s); ratio %.3f (target >= 0.5); "
-		       "%llu copies in the timed pass\n",
+		       "%llu copies in the timed pass; routing on the %s%s\n",
 		       N, a.decode_s, tokps_a, bound, best, tokps_a / bound,
-		       (unsigned long long)copied_a);
+		       (unsigned long long)copied_a, all_a ? "GPU" : "host",
+		       graph_a ? ", steps replayed from a CUDA graph" : "");
+		if (graph_a)
+			printf("resident   the same, kernels launched one by one: "
+			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
 		if (stream)
 			printf("streaming  %.2f tok/s with a VRAM cache of %u experts: "
 			       "%llu copies in, %llu hits; per token: step %.2f ms, "
@@ -277,5 +314,6 @@ out:
 	if (d.pid)
 		bench_daemon_stop(&d, NULL);
 	free(ids);
+	free(logits);
 	return rc;
 }

@@ -32,9 +32,11 @@
 #            same code: not run again);
 #         3. `moestream bench gpu-decode` on the GLM-4.7 preset cut to 4 MoE
 #            layers (written to $TMPDIR, removed after): the GPU decoder's
-#            tok/s with every expert in VRAM against the device's copy rate
-#            over a token's bytes, and with experts streaming through a
-#            private moestreamd against max(copy, compute);
+#            tok/s with every expert in VRAM (routing on the GPU, steps
+#            replayed from a CUDA graph; and the same launched one by one)
+#            against the device's copy rate over a token's bytes, and with
+#            experts streaming through a private moestreamd against
+#            max(copy, compute);
 #         4. the GPU tier's transfer benchmark (`moestream bench gpu-tier`,
 #            where the pack has it; t_gpu_tier --bench is the same code):
 #            host->device GB/s from moestreamd's cache against pinned

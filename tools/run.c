@@ -335,6 +335,9 @@ int cmd_run(int argc, char **argv)
 			fmt_bytes(info->vram_kv_bytes, b, sizeof(b)),
 			fmt_bytes(info->vram_expert_bytes, k, sizeof(k)),
 			info->vram_expert_slots);
+		if (info->vram_all_experts)
+			fprintf(stderr, "moestream run: every expert is in VRAM: "
+				"one-token steps route on the GPU\n");
 		fprintf(stderr, "moestream run: of the resident tensors the host "
 			"keeps %s (the embedding, the routers' biases)\n",
 			fmt_bytes(info->resident_host_bytes, a, sizeof(a)));

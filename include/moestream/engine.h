@@ -201,6 +201,9 @@ struct ms_engine_config {
 				   allows) from the expert source */
 	int gpu_device;
 	uint64_t vram_experts;
+	bool gpu_no_graph;      /* with every expert in VRAM, one-token steps
+				   are replayed from a CUDA graph (captured on
+				   the second); true: launched one by one */
 	bool q8_activations;    /* compute as llama.cpp's CPU backend does:
 				   activations rounded to 8 bits before each
 				   quantised product, and (with the f16 KV
@@ -230,6 +233,12 @@ struct ms_engine_info {
 	uint64_t vram_kv_bytes;
 	uint64_t vram_expert_bytes;   /* the VRAM expert cache */
 	uint32_t vram_expert_slots;   /* experts it holds */
+	bool vram_all_experts;        /* every expert of the layers run is in
+					 VRAM (loaded at open; embedded source
+					 only): one-token steps route on the
+					 GPU, with no copy back per layer */
+	bool gpu_graph;               /* and are replayed from a CUDA graph
+					 (set once one has been made) */
 };
 
 struct ms_engine_stats {

@@ -511,6 +511,63 @@ int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
 			const int32_t *rows, int64_t n, int64_t E, float *dst,
 			struct ms_err *err);
 
+/* Top-k routing of T tokens on the device: ms_router_select's selection and
+ * weights for each row of logits [T][n_expert] (f32), with the selection
+ * bias probs_b [n_expert] (NULL: none), computed as it does (in double,
+ * the same gating, the lower id winning a tie, norm and scale), so that a
+ * forward pass need not copy the logits back to choose. sel [T][n_used]
+ * (int32, best first) and w [T][n_used] (f32) receive the choice. A row
+ * with a non-finite logit or bias gets experts 0..n_used-1 with weight 0
+ * (valid ids for the kernels that follow) and sets *bad (int32, device
+ * memory, never cleared here) to 1: the caller checks it once the stream
+ * has passed. n_expert <= 1024. 0, -EINVAL (params, sizes, NULLs), -EIO. */
+int ms_gpu_route_topk(struct ms_gpu_ctx *c, const struct ms_router_params *p,
+		      const float *logits, const float *probs_b, int64_t T,
+		      int32_t *sel, float *w, int32_t *bad, struct ms_err *err);
+
+/* ms_gpu_experts_ffn for one token whose experts the device chose: expert
+ * i of the call (i < n) is entry sel[i] (int32, device memory) of tab, a
+ * device array of three projection addresses per expert {gate, up, down}
+ * (for a fused gate_up tensor: its gate rows, its up rows, down), each
+ * aligned as the matvec needs for its type (the caller's guarantee: these
+ * addresses are not read on the host). `proto` gives what the experts
+ * share (fused, n_embd, n_ff, types; its data is not read). Every expert
+ * reads x_dev [n_embd]; y_dev + i * n_embd receives expert i's output.
+ * The fused matvec only (MATVEC_Q8 after ms_gpu_ctx_set_q8, else MATVEC),
+ * bit-identical to ms_gpu_experts_ffn on the same experts. Asynchronous.
+ * 0, -EINVAL, -ENOTSUP (a type without a matvec kernel), -ENOMEM, -EIO. */
+int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
+			   const struct ms_gpu_expert *proto,
+			   const void *const *tab, const int32_t *sel, int n,
+			   const float *x_dev, float *y_dev,
+			   struct ms_err *err);
+
+/* CUDA graphs: what the context queues between capture_begin and
+ * capture_end (on its stream; nothing may wait for the device meanwhile:
+ * such a call fails, as does a workspace that would have to grow, -EAGAIN)
+ * is recorded, not run; capture_end turns it into a graph (out NULL:
+ * discards it, the way to close a capture after a failure), which
+ * graph_launch queues whole, as often as wanted, with the same arguments
+ * (device buffers are read as they are when it runs). graph_launch answers
+ * -ESTALE once the context's workspace has moved since the capture
+ * (capture again). Fewer launches on the host and less time between
+ * kernels on the device: what one decode step's ~200 small kernels need. */
+struct ms_gpu_graph;
+int ms_gpu_capture_begin(struct ms_gpu_ctx *c, struct ms_err *err);
+int ms_gpu_capture_end(struct ms_gpu_ctx *c, struct ms_gpu_graph **out,
+		       struct ms_err *err);
+int ms_gpu_graph_launch(struct ms_gpu_ctx *c, struct ms_gpu_graph *g,
+			struct ms_err *err);
+void ms_gpu_graph_free(struct ms_gpu_graph *g); /* NULL is fine */
+
+/* Copies that run asynchronously on a context's stream: host must be
+ * page-locked (ms_gpu_host_alloc in gpu_tier.h) or registered, and the
+ * host must not touch it until the stream has passed the copy. */
+int ms_gpu_upload_async(struct ms_gpu_ctx *c, void *dev, const void *host,
+			size_t bytes, struct ms_err *err);
+int ms_gpu_download_async(struct ms_gpu_ctx *c, void *host, const void *dev,
+			  size_t bytes, struct ms_err *err);
+
 /* ------------------------------- end of GPU ------------------------------ */
 
 #ifdef __cplusplus

@@ -112,6 +112,11 @@ struct emu_stream {
 	std::mutex mu;
 	std::condition_variable cv;
 	std::deque<std::function<void()>> q;
+	/* stream capture (cuda_emu_graph.h): work queued while cap is set is
+	 * recorded there instead of run; cap_bad: a call the capture forbids
+	 * was made (the end of the capture then fails) */
+	std::vector<std::function<void()>> *cap = nullptr;
+	bool cap_bad = false;
 	bool busy = false, stop = false;
 	std::thread th; /* last: started once the rest is constructed */
 	emu_stream() : th([this] { run(); }) {}
@@ -215,10 +220,28 @@ inline const int sms = 8;
 inline std::mutex streams_mu;
 inline std::vector<emu_stream *> streams;
 
-/* Runs f on stream s: later on its thread, or now on the legacy stream. */
+/* The stream this thread is capturing, if any. */
+inline thread_local emu_stream *capturing = nullptr;
+
+/* A call that waits for the device (a sync, a synchronous copy or memset,
+ * cudaFree) while this thread captures a stream: CUDA refuses it and the
+ * capture is invalidated; true then. */
+inline bool capture_violation()
+{
+	if (!capturing)
+		return false;
+	capturing->cap_bad = true;
+	fprintf(stderr, "emu: a synchronising call during stream capture\n");
+	return true;
+}
+
+/* Runs f on stream s: later on its thread, or now on the legacy stream;
+ * recorded instead while s is being captured. */
 inline void enqueue(cudaStream_t s, std::function<void()> f)
 {
-	if (s)
+	if (s && s->cap)
+		s->cap->push_back(std::move(f));
+	else if (s)
 		s->push(std::move(f));
 	else
 		f();
@@ -281,6 +304,8 @@ template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n)
 }
 static inline cudaError_t cudaFree(void *p)
 {
+	if (emu::capture_violation())
+		return (cudaError_t)900; /* cudaErrorStreamCaptureUnsupported */
 	emu::sync_all(); /* cudaFree synchronises the device */
 	free(p);
 	return cudaSuccess;
@@ -288,6 +313,8 @@ static inline cudaError_t cudaFree(void *p)
 static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n,
 				     cudaMemcpyKind)
 {
+	if (emu::capture_violation())
+		return (cudaError_t)900;
 	memmove(d, s, n);
 	return cudaSuccess;
 }
@@ -299,6 +326,8 @@ static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n,
 }
 static inline cudaError_t cudaMemset(void *d, int v, size_t n)
 {
+	if (emu::capture_violation())
+		return (cudaError_t)900;
 	memset(d, v, n);
 	return cudaSuccess;
 }
@@ -326,6 +355,8 @@ static inline cudaError_t cudaStreamDestroy(cudaStream_t s)
 }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
+	if (emu::capture_violation())
+		return (cudaError_t)900;
 	if (s)
 		s->drain();
 	return cudaSuccess;
@@ -391,6 +422,7 @@ static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a,
 }
 
 #include "cuda_emu_rt.h" /* streams, events, host registration: the GPU tier */
+#include "cuda_emu_graph.h" /* CUDA graphs by stream capture */
 
 /* ---- device intrinsics ----------------------------------------------------- */
 
