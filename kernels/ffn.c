@@ -544,22 +544,51 @@ static void q8_dots(const struct ffn_job *j, const struct ms_q8_w *w, int nr,
 }
 
 /* Software prefetch of the fused forms' weights, Q8_PF_BYTES ahead of the
- * row being computed, into L2 (prefetcht1), with Q8_PF_MIN_TOK inputs or
- * more. Three or four inputs make a row compute-bound: 5-14 GB/s per
- * core, and at that pace this CPU's hardware prefetchers left the kernels
- * waiting on DRAM (Zen 4, one thread, 4 inputs, a 5120 x 12288 matrix:
- * q6_K 33 GMAC/s from DRAM against 47 from L3; q4_K 43 against 48). With
- * the prefetch, two threads, 4 inputs: q6_K 56-65 -> 87-92 GMAC/s, q4_K
- * 74-88 -> 88-100, q2_K and q3_K +6-8% (a shared VM: wide ranges). Into L1 (prefetcht0) it gained
- * nothing; with one or two inputs (memory-bound) it cost up to 20%, so
- * those rows are left to the hardware. */
+ * row being computed, into L2 (prefetcht1), from q8_pf_min_tok() inputs
+ * on. Three or four inputs make a row compute-bound: 5-14 GB/s per core,
+ * and at that pace the hardware prefetchers left the kernels waiting on
+ * DRAM (Zen 4, one thread, 4 inputs, a 5120 x 12288 matrix: q6_K 33
+ * GMAC/s from DRAM against 47 from L3; q4_K 43 against 48). With the
+ * prefetch, two threads, 4 inputs: q6_K 56-65 -> 87-92 GMAC/s, q4_K 74-88
+ * -> 88-100, q2_K and q3_K +6-8% (a shared VM: wide ranges). Into L1
+ * (prefetcht0) it gained nothing.
+ *
+ * With one or two inputs (memory-bound) the two CPUs differ: on Zen 4 it
+ * cost up to 20%, so there those rows are left to the hardware; on an
+ * Intel Xeon with AMX (Sapphire Rapids class, 2 vCPUs, 30 GB/s read) the
+ * hardware alone streamed a 5120 x 65536 matrix at one input at 10-17
+ * GB/s, with the prefetch at 20-23 (q2_K 38 -> 60 GMAC/s, q3_K 30 -> 46,
+ * q4_K 17 -> 40, q6_K 21 -> 28; prefetcht0 no better, prefetchnta half;
+ * 4, 8 or 16 KiB ahead the same). So on Intel every input count
+ * prefetches. MS_FFN_PF_MIN_TOK=N in the environment sets the threshold
+ * (1..5; 5: never), for measuring. */
 #define Q8_PF_BYTES 4096
-#define Q8_PF_MIN_TOK 3
+
+static int64_t q8_pf_min_tok(void)
+{
+	static _Atomic int known = 0;
+	int k = known;
+	if (k)
+		return k;
+	const char *v = getenv("MS_FFN_PF_MIN_TOK");
+	if (v && *v >= '1' && *v <= '5' && !v[1]) {
+		k = *v - '0';
+	} else {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+		__builtin_cpu_init();
+		k = __builtin_cpu_is("intel") ? 1 : 3;
+#else
+		k = 3;
+#endif
+	}
+	known = k;
+	return k;
+}
 
 /* Rows ahead to prefetch for rows of rs bytes; 0: none. */
 static int64_t q8_pf_rows(uint64_t rs, int64_t n_tok)
 {
-	return n_tok >= Q8_PF_MIN_TOK ? (int64_t)(Q8_PF_BYTES / rs) + 1 : 0;
+	return n_tok >= q8_pf_min_tok() ? (int64_t)(Q8_PF_BYTES / rs) + 1 : 0;
 }
 
 /* Row r + pf of base (when below r1) into L2, a line per 64 bytes. */
