@@ -776,7 +776,49 @@ static void real_engines(const char *tiny_tok)
 	d = t_read_text(p);
 	T_CHECK(d && strstr(d, "sw.dat") && strstr(d, "sw.png"), "%s names not its data "
 		"and PNG", p);
+	/* a line for each method that ran (llamacpp and run), none for the
+	 * daemon the sweep left out */
+	T_CHECK(d && strstr(d, "using 1:3 ") && strstr(d, "using 1:4 ") &&
+			!strstr(d, "using 1:5 ") && !strstr(d, "moestreamd"),
+		"%s does not plot exactly llama.cpp and run: %.400s", p, d ? d : "");
 	free(d);
+
+	/* --repeat 3: every run's tok/s, the figures their medians. */
+	snprintf(a, sizeof(a), "--model %s --prompt Hello --gen 2 --ctx 64 --methods "
+		 "run --repeat 3 --json", tiny_tok);
+	out = NULL;
+	rc = call_real(a, &out, NULL);
+	T_CHECK(rc == 0, "'%s' exited %d", a, rc);
+	o = out ? cJSON_Parse(out) : NULL;
+	free(out);
+	T_CHECK(o && num(o, "repeat") == 3, "--repeat 3: repeat is %g",
+		o ? num(o, "repeat") : -1);
+	static const char *const fig[] = { "prefill_tokps", "decode_tokps" };
+	for (int f = 0; o && f < 2; f++) {
+		char k[96];
+		snprintf(k, sizeof(k), "%s_runs_run", fig[f]);
+		const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, k);
+		T_CHECK(cJSON_GetArraySize(r) == 3, "%s has %d runs, expected 3", k,
+			cJSON_GetArraySize(r));
+		if (cJSON_GetArraySize(r) != 3)
+			continue;
+		double v[3];
+		for (int i = 0; i < 3; i++) {
+			v[i] = cJSON_GetArrayItem(r, i)->valuedouble;
+			T_CHECK(v[i] > 0, "%s[%d] = %g", k, i, v[i]);
+		}
+		double med = fmax(fmin(v[0], v[1]), fmin(fmax(v[0], v[1]), v[2]));
+		snprintf(k, sizeof(k), "%s_run", fig[f]);
+		T_CHECK(num(o, k) == med, "%s %g is not the median of %g %g %g", k,
+			num(o, k), v[0], v[1], v[2]);
+	}
+	cJSON_Delete(o);
+	snprintf(a, sizeof(a), "--model %s --repeat 10", tiny_tok);
+	err = NULL;
+	rc = call_real(a, NULL, &err);
+	T_CHECK(rc == 2 && err && strstr(err, "--repeat '10': from 1 to 9"),
+		"--repeat 10: exit %d, '%s'", rc, err ? err : "");
+	free(err);
 
 	snprintf(a, sizeof(a), "--model %s --gen 0", tiny_tok);
 	err = NULL;

@@ -4,7 +4,8 @@
 # moestreamd) on the GLM-4.7 preset (UD-Q2_K_XL shape) cut to 8 MoE layers,
 # written with the Qwen3 tokenizer: the default prompt (~64 tokens), 16
 # greedy decode steps, under a limit of resident + 25% of the expert bytes +
-# KV + 64 MiB (the command's defaults); then `moestream bench serve` on the
+# KV + 64 MiB (the command's defaults), each engine three times interleaved
+# (the medians); then `moestream bench serve` on the
 # same model (the server against run under that limit, --parallel 4's
 # aggregate decode rate against one request's). A few minutes each.
 #
@@ -52,7 +53,11 @@ if [ "$(id -u)" != 0 ]; then
 	say "not root: no memory limit and the page cache not dropped (sudo make bench)"
 fi
 for a in "$@"; do
-	case $a in --synthetic) synthetic=1 ;; --sweep|--sweep=*) sweep=1 ;; esac
+	case $a in
+	--synthetic) synthetic=1 ;;
+	--sweep|--sweep=*) sweep=1 ;;
+	--repeat|--repeat=*) repeat=1 ;;
+	esac
 done
 if [ -n "${synthetic:-}" ]; then
 	say "$ms bench e2e --model $model --cache-size 25% $*"
@@ -60,6 +65,9 @@ if [ -n "${synthetic:-}" ]; then
 fi
 out=
 [ -n "${sweep:-}" ] && out="--sweep-out $dir/sweep"
+# three interleaved runs of each engine, medians: one run of each can land
+# in a slow minute of a shared machine that the other's misses
+[ -z "${sweep:-}" ] && [ -z "${repeat:-}" ] && out="--repeat 3"
 say "$ms bench e2e --model $model $out $*"
 "$ms" bench e2e --model "$model" $out "$@"
 [ -n "${sweep:-}" ] && exit 0

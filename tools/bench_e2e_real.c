@@ -61,6 +61,14 @@
  * --sweep runs the chosen engines (default llamacpp and run) at limits
  * granting 10, 25, 50, 75 and 100% of the expert bytes, prints decode tok/s
  * as a table and writes PREFIX.dat, PREFIX.gp and (with gnuplot) PREFIX.png.
+ *
+ * --repeat N runs every method N times, interleaved (llamacpp, run,
+ * run-daemon, then again), each in a fresh cgroup after a cache drop: on a
+ * shared machine one method's run can land in a slow minute of the
+ * neighbours' that the other's misses. Prefill and decode tok/s, and the
+ * ratios and targets made from them, are the medians; every run's pair is
+ * printed; the other columns come from the run whose decode was the median;
+ * the peak is the highest of the N.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -91,6 +99,7 @@
 #define DAEMON_MIN_CACHE (64ull << 20) /* moestreamd's [cache] size minimum */
 #define MAX_GEN 4096u
 #define MAX_SWEEP 16
+#define MAX_REPEAT 9
 #define MAX_THREADS 512u
 #define T_DECODE 3.0                /* issue 15's targets */
 #define T_PREFILL 2.0
@@ -174,8 +183,11 @@ struct rrun {
 	uint64_t share_bytes;        /* expert bytes the limit grants */
 	uint64_t limit, cache_run, cache_daemon;
 	bool raised;                 /* the formula's limit was below the floor */
-	struct rres r[R_COUNT];
+	struct rres r[R_COUNT];      /* with --repeat: the median decode's run */
 	struct bench_child_res cr[R_COUNT];
+	unsigned n_rep;              /* runs of each method (--repeat) */
+	double pre[R_COUNT][MAX_REPEAT], dec[R_COUNT][MAX_REPEAT]; /* tok/s each */
+	double pre_med[R_COUNT], dec_med[R_COUNT];
 };
 
 /* ---- the figures ------------------------------------------------------------------ */
@@ -185,16 +197,29 @@ static bool ok_(const struct rrun *u, int mt)
 	return u->cr[mt].ran && u->cr[mt].ok;
 }
 
+static double prefill_of(const struct rres *x)
+{
+	return x->prefill_s > 0 ? x->prompt_tokens / x->prefill_s : NAN;
+}
+
+static double decode_of(const struct rres *x)
+{
+	return x->decode_s > 0 ? x->gen_steps / x->decode_s : NAN;
+}
+
+/* With --repeat: the medians over the runs. */
 static double prefill_tokps(const struct rrun *u, int mt)
 {
-	const struct rres *x = &u->r[mt];
-	return ok_(u, mt) && x->prefill_s > 0 ? x->prompt_tokens / x->prefill_s : NAN;
+	if (!ok_(u, mt))
+		return NAN;
+	return u->n_rep > 1 ? u->pre_med[mt] : prefill_of(&u->r[mt]);
 }
 
 static double decode_tokps(const struct rrun *u, int mt)
 {
-	const struct rres *x = &u->r[mt];
-	return ok_(u, mt) && x->decode_s > 0 ? x->gen_steps / x->decode_s : NAN;
+	if (!ok_(u, mt))
+		return NAN;
+	return u->n_rep > 1 ? u->dec_med[mt] : decode_of(&u->r[mt]);
 }
 
 static double hit_rate(const struct rrun *u, int mt)
@@ -508,6 +533,83 @@ static void run_one(const struct rcfg *c, struct rrun *u, enum rmethod mt,
 		fprintf(stderr, "  FAILED: %s\n", u->cr[mt].err);
 }
 
+static int cmp_tokps(const void *pa, const void *pb)
+{
+	double a = *(const double *)pa, b = *(const double *)pb;
+	if (isnan(a) || isnan(b))
+		return isnan(a) - isnan(b); /* NaN last */
+	return (a > b) - (a < b);
+}
+
+static double median(const double *v, unsigned n)
+{
+	double s[MAX_REPEAT];
+	memcpy(s, v, n * sizeof(*s));
+	qsort(s, n, sizeof(*s), cmp_tokps);
+	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/* Every wanted method n times, interleaved by round. u keeps each method's
+ * tok/s of every run and their medians, the record of the run whose decode
+ * was nearest the median (the first failed run's when one failed), and the
+ * highest peak. 0 or -ENOMEM. */
+static int run_rounds(const struct rcfg *c, struct rrun *u, unsigned n,
+		      const struct bench_cg_env *cg, bool *dropped)
+{
+	u->n_rep = n;
+	if (n == 1) {
+		for (int mt = 0; mt < R_COUNT; mt++)
+			if (c->want[mt])
+				run_one(c, u, (enum rmethod)mt, cg, dropped);
+		return 0;
+	}
+	struct rrun *k = calloc(n, sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	for (unsigned i = 0; i < n; i++) {
+		k[i] = *u;
+		fprintf(stderr, "bench e2e: round %u of %u\n", i + 1, n);
+		for (int mt = 0; mt < R_COUNT; mt++)
+			if (c->want[mt])
+				run_one(c, &k[i], (enum rmethod)mt, cg, dropped);
+	}
+	for (int mt = 0; mt < R_COUNT; mt++) {
+		if (!c->want[mt])
+			continue;
+		unsigned pick = n;
+		for (unsigned i = 0; i < n && pick == n; i++)
+			if (!ok_(&k[i], mt))
+				pick = i;
+		if (pick == n) {
+			for (unsigned i = 0; i < n; i++) {
+				u->pre[mt][i] = prefill_of(&k[i].r[mt]);
+				u->dec[mt][i] = decode_of(&k[i].r[mt]);
+			}
+			u->pre_med[mt] = median(u->pre[mt], n);
+			u->dec_med[mt] = median(u->dec[mt], n);
+			pick = 0;
+			for (unsigned i = 1; i < n; i++)
+				if (fabs(u->dec[mt][i] - u->dec_med[mt]) <
+				    fabs(u->dec[mt][pick] - u->dec_med[mt]))
+					pick = i;
+		}
+		u->r[mt] = k[pick].r[mt];
+		u->cr[mt] = k[pick].cr[mt];
+		u->cr[mt].oom_kills = 0;
+		for (unsigned i = 0; i < n; i++) {
+			const struct bench_child_res *x = &k[i].cr[mt];
+			if (x->peak_known && (!u->cr[mt].peak_known ||
+					      x->peak_bytes > u->cr[mt].peak_bytes)) {
+				u->cr[mt].peak_known = true;
+				u->cr[mt].peak_bytes = x->peak_bytes;
+			}
+			u->cr[mt].oom_kills += x->oom_kills;
+		}
+	}
+	free(k);
+	return 0;
+}
+
 /* ---- output --------------------------------------------------------------------- */
 
 static void jnum(cJSON *o, const char *k, double v)
@@ -549,6 +651,7 @@ static void json_run(cJSON *o, const struct rcfg *c, const struct rrun *u)
 	jnum(o, "expert_share_pct", 100.0 * (double)u->share_bytes /
 					    (double)c->m->expert_bytes_run);
 	cJSON_AddBoolToObject(o, "limit_raised", u->raised);
+	jnum(o, "repeat", u->n_rep);
 	jnum(o, "cache_bytes_run", (double)u->cache_run);
 	jnum(o, "cache_bytes_run_daemon", (double)u->cache_daemon);
 	for (int mt = 0; mt < R_COUNT; mt++) {
@@ -579,6 +682,17 @@ static void json_run(cJSON *o, const struct rcfg *c, const struct rrun *u)
 			jm(o, "kv_bytes", mt, ok ? (double)x->kv_bytes : NAN);
 		}
 		char k[96];
+		if (u->n_rep > 1 && ok) {
+			/* every run's tok/s; the figures above are their medians */
+			snprintf(k, sizeof(k), "prefill_tokps_runs_%s", r_jkey[mt]);
+			cJSON *a = cJSON_AddArrayToObject(o, k);
+			for (unsigned i = 0; i < u->n_rep; i++)
+				cJSON_AddItemToArray(a, cJSON_CreateNumber(u->pre[mt][i]));
+			snprintf(k, sizeof(k), "decode_tokps_runs_%s", r_jkey[mt]);
+			a = cJSON_AddArrayToObject(o, k);
+			for (unsigned i = 0; i < u->n_rep; i++)
+				cJSON_AddItemToArray(a, cJSON_CreateNumber(u->dec[mt][i]));
+		}
 		snprintf(k, sizeof(k), "tokens_%s", r_jkey[mt]);
 		if (ok) {
 			cJSON *a = cJSON_AddArrayToObject(o, k);
@@ -643,6 +757,11 @@ static void print_run(const struct rcfg *c, const struct rrun *u,
 			printf("%-10s moestreamd did not stop cleanly: %s\n", r_key[mt],
 			       u->r[mt].stop_err);
 	}
+	if (u->n_rep > 1)
+		printf("repeat     each method %u times, interleaved: prefill and decode "
+		       "tok/s are the medians,\n           the other columns the run "
+		       "with the median decode's, the peak the highest\n",
+		       u->n_rep);
 	printf("\n%-27s | %6s | %8s | %8s | %8s | %6s | %7s | %7s | %9s | %9s\n", "method",
 	       "load s", "prefill", "decode", "hit rate", "GB", "I/O", "disk", "compute",
 	       "peak");
@@ -700,6 +819,17 @@ static void print_run(const struct rcfg *c, const struct rrun *u,
 		if (x->io_busy_known)
 			printf("; the daemon read for %.2f s of decode", x->io_busy_decode_s);
 		printf("\n");
+	}
+	for (int mt = 0; mt < R_COUNT && u->n_rep > 1; mt++) {
+		if (!ok_(u, mt))
+			continue;
+		printf("%-10s runs: prefill", r_key[mt]);
+		for (unsigned i = 0; i < u->n_rep; i++)
+			printf(" %.2f", u->pre[mt][i]);
+		printf(", decode");
+		for (unsigned i = 0; i < u->n_rep; i++)
+			printf(" %.3f", u->dec[mt][i]);
+		printf(" tok/s (medians %.2f, %.3f)\n", u->pre_med[mt], u->dec_med[mt]);
 	}
 	/* ratios only between methods that ran */
 	const char *sep = "\nratios     ";
@@ -847,11 +977,21 @@ static int write_sweep(const struct rcfg *c, const struct rrun *runs, unsigned n
 		"set title 'moestream bench e2e --sweep: %s, %u decode steps, limit = "
 		"resident + share + KV + 64 MiB'\n"
 		"set xlabel 'expert bytes in the limit (%% of those of the layers run)'\n"
-		"set ylabel 'decode tokens / s'\nset yrange [0:*]\n"
-		"plot '%s' using 1:3 with linespoints lw 2 title 'llama.cpp (mmap)', \\\n"
-		"     '' using 1:4 with linespoints lw 2 title 'moestream run', \\\n"
-		"     '' using 1:5 with linespoints lw 2 title 'moestream run + moestreamd'\n",
-		base, pbase, c->m->arch, c->n_gen, base);
+		"set ylabel 'decode tokens / s'\nset yrange [0:*]\n",
+		base, pbase, c->m->arch, c->n_gen);
+	/* a line for each method that ran (column 3 + its index) */
+	static const char *const title[R_COUNT] = {
+		"llama.cpp (mmap)", "moestream run", "moestream run + moestreamd"
+	};
+	const char *sep = "plot ";
+	for (int mt = 0; mt < R_COUNT; mt++) {
+		if (!c->want[mt])
+			continue;
+		fprintf(f, "%s'%s' using 1:%d with linespoints lw 2 title '%s'", sep,
+			sep[0] == 'p' ? base : "", 3 + mt, title[mt]);
+		sep = ", \\\n     ";
+	}
+	fputc('\n', f);
 	if (fclose(f))
 		return ms_err_set(err, -EIO, "writing %s failed", gp);
 	if (find_gnuplot(gnuplot, sizeof(gnuplot)))
@@ -889,7 +1029,8 @@ static const char usage_line[] =
 	"[--gen N]\n"
 	"         [--cache-size S | --mem-limit S] [--methods LIST] [--threads N] "
 	"[--ctx N]\n"
-	"         [--batch N] [--sweep [LIST]] [--sweep-out PREFIX] [--json]\n"
+	"         [--batch N] [--repeat N] [--sweep [LIST]] [--sweep-out PREFIX] "
+	"[--json]\n"
 	"       moestream bench e2e --synthetic --model MODEL ... (the trace "
 	"replays: --synthetic --help)";
 
@@ -955,6 +1096,11 @@ static void usage(FILE *f)
 		"  --llama-dir D      llama.cpp's libraries (default: "
 		"$MS_LLAMA_DIR, else the\n"
 		"                     cache tests/fetch-ggml.sh fills)\n"
+		"  --repeat N         each method N times (1-9, default 1), "
+		"interleaved: the tok/s\n"
+		"                     and ratios are the medians, every run's "
+		"printed (a shared\n"
+		"                     machine's neighbours slow some runs)\n"
 		"  --sweep [LIST]     decode tok/s at each share (default "
 		"10%%,25%%,50%%,75%%,100%%):\n"
 		"                     a table, PREFIX.dat, PREFIX.gp, and PREFIX.png "
@@ -1044,7 +1190,7 @@ int bench_e2e_real_main(int argc, char **argv)
 {
 	enum { O_MODEL = 1000, O_PROMPT, O_PROMPT_FILE, O_GEN, O_CACHE, O_MEM,
 	       O_METHODS, O_THREADS, O_CTX, O_BATCH, O_REPACK, O_ACT, O_LLDIR, O_SWEEP,
-	       O_SWEEP_OUT, O_JSON, O_DECODE, O_DEVICE };
+	       O_SWEEP_OUT, O_JSON, O_DECODE, O_DEVICE, O_REPEAT };
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, O_MODEL },
 		{ "prompt", required_argument, 0, O_PROMPT },
@@ -1062,6 +1208,7 @@ int bench_e2e_real_main(int argc, char **argv)
 		{ "llama-dir", required_argument, 0, O_LLDIR },
 		{ "sweep", optional_argument, 0, O_SWEEP },
 		{ "sweep-out", required_argument, 0, O_SWEEP_OUT },
+		{ "repeat", required_argument, 0, O_REPEAT },
 		{ "json", no_argument, 0, O_JSON },
 		{ "decode", required_argument, 0, O_DECODE },
 		{ "help", no_argument, 0, 'h' },
@@ -1072,6 +1219,7 @@ int bench_e2e_real_main(int argc, char **argv)
 	const char *prompt = NULL, *prompt_file = NULL, *cache_arg = "25%";
 	const char *mem_arg = NULL, *methods = NULL, *sweep = NULL;
 	const char *sweep_out = "e2e-sweep";
+	uint32_t n_repeat = 1;
 	bool json = false, sweeping = false;
 	uint32_t threads = 0;
 	int ch;
@@ -1148,6 +1296,15 @@ int bench_e2e_real_main(int argc, char **argv)
 				sweep = argv[optind++];
 			break;
 		case O_SWEEP_OUT: sweep_out = optarg; break;
+		case O_REPEAT:
+			if (tool_parse_u32(CMD, "--repeat", optarg, &n_repeat))
+				return tool_bad_usage(usage_line);
+			if (!n_repeat || n_repeat > MAX_REPEAT) {
+				tool_error(CMD, "--repeat '%s': from 1 to %d", optarg,
+					   MAX_REPEAT);
+				return tool_bad_usage(usage_line);
+			}
+			break;
 		case O_JSON: json = true; break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
@@ -1296,9 +1453,10 @@ int bench_e2e_real_main(int argc, char **argv)
 	handlers = true;
 	bool dropped = true;
 	for (unsigned i = 0; i < n_runs; i++)
-		for (int mt = 0; mt < R_COUNT; mt++)
-			if (c.want[mt])
-				run_one(&c, &runs[i], (enum rmethod)mt, &cg, &dropped);
+		if (run_rounds(&c, &runs[i], n_repeat, &cg, &dropped)) {
+			tool_error(CMD, "out of memory");
+			goto out;
+		}
 
 	char b1[32], b2[32], b3[32];
 	if (json) {
