@@ -318,7 +318,7 @@ int ms_arena_init(struct ms_arena *a, const struct ms_arena_config *cfg,
 	}
 	fcntl(a->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
 	void *p;
-	if ((rc = ms_mem_map_shared(a->memfd, a->size, HUGE_2M, &p))) {
+	if ((rc = ms_mem_map_shared(a->memfd, a->size, HUGE_2M, true, &p))) {
 		ms_err_set(err, rc, "mapping the %llu-byte arena: %s",
 			   (unsigned long long)a->size, strerror(-rc));
 		goto fail;
@@ -396,7 +396,7 @@ static bool shmem_collapse_works(void)
 	void *p;
 	if (fd < 0)
 		return false;
-	if (!ftruncate(fd, (off_t)HUGE_2M) && !ms_mem_map_shared(fd, HUGE_2M, HUGE_2M, &p)) {
+	if (!ftruncate(fd, (off_t)HUGE_2M) && !ms_mem_map_shared(fd, HUGE_2M, HUGE_2M, true, &p)) {
 		ok = !ms_mem_collapse(p, HUGE_2M);
 		munmap(p, HUGE_2M);
 	}

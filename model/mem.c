@@ -55,14 +55,15 @@ int ms_mem_map_anon(size_t len, size_t align, void **out)
 	return 0;
 }
 
-int ms_mem_map_shared(int fd, size_t len, size_t align, void **out)
+int ms_mem_map_shared(int fd, size_t len, size_t align, bool writable, void **out)
 {
 	void *r;
 	int rc = ms_mem_map_anon(len, align, &r);
 	if (rc)
 		return rc;
 	/* the file replaces the reservation at the aligned address */
-	void *p = mmap(r, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+	void *p = mmap(r, len, PROT_READ | (writable ? PROT_WRITE : 0),
+		       MAP_SHARED | MAP_FIXED, fd, 0);
 	if (p == MAP_FAILED) {
 		rc = -errno;
 		munmap(r, len);

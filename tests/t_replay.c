@@ -280,6 +280,13 @@ static void test_replay(const char *dir, const char *model, const char *trace,
 	struct ms_client *c = NULL;
 	if (ms_client_connect(&c, sock, "t_replay", &err))
 		t_fatal("%s", err.msg);
+	/* the arena mapped on the 2 MiB grid (its huge pages one entry each:
+	 * t_arena) */
+	uint64_t alen = 0;
+	const void *abase = ms_client_arena(c, &alen);
+	T_CHECK(abase && alen && ((uintptr_t)abase & (MS_HUGE_2M - 1)) == 0,
+		"the client's arena view %p (%llu bytes) is not 2 MiB-aligned", abase,
+		(unsigned long long)alen);
 	struct cb_state st = { .t = t };
 	struct replay_opts ro = { .tokens = 7, .compute = cb_compute, .use = cb_use,
 				  .ctx = &st };

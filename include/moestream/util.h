@@ -197,11 +197,13 @@ int ms_mem_lock(void *p, size_t len);
  * or -errno. Free with munmap(*out, len). */
 int ms_mem_map_anon(size_t len, size_t align, void **out);
 
-/* `len` bytes of `fd` (from offset 0) mapped shared, read-write, at an
- * address that is a multiple of `align` (a power of two), so that its
- * aligned 2 MiB pieces can be mapped as huge pages. 0 and *out, or -errno.
- * Free with munmap(*out, len). */
-int ms_mem_map_shared(int fd, size_t len, size_t align, void **out);
+/* `len` bytes of `fd` (from offset 0) mapped shared, read-write or
+ * read-only, at an address that is a multiple of `align` (a power of two),
+ * so that its aligned 2 MiB pieces can be mapped as huge pages: a fault maps
+ * a 2 MiB page of shared memory with one entry only where the address and
+ * the file offset agree modulo 2 MiB. 0 and *out, or -errno. Free with
+ * munmap(*out, len). */
+int ms_mem_map_shared(int fd, size_t len, size_t align, bool writable, void **out);
 
 /* Makes the whole 2 MiB pieces of [p, p + len) (p 2 MiB-aligned) huge
  * pages now, with MADV_COLLAPSE (Linux 6.1; shared memory included), which
