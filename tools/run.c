@@ -470,6 +470,11 @@ int cmd_run(int argc, char **argv)
 					dec_s > 0 ? wait_dec / dec_s : 0);
 		cJSON_AddNumberToObject(j, "speculation_accuracy", spec);
 		cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)peak);
+		/* what the peak is made of (issue 15: peak <= resident + KV +
+		 * cache + 128 MiB); the cache is 0 through a daemon */
+		cJSON_AddNumberToObject(j, "resident_bytes", (double)info->resident_bytes);
+		cJSON_AddNumberToObject(j, "kv_bytes", (double)info->kv_bytes);
+		cJSON_AddNumberToObject(j, "cache_bytes", (double)info->cache_bytes);
 		cJSON_AddBoolToObject(j, "interrupted", interrupted);
 		if (cfg.gpu) {
 			cJSON_AddNumberToObject(j, "vram_hits", (double)s2.vram_hits);
