@@ -270,5 +270,12 @@ int main(void)
 	T_CHECK(rc == 2 && err && strstr(err, "-p TEXT"), "no prompt: exit %d", rc);
 	free(out);
 	free(err);
+	/* the option named once, as typed (it printed "----ctx") */
+	snprintf(args, sizeof(args), "%s -p x --ctx abc", model);
+	rc = run(args, &out, &err);
+	T_CHECK(rc == 2 && err && strstr(err, ": --ctx 'abc' is not a whole number"),
+		"--ctx abc: exit %d, '%s'", rc, err ? err : "");
+	free(out);
+	free(err);
 	return t_done();
 }

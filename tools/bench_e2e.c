@@ -2223,13 +2223,9 @@ static int synthetic_main(int argc, char **argv)
 				return tool_bad_usage(usage_line);
 			break;
 		case O_THREADS:
-			if (tool_parse_u32(CMD, "threads", optarg, &threads))
+			if (tool_parse_u32_in(CMD, "threads", optarg, 1, MAX_THREADS,
+					      &threads))
 				return tool_bad_usage(usage_line);
-			if (!threads || threads > MAX_THREADS) {
-				tool_error(CMD, "--threads '%s': from 1 to %u", optarg,
-					   MAX_THREADS);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_POLICY:
 			if (strcmp(optarg, "auto") && strcmp(optarg, "hint") &&

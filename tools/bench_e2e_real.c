@@ -1237,24 +1237,16 @@ int bench_e2e_real_main(int argc, char **argv)
 			greedy = !strcmp(optarg, "greedy");
 			break;
 		case O_GEN:
-			if (tool_parse_u32(CMD, "--gen", optarg, &c.n_gen))
+			if (tool_parse_u32_in(CMD, "gen", optarg, 1, MAX_GEN, &c.n_gen))
 				return tool_bad_usage(usage_line);
-			if (!c.n_gen || c.n_gen > MAX_GEN) {
-				tool_error(CMD, "--gen '%s': from 1 to %u", optarg, MAX_GEN);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_CACHE: cache_arg = optarg; break;
 		case O_MEM: mem_arg = optarg; break;
 		case O_METHODS: methods = optarg; break;
 		case O_THREADS:
-			if (tool_parse_u32(CMD, "--threads", optarg, &threads))
+			if (tool_parse_u32_in(CMD, "threads", optarg, 1, MAX_THREADS,
+					      &threads))
 				return tool_bad_usage(usage_line);
-			if (!threads || threads > MAX_THREADS) {
-				tool_error(CMD, "--threads '%s': from 1 to %u", optarg,
-					   MAX_THREADS);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_CTX:
 			if (tool_parse_u32(CMD, "--ctx", optarg, &c.n_ctx))
@@ -1297,13 +1289,9 @@ int bench_e2e_real_main(int argc, char **argv)
 			break;
 		case O_SWEEP_OUT: sweep_out = optarg; break;
 		case O_REPEAT:
-			if (tool_parse_u32(CMD, "--repeat", optarg, &n_repeat))
+			if (tool_parse_u32_in(CMD, "repeat", optarg, 1, MAX_REPEAT,
+					      &n_repeat))
 				return tool_bad_usage(usage_line);
-			if (!n_repeat || n_repeat > MAX_REPEAT) {
-				tool_error(CMD, "--repeat '%s': from 1 to %d", optarg,
-					   MAX_REPEAT);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_JSON: json = true; break;
 		case 'h': usage(stdout); return 0;

@@ -66,6 +66,8 @@ void tool_error(const char *cmd, const char *fmt, ...)
 int tool_parse_u32(const char *cmd, const char *opt, const char *s,
 		   uint32_t *out)
 {
+	while (*opt == '-') /* "ctx" and "--ctx" both name --ctx */
+		opt++;
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
@@ -75,6 +77,20 @@ int tool_parse_u32(const char *cmd, const char *opt, const char *s,
 		return -1;
 	}
 	*out = (uint32_t)v;
+	return 0;
+}
+
+int tool_parse_u32_in(const char *cmd, const char *opt, const char *s,
+		      uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	if (tool_parse_u32(cmd, opt, s, out))
+		return -1;
+	while (*opt == '-')
+		opt++;
+	if (*out < lo || *out > hi) {
+		tool_error(cmd, "--%s '%s': from %u to %u", opt, s, lo, hi);
+		return -1;
+	}
 	return 0;
 }
 

@@ -58,9 +58,13 @@ const char *fmt_bytes(uint64_t b, char *buf, size_t len);
 /* "8,540,160" into buf. */
 const char *fmt_count(uint64_t v, char *buf, size_t len);
 
-/* --opt VALUE as a whole number 0..UINT32_MAX: 0, or -1 after a message. */
+/* --opt VALUE as a whole number 0..UINT32_MAX: 0, or -1 after a message
+ * (opt with or without its dashes). The _in form: from lo to hi, or a
+ * message naming both. */
 int tool_parse_u32(const char *cmd, const char *opt, const char *s,
 		   uint32_t *out);
+int tool_parse_u32_in(const char *cmd, const char *opt, const char *s,
+		      uint32_t lo, uint32_t hi, uint32_t *out);
 /* "blk.1-2, blk.4": the model's MoE layers, for messages. */
 const char *tool_moe_blocks(const struct ms_model *m, char *buf, size_t len);
 /* Whole reads and writes: 0 or -errno (-ENODATA: end of file first). */
