@@ -383,18 +383,18 @@ int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 			 (double)cm->arena_size / 1e9);
 		return 0;
 	}
-	uint64_t size = e->cfg.cache_size;
+	uint64_t size = e->cfg.cache_size, asked = size;
+	/* never more than every expert of the layers run, plus room for the
+	 * slots' rounding: the arena is touched whole at start, and memory
+	 * past that would be held for nothing (asked for or not) */
+	uint64_t all = m->expert_bytes_run + m->expert_bytes_run / 8 + (4ull << 20);
 	if (!size) {
 		uint64_t left, margin = 256ull << 20;
 		ms_host_memory(NULL, &left);
 		size = left > margin ? left - margin : 0;
-		/* never more than every expert of the layers run, plus room
-		 * for the slots' rounding */
-		uint64_t all = m->expert_bytes_run + m->expert_bytes_run / 8 +
-			       (4ull << 20);
-		if (size > all)
-			size = all;
 	}
+	if (size > all)
+		size = all;
 	uint64_t min = m->expert_bytes_max * (uint64_t)m->n_expert_used * 2;
 	if (size < min)
 		return ms_err_set(err, -ENOMEM, "the expert cache would be %.1f MB; "
@@ -415,7 +415,13 @@ int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 	e->info.cache_bytes = ar->size;
 	struct ms_read_info ri;
 	ms_cache_get_read_info(xs->cache, &ri);
-	snprintf(e->info.cache_mode, sizeof(e->info.cache_mode), "%s%s", ar->mode,
+	char capped[96] = "";
+	if (asked > size)
+		snprintf(capped, sizeof(capped), "every expert fits (--cache-size "
+			 "%.1f MB taken down to %.1f MB); ", (double)asked / 1e6,
+			 (double)size / 1e6);
+	snprintf(e->info.cache_mode, sizeof(e->info.cache_mode), "%s%s%s", capped,
+		 ar->mode,
 		 ri.path == MS_READ_STAGING ? "; reads copied in from huge-page "
 					      "staging buffers"
 					    : "");
