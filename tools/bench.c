@@ -115,12 +115,6 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), tool_cmp_double);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Last-level cache size in bytes: sysfs's highest cache level on cpu0
  * (sysconf's answer is wrong on some VMs), else sysconf, else 32 MiB. */
 static uint64_t llc_bytes(void)
@@ -266,7 +260,7 @@ static double bandwidth(uint8_t *buf, size_t bytes, int nth, bool copy,
 				    : read_bytes(bytes, nth);
 		v[n++] = (double)moved / t / 1e9;
 	}
-	double m = median(v, n); /* sorts v */
+	double m = tool_median(v, (size_t)n); /* sorts v */
 	if (med)
 		*med = m;
 	return v[n - 1];
@@ -424,8 +418,8 @@ static int bench_type(uint32_t type, uint64_t span, struct ms_ffn_pool *pool,
 				win_t = win_b = 0;
 			}
 		}
-		double med = median(t, k); /* sorts t */
-		double best = median(win, nw) > 0 ? win[nw - 1] : 0; /* sorts */
+		double med = tool_median(t, (size_t)k); /* sorts t */
+		double best = tool_median(win, (size_t)nw) > 0 ? win[nw - 1] : 0; /* sorts */
 		res->ms[p] = t[0] * 1e3;
 		res->ms_median[p] = med * 1e3;
 		res->gbps[p] = best;
@@ -626,7 +620,7 @@ static int bench_kernels(int argc, char **argv)
 		res[i].read_gbps = reads[i] = before > after ? before : after;
 		res[i].read_median = 0.5 * (m0 + m1);
 	}
-	double read_gbps = median(reads, n_types);
+	double read_gbps = tool_median(reads, (size_t)n_types);
 	free(reads);
 	free(buf);
 	buf = NULL;

@@ -533,20 +533,12 @@ static void run_one(const struct rcfg *c, struct rrun *u, enum rmethod mt,
 		fprintf(stderr, "  FAILED: %s\n", u->cr[mt].err);
 }
 
-static int cmp_tokps(const void *pa, const void *pb)
-{
-	double a = *(const double *)pa, b = *(const double *)pb;
-	if (isnan(a) || isnan(b))
-		return isnan(a) - isnan(b); /* NaN last */
-	return (a > b) - (a < b);
-}
-
+/* The median of the runs' figures, which stay in run order. */
 static double median(const double *v, unsigned n)
 {
 	double s[MAX_REPEAT];
 	memcpy(s, v, n * sizeof(*s));
-	qsort(s, n, sizeof(*s), cmp_tokps);
-	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+	return tool_median(s, n);
 }
 
 /* Every wanted method n times, interleaved by round. u keeps each method's
@@ -1249,20 +1241,12 @@ int bench_e2e_real_main(int argc, char **argv)
 				return tool_bad_usage(usage_line);
 			break;
 		case O_CTX:
-			if (tool_parse_u32(CMD, "--ctx", optarg, &c.n_ctx))
+			if (tool_parse_u32_in(CMD, "ctx", optarg, 16, 1u << 20, &c.n_ctx))
 				return tool_bad_usage(usage_line);
-			if (c.n_ctx < 16 || c.n_ctx > (1u << 20)) {
-				tool_error(CMD, "--ctx '%s': from 16 to %u", optarg, 1u << 20);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_BATCH:
-			if (tool_parse_u32(CMD, "--batch", optarg, &c.n_batch))
+			if (tool_parse_u32_in(CMD, "batch", optarg, 1, 4096, &c.n_batch))
 				return tool_bad_usage(usage_line);
-			if (!c.n_batch || c.n_batch > 4096) {
-				tool_error(CMD, "--batch '%s': from 1 to 4096", optarg);
-				return tool_bad_usage(usage_line);
-			}
 			break;
 		case O_REPACK: c.llama_repack = true; break;
 		case O_ACT: {

@@ -180,9 +180,8 @@ static int time_conf(struct ms_gpu_ctx *c, const struct ring *r, int n_e,
 			best_ms = ms / k;
 	}
 #undef RUN_CALLS
-	qsort(win, (size_t)nw, sizeof(double), tool_cmp_double);
+	*median = tool_median(win, (size_t)nw); /* sorts win */
 	*best = win[nw - 1];
-	*median = nw % 2 ? win[nw / 2] : 0.5 * (win[nw / 2 - 1] + win[nw / 2]);
 	*us_call = best_ms * 1e3;
 	return 0;
 }

@@ -1118,10 +1118,7 @@ static double median(double *v, unsigned n)
 	for (unsigned i = 0; i < n; i++)
 		if (isfinite(v[i]))
 			v[k++] = v[i];
-	if (!k)
-		return NAN;
-	qsort(v, k, sizeof(*v), tool_cmp_double);
-	return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+	return k ? tool_median(v, k) : NAN;
 }
 
 /* Median GB/s of method k (ref < 0), or of k / ref within each round. */

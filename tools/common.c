@@ -182,7 +182,15 @@ void tool_wait_s(double secs)
 int tool_cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
+	if (isnan(x) || isnan(y)) /* a total order: NaN last */
+		return isnan(x) - isnan(y);
 	return x < y ? -1 : x > y;
+}
+
+double tool_median(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), tool_cmp_double);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 double tool_pct(const double *v, uint64_t n, double p)

@@ -83,10 +83,12 @@ int tool_read_f32(const char *cmd, const char *path, uint64_t max_bytes,
 double tool_now_s(void);
 void tool_sleep_ms(int ms);
 void tool_wait_s(double secs);
-/* qsort's comparison of doubles, and the nearest rank p (0..1) of sorted
- * v[n] (0 when n is 0). */
+/* qsort's comparison of doubles (NaN after every number), the nearest rank
+ * p (0..1) of sorted v[n] (0 when n is 0), and the median of v[n] (n >= 1;
+ * the mean of the middle two for an even n), sorting v in place. */
 int tool_cmp_double(const void *a, const void *b);
 double tool_pct(const double *v, uint64_t n, double p);
+double tool_median(double *v, size_t n);
 /* splitmix64: the next value of the sequence at *s. */
 uint64_t tool_splitmix(uint64_t *s);
 /* sync, then drop clean page cache, dentries and inodes: false when not
