@@ -91,24 +91,43 @@ TGT_INLINE void hdr_q2_K(const uint8_t *x, struct ms_q8_w *w)
 	put16(w->m, _mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0f)), 0);
 }
 
-TGT_INLINE void hdr_q3_K(const uint8_t *x, struct ms_q8_w *w)
+/* Q3_K's 16 6-bit scales (+ 32) as bytes: groups 0..7 in *a, 8..15 in *b:
+ * the low nibbles of bytes 0..7, top bits 0-1 then 2-3 of bytes 8..11;
+ * then the high nibbles, top bits 4-5 then 6-7. */
+TGT_INLINE void q3_scale_bytes(const uint8_t *x, uint64_t *a, uint64_t *b)
 {
-	w->d = h2f(x + 108);
-	w->dm = 0;
-	w->off = 4;
 	uint64_t lo;
 	uint32_t hi;
 	memcpy(&lo, x + 96, 8);
 	memcpy(&hi, x + 104, 4);
 	const uint64_t m4 = 0x0f0f0f0f0f0f0f0full;
 	const uint32_t m2 = 0x03030303u;
-	/* groups 0..7: low nibbles of bytes 0..7, top bits 0-1 then 2-3 of
-	 * bytes 8..11; groups 8..15: high nibbles, top bits 4-5 then 6-7 */
-	uint64_t a = (lo & m4) | ((uint64_t)(hi & m2) | (uint64_t)((hi >> 2) & m2) << 32) << 4;
-	uint64_t b = ((lo >> 4) & m4) |
-		     ((uint64_t)((hi >> 4) & m2) | (uint64_t)((hi >> 6) & m2) << 32) << 4;
+	*a = (lo & m4) | ((uint64_t)(hi & m2) | (uint64_t)((hi >> 2) & m2) << 32) << 4;
+	*b = ((lo >> 4) & m4) |
+	     ((uint64_t)((hi >> 4) & m2) | (uint64_t)((hi >> 6) & m2) << 32) << 4;
+}
+
+TGT_INLINE void hdr_q3_K(const uint8_t *x, struct ms_q8_w *w)
+{
+	w->d = h2f(x + 108);
+	w->dm = 0;
+	w->off = 4;
+	uint64_t a, b;
+	q3_scale_bytes(x, &a, &b);
 	put16(w->s, _mm_set_epi64x((long long)b, (long long)a), 32);
 	memcpy(w->m, w->s, sizeof(w->m));
+}
+
+/* Q4_K/Q5_K's 8 6-bit scales and 8 mins as bytes. */
+TGT_INLINE void q4_scale_bytes(const uint8_t *x, uint64_t *sc, uint64_t *mn)
+{
+	uint32_t w0, w1, w2;
+	memcpy(&w0, x + 4, 4);
+	memcpy(&w1, x + 8, 4);
+	memcpy(&w2, x + 12, 4);
+	const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, t2 = 0x30303030u;
+	*sc = (w0 & m6) | (uint64_t)((w2 & m4) | ((w0 >> 2) & t2)) << 32;
+	*mn = (w1 & m6) | (uint64_t)(((w2 >> 4) & m4) | ((w1 >> 2) & t2)) << 32;
 }
 
 TGT_INLINE void hdr_q4_K(const uint8_t *x, struct ms_q8_w *w)
@@ -116,14 +135,8 @@ TGT_INLINE void hdr_q4_K(const uint8_t *x, struct ms_q8_w *w)
 	w->d = h2f(x);
 	w->dm = h2f(x + 2);
 	w->off = 0;
-	uint32_t w0, w1, w2;
-	memcpy(&w0, x + 4, 4);
-	memcpy(&w1, x + 8, 4);
-	memcpy(&w2, x + 12, 4);
-	const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, t2 = 0x30303030u;
-	uint64_t sc = (w0 & m6) | (uint64_t)((w2 & m4) | ((w0 >> 2) & t2)) << 32;
-	uint64_t mn = (w1 & m6) |
-		      (uint64_t)(((w2 >> 4) & m4) | ((w1 >> 2) & t2)) << 32;
+	uint64_t sc, mn;
+	q4_scale_bytes(x, &sc, &mn);
 	put8x2(w->s, sc);
 	put8x2(w->m, mn);
 }
@@ -294,6 +307,69 @@ TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
 	return lane_tree(acc, accm);
 }
 
+/* ---- the inputs rounded to 8 bits: kernels/q8.c's quantize_scalar --------------
+ *
+ * The same steps in vectors: the first value of largest magnitude (a NaN
+ * never compares larger, as there), the scale -127 / that value, each
+ * product rounded to nearest even (vroundps; nearbyintf in the default
+ * mode) and held to 127, the sums of 16 exact in 32 bits. */
+TGT static void quantize_avx2(const float *x, struct ms_q8_act *y, int64_t n)
+{
+	const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+	for (int64_t b = 0; b < n / MS_Q8_QK; b++, x += MS_Q8_QK, y++) {
+		__m256 mx = _mm256_setzero_ps();
+		for (int j = 0; j < MS_Q8_QK; j += 8) /* NaN: keeps mx */
+			mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + j), absm),
+					   mx);
+		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx),
+				       _mm256_extractf128_ps(mx, 1));
+		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+		m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+		float amax = _mm_cvtss_f32(m4);
+		if (!amax) {
+			memset(y, 0, sizeof(*y));
+			continue;
+		}
+		float max = 0;
+		const __m256 am = _mm256_set1_ps(amax);
+		for (int j = 0; j < MS_Q8_QK; j += 8) {
+			int k = _mm256_movemask_ps(_mm256_cmp_ps(
+				_mm256_and_ps(_mm256_loadu_ps(x + j), absm), am,
+				_CMP_EQ_OQ));
+			if (k) {
+				max = x[j + __builtin_ctz((unsigned)k)];
+				break;
+			}
+		}
+		const float iscale = -127.f / max;
+		const __m256 is = _mm256_set1_ps(iscale);
+		const __m256i top = _mm256_set1_epi32(127);
+		for (int j = 0; j < MS_Q8_QK; j += 32) {
+			__m256i v[4];
+			for (int k = 0; k < 4; k++)
+				v[k] = _mm256_min_epi32(
+					_mm256_cvtps_epi32(_mm256_round_ps(
+						_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * k)),
+						_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+					top);
+			for (int h = 0; h < 2; h++) {
+				__m256i s = _mm256_add_epi32(v[2 * h], v[2 * h + 1]);
+				__m128i t = _mm_add_epi32(_mm256_castsi256_si128(s),
+							  _mm256_extracti128_si256(s, 1));
+				t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+				t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+				y->bsum[j / 16 + h] = (int16_t)_mm_cvtsi128_si32(t);
+			}
+			__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+						       _mm256_packs_epi32(v[2], v[3]));
+			_mm256_storeu_si256((__m256i *)(y->q + j),
+					    _mm256_permutevar8x32_epi32(p, order));
+		}
+		y->d = 1 / iscale;
+	}
+}
+
 /* ---- fused: codes made in registers, dotted with up to four inputs ------------
  *
  * For decode (one to four tokens) the store and reload of the unpacked row
@@ -407,7 +483,15 @@ FUSED(q6_K, 210, hdr_q6_K)
  * 16-bit multiply-accumulate by the four groups' scales into 32-bit lanes
  * (VNNI's vpdpwssd, which adds what madd + add would). Exact integer
  * lanes, the two chunks' halves added into AVX2's 8, then the same float
- * steps: the same bits as the AVX2 forms (t_q8). */
+ * steps: the same bits as the AVX2 forms (t_q8).
+ *
+ * With four inputs the integer products are half the work (Zen 5, 2
+ * vCPUs, a q4_K block: 19 of 41 cycles); the rest was each input's float
+ * steps in 256-bit halves and the block header stored and reloaded. So
+ * two inputs' float steps share 512-bit registers (their lanes side by
+ * side, the same operations per lane), the header stays in registers, and
+ * Q2_K scales its codes once for every input (below): 41 -> 31 cycles a
+ * q4_K block for four inputs, 19.2 -> 16.1 for one. */
 
 #define TGT5 __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma,f16c")))
 #define TGT5_INLINE static inline __attribute__((always_inline)) TGT5
@@ -474,48 +558,190 @@ TGT5_INLINE __m256i fold8(__m512i a)
 				_mm512_extracti64x4_epi64(a, 1));
 }
 
-/* Scales of chunks g, g + 1: s[2g..2g+3], each over 8 words (16 codes). */
-TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
+/* A block's header for the AVX-512 forms, kept in registers: the scales
+ * as words in s (per 16 codes, or per 32 with per32: Q4_K, Q5_K), the
+ * mins (or scales) per 16 codes in m, and the scalars of ms_q8_factors.
+ * The same values as hdr_*'s struct ms_q8_w; nothing stored and loaded. */
+struct hdr5 {
+	__m512i s;
+	__m256i m;
+	float d, dm;
+	int32_t off;
+};
+
+/* Scales of chunks g, g + 1 (g even), each over the words of its 16 codes
+ * (per 16: s[2g..2g+3], 8 words each; per 32: s[g], s[g + 1], 16 each). */
+TGT5_INLINE __m512i pair_scales(__m512i s, int g, const int per32)
 {
-	const __m512i idx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2,
-					     2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1,
-					     0, 0, 0, 0, 0, 0, 0, 0);
-	return _mm512_permutexvar_epi16(
-		idx, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(s + 2 * g))));
+	const __m512i w = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22,
+					   21, 20, 19, 18, 17, 16, 15, 14, 13, 12,
+					   11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+	__m512i idx = per32 ? _mm512_add_epi16(_mm512_srli_epi16(w, 4),
+					       _mm512_set1_epi16((short)g))
+			    : _mm512_add_epi16(_mm512_srli_epi16(w, 3),
+					       _mm512_set1_epi16((short)(2 * g)));
+	return _mm512_permutexvar_epi16(idx, s);
 }
 
-#define FUSED5(T, BYTES, HDR)                                                         \
+/* pair_scales of an unpacked row's scales (per 16) */
+TGT5_INLINE __m512i pair_scales_w(const int16_t *s, int g)
+{
+	return pair_scales(_mm512_castsi256_si512(ld(s)), g, 0);
+}
+
+/* 8 bytes as words, each twice: per 32 codes -> per 16 */
+TGT5_INLINE __m256i twice8(__m128i w8)
+{
+	const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+					     0, 0, 0, 0, 7, 7, 6, 6, 5, 5, 4, 4, 3,
+					     3, 2, 2, 1, 1, 0, 0);
+	return _mm512_castsi512_si256(
+		_mm512_permutexvar_epi16(idx, _mm512_castsi128_si512(w8)));
+}
+
+TGT5_INLINE void hdr5_q2_K(const uint8_t *x, struct hdr5 *h)
+{
+	h->d = h2f(x + 80);
+	h->dm = h2f(x + 82);
+	h->off = 0;
+	__m128i sc = _mm_loadu_si128((const __m128i *)x);
+	__m256i s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x0f)));
+	h->s = _mm512_castsi256_si512(s);
+	h->m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4),
+						  _mm_set1_epi8(0x0f)));
+}
+
+TGT5_INLINE void hdr5_q3_K(const uint8_t *x, struct hdr5 *h)
+{
+	h->d = h2f(x + 108);
+	h->dm = 0;
+	h->off = 4;
+	uint64_t a, b;
+	q3_scale_bytes(x, &a, &b);
+	__m256i s = _mm256_sub_epi16(
+		_mm256_cvtepu8_epi16(_mm_set_epi64x((long long)b, (long long)a)),
+		_mm256_set1_epi16(32));
+	h->s = _mm512_castsi256_si512(s);
+	h->m = s;
+}
+
+TGT5_INLINE void hdr5_q4_K(const uint8_t *x, struct hdr5 *h)
+{
+	h->d = h2f(x);
+	h->dm = h2f(x + 2);
+	h->off = 0;
+	uint64_t sc, mn;
+	q4_scale_bytes(x, &sc, &mn);
+	h->s = _mm512_castsi128_si512(
+		_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+	h->m = twice8(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn)));
+}
+
+TGT5_INLINE void hdr5_q6_K(const uint8_t *x, struct hdr5 *h)
+{
+	h->d = h2f(x + 208);
+	h->dm = 0;
+	h->off = 32;
+	__m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 192)));
+	h->s = _mm512_castsi256_si512(s);
+	h->m = s;
+}
+
+/* lane_block from a hdr5 */
+TGT5_INLINE void lane_block5(__m256 *acc, __m256 *accm, const struct hdr5 *h,
+			     const struct ms_q8_act *x, __m256i a)
+{
+	struct ms_q8_w w;
+	w.d = h->d;
+	w.dm = h->dm;
+	w.off = h->off;
+	float fa, fm;
+	ms_q8_factors(&w, x, &fa, &fm);
+	*acc = lane_step(*acc, fa, a);
+	*accm = lane_step(*accm, fm, _mm256_madd_epi16(h->m, ld(x->bsum)));
+}
+
+/* Two inputs' lanes side by side (input t0 in the low 8, t1 in the high 8):
+ * each input's chunk g + chunk g + 1, fold8's sums for both in one add. */
+TGT5_INLINE __m512i fold_pair(__m512i a0, __m512i a1)
+{
+	return _mm512_add_epi32(_mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
+				_mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+/* lane_block for two inputs at once, their lanes side by side: the same
+ * float operations on each lane (x.d * w.d, x.d * (w.dm + w.d * off), a
+ * multiply, then an add), so the same bits as two lane_blocks. */
+TGT5_INLINE void lane_block_pair(__m512 *acc, __m512 *accm, __m512 wd, __m512 wc,
+				 __m512i mv, const struct ms_q8_act *x0,
+				 const struct ms_q8_act *x1, __m512i a)
+{
+	__m512 d = _mm512_mask_broadcastss_ps(_mm512_set1_ps(x0->d), 0xff00,
+					      _mm_load_ss(&x1->d));
+	__m512i bs = _mm512_inserti64x4(_mm512_castsi256_si512(ld(x0->bsum)),
+					ld(x1->bsum), 1);
+	*acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_mul_ps(d, wd),
+						 _mm512_cvtepi32_ps(a)));
+	*accm = _mm512_add_ps(*accm, _mm512_mul_ps(_mm512_mul_ps(d, wc),
+						   _mm512_cvtepi32_ps(
+							   _mm512_madd_epi16(mv, bs))));
+}
+
+TGT5_INLINE __m256 hi8(__m512 v)
+{
+	return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* PRE: the codes times their group's scale fit a byte (Q2_K: 3 x 15), so
+ * one 16-bit multiply per 64 codes scales them for every input and each
+ * input takes one vpdpbusd: the same exact lanes as maddubs + dpwssd. */
+#define FUSED5(T, BYTES, HDR, PER32, PRE)                                                    \
 	TGT5_INLINE void f5_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
 				    int64_t nb, float *out, const int NT)             \
 	{                                                                             \
-		__m256 acc[4], accm[4];                                               \
-		_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                          \
-			acc[t] = accm[t] = _mm256_setzero_ps();                       \
-		struct ms_q8_w h;                                                     \
+		const int NP = NT / 2; /* inputs in pairs, then an odd one */         \
+		__m512 acc[2], accm[2];                                               \
+		__m256 acc1 = _mm256_setzero_ps(), accm1 = _mm256_setzero_ps();       \
+		acc[0] = accm[0] = acc[1] = accm[1] = _mm512_setzero_ps();            \
+		struct hdr5 h;                                                        \
 		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
 			HDR(x, &h);                                                   \
 			__m512i a[4];                                                 \
-			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                  \
+			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)          \
 				a[t] = _mm512_setzero_si512();                        \
 			_Pragma("GCC unroll 4") for (int g = 0; g < 8; g += 2)       \
 			{                                                             \
 				__m512i u = codes2_##T(x, g);                         \
-				__m512i sc = pair_scales(h.s, g);                     \
-				_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                          \
-					a[t] = _mm512_dpwssd_epi32(                   \
-						a[t],                                 \
-						_mm512_maddubs_epi16(                 \
-							u, _mm512_loadu_si512(        \
-								in[t][i].q + 32 * g)), \
-						sc);                                  \
+				__m512i sc = pair_scales(h.s, g, PER32);              \
+				if (PRE)                                              \
+					u = _mm512_mullo_epi16(u, sc);                \
+				_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) { \
+					__m512i q = _mm512_loadu_si512(in[t][i].q + 32 * g); \
+					a[t] = PRE ? _mm512_dpbusd_epi32(a[t], u, q)  \
+						   : _mm512_dpwssd_epi32(             \
+							     a[t], _mm512_maddubs_epi16(u, q), sc); \
+				}                                                     \
 			}                                                             \
-			__m256i mv = ld(h.m);                                         \
-			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                  \
-				lane_block(&acc[t], &accm[t], &h, &in[t][i],          \
-					   fold8(a[t]), mv);                          \
+			if (NP) {                                                     \
+				__m512 wd = _mm512_set1_ps(h.d);                      \
+				__m512 wc = _mm512_set1_ps(h.dm + h.d * (float)h.off); \
+				__m512i mv = _mm512_broadcast_i64x4(h.m);             \
+				_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)  \
+					lane_block_pair(&acc[p], &accm[p], wd, wc, mv, \
+							&in[2 * p][i], &in[2 * p + 1][i], \
+							fold_pair(a[2 * p], a[2 * p + 1])); \
+			}                                                             \
+			if (NT % 2)                                                   \
+				lane_block5(&acc1, &accm1, &h, &in[NT - 1][i],        \
+					    fold8(a[NT - 1]));                        \
 		}                                                                     \
-		_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                          \
-			out[t] = lane_tree(acc[t], accm[t]);                          \
+		_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {               \
+			out[2 * p] = lane_tree(_mm512_castps512_ps256(acc[p]),        \
+					       _mm512_castps512_ps256(accm[p]));      \
+			out[2 * p + 1] = lane_tree(hi8(acc[p]), hi8(accm[p]));        \
+		}                                                                     \
+		if (NT % 2)                                                           \
+			out[NT - 1] = lane_tree(acc1, accm1);                         \
 	}                                                                             \
 	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_act *const *in,  \
 				int64_t nb, float *out, int nt)                       \
@@ -523,11 +749,11 @@ TGT5_INLINE __m512i pair_scales(const int16_t *s, int g)
 		NT_SWITCH(f5_##T##_n, x, in, nb, out)                                 \
 	}
 
-FUSED5(q2_K, 84, hdr_q2_K)
-FUSED5(q3_K, 110, hdr_q3_K)
-FUSED5(q4_K, 144, hdr_q4_K)
-FUSED5(q5_K, 176, hdr_q4_K)
-FUSED5(q6_K, 210, hdr_q6_K)
+FUSED5(q2_K, 84, hdr5_q2_K, 0, 1)
+FUSED5(q3_K, 110, hdr5_q3_K, 0, 0)
+FUSED5(q4_K, 144, hdr5_q4_K, 1, 0)
+FUSED5(q5_K, 176, hdr5_q4_K, 1, 0)
+FUSED5(q6_K, 210, hdr5_q6_K, 0, 0)
 
 /* The unpacked row's dot (batches over MS_Q8_FUSED_MAX): 64 codes a step. */
 TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
@@ -541,7 +767,7 @@ TGT5 static float dot_avx512(const struct ms_q8_w *w, const struct ms_q8_act *x,
 				a,
 				_mm512_maddubs_epi16(_mm512_loadu_si512(w->u + 32 * g),
 						     _mm512_loadu_si512(x->q + 32 * g)),
-				pair_scales(w->s, g));
+				pair_scales_w(w->s, g));
 		lane_block(&acc, &accm, w, x, fold8(a), ld(w->m));
 	}
 	return lane_tree(acc, accm);
@@ -566,7 +792,7 @@ TGT5_INLINE void dotn5_n(const struct ms_q8_w *w, const struct ms_q8_act *x,
 		_Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
 		{
 			__m512i u = _mm512_loadu_si512(w->u + 64 * k);
-			__m512i sc = pair_scales(w->s, 2 * k);
+			__m512i sc = pair_scales_w(w->s, 2 * k);
 			_Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)
 				a[t] = _mm512_dpwssd_epi32(
 					a[t],
@@ -664,6 +890,11 @@ ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 	}
 }
 
+ms_q8_quantize_fn ms_q8_avx2_quantizer(void)
+{
+	return ms_ffn_avx2_cpu() ? quantize_avx2 : NULL;
+}
+
 ms_q8_dot_fn ms_q8_avx2_dotter(void)
 {
 	if (avx512_cpu())
@@ -685,6 +916,11 @@ ms_q8_unpack_fn ms_q8_avx2_unpacker(uint32_t type)
 }
 
 ms_q8_dot_fn ms_q8_avx2_dotter(void)
+{
+	return NULL;
+}
+
+ms_q8_quantize_fn ms_q8_avx2_quantizer(void)
 {
 	return NULL;
 }
