@@ -85,8 +85,15 @@ bool ms_q8_type(uint32_t type);
 
 /* x (n values, n % 256 == 0) -> n / 256 blocks, rounded as ggml's
  * quantize_row_q8_K rounds (scale -127 / the value of largest magnitude,
- * nearest, ties to even). */
+ * nearest, ties to even), by the best form the CPU has. */
 void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n);
+
+/* The scalar form, or the AVX2 form where the CPU has it (avx2: true); the
+ * same bits for finite inputs. ms_q8_avx2_quantizer: NULL without AVX2. */
+typedef void (*ms_q8_quantize_fn)(const float *x, struct ms_q8_act *y,
+				  int64_t n);
+ms_q8_quantize_fn ms_q8_quantizer(bool avx2);
+ms_q8_quantize_fn ms_q8_avx2_quantizer(void);
 
 /* One row of nb 256-blocks of `type` unpacked; a dot of an unpacked row
  * with an input. */

@@ -18,6 +18,7 @@
 #endif
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -34,7 +35,7 @@ bool ms_q8_type(uint32_t type)
 	       type == MS_TYPE_Q6_K;
 }
 
-void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n)
+static void quantize_scalar(const float *x, struct ms_q8_act *y, int64_t n)
 {
 	for (int64_t b = 0; b < n / MS_Q8_QK; b++, x += MS_Q8_QK, y++) {
 		float amax = 0, max = 0;
@@ -60,6 +61,23 @@ void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n)
 		}
 		y->d = 1 / iscale;
 	}
+}
+
+ms_q8_quantize_fn ms_q8_quantizer(bool avx2)
+{
+	ms_q8_quantize_fn f = avx2 ? ms_q8_avx2_quantizer() : NULL;
+	return f ? f : quantize_scalar;
+}
+
+void ms_q8_quantize(const float *x, struct ms_q8_act *y, int64_t n)
+{
+	static _Atomic(ms_q8_quantize_fn) best;
+	ms_q8_quantize_fn f = atomic_load_explicit(&best, memory_order_relaxed);
+	if (!f) {
+		f = ms_q8_quantizer(true);
+		atomic_store_explicit(&best, f, memory_order_relaxed);
+	}
+	f(x, y, n);
 }
 
 /* ---- unpackers: the layouts are kernels/dequant.c's (see its comments) --------- */

@@ -406,6 +406,55 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 	free(gg), free(uu), free(ye), free(yc);
 }
 
+/* The AVX2 quantizer against the scalar one: random blocks of every
+ * magnitude, and made ones: products exactly halfway (ties to even), the
+ * largest magnitude twice with both signs (the first one counts), a lone
+ * value, all zero, values that round to +-127 and 128 before the clamp. */
+static void quantize_forms(uint64_t *s)
+{
+	ms_q8_quantize_fn fa = ms_q8_quantizer(true), fs = ms_q8_quantizer(false);
+	if (fa == fs) {
+		printf("quantize: no AVX2 form on this CPU\n");
+		return;
+	}
+	const int64_t nb = 64, n = nb * 256;
+	float *x = malloc(n * sizeof(float));
+	struct ms_q8_act *qa = malloc(nb * sizeof(*qa)), *qs = malloc(nb * sizeof(*qs));
+	int diff = 0, blocks = 0;
+	for (int round = 0; round < 8; round++) {
+		fill_x(x, n, s, round == 0);
+		float *b = x + 256 * (round % 8 + 1);
+		/* max -127: iscale 1, halves stay halves */
+		for (int j = 0; j < 256; j++)
+			b[j] = (float)((int)(t_rand(s) % 253) - 126) + 0.5f;
+		b[7] = -127;
+		b = x + 256 * 20;
+		memset(b, 0, 256 * sizeof(float));
+		b[200] = 3.25f;                  /* a lone value */
+		b = x + 256 * 21;
+		for (int j = 0; j < 256; j++)
+			b[j] = (float)(t_rand(s) % 1000) / 1000.f;
+		b[30] = -2, b[90] = 2;           /* first of the two wins */
+		b = x + 256 * 22;
+		for (int j = 0; j < 256; j++)
+			b[j] = (float)(t_rand(s) % 1000) / 1000.f;
+		b[5] = 2, b[6] = -2;
+		fs(x, qs, n);
+		fa(x, qa, n);
+		for (int64_t k = 0; k < nb; k++, blocks++)
+			diff += memcmp(qa[k].q, qs[k].q, 256) != 0 ||
+				memcmp(qa[k].bsum, qs[k].bsum, sizeof(qs[k].bsum)) != 0 ||
+				memcmp(&qa[k].d, &qs[k].d, sizeof(float)) != 0;
+	}
+	printf("quantize: the AVX2 form against the scalar one: %d of %d blocks "
+	       "differ\n", diff, blocks);
+	T_CHECK(diff == 0, "quantize: the AVX2 form differs in %d blocks", diff);
+	T_CHECK(qs[21].d > 0 && qs[22].d < 0 && qs[21].q[30] == -127 &&
+		qs[21].q[90] == 127 && qs[22].q[5] == -127, "quantize: the first largest value sets the "
+		"sign (d %g, %g)", qs[21].d, qs[22].d);
+	free(x), free(qa), free(qs);
+}
+
 int main(void)
 {
 	load_ggml_cpu();
@@ -413,6 +462,7 @@ int main(void)
 	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
 	if (!avx2)
 		printf("note: no AVX2 on this CPU: the scalar forms only\n");
+	quantize_forms(&s);
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		against_ggml(types[i], &s, false);
 		if (avx2)
