@@ -20,12 +20,16 @@
  * in a fresh group, and their medians are compared.
  *
  *  serve-4    `moestream serve MODEL --parallel 4`: a first request (the
- *             cache fills), one request alone (the one-request rate), then
- *             four at once with seeds S..S+3: the aggregate rate counts the
- *             tokens all four streams received between the moment the last
- *             of them had its first token and the moment the first of them
- *             ended, over that time; then the same four one after another,
- *             whose texts must equal the concurrent ones.
+ *             cache fills), then --repeat rounds of one request alone (the
+ *             one-request rate) and four at once with seeds S..S+3 (the
+ *             aggregate rate: the tokens all four streams received between
+ *             the moment the last of them had its first token and the
+ *             moment the first of them ended, over that time); the medians
+ *             of the rounds are compared, each round's pair printed (one
+ *             sample of each, minutes apart, moved the ratio by 15% on a
+ *             shared 2-vCPU VM). Every round's four texts must be the same;
+ *             then the same four one after another, whose texts must equal
+ *             the concurrent ones.
  *
  * Sampling: temperature 1, top-k/top-p/min-p off, a fixed seed, so that the
  * text moves on and routing varies from token to token as in real use
@@ -40,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -75,6 +80,7 @@
 struct scfg {
 	const char *model, *prompt;
 	uint32_t gen, ctx, threads;
+	uint32_t rounds;             /* serve-4's rounds (--repeat) */
 	uint64_t cache, seed;
 	bool greedy;                 /* temperature 0 (default 1) */
 };
@@ -99,9 +105,10 @@ struct sres {
 	double decode_tokps;                 /* one request */
 	uint32_t gen;
 	char text[16384];
-	/* serve-4 */
+	/* serve-4: medians over the rounds, and each round's */
 	double one_tokps, agg_tokps, window_s;
 	uint32_t agg_tokens;
+	double one_runs[9], agg_runs[9];
 	bool same_sequential;
 	char note[240];
 };
@@ -455,6 +462,7 @@ static int child_serve4(void *ctx, void *out, struct ms_err *err)
 		return rc;
 	struct stream s[N_PAR];
 	memset(s, 0, sizeof(s));
+	r->same_sequential = true;
 	/* greedy: four prompts (one prompt four times would be one text);
 	 * sampled: one prompt, four seeds */
 	char prompts[N_PAR][2048];
@@ -463,43 +471,73 @@ static int child_serve4(void *ctx, void *out, struct ms_err *err)
 			 (const char *[]){ "", "In a village by the sea, ",
 					   "Years later, ", "Dear reader: " }[i] : "",
 			 c->prompt);
-	/* a first request fills the cache; then one alone */
-	for (int k = 0; k < 2 && !rc; k++) {
-		if (!(rc = stream_open(&s[0], port, c->prompt, c->gen,
-				       c->seed + 100 + (uint64_t)k, c->greedy, err)))
-			rc = streams_run(&s[0], 1, err);
-		if (!rc && k == 1)
-			r->one_tokps = one_rate(&s[0]);
-		streams_free(&s[0], 1);
-	}
-	/* four at once */
-	for (int i = 0; i < N_PAR && !rc; i++)
-		rc = stream_open(&s[i], port, prompts[i], c->gen,
-				 c->seed + (uint64_t)i, c->greedy, err);
-	if (!rc)
-		rc = streams_run(s, N_PAR, err);
+	/* a first request fills the cache; then rounds of one alone and four
+	 * at once */
+	if (!(rc = stream_open(&s[0], port, c->prompt, c->gen, c->seed + 100,
+			       c->greedy, err)))
+		rc = streams_run(&s[0], 1, err);
+	streams_free(&s[0], 1);
 	char conc[N_PAR][512];
-	if (!rc) {
-		double a = 0, b = 1e300;
-		for (int i = 0; i < N_PAR; i++) {
-			a = s[i].t_first > a ? s[i].t_first : a;
-			b = s[i].t_last < b ? s[i].t_last : b;
-			snprintf(conc[i], sizeof(conc[i]), "%s", s[i].text);
+	double win[9];
+	uint32_t ntok[9];
+	for (uint32_t k = 0; k < c->rounds && !rc; k++) {
+		fprintf(stderr, "bench serve: serve4 round %u of %u ...\n", k + 1,
+			c->rounds);
+		if (!(rc = stream_open(&s[0], port, c->prompt, c->gen,
+				       c->seed + 101, c->greedy, err)))
+			rc = streams_run(&s[0], 1, err);
+		if (!rc)
+			r->one_runs[k] = one_rate(&s[0]);
+		streams_free(&s[0], 1);
+		for (int i = 0; i < N_PAR && !rc; i++)
+			rc = stream_open(&s[i], port, prompts[i], c->gen,
+					 c->seed + (uint64_t)i, c->greedy, err);
+		if (!rc)
+			rc = streams_run(s, N_PAR, err);
+		if (!rc) {
+			double a = 0, b = 1e300;
+			for (int i = 0; i < N_PAR; i++) {
+				a = s[i].t_first > a ? s[i].t_first : a;
+				b = s[i].t_last < b ? s[i].t_last : b;
+				if (!k)
+					snprintf(conc[i], sizeof(conc[i]), "%s",
+						 s[i].text);
+				else if (strncmp(s[i].text, conc[i],
+						 sizeof(conc[i]) - 1))
+					r->same_sequential = false;
+			}
+			uint32_t n = 0;
+			for (int i = 0; i < N_PAR; i++)
+				for (uint32_t e = 0; e < s[i].n_ev && e < MAX_EV; e++)
+					n += s[i].t_ev[e] > a && s[i].t_ev[e] <= b;
+			win[k] = b > a ? b - a : 0;
+			ntok[k] = n;
+			r->agg_runs[k] = b > a ? (double)n / (b - a) : 0;
+			if (b <= a)
+				snprintf(r->note, sizeof(r->note), "the four streams "
+					 "did not decode together (one ended "
+					 "before another began)");
 		}
-		uint32_t n = 0;
-		for (int i = 0; i < N_PAR; i++)
-			for (uint32_t k = 0; k < s[i].n_ev && k < MAX_EV; k++)
-				n += s[i].t_ev[k] > a && s[i].t_ev[k] <= b;
-		r->window_s = b > a ? b - a : 0;
-		r->agg_tokens = n;
-		r->agg_tokps = b > a ? (double)n / (b - a) : 0;
-		if (b <= a)
-			snprintf(r->note, sizeof(r->note), "the four streams did not "
-				 "decode together (one ended before another began)");
+		streams_free(s, N_PAR);
 	}
-	streams_free(s, N_PAR);
+	if (!rc) {
+		double v[9];
+		memcpy(v, r->one_runs, c->rounds * sizeof(double));
+		r->one_tokps = tool_median(v, c->rounds);
+		memcpy(v, r->agg_runs, c->rounds * sizeof(double));
+		r->agg_tokps = tool_median(v, c->rounds);
+		/* the window and tokens of the round whose rate is nearest the
+		 * median (with an even count the median is a mean) */
+		uint32_t best = 0;
+		for (uint32_t k = 1; k < c->rounds; k++)
+			if (fabs(r->agg_runs[k] - r->agg_tokps) <
+			    fabs(r->agg_runs[best] - r->agg_tokps))
+				best = k;
+		r->window_s = win[best];
+		r->agg_tokens = ntok[best];
+	}
 	/* the same four one after another */
-	r->same_sequential = !rc;
+	r->same_sequential &= !rc;
 	for (int i = 0; i < N_PAR && !rc; i++) {
 		if (!(rc = stream_open(&s[i], port, prompts[i], c->gen,
 				       c->seed + (uint64_t)i, c->greedy, err)))
@@ -520,6 +558,7 @@ static void usage(FILE *f)
 		"usage: moestream bench serve --model M [--cache-size PCT%%|SZ] "
 		"[--gen N] [--ctx N]\n"
 		"       [--threads T] [--seed S] [--prompt TEXT] [--mem-limit SZ]\n"
+		"       [--repeat R] [--greedy]\n"
 		"\n"
 		"moestream serve against moestream run on the same model, each in "
 		"a fresh memory\ncgroup with the same limit (resident + the expert "
@@ -543,7 +582,10 @@ static void usage(FILE *f)
 		"  --mem-limit SZ     the limit itself instead of the formula\n"
 		"  --repeat R         run and serve alternate R times (default 3); "
 		"their medians\n"
-		"                     are compared\n"
+		"                     are compared; --parallel 4 runs R rounds of "
+		"one request\n"
+		"                     alone and four at once, and compares their "
+		"medians\n"
 		"  --greedy           temperature 0 (the issue's check): on a "
 		"random-weight\n"
 		"                     model each request repeats a token, so its "
@@ -687,8 +729,9 @@ int bench_serve_main(int argc, char **argv)
 	fflush(stdout);
 	ms_model_free(m);
 
+	c.rounds = repeat;
 	/* run and serve alternate, `repeat` times each (single samples of a
-	 * 2-core machine's decode vary by 10%); then serve-4 once */
+	 * 2-core machine's decode vary by 10%); then serve-4 once, its rounds inside */
 	enum { MAX_REP = 9 };
 	static struct sres rr[2][MAX_REP];
 	struct bench_child_res rc_[2][MAX_REP];
@@ -725,8 +768,7 @@ int bench_serve_main(int argc, char **argv)
 		res[i] = rr[i][0];
 		double sorted[MAX_REP];
 		memcpy(sorted, rate[i], repeat * sizeof(double));
-		qsort(sorted, repeat, sizeof(double), tool_cmp_double);
-		res[i].decode_tokps = sorted[repeat / 2];
+		res[i].decode_tokps = tool_median(sorted, repeat);
 	}
 	{
 		memset(&res[2], 0, sizeof(res[2]));
@@ -742,7 +784,14 @@ int bench_serve_main(int argc, char **argv)
 	printf("decode tok/s of each run / serve pair:");
 	for (unsigned k = 0; k < repeat; k++)
 		printf(" %.3f/%.3f", rate[0][k], rate[1][k]);
-	printf(" (medians below)\n\n");
+	printf(" (medians below)\n");
+	if (cr[2].ok) {
+		printf("serve --parallel 4, 1 request / 4 at once, each round:");
+		for (unsigned k = 0; k < repeat; k++)
+			printf(" %.3f/%.3f", res[2].one_runs[k], res[2].agg_runs[k]);
+		printf(" (medians below)\n");
+	}
+	printf("\n");
 
 	char pk[3][32];
 	for (int i = 0; i < 3; i++) {
@@ -756,10 +805,9 @@ int bench_serve_main(int argc, char **argv)
 	       cr[0].ok ? pk[0] : "failed");
 	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 1 (1 req., median)",
 	       res[1].decode_tokps, cr[1].ok ? pk[1] : "failed");
-	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 4, 1 request",
+	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 4, 1 req. (median)",
 	       res[2].one_tokps, cr[2].ok ? pk[2] : "failed");
-	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 4, 4 at once "
-	       "(sum)", res[2].agg_tokps, "");
+	printf("%-46s %12.3f %10s\n", "serve --parallel 4, 4 at once (sum, median)", res[2].agg_tokps, "");
 	double r1 = res[0].decode_tokps > 0 ? res[1].decode_tokps / res[0].decode_tokps : 0;
 	double r4 = res[2].one_tokps > 0 ? res[2].agg_tokps / res[2].one_tokps : 0;
 	printf("\nserve / run, one request:            %.3f (target >= %.2f: %s)\n",
@@ -770,7 +818,7 @@ int bench_serve_main(int argc, char **argv)
 	bool same = cr[0].ok && cr[1].ok && texts_same;
 	printf("same text, every serve and run:      %s\n",
 	       cr[0].ok && cr[1].ok ? (same ? "yes" : "NO") : "n/a");
-	printf("4 at once = the same 4 one by one:   %s\n",
+	printf("4 at once = the same 4 one by one:   %s (every round)\n",
 	       cr[2].ok ? (res[2].same_sequential ? "yes" : "NO") : "n/a");
 	if (res[2].note[0])
 		printf("note: %s\n", res[2].note);
