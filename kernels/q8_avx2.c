@@ -91,10 +91,10 @@ TGT_INLINE void hdr_q2_K(const uint8_t *x, struct ms_q8_w *w)
 	put16(w->m, _mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0f)), 0);
 }
 
-/* Q3_K's 16 6-bit scales (+ 32) as bytes: groups 0..7 in *a, 8..15 in *b:
- * the low nibbles of bytes 0..7, top bits 0-1 then 2-3 of bytes 8..11;
- * then the high nibbles, top bits 4-5 then 6-7. */
-TGT_INLINE void q3_scale_bytes(const uint8_t *x, uint64_t *a, uint64_t *b)
+/* Q3_K's 16 6-bit scales as words, less 32: groups 0..7 from the low
+ * nibbles of bytes 0..7 and top bits 0-1 then 2-3 of bytes 8..11; groups
+ * 8..15 from the high nibbles and top bits 4-5 then 6-7. */
+TGT_INLINE __m256i q3_scales16(const uint8_t *x)
 {
 	uint64_t lo;
 	uint32_t hi;
@@ -102,9 +102,12 @@ TGT_INLINE void q3_scale_bytes(const uint8_t *x, uint64_t *a, uint64_t *b)
 	memcpy(&hi, x + 104, 4);
 	const uint64_t m4 = 0x0f0f0f0f0f0f0f0full;
 	const uint32_t m2 = 0x03030303u;
-	*a = (lo & m4) | ((uint64_t)(hi & m2) | (uint64_t)((hi >> 2) & m2) << 32) << 4;
-	*b = ((lo >> 4) & m4) |
-	     ((uint64_t)((hi >> 4) & m2) | (uint64_t)((hi >> 6) & m2) << 32) << 4;
+	uint64_t a = (lo & m4) | ((uint64_t)(hi & m2) | (uint64_t)((hi >> 2) & m2) << 32) << 4;
+	uint64_t b = ((lo >> 4) & m4) |
+		     ((uint64_t)((hi >> 4) & m2) | (uint64_t)((hi >> 6) & m2) << 32) << 4;
+	return _mm256_sub_epi16(
+		_mm256_cvtepu8_epi16(_mm_set_epi64x((long long)b, (long long)a)),
+		_mm256_set1_epi16(32));
 }
 
 TGT_INLINE void hdr_q3_K(const uint8_t *x, struct ms_q8_w *w)
@@ -112,9 +115,7 @@ TGT_INLINE void hdr_q3_K(const uint8_t *x, struct ms_q8_w *w)
 	w->d = h2f(x + 108);
 	w->dm = 0;
 	w->off = 4;
-	uint64_t a, b;
-	q3_scale_bytes(x, &a, &b);
-	put16(w->s, _mm_set_epi64x((long long)b, (long long)a), 32);
+	_mm256_storeu_si256((__m256i *)w->s, q3_scales16(x));
 	memcpy(w->m, w->s, sizeof(w->m));
 }
 
@@ -616,13 +617,8 @@ TGT5_INLINE void hdr5_q3_K(const uint8_t *x, struct hdr5 *h)
 	h->d = h2f(x + 108);
 	h->dm = 0;
 	h->off = 4;
-	uint64_t a, b;
-	q3_scale_bytes(x, &a, &b);
-	__m256i s = _mm256_sub_epi16(
-		_mm256_cvtepu8_epi16(_mm_set_epi64x((long long)b, (long long)a)),
-		_mm256_set1_epi16(32));
-	h->s = _mm512_castsi256_si512(s);
-	h->m = s;
+	h->m = q3_scales16(x);
+	h->s = _mm512_castsi256_si512(h->m);
 }
 
 TGT5_INLINE void hdr5_q4_K(const uint8_t *x, struct hdr5 *h)

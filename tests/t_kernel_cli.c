@@ -737,6 +737,18 @@ static void check_bench(void)
 			absent ? absent : "(none)");
 		printf("bench kernels: %s\n",
 		       cJSON_IsNull(gpu) ? absent : "a GPU column");
+		/* the 8-bit path: q4_K only (q8_0 has no 8-bit kernel), one
+		 * input and four, and their quotient */
+		cJSON *qa = cJSON_GetObjectItem(o, "q8_batch");
+		cJSON *q0 = cJSON_GetArrayItem(qa, 0);
+		double n1 = cJSON_GetNumberValue(cJSON_GetObjectItem(q0, "ns_per_block_1")),
+		       n4 = cJSON_GetNumberValue(cJSON_GetObjectItem(q0, "ns_per_block_4")),
+		       c4 = cJSON_GetNumberValue(cJSON_GetObjectItem(q0, "cost_4_over_1"));
+		const char *qn = cJSON_GetStringValue(cJSON_GetObjectItem(q0, "type"));
+		T_CHECK(cJSON_GetArraySize(qa) == 1 && qn && !strcmp(qn, "q4_K") &&
+				n1 > 0 && n4 > 0 && fabs(c4 - n4 / n1) < 1e-9 * c4,
+			"bench kernels q8_batch: %d entries, %s: %g, %g ns, 4/1 %g",
+			cJSON_GetArraySize(qa), qn ? qn : "(none)", n1, n4, c4);
 		cJSON *t;
 		cJSON_ArrayForEach(t, types)
 		{

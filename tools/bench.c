@@ -80,6 +80,10 @@ static void usage(FILE *f)
 		"fused matvec (B = 1, 32 experts per\ncall) against its own "
 		"device-to-device copy bandwidth, as `moestream bench gpu`\n"
 		"measures it (that command has more).\n"
+		"For the K-quants, the 8-bit path `run` and `serve` compute with "
+		"(activations\nrounded as llama.cpp rounds them): ns per block of "
+		"an expert's gate on one\nthread for one input and for four at "
+		"once (four sequences' decode step).\n"
 		"\n"
 		"  --json          the results as JSON\n"
 		"  -t, --threads N threads for the FFN and the bandwidth loops "
@@ -343,6 +347,54 @@ struct result {
 	double ms_median[MS_FFN_PATH_COUNT];
 };
 
+/* The 8-bit path (opts.q8, what run and serve use) on one thread: an
+ * expert's gate product (N_EMBD x N_FF, 4-13 MB, in the LLC after the first
+ * call), ns per 256-value block for one input and for four (a decode step
+ * of four sequences), the inputs' rounding included; T = 1 and T = 4
+ * alternating so that both see the same machine, best call of each. 4 / 1
+ * is what four sequences' shared weights cost against one token's where
+ * compute, not memory, bounds them. 0, or -1 when the type has no 8-bit
+ * kernel. */
+#define Q8B_ROWS N_FF
+struct q8b {
+	uint32_t type;
+	double ns1, ns4; /* per block */
+};
+
+static int bench_q8_batch(uint32_t type, double seconds, struct q8b *r)
+{
+	r->type = type;
+	r->ns1 = r->ns4 = 0;
+	uint64_t rs;
+	if (!ms_ffn_q8_ok(type, N_EMBD) || ms_type_row_size(type, N_EMBD, &rs, NULL))
+		return -1;
+	uint8_t *w = malloc((size_t)(rs * Q8B_ROWS));
+	float *x = malloc(4 * N_EMBD * sizeof(float)),
+	      *y = malloc(4 * Q8B_ROWS * sizeof(float));
+	int rc = !w || !x || !y ? -1 : 0;
+	uint64_t s = 7;
+	if (!rc) {
+		fill_weights(w, (size_t)(rs * Q8B_ROWS), type, &s);
+		for (int i = 0; i < 4 * N_EMBD; i++)
+			x[i] = (float)((double)(tool_splitmix(&s) % 2001) / 1000.0 - 1.0);
+	}
+	struct ms_ffn_opts o = { .n_threads = 1, .q8 = true };
+	double best[2] = { 1e30, 1e30 }, t_end = now() + seconds;
+	for (int k = 0; !rc && (k < 20 || now() < t_end); k++)
+		for (int b = 0; b < 2 && !rc; b++) {
+			double t0 = now();
+			rc = ms_matmul(type, w, N_EMBD, Q8B_ROWS, x, y, b ? 4 : 1, &o,
+				       NULL);
+			double t = now() - t0;
+			best[b] = t < best[b] ? t : best[b];
+		}
+	double blocks = (double)Q8B_ROWS * N_EMBD / 256;
+	r->ns1 = best[0] / blocks * 1e9;
+	r->ns4 = best[1] / blocks * 1e9;
+	free(w), free(x), free(y);
+	return rc ? -1 : 0;
+}
+
 /* Times the FFN on `type`: 0, or 1 after saying why. */
 static int bench_type(uint32_t type, uint64_t span, struct ms_ffn_pool *pool,
 		      double seconds, struct result *res)
@@ -573,6 +625,7 @@ static int bench_kernels(int argc, char **argv)
 	struct ms_err err = { 0 };
 	struct ms_ffn_pool *pool;
 	struct bench_gpu_report *gpu = NULL;
+	struct q8b *qb = NULL;
 	if (ms_ffn_pool_init(&pool, threads, &err)) {
 		tool_error(CMD, "%s", err.msg);
 		return 1;
@@ -633,6 +686,11 @@ static int bench_kernels(int argc, char **argv)
 		goto out;
 	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
 	char b1[32], b2[32];
+	int n_qb = 0;
+	qb = calloc((size_t)n_types, sizeof(*qb));
+	for (int i = 0; qb && i < n_types; i++)
+		if (!bench_q8_batch(types[i], seconds, &qb[n_qb]))
+			n_qb++;
 
 	if (json) {
 		cJSON *o = cJSON_CreateObject();
@@ -704,6 +762,17 @@ static int bench_kernels(int argc, char **argv)
 					gr->median[BENCH_GPU_E32]);
 			}
 			cJSON_AddItemToArray(arr, t);
+		}
+		/* "q8_batch": the 8-bit path, one thread, L2-resident rows */
+		cJSON *qa = cJSON_AddArrayToObject(o, "q8_batch");
+		for (int i = 0; i < n_qb; i++) {
+			cJSON *t = cJSON_CreateObject();
+			cJSON_AddStringToObject(t, "type", ms_type_name(qb[i].type));
+			cJSON_AddNumberToObject(t, "ns_per_block_1", qb[i].ns1);
+			cJSON_AddNumberToObject(t, "ns_per_block_4", qb[i].ns4);
+			cJSON_AddNumberToObject(t, "cost_4_over_1",
+						qb[i].ns4 / qb[i].ns1);
+			cJSON_AddItemToArray(qa, t);
 		}
 		/* "gpu": bench gpu's report (device, copy bandwidth, every
 		 * configuration), or null and "gpu_absent" saying why */
@@ -781,6 +850,17 @@ static int bench_kernels(int argc, char **argv)
 		printf("\n");
 		if (!gpu)
 			printf("gpu         no GPU column: %s\n", no_gpu);
+		if (n_qb) {
+			printf("\n8-bit path (run, serve): an expert's gate, %d x %d, on "
+			       "one thread, from the LLC,\nns per 256-value block "
+			       "(best call), one input and four at once\n\n"
+			       "%-7s %10s %10s %8s\n", N_EMBD, Q8B_ROWS, "type",
+			       "1 input", "4 inputs", "4 / 1");
+			for (int i = 0; i < n_qb; i++)
+				printf("%-7s %10.2f %10.2f %8.2f\n",
+				       ms_type_name(qb[i].type), qb[i].ns1,
+				       qb[i].ns4, qb[i].ns4 / qb[i].ns1);
+		}
 	}
 	rc = fflush(stdout) || ferror(stdout) ? 1 : 0;
 	if (rc)
@@ -790,6 +870,7 @@ static int bench_kernels(int argc, char **argv)
 		rc = 1;
 	}
 out:
+	free(qb);
 	free(gpu);
 	free(buf);
 	free(res);
