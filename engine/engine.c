@@ -593,7 +593,8 @@ static int alloc_buffers(struct ms_engine *e, struct ms_err *err)
 	    !A(e->ylist, T * (K ? K : 1) * E) || !A(e->xg, T * E) || !A(e->yg, T * E) ||
 	    !A(e->rlog, T * (X ? X : 1)) || !A(e->rw, T * (K ? K : 1)) ||
 	    !A(e->rsel, T * (K ? K : 1)) || !A(e->need, X ? X : 1) ||
-	    !A(e->scores, nth * (size_t)e->cfg.n_ctx) || !A(e->hint_x, E) ||
+	    !A(e->scores, nth * (size_t)e->cfg.n_ctx) ||
+	    !A(e->hint_x, (T < MS_ENG_SPEC_MAX_T ? T : MS_ENG_SPEC_MAX_T) * E) ||
 	    !A(e->xlist, X ? X : 1) ||
 	    !A(e->hinted, (size_t)e->model->n_layers * X) ||
 	    !A(e->has_hint, e->model->n_layers) || !A(e->tseq, T) ||

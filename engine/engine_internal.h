@@ -70,6 +70,10 @@ struct ms_xsrc {
 	uint64_t hits, misses, wait_ns;
 };
 
+/* Batches of up to this many tokens route speculatively (a longer prompt
+ * reads every expert anyway). */
+#define MS_ENG_SPEC_MAX_T 16
+
 struct ms_engine {
 	struct ms_engine_config cfg;
 	struct ms_model *model;

@@ -377,18 +377,19 @@ uint32_t ms_eng_hint(struct ms_engine *e, uint32_t nb, const float *logits,
 }
 
 /* Speculative routing: block nb's router applied to x (this block's input,
- * normed as nb would norm it), its top experts over the batch hinted. */
+ * normed as nb would norm it), its top experts over the batch hinted. The
+ * batch's rows go through the router in one product (its weights read
+ * once, not once per token). */
 static void speculate(struct ms_engine *e, uint32_t nb, int64_t T)
 {
 	const struct ms_block *k = &e->blk[nb];
 	uint32_t X = e->model->n_expert;
-	for (int64_t t = 0; t < T; t++) {
-		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data, e->hint_x,
-			 e->n_embd, e->eps);
-		if (ms_matmul(k->gate_inp.type, k->gate_inp.data, e->n_embd, X,
-			      e->hint_x, e->rlog + t * X, 1, &e->opts, NULL))
-			return;
-	}
+	for (int64_t t = 0; t < T; t++)
+		rms_norm(e->x + t * e->n_embd, k->ffn_norm.data,
+			 e->hint_x + t * e->n_embd, e->n_embd, e->eps);
+	if (ms_matmul(k->gate_inp.type, k->gate_inp.data, e->n_embd, X,
+		      e->hint_x, e->rlog, T, &e->opts, NULL))
+		return;
 	ms_eng_hint(e, nb, e->rlog, T);
 }
 
@@ -601,7 +602,7 @@ static int eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 			return ms_err_set(err, -EINTR, "stopped");
 		const struct ms_block *k = &e->blk[b];
 		int32_t nb = k->next_moe;
-		if (!e->cfg.no_speculate && nb >= 0 && T <= 16)
+		if (!e->cfg.no_speculate && nb >= 0 && T <= MS_ENG_SPEC_MAX_T)
 			speculate(e, (uint32_t)nb, T);
 		for (int64_t t = 0; t < T; t++)
 			rms_norm(e->x + t * E, k->attn_norm.data, e->h + t * E, E,

@@ -751,7 +751,8 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		return moe_ffn_dev(e, b, err);
 	int32_t nb = k->next_moe;
 	/* (with every expert in VRAM a guess has nothing to fetch) */
-	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 && T <= 16;
+	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 &&
+			    T <= MS_ENG_SPEC_MAX_T;
 	g->n_hint = 0;
 	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, T, err)))
 		return rc;
