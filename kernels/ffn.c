@@ -723,8 +723,7 @@ static void q8_quantize_all(const struct ms_ffn_opts *opts, int nth,
 {
 	struct q8_quant_job qj = { x, q, n, n_tok };
 	if (n_tok == 1 || n * n_tok < Q8_QUANT_PAR)
-		for (int64_t t = 0; t < n_tok; t++)
-			ms_q8_quantize(x + t * n, q + t * (n / MS_Q8_QK), n);
+		ms_q8_quantize(x, q, n * n_tok); /* the rows' blocks are contiguous */
 	else
 		run_phase(opts, nth < n_tok ? nth : (int)n_tok,
 			  phase_q8_quantize, &qj);

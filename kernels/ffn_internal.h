@@ -139,12 +139,19 @@ ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type); /* AVX-512 BW + VNNI, the
  * block: acc[k] += fa * A[k], accm[k] += fm * M[k] (a multiply, then an
  * add), and at the end of the row the lanes acc - accm summed in a fixed
  * tree. The same operations in C and in vectors: the same bits. */
+/* The weight's factor of M: dm + d * off (the AVX-512 forms apply it to
+ * two inputs at once). */
+static inline float ms_q8_wmin(float d, float dm, int32_t off)
+{
+	return dm + d * (float)off;
+}
+
 static inline void ms_q8_factors(const struct ms_q8_w *w,
 				 const struct ms_q8_act *x, float *fa,
 				 float *fm)
 {
 	*fa = x->d * w->d;
-	*fm = x->d * (w->dm + w->d * (float)w->off);
+	*fm = x->d * ms_q8_wmin(w->d, w->dm, w->off);
 }
 
 /* ((r0 + r4) + (r2 + r6)) + ((r1 + r5) + (r3 + r7)) */

@@ -354,14 +354,9 @@ TGT static void quantize_avx2(const float *x, struct ms_q8_act *y, int64_t n)
 						_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * k)),
 						_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
 					top);
-			for (int h = 0; h < 2; h++) {
-				__m256i s = _mm256_add_epi32(v[2 * h], v[2 * h + 1]);
-				__m128i t = _mm_add_epi32(_mm256_castsi256_si128(s),
-							  _mm256_extracti128_si256(s, 1));
-				t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-				t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-				y->bsum[j / 16 + h] = (int16_t)_mm_cvtsi128_si32(t);
-			}
+			for (int h = 0; h < 2; h++)
+				y->bsum[j / 16 + h] = (int16_t)hsum32(
+					_mm256_add_epi32(v[2 * h], v[2 * h + 1]));
 			__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
 						       _mm256_packs_epi32(v[2], v[3]));
 			_mm256_storeu_si256((__m256i *)(y->q + j),
@@ -720,7 +715,7 @@ TGT5_INLINE __m256 hi8(__m512 v)
 			}                                                             \
 			if (NP) {                                                     \
 				__m512 wd = _mm512_set1_ps(h.d);                      \
-				__m512 wc = _mm512_set1_ps(h.dm + h.d * (float)h.off); \
+				__m512 wc = _mm512_set1_ps(ms_q8_wmin(h.d, h.dm, h.off)); \
 				__m512i mv = _mm512_broadcast_i64x4(h.m);             \
 				_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)  \
 					lane_block_pair(&acc[p], &accm[p], wd, wc, mv, \
