@@ -533,14 +533,6 @@ static void run_one(const struct rcfg *c, struct rrun *u, enum rmethod mt,
 		fprintf(stderr, "  FAILED: %s\n", u->cr[mt].err);
 }
 
-/* The median of the runs' figures, which stay in run order. */
-static double median(const double *v, unsigned n)
-{
-	double s[MAX_REPEAT];
-	memcpy(s, v, n * sizeof(*s));
-	return tool_median(s, n);
-}
-
 /* Every wanted method n times, interleaved by round. u keeps each method's
  * tok/s of every run and their medians, the record of the run whose decode
  * was nearest the median (the first failed run's when one failed), and the
@@ -577,13 +569,11 @@ static int run_rounds(const struct rcfg *c, struct rrun *u, unsigned n,
 				u->pre[mt][i] = prefill_of(&k[i].r[mt]);
 				u->dec[mt][i] = decode_of(&k[i].r[mt]);
 			}
-			u->pre_med[mt] = median(u->pre[mt], n);
-			u->dec_med[mt] = median(u->dec[mt], n);
-			pick = 0;
-			for (unsigned i = 1; i < n; i++)
-				if (fabs(u->dec[mt][i] - u->dec_med[mt]) <
-				    fabs(u->dec[mt][pick] - u->dec_med[mt]))
-					pick = i;
+			/* the runs' figures stay in run order */
+			size_t near;
+			u->pre_med[mt] = tool_median_of(u->pre[mt], n, NULL);
+			u->dec_med[mt] = tool_median_of(u->dec[mt], n, &near);
+			pick = (unsigned)near;
 		}
 		u->r[mt] = k[pick].r[mt];
 		u->cr[mt] = k[pick].cr[mt];

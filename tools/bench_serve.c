@@ -44,7 +44,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -73,6 +72,7 @@
 				       stacks, thread pool */
 #define N_PAR 4
 #define MAX_EV 4096
+#define MAX_REP 9                   /* --repeat's bound */
 #define T_SERVE 0.97
 #define T_PAR 2.0
 
@@ -108,7 +108,7 @@ struct sres {
 	/* serve-4: medians over the rounds, and each round's */
 	double one_tokps, agg_tokps, window_s;
 	uint32_t agg_tokens;
-	double one_runs[9], agg_runs[9];
+	double one_runs[MAX_REP], agg_runs[MAX_REP];
 	bool same_sequential;
 	char note[240];
 };
@@ -478,8 +478,8 @@ static int child_serve4(void *ctx, void *out, struct ms_err *err)
 		rc = streams_run(&s[0], 1, err);
 	streams_free(&s[0], 1);
 	char conc[N_PAR][512];
-	double win[9];
-	uint32_t ntok[9];
+	double win[MAX_REP];
+	uint32_t ntok[MAX_REP];
 	for (uint32_t k = 0; k < c->rounds && !rc; k++) {
 		fprintf(stderr, "bench serve: serve4 round %u of %u ...\n", k + 1,
 			c->rounds);
@@ -521,18 +521,11 @@ static int child_serve4(void *ctx, void *out, struct ms_err *err)
 		streams_free(s, N_PAR);
 	}
 	if (!rc) {
-		double v[9];
-		memcpy(v, r->one_runs, c->rounds * sizeof(double));
-		r->one_tokps = tool_median(v, c->rounds);
-		memcpy(v, r->agg_runs, c->rounds * sizeof(double));
-		r->agg_tokps = tool_median(v, c->rounds);
-		/* the window and tokens of the round whose rate is nearest the
-		 * median (with an even count the median is a mean) */
-		uint32_t best = 0;
-		for (uint32_t k = 1; k < c->rounds; k++)
-			if (fabs(r->agg_runs[k] - r->agg_tokps) <
-			    fabs(r->agg_runs[best] - r->agg_tokps))
-				best = k;
+		/* the window and tokens are the median round's (with an even
+		 * count, the round nearest the median) */
+		size_t best;
+		r->one_tokps = tool_median_of(r->one_runs, c->rounds, NULL);
+		r->agg_tokps = tool_median_of(r->agg_runs, c->rounds, &best);
 		r->window_s = win[best];
 		r->agg_tokens = ntok[best];
 	}
@@ -655,7 +648,7 @@ int bench_serve_main(int argc, char **argv)
 		case O_GREEDY: c.greedy = true; break;
 		case O_REPEAT:
 			if (tool_parse_u32(CMD, "--repeat", optarg, &repeat) ||
-			    !repeat || repeat > 9) {
+			    !repeat || repeat > MAX_REP) {
 				tool_error(CMD, "--repeat: 1..9");
 				return EXIT_USAGE;
 			}
@@ -732,7 +725,6 @@ int bench_serve_main(int argc, char **argv)
 	c.rounds = repeat;
 	/* run and serve alternate, `repeat` times each (single samples of a
 	 * 2-core machine's decode vary by 10%); then serve-4 once, its rounds inside */
-	enum { MAX_REP = 9 };
 	static struct sres rr[2][MAX_REP];
 	struct bench_child_res rc_[2][MAX_REP];
 	double rate[2][MAX_REP];
@@ -766,9 +758,7 @@ int bench_serve_main(int argc, char **argv)
 				cr[i].peak_bytes = rc_[i][k].peak_bytes;
 		}
 		res[i] = rr[i][0];
-		double sorted[MAX_REP];
-		memcpy(sorted, rate[i], repeat * sizeof(double));
-		res[i].decode_tokps = tool_median(sorted, repeat);
+		res[i].decode_tokps = tool_median_of(rate[i], repeat, NULL);
 	}
 	{
 		memset(&res[2], 0, sizeof(res[2]));
@@ -805,9 +795,10 @@ int bench_serve_main(int argc, char **argv)
 	       cr[0].ok ? pk[0] : "failed");
 	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 1 (1 req., median)",
 	       res[1].decode_tokps, cr[1].ok ? pk[1] : "failed");
-	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 4, 1 req. (median)",
-	       res[2].one_tokps, cr[2].ok ? pk[2] : "failed");
-	printf("%-46s %12.3f %10s\n", "serve --parallel 4, 4 at once (sum, median)", res[2].agg_tokps, "");
+	printf("%-46s %12.3f %10s\n",
+	       "moestream serve --parallel 4, 1 req. (median)", res[2].one_tokps, cr[2].ok ? pk[2] : "failed");
+	printf("%-46s %12.3f %10s\n", "serve --parallel 4, 4 at once (sum, median)",
+	       res[2].agg_tokps, "");
 	double r1 = res[0].decode_tokps > 0 ? res[1].decode_tokps / res[0].decode_tokps : 0;
 	double r4 = res[2].one_tokps > 0 ? res[2].agg_tokps / res[2].one_tokps : 0;
 	printf("\nserve / run, one request:            %.3f (target >= %.2f: %s)\n",

@@ -193,6 +193,25 @@ double tool_median(double *v, size_t n)
 	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+double tool_median_of(const double *v, size_t n, size_t *near)
+{
+	double buf[16], *s = n <= 16 ? buf : malloc(n * sizeof(*s));
+	if (!s)
+		return NAN;
+	memcpy(s, v, n * sizeof(*s));
+	double m = tool_median(s, n);
+	if (s != buf)
+		free(s);
+	if (near) {
+		size_t k = 0;
+		for (size_t i = 1; i < n; i++)
+			if (fabs(v[i] - m) < fabs(v[k] - m))
+				k = i;
+		*near = k;
+	}
+	return m;
+}
+
 double tool_pct(const double *v, uint64_t n, double p)
 {
 	if (!n)

@@ -89,6 +89,10 @@ void tool_wait_s(double secs);
 int tool_cmp_double(const void *a, const void *b);
 double tool_pct(const double *v, uint64_t n, double p);
 double tool_median(double *v, size_t n);
+/* The median of v[n] (n >= 1) leaving v in its order (NaN when out of
+ * memory), and, when near is not NULL, the index of the value nearest it
+ * (the first of equals): which run of several is the median one. */
+double tool_median_of(const double *v, size_t n, size_t *near);
 /* splitmix64: the next value of the sequence at *s. */
 uint64_t tool_splitmix(uint64_t *s);
 /* sync, then drop clean page cache, dentries and inodes: false when not
