@@ -850,17 +850,9 @@ int main(void)
 	       (unsigned long long)model->expert_bytes_max);
 
 	/* The real engines need the tiny preset with a tokenizer. */
-	const char *toks = getenv("MS_TOKENIZERS");
-	if (!toks || !*toks)
-		t_fatal("MS_TOKENIZERS is not set: run through tests/run.sh (make "
-			"test), which fetches the pinned tokenizers");
 	char tiny_tok[4200];
 	snprintf(tiny_tok, sizeof(tiny_tok), "%s/tiny-qwen3.gguf", dir);
-	snprintf(cmd, sizeof(cmd), "%s mkmodel --preset tiny --tokenizer "
-		 "%s/qwen3/tokenizer.json -o %s >/dev/null",
-		 t_build_path("moestream"), toks, tiny_tok);
-	if (t_run(cmd, NULL, 0))
-		t_fatal("`%s` failed (run tests/fetch-ggml.sh for the tokenizer)", cmd);
+	t_tiny_qwen3(tiny_tok);
 	real_engines(tiny_tok);
 
 	full_run();

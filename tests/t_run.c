@@ -109,17 +109,10 @@ static double jnum(const cJSON *j, const char *k)
 int main(void)
 {
 	dt_watchdog(600, "t_run");
-	const char *toks = getenv("MS_TOKENIZERS");
-	if (!toks || !*toks)
-		t_fatal("MS_TOKENIZERS is not set: run through tests/run.sh");
 	const char *d = t_tmpdir();
 	char model[4096], args[8192];
 	snprintf(model, sizeof(model), "%s/tiny.gguf", d);
-	snprintf(args, sizeof(args), "%s mkmodel --preset tiny --tokenizer "
-		 "'%s/qwen3/tokenizer.json' -o '%s' >/dev/null 2>&1",
-		 t_build_path("moestream"), toks, model);
-	if (system(args))
-		t_fatal("'%s' failed", args);
+	t_tiny_qwen3(model);
 	char *out, *err;
 
 	/* text, then the figures */

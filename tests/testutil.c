@@ -157,6 +157,21 @@ int t_run(const char *cmd, char **out, size_t max)
 	return WEXITSTATUS(st);
 }
 
+void t_tiny_qwen3(const char *path)
+{
+	const char *toks = getenv("MS_TOKENIZERS");
+	if (!toks || !*toks)
+		t_fatal("MS_TOKENIZERS is not set: run through tests/run.sh (make "
+			"test), which fetches the pinned tokenizers");
+	char cmd[12800];
+	snprintf(cmd, sizeof(cmd), "%s mkmodel --preset tiny --tokenizer "
+		 "'%s/qwen3/tokenizer.json' -o '%s' >/dev/null 2>&1",
+		 t_build_path("moestream"), toks, path);
+	if (t_run(cmd, NULL, 0))
+		t_fatal("`%s` failed (run tests/fetch-ggml.sh for the tokenizer)",
+			cmd);
+}
+
 uint64_t t_rand(uint64_t *s)
 {
 	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);

@@ -67,6 +67,11 @@ const char *t_tmpdir(void);
  * exit (the same string for the same `rel`). */
 const char *t_build_path(const char *rel);
 
+/* Writes mkmodel's tiny preset with the pinned Qwen3 tokenizer
+ * ($MS_TOKENIZERS, which tests/run.sh sets) to `path`; fatal, saying why,
+ * when the tokenizer or mkmodel fails. */
+void t_tiny_qwen3(const char *path);
+
 /* Runs `cmd` through /bin/sh, captures stdout (up to `max` bytes, malloc'ed,
  * NUL-terminated into *out when out != NULL) and returns the exit status
  * (or -1 if it could not run / was killed). stderr is left alone unless the
