@@ -543,27 +543,31 @@ static void q8_dots(const struct ffn_job *j, const struct ms_q8_w *w, int nr,
 	}
 }
 
-/* Software prefetch of the fused forms' weights, Q8_PF_BYTES ahead of the
- * row being computed, into L2 (prefetcht1), from q8_pf_min_tok() inputs
- * on. Three or four inputs make a row compute-bound: 5-14 GB/s per core,
- * and at that pace the hardware prefetchers left the kernels waiting on
- * DRAM (Zen 4, one thread, 4 inputs, a 5120 x 12288 matrix: q6_K 33
- * GMAC/s from DRAM against 47 from L3; q4_K 43 against 48). With the
- * prefetch, two threads, 4 inputs: q6_K 56-65 -> 87-92 GMAC/s, q4_K 74-88
- * -> 88-100, q2_K and q3_K +6-8% (a shared VM: wide ranges). Into L1
- * (prefetcht0) it gained nothing.
+/* Software prefetch of the fused forms' weights, MS_Q8_PF_BYTES ahead of
+ * the block being computed, into L2 (prefetcht1), from q8_pf_min_tok()
+ * inputs on. Three or four inputs make a row compute-bound: 5-14 GB/s per
+ * core, and at that pace the hardware prefetchers left the kernels waiting
+ * on DRAM (Zen 4, one thread, 4 inputs, a 5120 x 12288 matrix: q6_K 33
+ * GMAC/s from DRAM against 47 from L3; q4_K 43 against 48). With a row's
+ * prefetch at the row's start, two threads, 4 inputs: q6_K 56-65 -> 87-92
+ * GMAC/s, q4_K 74-88 -> 88-100, q2_K and q3_K +6-8% (a shared VM: wide
+ * ranges). Into L1 (prefetcht0) it gained nothing. A line per block
+ * between the products (the kernels' pf) then beat the row at once on Zen
+ * 5 (two threads, 60000 x 5120, in-process pairs, median time against the
+ * row's: 3 inputs q4_K 0.79, q6_K 0.96, q2_K 0.96; 4 inputs q4_K 0.84,
+ * q6_K 0.97, q2_K 0.95, q3_K 0.95; 2 and 4 KiB ahead the same, 8 KiB 4%
+ * slower).
  *
  * With one or two inputs (memory-bound) the two CPUs differ: on Zen 4 it
- * cost up to 20%, so there those rows are left to the hardware; on an
- * Intel Xeon with AMX (Sapphire Rapids class, 2 vCPUs, 30 GB/s read) the
- * hardware alone streamed a 5120 x 65536 matrix at one input at 10-17
- * GB/s, with the prefetch at 20-23 (q2_K 38 -> 60 GMAC/s, q3_K 30 -> 46,
- * q4_K 17 -> 40, q6_K 21 -> 28; prefetcht0 no better, prefetchnta half;
- * 4, 8 or 16 KiB ahead the same). So on Intel every input count
- * prefetches. MS_FFN_PF_MIN_TOK=N in the environment sets the threshold
- * (1..5; 5: never), for measuring. */
-#define Q8_PF_BYTES 4096
-
+ * cost up to 20% (Zen 5 a line per block: q4_K +5%, q6_K +10-12%, q2_K
+ * -4%), so there those rows are left to the hardware; on an Intel Xeon
+ * with AMX (Sapphire Rapids class, 2 vCPUs, 30 GB/s read) the hardware
+ * alone streamed a 5120 x 65536 matrix at one input at 10-17 GB/s, with
+ * the row prefetch at 20-23 (q2_K 38 -> 60 GMAC/s, q3_K 30 -> 46, q4_K 17
+ * -> 40, q6_K 21 -> 28; prefetcht0 no better, prefetchnta half; 4, 8 or
+ * 16 KiB ahead the same). So on Intel every input count prefetches (a line
+ * per block there not yet measured). MS_FFN_PF_MIN_TOK=N in the
+ * environment sets the threshold (1..5; 5: never), for measuring. */
 static int64_t q8_pf_min_tok(void)
 {
 	static _Atomic int known = 0;
@@ -583,23 +587,6 @@ static int64_t q8_pf_min_tok(void)
 	}
 	known = k;
 	return k;
-}
-
-/* Rows ahead to prefetch for rows of rs bytes; 0: none. */
-static int64_t q8_pf_rows(uint64_t rs, int64_t n_tok)
-{
-	return n_tok >= q8_pf_min_tok() ? (int64_t)(Q8_PF_BYTES / rs) + 1 : 0;
-}
-
-/* Row r + pf of base (when below r1) into L2, a line per 64 bytes. */
-static void q8_prefetch_row(const uint8_t *base, uint64_t rs, int64_t r,
-			    int64_t pf, int64_t r1)
-{
-	if (!pf || r + pf >= r1)
-		return;
-	const uint8_t *p = base + (uint64_t)(r + pf) * rs;
-	for (uint64_t o = 0; o < rs; o += 64)
-		__builtin_prefetch(p + o, 0, 2);
 }
 
 /* Rows r .. r + nr - 1 of `base` unpacked into w. */
@@ -624,14 +611,13 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 	for (int64_t b = 0; b < B && b < MS_Q8_FUSED_MAX; b++)
 		xv[b] = j->xq + b * nb;
 	if (j->fu_gate && j->fu_up) {
-		int64_t pg = q8_pf_rows(j->rs_gate, B), pu = q8_pf_rows(j->rs_up, B);
+		bool pf = B >= q8_pf_min_tok();
 		for (int64_t r = r0; r < r1; r++) {
 			float uo[MS_Q8_FUSED_MAX];
-			q8_prefetch_row(j->gate, j->rs_gate, r, pg, r1);
-			q8_prefetch_row(j->up, j->rs_up, r, pu, r1);
 			j->fu_gate(j->gate + (uint64_t)r * j->rs_gate, xv, nb, g,
-				   (int)B);
-			j->fu_up(j->up + (uint64_t)r * j->rs_up, xv, nb, uo, (int)B);
+				   (int)B, pf);
+			j->fu_up(j->up + (uint64_t)r * j->rs_up, xv, nb, uo, (int)B,
+				 pf);
 			for (int64_t b = 0; b < B; b++) {
 				double gv = g[b], uv = uo[b];
 				j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
@@ -669,11 +655,10 @@ static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
 		const struct ms_q8_act *xv[MS_Q8_FUSED_MAX];
 		for (int64_t b = 0; b < j->n_tok; b++)
 			xv[b] = q + b * nb;
-		int64_t pf = q8_pf_rows(rs, j->n_tok);
+		bool pf = j->n_tok >= q8_pf_min_tok();
 		for (int64_t r = r0; r < r1; r++) {
 			float o[MS_Q8_FUSED_MAX];
-			q8_prefetch_row(base, rs, r, pf, r1);
-			fu(base + (uint64_t)r * rs, xv, nb, o, (int)j->n_tok);
+			fu(base + (uint64_t)r * rs, xv, nb, o, (int)j->n_tok, pf);
 			for (int64_t b = 0; b < j->n_tok; b++)
 				j->y[b * n_out + r] = o[b];
 		}

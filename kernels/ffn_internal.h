@@ -119,11 +119,15 @@ typedef void (*ms_q8_dotn_fn)(const struct ms_q8_w *w,
 ms_q8_dotn_fn ms_q8_avx512_dotn(void);
 
 /* AVX2 only (NULL elsewhere): one row against nt (1..4) inputs, the codes
- * made in registers; out[t] has the same bits as unpack + dot. */
+ * made in registers; out[t] has the same bits as unpack + dot. With pf,
+ * each block also prefetches the weights MS_Q8_PF_BYTES ahead into L2
+ * (rows are contiguous, so the next row's blocks before they are
+ * reached; kernels/ffn.c says when that pays). */
 #define MS_Q8_FUSED_MAX 4
+#define MS_Q8_PF_BYTES 4096
 typedef void (*ms_q8_fused_fn)(const uint8_t *row,
 			       const struct ms_q8_act *const *x, int64_t nb,
-			       float *out, int nt);
+			       float *out, int nt, bool pf);
 ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);  /* the best of the two: */
 ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type); /* AVX2 */
 ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type); /* AVX-512 BW + VNNI, the

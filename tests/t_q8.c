@@ -234,19 +234,22 @@ static void fused_forms(uint32_t t, uint64_t *s)
 		float ref[4], o[4];
 		for (int k = 0; k < 4; k++)
 			ref[k] = ms_q8_dotter(false)(us, in[k], nb);
-		for (int nt = 1; nt <= 4; nt++) {
-			if (f2) {
-				f2(w + r * rs, in, nb, o, nt);
-				diff2 += memcmp(o, ref, (size_t)nt * 4) != 0;
+		/* with and without the prefetch: the same bits */
+		for (int nt = 1; nt <= 4; nt++)
+			for (int pf = 0; pf < 2; pf++) {
+				if (f2) {
+					f2(w + r * rs, in, nb, o, nt, pf);
+					diff2 += memcmp(o, ref, (size_t)nt * 4) != 0;
+				}
+				if (f5) {
+					f5(w + r * rs, in, nb, o, nt, pf);
+					diff5 += memcmp(o, ref, (size_t)nt * 4) != 0;
+				}
 			}
-			if (f5) {
-				f5(w + r * rs, in, nb, o, nt);
-				diff5 += memcmp(o, ref, (size_t)nt * 4) != 0;
-			}
-		}
 	}
-	printf("%-5s fused: AVX2 %s, AVX-512 %s (rows x 1..4 inputs differing "
-	       "from scalar unpack + dot: %d, %d)\n", ms_type_name(t),
+	printf("%-5s fused: AVX2 %s, AVX-512 %s (rows x 1..4 inputs x prefetch "
+	       "or not differing from scalar unpack + dot: %d, %d)\n",
+	       ms_type_name(t),
 	       f2 ? "run" : "not on this CPU", f5 ? "run" : "not on this CPU",
 	       diff2, diff5);
 	T_CHECK(diff2 == 0, "%s: the AVX2 fused form differs in %d cases",
