@@ -398,8 +398,11 @@ struct ffn_job {
 	ms_q8_unpack_fn up_gate, up_up, up_down;
 	ms_q8_dot_fn q8dot;
 	ms_q8_dotn_fn q8dotn; /* NULL: q8dot per input */
-	/* n_tok <= 4 on AVX2: the fused forms (NULL: unpack + dot) */
+	/* n_tok <= 4 on AVX2: the fused forms (NULL: unpack + dot), and
+	 * their inputs, xq's and hq's (q8_fused_in) */
 	ms_q8_fused_fn fu_gate, fu_up, fu_down;
+	struct ms_q8_in xin, hin;
+	struct ms_q8_pair *pairs;
 	const float *xv[MULTI_MAX], *x16v[MULTI_MAX], *x32v[MULTI_MAX];
 	const float *hv[MULTI_MAX], *h16v[MULTI_MAX], *h32v[MULTI_MAX];
 	int rc; /* first failure, atomically */
@@ -607,17 +610,12 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 	struct ms_q8_w *w = j->wq[ith];
 	float *g = j->tbuf[ith];
 	share(F, ith, nth, &r0, &r1);
-	const struct ms_q8_act *xv[MS_Q8_FUSED_MAX];
-	for (int64_t b = 0; b < B && b < MS_Q8_FUSED_MAX; b++)
-		xv[b] = j->xq + b * nb;
 	if (j->fu_gate && j->fu_up) {
-		bool pf = B >= q8_pf_min_tok();
 		for (int64_t r = r0; r < r1; r++) {
 			float uo[MS_Q8_FUSED_MAX];
-			j->fu_gate(j->gate + (uint64_t)r * j->rs_gate, xv, nb, g,
-				   (int)B, pf);
-			j->fu_up(j->up + (uint64_t)r * j->rs_up, xv, nb, uo, (int)B,
-				 pf);
+			j->fu_gate(j->gate + (uint64_t)r * j->rs_gate, &j->xin, nb,
+				   g);
+			j->fu_up(j->up + (uint64_t)r * j->rs_up, &j->xin, nb, uo);
 			for (int64_t b = 0; b < B; b++) {
 				double gv = g[b], uv = uo[b];
 				j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
@@ -646,19 +644,15 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 static void phase_rows_q8(const struct ffn_job *j, int ith, int nth,
 			  const uint8_t *base, uint64_t rs, ms_q8_unpack_fn up,
 			  ms_q8_fused_fn fu, const struct ms_q8_act *q,
-			  int64_t n_in, int64_t n_out)
+			  const struct ms_q8_in *in, int64_t n_in, int64_t n_out)
 {
 	int64_t r0, r1, nb = n_in / MS_Q8_QK;
 	struct ms_q8_w *w = j->wq[ith];
 	share(n_out, ith, nth, &r0, &r1);
 	if (fu) {
-		const struct ms_q8_act *xv[MS_Q8_FUSED_MAX];
-		for (int64_t b = 0; b < j->n_tok; b++)
-			xv[b] = q + b * nb;
-		bool pf = j->n_tok >= q8_pf_min_tok();
 		for (int64_t r = r0; r < r1; r++) {
 			float o[MS_Q8_FUSED_MAX];
-			fu(base + (uint64_t)r * rs, xv, nb, o, (int)j->n_tok, pf);
+			fu(base + (uint64_t)r * rs, in, nb, o);
 			for (int64_t b = 0; b < j->n_tok; b++)
 				j->y[b * n_out + r] = o[b];
 		}
@@ -675,16 +669,14 @@ static void phase_down_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
 	phase_rows_q8(j, ith, nth, j->down, j->rs_down, j->up_down, j->fu_down,
-		      j->hq,
-		      j->n_ff, j->n_embd);
+		      j->hq, &j->hin, j->n_ff, j->n_embd);
 }
 
 static void phase_matmul_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
 	phase_rows_q8(j, ith, nth, j->gate, j->rs_gate, j->up_gate, j->fu_gate,
-		      j->xq,
-		      j->n_embd, j->n_ff);
+		      j->xq, &j->xin, j->n_embd, j->n_ff);
 }
 
 static void run_phase(const struct ms_ffn_opts *opts, int nth, task_fn fn,
@@ -714,6 +706,20 @@ static void q8_quantize_all(const struct ms_ffn_opts *opts, int nth,
 			  phase_q8_quantize, &qj);
 }
 
+/* A fused product's inputs: n_tok rows of nb blocks at q, their pairs at
+ * pp (q8_setup's pairs), the prefetch as q8_pf_min_tok says. */
+static void q8_fused_in(const struct ffn_job *j, const struct ms_q8_act *q,
+			int64_t nb, struct ms_q8_pair *pp, struct ms_q8_in *in)
+{
+	memset(in, 0, sizeof(*in));
+	in->nt = (int)j->n_tok;
+	in->pf = j->n_tok >= q8_pf_min_tok();
+	for (int64_t b = 0; b < j->n_tok; b++)
+		in->x[b] = q + b * nb;
+	if (j->n_tok >= 2)
+		ms_q8_pairs(in, nb, pp);
+}
+
 /* The q8 fields of a job: unpackers, dot, the rounded inputs and a row
  * buffer per thread (Q8_ROWS rows of `rows_in` values at most). */
 static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
@@ -738,6 +744,12 @@ static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
 	j->wq = calloc((size_t)nth, sizeof(*j->wq));
 	if (!j->xq || !j->wq)
 		return -ENOMEM;
+	if (j->fu_gate && j->n_tok >= 2) {
+		/* a pair's blocks per two inputs (nx / n_tok blocks each) */
+		size_t np = (size_t)(j->n_tok / 2) * (nx + nh) / (size_t)j->n_tok;
+		if (!(j->pairs = aligned_alloc(64, np * sizeof(*j->pairs))))
+			return -ENOMEM;
+	}
 	for (int i = 0; i < nth; i++)
 		if (!(j->wq[i] = aligned_alloc(32, (size_t)(Q8_ROWS * rows_in /
 								   MS_Q8_QK) *
@@ -752,6 +764,7 @@ static void q8_free(struct ffn_job *j, int nth)
 		free(j->wq[i]);
 	free(j->wq);
 	free(j->xq);
+	free(j->pairs);
 }
 
 /* Phase 1: gate and up rows of this thread's share -> h. */
@@ -903,8 +916,14 @@ static int expert_ffn_q8(struct ffn_job *j, const struct ms_ffn_opts *opts,
 		goto out;
 	}
 	q8_quantize_all(opts, nth, j->x, j->xq, E, B);
+	if (j->fu_gate)
+		q8_fused_in(j, j->xq, E / MS_Q8_QK, j->pairs, &j->xin);
 	run_phase(opts, nth, phase_gate_up_q8, j);
 	q8_quantize_all(opts, nth, j->h, j->hq, F, B);
+	if (j->fu_down)
+		q8_fused_in(j, j->hq, F / MS_Q8_QK,
+			    j->pairs ? j->pairs + (B / 2) * (E / MS_Q8_QK) : NULL,
+			    &j->hin);
 	run_phase(opts, nth, phase_down_q8, j);
 out:
 	q8_free(j, nth);
@@ -1159,6 +1178,9 @@ int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
 			rc = ms_err_set(err, rc, "matmul: out of memory");
 		else {
 			q8_quantize_all(opts, nth, x, j.xq, n_in, n_tokens);
+			if (j.fu_gate)
+				q8_fused_in(&j, j.xq, n_in / MS_Q8_QK, j.pairs,
+					    &j.xin);
 			run_phase(opts, nth, phase_matmul_q8, &j);
 		}
 		q8_free(&j, nth);

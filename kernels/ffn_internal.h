@@ -118,16 +118,36 @@ typedef void (*ms_q8_dotn_fn)(const struct ms_q8_w *w,
 			      int nt, float *out, int64_t os);
 ms_q8_dotn_fn ms_q8_avx512_dotn(void);
 
-/* AVX2 only (NULL elsewhere): one row against nt (1..4) inputs, the codes
- * made in registers; out[t] has the same bits as unpack + dot. With pf,
- * each block also prefetches the weights MS_Q8_PF_BYTES ahead into L2
+/* AVX2 only (NULL elsewhere): one row against in->nt (1..4) inputs, the
+ * codes made in registers; out[t] has the same bits as unpack + dot. With
+ * in->pf, each block also prefetches the weights MS_Q8_PF_BYTES ahead into L2
  * (rows are contiguous, so the next row's blocks before they are
  * reached; kernels/ffn.c says when that pays). */
 #define MS_Q8_FUSED_MAX 4
 #define MS_Q8_PF_BYTES 4096
-typedef void (*ms_q8_fused_fn)(const uint8_t *row,
-			       const struct ms_q8_act *const *x, int64_t nb,
-			       float *out, int nt, bool pf);
+
+/* Two inputs' block factors side by side, as the AVX-512 forms' float
+ * steps take them (input 2p in the low half, 2p + 1 in the high): each d
+ * eight times and each input's 16 group sums. A product makes them once
+ * (ms_q8_pairs), not every row: building them per row and block was a
+ * tenth of a four-input block's time. */
+struct ms_q8_pair {
+	_Alignas(64) float d[16];
+	int16_t bsum[32];
+};
+
+/* A fused product's inputs: nt (1..4) inputs' blocks x[t][0 .. nb), and
+ * with nt >= 2 pair[p * nb + i] the pair (2p, 2p + 1)'s block i. */
+struct ms_q8_in {
+	const struct ms_q8_act *x[MS_Q8_FUSED_MAX];
+	const struct ms_q8_pair *pair;
+	int nt;
+	bool pf;
+};
+void ms_q8_pairs(struct ms_q8_in *in, int64_t nb, struct ms_q8_pair *out);
+
+typedef void (*ms_q8_fused_fn)(const uint8_t *row, const struct ms_q8_in *in,
+			       int64_t nb, float *out);
 ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);  /* the best of the two: */
 ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type); /* AVX2 */
 ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type); /* AVX-512 BW + VNNI, the

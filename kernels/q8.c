@@ -235,6 +235,25 @@ static float dot_scalar(const struct ms_q8_w *w, const struct ms_q8_act *x,
 	return ms_q8_tree8(r);
 }
 
+/* Fills out (nt / 2 pairs of nb blocks) from in->x and points in->pair at
+ * it. */
+void ms_q8_pairs(struct ms_q8_in *in, int64_t nb, struct ms_q8_pair *out)
+{
+	for (int p = 0; p < in->nt / 2; p++)
+		for (int64_t i = 0; i < nb; i++) {
+			struct ms_q8_pair *o = out + p * nb + i;
+			const struct ms_q8_act *a = &in->x[2 * p][i],
+					       *b = &in->x[2 * p + 1][i];
+			for (int k = 0; k < 8; k++) {
+				o->d[k] = a->d;
+				o->d[8 + k] = b->d;
+			}
+			memcpy(o->bsum, a->bsum, sizeof(a->bsum));
+			memcpy(o->bsum + 16, b->bsum, sizeof(b->bsum));
+		}
+	in->pair = out;
+}
+
 ms_q8_unpack_fn ms_q8_unpacker(uint32_t type, bool avx2)
 {
 	if (avx2) {

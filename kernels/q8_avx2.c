@@ -275,12 +275,12 @@ TGT_INLINE void lane_block(__m256 *acc, __m256 *accm, const struct ms_q8_w *w,
 
 /* The entry point of a fused form: nt (1..4) as a constant, so that the
  * inputs' loops unroll. */
-#define NT_SWITCH(F, A, B, C, D, E)                                                   \
+#define NT_SWITCH(F, A, B, C, D)                                                      \
 	switch (nt) {                                                                 \
-	case 1: F(A, B, C, D, E, 1); break;                                           \
-	case 2: F(A, B, C, D, E, 2); break;                                           \
-	case 3: F(A, B, C, D, E, 3); break;                                           \
-	default: F(A, B, C, D, E, 4); break;                                          \
+	case 1: F(A, B, C, D, 1); break;                                              \
+	case 2: F(A, B, C, D, 2); break;                                              \
+	case 3: F(A, B, C, D, 3); break;                                              \
+	default: F(A, B, C, D, 4); break;                                             \
 	}
 
 /* The weights MS_Q8_PF_BYTES past a block of `bytes` at x, into L2: a
@@ -438,15 +438,15 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 }
 
 #define FUSED(T, BYTES, HDR)                                                          \
-	TGT_INLINE void fused_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
-				      int64_t nb, float *out, bool pf, const int NT)  \
+	TGT_INLINE void fused_##T##_n(const uint8_t *x, const struct ms_q8_in *in,    \
+				      int64_t nb, float *out, const int NT)           \
 	{                                                                             \
 		__m256 acc[4], accm[4];                                               \
 		for (int t = 0; t < NT; t++)                                          \
 			acc[t] = accm[t] = _mm256_setzero_ps();                       \
 		struct ms_q8_w h;                                                     \
 		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
-			if (pf)                                                       \
+			if (in->pf)                                                   \
 				pf_block(x, BYTES);                                   \
 			HDR(x, &h);                                                   \
 			__m256i a[4];                                                 \
@@ -461,21 +461,23 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 						a[t],                                 \
 						_mm256_madd_epi16(                    \
 							_mm256_maddubs_epi16(         \
-								u, ld(in[t][i].q +    \
+								u, ld(in->x[t][i].q + \
 								      32 * g)),       \
 							sc));                         \
 			}                                                             \
 			__m256i mv = ld(h.m);                                         \
 			for (int t = 0; t < NT; t++)                                  \
-				lane_block(&acc[t], &accm[t], &h, &in[t][i], a[t], mv); \
+				lane_block(&acc[t], &accm[t], &h, &in->x[t][i], a[t], \
+					   mv);                                       \
 		}                                                                     \
 		for (int t = 0; t < NT; t++)                                          \
 			out[t] = lane_tree(acc[t], accm[t]);                          \
 	}                                                                             \
-	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_act *const *in, \
-				  int64_t nb, float *out, int nt, bool pf)            \
+	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_in *in,        \
+				  int64_t nb, float *out)                             \
 	{                                                                             \
-		NT_SWITCH(fused_##T##_n, x, in, nb, out, pf)                          \
+		const int nt = in->nt;                                                \
+		NT_SWITCH(fused_##T##_n, x, in, nb, out)                              \
 	}
 
 FUSED(q2_K, 84, hdr_q2_K)
@@ -673,17 +675,15 @@ TGT5_INLINE __m512i fold_pair(__m512i a0, __m512i a1)
 				_mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
-/* lane_block for two inputs at once, their lanes side by side: the same
- * float operations on each lane (x.d * w.d, x.d * (w.dm + w.d * off), a
- * multiply, then an add), so the same bits as two lane_blocks. */
+/* lane_block for two inputs at once, their lanes side by side (x: the
+ * pair's d and group sums, ms_q8_pairs): the same float operations on each
+ * lane (x.d * w.d, x.d * (w.dm + w.d * off), a multiply, then an add), so
+ * the same bits as two lane_blocks. */
 TGT5_INLINE void lane_block_pair(__m512 *acc, __m512 *accm, __m512 wd, __m512 wc,
-				 __m512i mv, const struct ms_q8_act *x0,
-				 const struct ms_q8_act *x1, __m512i a)
+				 __m512i mv, const struct ms_q8_pair *x, __m512i a)
 {
-	__m512 d = _mm512_mask_broadcastss_ps(_mm512_set1_ps(x0->d), 0xff00,
-					      _mm_load_ss(&x1->d));
-	__m512i bs = _mm512_inserti64x4(_mm512_castsi256_si512(ld(x0->bsum)),
-					ld(x1->bsum), 1);
+	__m512 d = _mm512_load_ps(x->d);
+	__m512i bs = _mm512_load_si512(x->bsum);
 	*acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_mul_ps(d, wd),
 						 _mm512_cvtepi32_ps(a)));
 	*accm = _mm512_add_ps(*accm, _mm512_mul_ps(_mm512_mul_ps(d, wc),
@@ -700,8 +700,8 @@ TGT5_INLINE __m256 hi8(__m512 v)
  * one 16-bit multiply per 64 codes scales them for every input and each
  * input takes one vpdpbusd: the same exact lanes as maddubs + dpwssd. */
 #define FUSED5(T, BYTES, HDR, PER32, PRE)                                                    \
-	TGT5_INLINE void f5_##T##_n(const uint8_t *x, const struct ms_q8_act *const *in, \
-				    int64_t nb, float *out, bool pf, const int NT)    \
+	TGT5_INLINE void f5_##T##_n(const uint8_t *x, const struct ms_q8_in *in,      \
+				    int64_t nb, float *out, const int NT)             \
 	{                                                                             \
 		const int NP = NT / 2; /* inputs in pairs, then an odd one */         \
 		__m512 acc[2], accm[2];                                               \
@@ -709,7 +709,7 @@ TGT5_INLINE __m256 hi8(__m512 v)
 		acc[0] = accm[0] = acc[1] = accm[1] = _mm512_setzero_ps();            \
 		struct hdr5 h;                                                        \
 		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
-			if (pf)                                                       \
+			if (in->pf)                                                   \
 				pf_block(x, BYTES);                                   \
 			HDR(x, &h);                                                   \
 			__m512i a[4];                                                 \
@@ -722,7 +722,7 @@ TGT5_INLINE __m256 hi8(__m512 v)
 				if (PRE)                                              \
 					u = _mm512_mullo_epi16(u, sc);                \
 				_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) { \
-					__m512i q = _mm512_loadu_si512(in[t][i].q + 32 * g); \
+					__m512i q = _mm512_loadu_si512(in->x[t][i].q + 32 * g); \
 					a[t] = PRE ? _mm512_dpbusd_epi32(a[t], u, q)  \
 						   : _mm512_dpwssd_epi32(             \
 							     a[t], _mm512_maddubs_epi16(u, q), sc); \
@@ -734,11 +734,11 @@ TGT5_INLINE __m256 hi8(__m512 v)
 				__m512i mv = _mm512_broadcast_i64x4(h.m);             \
 				_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)  \
 					lane_block_pair(&acc[p], &accm[p], wd, wc, mv, \
-							&in[2 * p][i], &in[2 * p + 1][i], \
+							&in->pair[p * nb + i],        \
 							fold_pair(a[2 * p], a[2 * p + 1])); \
 			}                                                             \
 			if (NT % 2)                                                   \
-				lane_block5(&acc1, &accm1, &h, &in[NT - 1][i],        \
+				lane_block5(&acc1, &accm1, &h, &in->x[NT - 1][i],     \
 					    fold8(a[NT - 1]));                        \
 		}                                                                     \
 		_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {               \
@@ -749,10 +749,11 @@ TGT5_INLINE __m256 hi8(__m512 v)
 		if (NT % 2)                                                           \
 			out[NT - 1] = lane_tree(acc1, accm1);                         \
 	}                                                                             \
-	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_act *const *in,  \
-				int64_t nb, float *out, int nt, bool pf)              \
+	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_in *in,          \
+				int64_t nb, float *out)                               \
 	{                                                                             \
-		NT_SWITCH(f5_##T##_n, x, in, nb, out, pf)                             \
+		const int nt = in->nt;                                                \
+		NT_SWITCH(f5_##T##_n, x, in, nb, out)                                 \
 	}
 
 FUSED5(q2_K, 84, hdr5_q2_K, 0, 1)

@@ -220,12 +220,14 @@ static void fused_forms(uint32_t t, uint64_t *s)
 	float *x = malloc(n * sizeof(float));
 	struct ms_q8_act *xq = aligned_alloc(32, 4 * nb * sizeof(*xq));
 	struct ms_q8_w *us = aligned_alloc(32, nb * sizeof(*us));
-	const struct ms_q8_act *in[4];
+	struct ms_q8_in in = { .nt = 4 };
+	struct ms_q8_pair *pairs = aligned_alloc(64, 2 * nb * sizeof(*pairs));
 	for (int k = 0; k < 4; k++) {
 		fill_x(x, n, s, k == 1);
 		ms_q8_quantize(x, xq + k * nb, n);
-		in[k] = xq + k * nb;
+		in.x[k] = xq + k * nb;
 	}
+	ms_q8_pairs(&in, nb, pairs); /* (0, 1), (2, 3): every nt's pairs */
 	tool_fill_blocks(w, R * rs, t, s);
 	ms_q8_fused_fn f2 = ms_q8_avx256_fused(t), f5 = ms_q8_avx512_fused(t);
 	int diff2 = 0, diff5 = 0;
@@ -233,17 +235,18 @@ static void fused_forms(uint32_t t, uint64_t *s)
 		ms_q8_unpacker(t, false)(w + r * rs, us, nb);
 		float ref[4], o[4];
 		for (int k = 0; k < 4; k++)
-			ref[k] = ms_q8_dotter(false)(us, in[k], nb);
+			ref[k] = ms_q8_dotter(false)(us, in.x[k], nb);
 		/* with and without the prefetch: the same bits */
-		for (int nt = 1; nt <= 4; nt++)
+		for (in.nt = 1; in.nt <= 4; in.nt++)
 			for (int pf = 0; pf < 2; pf++) {
+				in.pf = pf;
 				if (f2) {
-					f2(w + r * rs, in, nb, o, nt, pf);
-					diff2 += memcmp(o, ref, (size_t)nt * 4) != 0;
+					f2(w + r * rs, &in, nb, o);
+					diff2 += memcmp(o, ref, (size_t)in.nt * 4) != 0;
 				}
 				if (f5) {
-					f5(w + r * rs, in, nb, o, nt, pf);
-					diff5 += memcmp(o, ref, (size_t)nt * 4) != 0;
+					f5(w + r * rs, &in, nb, o);
+					diff5 += memcmp(o, ref, (size_t)in.nt * 4) != 0;
 				}
 			}
 	}
@@ -256,7 +259,7 @@ static void fused_forms(uint32_t t, uint64_t *s)
 		ms_type_name(t), diff2);
 	T_CHECK(diff5 == 0, "%s: the AVX-512 fused form differs in %d cases",
 		ms_type_name(t), diff5);
-	free(w), free(x), free(xq), free(us);
+	free(w), free(x), free(xq), free(us), free(pairs);
 }
 
 /* The AVX-512 form for many inputs (a prompt's tokens against an unpacked
