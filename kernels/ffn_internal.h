@@ -120,9 +120,9 @@ ms_q8_dotn_fn ms_q8_avx512_dotn(void);
 
 /* AVX2 only (NULL elsewhere): one row against in->nt (1..4) inputs, the
  * codes made in registers; out[t] has the same bits as unpack + dot. With
- * in->pf, each block also prefetches the weights MS_Q8_PF_BYTES ahead into L2
- * (rows are contiguous, so the next row's blocks before they are
- * reached; kernels/ffn.c says when that pays). */
+ * in->pf, each block also prefetches the weights MS_Q8_PF_BYTES ahead into
+ * L2 (a matrix's rows are contiguous: near a row's end, the next row's
+ * first blocks; kernels/ffn.c says when that pays). */
 #define MS_Q8_FUSED_MAX 4
 #define MS_Q8_PF_BYTES 4096
 
