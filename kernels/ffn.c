@@ -558,8 +558,8 @@ static void q8_dots(const struct ffn_job *j, const struct ms_q8_w *w, int nr,
  * between the products (the kernels' pf) then beat the row at once on Zen
  * 5 (two threads, 60000 x 5120, in-process pairs, median time against the
  * row's: 3 inputs q4_K 0.79, q6_K 0.96, q2_K 0.96; 4 inputs q4_K 0.84,
- * q6_K 0.97, q2_K 0.95, q3_K 0.95; 2 and 4 KiB ahead the same, 8 KiB 4%
- * slower).
+ * q6_K 0.97, q2_K 0.95, q3_K 0.95; against 4 KiB ahead, 2 KiB was 2%
+ * (q4_K) and 9% (q6_K) slower, 8 KiB 4%).
  *
  * With one or two inputs (memory-bound) the two CPUs differ: on Zen 4 it
  * cost up to 20% (Zen 5 a line per block: q4_K +5%, q6_K +10-12%, q2_K
