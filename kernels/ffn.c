@@ -744,7 +744,7 @@ static int q8_setup(struct ffn_job *j, int nth, int64_t rows_in,
 	j->wq = calloc((size_t)nth, sizeof(*j->wq));
 	if (!j->xq || !j->wq)
 		return -ENOMEM;
-	if (j->fu_gate && j->n_tok >= 2) {
+	if ((j->fu_gate || j->fu_down) && j->n_tok >= 2) {
 		/* a pair's blocks per two inputs (nx / n_tok blocks each) */
 		size_t np = (size_t)(j->n_tok / 2) * (nx + nh) / (size_t)j->n_tok;
 		if (!(j->pairs = aligned_alloc(64, np * sizeof(*j->pairs))))
