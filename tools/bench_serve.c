@@ -649,7 +649,7 @@ int bench_serve_main(int argc, char **argv)
 		case O_REPEAT:
 			if (tool_parse_u32(CMD, "--repeat", optarg, &repeat) ||
 			    !repeat || repeat > MAX_REP) {
-				tool_error(CMD, "--repeat: 1..9");
+				tool_error(CMD, "--repeat: 1..%d", MAX_REP);
 				return EXIT_USAGE;
 			}
 			break;
@@ -796,7 +796,8 @@ int bench_serve_main(int argc, char **argv)
 	printf("%-46s %12.3f %10s\n", "moestream serve --parallel 1 (1 req., median)",
 	       res[1].decode_tokps, cr[1].ok ? pk[1] : "failed");
 	printf("%-46s %12.3f %10s\n",
-	       "moestream serve --parallel 4, 1 req. (median)", res[2].one_tokps, cr[2].ok ? pk[2] : "failed");
+	       "moestream serve --parallel 4, 1 req. (median)", res[2].one_tokps,
+	       cr[2].ok ? pk[2] : "failed");
 	printf("%-46s %12.3f %10s\n", "serve --parallel 4, 4 at once (sum, median)",
 	       res[2].agg_tokps, "");
 	double r1 = res[0].decode_tokps > 0 ? res[1].decode_tokps / res[0].decode_tokps : 0;
