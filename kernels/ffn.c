@@ -403,6 +403,7 @@ struct ffn_job {
 	 * their inputs, xq's and hq's (q8_fused_in) */
 	ms_q8_fused_fn fu_gate, fu_up, fu_down;
 	struct ms_q8_in xin, hin;
+	int64_t xpart, hpart; /* blocks per fused call (q8_part_blocks) */
 	struct ms_q8_pair *pairs;
 	const float *xv[MULTI_MAX], *x16v[MULTI_MAX], *x32v[MULTI_MAX];
 	const float *hv[MULTI_MAX], *h16v[MULTI_MAX], *h32v[MULTI_MAX];
@@ -628,6 +629,88 @@ static int64_t q8_pf_min_tok(void)
 	return k;
 }
 
+/* A fused product's rows with long inputs. Four inputs' blocks and pairs
+ * take 1424 bytes per block of a row: a 12288-long row's (attn_output, a
+ * dense FFN's down) 67 KB, more than a 48 KB L1, so that each block reread
+ * its inputs from L2 while its weights came from DRAM: 1.58 x the time per
+ * block of a 5120-long row (Zen 5, one thread, in-process pairs). So when a
+ * row's inputs would fill more than 2/3 of L1, a fused call takes a part
+ * of Q8_TILE rows at a time (the same blocks of each), the lanes carried
+ * between the parts (struct ms_q8_part), and each part prefetches the part
+ * that comes two calls later (the row two on, or at the tile's end the
+ * next part's first rows): 0.72 x the time per block, 11.2 against 15.7
+ * ns (the next 4 KiB instead: 0.91 x). ms_matmul of 5120 x 12288 on two
+ * threads, alternating with whole rows in one process: q4_K 0.82 x the
+ * time with four inputs, 0.93 x with three, 0.87 x with two; q6_K 0.79 x
+ * with four. In a four-sequence glm8 decode step (11 attn_output and 3
+ * dense down products, ~15% of it) that is a few percent, below what
+ * this VM's noise lets a step's time show (1.01 x, quartiles 0.97-1.09,
+ * 30 pairs). MS_FFN_L1_BYTES=N in the environment sets the L1 size taken
+ * (0: rows never cut), for measuring. */
+#define Q8_TILE 8
+
+static int64_t q8_l1_bytes(void)
+{
+	static _Atomic int64_t known = -1;
+	int64_t k = known;
+	if (k >= 0)
+		return k;
+	const char *v = getenv("MS_FFN_L1_BYTES");
+	if (v && *v) {
+		char *end;
+		long long n = strtoll(v, &end, 10);
+		k = !*end && n >= 0 ? n : -1;
+	}
+	if (k < 0) {
+		long n = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+		k = n > 0 ? n : 32 * 1024;
+	}
+	known = k;
+	return k;
+}
+
+/* The blocks of a row a fused call takes against nt inputs: all nb, or
+ * equal parts that fit in 2/3 of L1 (at least 4 blocks). */
+static int64_t q8_part_blocks(int nt, int64_t nb)
+{
+	int64_t per = nt * (int64_t)sizeof(struct ms_q8_act) +
+		      nt / 2 * (int64_t)sizeof(struct ms_q8_pair);
+	int64_t room = q8_l1_bytes() * 2 / 3;
+	if (!room || nb * per <= room)
+		return nb;
+	int64_t fit = room / per < 4 ? 4 : room / per;
+	int64_t parts = (nb + fit - 1) / fit;
+	return (nb + parts - 1) / parts;
+}
+
+/* Rows r0 .. r0 + nr - 1 (nr <= Q8_TILE) of `base` against in through fu,
+ * row k's outputs into o[k]: whole rows when part >= nb, else parts of
+ * `part` blocks, every row's part before the next part of any. */
+static void q8_fused_rows(ms_q8_fused_fn fu, const uint8_t *base, uint64_t rs,
+			  const struct ms_q8_in *in, int64_t nb, int64_t part,
+			  int64_t r0, int nr, float (*o)[MS_Q8_FUSED_MAX])
+{
+	if (part >= nb) {
+		for (int k = 0; k < nr; k++)
+			fu(base + (uint64_t)(r0 + k) * rs, in, NULL, nb, o[k]);
+		return;
+	}
+	_Alignas(64) float acc[Q8_TILE][MS_Q8_PART_FLOATS];
+	int64_t bb = (int64_t)rs / nb; /* bytes per block */
+	for (int64_t i0 = 0; i0 < nb; i0 += part) {
+		int64_t i1 = i0 + part < nb ? i0 + part : nb;
+		for (int k = 0; k < nr; k++) {
+			/* two calls on: row k + 2 here, else the first rows
+			 * of the next part, or of the next tile */
+			int64_t ahead = k + 2 < nr ? 2 * (int64_t)rs
+					: i1 < nb  ? (2 - nr) * (int64_t)rs + part * bb
+						   : 2 * (int64_t)rs - i0 * bb;
+			struct ms_q8_part p = { i0, i1, in->pf ? ahead : 0, acc[k] };
+			fu(base + (uint64_t)(r0 + k) * rs, in, &p, nb, o[k]);
+		}
+	}
+}
+
 /* Rows r .. r + nr - 1 of `base` unpacked into w. */
 static void q8_unpack_rows(ms_q8_unpack_fn up, const uint8_t *base, uint64_t rs,
 			   int64_t r, int nr, struct ms_q8_w *w, int64_t nb)
@@ -646,18 +729,20 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 	struct ms_q8_w *w = j->wq[ith];
 	float *g = j->tbuf[ith];
 	if (j->fu_gate && j->fu_up) {
+		float go[Q8_TILE][MS_Q8_FUSED_MAX], uo[Q8_TILE][MS_Q8_FUSED_MAX];
 		while (claim(j, F, 1, nth, &r0, &r1))
-			for (int64_t r = r0; r < r1; r++) {
-				float uo[MS_Q8_FUSED_MAX];
-				j->fu_gate(j->gate + (uint64_t)r * j->rs_gate,
-					   &j->xin, nb, g);
-				j->fu_up(j->up + (uint64_t)r * j->rs_up, &j->xin,
-					 nb, uo);
-				for (int64_t b = 0; b < B; b++) {
-					double gv = g[b], uv = uo[b];
-					j->h[b * F + r] =
-						(float)(gv / (1.0 + exp(-gv)) * uv);
-				}
+			for (int64_t r = r0; r < r1; r += Q8_TILE) {
+				int nr = r1 - r < Q8_TILE ? (int)(r1 - r) : Q8_TILE;
+				q8_fused_rows(j->fu_gate, j->gate, j->rs_gate,
+					      &j->xin, nb, j->xpart, r, nr, go);
+				q8_fused_rows(j->fu_up, j->up, j->rs_up, &j->xin,
+					      nb, j->xpart, r, nr, uo);
+				for (int k = 0; k < nr; k++)
+					for (int64_t b = 0; b < B; b++) {
+						double gv = go[k][b], uv = uo[k][b];
+						j->h[b * F + r + k] = (float)(
+							gv / (1.0 + exp(-gv)) * uv);
+					}
 			}
 		return;
 	}
@@ -685,17 +770,20 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 static void phase_rows_q8(struct ffn_job *j, int ith, int nth,
 			  const uint8_t *base, uint64_t rs, ms_q8_unpack_fn up,
 			  ms_q8_fused_fn fu, const struct ms_q8_act *q,
-			  const struct ms_q8_in *in, int64_t n_in, int64_t n_out)
+			  const struct ms_q8_in *in, int64_t part, int64_t n_in,
+			  int64_t n_out)
 {
 	int64_t r0, r1, nb = n_in / MS_Q8_QK;
 	struct ms_q8_w *w = j->wq[ith];
 	if (fu) {
+		float o[Q8_TILE][MS_Q8_FUSED_MAX];
 		while (claim(j, n_out, 1, nth, &r0, &r1))
-			for (int64_t r = r0; r < r1; r++) {
-				float o[MS_Q8_FUSED_MAX];
-				fu(base + (uint64_t)r * rs, in, nb, o);
-				for (int64_t b = 0; b < j->n_tok; b++)
-					j->y[b * n_out + r] = o[b];
+			for (int64_t r = r0; r < r1; r += Q8_TILE) {
+				int nr = r1 - r < Q8_TILE ? (int)(r1 - r) : Q8_TILE;
+				q8_fused_rows(fu, base, rs, in, nb, part, r, nr, o);
+				for (int k = 0; k < nr; k++)
+					for (int64_t b = 0; b < j->n_tok; b++)
+						j->y[b * n_out + r + k] = o[k][b];
 			}
 		return;
 	}
@@ -711,14 +799,14 @@ static void phase_down_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
 	phase_rows_q8(j, ith, nth, j->down, j->rs_down, j->up_down, j->fu_down,
-		      j->hq, &j->hin, j->n_ff, j->n_embd);
+		      j->hq, &j->hin, j->hpart, j->n_ff, j->n_embd);
 }
 
 static void phase_matmul_q8(void *ctx, int ith, int nth)
 {
 	struct ffn_job *j = ctx;
 	phase_rows_q8(j, ith, nth, j->gate, j->rs_gate, j->up_gate, j->fu_gate,
-		      j->xq, &j->xin, j->n_embd, j->n_ff);
+		      j->xq, &j->xin, j->xpart, j->n_embd, j->n_ff);
 }
 
 static void run_phase(const struct ms_ffn_opts *opts, int nth, task_fn fn,
@@ -751,9 +839,11 @@ static void q8_quantize_all(const struct ms_ffn_opts *opts, int nth,
 /* A fused product's inputs: n_tok rows of nb blocks at q, their pairs at
  * pp (q8_setup's pairs), the prefetch as q8_pf_min_tok says. */
 static void q8_fused_in(const struct ffn_job *j, const struct ms_q8_act *q,
-			int64_t nb, struct ms_q8_pair *pp, struct ms_q8_in *in)
+			int64_t nb, struct ms_q8_pair *pp, struct ms_q8_in *in,
+			int64_t *part)
 {
 	memset(in, 0, sizeof(*in));
+	*part = q8_part_blocks((int)j->n_tok, nb);
 	in->nt = (int)j->n_tok;
 	in->pf = j->n_tok >= q8_pf_min_tok();
 	for (int64_t b = 0; b < j->n_tok; b++)
@@ -959,14 +1049,15 @@ static int expert_ffn_q8(struct ffn_job *j, const struct ms_ffn_opts *opts,
 	}
 	q8_quantize_all(opts, nth, j->x, j->xq, E, B);
 	if (j->fu_gate)
-		q8_fused_in(j, j->xq, E / MS_Q8_QK, j->pairs, &j->xin);
+		q8_fused_in(j, j->xq, E / MS_Q8_QK, j->pairs, &j->xin,
+			    &j->xpart);
 	j->next = 0;
 	run_phase(opts, nth, phase_gate_up_q8, j);
 	q8_quantize_all(opts, nth, j->h, j->hq, F, B);
 	if (j->fu_down)
 		q8_fused_in(j, j->hq, F / MS_Q8_QK,
 			    j->pairs ? j->pairs + (B / 2) * (E / MS_Q8_QK) : NULL,
-			    &j->hin);
+			    &j->hin, &j->hpart);
 	j->next = 0;
 	run_phase(opts, nth, phase_down_q8, j);
 out:
@@ -1224,7 +1315,7 @@ int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
 			q8_quantize_all(opts, nth, x, j.xq, n_in, n_tokens);
 			if (j.fu_gate)
 				q8_fused_in(&j, j.xq, n_in / MS_Q8_QK, j.pairs,
-					    &j.xin);
+					    &j.xin, &j.xpart);
 			j.next = 0;
 			run_phase(opts, nth, phase_matmul_q8, &j);
 		}

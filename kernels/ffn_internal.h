@@ -146,8 +146,24 @@ struct ms_q8_in {
 };
 void ms_q8_pairs(struct ms_q8_in *in, int64_t nb, struct ms_q8_pair *out);
 
+/* A row in parts, for rows whose inputs would not stay in L1 together
+ * (kernels/ffn.c): blocks i0..i1 of the row's nb in one call, the lanes
+ * carried between the calls in acc (MS_Q8_PART_FLOATS floats, the kernel's
+ * own layout). The part with i0 == 0 starts them, the one with i1 == nb
+ * writes out[]; the parts in order give the bits of the whole row in one
+ * call. pf: each block prefetches the weights this many bytes from it
+ * (0: none; may be negative), in place of in->pf's MS_Q8_PF_BYTES: the
+ * caller knows which part comes next. */
+#define MS_Q8_PART_FLOATS 80
+struct ms_q8_part {
+	int64_t i0, i1, pf;
+	float *acc;
+};
+
+/* part NULL: the whole row, prefetching as in->pf says */
 typedef void (*ms_q8_fused_fn)(const uint8_t *row, const struct ms_q8_in *in,
-			       int64_t nb, float *out);
+			       const struct ms_q8_part *part, int64_t nb,
+			       float *out);
 ms_q8_fused_fn ms_q8_avx2_fused(uint32_t type);  /* the best of the two: */
 ms_q8_fused_fn ms_q8_avx256_fused(uint32_t type); /* AVX2 */
 ms_q8_fused_fn ms_q8_avx512_fused(uint32_t type); /* AVX-512 BW + VNNI, the

@@ -275,12 +275,12 @@ TGT_INLINE void lane_block(__m256 *acc, __m256 *accm, const struct ms_q8_w *w,
 
 /* The entry point of a fused form: nt (1..4) as a constant, so that the
  * inputs' loops unroll. */
-#define NT_SWITCH(F, A, B, C, D)                                                      \
+#define NT_SWITCH(F, A, B, C, D, E)                                                   \
 	switch (nt) {                                                                 \
-	case 1: F(A, B, C, D, 1); break;                                              \
-	case 2: F(A, B, C, D, 2); break;                                              \
-	case 3: F(A, B, C, D, 3); break;                                              \
-	default: F(A, B, C, D, 4); break;                                             \
+	case 1: F(A, B, C, D, E, 1); break;                                           \
+	case 2: F(A, B, C, D, E, 2); break;                                           \
+	case 3: F(A, B, C, D, E, 3); break;                                           \
+	default: F(A, B, C, D, E, 4); break;                                          \
 	}
 
 /* The weights MS_Q8_PF_BYTES past a block of `bytes` at x, into L2: a
@@ -288,10 +288,24 @@ TGT_INLINE void lane_block(__m256 *acc, __m256 *accm, const struct ms_q8_w *w,
  * the row's start, queued behind the misses and stalled the kernel: Zen 5,
  * two threads, four inputs, q4_K 16% slower). Past the matrix's end it
  * touches nothing (a prefetch never faults). */
-TGT_INLINE void pf_block(const uint8_t *x, const int bytes)
+TGT_INLINE void pf_block(const uint8_t *x, int64_t ahead, const int bytes)
 {
 	for (int o = 0; o < bytes; o += 64)
-		_mm_prefetch((const char *)x + MS_Q8_PF_BYTES + o, _MM_HINT_T1);
+		_mm_prefetch((const char *)x + ahead + o, _MM_HINT_T1);
+}
+
+/* Where a fused form starts and ends, and how far ahead it prefetches
+ * (0: not), for a whole row (part NULL) or a part of one. */
+struct span {
+	int64_t i, end, pf;
+};
+
+TGT_INLINE struct span row_span(const struct ms_q8_in *in,
+				const struct ms_q8_part *part, int64_t nb)
+{
+	if (part)
+		return (struct span){ part->i0, part->i1, part->pf };
+	return (struct span){ 0, nb, in->pf ? MS_Q8_PF_BYTES : 0 };
 }
 
 TGT static float dot_avx2(const struct ms_q8_w *w, const struct ms_q8_act *x,
@@ -439,15 +453,23 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 
 #define FUSED(T, BYTES, HDR)                                                          \
 	TGT_INLINE void fused_##T##_n(const uint8_t *x, const struct ms_q8_in *in,    \
-				      int64_t nb, float *out, const int NT)           \
+				      const struct ms_q8_part *part, int64_t nb,      \
+				      float *out, const int NT)                       \
 	{                                                                             \
 		__m256 acc[4], accm[4];                                               \
+		struct span sp = row_span(in, part, nb);                              \
 		for (int t = 0; t < NT; t++)                                          \
 			acc[t] = accm[t] = _mm256_setzero_ps();                       \
+		if (sp.i)                                                             \
+			for (int t = 0; t < NT; t++) {                                \
+				acc[t] = _mm256_loadu_ps(part->acc + 16 * t);         \
+				accm[t] = _mm256_loadu_ps(part->acc + 16 * t + 8);    \
+			}                                                             \
+		x += sp.i * BYTES;                                                    \
 		struct ms_q8_w h;                                                     \
-		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
-			if (in->pf)                                                   \
-				pf_block(x, BYTES);                                   \
+		for (int64_t i = sp.i; i < sp.end; i++, x += BYTES) {                 \
+			if (sp.pf)                                                    \
+				pf_block(x, sp.pf, BYTES);                            \
 			HDR(x, &h);                                                   \
 			__m256i a[4];                                                 \
 			for (int t = 0; t < NT; t++)                                  \
@@ -470,14 +492,22 @@ TGT_INLINE __m256i chunk_scales(const int16_t *s, int g)
 				lane_block(&acc[t], &accm[t], &h, &in->x[t][i], a[t], \
 					   mv);                                       \
 		}                                                                     \
+		if (sp.end < nb) {                                                    \
+			for (int t = 0; t < NT; t++) {                                \
+				_mm256_storeu_ps(part->acc + 16 * t, acc[t]);         \
+				_mm256_storeu_ps(part->acc + 16 * t + 8, accm[t]);    \
+			}                                                             \
+			return;                                                       \
+		}                                                                     \
 		for (int t = 0; t < NT; t++)                                          \
 			out[t] = lane_tree(acc[t], accm[t]);                          \
 	}                                                                             \
 	TGT static void fused_##T(const uint8_t *x, const struct ms_q8_in *in,        \
-				  int64_t nb, float *out)                             \
+				  const struct ms_q8_part *part, int64_t nb,          \
+				  float *out)                                         \
 	{                                                                             \
 		const int nt = in->nt;                                                \
-		NT_SWITCH(fused_##T##_n, x, in, nb, out)                              \
+		NT_SWITCH(fused_##T##_n, x, in, part, nb, out)                        \
 	}
 
 FUSED(q2_K, 84, hdr_q2_K)
@@ -701,16 +731,29 @@ TGT5_INLINE __m256 hi8(__m512 v)
  * input takes one vpdpbusd: the same exact lanes as maddubs + dpwssd. */
 #define FUSED5(T, BYTES, HDR, PER32, PRE)                                                    \
 	TGT5_INLINE void f5_##T##_n(const uint8_t *x, const struct ms_q8_in *in,      \
-				    int64_t nb, float *out, const int NT)             \
+				    const struct ms_q8_part *part, int64_t nb,        \
+				    float *out, const int NT)                         \
 	{                                                                             \
 		const int NP = NT / 2; /* inputs in pairs, then an odd one */         \
 		__m512 acc[2], accm[2];                                               \
 		__m256 acc1 = _mm256_setzero_ps(), accm1 = _mm256_setzero_ps();       \
 		acc[0] = accm[0] = acc[1] = accm[1] = _mm512_setzero_ps();            \
+		struct span sp = row_span(in, part, nb);                              \
+		if (sp.i) {                                                           \
+			for (int p = 0; p < NP; p++) {                                \
+				acc[p] = _mm512_loadu_ps(part->acc + 32 * p);         \
+				accm[p] = _mm512_loadu_ps(part->acc + 32 * p + 16);   \
+			}                                                             \
+			if (NT % 2) {                                                 \
+				acc1 = _mm256_loadu_ps(part->acc + 64);               \
+				accm1 = _mm256_loadu_ps(part->acc + 72);              \
+			}                                                             \
+		}                                                                     \
+		x += sp.i * BYTES;                                                    \
 		struct hdr5 h;                                                        \
-		for (int64_t i = 0; i < nb; i++, x += BYTES) {                        \
-			if (in->pf)                                                   \
-				pf_block(x, BYTES);                                   \
+		for (int64_t i = sp.i; i < sp.end; i++, x += BYTES) {                 \
+			if (sp.pf)                                                    \
+				pf_block(x, sp.pf, BYTES);                            \
 			HDR(x, &h);                                                   \
 			__m512i a[4];                                                 \
 			_Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)          \
@@ -741,6 +784,17 @@ TGT5_INLINE __m256 hi8(__m512 v)
 				lane_block5(&acc1, &accm1, &h, &in->x[NT - 1][i],     \
 					    fold8(a[NT - 1]));                        \
 		}                                                                     \
+		if (sp.end < nb) {                                                    \
+			for (int p = 0; p < NP; p++) {                                \
+				_mm512_storeu_ps(part->acc + 32 * p, acc[p]);         \
+				_mm512_storeu_ps(part->acc + 32 * p + 16, accm[p]);   \
+			}                                                             \
+			if (NT % 2) {                                                 \
+				_mm256_storeu_ps(part->acc + 64, acc1);               \
+				_mm256_storeu_ps(part->acc + 72, accm1);              \
+			}                                                             \
+			return;                                                       \
+		}                                                                     \
 		_Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {               \
 			out[2 * p] = lane_tree(_mm512_castps512_ps256(acc[p]),        \
 					       _mm512_castps512_ps256(accm[p]));      \
@@ -750,10 +804,11 @@ TGT5_INLINE __m256 hi8(__m512 v)
 			out[NT - 1] = lane_tree(acc1, accm1);                         \
 	}                                                                             \
 	TGT5 static void f5_##T(const uint8_t *x, const struct ms_q8_in *in,          \
-				int64_t nb, float *out)                               \
+				const struct ms_q8_part *part, int64_t nb,            \
+				float *out)                                           \
 	{                                                                             \
 		const int nt = in->nt;                                                \
-		NT_SWITCH(f5_##T##_n, x, in, nb, out)                                 \
+		NT_SWITCH(f5_##T##_n, x, in, part, nb, out)                           \
 	}
 
 FUSED5(q2_K, 84, hdr5_q2_K, 0, 1)

@@ -16,8 +16,9 @@
  *     bits; the fused forms (AVX2, and AVX-512 where the CPU has BW and
  *     VNNI) give each of 1..4 inputs the scalar form's bits;
  *   - ms_matmul and ms_expert_ffn with q8 give each token the same bits
- *     alone or among 2..5 tokens, on 1, 2 or 3 threads, and the FFN is
- *     exactly its three products composed;
+ *     alone or among 2..10 tokens, on 1, 2 or 3 threads, and the FFN is
+ *     exactly its three products composed; also with rows long enough
+ *     (MS_FFN_L1_BYTES made small) that the fused forms go in parts;
  *   - a type without an 8-bit kernel is refused, naming it.
  *   - the q8 product equals the f32 one of the rounded inputs within 1e-5
  *     (relative L2), and the q8 FFN is off the f32 one by at most 3 x
@@ -241,17 +242,39 @@ static void fused_forms(uint32_t t, uint64_t *s)
 			for (int pf = 0; pf < 2; pf++) {
 				in.pf = pf;
 				if (f2) {
-					f2(w + r * rs, &in, nb, o);
+					f2(w + r * rs, &in, NULL, nb, o);
 					diff2 += memcmp(o, ref, (size_t)in.nt * 4) != 0;
 				}
 				if (f5) {
-					f5(w + r * rs, &in, nb, o);
+					f5(w + r * rs, &in, NULL, nb, o);
 					diff5 += memcmp(o, ref, (size_t)in.nt * 4) != 0;
+				}
+			}
+		/* in parts of 1, 3 and 5 blocks (the last part shorter), the
+		 * lanes carried between the calls, prefetching or not */
+		for (in.nt = 1; in.nt <= 4; in.nt++)
+			for (int64_t len = 1; len <= 5; len += 2) {
+				ms_q8_fused_fn fs[2] = { f2, f5 };
+				int *dv[2] = { &diff2, &diff5 };
+				for (int f = 0; f < 2; f++) {
+					if (!fs[f])
+						continue;
+					_Alignas(64) float acc[MS_Q8_PART_FLOATS];
+					memset(o, 0, sizeof(o));
+					for (int64_t i0 = 0; i0 < nb; i0 += len) {
+						struct ms_q8_part p = {
+							i0, i0 + len < nb ? i0 + len : nb,
+							len == 3 ? (int64_t)rs : 0, acc
+						};
+						fs[f](w + r * rs, &in, &p, nb, o);
+					}
+					*dv[f] += memcmp(o, ref, (size_t)in.nt * 4) != 0;
 				}
 			}
 	}
 	printf("%-5s fused: AVX2 %s, AVX-512 %s (rows x 1..4 inputs x prefetch "
-	       "or not differing from scalar unpack + dot: %d, %d)\n",
+	       "or not, and in parts of 1, 3, 5 blocks, differing from scalar "
+	       "unpack + dot: %d, %d)\n",
 	       ms_type_name(t),
 	       f2 ? "run" : "not on this CPU", f5 ? "run" : "not on this CPU",
 	       diff2, diff5);
@@ -321,11 +344,12 @@ static void swiglu_h(uint32_t t, const uint8_t *g, const uint8_t *u, int64_t E,
 	}
 }
 
-/* ms_matmul and ms_expert_ffn with q8: batch and thread invariance, the
- * FFN as its products, the error against f32. */
-static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
+/* ms_matmul and ms_expert_ffn with q8 (E -> F -> E): batch and thread
+ * invariance, the FFN as its products, the error against f32. */
+static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path,
+		     int64_t E, int64_t F)
 {
-	const int64_t E = 512, F = 768, T = 10;
+	const int64_t T = 10;
 	uint64_t rs_e, rs_f;
 	ms_type_row_size(t, E, &rs_e, NULL);
 	ms_type_row_size(t, F, &rs_f, NULL);
@@ -339,6 +363,8 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 	      *ye = malloc(T * E * sizeof(float)), *yc = malloc(T * E * sizeof(float));
 	fill_x(x, T * E, s, false);
 	struct ms_err err = { 0 };
+	struct ms_expert_view v = { .n_embd = E, .n_ff = F, .type = { t, t, t },
+				    .data = { g, u, d } };
 	int diff = 0;
 	for (int th = 1; th <= 3; th++) {
 		struct ms_ffn_opts o = { .path = path, .n_threads = th, .q8 = true };
@@ -350,6 +376,16 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 					t_fatal("%s", err.msg);
 				diff += memcmp(y1, yn + k * F, F * sizeof(float)) != 0;
 			}
+			if (nt > MS_Q8_FUSED_MAX)
+				continue;
+			/* the FFN's fused products: gate and up, then down */
+			if (ms_expert_ffn(&v, x, ye, nt, &o, &err))
+				t_fatal("%s: %s", ms_type_name(t), err.msg);
+			for (int k = 0; k < nt; k++) {
+				if (ms_expert_ffn(&v, x + k * E, yc, 1, &o, &err))
+					t_fatal("%s", err.msg);
+				diff += memcmp(yc, ye + k * E, E * sizeof(float)) != 0;
+			}
 		}
 	}
 	T_CHECK(diff == 0, "%s/%s: %d tokens changed with their batch or threads",
@@ -357,8 +393,6 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 
 	/* the FFN = its three products composed (h as the FFN computes it) */
 	struct ms_ffn_opts o = { .path = path, .n_threads = 2, .q8 = true };
-	struct ms_expert_view v = { .n_embd = E, .n_ff = F, .type = { t, t, t },
-				    .data = { g, u, d } };
 	if (ms_expert_ffn(&v, x, ye, T, &o, &err))
 		t_fatal("%s: %s", ms_type_name(t), err.msg);
 	swiglu_h(t, g, u, E, F, x, T, &o, gg, uu);
@@ -398,10 +432,11 @@ static void products(uint32_t t, uint64_t *s, enum ms_ffn_path path)
 	    ms_matmul(t, d, F, E, hr, yc, T, &f, &err))
 		t_fatal("%s", err.msg);
 	double eh = rel_l2(yc, ye, T * E);
-	printf("%-5s %-6s q8 vs f32: matmul rel L2 %.2e (vs f32 of the rounded "
-	       "x %.1e), FFN %.2e = %.2f x what rounding x and h alone moves "
-	       "it (%.2e + %.2e)\n", ms_type_name(t), ms_ffn_path_name(path), em,
-	       emr, ef, ef / (ex + eh), ex, eh);
+	printf("%-5s %-6s %lld -> %lld: q8 vs f32: matmul rel L2 %.2e (vs f32 of "
+	       "the rounded x %.1e), FFN %.2e = %.2f x what rounding x and h "
+	       "alone moves it (%.2e + %.2e)\n", ms_type_name(t),
+	       ms_ffn_path_name(path), (long long)E, (long long)F, em, emr, ef,
+	       ef / (ex + eh), ex, eh);
 	T_CHECK(emr < 1e-5, "%s: the q8 product is %.3e from the f32 one of the "
 		"rounded inputs: more than summation order", ms_type_name(t), emr);
 	T_CHECK(ef <= 3 * (ex + eh), "%s: q8 vs f32 FFN %.3e, %.2f x what "
@@ -463,6 +498,10 @@ static void quantize_forms(uint64_t *s)
 
 int main(void)
 {
+	/* L1 taken as 6 KiB (4 KiB for the inputs): with 2..4 inputs the
+	 * fused products of 2560- and 1280-long rows go in parts of 4 or 5
+	 * blocks (the last shorter), those of 512 and 768 whole */
+	setenv("MS_FFN_L1_BYTES", "6144", 1);
 	load_ggml_cpu();
 	uint64_t s = t_seed();
 	bool avx2 = ms_ffn_path_available(MS_FFN_PATH_AVX2);
@@ -473,9 +512,11 @@ int main(void)
 		against_ggml(types[i], &s, false);
 		if (avx2)
 			against_ggml(types[i], &s, true);
-		products(types[i], &s, MS_FFN_PATH_SCALAR);
-		if (avx2)
-			products(types[i], &s, MS_FFN_PATH_AVX2);
+		products(types[i], &s, MS_FFN_PATH_SCALAR, 512, 768);
+		if (avx2) {
+			products(types[i], &s, MS_FFN_PATH_AVX2, 512, 768);
+			products(types[i], &s, MS_FFN_PATH_AVX2, 2560, 1280);
+		}
 		fused_forms(types[i], &s);
 		many_forms(types[i], &s);
 	}
@@ -486,7 +527,8 @@ int main(void)
 		printf("again with MS_FFN_NO_AVX512=1 (the AVX2 forms):\n");
 		for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 			against_ggml(types[i], &s, true);
-			products(types[i], &s, MS_FFN_PATH_AVX2);
+			products(types[i], &s, MS_FFN_PATH_AVX2, 512, 768);
+			products(types[i], &s, MS_FFN_PATH_AVX2, 2560, 1280);
 		}
 		unsetenv("MS_FFN_NO_AVX512");
 	}
