@@ -58,10 +58,13 @@ static double *tensor(struct ref *r, const char *fmt, int blk, int64_t *ne0,
 	return rows_of(r, fmt, blk, 0, -1, ne0, ne1);
 }
 
-/* Rows [first, first + count) of a tensor (count -1: all of them), in
- * doubles; *ne1 is the tensor's rows per matrix (ne[1]). */
-static double *rows_of(struct ref *r, const char *fmt, int blk, int64_t first,
-		       int64_t count, int64_t *ne0, int64_t *ne1)
+/* Rows [first, first + count) of a tensor (count -1: all of them) as
+ * stored, with its row size *rs, row length *ne0 and rows per matrix *ne1
+ * (ne[1]; all of them when the whole tensor is asked); NULL when the model
+ * has no such tensor. */
+static uint8_t *raw_rows(struct ref *r, const char *fmt, int blk, int64_t first,
+			 int64_t *count, uint32_t *type, uint64_t *rs,
+			 int64_t *ne0, int64_t *ne1)
 {
 	char name[128];
 	snprintf(name, sizeof(name), fmt, blk);
@@ -73,30 +76,76 @@ static double *rows_of(struct ref *r, const char *fmt, int blk, int64_t first,
 	const struct ms_gguf_tensor *t = &g->tensors[ix];
 	int64_t n0 = t->ne[0], n1 = t->n_dims > 1 ? t->ne[1] : 1;
 	int64_t n2 = t->n_dims > 2 ? t->ne[2] : 1;
-	if (count < 0)
-		count = n1 * n2 - first;
-	uint64_t rs;
-	if (ms_type_row_size(t->type, n0, &rs, NULL))
+	if (*count < 0)
+		*count = n1 * n2 - first;
+	if (ms_type_row_size(t->type, n0, rs, NULL))
 		t_fatal("row size of %s", name);
-	uint64_t bytes = rs * (uint64_t)count;
+	uint64_t bytes = *rs * (uint64_t)*count;
 	uint8_t *raw = malloc(bytes);
 	if (!raw || pread(g->fd, raw, bytes, (off_t)(t->file_offset +
-						     rs * (uint64_t)first)) !=
+						     *rs * (uint64_t)first)) !=
 			    (ssize_t)bytes)
 		t_fatal("reading %s", name);
+	*type = t->type;
+	*ne0 = n0;
+	*ne1 = *count == n1 * n2 ? n1 * n2 : n1;
+	return raw;
+}
+
+/* Row i of raw (rows of n0 values of `type`, rs bytes each) into row. */
+static void dequant(uint32_t type, const uint8_t *raw, uint64_t rs, int64_t i,
+		    int64_t n0, float *row)
+{
+	if (ms_dequant_row(type, raw + (uint64_t)i * rs, row, n0))
+		t_fatal("dequantising a %s row", ms_type_name(type));
+}
+
+/* Rows [first, first + count) of a tensor (count -1: all of them), in
+ * doubles; *ne1 is the tensor's rows per matrix (ne[1]). */
+static double *rows_of(struct ref *r, const char *fmt, int blk, int64_t first,
+		       int64_t count, int64_t *ne0, int64_t *ne1)
+{
+	uint32_t type;
+	uint64_t rs;
+	uint8_t *raw = raw_rows(r, fmt, blk, first, &count, &type, &rs, ne0, ne1);
+	if (!raw)
+		return NULL;
+	int64_t n0 = *ne0;
 	double *out = malloc((size_t)(n0 * count) * sizeof(double));
 	float *row = malloc((size_t)n0 * sizeof(float));
 	for (int64_t i = 0; i < count; i++) {
-		if (ms_dequant_row(t->type, raw + (uint64_t)i * rs, row, n0))
-			t_fatal("dequantising %s", name);
+		dequant(type, raw, rs, i, n0, row);
 		for (int64_t k = 0; k < n0; k++)
 			out[i * n0 + k] = row[k];
 	}
 	free(row);
 	free(raw);
-	*ne0 = n0;
-	*ne1 = count == n1 * n2 ? n1 * n2 : n1;
 	return out;
+}
+
+/* y = W x for rows [first, first + count) of a tensor, a row dequantised
+ * at a time: the sums of matvec over rows_of's doubles, without making
+ * them (an expert's three matrices per token and choice were 7 GB of
+ * doubles written, and as many pages faulted, over this test's run). */
+static void rows_matvec(struct ref *r, const char *fmt, int blk, int64_t first,
+			int64_t count, const double *x, double *y)
+{
+	uint32_t type;
+	uint64_t rs;
+	int64_t n0, n1;
+	uint8_t *raw = raw_rows(r, fmt, blk, first, &count, &type, &rs, &n0, &n1);
+	if (!raw)
+		t_fatal("no tensor %s", fmt);
+	float *row = malloc((size_t)n0 * sizeof(float));
+	for (int64_t o = 0; o < count; o++) {
+		dequant(type, raw, rs, o, n0, row);
+		double s = 0;
+		for (int64_t i = 0; i < n0; i++)
+			s += (double)row[i] * x[i];
+		y[o] = s;
+	}
+	free(row);
+	free(raw);
 }
 
 static void matvec(const double *w, int64_t n_in, int64_t n_out,
@@ -337,21 +386,24 @@ static int reference(struct ref *r, const int32_t *ids, int n, double *out,
 				}
 				int64_t F = (int64_t)r->m->n_ff_exp;
 				double *ye = malloc((size_t)E * sizeof(double));
+				double *hg = malloc((size_t)F * sizeof(double));
+				double *hu = malloc((size_t)F * sizeof(double));
 				for (int64_t j = 0; j < k; j++) {
+					/* swiglu_ffn, the expert's rows as read */
 					int64_t e = chosen[j];
-					double *g = rows_of(r, "blk.%d.ffn_gate_exps.weight",
-							    (int)blk, e * F, F, &a, &b);
-					double *u = rows_of(r, "blk.%d.ffn_up_exps.weight",
-							    (int)blk, e * F, F, &a, &b);
-					double *d = rows_of(r, "blk.%d.ffn_down_exps.weight",
-							    (int)blk, e * E, E, &a, &b);
-					swiglu_ffn(g, u, d, E, F, h, ye);
+					rows_matvec(r, "blk.%d.ffn_gate_exps.weight",
+						    (int)blk, e * F, F, h, hg);
+					rows_matvec(r, "blk.%d.ffn_up_exps.weight",
+						    (int)blk, e * F, F, h, hu);
+					for (int64_t i = 0; i < F; i++)
+						hg[i] = hg[i] / (1.0 + exp(-hg[i])) * hu[i];
+					rows_matvec(r, "blk.%d.ffn_down_exps.weight",
+						    (int)blk, e * E, E, hg, ye);
 					for (int64_t i = 0; i < E; i++)
 						y[i] += w[j] * ye[i];
-					free(g);
-					free(u);
-					free(d);
 				}
+				free(hg);
+				free(hu);
 				double *sg = tensor(r, "blk.%d.ffn_gate_shexp.weight", (int)blk, &a, &F);
 				if (sg) {
 					double *su = tensor(r, "blk.%d.ffn_up_shexp.weight", (int)blk, &a, &b);
