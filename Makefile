@@ -37,6 +37,9 @@ CC          ?= cc
 SANITIZER   ?=
 FUZZ_TIME   ?= 60
 TEST_TIMEOUT ?= 300
+# tests run this many at a time (tests/run.sh --jobs; the ones that hold
+# memory limits or load the machine run alone first)
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 ifeq ($(SANITIZER),)
 O           ?= build
@@ -175,7 +178,7 @@ test:
 	@mk/deps.sh install-test
 	@$(MAKE) --no-print-directory tests
 	@$(MAKE) --no-print-directory ggml-ref
-	@MS_BUILD=$(O) tests/run.sh --timeout $(TEST_TIMEOUT) $(TEST_BIN)
+	@MS_BUILD=$(O) tests/run.sh --timeout $(TEST_TIMEOUT) --jobs $(TEST_JOBS) $(TEST_BIN)
 
 check:
 	@$(MAKE) --no-print-directory SANITIZER=address,undefined test
@@ -191,7 +194,7 @@ EMU_TESTS   ?= $(patsubst tests/%.c,%,$(wildcard tests/t_gpu*.c)) t_kernel_cli
 gpu-emu: tests
 	@$(MAKE) --no-print-directory ggml-ref
 	@TESTS="$(EMU_TESTS)" EMU_SAN=$(if $(SANITIZER),1,$(EMU_SAN)) tests/cuda-emu/build.sh $(O) $(EMU_O)
-	@MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) $(addprefix $(EMU_O)/,$(EMU_TESTS))
+	@MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) --jobs $(TEST_JOBS) $(addprefix $(EMU_O)/,$(EMU_TESTS))
 
 run:
 	@mk/deps.sh install
