@@ -30,7 +30,13 @@
 
 #include "moestream/model.h"
 
+/* The reader's buffer. Its first fill takes RD_FIRST bytes, each later one
+ * twice the last, up to RD_BUF: a header and KVs are often a few KB (a
+ * test model's 7 KB), and reading a whole MiB for them cost ~0.1 ms a file
+ * (t_byteflip's 20,000 opens under ASan: 107 s, where every large buffer
+ * is faulted in afresh), while a tokenizer's MBs still take a few reads. */
 #define RD_BUF (1u << 20)
+#define RD_FIRST (64u << 10)
 
 /* ---- a bounds-checked, buffered reader over pread -------------------------- */
 
@@ -42,6 +48,7 @@ struct rd {
 	uint8_t *buf;
 	uint64_t buf_start; /* file offset of buf[0] */
 	size_t buf_len;
+	size_t fill;        /* the next fill's size (RD_FIRST .. RD_BUF) */
 	uint64_t bytes_read;
 	struct ms_err *err;
 };
@@ -66,8 +73,12 @@ static int rd_need(struct rd *r, uint64_t n, const char *what)
 /* Refills the buffer so that it holds file bytes starting at r->pos. */
 static int rd_fill(struct rd *r)
 {
-	uint64_t want = rd_left(r) < RD_BUF ? rd_left(r) : RD_BUF;
+	if (r->fill < RD_FIRST)
+		r->fill = RD_FIRST;
+	uint64_t want = rd_left(r) < r->fill ? rd_left(r) : r->fill;
 	size_t got = 0;
+	if (r->fill < RD_BUF)
+		r->fill *= 2;
 
 	while (got < want) {
 		ssize_t n = pread(r->fd, r->buf + got, want - got,
