@@ -66,7 +66,7 @@ export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 ${TSAN_
 export MS_TMP="$tmp" MS_KEEP_TMP=1 MS_STRESS_OPS=${MS_STRESS_OPS:-0.5} \
        MS_FAULTS_SECONDS=${MS_FAULTS_SECONDS:-6}
 
-MS_BUILD="$O" tests/run.sh --timeout 600 $bins
+MS_BUILD="$O" tests/run.sh --timeout 600 --jobs "${TEST_JOBS:-$(nproc 2>/dev/null || echo 1)}" $bins
 rc=$?
 
 reports=$(grep -rl "WARNING: ThreadSanitizer\|ERROR: ThreadSanitizer\|FATAL: ThreadSanitizer" \
