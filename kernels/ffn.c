@@ -506,10 +506,10 @@ static void share(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
  * on two vCPUs of a shared VM, 10-23 ms of a 160-180 ms four-sequence
  * decode step, up to 45 ms when one vCPU was slowed. Measured in one
  * process, alternating with the fixed halves: a one-sequence glm8 decode
- * step took 0.73-0.98 x the time (medians of 12-20 pairs over five runs),
- * four sequences 0.96-1.0 x; a 151552 x 5120 product with four inputs
- * 0.82 x (q4_K) and 0.87 x (q6_K), with one input 0.88 x. Claims of a
- * fixed 16 or 64 rows instead were 1.4 x and 1.17 x slower. */
+ * step took 0.73-1.03 x the time (medians of 12-24 pairs over six runs;
+ * 0.91-0.98 in four), four sequences 0.96-1.05 x; a 151552 x 5120 product
+ * with four inputs 0.82 x (q4_K) and 0.87 x (q6_K), with one input 0.88 x.
+ * Claims of a fixed 16 or 64 rows instead were 1.4 x and 1.17 x slower. */
 #define CLAIM_MIN 8
 
 static bool claim(struct ffn_job *j, int64_t n, int64_t unit, int nth,
