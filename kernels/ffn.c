@@ -489,6 +489,12 @@ static int dequant_rows(const struct ffn_job *j, uint32_t type,
 	return 0;
 }
 
+/* h = silu(g) * u, in double as every path forms it */
+static inline float swiglu(double g, double u)
+{
+	return (float)(g / (1.0 + exp(-g)) * u);
+}
+
 static void share(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
 {
 	*r0 = n * ith / nth;
@@ -496,7 +502,7 @@ static void share(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
 }
 
 /* The q8 phases hand out their n rows as the threads ask for them, from
- * j->next (0 when the phase starts): each claim takes a 2 nth-th of the
+ * j->next (0 when the phase starts: run_rows): each claim takes a 2 nth-th of the
  * rows left, rounded up to a multiple of `unit` (the rows unpacked at a
  * time) and at least CLAIM_MIN, so that the claims shrink towards the end
  * and the threads finish within a few rows of each other. A row's result
@@ -738,11 +744,9 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 				q8_fused_rows(j->fu_up, j->up, j->rs_up, &j->xin,
 					      nb, j->xpart, r, nr, uo);
 				for (int k = 0; k < nr; k++)
-					for (int64_t b = 0; b < B; b++) {
-						double gv = go[k][b], uv = uo[k][b];
-						j->h[b * F + r + k] = (float)(
-							gv / (1.0 + exp(-gv)) * uv);
-					}
+					for (int64_t b = 0; b < B; b++)
+						j->h[b * F + r + k] =
+							swiglu(go[k][b], uo[k][b]);
 			}
 		return;
 	}
@@ -756,12 +760,9 @@ static void phase_gate_up_q8(void *ctx, int ith, int nth)
 			q8_unpack_rows(j->up_up, j->up, j->rs_up, r, nr, w, nb);
 			q8_dots(j, w, nr, j->xq, nb, uo, B, 1);
 			for (int k = 0; k < nr; k++)
-				for (int64_t b = 0; b < B; b++) {
-					double gv = g[k * B + b],
-					       uv = uo[k * B + b];
+				for (int64_t b = 0; b < B; b++)
 					j->h[b * F + r + k] =
-						(float)(gv / (1.0 + exp(-gv)) * uv);
-				}
+						swiglu(g[k * B + b], uo[k * B + b]);
 		}
 }
 
@@ -816,6 +817,14 @@ static void run_phase(const struct ms_ffn_opts *opts, int nth, task_fn fn,
 		pool_run(opts->pool, fn, ctx);
 	else
 		spawn_run(nth, fn, ctx);
+}
+
+/* A q8 phase: its rows claimed from the first (claim) */
+static void run_rows(const struct ms_ffn_opts *opts, int nth, task_fn fn,
+		     struct ffn_job *j)
+{
+	j->next = 0;
+	run_phase(opts, nth, fn, j);
 }
 
 /* Rounds n_tok rows of n values to 8 bits, on the job's threads from
@@ -916,10 +925,8 @@ static void phase_gate_up(void *ctx, int ith, int nth)
 			rowdot_tokens(j->rd_up, j->md_up,
 				      j->up + (uint64_t)r * j->rs_up, j->xv,
 				      j->x16v, j->x32v, E, (int)B, uo);
-			for (int64_t b = 0; b < B; b++) {
-				double gv = go[b], uv = uo[b];
-				j->h[b * F + r] = (float)(gv / (1.0 + exp(-gv)) * uv);
-			}
+			for (int64_t b = 0; b < B; b++)
+				j->h[b * F + r] = swiglu(go[b], uo[b]);
 		}
 		return;
 	}
@@ -939,12 +946,9 @@ static void phase_gate_up(void *ctx, int ith, int nth)
 		}
 		dot_rows(j, w, nr, j->x, E, E, u, j->rows);
 		for (int64_t b = 0; b < B; b++)
-			for (int i = 0; i < nr; i++) {
-				double gv = g[b * j->rows + i],
-				       uv = u[b * j->rows + i];
-				j->h[b * F + r + i] =
-					(float)(gv / (1.0 + exp(-gv)) * uv);
-			}
+			for (int i = 0; i < nr; i++)
+				j->h[b * F + r + i] = swiglu(g[b * j->rows + i],
+							     u[b * j->rows + i]);
 	}
 }
 
@@ -1051,15 +1055,13 @@ static int expert_ffn_q8(struct ffn_job *j, const struct ms_ffn_opts *opts,
 	if (j->fu_gate)
 		q8_fused_in(j, j->xq, E / MS_Q8_QK, j->pairs, &j->xin,
 			    &j->xpart);
-	j->next = 0;
-	run_phase(opts, nth, phase_gate_up_q8, j);
+	run_rows(opts, nth, phase_gate_up_q8, j);
 	q8_quantize_all(opts, nth, j->h, j->hq, F, B);
 	if (j->fu_down)
 		q8_fused_in(j, j->hq, F / MS_Q8_QK,
 			    j->pairs ? j->pairs + (B / 2) * (E / MS_Q8_QK) : NULL,
 			    &j->hin, &j->hpart);
-	j->next = 0;
-	run_phase(opts, nth, phase_down_q8, j);
+	run_rows(opts, nth, phase_down_q8, j);
 out:
 	q8_free(j, nth);
 	for (int i = 0; j->tbuf && i < nth; i++)
@@ -1316,8 +1318,7 @@ int ms_matmul(uint32_t type, const void *w, int64_t n_in, int64_t n_out,
 			if (j.fu_gate)
 				q8_fused_in(&j, j.xq, n_in / MS_Q8_QK, j.pairs,
 					    &j.xin, &j.xpart);
-			j.next = 0;
-			run_phase(opts, nth, phase_matmul_q8, &j);
+			run_rows(opts, nth, phase_matmul_q8, &j);
 		}
 		q8_free(&j, nth);
 		return rc;

@@ -73,8 +73,6 @@ static int rd_need(struct rd *r, uint64_t n, const char *what)
 /* Refills the buffer so that it holds file bytes starting at r->pos. */
 static int rd_fill(struct rd *r)
 {
-	if (r->fill < RD_FIRST)
-		r->fill = RD_FIRST;
 	uint64_t want = rd_left(r) < r->fill ? rd_left(r) : r->fill;
 	size_t got = 0;
 	if (r->fill < RD_BUF)
@@ -744,6 +742,7 @@ int ms_gguf_open_fd(struct ms_gguf **out, int fd, const char *name,
 	r.size = g->file_size;
 	r.err = err;
 	r.buf = malloc(RD_BUF);
+	r.fill = RD_FIRST;
 	if (!r.buf) {
 		rc = ms_err_set(err, -ENOMEM, "%s: out of memory", name);
 		goto err;

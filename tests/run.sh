@@ -63,9 +63,8 @@ run_one() {
 	log=$logs/$name.log
 	s=$(date +%s.%N)
 	timeout -k 5 "$timeout_s" "$t" >"$log" 2>&1
-	echo $? >"$logs/$name.rc.tmp"
+	echo $? >"$logs/$name.rc"
 	awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }' >"$logs/$name.dt"
-	mv "$logs/$name.rc.tmp" "$logs/$name.rc"
 }
 
 # Its line, and the counts.
@@ -104,26 +103,20 @@ for t in "${alone[@]}"; do
 	run_one "$t"
 	report "$t"
 done
-# the rest, up to $jobs at a time: pid -> test
+# the rest, up to $jobs at a time: pid -> test; each reported as it ends
 declare -A running=()
+reap() {
+	local pid
+	wait -n -p pid
+	report "${running[$pid]}"
+	unset "running[$pid]"
+}
 for t in "${rest[@]}"; do
-	while [ "${#running[@]}" -ge "$jobs" ]; do
-		wait -n
-		for pid in "${!running[@]}"; do
-			if ! kill -0 "$pid" 2>/dev/null; then
-				wait "$pid"
-				report "${running[$pid]}"
-				unset "running[$pid]"
-			fi
-		done
-	done
+	while [ "${#running[@]}" -ge "$jobs" ]; do reap; done
 	run_one "$t" &
 	running[$!]=$t
 done
-for pid in "${!running[@]}"; do
-	wait "$pid"
-	report "${running[$pid]}"
-done
+while [ "${#running[@]}" -gt 0 ]; do reap; done
 echo "(logs in $logs; $(( $(date +%s) - t0 ))s in all)${failed:+ failed:$failed}"
 echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

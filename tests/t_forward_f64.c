@@ -213,6 +213,13 @@ static void rope(double *v, int64_t rot, int64_t pos, double base)
 	}
 }
 
+/* hg = silu(hg) * hu over F values */
+static void swiglu(double *hg, const double *hu, int64_t F)
+{
+	for (int64_t i = 0; i < F; i++)
+		hg[i] = hg[i] / (1.0 + exp(-hg[i])) * hu[i];
+}
+
 static void swiglu_ffn(const double *g, const double *u, const double *d,
 		       int64_t E, int64_t F, const double *x, double *y)
 {
@@ -220,8 +227,7 @@ static void swiglu_ffn(const double *g, const double *u, const double *d,
 	double *hu = malloc((size_t)F * sizeof(double));
 	matvec(g, E, F, x, hg);
 	matvec(u, E, F, x, hu);
-	for (int64_t i = 0; i < F; i++)
-		hg[i] = hg[i] / (1.0 + exp(-hg[i])) * hu[i];
+	swiglu(hg, hu, F);
 	matvec(d, F, E, hg, y);
 	free(hg);
 	free(hu);
@@ -395,8 +401,7 @@ static int reference(struct ref *r, const int32_t *ids, int n, double *out,
 						    (int)blk, e * F, F, h, hg);
 					rows_matvec(r, "blk.%d.ffn_up_exps.weight",
 						    (int)blk, e * F, F, h, hu);
-					for (int64_t i = 0; i < F; i++)
-						hg[i] = hg[i] / (1.0 + exp(-hg[i])) * hu[i];
+					swiglu(hg, hu, F);
 					rows_matvec(r, "blk.%d.ffn_down_exps.weight",
 						    (int)blk, e * E, E, hg, ye);
 					for (int64_t i = 0; i < E; i++)
