@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "engine_internal.h"
+#include "moestream/gpu_tier.h"
 #include "moestream/util.h"
 
 static const struct ms_arch *const arches[] = {
@@ -412,6 +413,7 @@ int ms_xsrc_open(struct ms_engine *e, struct ms_err *err)
 		return rc;
 	const struct ms_arena *ar = ms_cache_arena(xs->cache);
 	xs->base = ar->base;
+	xs->arena_len = ar->size;
 	e->info.cache_bytes = ar->size;
 	struct ms_read_info ri;
 	ms_cache_get_read_info(xs->cache, &ri);
@@ -435,6 +437,7 @@ void ms_xsrc_close(struct ms_xsrc *xs)
 	if (xs->cache)
 		ms_cache_free(xs->cache);
 	free(xs->q);
+	free(xs->desc_layers);
 	if (xs->q_cap) {
 		pthread_mutex_destroy(&xs->mu);
 		pthread_cond_destroy(&xs->cv);
@@ -575,6 +578,160 @@ void ms_xsrc_prefetch(struct ms_engine *e, uint32_t layer,
 	}
 	for (uint32_t i = 0; i < n; i++)
 		ms_cache_prefetch(xs->cache, layer, experts[i]);
+}
+
+/* ---- the embedded cache as the GPU tier's source --------------------------------- */
+
+const struct ms_client_model *ms_xsrc_describe(struct ms_engine *e)
+{
+	struct ms_xsrc *xs = &e->xs;
+	const struct ms_model *m = e->model;
+	if (xs->desc_layers)
+		return &xs->desc;
+	xs->desc_layers = calloc(m->n_layers ? m->n_layers : 1,
+				 sizeof(*xs->desc_layers));
+	if (!xs->desc_layers)
+		return NULL;
+	struct ms_client_model *d = &xs->desc;
+	snprintf(d->arch, sizeof(d->arch), "%s", m->arch);
+	d->n_block = m->n_block;
+	d->n_expert = m->n_expert;
+	d->n_expert_used = m->n_expert_used;
+	d->n_layers = m->n_layers;
+	d->arena_size = xs->arena_len;
+	d->layers = xs->desc_layers;
+	for (uint32_t l = 0; l < m->n_layers; l++) {
+		const struct ms_moe_layer *L = &m->layers[l];
+		struct ms_client_layer *C = &xs->desc_layers[l];
+		C->block = L->block;
+		C->n_proj = L->n_proj < 3 ? L->n_proj : 3;
+		for (uint32_t j = 0; j < C->n_proj; j++) {
+			C->proj[j] = L->proj[j];
+			C->type[j] = L->type[j];
+			C->ne[j][0] = L->ne[j][0];
+			C->ne[j][1] = L->ne[j][1];
+		}
+		C->expert_bytes = L->expert_bytes;
+		C->nextn = L->nextn;
+	}
+	return d;
+}
+
+static int ts_acquire(void *ctx, uint32_t block, const uint16_t *ex,
+		      unsigned n, uint64_t *id)
+{
+	struct ms_engine *e = ctx;
+	struct ms_xsrc *xs = &e->xs;
+	int32_t layer = block < e->model->n_block ? e->model->block_layer[block]
+						  : -1;
+	if (layer < 0)
+		return -EINVAL;
+	*id = ++xs->tier_req;
+	for (unsigned i = 0; i < n; i++) {
+		struct ms_expert_loc loc;
+		int rc = ms_cache_acquire(xs->cache, (uint32_t)layer, ex[i], cache_cb,
+					  xs, &loc);
+		if (rc == 0) {
+			xs->hits++;
+			cache_cb(xs, (uint32_t)layer, ex[i], 0, &loc);
+		} else if (rc == -EINPROGRESS) {
+			xs->misses++;
+		} else {
+			/* this one's answer is its failure */
+			cache_cb(xs, (uint32_t)layer, ex[i], rc, NULL);
+		}
+	}
+	return 0;
+}
+
+/* The next arrival, as moestreamd's client gives it; the id is the last
+ * request's (the cache's arrivals carry none: the tier matches them by
+ * block and expert too). */
+static int ts_next(void *ctx, struct ms_client_expert *out, uint64_t *id,
+		   int timeout_ms)
+{
+	struct ms_engine *e = ctx;
+	struct ms_xsrc *xs = &e->xs;
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	if (timeout_ms > 0) {
+		dl.tv_sec += timeout_ms / 1000;
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+	}
+	uint64_t t0 = now_ns();
+	pthread_mutex_lock(&xs->mu);
+	while (!xs->q_n && timeout_ms != 0) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&xs->cv, &xs->mu);
+		else if (pthread_cond_timedwait(&xs->cv, &xs->mu, &dl) == ETIMEDOUT)
+			break;
+	}
+	if (!xs->q_n) {
+		pthread_mutex_unlock(&xs->mu);
+		xs->wait_ns += now_ns() - t0;
+		return -ETIMEDOUT;
+	}
+	struct ms_arrival a = xs->q[xs->q_head];
+	xs->q_head = (xs->q_head + 1) % xs->q_cap;
+	xs->q_n--;
+	pthread_mutex_unlock(&xs->mu);
+	xs->wait_ns += now_ns() - t0;
+	memset(out, 0, sizeof(*out));
+	out->status = a.result;
+	out->block = e->model->layers[a.layer].block;
+	out->expert = a.expert;
+	if (!a.result) {
+		out->n_proj = a.loc.n_proj < 3 ? a.loc.n_proj : 3;
+		for (uint32_t j = 0; j < out->n_proj; j++) {
+			out->proj[j] = xs->base + a.loc.off[j];
+			out->len[j] = a.loc.len[j];
+		}
+	}
+	*id = xs->tier_req;
+	return 0;
+}
+
+/* Called from CUDA's callback thread too: the cache takes pins back from
+ * any thread. */
+static int ts_release(void *ctx, uint32_t block, const uint16_t *ex,
+		      unsigned n)
+{
+	struct ms_engine *e = ctx;
+	int32_t layer = block < e->model->n_block ? e->model->block_layer[block]
+						  : -1;
+	if (layer < 0)
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++)
+		ms_cache_release(e->xs.cache, (uint32_t)layer, ex[i]);
+	return 0;
+}
+
+int ms_xsrc_tier_source(struct ms_engine *e, struct ms_gpu_tier_source *src,
+			struct ms_err *err)
+{
+	struct ms_xsrc *xs = &e->xs;
+	if (xs->daemon)
+		return ms_err_set(err, -EINVAL, "the GPU tier takes moestreamd's "
+				  "own connection, not the engine's");
+	const struct ms_client_model *d = ms_xsrc_describe(e);
+	if (!d)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	memset(src, 0, sizeof(*src));
+	src->name = "the expert cache";
+	src->ctx = e;
+	src->model = d;
+	src->arena = xs->base;
+	src->arena_len = xs->arena_len;
+	src->writable = true;
+	src->acquire = ts_acquire;
+	src->next = ts_next;
+	src->release = ts_release;
+	src->release_any_thread = true;
+	return 0;
 }
 
 /* ---- open / close ------------------------------------------------------------------ */

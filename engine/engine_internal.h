@@ -68,6 +68,11 @@ struct ms_xsrc {
 	struct ms_client *client;
 	/* counts */
 	uint64_t hits, misses, wait_ns;
+	/* the GPU tier's view (ms_xsrc_describe, ms_xsrc_tier_source) */
+	struct ms_client_model desc;
+	struct ms_client_layer *desc_layers;
+	uint64_t arena_len;
+	uint64_t tier_req;
 };
 
 /* Batches of up to this many tokens route speculatively (a longer prompt
@@ -141,6 +146,15 @@ int ms_xsrc_next(struct ms_engine *e, uint32_t layer, uint32_t *expert,
 void ms_xsrc_release(struct ms_engine *e, uint32_t layer, uint32_t expert);
 void ms_xsrc_prefetch(struct ms_engine *e, uint32_t layer,
 		      const uint32_t *experts, uint32_t n);
+/* The model's MoE layers as moestreamd describes them (the GPU tier's
+ * terms; what a slot must hold): made once, kept in e->xs. NULL only
+ * when out of memory. */
+const struct ms_client_model *ms_xsrc_describe(struct ms_engine *e);
+/* The embedded cache as a source for the GPU tier (gpu_tier.h): its
+ * acquires, arrivals and releases, ms_xsrc_describe's layers, the arena. */
+struct ms_gpu_tier_source;
+int ms_xsrc_tier_source(struct ms_engine *e, struct ms_gpu_tier_source *src,
+			struct ms_err *err);
 
 /* engine/forward.c's steps that the GPU path shares. */
 int ms_eng_embed(struct ms_engine *e, const int32_t *ids, int64_t T,

@@ -12,14 +12,18 @@
  *    attention and the MoE sum through kernels/gpu_ops.cu;
  *  - the KV cache: in VRAM, forward.c's layout and element type (f16 as
  *    llama.cpp's, f32 with kv_f32);
- *  - routed experts: a VRAM expert cache of equal slots (each the largest
- *    expert, every projection 256-byte aligned) with an LRU, in front of
- *    the engine's expert source (the embedded cache or moestreamd): a miss
- *    is acquired from the source, copied into a slot and released there.
+ *  - routed experts: the GPU tier (kernels/gpu_tier.cu: equal VRAM slots,
+ *    each the largest expert with every projection 256-byte aligned, an
+ *    LRU) in front of the engine's expert source: the embedded cache
+ *    (ms_xsrc_tier_source) or, through moestreamd, a connection of the
+ *    tier's own. A miss is acquired from the source and copied into a slot
+ *    on the tier's copy stream, the compute stream made to wait for it;
+ *    the next MoE layer's guessed experts (speculative routing) are copied
+ *    in while this layer computes.
  *
- * With room in VRAM for every expert of the layers run (the embedded
- * source), all are loaded at open (all_in) and a one-token step routes on
- * the GPU instead (moe_ffn_dev: ms_gpu_route_topk, the experts through a
+ * With room in VRAM for every expert of the layers run, all are brought
+ * in at open, pinned for good (all_in), and a one-token step routes on the
+ * GPU instead (moe_ffn_dev: ms_gpu_route_topk, the experts through a
  * device table of their slots), queuing the whole step with nothing copied
  * back until the logits; from the second such step it is replayed from a
  * CUDA graph (step_graph). Otherwise:
@@ -28,14 +32,10 @@
  * (with the speculative logits of the next MoE layer, computed from the
  * same residual, in the same copy) and ms_router_select picks the experts
  * exactly as the CPU path does; that copy is the stream's only sync point
- * in a layer, so the copies into slots never overwrite weights a queued
- * kernel still reads.
+ * in a layer.
  *
- * Not here yet (issue 16): the tier's asynchronous copies under compute
- * for the embedded source (kernels/gpu_tier.cu takes a moestreamd
- * connection only: embedded, a miss is copied in before its layer runs),
- * --gpu-layers (a model whose resident tensors do not fit in VRAM is
- * refused with the numbers).
+ * Not here (issue 16): --gpu-layers (a model whose resident tensors do
+ * not fit in VRAM is refused with the numbers).
  */
 #include <errno.h>
 #include <math.h>
@@ -46,15 +46,16 @@
 #include "engine_internal.h"
 #include "moestream/gpu_tier.h"
 
-#define SLOT_ALIGN 256u
 #define GROUP_MAX 256u /* experts pinned at once (the tier takes 16-bit ids) */
 
 struct ms_gpu_eng {
 	struct ms_gpu_ctx *ctx;
-	/* through moestreamd: the GPU tier (kernels/gpu_tier.cu) on a
-	 * connection of its own, copies on its copy stream */
+	/* the VRAM expert cache: the GPU tier (kernels/gpu_tier.cu), copies
+	 * on its copy stream, on the embedded cache or (through moestreamd)
+	 * on a connection of its own */
 	struct ms_client *tclient;
 	struct ms_gpu_tier *tier;
+	uint32_t n_slots;
 	uint8_t *res;                /* the resident mapping in VRAM */
 	void *k_cache, *v_cache;
 	/* per batch: [n_batch] each */
@@ -79,29 +80,21 @@ struct ms_gpu_eng {
 	int32_t *h_rows;             /* [2][n_batch][n_used] */
 	int32_t *p_out;              /* [n_batch]: the rows whose logits */
 	int32_t *p_bad;              /* the device router's flag, copied */
-	/* every expert of the layers run in VRAM (the embedded source with
-	 * room for all, loaded at open): a one-token step routes on the GPU
+	/* every expert of the layers run in VRAM (room for all: loaded at
+	 * open, pinned for good): a one-token step routes on the GPU
 	 * (ms_gpu_route_topk) and reads its experts through a device table,
 	 * with nothing copied back until the logits */
 	bool all;
 	const void **tab;            /* device: [n_layers][n_expert][3] */
+	struct ms_gpu_expert *proto; /* [n_layers]: a layer's shape and types */
 	int32_t *dsel;               /* device: [n_used] */
 	int32_t *bad;                /* device: a router saw a non-finite value */
 	struct ms_gpu_graph *graph;  /* a one-token step, to replay */
 	uint64_t graph_hits;         /* VRAM hits one replay counts */
 	uint64_t steps1;             /* one-token steps run eagerly */
 	int graph_fails;
-	/* experts in VRAM */
-	uint8_t *slots;
-	uint64_t slot_bytes;
-	uint32_t n_slots;
-	int32_t *slot_of;            /* [n_layers][n_expert]: slot or -1 */
-	uint32_t *slot_key;          /* [n_slots]: layer * n_expert + expert */
-	uint64_t *slot_used;         /* [n_slots]: LRU stamp */
-	uint64_t *slot_pin;          /* [n_slots]: stamp of the layer using it */
-	uint64_t tick, layer_stamp;
-	uint64_t hits, misses, copied;
-	uint32_t *miss;              /* [n_expert] */
+	uint64_t dev_hits;           /* experts read through the device table
+					(the tier does not see those) */
 	int64_t *start;              /* [n_expert + 1] */
 	struct ms_gpu_expert *views; /* [GROUP_MAX] */
 	uint16_t hint16[GROUP_MAX];  /* the next MoE layer's guess */
@@ -136,21 +129,6 @@ static int dmalloc(void *p, size_t bytes, uint64_t *total, struct ms_err *err)
 	if (!rc && total)
 		*total += bytes;
 	return rc;
-}
-
-/* Bytes of projection j of an expert of MoE layer L (the same for each). */
-static uint64_t proj_bytes(const struct ms_moe_layer *L, uint32_t j)
-{
-	return L->ext[j].bytes;
-}
-
-/* Bytes of one expert of MoE layer L in a slot, projections aligned. */
-static uint64_t slot_need(const struct ms_moe_layer *L)
-{
-	uint64_t s = 0;
-	for (uint32_t j = 0; j < L->n_proj; j++)
-		s += (proj_bytes(L, j) + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
-	return s;
 }
 
 static int cmp_range(const void *a, const void *b)
@@ -225,9 +203,13 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	size_t X = m->n_expert, K = (size_t)e->n_used;
 	uint64_t kv = e->info.kv_bytes / 2; /* each of K and V: alloc_buffers */
 	uint64_t work = 0, slot = 0;
-	for (uint32_t l = 0; l < m->n_layers; l++)
-		if (slot_need(&m->layers[l]) > slot)
-			slot = slot_need(&m->layers[l]);
+	const struct ms_client_model *desc = ms_xsrc_describe(e);
+	int rc;
+	if (!desc)
+		return ms_err_set(err, -ENOMEM, "out of memory");
+	/* a slot: the tier's rule (the largest expert, projections aligned) */
+	if ((rc = ms_gpu_tier_slot_bytes(desc, &slot, err)))
+		return rc;
 	/* resident + KV + a margin for the work buffers, cuBLAS and the
 	 * workspace must fit before any expert does */
 	uint64_t margin = 1536ull << 20;
@@ -242,7 +224,6 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 				  (double)e->resident_len / 1e9, 2.0 * (double)kv / 1e9,
 				  (double)margin / 1e9, 2.0 * (double)(K * slot) / 1e9,
 				  (double)(fixed + margin + 2 * K * slot) / 1e9);
-	int rc;
 	if ((rc = ms_gpu_set_device(dev, err)) ||
 	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)) ||
 	    (rc = ms_gpu_ctx_set_q8(g->ctx, e->cfg.q8_activations, err)))
@@ -301,10 +282,10 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	g->p_bad = (int32_t *)(pin + off[6]);
 	meta_carve(g->meta, T, &g->at0, &g->base0, &g->pos, &g->npos);
 	meta_carve(g->h_meta, T, &g->h_at0, &g->h_base0, &g->h_pos, &g->h_npos);
-	g->miss = calloc(XX, sizeof(*g->miss));
 	g->start = calloc(XX + 1, sizeof(*g->start));
 	g->views = calloc(GROUP_MAX, sizeof(*g->views));
-	if (!g->miss || !g->start || !g->views)
+	g->proto = calloc(m->n_layers ? m->n_layers : 1, sizeof(*g->proto));
+	if (!g->start || !g->views || !g->proto)
 		return ms_err_set(err, -ENOMEM, "out of memory");
 
 	/* the VRAM expert cache: what is asked, else what is left */
@@ -318,54 +299,37 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 		if (want > all)
 			want = all;
 	}
-	if (e->cfg.socket) {
-		/* the tier sizes its own slots (the same rule) */
-		struct ms_gpu_tier_opts to = { .device = dev, .vram_bytes = want,
-					       .stream = ms_gpu_ctx_stream(g->ctx) };
-		struct ms_gpu_tier_stats ts;
-		if ((rc = ms_client_connect(&g->tclient, e->cfg.socket,
-					    "moestream gpu tier", err)) ||
-		    (rc = ms_gpu_tier_init(&g->tier, g->tclient, &to, err)) ||
-		    (rc = ms_gpu_tier_stats(g->tier, &ts, err)))
-			return rc;
-		if (ts.slots < 2 * K)
-			return ms_err_set(err, -ENOMEM, "the VRAM expert cache "
-					  "holds %u experts; it needs at least %zu "
-					  "(two layers' worth): give --vram-experts "
-					  "%.0fM or more", ts.slots, 2 * K,
-					  ceil((double)(2 * K * ts.slot_bytes) /
-					       1048576.0));
-		g->n_slots = ts.slots;
-		e->info.vram_expert_bytes = ts.vram_bytes;
-		e->info.vram_expert_slots = ts.slots;
-		return 0;
-	}
-	g->slot_bytes = slot;
-	g->n_slots = slot ? (uint32_t)(want / slot) : 0;
-	if (g->n_slots < 2 * K)
+	uint64_t n_slots = slot ? want / slot : 0;
+	if (n_slots < 2 * K)
 		return ms_err_set(err, -ENOMEM, "the VRAM expert cache would hold "
-				  "%u experts of %.1f MB; it needs at least %zu "
+				  "%llu experts of %.1f MB; it needs at least %zu "
 				  "(two layers' worth): give --vram-experts %.0fM "
 				  "or more (%.2f GB of VRAM is left after the "
 				  "resident tensors and the KV cache)",
-				  g->n_slots, (double)slot / 1e6, 2 * K,
-				  ceil((double)(2 * K * slot) / 1048576.0),
+				  (unsigned long long)n_slots, (double)slot / 1e6,
+				  2 * K, ceil((double)(2 * K * slot) / 1048576.0),
 				  (double)left / 1e9);
-	if ((rc = dmalloc(&g->slots, (size_t)g->n_slots * slot, NULL, err)))
+	/* the tier (the same slots): on a connection of its own to
+	 * moestreamd, else on the embedded cache */
+	struct ms_gpu_tier_opts to = { .device = dev, .vram_bytes = want,
+				       .stream = ms_gpu_ctx_stream(g->ctx) };
+	struct ms_gpu_tier_stats ts;
+	if (e->cfg.socket) {
+		if ((rc = ms_client_connect(&g->tclient, e->cfg.socket,
+					    "moestream gpu tier", err)) ||
+		    (rc = ms_gpu_tier_init(&g->tier, g->tclient, &to, err)))
+			return rc;
+	} else {
+		struct ms_gpu_tier_source src;
+		if ((rc = ms_xsrc_tier_source(e, &src, err)) ||
+		    (rc = ms_gpu_tier_init_source(&g->tier, &src, &to, err)))
+			return rc;
+	}
+	if ((rc = ms_gpu_tier_stats(g->tier, &ts, err)))
 		return rc;
-	e->info.vram_expert_bytes = (uint64_t)g->n_slots * slot;
-	e->info.vram_expert_slots = g->n_slots;
-	size_t nk = (size_t)m->n_layers * X;
-	g->slot_of = malloc(nk * sizeof(*g->slot_of));
-	g->slot_key = calloc(g->n_slots, sizeof(*g->slot_key));
-	g->slot_used = calloc(g->n_slots, sizeof(*g->slot_used));
-	g->slot_pin = calloc(g->n_slots, sizeof(*g->slot_pin));
-	if (!g->slot_of || !g->slot_key || !g->slot_used || !g->slot_pin)
-		return ms_err_set(err, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < nk; i++)
-		g->slot_of[i] = -1;
-	for (uint32_t s = 0; s < g->n_slots; s++)
-		g->slot_key[s] = UINT32_MAX;
+	g->n_slots = ts.slots;
+	e->info.vram_expert_bytes = ts.vram_bytes;
+	e->info.vram_expert_slots = ts.slots;
 	return all_in(e, err);
 }
 
@@ -382,18 +346,14 @@ void ms_gpu_eng_close(struct ms_engine *e)
 	void *dev[] = { g->res,	 g->k_cache, g->v_cache, g->x,	   g->h,
 			g->q,	 g->k,	     g->v,	 g->att,   g->o,
 			g->sh,	 g->ylist,   g->xg,	 g->yg,	   g->rlog,
-			g->rw,	 g->logits,  g->rows,	 g->meta,  g->slots,
-			(void *)g->tab, g->dsel, g->bad };
+			g->rw,	 g->logits,  g->rows,	 g->meta,  (void *)g->tab,
+			g->dsel, g->bad };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		ms_gpu_free(dev[i]);
 	ms_gpu_host_free(g->pin);
-	free(g->miss);
 	free(g->start);
 	free(g->views);
-	free(g->slot_of);
-	free(g->slot_key);
-	free(g->slot_used);
-	free(g->slot_pin);
+	free(g->proto);
 	free(g);
 	e->gpu = NULL;
 }
@@ -402,12 +362,10 @@ void ms_gpu_eng_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 {
 	if (!e->gpu)
 		return;
-	st->vram_hits = e->gpu->hits;
-	st->vram_misses = e->gpu->misses;
-	st->vram_copied_bytes = e->gpu->copied;
+	st->vram_hits = e->gpu->dev_hits;
 	struct ms_gpu_tier_stats ts;
 	if (e->gpu->tier && !ms_gpu_tier_stats(e->gpu->tier, &ts, NULL)) {
-		st->vram_hits = ts.hits;
+		st->vram_hits += ts.hits;
 		st->vram_misses = ts.misses;
 		st->vram_copied_bytes = ts.bytes_copied;
 		st->vram_copy_ns = (uint64_t)(ts.copy_ms * 1e6);
@@ -416,106 +374,11 @@ void ms_gpu_eng_stats(const struct ms_engine *e, struct ms_engine_stats *st)
 
 /* ---- the VRAM expert cache --------------------------------------------------------- */
 
-static struct ms_gpu_expert slot_view(const struct ms_engine *e, uint32_t layer,
-				      int32_t s)
-{
-	const struct ms_moe_layer *L = &e->model->layers[layer];
-	struct ms_gpu_expert v;
-	memset(&v, 0, sizeof(v));
-	v.fused = L->fused;
-	v.n_embd = e->n_embd;
-	v.n_ff = e->n_ff_exp;
-	const uint8_t *p = e->gpu->slots + (uint64_t)s * e->gpu->slot_bytes;
-	for (uint32_t j = 0; j < L->n_proj; j++) {
-		v.type[j] = L->type[j];
-		v.data[j] = p;
-		p += (proj_bytes(L, j) + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
-	}
-	return v;
-}
-
-/* A slot for a new expert: the least recently used one that this layer
- * does not use. */
-static int32_t slot_take(struct ms_gpu_eng *g)
-{
-	int32_t best = -1;
-	for (uint32_t s = 0; s < g->n_slots; s++) {
-		if (g->slot_pin[s] == g->layer_stamp)
-			continue;
-		if (best < 0 || g->slot_used[s] < g->slot_used[best])
-			best = (int32_t)s;
-	}
-	if (best >= 0 && g->slot_key[best] != UINT32_MAX)
-		g->slot_of[g->slot_key[best]] = -1;
-	return best;
-}
-
-/* The embedded source's VRAM cache: makes experts ex[0..n) of MoE layer
- * `layer` resident in VRAM (the stream must have passed every kernel that
- * read the slots it reuses: the caller has synced it). */
-static int lru_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
-		  uint32_t n, struct ms_err *err)
-{
-	struct ms_gpu_eng *g = e->gpu;
-	uint32_t X = e->model->n_expert, nm = 0;
-	g->layer_stamp++;
-	for (uint32_t i = 0; i < n; i++) {
-		int32_t s = g->slot_of[(size_t)layer * X + ex[i]];
-		if (s >= 0) {
-			g->slot_pin[s] = g->layer_stamp;
-			g->slot_used[s] = ++g->tick;
-			g->hits++;
-		} else {
-			g->miss[nm++] = ex[i];
-		}
-	}
-	if (!nm)
-		return 0;
-	int rc = ms_xsrc_acquire(e, layer, g->miss, nm, err);
-	if (rc)
-		return rc;
-	int first = 0;
-	for (uint32_t got = 0; got < nm; got++) {
-		uint32_t x;
-		struct ms_expert_view v;
-		rc = ms_xsrc_next(e, layer, &x, &v, first ? NULL : err);
-		if (rc) {
-			first = first ? first : rc;
-			continue;
-		}
-		if (!first) {
-			int32_t s = slot_take(g);
-			if (s < 0) {
-				first = ms_err_set(err, -ENOSPC, "the VRAM expert "
-						   "cache has no free slot");
-			} else {
-				struct ms_gpu_expert d = slot_view(e, layer, s);
-				const struct ms_moe_layer *L =
-					&e->model->layers[layer];
-				for (uint32_t j = 0; j < L->n_proj && !first; j++)
-					first = ms_gpu_upload((void *)d.data[j],
-							      v.data[j],
-							      proj_bytes(L, j),
-							      err);
-				if (!first) {
-					g->slot_key[s] = layer * X + x;
-					g->slot_of[(size_t)layer * X + x] = s;
-					g->slot_pin[s] = g->layer_stamp;
-					g->slot_used[s] = ++g->tick;
-					g->misses++;
-					g->copied += slot_need(L);
-				}
-			}
-		}
-		ms_xsrc_release(e, layer, x);
-	}
-	return first;
-}
-
 /* With room in VRAM for every expert of the layers run (and a matvec
- * kernel for their types), loads them all now and writes the device table
- * a one-token step reads them through: its routing then stays on the GPU.
- * Otherwise nothing (the LRU fills on demand). */
+ * kernel for their types), brings them all in through the tier now,
+ * pinned for good, and writes the device table a one-token step reads
+ * them through: its routing then stays on the GPU. Otherwise nothing (the
+ * tier fills on demand). */
 static int all_in(struct ms_engine *e, struct ms_err *err)
 {
 	struct ms_gpu_eng *g = e->gpu;
@@ -535,7 +398,7 @@ static int all_in(struct ms_engine *e, struct ms_err *err)
 		return 0;
 	size_t n_tab = (size_t)m->n_layers * X * 3;
 	const void **h = calloc(n_tab, sizeof(*h));
-	uint32_t *ex = malloc(K * sizeof(*ex));
+	uint16_t *ex = malloc(K * sizeof(*ex));
 	int rc = 0;
 	if (!h || !ex) {
 		rc = ms_err_set(err, -ENOMEM, "out of memory");
@@ -549,23 +412,36 @@ static int all_in(struct ms_engine *e, struct ms_err *err)
 		const struct ms_block *k = &e->blk[b];
 		if (!k->moe)
 			continue;
-		uint32_t layer = (uint32_t)k->layer;
-		const struct ms_moe_layer *L = &m->layers[layer];
+		uint32_t layer = (uint32_t)k->layer, block = m->layers[layer].block;
+		/* a layer's worth at a time: the source's pins go back as the
+		 * copies finish (the host cache may hold only two layers') */
 		for (uint32_t x0 = 0; x0 < X && !rc; x0 += K) {
 			uint32_t n = X - x0 < K ? X - x0 : K;
 			for (uint32_t i = 0; i < n; i++)
-				ex[i] = x0 + i;
-			rc = lru_in(e, layer, ex, n, err);
-		}
-		for (uint32_t x = 0; x < X && !rc; x++) {
-			struct ms_gpu_expert v =
-				slot_view(e, layer, g->slot_of[(size_t)layer * X + x]);
-			const void **t = h + ((size_t)layer * X + x) * 3;
-			t[0] = v.data[0];
-			t[1] = L->fused ? (const uint8_t *)v.data[0] +
-						  proj_bytes(L, 0) / 2
-					: v.data[1];
-			t[2] = v.data[L->n_proj - 1];
+				ex[i] = (uint16_t)(x0 + i);
+			if ((rc = ms_gpu_tier_acquire(g->tier, block, ex, n,
+						      g->views, err)) ||
+			    (rc = ms_gpu_tier_sync(g->tier, err)))
+				break;
+			for (uint32_t i = 0; i < n; i++) {
+				const struct ms_gpu_expert *v = &g->views[i];
+				const void **t = h + ((size_t)layer * X + x0 + i) * 3;
+				uint64_t half = 0;
+				if (v->fused &&
+				    (rc = ms_type_row_size(v->type[0], v->n_embd,
+							   &half, NULL))) {
+					rc = ms_err_set(err, rc, "block %u: the "
+							"gate_up rows' size", block);
+					break;
+				}
+				t[0] = v->data[0];
+				t[1] = v->fused ? (const uint8_t *)v->data[0] +
+							  half * (uint64_t)v->n_ff
+						: v->data[1];
+				t[2] = v->data[v->fused ? 1 : 2];
+				if (x0 + i == 0)
+					g->proto[layer] = *v;
+			}
 		}
 	}
 	if (!rc && !(rc = dmalloc((void *)&g->tab, n_tab * sizeof(*h), NULL, err)) &&
@@ -579,32 +455,19 @@ out:
 	return rc;
 }
 
-/* Device views of experts ex[0..n) of MoE layer `layer` (n <= group_max:
- * the slots, at most GROUP_MAX), pinned until experts_out. A later group of the same layer
- * (`again`) reuses slots the previous group's kernels read: the embedded
- * source's cache drains the stream first; the tier orders that itself
- * (ms_gpu_tier_release records the stream's position). */
+/* Device views of experts ex[0..n) of MoE layer `layer` (n <= the slots,
+ * at most GROUP_MAX), pinned until experts_out: the tier copies the misses
+ * in on its copy stream and makes the compute stream wait for them; a slot
+ * is reused only once the compute stream has passed the kernels that read
+ * its last expert (ms_gpu_tier_release records where that is). */
 static int experts_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
-		      uint32_t n, bool again, struct ms_gpu_expert *v,
-		      struct ms_err *err)
+		      uint32_t n, struct ms_gpu_expert *v, struct ms_err *err)
 {
-	struct ms_gpu_eng *g = e->gpu;
-	int rc;
-	if (g->tier) {
-		uint16_t x16[GROUP_MAX];
-		for (uint32_t i = 0; i < n; i++)
-			x16[i] = (uint16_t)ex[i];
-		return ms_gpu_tier_acquire(g->tier, e->model->layers[layer].block,
-					   x16, n, v, err);
-	}
-	if (again && (rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(g->ctx), err)))
-		return rc;
-	if ((rc = lru_in(e, layer, ex, n, err)))
-		return rc;
+	uint16_t x16[GROUP_MAX];
 	for (uint32_t i = 0; i < n; i++)
-		v[i] = slot_view(e, layer,
-				 g->slot_of[(size_t)layer * e->model->n_expert + ex[i]]);
-	return 0;
+		x16[i] = (uint16_t)ex[i];
+	return ms_gpu_tier_acquire(e->gpu->tier, e->model->layers[layer].block,
+				   x16, n, v, err);
 }
 
 /* Unpins what experts_in pinned, once the kernels reading them are
@@ -612,14 +475,11 @@ static int experts_in(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
 static int experts_out(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
 		       uint32_t n, struct ms_err *err)
 {
-	struct ms_gpu_eng *g = e->gpu;
-	if (!g->tier)
-		return 0; /* the LRU's pins end with the layer's stamp */
 	uint16_t x16[GROUP_MAX];
 	for (uint32_t i = 0; i < n; i++)
 		x16[i] = (uint16_t)ex[i];
-	return ms_gpu_tier_release(g->tier, e->model->layers[layer].block, x16, n,
-				   err);
+	return ms_gpu_tier_release(e->gpu->tier, e->model->layers[layer].block,
+				   x16, n, err);
 }
 
 /* ---- one batch ------------------------------------------------------------------------ */
@@ -695,7 +555,7 @@ static struct ms_gpu_expert dense_view(const struct ms_engine *e,
  * hint: what fails is counted by the tier, not an error). */
 static void hint_copies(struct ms_gpu_eng *g)
 {
-	if (g->tier && g->n_hint)
+	if (g->n_hint)
 		ms_gpu_tier_prefetch(g->tier, g->hint_block, g->hint16, g->n_hint,
 				     NULL);
 	g->n_hint = 0;
@@ -726,12 +586,11 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, struct ms_err *err)
 					     MS_GPU_FFN_AUTO, err)))
 			return rc;
 	}
-	struct ms_gpu_expert proto =
-		slot_view(e, layer, g->slot_of[(size_t)layer * X]);
-	if ((rc = ms_gpu_experts_ffn_sel(c, &proto, g->tab + (size_t)layer * X * 3,
-					 g->dsel, (int)K, g->h, g->ylist, err)))
+	if ((rc = ms_gpu_experts_ffn_sel(c, &g->proto[layer],
+					 g->tab + (size_t)layer * X * 3, g->dsel,
+					 (int)K, g->h, g->ylist, err)))
 		return rc;
-	g->hits += (uint64_t)K;
+	g->dev_hits += (uint64_t)K;
 	return ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, shared ? g->sh : NULL,
 				  E, 1, K, err);
 }
@@ -801,7 +660,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	if (T == 1) {
 		/* one call: every expert on the same input, in routing order
 		 * (one token's experts are distinct: ex is rsel) */
-		if ((rc = experts_in(e, layer, ex, n, false, v, err)))
+		if ((rc = experts_in(e, layer, ex, n, v, err)))
 			return rc;
 		rc = ms_gpu_experts_ffn(c, v, (int)n, g->h, 0, g->ylist, 1,
 					MS_GPU_FFN_AUTO, err);
@@ -837,7 +696,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	 * time */
 	for (uint32_t i0 = 0; i0 < n; i0 += group) {
 		uint32_t m = n - i0 < group ? n - i0 : group;
-		if ((rc = experts_in(e, layer, ex + i0, m, i0 > 0, v, err)))
+		if ((rc = experts_in(e, layer, ex + i0, m, v, err)))
 			return rc;
 		for (uint32_t i = i0; i < i0 + m && !rc; i++) {
 			int64_t cnt = start[i + 1] - start[i];
@@ -937,22 +796,22 @@ static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
 			return 0; /* eagerly now, captured again next step */
 		}
 		if (!rc) {
-			g->hits += g->graph_hits;
+			g->dev_hits += g->graph_hits;
 			*done = true;
 		}
 		return rc;
 	}
 	if (g->graph_fails >= 3 || !g->steps1)
 		return 0;
-	uint64_t h0 = g->hits;
+	uint64_t h0 = g->dev_hits;
 	struct ms_err why = { 0 };
 	if (!(rc = ms_gpu_capture_begin(c, &why))) {
 		int qr = queue_batch(e, 1, 1, &why);
 		rc = ms_gpu_capture_end(c, qr ? NULL : &g->graph, qr ? NULL : &why);
 		rc = qr ? qr : rc;
 	}
-	uint64_t added = g->hits - h0;
-	g->hits = h0;
+	uint64_t added = g->dev_hits - h0;
+	g->dev_hits = h0;
 	if (rc || !g->graph) {
 		if (!g->graph_fails++)
 			fprintf(stderr, "moestream: no CUDA graph of the decode step "
@@ -964,7 +823,7 @@ static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
 	e->info.gpu_graph = true;
 	if ((rc = ms_gpu_graph_launch(c, g->graph, err)))
 		return rc;
-	g->hits += added;
+	g->dev_hits += added;
 	*done = true;
 	return 0;
 }

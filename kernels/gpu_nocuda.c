@@ -506,6 +506,27 @@ int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 	return no_cuda(err);
 }
 
+int ms_gpu_tier_init_source(struct ms_gpu_tier **out,
+			    const struct ms_gpu_tier_source *src,
+			    const struct ms_gpu_tier_opts *opts,
+			    struct ms_err *err)
+{
+	(void)src;
+	(void)opts;
+	if (out)
+		*out = NULL;
+	return no_cuda(err);
+}
+
+int ms_gpu_tier_slot_bytes(const struct ms_client_model *m, uint64_t *bytes,
+			   struct ms_err *err)
+{
+	(void)m;
+	if (bytes)
+		*bytes = 0;
+	return no_cuda(err);
+}
+
 void ms_gpu_tier_free(struct ms_gpu_tier *t)
 {
 	(void)t;

@@ -1,6 +1,7 @@
 /*
  * gpu_tier.cu - the GPU expert tier (gpu_tier.h): a VRAM expert cache in
- * front of moestreamd, with host->device copies overlapped with compute.
+ * front of moestreamd (or an engine's embedded expert cache: a source,
+ * gpu_tier.h), with host->device copies overlapped with compute.
  *
  * Memory. VRAM is one cudaMalloc of the budget, cut into equal slots the
  * size of the model's largest expert, each projection at a 256-byte
@@ -32,7 +33,10 @@
  * go onto a lock-free stack, and whoever holds the lock empties it before
  * letting go, then checks again after unlocking (so a push that raced the
  * unlock is not left behind). The daemon pin is therefore held exactly as
- * long as the copy, give or take one send().
+ * long as the copy, give or take one send(). A source whose release may be
+ * called from any thread (an engine's embedded cache: release_any_thread)
+ * gets its pin back from the host function itself: a pin held by a copy
+ * that is done can then never be what a fetch under the lock waits for.
  *
  * Copy records (events + the daemon's identity of the expert) are separate
  * from slots, so that a slot whose copy is still in flight can be evicted
@@ -120,8 +124,9 @@ struct tlayer {
 } // namespace
 
 struct ms_gpu_tier {
-	struct ms_client *c;
+	struct ms_gpu_tier_source src;
 	const struct ms_client_model *m;
+	int32_t *block_layer;   /* [n_block] -> layer index, -1 */
 	int device;
 	cudaStream_t stream, copy;
 	bool own_copy;
@@ -174,6 +179,14 @@ uint64_t pad(uint64_t v)
 	return (v + SLOT_ALIGN - 1) & ~(uint64_t)(SLOT_ALIGN - 1);
 }
 
+/* The source's last refusal, "" if none. */
+const char *last_error(const ms_gpu_tier *t)
+{
+	const char *s = t->src.last_error ? t->src.last_error(t->src.ctx)
+					  : nullptr;
+	return s ? s : "";
+}
+
 /* ---- handing daemon pins back ---------------------------------------------- */
 
 /* Caller holds cmu. Sends RELEASE for every finished copy on the stack,
@@ -196,7 +209,7 @@ void do_drain(ms_gpu_tier *t)
 				pp = &(*pp)->next;
 			}
 		}
-		const int rc = ms_client_release(t->c, block, ex, n);
+		const int rc = t->src.release(t->src.ctx, block, ex, n);
 		if (rc)
 			t->daemon_errors.fetch_add(n, std::memory_order_relaxed);
 		t->daemon_released.fetch_add(n, std::memory_order_relaxed);
@@ -235,6 +248,16 @@ void CUDART_CB on_copied(void *p)
 {
 	copy_rec *r = (copy_rec *)p;
 	ms_gpu_tier *t = r->t;
+	if (t->src.release_any_thread) {
+		/* a source that takes its pins back from any thread: now */
+		const uint16_t e = r->expert;
+		if (t->src.release(t->src.ctx, r->block, &e, 1))
+			t->daemon_errors.fetch_add(1, std::memory_order_relaxed);
+		t->daemon_released.fetch_add(1, std::memory_order_relaxed);
+		t->daemon_pins.fetch_sub(1, std::memory_order_relaxed);
+		r->state.store(COPY_RELEASED, std::memory_order_release);
+		return;
+	}
 	r->state.store(COPY_DONE, std::memory_order_release);
 	copy_rec *h = t->done.load(std::memory_order_relaxed);
 	do {
@@ -459,7 +482,7 @@ fail:
 	cudaGetLastError();
 	{
 		uint16_t e = (uint16_t)ce->expert;
-		if (ms_client_release(t->c, block, &e, 1))
+		if (t->src.release(t->src.ctx, block, &e, 1))
 			t->daemon_errors.fetch_add(1, std::memory_order_relaxed);
 		t->daemon_released.fetch_add(1, std::memory_order_relaxed);
 	}
@@ -474,13 +497,12 @@ fail:
 /* The layer index of `block`, or -EINVAL/-ENOTSUP with the reason. */
 int layer_of(ms_gpu_tier *t, uint32_t block, struct ms_err *err)
 {
-	const struct ms_client_layer *L = ms_client_layer(t->c, block);
-	if (!L)
+	const int32_t li = block < t->m->n_block ? t->block_layer[block] : -1;
+	if (li < 0)
 		return ms_err_set(err, -EINVAL,
 				  "gpu tier: block %u is not a MoE layer of the "
 				  "model (%u blocks)",
 				  block, t->m->n_block);
-	const int32_t li = (int32_t)(L - t->m->layers);
 	if (!t->layers[li].ok)
 		return ms_err_set(err, -ENOTSUP, "gpu tier: block %u: %s", block,
 				  t->layers[li].why);
@@ -519,17 +541,17 @@ int fetch(ms_gpu_tier *t, uint32_t block, unsigned nw, struct ms_err *err)
 	uint64_t id = 0;
 	int first = 0;
 	char before[256];
-	snprintf(before, sizeof(before), "%s", ms_client_last_error(t->c));
-	int rc = ms_client_acquire_async(t->c, block, t->want, nw, &id);
+	snprintf(before, sizeof(before), "%s", last_error(t));
+	int rc = t->src.acquire(t->src.ctx, block, t->want, nw, &id);
 	if (rc) {
 		for (unsigned k = 0; k < nw; k++) {
 			put_free(t, t->want_slot[k]);
 			t->want_slot[k] = -1;
 		}
 		return ms_err_set(err, rc,
-				  "gpu tier: asking moestreamd for %u experts "
-				  "of block %u: %s",
-				  nw, block, strerror(-rc));
+				  "gpu tier: asking %s for %u experts of "
+				  "block %u: %s",
+				  t->src.name, nw, block, strerror(-rc));
 	}
 	memset(t->answered, 0, nw * sizeof(bool));
 	unsigned left = nw;
@@ -537,36 +559,37 @@ int fetch(ms_gpu_tier *t, uint32_t block, unsigned nw, struct ms_err *err)
 	while (left) {
 		struct ms_client_expert ce;
 		uint64_t rid = 0;
-		rc = ms_client_next(t->c, &ce, &rid, SLICE_MS);
+		rc = t->src.next(t->src.ctx, &ce, &rid, SLICE_MS);
 		if (rc == -ETIMEDOUT) {
 			waited += SLICE_MS;
-			const char *now = ms_client_last_error(t->c);
+			const char *now = last_error(t);
 			if (*now && strcmp(now, before)) {
 				rc = ms_err_set(err, -EINVAL,
-						"gpu tier: moestreamd refused "
-						"the request for block %u: %s",
-						block, now);
+						"gpu tier: %s refused the "
+						"request for block %u: %s",
+						t->src.name, block, now);
 				break;
 			}
 			if (t->timeout_ms >= 0 && waited >= t->timeout_ms) {
 				rc = ms_err_set(err, -ETIMEDOUT,
 						"gpu tier: block %u: %u of %u "
-						"experts not answered by "
-						"moestreamd in %d ms",
-						block, left, nw, t->timeout_ms);
+						"experts not answered by %s in "
+						"%d ms",
+						block, left, nw, t->src.name,
+						t->timeout_ms);
 				break;
 			}
 			continue;
 		}
 		if (rc) {
 			rc = ms_err_set(err, rc,
-					"gpu tier: waiting for moestreamd "
-					"(block %u): %s",
-					block, strerror(-rc));
+					"gpu tier: waiting for %s (block %u): "
+					"%s",
+					t->src.name, block, strerror(-rc));
 			break;
 		}
 		unsigned k = nw;
-		if (rid == id)
+		if (rid == id && ce.block == block)
 			for (k = 0; k < nw; k++)
 				if (!t->answered[k] && t->want[k] == ce.expert)
 					break;
@@ -574,7 +597,7 @@ int fetch(ms_gpu_tier *t, uint32_t block, unsigned nw, struct ms_err *err)
 			/* an answer to a request given up on earlier */
 			if (!ce.status) {
 				uint16_t e = (uint16_t)ce.expert;
-				ms_client_release(t->c, ce.block, &e, 1);
+				t->src.release(t->src.ctx, ce.block, &e, 1);
 			}
 			continue;
 		}
@@ -591,7 +614,7 @@ int fetch(ms_gpu_tier *t, uint32_t block, unsigned nw, struct ms_err *err)
 		if (bad) {
 			if (!ce.status) {
 				uint16_t e = (uint16_t)ce.expert;
-				ms_client_release(t->c, block, &e, 1);
+				t->src.release(t->src.ctx, block, &e, 1);
 			}
 			t->daemon_errors.fetch_add(1, std::memory_order_relaxed);
 			put_free(t, si);
@@ -601,13 +624,12 @@ int fetch(ms_gpu_tier *t, uint32_t block, unsigned nw, struct ms_err *err)
 					err, bad,
 					bad == -EBADMSG
 						? "gpu tier: block %u expert %u: "
-						  "moestreamd sent projections "
-						  "that do not match the layer's "
+						  "%s sent projections that do "
+						  "not match the layer's "
 						  "description (%d)"
 						: "gpu tier: block %u expert %u: "
-						  "moestreamd could not load it "
-						  "(%d)",
-					block, ce.expert, bad);
+						  "%s could not load it (%d)",
+					block, ce.expert, t->src.name, bad);
 			continue;
 		}
 		int crc = copy_in(t, si, block, &ce, first ? nullptr : err);
@@ -730,54 +752,118 @@ void describe_layer(const struct ms_client_layer *C, tlayer *L,
 	*need = off;
 }
 
-/* Registers the client's mapping of the arena, or says why not. */
+/* Registers the source's memory (the client's read-only mapping of the
+ * daemon's arena; an embedded cache's own, writable, arena), or says why
+ * not. */
 void register_arena(ms_gpu_tier *t, bool no_register)
 {
 	int sup = 0, ro = 0;
 	cudaError_t ce;
+	const bool need_ro = !t->src.writable;
+	const unsigned flags = cudaHostRegisterPortable |
+			       (need_ro ? cudaHostRegisterReadOnly : 0);
+	const char *how = need_ro ? "read-only (cudaHostRegisterReadOnly)"
+				  : "(cudaHostRegisterPortable)";
 	if (no_register) {
 		snprintf(t->host_mode, sizeof(t->host_mode),
 			 "pageable: not registered (asked not to)");
 		return;
 	}
-	if (cudaDeviceGetAttribute(&sup, cudaDevAttrHostRegisterSupported,
-				   t->device) != cudaSuccess ||
-	    cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported,
-				   t->device) != cudaSuccess)
+	if (!t->arena || !t->arena_len) {
+		snprintf(t->host_mode, sizeof(t->host_mode),
+			 "pageable: %s names no memory to register",
+			 t->src.name);
+	} else if (cudaDeviceGetAttribute(&sup, cudaDevAttrHostRegisterSupported,
+					  t->device) != cudaSuccess ||
+		   cudaDeviceGetAttribute(&ro,
+					  cudaDevAttrHostRegisterReadOnlySupported,
+					  t->device) != cudaSuccess) {
 		cudaGetLastError();
-	if (!sup) {
+	}
+	if (!t->arena || !t->arena_len) {
+		/* said above */
+	} else if (!sup) {
 		snprintf(t->host_mode, sizeof(t->host_mode),
 			 "pageable: device %d cannot register host memory "
 			 "(cudaDevAttrHostRegisterSupported = 0)",
 			 t->device);
-	} else if (!ro) {
+	} else if (need_ro && !ro) {
 		snprintf(t->host_mode, sizeof(t->host_mode),
 			 "pageable: device %d cannot register read-only host "
 			 "memory (cudaDevAttrHostRegisterReadOnlySupported = "
 			 "0) and the arena is mapped read-only",
 			 t->device);
 	} else if ((ce = cudaHostRegister((void *)t->arena, (size_t)t->arena_len,
-					  cudaHostRegisterReadOnly |
-						  cudaHostRegisterPortable)) !=
-		   cudaSuccess) {
+					  flags)) != cudaSuccess) {
 		cudaGetLastError();
 		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "pageable: cudaHostRegister(cudaHostRegisterReadOnly) "
-			 "of the %llu-byte arena mapping failed: %s (%s)",
-			 (unsigned long long)t->arena_len, cudaGetErrorString(ce),
-			 cudaGetErrorName(ce));
+			 "pageable: cudaHostRegister %s of the %llu-byte arena "
+			 "mapping failed: %s (%s)",
+			 how, (unsigned long long)t->arena_len,
+			 cudaGetErrorString(ce), cudaGetErrorName(ce));
 	} else {
 		t->registered = true;
 		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "registered read-only (cudaHostRegisterReadOnly), %llu "
-			 "bytes",
+			 "registered %s, %llu bytes", how,
 			 (unsigned long long)t->arena_len);
 		return;
 	}
 	ms_log(MS_LOG_WARNING,
-	       "gpu tier: copies from moestreamd's cache will be staged by the "
+	       "gpu tier: copies from %s's memory will be staged by the "
 	       "driver at pageable speed: %s",
-	       t->host_mode + strlen("pageable: "));
+	       t->src.name, t->host_mode + strlen("pageable: "));
+}
+
+/* Describes every layer of `m` into layers[] (n_layers) and gives the slot
+ * size: the largest expert of the layers the tier can hold. -ENOTSUP with
+ * the first layer's reason when it can hold none. */
+int describe_all(const struct ms_client_model *m, tlayer *layers,
+		 uint64_t *slot, bool warn, struct ms_err *err)
+{
+	unsigned usable = 0;
+	*slot = 0;
+	for (uint32_t l = 0; l < m->n_layers; l++) {
+		uint64_t need = 0;
+		describe_layer(&m->layers[l], &layers[l], &need);
+		if (layers[l].ok) {
+			usable++;
+			if (need > *slot)
+				*slot = need;
+		} else if (warn) {
+			ms_log(MS_LOG_WARNING,
+			       "gpu tier: block %u stays off the GPU: %s",
+			       m->layers[l].block, layers[l].why);
+		}
+	}
+	if (!usable)
+		return ms_err_set(err, -ENOTSUP,
+				  "gpu tier: no MoE layer the GPU tier can hold "
+				  "(block %u: %s)",
+				  m->n_layers ? m->layers[0].block : 0,
+				  m->n_layers ? layers[0].why : "no layers");
+	return 0;
+}
+
+/* moestreamd as a source: the client's own calls. */
+int cl_acquire(void *c, uint32_t block, const uint16_t *ex, unsigned n,
+	       uint64_t *id)
+{
+	return ms_client_acquire_async((struct ms_client *)c, block, ex, n, id);
+}
+
+int cl_next(void *c, struct ms_client_expert *out, uint64_t *id, int timeout_ms)
+{
+	return ms_client_next((struct ms_client *)c, out, id, timeout_ms);
+}
+
+int cl_release(void *c, uint32_t block, const uint16_t *ex, unsigned n)
+{
+	return ms_client_release((struct ms_client *)c, block, ex, n);
+}
+
+const char *cl_last_error(void *c)
+{
+	return ms_client_last_error((const struct ms_client *)c);
 }
 
 } // namespace
@@ -795,7 +881,7 @@ extern "C" void ms_gpu_tier_free(struct ms_gpu_tier *t)
 	 * before the VRAM goes */
 	cudaStreamSynchronize(t->stream);
 	cudaGetLastError();
-	if (t->c) {
+	if (t->src.release) {
 		client_lock(t);
 		client_unlock(t);
 	}
@@ -820,6 +906,7 @@ extern "C" void ms_gpu_tier_free(struct ms_gpu_tier *t)
 	free(t->live);
 	free(t->slots);
 	free(t->layers);
+	free(t->block_layer);
 	free(t->where);
 	free(t->want);
 	free(t->want_slot);
@@ -829,16 +916,57 @@ extern "C" void ms_gpu_tier_free(struct ms_gpu_tier *t)
 	free(t);
 }
 
+extern "C" int ms_gpu_tier_slot_bytes(const struct ms_client_model *m,
+				      uint64_t *bytes, struct ms_err *err)
+{
+	if (!m || !bytes)
+		return ms_err_set(err, -EINVAL, "gpu tier: NULL %s",
+				  !m ? "model" : "bytes");
+	tlayer *L = (tlayer *)calloc(m->n_layers ? m->n_layers : 1,
+				     sizeof(tlayer));
+	if (!L)
+		return ms_err_set(err, -ENOMEM, "gpu tier: out of memory");
+	int rc = describe_all(m, L, bytes, false, err);
+	free(L);
+	return rc;
+}
+
 extern "C" int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 				const struct ms_gpu_tier_opts *o,
 				struct ms_err *err)
 {
+	if (out)
+		*out = nullptr;
+	if (!c)
+		return ms_err_set(err, -EINVAL, "gpu tier: NULL client");
+	struct ms_gpu_tier_source src;
+	memset(&src, 0, sizeof(src));
+	src.name = "moestreamd";
+	src.ctx = c;
+	src.model = ms_client_model(c);
+	src.arena = ms_client_arena(c, &src.arena_len);
+	src.acquire = cl_acquire;
+	src.next = cl_next;
+	src.release = cl_release;
+	src.last_error = cl_last_error;
+	return ms_gpu_tier_init_source(out, &src, o, err);
+}
+
+extern "C" int ms_gpu_tier_init_source(struct ms_gpu_tier **out,
+				       const struct ms_gpu_tier_source *src,
+				       const struct ms_gpu_tier_opts *o,
+				       struct ms_err *err)
+{
 	if (!out)
 		return ms_err_set(err, -EINVAL, "gpu tier: NULL out");
 	*out = nullptr;
-	if (!c || !o)
+	if (!src || !o)
 		return ms_err_set(err, -EINVAL, "gpu tier: NULL %s",
-				  !c ? "client" : "options");
+				  !src ? "source" : "options");
+	if (!src->model || !src->acquire || !src->next || !src->release)
+		return ms_err_set(err, -EINVAL, "gpu tier: the source %s lacks "
+				  "its model or one of acquire, next, release",
+				  src->name ? src->name : "(unnamed)");
 	if (o->timeout_ms < -1)
 		return ms_err_set(err, -EINVAL, "gpu tier: timeout %d ms",
 				  o->timeout_ms);
@@ -846,17 +974,26 @@ extern "C" int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 	int rc = msg_find_device(o->device, "gpu tier: ", &n_dev, err);
 	if (rc)
 		return rc;
-	const struct ms_client_model *m = ms_client_model(c);
+	const struct ms_client_model *m = src->model;
 	if (!m->n_layers || !m->n_expert)
 		return ms_err_set(err, -EINVAL,
-				  "gpu tier: the daemon's model has no MoE layers");
+				  "gpu tier: the %s model has no MoE layers",
+				  src->name ? src->name : "source's");
+	for (uint32_t l = 0; l < m->n_layers; l++)
+		if (m->layers[l].block >= m->n_block)
+			return ms_err_set(err, -EINVAL,
+					  "gpu tier: layer %u is block %u of a "
+					  "model of %u blocks",
+					  l, m->layers[l].block, m->n_block);
 
 	void *mem = calloc(1, sizeof(ms_gpu_tier));
 	if (!mem)
 		return ms_err_set(err, -ENOMEM, "gpu tier: out of memory");
 	ms_gpu_tier *t = new (mem) ms_gpu_tier();
 	cudaError_t ce;
-	t->c = c;
+	t->src = *src;
+	if (!t->src.name)
+		t->src.name = "the expert source";
 	t->m = m;
 	t->device = o->device;
 	t->stream = (cudaStream_t)o->stream;
@@ -864,46 +1001,31 @@ extern "C" int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 	t->lru_head = t->lru_tail = t->free_head = -1;
 	pthread_mutex_init(&t->cmu, nullptr);
 	t->done.store(nullptr);
-	t->arena = (const uint8_t *)ms_client_arena(c, &t->arena_len);
+	t->arena = (const uint8_t *)src->arena;
+	t->arena_len = src->arena_len;
 
 	/* layers and the slot size */
 	t->layers = (tlayer *)calloc(m->n_layers, sizeof(tlayer));
+	t->block_layer = (int32_t *)malloc(m->n_block * sizeof(int32_t));
 	t->where = (int32_t *)malloc((size_t)m->n_layers * m->n_expert *
 				     sizeof(int32_t));
 	t->want = (uint16_t *)malloc(MS_MSG_MAX_EXPERTS * sizeof(uint16_t));
 	t->want_slot = (int32_t *)malloc(MS_MSG_MAX_EXPERTS * sizeof(int32_t));
 	t->answered = (bool *)malloc(MS_MSG_MAX_EXPERTS * sizeof(bool));
 	t->pinned = (int32_t *)malloc(MS_MSG_MAX_EXPERTS * sizeof(int32_t));
-	if (!t->layers || !t->where || !t->want || !t->want_slot ||
-	    !t->answered || !t->pinned) {
+	if (!t->layers || !t->block_layer || !t->where || !t->want ||
+	    !t->want_slot || !t->answered || !t->pinned) {
 		rc = ms_err_set(err, -ENOMEM, "gpu tier: out of memory");
 		goto fail;
 	}
 	for (size_t k = 0; k < (size_t)m->n_layers * m->n_expert; k++)
 		t->where[k] = -1;
-	{
-		unsigned usable = 0;
-		for (uint32_t l = 0; l < m->n_layers; l++) {
-			uint64_t need = 0;
-			describe_layer(&m->layers[l], &t->layers[l], &need);
-			if (t->layers[l].ok) {
-				usable++;
-				if (need > t->slot_bytes)
-					t->slot_bytes = need;
-			} else {
-				ms_log(MS_LOG_WARNING,
-				       "gpu tier: block %u stays off the GPU: %s",
-				       m->layers[l].block, t->layers[l].why);
-			}
-		}
-		if (!usable) {
-			rc = ms_err_set(err, -ENOTSUP,
-					"gpu tier: no MoE layer the GPU tier can "
-					"hold (block %u: %s)",
-					m->layers[0].block, t->layers[0].why);
-			goto fail;
-		}
-	}
+	for (uint32_t b = 0; b < m->n_block; b++)
+		t->block_layer[b] = -1;
+	for (uint32_t l = 0; l < m->n_layers; l++)
+		t->block_layer[m->layers[l].block] = (int32_t)l;
+	if ((rc = describe_all(m, t->layers, &t->slot_bytes, true, err)))
+		goto fail;
 	if (o->vram_bytes / t->slot_bytes < 1 ||
 	    o->vram_bytes / t->slot_bytes > INT32_MAX) {
 		rc = ms_err_set(err, -EINVAL,

@@ -20,11 +20,11 @@
  *    replayed from a CUDA graph;
  *  - (tiny) a VRAM expert cache of only two layers' experts (every layer
  *    evicts and copies in again; routing on the host): the same logits,
- *    bit for bit, as with room for every expert (routing on the GPU);
- *    and the same again through a private
- *    moestreamd's GPU tier (asynchronous copies, the next layer's guess
- *    copied in under compute), with room for every expert and with two
- *    layers' worth;
+ *    bit for bit, as with room for every expert (routing on the GPU),
+ *    the copies timed on the GPU tier's copy stream and hits from the
+ *    next layer's guess copied in under compute; and the same again
+ *    through a private moestreamd's GPU tier, with room for every expert
+ *    (all loaded at open, routing on the GPU) and with two layers' worth;
  *  - (tiny) `moestream run --device gpu` writes the CPU's greedy text and
  *    its VRAM figures.
  * Models: the tiny preset everywhere; on a real GPU also the GLM-4.7
@@ -326,10 +326,16 @@ static void run_model(const char *name, const char *path, bool full)
 		min_slots, gi->vram_expert_slots);
 	printf("%-8s VRAM cache of %u experts, routing on the host: the same "
 	       "logits as with all %u in VRAM, routing on the GPU; %llu copies "
-	       "in, %llu hits\n", name, min_slots, gi->vram_expert_slots,
-	       (unsigned long long)st.vram_misses,
-	       (unsigned long long)st.vram_hits);
+	       "in (%.3f ms on the copy stream), %llu hits\n", name, min_slots,
+	       gi->vram_expert_slots, (unsigned long long)st.vram_misses,
+	       (double)st.vram_copy_ns / 1e6, (unsigned long long)st.vram_hits);
 	T_CHECK(st.vram_misses > 0, "%s: no copies into VRAM", name);
+	T_CHECK(st.vram_copy_ns > 0, "%s: the copies were not timed on the GPU "
+		"tier's copy stream", name);
+	/* two layers' slots: a layer's experts can be hits only when the
+	 * previous layer's guess brought them in */
+	T_CHECK(st.vram_hits > 0, "%s: no hits with %u slots: the next layer's "
+		"guess is not copied in", name, min_slots);
 
 	/* through moestreamd: the GPU tier (asynchronous copies, the next
 	 * layer's guess copied under compute), with room for every expert and
@@ -340,15 +346,20 @@ static void run_model(const char *name, const char *path, bool full)
 	for (int small_tier = 0; small_tier < 2; small_tier++) {
 		struct ms_engine *te = open_engine(
 			path, true, small_tier ? slot * min_slots : 0, d.sock);
+		T_CHECK(ms_engine_info(te)->vram_all_experts == !small_tier,
+			"%s: through moestreamd with %u slots: every expert in "
+			"VRAM is %d", name, ms_engine_info(te)->vram_expert_slots,
+			ms_engine_info(te)->vram_all_experts);
 		float *f = forced(te, ids, V);
 		ms_engine_get_stats(te, &st);
 		T_CHECK(!memcmp(b, f, (size_t)N_POS * V * sizeof(float)),
 			"%s: logits through moestreamd's GPU tier (%u slots) "
 			"differ from the embedded source's", name,
 			ms_engine_info(te)->vram_expert_slots);
-		printf("%-8s through moestreamd, GPU tier of %u experts: the same "
-		       "logits; %llu copies in, %llu hits\n", name,
+		printf("%-8s through moestreamd, GPU tier of %u experts%s: the "
+		       "same logits; %llu copies in, %llu hits\n", name,
 		       ms_engine_info(te)->vram_expert_slots,
+		       small_tier ? "" : " (all loaded at open)",
 		       (unsigned long long)st.vram_misses,
 		       (unsigned long long)st.vram_hits);
 		free(f);

@@ -27,6 +27,13 @@
  *  8. Host registration refused (emulator only: CUDA_EMU_NO_HOST_REGISTER_
  *     READONLY) and not asked for: the tier says "pageable" and why, and
  *     still copies the right bytes.
+ *  9. A source of its own (ms_gpu_tier_init_source, as an engine's
+ *     embedded cache is one): a writable arena registered without the
+ *     read-only flag, the file's bytes in VRAM, an answer for another
+ *     block with the same expert number not taken for the one asked (and
+ *     handed back), every pin handed back once, from the copy's host
+ *     function when the source allows any thread; the slot size that
+ *     ms_gpu_tier_slot_bytes gives.
  *
  * Skips (77) with the reason where there is no GPU; in a build without
  * CUDA it first checks that the tier's entry points answer -ENOTSUP.
@@ -36,6 +43,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -677,6 +685,194 @@ static void check_pageable(uint32_t b1)
 	check_no_daemon_pins("pageable tiers freed", 3000);
 }
 
+/* ---- 9: a source of its own ---------------------------------------------------------- */
+
+/* A source over a host copy of one block's experts: answers in order of
+ * asking, each request preceded by a stray answer for another block with
+ * the same expert number. */
+struct fake_src {
+	pthread_mutex_t mu;
+	uint32_t block, other;           /* the block held, a stray's block */
+	uint8_t *arena;
+	uint64_t arena_len;
+	uint64_t off[16][3], len[16][3]; /* per expert, file order */
+	uint32_t n_proj;
+	struct ms_client_expert q[64];
+	unsigned q_n;
+	uint64_t req;
+	int pins[2][16];                 /* [block held, other][expert] */
+	int releases, off_main, bad_release;
+	pthread_t main;
+};
+
+static int fs_acquire(void *p, uint32_t block, const uint16_t *ex,
+		      unsigned n, uint64_t *id)
+{
+	struct fake_src *f = p;
+	pthread_mutex_lock(&f->mu);
+	*id = ++f->req;
+	for (unsigned i = 0; i < n + 1 && f->q_n < 64; i++) {
+		/* first a stray: the other block, the first expert asked */
+		uint32_t x = i ? ex[i - 1] : ex[0];
+		struct ms_client_expert *c = &f->q[f->q_n++];
+		memset(c, 0, sizeof(*c));
+		c->block = i ? block : f->other;
+		c->expert = x;
+		c->n_proj = f->n_proj;
+		for (uint32_t k = 0; k < f->n_proj; k++) {
+			c->proj[k] = f->arena + f->off[x][k];
+			c->len[k] = f->len[x][k];
+		}
+		f->pins[i ? 0 : 1][x]++;
+	}
+	pthread_mutex_unlock(&f->mu);
+	return block == f->block ? 0 : -EINVAL;
+}
+
+static int fs_next(void *p, struct ms_client_expert *out, uint64_t *id,
+		   int timeout_ms)
+{
+	struct fake_src *f = p;
+	(void)timeout_ms;
+	pthread_mutex_lock(&f->mu);
+	int rc = -ETIMEDOUT;
+	if (f->q_n) {
+		*out = f->q[0];
+		memmove(f->q, f->q + 1, --f->q_n * sizeof(f->q[0]));
+		*id = f->req;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&f->mu);
+	return rc;
+}
+
+static int fs_release(void *p, uint32_t block, const uint16_t *ex,
+		      unsigned n)
+{
+	struct fake_src *f = p;
+	pthread_mutex_lock(&f->mu);
+	for (unsigned i = 0; i < n; i++) {
+		int w = block == f->block ? 0 : block == f->other ? 1 : -1;
+		if (w < 0 || ex[i] >= 16 || f->pins[w][ex[i]] <= 0)
+			f->bad_release++;
+		else
+			f->pins[w][ex[i]]--;
+		f->releases++;
+		if (!pthread_equal(pthread_self(), f->main))
+			f->off_main++;
+	}
+	pthread_mutex_unlock(&f->mu);
+	return 0;
+}
+
+static void check_source(uint32_t b1, uint32_t b2)
+{
+	struct ms_err err = { 0 };
+	const struct ms_moe_layer *L = layer_of_block(b1);
+	struct ms_client_layer *cl = t_xmalloc(model->n_layers * sizeof(*cl));
+	struct ms_client_model cm;
+	memset(&cm, 0, sizeof(cm));
+	snprintf(cm.arch, sizeof(cm.arch), "%s", model->arch);
+	cm.n_block = model->n_block;
+	cm.n_expert = model->n_expert;
+	cm.n_expert_used = model->n_expert_used;
+	cm.n_layers = model->n_layers;
+	cm.layers = cl;
+	for (uint32_t l = 0; l < model->n_layers; l++) {
+		const struct ms_moe_layer *M = &model->layers[l];
+		memset(&cl[l], 0, sizeof(cl[l]));
+		cl[l].block = M->block;
+		cl[l].n_proj = M->n_proj;
+		for (uint32_t k = 0; k < M->n_proj; k++) {
+			cl[l].proj[k] = M->proj[k];
+			cl[l].type[k] = M->type[k];
+			cl[l].ne[k][0] = M->ne[k][0];
+			cl[l].ne[k][1] = M->ne[k][1];
+		}
+		cl[l].expert_bytes = M->expert_bytes;
+		cl[l].nextn = M->nextn;
+	}
+	uint64_t sb = 0;
+	int rc = ms_gpu_tier_slot_bytes(&cm, &sb, &err);
+	T_CHECK(rc == 0 && sb == slot_bytes, "ms_gpu_tier_slot_bytes: %d, %llu "
+		"bytes, expected %llu (%s)", rc, (unsigned long long)sb,
+		(unsigned long long)slot_bytes, err.msg);
+
+	struct fake_src f;
+	memset(&f, 0, sizeof(f));
+	pthread_mutex_init(&f.mu, NULL);
+	f.main = pthread_self();
+	f.block = b1;
+	f.other = b2;
+	f.n_proj = L->n_proj;
+	for (uint32_t x = 0; x < 16; x++)
+		for (uint32_t k = 0; k < L->n_proj; k++) {
+			f.off[x][k] = f.arena_len;
+			f.len[x][k] = L->ext[(size_t)x * L->n_proj + k].bytes;
+			f.arena_len += (f.len[x][k] + 4095) / 4096 * 4096;
+		}
+	f.arena = t_xmalloc(f.arena_len);
+	for (uint32_t x = 0; x < 16; x++)
+		for (uint32_t k = 0; k < L->n_proj; k++) {
+			size_t len;
+			uint8_t *b = file_proj(b1, x, k, &len);
+			memcpy(f.arena + f.off[x][k], b, len);
+			free(b);
+		}
+	struct ms_gpu_tier_source src = {
+		.name = "a test source", .ctx = &f, .model = &cm,
+		.arena = f.arena, .arena_len = f.arena_len, .writable = true,
+		.acquire = fs_acquire, .next = fs_next, .release = fs_release,
+		.release_any_thread = true,
+	};
+	struct ms_gpu_tier_opts o = { .device = 0, .vram_bytes = 4 * slot_bytes,
+				      .stream = ms_gpu_ctx_stream(ctx),
+				      .timeout_ms = 2000 };
+	struct ms_gpu_tier *t = NULL;
+	if (ms_gpu_tier_init_source(&t, &src, &o, &err))
+		t_fatal("ms_gpu_tier_init_source: %s", err.msg);
+	struct ms_gpu_tier_stats s = stats_of(t);
+	T_CHECK(s.host_registered && strstr(s.host_mode, "cudaHostRegisterPortable"),
+		"a writable arena: registered %d, mode '%s'", s.host_registered,
+		s.host_mode);
+	uint16_t ex[3] = { 5, 9, 2 };
+	struct ms_gpu_expert v[3];
+	acquire_ok(t, b1, ex, 3, v);
+	for (int i = 0; i < 3; i++)
+		check_view("own source", b1, ex[i], &v[i]);
+	release_ok(t, b1, ex, 3);
+	uint16_t pf[2] = { 11, 12 };
+	T_CHECK(ms_gpu_tier_prefetch(t, b1, pf, 2, &err) == 0, "prefetch: %s",
+		err.msg);
+	acquire_ok(t, b1, pf, 2, v);
+	check_view("own source, prefetched", b1, 11, &v[0]);
+	release_ok(t, b1, pf, 2);
+	if (ms_gpu_tier_sync(t, &err))
+		t_fatal("ms_gpu_tier_sync: %s", err.msg);
+	s = stats_of(t);
+	int left = 0;
+	for (int w = 0; w < 2; w++)
+		for (int x = 0; x < 16; x++)
+			left += f.pins[w][x];
+	/* 5 experts and 2 strays asked; each pin given back once */
+	T_CHECK(left == 0 && !f.bad_release && f.releases == 7,
+		"own source: %d pins not given back, %d bad releases, %d in all "
+		"(expected 7)", left, f.bad_release, f.releases);
+	T_CHECK(f.off_main >= 5, "own source: %d of %d pins given back from the "
+		"copies' host function", f.off_main, f.releases);
+	T_CHECK(s.misses == 3 && s.prefetch_hits == 2 && s.copies == 5,
+		"own source: %llu misses, %llu prefetch hits, %llu copies",
+		(unsigned long long)s.misses, (unsigned long long)s.prefetch_hits,
+		(unsigned long long)s.copies);
+	printf("%-52s %s; %d pins back (%d from the host function), strays "
+	       "refused\n", "a source of its own", s.host_mode, f.releases,
+	       f.off_main);
+	ms_gpu_tier_free(t);
+	pthread_mutex_destroy(&f.mu);
+	free(f.arena);
+	free(cl);
+}
+
 /* ---- without CUDA ---------------------------------------------------------------------- */
 
 static void check_stubs(void)
@@ -687,6 +883,15 @@ static void check_stubs(void)
 	int rc = ms_gpu_tier_init(&t, NULL, &o, &err);
 	T_CHECK(rc == -ENOTSUP && !t && strstr(err.msg, "built without CUDA"),
 		"ms_gpu_tier_init without CUDA: %d '%s'", rc, err.msg);
+	struct ms_gpu_tier_source src = { .name = "x" };
+	t = (struct ms_gpu_tier *)1;
+	rc = ms_gpu_tier_init_source(&t, &src, &o, &err);
+	T_CHECK(rc == -ENOTSUP && !t, "ms_gpu_tier_init_source without CUDA: %d",
+		rc);
+	uint64_t sb = 1;
+	rc = ms_gpu_tier_slot_bytes(NULL, &sb, &err);
+	T_CHECK(rc == -ENOTSUP && !sb, "ms_gpu_tier_slot_bytes without CUDA: %d",
+		rc);
 	uint16_t e = 0;
 	struct ms_gpu_expert v;
 	T_CHECK(ms_gpu_tier_acquire(NULL, 1, &e, 1, &v, &err) == -ENOTSUP,
@@ -749,6 +954,7 @@ int main(int argc, char **argv)
 	check_ffn(b1);
 	check_eviction(b1, b2);
 	check_pageable(b2);
+	check_source(b1, b2);
 	check_errors(b1); /* stops the daemon: last */
 	printf("worst matvec relative L2 %.2e (bound %.0e)\n", worst_matvec,
 	       TOL_MATVEC);

@@ -4,7 +4,9 @@
  * owns the CUDA context (kernels/gpu_tier.cu).
  *
  * The daemon owns NVMe and host RAM; this process owns VRAM. A tier is
- * built on a client connection (moestream.h) that it uses alone:
+ * built on a client connection (moestream.h) that it uses alone, or on
+ * any other source of experts in host memory (ms_gpu_tier_init_source:
+ * an engine's embedded expert cache):
  *
  *   struct ms_client *c;          // a connection for the tier only
  *   ms_client_connect(&c, sock, "engine-gpu", &err);
@@ -24,7 +26,8 @@
  *   ms_gpu_tier_free(t);          // before ms_client_close(c)
  *   ms_client_close(c);
  *
- * How it works (the reasons are in gpu_tier.cu):
+ * How it works (the reasons are in gpu_tier.cu; "the daemon" below, and in
+ * the stats' names, is whichever source the tier was built on):
  *  - The client's read-only mapping of the daemon's arena is registered
  *    with cudaHostRegister(cudaHostRegisterReadOnly), so copies from it run
  *    at pinned speed with no staging copy. Where the device or driver
@@ -101,6 +104,51 @@ struct ms_gpu_tier_opts {
  * MoE layers), -ENOMEM (VRAM), -ENODEV. */
 int ms_gpu_tier_init(struct ms_gpu_tier **out, struct ms_client *c,
 		     const struct ms_gpu_tier_opts *opts, struct ms_err *err);
+
+/* Where a tier's experts come from, when that is not a moestreamd client:
+ * the same four calls as the client's (moestream.h), on `ctx`. An engine's
+ * embedded expert cache is one (engine/engine.c). */
+struct ms_gpu_tier_source {
+	const char *name;      /* for messages: "moestreamd", "the expert
+				  cache" */
+	void *ctx;
+	/* its MoE layers, described as the daemon describes them; valid
+	 * while the tier lives */
+	const struct ms_client_model *model;
+	/* the host memory every expert is read from (registered with the
+	 * device for pinned-speed copies); writable: the source writes it
+	 * (registered without cudaHostRegisterReadOnly where that is not
+	 * supported) */
+	const void *arena;
+	uint64_t arena_len;
+	bool writable;
+	/* as ms_client_acquire_async, ms_client_next (each answer names its
+	 * block; *id that of the request answered) and ms_client_release */
+	int (*acquire)(void *ctx, uint32_t block, const uint16_t *experts,
+		       unsigned n, uint64_t *id);
+	int (*next)(void *ctx, struct ms_client_expert *out, uint64_t *id,
+		    int timeout_ms);
+	int (*release)(void *ctx, uint32_t block, const uint16_t *experts,
+		       unsigned n);
+	/* the source's last refusal, "" if none; may be NULL */
+	const char *(*last_error)(void *ctx);
+	/* release may be called from any thread at any time (the copy's
+	 * host function then hands the pin back itself); else it is called
+	 * under the tier's lock, as a client handle needs */
+	bool release_any_thread;
+};
+
+/* The same on `src` (copied; its ctx and model must outlive the tier). */
+int ms_gpu_tier_init_source(struct ms_gpu_tier **out,
+			    const struct ms_gpu_tier_source *src,
+			    const struct ms_gpu_tier_opts *opts,
+			    struct ms_err *err);
+
+/* The bytes of one slot for model `m`: its largest expert that the tier can
+ * hold, every projection 256-byte aligned. 0, or -ENOTSUP when no MoE
+ * layer is one the tier can hold (the reason in *err). */
+int ms_gpu_tier_slot_bytes(const struct ms_client_model *m, uint64_t *bytes,
+			   struct ms_err *err);
 
 /* Waits for the copies in flight, releases every daemon pin the tier
  * holds, unregisters the mapping and frees the VRAM. Call it before
