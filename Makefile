@@ -52,6 +52,10 @@ NVCC        := $(wildcard $(CUDA_HOME)/bin/nvcc)
 ifeq ($(NO_CUDA),1)
 NVCC        :=
 endif
+# The GPUs the CUDA code is built for (sm_XX); `make CUDA_ARCHS=90 O=DIR`
+# builds for Hopper alone (tools/gpu-check.sh's pack: one copy of the
+# device code per binary, not five). Objects are not rebuilt when it
+# changes: use a folder of its own.
 CUDA_ARCHS  := 80 86 89 90 120
 
 WARN        := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla -Wno-format-truncation

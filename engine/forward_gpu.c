@@ -328,6 +328,8 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	if ((rc = ms_gpu_tier_stats(g->tier, &ts, err)))
 		return rc;
 	g->n_slots = ts.slots;
+	snprintf(e->info.vram_copy_mode, sizeof(e->info.vram_copy_mode), "%s",
+		 ts.host_mode);
 	e->info.vram_expert_bytes = ts.vram_bytes;
 	e->info.vram_expert_slots = ts.slots;
 	return all_in(e, err);

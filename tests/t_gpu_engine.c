@@ -26,7 +26,7 @@
  *    through a private moestreamd's GPU tier, with room for every expert
  *    (all loaded at open, routing on the GPU) and with two layers' worth;
  *  - (tiny) `moestream run --device gpu` writes the CPU's greedy text and
- *    its VRAM figures.
+ *    its VRAM figures, the expert cache's memory registered with the GPU.
  * Models: the tiny preset everywhere; on a real GPU also the GLM-4.7
  * preset cut to 2 MoE layers (3 dense + 2 MoE blocks) and the Qwen3
  * preset cut to 2 (on the CPU emulator of `make gpu-emu` they would take
@@ -399,6 +399,11 @@ static void cli(const char *path)
 	T_CHECK(err && strstr(err, "in VRAM") && strstr(err, "VRAM       expert "
 							"hit rate"),
 		"run --device gpu's figures: %s", err ? err : "");
+	/* the embedded cache's arena registered: copies at pinned speed */
+	T_CHECK(err && strstr(err, "copied into VRAM from the expert cache's "
+			      "memory, registered"),
+		"run --device gpu does not say its copies are from registered "
+		"memory: %s", err ? err : "");
 	printf("tiny     moestream run --device gpu: the CPU's greedy text (%zu "
 	       "bytes)\n", b ? strlen(b) : 0);
 	free(a);

@@ -4,8 +4,8 @@
 # no network (the lent GPU machines): it runs binaries built elsewhere.
 #
 #   tools/gpu-check.sh pack [BUILD]
-#       On the build machine, after `make O=BUILD tests` with CUDA found
-#       (default BUILD=build). Copies into BUILD/gpu-pack what the GPU
+#       On the build machine, after `make O=BUILD CUDA_ARCHS=90 tests`
+#       with CUDA found (default BUILD=build). Copies into BUILD/gpu-pack what the GPU
 #       machine needs: moestream, moestreamd (the GPU tier test starts one),
 #       tests/t_gpu* and tests/t_kernel_cli; in lib/ the shared libraries
 #       of Debian packages it lacks, found with ldd (liburing, libnuma,
@@ -62,7 +62,10 @@
 # hangs. Give the device tool timeout_s=360.
 #
 # With the device tool (the pack is in an ignored folder, so it is carried):
-#   make -j2 O=build/gpu tests && tools/gpu-check.sh pack build/gpu
+#   make -j2 O=build/gpu CUDA_ARCHS=90 tests && tools/gpu-check.sh pack build/gpu
+# (CUDA_ARCHS=90: the lent H100 and H200 are sm_90; with the default five
+# architectures each test binary carries five copies of the CUDA code and
+# the pack is ~104 MiB, over the tool's 64)
 #   run(command="tools/gpu-check.sh run build/gpu/gpu-pack",
 #       carry=["build/gpu/gpu-pack"], timeout_s=360)
 #
@@ -149,7 +152,7 @@ pack() {
 		xargs -0 stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
 	echo "gpu-check: $out is $(mib "$pb"); with the working tree ($(mib "$tb")) the device tool carries $(mib $((pb + tb))) of its 64 MiB"
 	[ $((pb + tb)) -lt $((56 << 20)) ] ||
-		die "that leaves under 8 MiB to spare: the device tool may refuse it"
+		die "that leaves under 8 MiB to spare: the device tool may refuse it (each test carries the CUDA code for every architecture built: build BUILD for the lent GPUs' alone, make O=$build CUDA_ARCHS=90 tests, the H100 and H200 being sm_90)"
 	echo "gpu-check: on the GPU machine: tools/gpu-check.sh run $out"
 }
 

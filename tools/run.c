@@ -336,6 +336,9 @@ int cmd_run(int argc, char **argv)
 			fmt_bytes(info->vram_kv_bytes, b, sizeof(b)),
 			fmt_bytes(info->vram_expert_bytes, k, sizeof(k)),
 			info->vram_expert_slots);
+		fprintf(stderr, "moestream run: experts are copied into VRAM from "
+			"the %s's memory, %s\n", cfg.socket ? "daemon" : "expert cache",
+			info->vram_copy_mode);
 		if (info->vram_all_experts)
 			fprintf(stderr, "moestream run: every expert is in VRAM: "
 				"one-token steps route on the GPU\n");

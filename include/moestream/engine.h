@@ -234,11 +234,14 @@ struct ms_engine_info {
 	uint64_t vram_expert_bytes;   /* the VRAM expert cache */
 	uint32_t vram_expert_slots;   /* experts it holds */
 	bool vram_all_experts;        /* every expert of the layers run is in
-					 VRAM (loaded at open; embedded source
-					 only): one-token steps route on the
-					 GPU, with no copy back per layer */
+					 VRAM (loaded at open): one-token
+					 steps route on the GPU, with no copy
+					 back per layer */
 	bool gpu_graph;               /* and are replayed from a CUDA graph
 					 (set once one has been made) */
+	char vram_copy_mode[256];     /* where copies into VRAM read from: the
+					 GPU tier's host_mode ("registered
+					 ..." or "pageable: <why>") */
 };
 
 struct ms_engine_stats {
