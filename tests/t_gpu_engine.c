@@ -26,7 +26,8 @@
  *    through a private moestreamd's GPU tier, with room for every expert
  *    (all loaded at open, routing on the GPU) and with two layers' worth;
  *  - (tiny) `moestream run --device gpu` writes the CPU's greedy text and
- *    its VRAM figures, the expert cache's memory registered with the GPU.
+ *    its VRAM figures, the expert cache's memory registered with the GPU;
+ *    `moestream bench gpu-decode --stream-from both` runs end to end.
  * Models: the tiny preset everywhere; on a real GPU also the GLM-4.7
  * preset cut to 2 MoE layers (3 dense + 2 MoE blocks) and the Qwen3
  * preset cut to 2 (on the CPU emulator of `make gpu-emu` they would take
@@ -41,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "moestream/engine.h"
 #include "moestream/kernels.h"
@@ -411,6 +414,44 @@ static void cli(const char *path)
 	free(err);
 }
 
+static double jnum(const cJSON *j, const char *k)
+{
+	const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+	return cJSON_IsNumber(x) ? x->valuedouble : NAN;
+}
+
+/* `moestream bench gpu-decode --stream-from both` runs its three parts: no
+ * copy with every expert in VRAM, and the same copies and hits streaming
+ * from moestreamd as from the engine's own cache (the same routing through
+ * the same tier). */
+static void bench_decode(const char *path)
+{
+	char c[8192];
+	char *out = NULL;
+	snprintf(c, sizeof(c), "%s bench gpu-decode --model '%s' --tokens 4 "
+		 "--prompt 4 --stream-from both --json 2>/dev/null",
+		 t_build_path("moestream"), path);
+	int st = t_run(c, &out, 1 << 16);
+	cJSON *j = out ? cJSON_Parse(out) : NULL;
+	T_CHECK(st == 0 && j, "bench gpu-decode: exit %d, wrote: %s", st,
+		out ? out : "");
+	if (j) {
+		double rc = jnum(j, "resident_copies"), dc = jnum(j, "stream_copies"),
+		       cc = jnum(j, "stream_cache_copies"),
+		       dh = jnum(j, "stream_hits"), ch = jnum(j, "stream_cache_hits");
+		T_CHECK(rc == 0 && dc > 0 && dc == cc && dh == ch &&
+				jnum(j, "stream_cache_copy_s_per_token") > 0,
+			"bench gpu-decode: resident copies %g; streaming copies %g "
+			"(moestreamd) and %g (cache), hits %g and %g", rc, dc, cc, dh,
+			ch);
+		printf("tiny     bench gpu-decode: no copy with every expert in "
+		       "VRAM; streaming %g copies in and %g hits from moestreamd, "
+		       "%g and %g from the engine's cache\n", dc, dh, cc, ch);
+	}
+	cJSON_Delete(j);
+	free(out);
+}
+
 int main(void)
 {
 	dt_watchdog(1800, "t_gpu_engine");
@@ -483,8 +524,10 @@ int main(void)
 		if (system(cmd))
 			t_fatal("'%s' failed", cmd);
 		run_model(models[i].name, path, !models[i].big);
-		if (!models[i].big)
+		if (!models[i].big) {
 			cli(path);
+			bench_decode(path);
+		}
 		unlink(path);
 	}
 	return t_done();

@@ -12,7 +12,9 @@
  *     written bytes, as `bench gpu` measures it) that takes
  *     bytes / rate: the bound. Target: tok/s >= 0.5 x the bound.
  *  2. streaming (skipped with --no-stream): the same tokens through a
- *     private moestreamd whose RAM cache holds every expert, with a VRAM
+ *     private moestreamd whose RAM cache holds every expert (--stream-from
+ *     daemon, the default), or through the engine's own expert cache
+ *     holding every expert (--stream-from cache; both: each), with a VRAM
  *     expert cache of only two layers' experts, so every layer's experts
  *     are copied host -> device (the GPU tier, the next layer's guess
  *     copied while this one computes). Per token: the copy stream's busy
@@ -45,7 +47,7 @@
 
 static const char usage_line[] =
 	"usage: moestream bench gpu-decode --model M [--tokens N] [--prompt N] "
-	"[--no-stream] [--json]";
+	"[--no-stream | --stream-from daemon|cache|both] [--json]";
 
 static void usage(FILE *f)
 {
@@ -59,16 +61,24 @@ static void usage(FILE *f)
 		"(resident tensors\n"
 		"             but the embedding, and its experts); target >= 0.5\n"
 		"  streaming  through a private moestreamd holding every expert in "
-		"RAM, with a\n"
-		"             VRAM expert cache of two layers: the step against "
-		"max(copy, compute)\n"
-		"             per token; target <= 1.1\n\n"
+		"RAM (or the\n"
+		"             engine's own expert cache: --stream-from), with a VRAM "
+		"expert cache\n"
+		"             of two layers: the step against max(copy, compute) per "
+		"token;\n"
+		"             target <= 1.1\n\n"
 		"options:\n"
 		"  --model M     the GGUF (gpu-check uses the GLM-4.7 preset cut to "
-		"8 MoE layers)\n"
+		"4 MoE layers)\n"
 		"  --tokens N    decode steps timed (default 32)\n"
 		"  --prompt N    prompt tokens before them (default 16)\n"
 		"  --no-stream   the resident part only\n"
+		"  --stream-from daemon|cache|both\n"
+		"                where the streaming part's experts come from: a "
+		"private\n"
+		"                moestreamd (default), the engine's own expert "
+		"cache (run\n"
+		"                without --socket), or each in turn\n"
 		"  --json        the figures as JSON\n"
 		"exit: 0 ran (the targets are reported, not enforced), 1 failed, "
 		"2 bad usage,\n3 no usable GPU\n",
@@ -78,6 +88,12 @@ static void usage(FILE *f)
 struct pass {
 	double decode_s;
 	struct ms_engine_stats st0, st1; /* around the timed steps */
+};
+
+/* The streaming part's figures, for one source. */
+struct stream_res {
+	double tokps, copy_tok, step;
+	uint64_t copied, hits;
 };
 
 /* Prompt then n single steps over ids, each computing its logits as a
@@ -103,6 +119,41 @@ static int two_passes(struct ms_engine *e, const int32_t *ids, int P, int N,
 	return 0;
 }
 
+/* The same tokens with a VRAM cache of two layers' experts, on cfg's
+ * source. */
+static int stream_part(const struct ms_engine_config *cfg, const int32_t *ids,
+		       uint32_t P, uint32_t N, float *logits,
+		       struct stream_res *r, struct ms_err *err)
+{
+	struct ms_engine *e = NULL;
+	struct pass b;
+	int rc = ms_engine_open(&e, cfg, err);
+	if (!rc)
+		rc = two_passes(e, ids, (int)P, (int)N, logits, &b, err);
+	ms_engine_close(e);
+	if (rc)
+		return rc;
+	r->tokps = N / b.decode_s;
+	r->copied = b.st1.vram_misses - b.st0.vram_misses;
+	r->hits = b.st1.vram_hits - b.st0.vram_hits;
+	r->copy_tok = (double)(b.st1.vram_copy_ns - b.st0.vram_copy_ns) / 1e9 / N;
+	r->step = b.decode_s / N;
+	return 0;
+}
+
+static void print_stream(const char *name, const struct stream_res *r,
+			 uint32_t slots, double comp_tok)
+{
+	double mx = r->copy_tok > comp_tok ? r->copy_tok : comp_tok;
+	printf("streaming  from %s: %.2f tok/s with a VRAM cache of %u experts: "
+	       "%llu copies in, %llu hits; per token: step %.2f ms, copy %.2f "
+	       "ms, compute %.2f ms; step / max = %.3f (target <= 1.1)\n",
+	       name, r->tokps, slots, (unsigned long long)r->copied,
+	       (unsigned long long)r->hits, r->step * 1e3, r->copy_tok * 1e3,
+	       comp_tok * 1e3, mx > 0 ? r->step / mx : 0);
+	fflush(stdout);
+}
+
 int bench_gpu_decode_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -110,13 +161,14 @@ int bench_gpu_decode_main(int argc, char **argv)
 		{ "tokens", required_argument, 0, 'n' },
 		{ "prompt", required_argument, 0, 'p' },
 		{ "no-stream", no_argument, 0, 's' },
+		{ "stream-from", required_argument, 0, 'f' },
 		{ "json", no_argument, 0, 'j' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 }
 	};
 	const char *model = NULL;
 	uint32_t N = 32, P = 16;
-	bool stream = true, json = false;
+	bool stream = true, json = false, from_daemon = true, from_cache = false;
 	int o;
 	optind = 1;
 	while ((o = getopt_long(argc, argv, "m:n:p:jh", opts, NULL)) != -1) {
@@ -131,6 +183,17 @@ int bench_gpu_decode_main(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case 's': stream = false; break;
+		case 'f':
+			from_daemon = !strcmp(optarg, "daemon") ||
+				      !strcmp(optarg, "both");
+			from_cache = !strcmp(optarg, "cache") ||
+				     !strcmp(optarg, "both");
+			if (!from_daemon && !from_cache) {
+				tool_error(CMD, "--stream-from '%s': expected "
+					   "daemon, cache or both", optarg);
+				return tool_bad_usage(usage_line);
+			}
+			break;
 		case 'j': json = true; break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
@@ -217,11 +280,32 @@ int bench_gpu_decode_main(int argc, char **argv)
 		e = NULL;
 	}
 
-	/* 2. streaming */
-	struct pass b;
-	double tokps_b = 0, copy_tok = 0, comp_tok = a.decode_s / N, step = 0;
-	uint64_t copied_b = 0, hits_b = 0;
-	if (stream) {
+	/* the text as each part ends (a run cut short keeps what it had) */
+	if (!json) {
+		printf("bench gpu-decode: %s on %s%s\n", model, in->gpu_name,
+		       emu ? " (the CPU emulator of CUDA: these figures are not a "
+			     "GPU's)"
+			   : "");
+		printf("per token  %.1f MB from VRAM: resident tensors %.1f MB (all "
+		       "but the embedding) + %u x %u experts of %.2f MB\n",
+		       bytes / 1e6, (double)in->resident_token_bytes / 1e6, n_moe, K,
+		       expert / 1e6);
+		printf("resident   %u decode steps in %.3f s: %.2f tok/s; bound %.2f "
+		       "tok/s (copy rate %.0f GB/s); ratio %.3f (target >= 0.5); "
+		       "%llu copies in the timed pass; routing on the %s%s\n",
+		       N, a.decode_s, tokps_a, bound, best, tokps_a / bound,
+		       (unsigned long long)copied_a, all_a ? "GPU" : "host",
+		       graph_a ? ", steps replayed from a CUDA graph" : "");
+		if (graph_a)
+			printf("resident   the same, kernels launched one by one: "
+			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
+		fflush(stdout);
+	}
+
+	/* 2. streaming: each source asked for */
+	struct stream_res sd = { 0 }, sc = { 0 };
+	double comp_tok = a.decode_s / N;
+	if (stream && from_daemon) {
 		struct bench_daemon_opts dopt = {
 			.model = model,
 			.cache_bytes = in->expert_bytes + in->expert_bytes / 4 +
@@ -233,21 +317,41 @@ int bench_gpu_decode_main(int argc, char **argv)
 			tool_error(CMD, "%s", err.msg);
 			goto out;
 		}
-		cfg.socket = d.socket;
-		cfg.vram_experts = slot * 2 * K;
-		if (ms_engine_open(&e, &cfg, &err) ||
-		    two_passes(e, ids, (int)P, (int)N, logits, &b, &err)) {
+		struct ms_engine_config cd = cfg;
+		cd.socket = d.socket;
+		cd.vram_experts = slot * 2 * K;
+		if (stream_part(&cd, ids, P, N, logits, &sd, &err)) {
 			tool_error(CMD, "%s", err.msg);
 			goto out;
 		}
-		tokps_b = N / b.decode_s;
-		copied_b = b.st1.vram_misses - b.st0.vram_misses;
-		hits_b = b.st1.vram_hits - b.st0.vram_hits;
-		copy_tok = (double)(b.st1.vram_copy_ns - b.st0.vram_copy_ns) / 1e9 / N;
-		step = b.decode_s / N;
+		if (!json)
+			print_stream("moestreamd", &sd, 2 * K, comp_tok);
 	}
-	double mx = copy_tok > comp_tok ? copy_tok : comp_tok;
+	if (stream && from_cache) {
+		/* the engine's own cache, holding every expert (the first
+		 * pass reads them from the file) */
+		struct ms_engine_config cc = cfg;
+		cc.cache_size = in->expert_bytes + in->expert_bytes / 4 +
+				(64ull << 20);
+		cc.vram_experts = slot * 2 * K;
+		fprintf(stderr, "bench gpu-decode: streaming from the engine's "
+			"expert cache ...\n");
+		if (stream_part(&cc, ids, P, N, logits, &sc, &err)) {
+			tool_error(CMD, "%s", err.msg);
+			goto out;
+		}
+		if (!json)
+			print_stream("the expert cache", &sc, 2 * K, comp_tok);
+	}
 	if (json) {
+		const struct {
+			const char *key;
+			bool on;
+			const struct stream_res *r;
+		} src[2] = {
+			{ "stream", stream && from_daemon, &sd },
+			{ "stream_cache", stream && from_cache, &sc },
+		};
 		cJSON *j = cJSON_CreateObject();
 		cJSON_AddStringToObject(j, "model", model);
 		cJSON_AddStringToObject(j, "device", in->gpu_name);
@@ -266,46 +370,26 @@ int bench_gpu_decode_main(int argc, char **argv)
 			cJSON_AddNumberToObject(j, "resident_eager_ratio",
 						tokps_e / bound);
 		}
-		if (stream) {
-			cJSON_AddNumberToObject(j, "stream_tokps", tokps_b);
-			cJSON_AddNumberToObject(j, "stream_copy_s_per_token", copy_tok);
-			cJSON_AddNumberToObject(j, "stream_compute_s_per_token",
-						comp_tok);
-			cJSON_AddNumberToObject(j, "stream_overlap", mx > 0 ? step / mx
-									   : 0);
-			cJSON_AddNumberToObject(j, "stream_copies", (double)copied_b);
-			cJSON_AddNumberToObject(j, "stream_hits", (double)hits_b);
+		for (int i = 0; i < 2; i++) {
+			if (!src[i].on)
+				continue;
+			const struct stream_res *r = src[i].r;
+			double mx = r->copy_tok > comp_tok ? r->copy_tok : comp_tok;
+			char k[64];
+#define KEY(suffix) (snprintf(k, sizeof(k), "%s_%s", src[i].key, suffix), k)
+			cJSON_AddNumberToObject(j, KEY("tokps"), r->tokps);
+			cJSON_AddNumberToObject(j, KEY("copy_s_per_token"), r->copy_tok);
+			cJSON_AddNumberToObject(j, KEY("compute_s_per_token"), comp_tok);
+			cJSON_AddNumberToObject(j, KEY("overlap"),
+						mx > 0 ? r->step / mx : 0);
+			cJSON_AddNumberToObject(j, KEY("copies"), (double)r->copied);
+			cJSON_AddNumberToObject(j, KEY("hits"), (double)r->hits);
+#undef KEY
 		}
 		char *str = cJSON_Print(j);
 		printf("%s\n", str);
 		free(str);
 		cJSON_Delete(j);
-	} else {
-		printf("bench gpu-decode: %s on %s%s\n", model, in->gpu_name,
-		       emu ? " (the CPU emulator of CUDA: these figures are not a "
-			     "GPU's)"
-			   : "");
-		printf("per token  %.1f MB from VRAM: resident tensors %.1f MB (all "
-		       "but the embedding) + %u x %u experts of %.2f MB\n",
-		       bytes / 1e6, (double)in->resident_token_bytes / 1e6, n_moe, K,
-		       expert / 1e6);
-		printf("resident   %u decode steps in %.3f s: %.2f tok/s; bound %.2f "
-		       "tok/s (copy rate %.0f GB/s); ratio %.3f (target >= 0.5); "
-		       "%llu copies in the timed pass; routing on the %s%s\n",
-		       N, a.decode_s, tokps_a, bound, best, tokps_a / bound,
-		       (unsigned long long)copied_a, all_a ? "GPU" : "host",
-		       graph_a ? ", steps replayed from a CUDA graph" : "");
-		if (graph_a)
-			printf("resident   the same, kernels launched one by one: "
-			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
-		if (stream)
-			printf("streaming  %.2f tok/s with a VRAM cache of %u experts: "
-			       "%llu copies in, %llu hits; per token: step %.2f ms, "
-			       "copy %.2f ms, compute %.2f ms; step / max = %.3f "
-			       "(target <= 1.1)\n",
-			       tokps_b, 2 * K, (unsigned long long)copied_b,
-			       (unsigned long long)hits_b, step * 1e3, copy_tok * 1e3,
-			       comp_tok * 1e3, mx > 0 ? step / mx : 0);
 	}
 	rc = 0;
 out:

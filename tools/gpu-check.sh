@@ -35,7 +35,8 @@
 #            tok/s with every expert in VRAM (routing on the GPU, steps
 #            replayed from a CUDA graph; and the same launched one by one)
 #            against the device's copy rate over a token's bytes, and with
-#            experts streaming through a private moestreamd against
+#            experts streaming through a private moestreamd and through the
+#            engine's own expert cache (`run` without --socket) against
 #            max(copy, compute);
 #         4. the GPU tier's transfer benchmark (`moestream bench gpu-tier`,
 #            where the pack has it; t_gpu_tier --bench is the same code):
@@ -56,7 +57,9 @@
 #
 # Time: about 1.5 minutes on an H100 before the GPU decoder's test and
 # benchmark came (tests ~40 s, benchmarks ~40 s); those add an estimated
-# 1.5-2 minutes (not yet measured on a GPU). Each step has a timeout and
+# 1.5-2 minutes, and streaming from the engine's own cache in the decode
+# benchmark (150 s at most) perhaps 20 s more (none of it measured on a GPU
+# yet). Each step has a timeout and
 # the whole run a deadline (GPU_CHECK_DEADLINE, 300 s): a step starts with
 # whatever is left, so the script ends within about 5 minutes whatever
 # hangs. Give the device tool timeout_s=360.
@@ -286,9 +289,9 @@ run() {
 		run_step mkmodel 60 "$pack/moestream" mkmodel --preset glm4.7-ud-q2_k_xl \
 			--moe-layers 4 -o "$model" --force >/dev/null
 		if [ $? -eq 0 ]; then
-			run_step decode-bench 100 env MOESTREAMD="$pack/moestreamd" \
+			run_step decode-bench 150 env MOESTREAMD="$pack/moestreamd" \
 				"$pack/moestream" bench gpu-decode --model "$model" \
-				${GPU_CHECK_DECODE_ARGS:-} | tee "$dtxt"
+				${GPU_CHECK_DECODE_ARGS:---stream-from both} | tee "$dtxt"
 			drc=${PIPESTATUS[0]}
 		else
 			drc=1
