@@ -215,15 +215,18 @@ struct Sub {
 	float A0, A1, M0, M1;
 };
 
-/* 4 bytes at byte offset p of a shared-memory row slot. A4: p is a multiple
- * of 4 (the type's blocks and rows are, and so are their base pointers). */
+/* 4 bytes at byte offset bo + 4 wo of a shared-memory row slot: the word
+ * and the shift come from bo alone, once per unit, and each load is one
+ * (A4) or two shared loads at an offset the compiler folds in. A4: bo is a
+ * multiple of 4 (the type's blocks and rows are, and so are their base
+ * pointers). */
 template <bool A4>
-__device__ __forceinline__ uint32_t ldw(const uint32_t *s, int p)
+__device__ __forceinline__ uint32_t ldw(const uint32_t *s, int bo, int wo)
 {
+	const uint32_t *p = s + (bo >> 2) + wo;
 	if (A4)
-		return s[p >> 2];
-	const int w = p >> 2;
-	return __funnelshift_r(s[w], s[w + 1], (p & 3) * 8);
+		return p[0];
+	return __funnelshift_r(p[0], p[1], (bo & 3) * 8);
 }
 
 /* Byte i (0..11) of three words, without indexing a register array with a
@@ -273,12 +276,12 @@ template <> struct Fmt<MS_TYPE_Q2_K> {
 	{
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			r.qs[w] = ldw<A4>(s, bo + 16 + 32 * u + 4 * w);
-		r.sc[0] = ldw<A4>(s, bo + 8 * u);
-		r.sc[1] = ldw<A4>(s, bo + 8 * u + 4);
-		const uint32_t dm = ldw<A4>(s, bo + 80);
-		r.d = f16_f32(dm & 0xffffu);
-		r.dmin = f16_f32(dm >> 16);
+			r.qs[w] = ldw<A4>(s, bo, 4 + 8 * u + w);
+		r.sc[0] = ldw<A4>(s, bo, 2 * u);
+		r.sc[1] = ldw<A4>(s, bo, 2 * u + 1);
+		const uint32_t dm = ldw<A4>(s, bo, 20);
+		r.d = f16_f32_hw(dm & 0xffffu);
+		r.dmin = f16_f32_hw(dm >> 16);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
@@ -315,13 +318,13 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	{
 #pragma unroll
 		for (int w = 0; w < 8; w++) {
-			r.qs[w] = ldw<A4>(s, bo + 32 + 32 * u + 4 * w);
-			r.hm[w] = ldw<A4>(s, bo + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo, 8 + 8 * u + w);
+			r.hm[w] = ldw<A4>(s, bo, w);
 		}
 #pragma unroll
 		for (int i = 0; i < 3; i++)
-			r.ss[i] = ldw<A4>(s, bo + 96 + 4 * i);
-		r.d = f16_f32(ldw<A4>(s, bo + 108) & 0xffffu);
+			r.ss[i] = ldw<A4>(s, bo, 24 + i);
+		r.d = f16_f32_hw(ldw<A4>(s, bo, 27) & 0xffffu);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
@@ -365,13 +368,13 @@ template <> struct Fmt<MS_TYPE_Q4_K> {
 	{
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			r.qs[w] = ldw<A4>(s, bo + 16 + 32 * u + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo, 4 + 8 * u + w);
 #pragma unroll
 		for (int i = 0; i < 3; i++)
-			r.sc[i] = ldw<A4>(s, bo + 4 + 4 * i);
-		const uint32_t dm = ldw<A4>(s, bo);
-		r.d = f16_f32(dm & 0xffffu);
-		r.dmin = f16_f32(dm >> 16);
+			r.sc[i] = ldw<A4>(s, bo, 1 + i);
+		const uint32_t dm = ldw<A4>(s, bo, 0);
+		r.d = f16_f32_hw(dm & 0xffffu);
+		r.dmin = f16_f32_hw(dm >> 16);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
@@ -404,15 +407,15 @@ template <> struct Fmt<MS_TYPE_Q5_K> {
 	{
 #pragma unroll
 		for (int w = 0; w < 8; w++) {
-			r.qs[w] = ldw<A4>(s, bo + 48 + 32 * u + 4 * w);
-			r.qh[w] = ldw<A4>(s, bo + 16 + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo, 12 + 8 * u + w);
+			r.qh[w] = ldw<A4>(s, bo, 4 + w);
 		}
 #pragma unroll
 		for (int i = 0; i < 3; i++)
-			r.sc[i] = ldw<A4>(s, bo + 4 + 4 * i);
-		const uint32_t dm = ldw<A4>(s, bo);
-		r.d = f16_f32(dm & 0xffffu);
-		r.dmin = f16_f32(dm >> 16);
+			r.sc[i] = ldw<A4>(s, bo, 1 + i);
+		const uint32_t dm = ldw<A4>(s, bo, 0);
+		r.d = f16_f32_hw(dm & 0xffffu);
+		r.dmin = f16_f32_hw(dm >> 16);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
@@ -450,12 +453,12 @@ template <> struct Fmt<MS_TYPE_Q6_K> {
 		const int h = u >> 1, c = u & 1;
 #pragma unroll
 		for (int w = 0; w < 8; w++) {
-			r.ql[w] = ldw<A4>(s, bo + 64 * h + 32 * c + 4 * w);
-			r.qh[w] = ldw<A4>(s, bo + 128 + 32 * h + 4 * w);
+			r.ql[w] = ldw<A4>(s, bo, 16 * h + 8 * c + w);
+			r.qh[w] = ldw<A4>(s, bo, 32 + 8 * h + w);
 		}
-		r.sc[0] = ldw<A4>(s, bo + 192 + 8 * h);
-		r.sc[1] = ldw<A4>(s, bo + 196 + 8 * h);
-		r.d = f16_f32(ldw<A4>(s, bo + 208) & 0xffffu);
+		r.sc[0] = ldw<A4>(s, bo, 48 + 2 * h);
+		r.sc[1] = ldw<A4>(s, bo, 49 + 2 * h);
+		r.d = f16_f32_hw(ldw<A4>(s, bo, 52) & 0xffffu);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
@@ -489,10 +492,10 @@ template <> struct Fmt<MS_TYPE_Q8_0> {
 	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
 						    int bo, int)
 	{
-		r.d = f16_f32(ldw<A4>(s, bo) & 0xffffu);
+		r.d = f16_f32_hw(ldw<A4>(s, bo, 0) & 0xffffu);
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			r.qs[w] = ldw<A4>(s, bo + 2 + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo + 2, w);
 	}
 	static __device__ __forceinline__ int xblk(int, int)
 	{
@@ -521,10 +524,10 @@ template <> struct Fmt<MS_TYPE_Q4_0> {
 	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
 						    int bo, int)
 	{
-		r.d = f16_f32(ldw<A4>(s, bo) & 0xffffu);
+		r.d = f16_f32_hw(ldw<A4>(s, bo, 0) & 0xffffu);
 #pragma unroll
 		for (int w = 0; w < 4; w++)
-			r.qs[w] = ldw<A4>(s, bo + 2 + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo + 2, w);
 	}
 	static __device__ __forceinline__ int xblk(int, int)
 	{
@@ -555,10 +558,10 @@ template <> struct Fmt<MS_TYPE_MXFP4> {
 	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
 						    int bo, int)
 	{
-		r.d = e8m0_half_f32(ldw<A4>(s, bo) & 0xffu);
+		r.d = e8m0_half_f32(ldw<A4>(s, bo, 0) & 0xffu);
 #pragma unroll
 		for (int w = 0; w < 4; w++)
-			r.qs[w] = ldw<A4>(s, bo + 1 + 4 * w);
+			r.qs[w] = ldw<A4>(s, bo + 1, w);
 	}
 	static __device__ __forceinline__ int xblk(int, int)
 	{

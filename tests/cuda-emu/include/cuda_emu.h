@@ -509,6 +509,21 @@ static inline __half __float2half_rn(float f)
 	return __half{ (unsigned short)(sign | bits) };
 }
 static inline unsigned short __half_as_ushort(__half h) { return h.x; }
+static inline __half __ushort_as_half(unsigned short x) { return __half{ x }; }
+/* exact, as the GPU's cvt.f32.f16 (a NaN: canonical 0x7fffffff, which the
+ * code under test must not rely on) */
+static inline float __half2float(__half h)
+{
+	unsigned sign = (unsigned)(h.x & 0x8000u) << 16, ex = (h.x >> 10) & 0x1fu,
+		 man = h.x & 0x3ffu;
+	if (ex == 0x1f)
+		return __uint_as_float(man ? 0x7fffffffu : sign | 0x7f800000u);
+	if (ex)
+		return __uint_as_float(sign | (ex + 112) << 23 | man << 13);
+	/* zero or subnormal: man x 2^-24, exact in float */
+	float v = (float)man * 0x1p-24f;
+	return sign ? -v : v;
+}
 
 /* ---- threads, CTAs, launches ------------------------------------------------- */
 
