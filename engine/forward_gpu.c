@@ -505,9 +505,13 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	size_t boff = ms_eng_kv_at(e, 0, b, 0) * el;
 	uint8_t *kc = (uint8_t *)g->k_cache + boff, *vc = (uint8_t *)g->v_cache + boff;
 	int rc;
-	if ((rc = matmul(e, &k->wq, g->h, g->q, T, err)) ||
-	    (rc = matmul(e, &k->wk, g->h, g->k, T, err)) ||
-	    (rc = matmul(e, &k->wv, g->h, g->v, T, err)))
+	/* q, k and v of the same h: one preparation of h for the three */
+	const struct ms_gpu_mm qkv[3] = {
+		{ k->wq.type, dev_of(e, &k->wq), k->wq.ne[1], g->q },
+		{ k->wk.type, dev_of(e, &k->wk), k->wk.ne[1], g->k },
+		{ k->wv.type, dev_of(e, &k->wv), k->wv.ne[1], g->v },
+	};
+	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, T, err)))
 		return rc;
 	if ((k->bq.data && (rc = ms_gpu_add_bias(c, g->q, dev_of(e, &k->bq), HQ, T,
 						 err))) ||

@@ -975,6 +975,122 @@ extern "C" int ms_gpu_dense(struct ms_gpu_ctx *c, uint32_t w_type,
  * 1.5 GB in one piece). */
 #define MM_CHUNK_BYTES (64u << 20)
 
+/* Whether a product of n_tokens inputs takes the fused matvec. */
+static bool mm_fused(uint32_t type, const void *w_dev, int64_t n_in,
+		     int64_t n_tokens)
+{
+	return n_tokens <= MSG_MV_MAX_TOKENS && msg_matvec_type(type) &&
+	       n_in % 32 == 0 &&
+	       (uintptr_t)w_dev % (uintptr_t)msg_matvec_align(type) == 0;
+}
+
+/* The arguments' checks of one product; rs its bytes per row. */
+static int mm_check(uint32_t type, const void *w_dev, int64_t n_in,
+		    int64_t n_out, const float *x_dev, const float *y_dev,
+		    int64_t n_tokens, uint64_t *rs, struct ms_err *err)
+{
+	if (n_in < 1 || n_out < 1 || n_tokens < 1 || n_in > INT_MAX ||
+	    n_out > INT_MAX || n_tokens > INT_MAX ||
+	    ms_type_row_size(type, n_in, rs, NULL))
+		return ms_err_set(err, -EINVAL,
+				  "gpu matmul: %lld x %lld %s weights, %lld "
+				  "tokens",
+				  (long long)n_out, (long long)n_in,
+				  ms_type_name(type), (long long)n_tokens);
+	if (!w_dev || !x_dev || !y_dev)
+		return ms_err_set(err, -EINVAL, "gpu matmul: NULL pointer");
+	if (!ms_gpu_dequant_supported(type))
+		return ms_err_set(err, -ENOTSUP,
+				  "gpu matmul: no GPU kernel for %s weights",
+				  ms_type_name(type));
+	return 0;
+}
+
+/* The fused matvec's call for one product, one "expert" (8-bit input
+ * with ms_gpu_ctx_set_q8); xq and part are set by the caller. */
+static void mm_call(const struct ms_gpu_ctx *c, struct msg_mv_call *mv,
+		    const void **wa, uint32_t type, int64_t n_in, int64_t n_out,
+		    uint64_t rs, float *y_dev, int64_t n_tokens)
+{
+	memset(mv, 0, sizeof(*mv));
+	mv->type = type;
+	mv->q8 = c->q8;
+	mv->n_e = 1;
+	mv->wa = wa;
+	mv->out = y_dev;
+	mv->out_stride = n_tokens * n_out;
+	mv->n_rows = (int)n_out;
+	mv->n_in = (int)n_in;
+	mv->rs = (int64_t)rs;
+	mv->B = (int)n_tokens;
+	mv->sms = c->sms;
+	mv->split = c->mv_split;
+	mv->part_bytes = msg_matvec_part_bytes(mv);
+}
+
+extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
+			       const struct ms_gpu_mm *mm, int n, int64_t n_in,
+			       const float *x_dev, int64_t n_tokens,
+			       struct ms_err *err)
+{
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (!mm || n < 1 || n > MS_GPU_MM_MAX)
+		return ms_err_set(err, -EINVAL, "gpu matmul: %d products "
+				  "(1..%d)", n, MS_GPU_MM_MAX);
+	bool fused = true;
+	uint64_t rs[MS_GPU_MM_MAX];
+	for (int i = 0; i < n; i++) {
+		if ((mm[i].type == MS_TYPE_F32 || mm[i].type == MS_TYPE_F16) &&
+		    mm[i].w && x_dev && mm[i].y) {
+			fused = false;
+			continue;
+		}
+		if ((rc = mm_check(mm[i].type, mm[i].w, n_in, mm[i].n_out, x_dev,
+				   mm[i].y, n_tokens, &rs[i], err)))
+			return rc;
+		fused = fused && mm_fused(mm[i].type, mm[i].w, n_in, n_tokens);
+	}
+	if (!fused || n == 1) {
+		for (int i = 0; i < n && !rc; i++)
+			rc = ms_gpu_matmul(c, mm[i].type, mm[i].w, n_in,
+					   mm[i].n_out, x_dev, mm[i].y, n_tokens,
+					   err);
+		return rc;
+	}
+	/* decode: x prepared once, then each product's matvec (and split-K
+	 * reduction) in turn, the partials' room shared */
+	const void *wa[MS_GPU_MM_MAX][1];
+	struct msg_mv_call mv[MS_GPU_MM_MAX];
+	size_t part = 0;
+	for (int i = 0; i < n; i++) {
+		wa[i][0] = mm[i].w;
+		mm_call(c, &mv[i], wa[i], mm[i].type, n_in, mm[i].n_out, rs[i],
+			mm[i].y, n_tokens);
+		part = mv[i].part_bytes > part ? mv[i].part_bytes : part;
+	}
+	carve cv = { 0 };
+	const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
+				    msg_xblk_bytes(c->q8));
+	const size_t o_part = cv.take(part);
+	if ((rc = ws_reserve(c, cv.off, err)))
+		return rc;
+	cudaError_t ce;
+	if ((ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
+				  (int)n_in, (int)n_tokens, 1, c->q8,
+				  c->stream)) != cudaSuccess)
+		return cuda_fail(err, ce, "preparing x");
+	for (int i = 0; i < n; i++) {
+		mv[i].xq = (uint8_t *)c->ws + o_xq;
+		mv[i].part = mv[i].part_bytes ? (uint8_t *)c->ws + o_part
+					      : nullptr;
+		if ((ce = msg_matvec_launch(&mv[i], c->stream)) != cudaSuccess)
+			return cuda_fail(err, ce, "the matvec");
+	}
+	return 0;
+}
+
 extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 			     const void *w_dev, int64_t n_in, int64_t n_out,
 			     const float *x_dev, float *y_dev, int64_t n_tokens,
@@ -987,45 +1103,17 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 		return ms_gpu_dense(c, type, w_dev, n_out, n_in, x_dev, y_dev,
 				    n_tokens, err);
 	uint64_t rs = 0;
-	if (n_in < 1 || n_out < 1 || n_tokens < 1 || n_in > INT_MAX ||
-	    n_out > INT_MAX || n_tokens > INT_MAX ||
-	    ms_type_row_size(type, n_in, &rs, NULL))
-		return ms_err_set(err, -EINVAL,
-				  "gpu matmul: %lld x %lld %s weights, %lld "
-				  "tokens",
-				  (long long)n_out, (long long)n_in,
-				  ms_type_name(type), (long long)n_tokens);
-	if (!w_dev || !x_dev || !y_dev)
-		return ms_err_set(err, -EINVAL, "gpu matmul: NULL pointer");
-	if (!ms_gpu_dequant_supported(type))
-		return ms_err_set(err, -ENOTSUP,
-				  "gpu matmul: no GPU kernel for %s weights",
-				  ms_type_name(type));
+	if ((rc = mm_check(type, w_dev, n_in, n_out, x_dev, y_dev, n_tokens, &rs,
+			   err)))
+		return rc;
 	cudaError_t ce;
-	if (n_tokens <= MSG_MV_MAX_TOKENS && msg_matvec_type(type) &&
-	    n_in % 32 == 0 &&
-	    (uintptr_t)w_dev % (uintptr_t)msg_matvec_align(type) == 0) {
-		/* decode: the fused matvec, one "expert" (8-bit input with
-		 * ms_gpu_ctx_set_q8) */
+	if (mm_fused(type, w_dev, n_in, n_tokens)) {
 		const void *wa[1] = { w_dev };
 		struct msg_mv_call mv;
-		memset(&mv, 0, sizeof(mv));
-		mv.type = type;
-		mv.q8 = c->q8;
-		mv.n_e = 1;
-		mv.wa = wa;
-		mv.out = y_dev;
-		mv.out_stride = n_tokens * n_out;
-		mv.n_rows = (int)n_out;
-		mv.n_in = (int)n_in;
-		mv.rs = (int64_t)rs;
-		mv.B = (int)n_tokens;
-		mv.sms = c->sms;
-		mv.split = c->mv_split;
+		mm_call(c, &mv, wa, type, n_in, n_out, rs, y_dev, n_tokens);
 		carve cv = { 0 };
 		const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
 					    msg_xblk_bytes(c->q8));
-		mv.part_bytes = msg_matvec_part_bytes(&mv);
 		const size_t o_part = cv.take(mv.part_bytes);
 		if ((rc = ws_reserve(c, cv.off, err)))
 			return rc;

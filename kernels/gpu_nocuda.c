@@ -257,6 +257,19 @@ int ms_gpu_expert_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 	return no_cuda(err);
 }
 
+int ms_gpu_matmul_n(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm, int n,
+		    int64_t n_in, const float *x_dev, int64_t n_tokens,
+		    struct ms_err *err)
+{
+	(void)c;
+	(void)mm;
+	(void)n;
+	(void)n_in;
+	(void)x_dev;
+	(void)n_tokens;
+	return no_cuda(err);
+}
+
 int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type, const void *w_dev,
 		  int64_t n_in, int64_t n_out, const float *x_dev, float *y_dev,
 		  int64_t n_tokens, struct ms_err *err)

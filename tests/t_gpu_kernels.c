@@ -18,7 +18,9 @@
  *    experts, GLM-4.7's shape: relative L2 against float64 printed and
  *    bounded (see check_matvec_q8), and the GPU equal to a CPU emulation
  *    of the same roundings to 4e-3 (it measures ~2e-7);
- *    ms_gpu_matmul exact and q8 against a float64 product;
+ *    ms_gpu_matmul exact and q8 against a float64 product, and
+ *    ms_gpu_matmul_n (one preparation of x for several products) the same
+ *    bits as ms_gpu_matmul for each;
  *  - split-K (ms_gpu_ctx_set_split): the same bits twice, within f32
  *    reassociation (3e-6) of the unsplit result, exact and q8;
  *  - the cuBLAS prefill path (B = 16, 64, 512) against the same reference
@@ -776,6 +778,46 @@ static void check_matvec_q8(void)
 	check_q8_auto();
 }
 
+/* ms_gpu_matmul_n over one input: a product of all n_out rows, one of the
+ * first half and the whole again, each the bits of its own ms_gpu_matmul
+ * (the split by the rule, as the engine runs them). */
+static void matmul_n_case(uint32_t type, const void *dw, const float *dx,
+			  int64_t n_in, int64_t n_out, int64_t B, bool q8)
+{
+	struct ms_err err = { 0 };
+	const int64_t rows[3] = { n_out, n_out / 2 > 0 ? n_out / 2 : 1, n_out };
+	float *dy = t_dev_alloc(sizeof(float) * (size_t)(3 * B * n_out));
+	float *one = t_xmalloc(sizeof(float) * (size_t)(B * n_out));
+	float *all = t_xmalloc(sizeof(float) * (size_t)(3 * B * n_out));
+	struct ms_gpu_mm mm[3];
+	for (int i = 0; i < 3; i++)
+		mm[i] = (struct ms_gpu_mm){ type, dw, rows[i],
+					    dy + (size_t)(i * B * n_out) };
+	if (ms_gpu_ctx_set_split(ctx, 0, &err) ||
+	    ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(3 * B * n_out),
+			  &err) ||
+	    ms_gpu_matmul_n(ctx, mm, 3, n_in, dx, B, &err))
+		t_fatal("matmul_n %s: %s", ms_type_name(type), err.msg);
+	t_dev_to(ctx, all, dy, sizeof(float) * (size_t)(3 * B * n_out));
+	int same = 0;
+	for (int i = 0; i < 3; i++) {
+		if (ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(B * n_out),
+				  &err) ||
+		    ms_gpu_matmul(ctx, type, dw, n_in, rows[i], dx, dy, B, &err))
+			t_fatal("matmul %s: %s", ms_type_name(type), err.msg);
+		t_dev_to(ctx, one, dy, sizeof(float) * (size_t)(B * rows[i]));
+		same += !memcmp(one, all + (size_t)(i * B * n_out),
+				sizeof(float) * (size_t)(B * rows[i]));
+	}
+	T_CHECK(same == 3, "matmul_n %s %s %lldx%lld B=%lld: %d of 3 products "
+		"the bits of their own matmul", ms_type_name(type),
+		q8 ? "q8" : "exact", (long long)n_out, (long long)n_in,
+		(long long)B, same);
+	ms_gpu_free(dy);
+	free(one);
+	free(all);
+}
+
 /* ms_gpu_matmul (exact, q8; unsplit and split into `split` ranges) against
  * a float64 product; split results within TOL_SPLIT of the unsplit ones and
  * the same bits twice. */
@@ -840,6 +882,7 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 		       split, es);
 		if (q8)
 			worst_q8 = e > worst_q8 ? e : worst_q8;
+		matmul_n_case(type, dw, dx, n_in, n_out, B, q8);
 	}
 	if (ms_gpu_ctx_set_q8(ctx, false, &err) ||
 	    ms_gpu_ctx_set_split(ctx, 0, &err))

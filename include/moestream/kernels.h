@@ -405,6 +405,23 @@ int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type, const void *w_dev,
 		  int64_t n_in, int64_t n_out, const float *x_dev, float *y_dev,
 		  int64_t n_tokens, struct ms_err *err);
 
+/* One product of ms_gpu_matmul_n: y [n_tokens][n_out] = W . x. */
+struct ms_gpu_mm {
+	uint32_t type;
+	const void *w;
+	int64_t n_out;
+	float *y;
+};
+#define MS_GPU_MM_MAX 4
+
+/* n (1..MS_GPU_MM_MAX) products of the same input x [n_tokens][n_in], the
+ * same bits as n calls of ms_gpu_matmul; when each takes the fused matvec,
+ * x is prepared for them once (an attention's q, k and v: two launches
+ * fewer). Same returns. */
+int ms_gpu_matmul_n(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm, int n,
+		    int64_t n_in, const float *x_dev, int64_t n_tokens,
+		    struct ms_err *err);
+
 /* For tools and tests: copies the expert `v` (host memory, as
  * ms_expert_ffn takes it) and x [n_tokens][n_embd] to device `device`,
  * runs ms_gpu_expert_ffn and copies y back. Synchronous; everything it
