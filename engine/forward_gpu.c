@@ -513,23 +513,24 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	};
 	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, T, err)))
 		return rc;
-	if ((k->bq.data && (rc = ms_gpu_add_bias(c, g->q, dev_of(e, &k->bq), HQ, T,
-						 err))) ||
-	    (k->bk.data && (rc = ms_gpu_add_bias(c, g->k, dev_of(e, &k->bk), HK, T,
-						 err))) ||
-	    (k->bv.data && (rc = ms_gpu_add_bias(c, g->v, dev_of(e, &k->bv), HK, T,
-						 err))))
+	/* the biases there are, one launch; RoPE of q and k, one; the KV
+	 * stores, one */
+	struct ms_gpu_bias bias[3];
+	int nb = 0;
+	if (k->bq.data)
+		bias[nb++] = (struct ms_gpu_bias){ g->q, dev_of(e, &k->bq), HQ };
+	if (k->bk.data)
+		bias[nb++] = (struct ms_gpu_bias){ g->k, dev_of(e, &k->bk), HK };
+	if (k->bv.data)
+		bias[nb++] = (struct ms_gpu_bias){ g->v, dev_of(e, &k->bv), HK };
+	if (nb && (rc = ms_gpu_add_bias_n(c, bias, nb, T, err)))
 		return rc;
-	if ((rc = ms_gpu_rope_neox(c, g->q, g->pos, dev_of(e, &k->q_norm), e->eps,
-				   H, D, e->n_rot, T, e->rope_base,
-				   e->freq_scale, err)) ||
-	    (rc = ms_gpu_rope_neox(c, g->k, g->pos, dev_of(e, &k->k_norm), e->eps,
-				   e->n_head_kv, D, e->n_rot, T, e->rope_base,
-				   e->freq_scale, err)) ||
-	    (rc = ms_gpu_kv_store(c, g->k, kc, g->at0, HK, T, !e->cfg.kv_f32,
-				  err)) ||
-	    (rc = ms_gpu_kv_store(c, g->v, vc, g->at0, HK, T, !e->cfg.kv_f32,
-				  err)))
+	if ((rc = ms_gpu_rope_neox_qk(c, g->q, dev_of(e, &k->q_norm), H, g->k,
+				      dev_of(e, &k->k_norm), e->n_head_kv,
+				      g->pos, e->eps, D, e->n_rot, T,
+				      e->rope_base, e->freq_scale, err)) ||
+	    (rc = ms_gpu_kv_store_kv(c, g->k, kc, g->v, vc, g->at0, HK, T,
+				     !e->cfg.kv_f32, err)))
 		return rc;
 	if ((rc = ms_gpu_attention(c, g->q, kc, vc, !e->cfg.kv_f32, g->base0,
 				   g->npos, HK, H, e->n_head_kv, D,

@@ -257,6 +257,55 @@ int ms_gpu_expert_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 	return no_cuda(err);
 }
 
+int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias *b, int n,
+		      int64_t T, struct ms_err *err)
+{
+	(void)c;
+	(void)b;
+	(void)n;
+	(void)T;
+	return no_cuda(err);
+}
+
+int ms_gpu_rope_neox_qk(struct ms_gpu_ctx *c, float *q, const float *q_norm,
+			int64_t n_head, float *k, const float *k_norm,
+			int64_t n_head_kv, const int32_t *pos, float eps,
+			int64_t head_dim, int64_t n_rot, int64_t T, float base,
+			float freq_scale, struct ms_err *err)
+{
+	(void)c;
+	(void)q;
+	(void)q_norm;
+	(void)n_head;
+	(void)k;
+	(void)k_norm;
+	(void)n_head_kv;
+	(void)pos;
+	(void)eps;
+	(void)head_dim;
+	(void)n_rot;
+	(void)T;
+	(void)base;
+	(void)freq_scale;
+	return no_cuda(err);
+}
+
+int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k, void *k_cache,
+		       const float *v, void *v_cache, const int64_t *at,
+		       int64_t n, int64_t T, bool f16, struct ms_err *err)
+{
+	(void)c;
+	(void)k;
+	(void)k_cache;
+	(void)v;
+	(void)v_cache;
+	(void)at;
+	(void)n;
+	(void)T;
+	(void)f16;
+	return no_cuda(err);
+}
+
 int ms_gpu_matmul_n(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm, int n,
 		    int64_t n_in, const float *x_dev, int64_t n_tokens,
 		    struct ms_err *err)

@@ -159,32 +159,55 @@ add_kernel(float *__restrict__ x, const float *__restrict__ a, int64_t n)
 		x[i] = __fadd_rn(x[i], a[i]);
 }
 
+/* Up to three (x, b) sets in one launch: element i of the sets' elements
+ * laid end to end (set k from at[k], x[t][j] += b[j]). */
+struct BiasSets {
+	float *x[MS_GPU_BIAS_MAX];
+	const float *b[MS_GPU_BIAS_MAX];
+	int64_t n[MS_GPU_BIAS_MAX], at[MS_GPU_BIAS_MAX + 1];
+};
+
 __global__ void __launch_bounds__(256)
-add_bias_kernel(float *__restrict__ x, const float *__restrict__ b,
-		int64_t n, int64_t total)
+add_bias_kernel(const __grid_constant__ BiasSets s, int nset)
 {
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+	const int64_t total = s.at[nset];
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-	     i < total; i += stride)
-		x[i] = __fadd_rn(x[i], b[i % n]);
+	     i < total; i += stride) {
+		int k = 0;
+		while (i >= s.at[k + 1])
+			k++;
+		const int64_t j = i - s.at[k];
+		s.x[k][j] = __fadd_rn(s.x[k][j], s.b[k][j % s.n[k]]);
+	}
 }
 
 /* One block per (token, head) row of hd floats: the optional RMS norm,
  * then the NEOX rotation of pairs (i, i + n_rot/2). After the norm's
  * barriers each element belongs to one thread: i < half rotates i and
  * i + half, i >= n_rot is only normalised. */
+/* One tensor's rows for rope_neox_kernel. */
+struct RopeSet {
+	float *x;
+	const float *nw;
+	int64_t n_head, rows;
+};
+
 __global__ void __launch_bounds__(128)
-rope_neox_kernel(float *x, const int32_t *__restrict__ pos,
-		 const float *__restrict__ nw, float eps, int64_t n_head,
-		 int64_t hd, int64_t n_rot, int64_t rows, float base,
+rope_neox_kernel(RopeSet a, RopeSet b2, const int32_t *__restrict__ pos,
+		 float eps, int64_t hd, int64_t n_rot, float base,
 		 float freq_scale)
 {
 	extern __shared__ __align__(16) double rope_sm[];
 	double *sh = rope_sm;
 	const int64_t half = n_rot / 2;
-	for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-		float *v = x + r * hd;
-		const double p = (double)pos[r / n_head];
+	for (int64_t r2 = blockIdx.x; r2 < a.rows + b2.rows; r2 += gridDim.x) {
+		/* the block's row is a's or b2's: uniform across it */
+		const bool in_a = r2 < a.rows;
+		const int64_t r = in_a ? r2 : r2 - a.rows;
+		const float *__restrict__ nw = in_a ? a.nw : b2.nw;
+		float *v = (in_a ? a.x : b2.x) + r * hd;
+		const double p = (double)pos[r / (in_a ? a.n_head : b2.n_head)];
 		float scale = 1.0f;
 		if (nw)
 			scale = rms_scale(v, hd, eps, sh);
@@ -214,19 +237,27 @@ rope_neox_kernel(float *x, const int32_t *__restrict__ pos,
 	}
 }
 
+/* K and V (src2 NULL: one tensor) in one launch: elements [0, total) of
+ * src into cache, [total, 2 total) of src2 into cache2. */
 __global__ void __launch_bounds__(256)
 kv_store_kernel(const float *__restrict__ src, void *cache,
+		const float *__restrict__ src2, void *cache2,
 		const int64_t *__restrict__ at, int64_t n, int64_t total,
 		bool f16)
 {
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-	     i < total; i += stride) {
+	const int64_t all = src2 ? 2 * total : total;
+	for (int64_t i2 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+	     i2 < all; i2 += stride) {
+		const bool one = i2 < total;
+		const int64_t i = one ? i2 : i2 - total;
+		const float *sp = one ? src : src2;
+		void *cp = one ? cache : cache2;
 		const int64_t t = i / n, o = at[t] + i % n;
 		if (f16)
-			((uint16_t *)cache)[o] = msq::f32_f16(src[i]);
+			((uint16_t *)cp)[o] = msq::f32_f16(sp[i]);
 		else
-			((float *)cache)[o] = src[i];
+			((float *)cp)[o] = sp[i];
 	}
 }
 
@@ -598,6 +629,28 @@ int enter_rows(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
 			return rc_;                                           \
 	} while (0)
 
+/* Launches add_bias_kernel over n sets, T rows each. */
+int bias_launch(const struct ms_gpu_bias *b, int n, int64_t T, cudaStream_t st,
+		const char *who, struct ms_err *err)
+{
+	BiasSets s;
+	memset(&s, 0, sizeof(s));
+	int64_t at = 0;
+	for (int k = 0; k < n; k++) {
+		s.x[k] = b[k].x;
+		s.b[k] = b[k].b;
+		s.n[k] = b[k].n;
+		s.at[k] = at;
+		if (b[k].n * T > OPS_MAX_ELEMS - at)
+			return ms_err_set(err, -EINVAL, "%s: %lld elements in all",
+					  who, (long long)(at + b[k].n * T));
+		at += b[k].n * T;
+	}
+	s.at[n] = at;
+	add_bias_kernel<<<blocks_for(at, 256), 256, 0, st>>>(s, n);
+	return launched(who, err);
+}
+
 } /* namespace */
 
 extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
@@ -640,8 +693,57 @@ extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 	if (rc)
 		return rc;
 	NONNULL(who, "x,b", x, b);
-	add_bias_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(x, b, n, n * T);
-	return launched(who, err);
+	const struct ms_gpu_bias one = { x, b, n };
+	return bias_launch(&one, 1, T, st, who, err);
+}
+
+extern "C" int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias *b,
+				 int n, int64_t T, struct ms_err *err)
+{
+	static const char who[] = "gpu add_bias_n";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!b || n < 1 || n > MS_GPU_BIAS_MAX)
+		return ms_err_set(err, -EINVAL, "%s: %d sets (1..%d)", who, n,
+				  MS_GPU_BIAS_MAX);
+	for (int k = 0; k < n; k++) {
+		if (!dims_ok(b[k].n, T))
+			return ms_err_set(err, -EINVAL,
+					  "%s: set %d: %lld rows of %lld", who,
+					  k, (long long)T, (long long)b[k].n);
+		NONNULL(who, "x,b", b[k].x, b[k].b);
+	}
+	return bias_launch(b, n, T, st, who, err);
+}
+
+/* rope_neox's checks of what both tensors share. */
+int rope_args(const char *who, int64_t head_dim, int64_t n_rot, float base,
+	      float freq_scale, bool norm, float eps, struct ms_err *err)
+{
+	if (n_rot < 0 || n_rot % 2 || n_rot > head_dim)
+		return ms_err_set(err, -EINVAL,
+				  "%s: n_rot %lld: expected an even number "
+				  "0..head_dim (%lld)",
+				  who, (long long)n_rot, (long long)head_dim);
+	if (!(base > 0.0f) || isinf(base) || !isfinite(freq_scale))
+		return ms_err_set(err, -EINVAL, "%s: base %g, freq_scale %g",
+				  who, (double)base, (double)freq_scale);
+	if (norm && (!(eps >= 0.0f) || isinf(eps)))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	return 0;
+}
+
+int rope_dims(const char *who, int64_t n_head, int64_t head_dim, int64_t T,
+	      struct ms_err *err)
+{
+	if (!dims_ok(n_head, T) || !dims_ok(n_head * T, head_dim))
+		return ms_err_set(err, -EINVAL,
+				  "%s: %lld tokens of %lld heads of %lld", who,
+				  (long long)T, (long long)n_head,
+				  (long long)head_dim);
+	return 0;
 }
 
 extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
@@ -653,29 +755,56 @@ extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
 	static const char who[] = "gpu rope_neox";
 	cudaStream_t st;
 	int rc = ops_enter(c, who, &st, err);
-	if (rc)
+	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
+	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale, norm_w, eps,
+			    err)))
 		return rc;
-	if (!dims_ok(n_head, T) || !dims_ok(n_head * T, head_dim))
-		return ms_err_set(err, -EINVAL,
-				  "%s: %lld tokens of %lld heads of %lld", who,
-				  (long long)T, (long long)n_head,
-				  (long long)head_dim);
-	if (n_rot < 0 || n_rot % 2 || n_rot > head_dim)
-		return ms_err_set(err, -EINVAL,
-				  "%s: n_rot %lld: expected an even number "
-				  "0..head_dim (%lld)",
-				  who, (long long)n_rot, (long long)head_dim);
-	if (!(base > 0.0f) || isinf(base) || !isfinite(freq_scale))
-		return ms_err_set(err, -EINVAL, "%s: base %g, freq_scale %g",
-				  who, (double)base, (double)freq_scale);
-	if (norm_w && (!(eps >= 0.0f) || isinf(eps)))
-		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
 	NONNULL(who, "x,pos", x, pos);
-	const int64_t rows = n_head * T;
-	rope_neox_kernel<<<blocks_for(rows, 1), 128, NORM_SMEM, st>>>(
-		x, pos, norm_w, eps, n_head, head_dim, n_rot, rows, base,
-		freq_scale);
+	const RopeSet a = { x, norm_w, n_head, n_head * T }, none = { x, nullptr, 1, 0 };
+	rope_neox_kernel<<<blocks_for(a.rows, 1), 128, NORM_SMEM, st>>>(
+		a, none, pos, eps, head_dim, n_rot, base, freq_scale);
 	return launched(who, err);
+}
+
+extern "C" int ms_gpu_rope_neox_qk(struct ms_gpu_ctx *c, float *q,
+				   const float *q_norm, int64_t n_head,
+				   float *k, const float *k_norm,
+				   int64_t n_head_kv, const int32_t *pos,
+				   float eps, int64_t head_dim, int64_t n_rot,
+				   int64_t T, float base, float freq_scale,
+				   struct ms_err *err)
+{
+	static const char who[] = "gpu rope_neox_qk";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
+	    (rc = rope_dims(who, n_head_kv, head_dim, T, err)) ||
+	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale,
+			    q_norm || k_norm, eps, err)))
+		return rc;
+	if ((n_head + n_head_kv) > OPS_MAX_ELEMS / T)
+		return ms_err_set(err, -EINVAL, "%s: %lld + %lld heads of %lld "
+				  "tokens", who, (long long)n_head,
+				  (long long)n_head_kv, (long long)T);
+	NONNULL(who, "q,k,pos", q, k, pos);
+	const RopeSet a = { q, q_norm, n_head, n_head * T },
+		      b2 = { k, k_norm, n_head_kv, n_head_kv * T };
+	rope_neox_kernel<<<blocks_for(a.rows + b2.rows, 1), 128, NORM_SMEM, st>>>(
+		a, b2, pos, eps, head_dim, n_rot, base, freq_scale);
+	return launched(who, err);
+}
+
+/* kv_store's checks of one (src, cache) pair. */
+int kv_pair(const char *who, const float *src, const void *cache, bool f16,
+	    struct ms_err *err)
+{
+	NONNULL(who, "src,cache", src, cache);
+	if ((uintptr_t)cache % (f16 ? 2u : 4u))
+		return ms_err_set(err, -EINVAL,
+				  "%s: cache %p is not aligned to its %s "
+				  "elements",
+				  who, cache, f16 ? "f16" : "f32");
+	return 0;
 }
 
 extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
@@ -685,16 +814,31 @@ extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
 	static const char who[] = "gpu kv_store";
 	cudaStream_t st;
 	int rc = enter_rows(c, who, &st, n, T, err);
-	if (rc)
+	if (rc || (rc = kv_pair(who, src, cache, f16, err)))
 		return rc;
-	NONNULL(who, "src,cache,at", src, cache, at);
-	if ((uintptr_t)cache % (f16 ? 2u : 4u))
-		return ms_err_set(err, -EINVAL,
-				  "%s: cache %p is not aligned to its %s "
-				  "elements",
-				  who, cache, f16 ? "f16" : "f32");
-	kv_store_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(src, cache, at,
-								 n, n * T, f16);
+	NONNULL(who, "at", at);
+	kv_store_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(
+		src, cache, nullptr, nullptr, at, n, n * T, f16);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k,
+				  void *k_cache, const float *v, void *v_cache,
+				  const int64_t *at, int64_t n, int64_t T,
+				  bool f16, struct ms_err *err)
+{
+	static const char who[] = "gpu kv_store_kv";
+	cudaStream_t st;
+	int rc = enter_rows(c, who, &st, n, T, err);
+	if (rc || (rc = kv_pair(who, k, k_cache, f16, err)) ||
+	    (rc = kv_pair(who, v, v_cache, f16, err)))
+		return rc;
+	NONNULL(who, "at", at);
+	if (n * T > OPS_MAX_ELEMS / 2)
+		return ms_err_set(err, -EINVAL, "%s: 2 x %lld rows of %lld", who,
+				  (long long)T, (long long)n);
+	kv_store_kernel<<<blocks_for(2 * n * T, 256), 256, 0, st>>>(
+		k, k_cache, v, v_cache, at, n, n * T, f16);
 	return launched(who, err);
 }
 

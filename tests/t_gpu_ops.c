@@ -22,6 +22,9 @@
  *    other rows unaffected), a NaN bias (every row so), *bad left alone
  *    when no row is bad, nothing written past T rows: ids exact, weights
  *    exact or (rarely) 1 ulp, see check_route_topk;
+ *  - the launches that do two or three of these at once (an attention's
+ *    biases, RoPE of q and k, the K and V stores): the bits of the single
+ *    calls;
  *  - the argument checks (sizes below 1, NULL pointers, bad parameters).
  *
  * Where there is no GPU it exits 77 with the reason; in a build without
@@ -147,6 +150,43 @@ static void check_rms_norm(void)
 	}
 }
 
+/* ms_gpu_add_bias_n on three sets of different widths: the bits of three
+ * ms_gpu_add_bias calls. */
+static void check_add_bias_n(void)
+{
+	const int64_t ns[MS_GPU_BIAS_MAX] = { 384, 96, 100 }, T = 3;
+	float *dx[2][MS_GPU_BIAS_MAX], *db[MS_GPU_BIAS_MAX];
+	struct ms_gpu_bias set[MS_GPU_BIAS_MAX];
+	int same = 0;
+	for (int k = 0; k < MS_GPU_BIAS_MAX; k++) {
+		float *x = rand_floats(ns[k] * T, 4.0f), *b = rand_floats(ns[k], 4.0f);
+		for (int m = 0; m < 2; m++)
+			dx[m][k] = t_dev_from(x, (size_t)(ns[k] * T) * sizeof(float));
+		db[k] = t_dev_from(b, (size_t)ns[k] * sizeof(float));
+		set[k] = (struct ms_gpu_bias){ dx[1][k], db[k], ns[k] };
+		GPU_OK(ms_gpu_add_bias(ctx, dx[0][k], db[k], ns[k], T, err));
+		free(x);
+		free(b);
+	}
+	GPU_OK(ms_gpu_add_bias_n(ctx, set, MS_GPU_BIAS_MAX, T, err));
+	for (int k = 0; k < MS_GPU_BIAS_MAX; k++) {
+		const size_t bytes = (size_t)(ns[k] * T) * sizeof(float);
+		float *a = t_xmalloc(bytes), *b = t_xmalloc(bytes);
+		t_dev_to(ctx, a, dx[0][k], bytes);
+		t_dev_to(ctx, b, dx[1][k], bytes);
+		same += !memcmp(a, b, bytes);
+		free(a);
+		free(b);
+		ms_gpu_free(dx[0][k]);
+		ms_gpu_free(dx[1][k]);
+		ms_gpu_free(db[k]);
+	}
+	T_CHECK(same == MS_GPU_BIAS_MAX, "add_bias_n: %d of %d sets the bits of "
+		"add_bias", same, MS_GPU_BIAS_MAX);
+	printf("add_bias_n 3 sets (384, 96, 100) x T=3: %d of 3 the bits of "
+	       "add_bias\n", same);
+}
+
 static void check_add(void)
 {
 	static const int64_t ns[] = { 1, 96, 100003 };
@@ -195,9 +235,65 @@ static void check_add(void)
 		free(ref);
 		free(got);
 	}
+	check_add_bias_n();
 }
 
 /* ---- norm + RoPE ------------------------------------------------------------ */
+
+/* ms_gpu_rope_neox_qk: q and k (other head counts, other norms, one of
+ * them none) in one launch, the bits of two ms_gpu_rope_neox calls. */
+static void check_rope_qk(void)
+{
+	const int64_t H = 6, HK = 2, D = 128, R = 64, T = 3;
+	const float eps = 1e-6f;
+	int same = 0;
+	for (int knorm = 0; knorm <= 1; knorm++) {
+		float *q = rand_floats(H * D * T, 2.0f), *k = rand_floats(HK * D * T, 2.0f);
+		float *wq = rand_floats(D, 1.5f), *wk = rand_floats(D, 1.5f);
+		int32_t pos[3] = { 0, 7, 40000 };
+		float *dq[2], *dk[2];
+		for (int m = 0; m < 2; m++) {
+			dq[m] = t_dev_from(q, (size_t)(H * D * T) * sizeof(float));
+			dk[m] = t_dev_from(k, (size_t)(HK * D * T) * sizeof(float));
+		}
+		float *dwq = t_dev_from(wq, (size_t)D * sizeof(float));
+		float *dwk = t_dev_from(wk, (size_t)D * sizeof(float));
+		int32_t *dp = t_dev_from(pos, sizeof(pos));
+		GPU_OK(ms_gpu_rope_neox(ctx, dq[0], dp, dwq, eps, H, D, R, T, 1e6f,
+					1.0f, err));
+		GPU_OK(ms_gpu_rope_neox(ctx, dk[0], dp, knorm ? dwk : NULL, eps, HK,
+					D, R, T, 1e6f, 1.0f, err));
+		GPU_OK(ms_gpu_rope_neox_qk(ctx, dq[1], dwq, H, dk[1],
+					   knorm ? dwk : NULL, HK, dp, eps, D, R,
+					   T, 1e6f, 1.0f, err));
+		const size_t qb = (size_t)(H * D * T) * sizeof(float),
+			     kb = (size_t)(HK * D * T) * sizeof(float);
+		float *a = t_xmalloc(qb), *b = t_xmalloc(qb);
+		t_dev_to(ctx, a, dq[0], qb);
+		t_dev_to(ctx, b, dq[1], qb);
+		same += !memcmp(a, b, qb);
+		t_dev_to(ctx, a, dk[0], kb);
+		t_dev_to(ctx, b, dk[1], kb);
+		same += !memcmp(a, b, kb);
+		free(a);
+		free(b);
+		for (int m = 0; m < 2; m++) {
+			ms_gpu_free(dq[m]);
+			ms_gpu_free(dk[m]);
+		}
+		ms_gpu_free(dwq);
+		ms_gpu_free(dwk);
+		ms_gpu_free(dp);
+		free(q);
+		free(k);
+		free(wq);
+		free(wk);
+	}
+	T_CHECK(same == 4, "rope_neox_qk: %d of 4 tensors the bits of "
+		"rope_neox", same);
+	printf("rope_neox_qk 6 + 2 heads x 128, k with and without a norm: %d "
+	       "of 4 tensors the bits of rope_neox\n", same);
+}
 
 static void check_rope(void)
 {
@@ -258,6 +354,7 @@ static void check_rope(void)
 		free(got);
 		free(pos);
 	}
+	check_rope_qk();
 }
 
 /* ---- KV store ------------------------------------------------------------- */
@@ -317,6 +414,34 @@ static void check_kv_store(void)
 		printf("kv_store %s n=%lld T=%lld (specials, odd offsets): %s\n",
 		       f16 ? "f16" : "f32", (long long)n, (long long)T,
 		       bad ? "DIFFERENT" : "exact");
+		/* K and V in one launch: V is src reversed, into a second
+		 * cache; both the bits of kv_store's */
+		float *src2 = t_xmalloc((size_t)(n * T) * sizeof(float));
+		for (int64_t i = 0; i < n * T; i++)
+			src2[i] = src[n * T - 1 - i];
+		float *dsrc2 = t_dev_from(src2, (size_t)(n * T) * sizeof(float));
+		void *dk = t_dev_from(cache, cbytes), *dv = t_dev_from(cache, cbytes);
+		void *dv1 = t_dev_from(cache, cbytes);
+		GPU_OK(ms_gpu_kv_store(ctx, dsrc2, dv1, dat, n, T, f16, err));
+		GPU_OK(ms_gpu_kv_store_kv(ctx, dsrc, dk, dsrc2, dv, dat, n, T, f16,
+					  err));
+		uint8_t *g2 = t_xmalloc(cbytes), *g3 = t_xmalloc(cbytes);
+		t_dev_to(ctx, g2, dk, cbytes);
+		t_dev_to(ctx, g3, dv, cbytes);
+		t_dev_to(ctx, cache, dv1, cbytes);
+		T_CHECK(!memcmp(g2, got, cbytes) && !memcmp(g3, cache, cbytes),
+			"kv_store_kv %s: K %s, V %s kv_store's", f16 ? "f16" : "f32",
+			memcmp(g2, got, cbytes) ? "differs from" : "is",
+			memcmp(g3, cache, cbytes) ? "differs from" : "is");
+		printf("kv_store_kv %s: K and V the bits of two kv_store calls\n",
+		       f16 ? "f16" : "f32");
+		ms_gpu_free(dsrc2);
+		ms_gpu_free(dk);
+		ms_gpu_free(dv);
+		ms_gpu_free(dv1);
+		free(src2);
+		free(g2);
+		free(g3);
 		ms_gpu_free(dsrc);
 		ms_gpu_free(dc);
 		ms_gpu_free(dat);
@@ -864,6 +989,22 @@ static void check_errors(void)
 	E_(ms_gpu_kv_store(ctx, f, v, NULL, 4, 1, true, &err));
 	E_(ms_gpu_kv_store(ctx, f, (char *)v + 1, at, 4, 1, true, &err));
 	E_(ms_gpu_kv_store(ctx, f, (char *)v + 2, at, 4, 1, false, &err));
+	E_(ms_gpu_kv_store_kv(ctx, f, v, NULL, v, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store_kv(ctx, f, v, f, (char *)v + 1, at, 4, 1, true, &err));
+	E_(ms_gpu_kv_store_kv(ctx, f, v, f, v, NULL, 4, 1, true, &err));
+	{
+		struct ms_gpu_bias bs[2] = { { f, f, 4 }, { f, NULL, 4 } };
+		E_(ms_gpu_add_bias_n(ctx, bs, 2, 1, &err));
+		E_(ms_gpu_add_bias_n(ctx, bs, 0, 1, &err));
+		E_(ms_gpu_add_bias_n(ctx, bs, MS_GPU_BIAS_MAX + 1, 1, &err));
+		E_(ms_gpu_add_bias_n(ctx, bs, 1, 0, &err));
+	}
+	E_(ms_gpu_rope_neox_qk(ctx, f, NULL, 2, NULL, NULL, 1, pos, 1e-6f, 64, 64,
+			       1, 1e4f, 1, &err));
+	E_(ms_gpu_rope_neox_qk(ctx, f, NULL, 2, f, NULL, 0, pos, 1e-6f, 64, 64, 1,
+			       1e4f, 1, &err));
+	E_(ms_gpu_rope_neox_qk(ctx, f, NULL, 2, f, NULL, 1, pos, 1e-6f, 64, 63, 1,
+			       1e4f, 1, &err));
 	/* q, k, v, base, n_pos, stride, H, Hkv, D, scale, T, out */
 	E_(ms_gpu_attention(NULL, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
 			    1, f, &err));
@@ -973,6 +1114,17 @@ static void check_stubs(void)
 		   &err, "ms_gpu_rope_neox");
 	t_check_no_cuda(ms_gpu_kv_store(c, f, f, a, 4, 1, true, &err), &err,
 		   "ms_gpu_kv_store");
+	t_check_no_cuda(ms_gpu_kv_store_kv(c, f, f, f, f, a, 4, 1, true, &err),
+			&err, "ms_gpu_kv_store_kv");
+	t_check_no_cuda(ms_gpu_rope_neox_qk(c, f, NULL, 1, f, NULL, 1, p, 1e-6f,
+					    4, 4, 1, 1e4f, 1.0f, &err),
+			&err, "ms_gpu_rope_neox_qk");
+	const struct ms_gpu_bias bs = { f, f, 4 };
+	t_check_no_cuda(ms_gpu_add_bias_n(c, &bs, 1, 1, &err), &err,
+			"ms_gpu_add_bias_n");
+	const struct ms_gpu_mm mm = { MS_TYPE_Q4_0, f, 1, f };
+	t_check_no_cuda(ms_gpu_matmul_n(c, &mm, 1, 32, f, 1, &err), &err,
+			"ms_gpu_matmul_n");
 	t_check_no_cuda(ms_gpu_attention(c, f, f, f, false, a, p, 4, 1, 1, 4, 0.5f,
 				    1, f, &err),
 		   &err, "ms_gpu_attention");

@@ -475,6 +475,19 @@ int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a, int64_t n,
 int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 		    int64_t n, int64_t T, struct ms_err *err);
 
+/* One set of ms_gpu_add_bias_n: x[t][i] += b[i], T rows of n. */
+struct ms_gpu_bias {
+	float *x;
+	const float *b;
+	int64_t n;
+};
+#define MS_GPU_BIAS_MAX 3
+
+/* 1..MS_GPU_BIAS_MAX sets of T rows each in one launch (an attention's q,
+ * k and v biases), the bits of ms_gpu_add_bias on each. */
+int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias *b, int n,
+		      int64_t T, struct ms_err *err);
+
 /* For T tokens of n_head heads of head_dim floats (x[t][h][d]), in place:
  * when norm_w is not NULL, first an RMS norm of each head with weight
  * norm_w[head_dim] and eps (ms_gpu_rms_norm's arithmetic), then NEOX RoPE
@@ -488,12 +501,27 @@ int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x, const int32_t *pos,
 		     int64_t head_dim, int64_t n_rot, int64_t T, float base,
 		     float freq_scale, struct ms_err *err);
 
+/* The same for q (n_head heads, norm q_norm) and k (n_head_kv heads, norm
+ * k_norm) of the same tokens in one launch: the bits of two
+ * ms_gpu_rope_neox calls. */
+int ms_gpu_rope_neox_qk(struct ms_gpu_ctx *c, float *q, const float *q_norm,
+			int64_t n_head, float *k, const float *k_norm,
+			int64_t n_head_kv, const int32_t *pos, float eps,
+			int64_t head_dim, int64_t n_rot, int64_t T, float base,
+			float freq_scale, struct ms_err *err);
+
 /* Stores T rows of n floats (src[t][n]) into a KV cache at element offsets
  * at[t] (int64): with f16, cache holds IEEE halves rounded to nearest even
  * (the bits of ms_f32_f16), else floats. cache aligned to its element. */
 int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src, void *cache,
 		    const int64_t *at, int64_t n, int64_t T, bool f16,
 		    struct ms_err *err);
+
+/* K and V of the same tokens at the same offsets in one launch: the bits
+ * of ms_gpu_kv_store on each. */
+int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k, void *k_cache,
+		       const float *v, void *v_cache, const int64_t *at,
+		       int64_t n, int64_t T, bool f16, struct ms_err *err);
 
 /* Attention of T query tokens, n_head heads of size D (1..256), grouped:
  * head h reads kv head h / (n_head / n_head_kv) (n_head % n_head_kv == 0).
