@@ -1028,6 +1028,44 @@ static void mm_call(const struct ms_gpu_ctx *c, struct msg_mv_call *mv,
 	mv->part_bytes = msg_matvec_part_bytes(mv);
 }
 
+/* Products that each take the fused matvec (mm_fused), rs their bytes per
+ * row: x prepared once, then each product's matvec (and split-K
+ * reduction) in turn, the partials' room shared. */
+static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
+			int n, const uint64_t *rs, int64_t n_in,
+			const float *x_dev, int64_t n_tokens, struct ms_err *err)
+{
+	const void *wa[MS_GPU_MM_MAX][1];
+	struct msg_mv_call mv[MS_GPU_MM_MAX];
+	size_t part = 0;
+	for (int i = 0; i < n; i++) {
+		wa[i][0] = mm[i].w;
+		mm_call(c, &mv[i], wa[i], mm[i].type, n_in, mm[i].n_out, rs[i],
+			mm[i].y, n_tokens);
+		part = mv[i].part_bytes > part ? mv[i].part_bytes : part;
+	}
+	carve cv = { 0 };
+	const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
+				    msg_xblk_bytes(c->q8));
+	const size_t o_part = cv.take(part);
+	int rc = ws_reserve(c, cv.off, err);
+	if (rc)
+		return rc;
+	cudaError_t ce;
+	if ((ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
+				  (int)n_in, (int)n_tokens, 1, c->q8,
+				  c->stream)) != cudaSuccess)
+		return cuda_fail(err, ce, "preparing x");
+	for (int i = 0; i < n; i++) {
+		mv[i].xq = (uint8_t *)c->ws + o_xq;
+		mv[i].part = mv[i].part_bytes ? (uint8_t *)c->ws + o_part
+					      : nullptr;
+		if ((ce = msg_matvec_launch(&mv[i], c->stream)) != cudaSuccess)
+			return cuda_fail(err, ce, "the matvec");
+	}
+	return 0;
+}
+
 extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
 			       const struct ms_gpu_mm *mm, int n, int64_t n_in,
 			       const float *x_dev, int64_t n_tokens,
@@ -1052,43 +1090,14 @@ extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
 			return rc;
 		fused = fused && mm_fused(mm[i].type, mm[i].w, n_in, n_tokens);
 	}
-	if (!fused || n == 1) {
+	if (!fused) {
 		for (int i = 0; i < n && !rc; i++)
 			rc = ms_gpu_matmul(c, mm[i].type, mm[i].w, n_in,
 					   mm[i].n_out, x_dev, mm[i].y, n_tokens,
 					   err);
 		return rc;
 	}
-	/* decode: x prepared once, then each product's matvec (and split-K
-	 * reduction) in turn, the partials' room shared */
-	const void *wa[MS_GPU_MM_MAX][1];
-	struct msg_mv_call mv[MS_GPU_MM_MAX];
-	size_t part = 0;
-	for (int i = 0; i < n; i++) {
-		wa[i][0] = mm[i].w;
-		mm_call(c, &mv[i], wa[i], mm[i].type, n_in, mm[i].n_out, rs[i],
-			mm[i].y, n_tokens);
-		part = mv[i].part_bytes > part ? mv[i].part_bytes : part;
-	}
-	carve cv = { 0 };
-	const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
-				    msg_xblk_bytes(c->q8));
-	const size_t o_part = cv.take(part);
-	if ((rc = ws_reserve(c, cv.off, err)))
-		return rc;
-	cudaError_t ce;
-	if ((ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
-				  (int)n_in, (int)n_tokens, 1, c->q8,
-				  c->stream)) != cudaSuccess)
-		return cuda_fail(err, ce, "preparing x");
-	for (int i = 0; i < n; i++) {
-		mv[i].xq = (uint8_t *)c->ws + o_xq;
-		mv[i].part = mv[i].part_bytes ? (uint8_t *)c->ws + o_part
-					      : nullptr;
-		if ((ce = msg_matvec_launch(&mv[i], c->stream)) != cudaSuccess)
-			return cuda_fail(err, ce, "the matvec");
-	}
-	return 0;
+	return mm_fused_run(c, mm, n, rs, n_in, x_dev, n_tokens, err);
 }
 
 extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
@@ -1106,26 +1115,11 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 	if ((rc = mm_check(type, w_dev, n_in, n_out, x_dev, y_dev, n_tokens, &rs,
 			   err)))
 		return rc;
-	cudaError_t ce;
 	if (mm_fused(type, w_dev, n_in, n_tokens)) {
-		const void *wa[1] = { w_dev };
-		struct msg_mv_call mv;
-		mm_call(c, &mv, wa, type, n_in, n_out, rs, y_dev, n_tokens);
-		carve cv = { 0 };
-		const size_t o_xq = cv.take((size_t)n_tokens * (size_t)(n_in / 32) *
-					    msg_xblk_bytes(c->q8));
-		const size_t o_part = cv.take(mv.part_bytes);
-		if ((rc = ws_reserve(c, cv.off, err)))
-			return rc;
-		mv.xq = (uint8_t *)c->ws + o_xq;
-		mv.part = mv.part_bytes ? (uint8_t *)c->ws + o_part : nullptr;
-		if ((ce = msg_prep_launch(x_dev, nullptr, 0, (void *)mv.xq,
-					  (int)n_in, (int)n_tokens, 1, c->q8,
-					  c->stream)) != cudaSuccess)
-			return cuda_fail(err, ce, "preparing x");
-		if ((ce = msg_matvec_launch(&mv, c->stream)) != cudaSuccess)
-			return cuda_fail(err, ce, "the matvec");
-		return 0;
+		/* decode: the fused matvec, one "expert" (8-bit input with
+		 * ms_gpu_ctx_set_q8) */
+		const struct ms_gpu_mm one = { type, w_dev, n_out, y_dev };
+		return mm_fused_run(c, &one, 1, &rs, n_in, x_dev, n_tokens, err);
 	}
 	/* prefill: x to f16 once, then the rows in chunks dequantised to f16
 	 * and one GEMM each into their columns of y */
