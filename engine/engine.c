@@ -452,6 +452,57 @@ static bool gone(int rc)
 	       rc == -ECONNREFUSED;
 }
 
+/* Asks the embedded cache for (layer, x): a hit is queued for the
+ * taking at once, a miss arrives through cache_cb. 0, or the cache's
+ * refusal (nothing queued). */
+static int cache_ask(struct ms_xsrc *xs, uint32_t layer, uint32_t x)
+{
+	struct ms_expert_loc loc;
+	int rc = ms_cache_acquire(xs->cache, layer, x, cache_cb, xs, &loc);
+	if (rc == 0) {
+		xs->hits++;
+		cache_cb(xs, layer, x, 0, &loc);
+	} else if (rc == -EINPROGRESS) {
+		xs->misses++;
+		rc = 0;
+	}
+	return rc;
+}
+
+/* Takes the next arrival off the embedded cache's queue, waiting up to
+ * timeout_ms (-1: for ever, 0: not at all). 0 or -ETIMEDOUT. */
+static int cache_pop(struct ms_xsrc *xs, struct ms_arrival *a, int timeout_ms)
+{
+	struct timespec dl = { 0 };
+	if (timeout_ms > 0) {
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += timeout_ms / 1000;
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+	}
+	uint64_t t0 = now_ns();
+	pthread_mutex_lock(&xs->mu);
+	while (!xs->q_n && timeout_ms != 0) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&xs->cv, &xs->mu);
+		else if (pthread_cond_timedwait(&xs->cv, &xs->mu, &dl) == ETIMEDOUT)
+			break;
+	}
+	int rc = -ETIMEDOUT;
+	if (xs->q_n) {
+		*a = xs->q[xs->q_head];
+		xs->q_head = (xs->q_head + 1) % xs->q_cap;
+		xs->q_n--;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&xs->mu);
+	xs->wait_ns += now_ns() - t0;
+	return rc;
+}
+
 int ms_xsrc_acquire(struct ms_engine *e, uint32_t layer, const uint32_t *experts,
 		    uint32_t n, struct ms_err *err)
 {
@@ -477,19 +528,11 @@ int ms_xsrc_acquire(struct ms_engine *e, uint32_t layer, const uint32_t *experts
 		return 0;
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		struct ms_expert_loc loc;
-		int rc = ms_cache_acquire(xs->cache, layer, experts[i], cache_cb, xs,
-					  &loc);
-		if (rc == 0) {
-			xs->hits++;
-			cache_cb(xs, layer, experts[i], 0, &loc);
-		} else if (rc == -EINPROGRESS) {
-			xs->misses++;
-		} else {
+		int rc = cache_ask(xs, layer, experts[i]);
+		if (rc)
 			return ms_err_set(err, rc, "expert cache: acquire of layer %u "
 					  "expert %u: %s", layer, experts[i],
 					  strerror(-rc));
-		}
 	}
 	return 0;
 }
@@ -533,14 +576,8 @@ int ms_xsrc_next(struct ms_engine *e, uint32_t layer, uint32_t *expert,
 		view_from(e, layer, got.proj, view);
 		return 0;
 	}
-	pthread_mutex_lock(&xs->mu);
-	while (!xs->q_n)
-		pthread_cond_wait(&xs->cv, &xs->mu);
-	struct ms_arrival a = xs->q[xs->q_head];
-	xs->q_head = (xs->q_head + 1) % xs->q_cap;
-	xs->q_n--;
-	pthread_mutex_unlock(&xs->mu);
-	xs->wait_ns += now_ns() - t0;
+	struct ms_arrival a;
+	cache_pop(xs, &a, -1);
 	if (a.result)
 		return ms_err_set(err, a.result, "expert cache: layer %u expert %u: "
 				  "%s", a.layer, a.expert, strerror(-a.result));
@@ -617,29 +654,25 @@ const struct ms_client_model *ms_xsrc_describe(struct ms_engine *e)
 	return d;
 }
 
+/* The MoE layer index of `block`, or -1. */
+static int32_t layer_of_block(const struct ms_engine *e, uint32_t block)
+{
+	return block < e->model->n_block ? e->model->block_layer[block] : -1;
+}
+
 static int ts_acquire(void *ctx, uint32_t block, const uint16_t *ex,
 		      unsigned n, uint64_t *id)
 {
 	struct ms_engine *e = ctx;
 	struct ms_xsrc *xs = &e->xs;
-	int32_t layer = block < e->model->n_block ? e->model->block_layer[block]
-						  : -1;
+	int32_t layer = layer_of_block(e, block);
 	if (layer < 0)
 		return -EINVAL;
 	*id = ++xs->tier_req;
 	for (unsigned i = 0; i < n; i++) {
-		struct ms_expert_loc loc;
-		int rc = ms_cache_acquire(xs->cache, (uint32_t)layer, ex[i], cache_cb,
-					  xs, &loc);
-		if (rc == 0) {
-			xs->hits++;
-			cache_cb(xs, (uint32_t)layer, ex[i], 0, &loc);
-		} else if (rc == -EINPROGRESS) {
-			xs->misses++;
-		} else {
-			/* this one's answer is its failure */
+		int rc = cache_ask(xs, (uint32_t)layer, ex[i]);
+		if (rc) /* this one's answer is its failure */
 			cache_cb(xs, (uint32_t)layer, ex[i], rc, NULL);
-		}
 	}
 	return 0;
 }
@@ -652,34 +685,10 @@ static int ts_next(void *ctx, struct ms_client_expert *out, uint64_t *id,
 {
 	struct ms_engine *e = ctx;
 	struct ms_xsrc *xs = &e->xs;
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	if (timeout_ms > 0) {
-		dl.tv_sec += timeout_ms / 1000;
-		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
-	}
-	uint64_t t0 = now_ns();
-	pthread_mutex_lock(&xs->mu);
-	while (!xs->q_n && timeout_ms != 0) {
-		if (timeout_ms < 0)
-			pthread_cond_wait(&xs->cv, &xs->mu);
-		else if (pthread_cond_timedwait(&xs->cv, &xs->mu, &dl) == ETIMEDOUT)
-			break;
-	}
-	if (!xs->q_n) {
-		pthread_mutex_unlock(&xs->mu);
-		xs->wait_ns += now_ns() - t0;
-		return -ETIMEDOUT;
-	}
-	struct ms_arrival a = xs->q[xs->q_head];
-	xs->q_head = (xs->q_head + 1) % xs->q_cap;
-	xs->q_n--;
-	pthread_mutex_unlock(&xs->mu);
-	xs->wait_ns += now_ns() - t0;
+	struct ms_arrival a;
+	int rc = cache_pop(xs, &a, timeout_ms);
+	if (rc)
+		return rc;
 	memset(out, 0, sizeof(*out));
 	out->status = a.result;
 	out->block = e->model->layers[a.layer].block;
@@ -701,8 +710,7 @@ static int ts_release(void *ctx, uint32_t block, const uint16_t *ex,
 		      unsigned n)
 {
 	struct ms_engine *e = ctx;
-	int32_t layer = block < e->model->n_block ? e->model->block_layer[block]
-						  : -1;
+	int32_t layer = layer_of_block(e, block);
 	if (layer < 0)
 		return -EINVAL;
 	for (unsigned i = 0; i < n; i++)

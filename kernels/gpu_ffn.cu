@@ -1080,9 +1080,8 @@ extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
 	bool fused = true;
 	uint64_t rs[MS_GPU_MM_MAX];
 	for (int i = 0; i < n; i++) {
-		if ((mm[i].type == MS_TYPE_F32 || mm[i].type == MS_TYPE_F16) &&
-		    mm[i].w && x_dev && mm[i].y) {
-			fused = false;
+		if (mm[i].type == MS_TYPE_F32 || mm[i].type == MS_TYPE_F16) {
+			fused = false; /* ms_gpu_dense's, with its checks */
 			continue;
 		}
 		if ((rc = mm_check(mm[i].type, mm[i].w, n_in, mm[i].n_out, x_dev,

@@ -719,7 +719,7 @@ extern "C" int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias 
 }
 
 /* rope_neox's checks of what both tensors share. */
-int rope_args(const char *who, int64_t head_dim, int64_t n_rot, float base,
+static int rope_args(const char *who, int64_t head_dim, int64_t n_rot, float base,
 	      float freq_scale, bool norm, float eps, struct ms_err *err)
 {
 	if (n_rot < 0 || n_rot % 2 || n_rot > head_dim)
@@ -735,7 +735,7 @@ int rope_args(const char *who, int64_t head_dim, int64_t n_rot, float base,
 	return 0;
 }
 
-int rope_dims(const char *who, int64_t n_head, int64_t head_dim, int64_t T,
+static int rope_dims(const char *who, int64_t n_head, int64_t head_dim, int64_t T,
 	      struct ms_err *err)
 {
 	if (!dims_ok(n_head, T) || !dims_ok(n_head * T, head_dim))
@@ -746,24 +746,41 @@ int rope_dims(const char *who, int64_t n_head, int64_t head_dim, int64_t T,
 	return 0;
 }
 
+/* RoPE of q (and, k not NULL, of k) in one launch, each checked. */
+static int rope_launch(struct ms_gpu_ctx *c, const char *who, float *q,
+		const float *q_norm, int64_t n_head, float *k,
+		const float *k_norm, int64_t n_head_kv, const int32_t *pos,
+		float eps, int64_t head_dim, int64_t n_rot, int64_t T,
+		float base, float freq_scale, struct ms_err *err)
+{
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
+	    (k && (rc = rope_dims(who, n_head_kv, head_dim, T, err))) ||
+	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale,
+			    q_norm || k_norm, eps, err)))
+		return rc;
+	if (k && (n_head + n_head_kv) > OPS_MAX_ELEMS / T)
+		return ms_err_set(err, -EINVAL, "%s: %lld + %lld heads of %lld "
+				  "tokens", who, (long long)n_head,
+				  (long long)n_head_kv, (long long)T);
+	NONNULL(who, "x,pos", q, pos);
+	const RopeSet a = { q, q_norm, n_head, n_head * T },
+		      b2 = { k, k_norm, k ? n_head_kv : 1, k ? n_head_kv * T : 0 };
+	rope_neox_kernel<<<blocks_for(a.rows + b2.rows, 1), 128, NORM_SMEM, st>>>(
+		a, b2, pos, eps, head_dim, n_rot, base, freq_scale);
+	return launched(who, err);
+}
+
 extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
 				const int32_t *pos, const float *norm_w,
 				float eps, int64_t n_head, int64_t head_dim,
 				int64_t n_rot, int64_t T, float base,
 				float freq_scale, struct ms_err *err)
 {
-	static const char who[] = "gpu rope_neox";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
-	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
-	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale, norm_w, eps,
-			    err)))
-		return rc;
-	NONNULL(who, "x,pos", x, pos);
-	const RopeSet a = { x, norm_w, n_head, n_head * T }, none = { x, nullptr, 1, 0 };
-	rope_neox_kernel<<<blocks_for(a.rows, 1), 128, NORM_SMEM, st>>>(
-		a, none, pos, eps, head_dim, n_rot, base, freq_scale);
-	return launched(who, err);
+	return rope_launch(c, "gpu rope_neox", x, norm_w, n_head, nullptr,
+			   nullptr, 0, pos, eps, head_dim, n_rot, T, base,
+			   freq_scale, err);
 }
 
 extern "C" int ms_gpu_rope_neox_qk(struct ms_gpu_ctx *c, float *q,
@@ -774,28 +791,16 @@ extern "C" int ms_gpu_rope_neox_qk(struct ms_gpu_ctx *c, float *q,
 				   int64_t T, float base, float freq_scale,
 				   struct ms_err *err)
 {
-	static const char who[] = "gpu rope_neox_qk";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
-	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
-	    (rc = rope_dims(who, n_head_kv, head_dim, T, err)) ||
-	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale,
-			    q_norm || k_norm, eps, err)))
-		return rc;
-	if ((n_head + n_head_kv) > OPS_MAX_ELEMS / T)
-		return ms_err_set(err, -EINVAL, "%s: %lld + %lld heads of %lld "
-				  "tokens", who, (long long)n_head,
-				  (long long)n_head_kv, (long long)T);
-	NONNULL(who, "q,k,pos", q, k, pos);
-	const RopeSet a = { q, q_norm, n_head, n_head * T },
-		      b2 = { k, k_norm, n_head_kv, n_head_kv * T };
-	rope_neox_kernel<<<blocks_for(a.rows + b2.rows, 1), 128, NORM_SMEM, st>>>(
-		a, b2, pos, eps, head_dim, n_rot, base, freq_scale);
-	return launched(who, err);
+	if (!k)
+		return ms_err_set(err, -EINVAL, "gpu rope_neox_qk: k is NULL");
+	return rope_launch(c, "gpu rope_neox_qk", q, q_norm, n_head, k, k_norm,
+			   n_head_kv, pos, eps, head_dim, n_rot, T, base,
+			   freq_scale, err);
 }
 
+
 /* kv_store's checks of one (src, cache) pair. */
-int kv_pair(const char *who, const float *src, const void *cache, bool f16,
+static int kv_pair(const char *who, const float *src, const void *cache, bool f16,
 	    struct ms_err *err)
 {
 	NONNULL(who, "src,cache", src, cache);
@@ -807,19 +812,31 @@ int kv_pair(const char *who, const float *src, const void *cache, bool f16,
 	return 0;
 }
 
+/* K (and, v not NULL, V) stored in one launch, each checked. */
+static int kv_launch(struct ms_gpu_ctx *c, const char *who, const float *k,
+	      void *k_cache, const float *v, void *v_cache, const int64_t *at,
+	      int64_t n, int64_t T, bool f16, struct ms_err *err)
+{
+	cudaStream_t st;
+	int rc = enter_rows(c, who, &st, n, T, err);
+	if (rc || (rc = kv_pair(who, k, k_cache, f16, err)) ||
+	    (v && (rc = kv_pair(who, v, v_cache, f16, err))))
+		return rc;
+	NONNULL(who, "at", at);
+	if (v && n * T > OPS_MAX_ELEMS / 2)
+		return ms_err_set(err, -EINVAL, "%s: 2 x %lld rows of %lld", who,
+				  (long long)T, (long long)n);
+	kv_store_kernel<<<blocks_for((v ? 2 : 1) * n * T, 256), 256, 0, st>>>(
+		k, k_cache, v, v_cache, at, n, n * T, f16);
+	return launched(who, err);
+}
+
 extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
 			       void *cache, const int64_t *at, int64_t n,
 			       int64_t T, bool f16, struct ms_err *err)
 {
-	static const char who[] = "gpu kv_store";
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
-	if (rc || (rc = kv_pair(who, src, cache, f16, err)))
-		return rc;
-	NONNULL(who, "at", at);
-	kv_store_kernel<<<blocks_for(n * T, 256), 256, 0, st>>>(
-		src, cache, nullptr, nullptr, at, n, n * T, f16);
-	return launched(who, err);
+	return kv_launch(c, "gpu kv_store", src, cache, nullptr, nullptr, at, n,
+			 T, f16, err);
 }
 
 extern "C" int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k,
@@ -827,19 +844,10 @@ extern "C" int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k,
 				  const int64_t *at, int64_t n, int64_t T,
 				  bool f16, struct ms_err *err)
 {
-	static const char who[] = "gpu kv_store_kv";
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
-	if (rc || (rc = kv_pair(who, k, k_cache, f16, err)) ||
-	    (rc = kv_pair(who, v, v_cache, f16, err)))
-		return rc;
-	NONNULL(who, "at", at);
-	if (n * T > OPS_MAX_ELEMS / 2)
-		return ms_err_set(err, -EINVAL, "%s: 2 x %lld rows of %lld", who,
-				  (long long)T, (long long)n);
-	kv_store_kernel<<<blocks_for(2 * n * T, 256), 256, 0, st>>>(
-		k, k_cache, v, v_cache, at, n, n * T, f16);
-	return launched(who, err);
+	if (!v)
+		return ms_err_set(err, -EINVAL, "gpu kv_store_kv: v is NULL");
+	return kv_launch(c, "gpu kv_store_kv", k, k_cache, v, v_cache, at, n, T,
+			 f16, err);
 }
 
 extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,

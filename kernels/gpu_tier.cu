@@ -773,40 +773,41 @@ void register_arena(ms_gpu_tier *t, bool no_register)
 		snprintf(t->host_mode, sizeof(t->host_mode),
 			 "pageable: %s names no memory to register",
 			 t->src.name);
-	} else if (cudaDeviceGetAttribute(&sup, cudaDevAttrHostRegisterSupported,
-					  t->device) != cudaSuccess ||
-		   cudaDeviceGetAttribute(&ro,
-					  cudaDevAttrHostRegisterReadOnlySupported,
-					  t->device) != cudaSuccess) {
-		cudaGetLastError();
-	}
-	if (!t->arena || !t->arena_len) {
-		/* said above */
-	} else if (!sup) {
-		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "pageable: device %d cannot register host memory "
-			 "(cudaDevAttrHostRegisterSupported = 0)",
-			 t->device);
-	} else if (need_ro && !ro) {
-		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "pageable: device %d cannot register read-only host "
-			 "memory (cudaDevAttrHostRegisterReadOnlySupported = "
-			 "0) and the arena is mapped read-only",
-			 t->device);
-	} else if ((ce = cudaHostRegister((void *)t->arena, (size_t)t->arena_len,
-					  flags)) != cudaSuccess) {
-		cudaGetLastError();
-		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "pageable: cudaHostRegister %s of the %llu-byte arena "
-			 "mapping failed: %s (%s)",
-			 how, (unsigned long long)t->arena_len,
-			 cudaGetErrorString(ce), cudaGetErrorName(ce));
 	} else {
-		t->registered = true;
-		snprintf(t->host_mode, sizeof(t->host_mode),
-			 "registered %s, %llu bytes", how,
-			 (unsigned long long)t->arena_len);
-		return;
+		if (cudaDeviceGetAttribute(&sup, cudaDevAttrHostRegisterSupported,
+					   t->device) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&ro,
+					   cudaDevAttrHostRegisterReadOnlySupported,
+					   t->device) != cudaSuccess)
+			cudaGetLastError();
+		if (!sup) {
+			snprintf(t->host_mode, sizeof(t->host_mode),
+				 "pageable: device %d cannot register host "
+				 "memory (cudaDevAttrHostRegisterSupported = 0)",
+				 t->device);
+		} else if (need_ro && !ro) {
+			snprintf(t->host_mode, sizeof(t->host_mode),
+				 "pageable: device %d cannot register read-only "
+				 "host memory "
+				 "(cudaDevAttrHostRegisterReadOnlySupported = 0) "
+				 "and the arena is mapped read-only",
+				 t->device);
+		} else if ((ce = cudaHostRegister((void *)t->arena,
+						  (size_t)t->arena_len, flags)) !=
+			   cudaSuccess) {
+			cudaGetLastError();
+			snprintf(t->host_mode, sizeof(t->host_mode),
+				 "pageable: cudaHostRegister %s of the %llu-byte "
+				 "arena mapping failed: %s (%s)",
+				 how, (unsigned long long)t->arena_len,
+				 cudaGetErrorString(ce), cudaGetErrorName(ce));
+		} else {
+			t->registered = true;
+			snprintf(t->host_mode, sizeof(t->host_mode),
+				 "registered %s, %llu bytes", how,
+				 (unsigned long long)t->arena_len);
+			return;
+		}
 	}
 	ms_log(MS_LOG_WARNING,
 	       "gpu tier: copies from %s's memory will be staged by the "

@@ -302,14 +302,16 @@ int bench_gpu_decode_main(int argc, char **argv)
 		fflush(stdout);
 	}
 
-	/* 2. streaming: each source asked for */
+	/* 2. streaming: each source asked for, its RAM cache holding every
+	 * expert */
 	struct stream_res sd = { 0 }, sc = { 0 };
 	double comp_tok = a.decode_s / N;
+	const uint64_t hold_all = in->expert_bytes + in->expert_bytes / 4 +
+				  (64ull << 20);
 	if (stream && from_daemon) {
 		struct bench_daemon_opts dopt = {
 			.model = model,
-			.cache_bytes = in->expert_bytes + in->expert_bytes / 4 +
-				       (64ull << 20),
+			.cache_bytes = hold_all,
 		};
 		fprintf(stderr, "bench gpu-decode: starting a private moestreamd "
 			"...\n");
@@ -328,11 +330,10 @@ int bench_gpu_decode_main(int argc, char **argv)
 			print_stream("moestreamd", &sd, 2 * K, comp_tok);
 	}
 	if (stream && from_cache) {
-		/* the engine's own cache, holding every expert (the first
-		 * pass reads them from the file) */
+		/* the engine's own cache (the first pass reads the experts
+		 * from the file) */
 		struct ms_engine_config cc = cfg;
-		cc.cache_size = in->expert_bytes + in->expert_bytes / 4 +
-				(64ull << 20);
+		cc.cache_size = hold_all;
 		cc.vram_experts = slot * 2 * K;
 		fprintf(stderr, "bench gpu-decode: streaming from the engine's "
 			"expert cache ...\n");
