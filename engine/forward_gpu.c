@@ -537,7 +537,29 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 				   1.0f / sqrtf((float)D), T, g->att, err)) ||
 	    (rc = matmul(e, &k->wo, g->att, g->o, T, err)))
 		return rc;
-	return ms_gpu_add(c, g->x, g->o, T * E, err);
+	/* the residual, and the FFN's norm of it in the same launch */
+	return ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
+				   E, T, e->eps, err);
+}
+
+/* The end of a block's FFN: its output into the residual (the MoE's
+ * combine, or + o), and with `next` (the next block's attention norm) that
+ * norm of the new residual into h, in the same launch. */
+static int ffn_out(struct ms_engine *e, const float *next, int64_t T,
+		   const float *sh, bool moe, struct ms_err *err)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	struct ms_gpu_ctx *c = g->ctx;
+	int64_t E = e->n_embd, K = e->n_used;
+	if (moe)
+		return next ? ms_gpu_moe_combine_norm(c, g->x, g->ylist, g->rw, sh,
+						      E, T, K, next, e->eps,
+						      g->h, err)
+			    : ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, sh,
+						 E, T, K, err);
+	return next ? ms_gpu_add_rms_norm(c, g->x, g->o, next, g->h, E, T,
+					  e->eps, err)
+		    : ms_gpu_add(c, g->x, g->o, T * E, err);
 }
 
 static struct ms_gpu_expert dense_view(const struct ms_engine *e,
@@ -573,13 +595,14 @@ static void hint_copies(struct ms_gpu_eng *g)
  * through the device table and the sum, all queued with nothing copied
  * back; what the host path would have done with the choice (hints,
  * speculation's score) has nothing to do here: no expert is copied. */
-static int moe_ffn_dev(struct ms_engine *e, uint32_t b, struct ms_err *err)
+static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
+		       struct ms_err *err)
 {
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
 	const struct ms_block *k = &e->blk[b];
 	uint32_t layer = (uint32_t)k->layer, X = e->model->n_expert;
-	int64_t E = e->n_embd, K = e->n_used;
+	int64_t K = e->n_used;
 	bool shared = k->sh_gate.data != NULL;
 	int rc;
 	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, 1, err)) ||
@@ -598,12 +621,11 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, struct ms_err *err)
 					 (int)K, g->h, g->ylist, err)))
 		return rc;
 	g->dev_hits += (uint64_t)K;
-	return ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, shared ? g->sh : NULL,
-				  E, 1, K, err);
+	return ffn_out(e, next, 1, shared ? g->sh : NULL, true, err);
 }
 
 static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
-		   struct ms_err *err)
+		   const float *next, struct ms_err *err)
 {
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
@@ -614,7 +636,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	/* this layer's router on h, and (speculation) the next MoE layer's on
 	 * the same residual normed as it would norm it: one copy back */
 	if (g->all && T == 1)
-		return moe_ffn_dev(e, b, err);
+		return moe_ffn_dev(e, b, next, err);
 	int32_t nb = k->next_moe;
 	/* (with every expert in VRAM a guess has nothing to fetch) */
 	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 &&
@@ -673,8 +695,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 					MS_GPU_FFN_AUTO, err);
 		int r2 = experts_out(e, layer, ex, n, rc ? NULL : err);
 		if (rc || (rc = r2) ||
-		    (rc = ms_gpu_moe_combine(c, g->x, g->ylist, g->rw,
-					     shared ? g->sh : NULL, E, T, K, err)))
+		    (rc = ffn_out(e, next, T, shared ? g->sh : NULL, true, err)))
 			return rc;
 		hint_copies(g);
 		return 0;
@@ -720,8 +741,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		if (rc || (rc = r2))
 			return rc;
 	}
-	if ((rc = ms_gpu_moe_combine(c, g->x, g->ylist, g->rw,
-				     shared ? g->sh : NULL, E, T, K, err)))
+	if ((rc = ffn_out(e, next, T, shared ? g->sh : NULL, true, err)))
 		return rc;
 	hint_copies(g);
 	return 0;
@@ -747,25 +767,30 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 		return rc;
 	if (!g->all)
 		ms_eng_hint_first(e);
+	/* each residual update is launched with the norm that follows it
+	 * (attention's + o with the FFN's norm, an FFN's output with the next
+	 * block's attention norm): h holds the normed residual at the top
+	 * of every block but the first */
 	for (uint32_t b = 0; b < e->n_run; b++) {
 		if (e->stop && *e->stop)
 			return ms_err_set(err, -EINTR, "stopped");
 		const struct ms_block *k = &e->blk[b];
-		if ((rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->attn_norm), g->h, E,
-					  T, e->eps, err)) ||
-		    (rc = attention(e, b, T, err)) ||
-		    (rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->ffn_norm), g->h, E,
-					  T, e->eps, err)))
+		const float *next = b + 1 < e->n_run
+					    ? dev_of(e, &e->blk[b + 1].attn_norm)
+					    : NULL;
+		if ((!b && (rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->attn_norm),
+						 g->h, E, T, e->eps, err))) ||
+		    (rc = attention(e, b, T, err)))
 			return rc;
 		if (k->moe) {
-			rc = moe_ffn(e, b, T, err);
+			rc = moe_ffn(e, b, T, next, err);
 		} else {
 			struct ms_gpu_expert v = dense_view(e, &k->gate, &k->up,
 							    &k->down);
 			rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->o, T,
 						MS_GPU_FFN_AUTO, err);
 			if (!rc)
-				rc = ms_gpu_add(c, g->x, g->o, T * E, err);
+				rc = ffn_out(e, next, T, NULL, false, err);
 		}
 		if (rc)
 			return rc;
@@ -828,6 +853,7 @@ static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
 	}
 	g->graph_hits = added;
 	e->info.gpu_graph = true;
+	e->info.gpu_graph_nodes = (uint32_t)ms_gpu_graph_nodes(g->graph);
 	if ((rc = ms_gpu_graph_launch(c, g->graph, err)))
 		return rc;
 	g->dev_hits += added;

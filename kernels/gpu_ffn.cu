@@ -55,6 +55,10 @@ struct ms_gpu_ctx {
 	cublasHandle_t blas; /* NULL until the first GEMM */
 	cudaEvent_t ev0, ev1;
 	bool marked;
+	/* the workspace: ws_size bytes at ws, after the matvec's split-K
+	 * counters (cnt: MSG_MV_CNT_MAX, zeroed once, kept at zero by the
+	 * launches; one allocation, at cnt) */
+	unsigned *cnt;
 	void *ws;
 	size_t ws_size;
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
@@ -66,6 +70,7 @@ struct ms_gpu_ctx {
 struct ms_gpu_graph {
 	cudaGraphExec_t exec;
 	uint64_t ws_gen;
+	size_t nodes;
 };
 
 namespace {
@@ -218,10 +223,15 @@ int ctx_blas(struct ms_gpu_ctx *c, struct ms_err *err)
 	return 0;
 }
 
-/* Room for `bytes` of workspace. */
+/* The split-K counters' room at the front of the workspace's allocation
+ * (a multiple of 256: the workspace stays 256-byte aligned). */
+#define WS_CNT_BYTES (((size_t)MSG_MV_CNT_MAX * sizeof(unsigned) + 255) & \
+		      ~(size_t)255)
+
+/* Room for `bytes` of workspace (and the counters). */
 int ws_reserve(struct ms_gpu_ctx *c, size_t bytes, struct ms_err *err)
 {
-	if (bytes <= c->ws_size)
+	if (c->cnt && bytes <= c->ws_size)
 		return 0;
 	if (c->capturing)
 		return ms_err_set(err, -EAGAIN, "gpu: the workspace would have to "
@@ -231,20 +241,25 @@ int ws_reserve(struct ms_gpu_ctx *c, size_t bytes, struct ms_err *err)
 	if (want < bytes)
 		want = bytes;
 	CUDA_TRY(cudaStreamSynchronize(c->stream), "waiting for the stream");
-	cudaFree(c->ws);
+	cudaFree(c->cnt);
+	c->cnt = nullptr;
 	c->ws = nullptr;
 	c->ws_size = 0;
-	cudaError_t ce = cudaMalloc(&c->ws, want);
+	void *base = nullptr;
+	cudaError_t ce = cudaMalloc(&base, WS_CNT_BYTES + want);
 	if (ce != cudaSuccess && want > bytes) {
 		cudaGetLastError();
-		ce = cudaMalloc(&c->ws, want = bytes);
+		ce = cudaMalloc(&base, WS_CNT_BYTES + (want = bytes));
 	}
-	if (ce != cudaSuccess) {
-		c->ws = nullptr;
+	if (ce == cudaSuccess &&
+	    (ce = cudaMemset(base, 0, WS_CNT_BYTES)) != cudaSuccess)
+		cudaFree(base);
+	if (ce != cudaSuccess)
 		return ms_err_set(err, msg_cuda_errno(ce),
 				  "gpu: a %zu-byte workspace: %s", bytes,
 				  cudaGetErrorString(ce));
-	}
+	c->cnt = (unsigned *)base;
+	c->ws = (uint8_t *)base + WS_CNT_BYTES;
 	c->ws_size = want;
 	c->ws_gen++;
 	return 0;
@@ -470,6 +485,7 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	float *u = mixed ? (float *)(ws + o_u) : nullptr;
 	gu.part = up.part = dn.part = part ? ws + o_part : nullptr;
 	gu.part_bytes = up.part_bytes = dn.part_bytes = part;
+	gu.cnt = up.cnt = dn.cnt = c->cnt;
 	gu.xq = up.xq = xq;
 	gu.out = h;
 	up.out = u;
@@ -675,7 +691,8 @@ extern "C" int ms_gpu_capture_end(struct ms_gpu_ctx *c,
 		cudaGraphDestroy(graph);
 		return ms_err_set(err, -ENOMEM, "gpu: out of memory");
 	}
-	ce = cudaGraphInstantiate(&g->exec, graph, 0);
+	if ((ce = cudaGraphGetNodes(graph, nullptr, &g->nodes)) == cudaSuccess)
+		ce = cudaGraphInstantiate(&g->exec, graph, 0);
 	cudaGraphDestroy(graph);
 	if (ce != cudaSuccess) {
 		free(g);
@@ -700,6 +717,11 @@ extern "C" int ms_gpu_graph_launch(struct ms_gpu_ctx *c,
 				  "moved since it was captured");
 	CUDA_TRY(cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch");
 	return 0;
+}
+
+extern "C" size_t ms_gpu_graph_nodes(const struct ms_gpu_graph *g)
+{
+	return g ? g->nodes : 0;
 }
 
 extern "C" void ms_gpu_graph_free(struct ms_gpu_graph *g)
@@ -814,7 +836,7 @@ extern "C" void ms_gpu_ctx_free(struct ms_gpu_ctx *c)
 		cudaEventDestroy(c->ev1);
 	if (c->own_stream && c->stream)
 		cudaStreamDestroy(c->stream);
-	cudaFree(c->ws);
+	cudaFree(c->cnt);
 	free(c);
 }
 
@@ -1060,6 +1082,7 @@ static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 		mv[i].xq = (uint8_t *)c->ws + o_xq;
 		mv[i].part = mv[i].part_bytes ? (uint8_t *)c->ws + o_part
 					      : nullptr;
+		mv[i].cnt = c->cnt;
 		if ((ce = msg_matvec_launch(&mv[i], c->stream)) != cudaSuccess)
 			return cuda_fail(err, ce, "the matvec");
 	}

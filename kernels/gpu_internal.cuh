@@ -151,7 +151,15 @@ struct msg_mv_call {
 	int split; /* 0: the rule (gpu_matvec.cu); 1: never; N: N ranges */
 	void *part; /* split-K partials */
 	size_t part_bytes;
+	/* split-K: MSG_MV_CNT_MAX counters, zero before the launch and after
+	 * it (the last CTA of each tile sets its counter back), not shared
+	 * with a launch that may run at the same time */
+	unsigned *cnt;
 };
+
+/* Split-K counters a launch may use: one per tile of rows and expert (the
+ * rule splits only launches of under a wave of CTAs). */
+#define MSG_MV_CNT_MAX 16384
 
 /* The workspace msg_matvec_launch needs at c->part for this call: 0 when
  * it does not split. */

@@ -70,10 +70,13 @@
  * expert's 1536 gate rows, splits each row's blocks into S contiguous
  * ranges (S CTAs per tile, blockIdx.x = range * tiles + tile), as long as
  * every range keeps each k-slice busy. Each CTA writes its range's sums to
- * a workspace the caller provides, and a second small kernel adds the S
- * partials in range order and applies the SwiGLU: the result does not
- * depend on timing, and differs from the unsplit one by the reassociation
- * of f32 sums only.
+ * a workspace the caller provides and counts itself in its tile's counter;
+ * the tile's last CTA to finish adds the S partials in range order and
+ * applies the SwiGLU, then sets the counter back to zero for the next
+ * launch. One launch, no second kernel (a decode step's small products,
+ * k and v, a shared expert, are a node each in its graph, not two); the
+ * result does not depend on timing or on which CTA is last, and differs
+ * from the unsplit one by the reassociation of f32 sums only.
  *
  * Not done: 16-byte cp.async for the weight tiles. A 16-byte copy needs the
  * slot to sit at the source's address modulo 16, so slots would be a
@@ -633,6 +636,8 @@ struct MvArgs {
 	float *out;
 	int64_t out_stride;
 	float *part;   /* split-K partials [split][matrix][expert][B][row] */
+	unsigned *cnt; /* split-K: ranges done, per [expert][tile]; zero */
+	int S;         /* split-K ranges */
 	int64_t rs;    /* bytes per row */
 	int n_rows;    /* output rows */
 	int n_in;      /* elements per row */
@@ -729,6 +734,19 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 	}
 }
 
+/* A row's result: the dot, or for a pair h = silu(g) * u in double, as
+ * kernels/ffn.c computes it. */
+template <bool PAIR>
+__device__ __forceinline__ void mv_store(float *o, float g, float u)
+{
+	if (PAIR) {
+		const double gd = g;
+		*o = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+	} else {
+		*o = g;
+	}
+}
+
 template <int T, int BT, bool PAIR, int NP>
 __global__ void __launch_bounds__(MV_THREADS, 4)
 mv_kernel(const __grid_constant__ MvArgs a)
@@ -788,15 +806,13 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	}
 	__syncthreads();
 	const int row = row0 + rl;
-	if (ks != 0 || row >= a.n_rows)
-		return;
+	const bool mine = ks == 0 && row < a.n_rows;
 	float *out = a.out + e * a.out_stride + row;
-	/* split-K: this range's sums, for mv_reduce_kernel */
+	/* split-K: this range's sums */
 	const int64_t pstride = (int64_t)a.ne * a.B * a.n_rows;
-	float *part = a.part ? a.part + (int64_t)split * NM * pstride +
-				       (int64_t)e * a.B * a.n_rows + row
+	float *part = a.part ? a.part + (int64_t)e * a.B * a.n_rows + row
 			     : nullptr;
-	for (int b = 0; b < a.B; b++) {
+	for (int b = 0; mine && b < a.B; b++) {
 		float g = 0.0f, u = 0.0f;
 		for (int k = 0; k < nks; k++) {
 			g += red[((k * NM) * BT + b) * tr + rl];
@@ -804,45 +820,42 @@ mv_kernel(const __grid_constant__ MvArgs a)
 				u += red[((k * NM + 1) * BT + b) * tr + rl];
 		}
 		if (part) {
-			part[(int64_t)b * a.n_rows] = g;
+			float *pz = part + (int64_t)split * NM * pstride;
+			pz[(int64_t)b * a.n_rows] = g;
 			if (PAIR)
-				part[pstride + (int64_t)b * a.n_rows] = u;
-		} else if (PAIR) {
-			const double gd = g;
-			out[(int64_t)b * a.n_rows] =
-				(float)(gd / (1.0 + exp(-gd)) * (double)u);
+				pz[pstride + (int64_t)b * a.n_rows] = u;
 		} else {
-			out[(int64_t)b * a.n_rows] = g;
+			mv_store<PAIR>(out + (int64_t)b * a.n_rows, g, u);
 		}
 	}
-}
-
-/* Split-K's second pass: one thread per output, the partials of the S
- * ranges added in range order (f32, as the unsplit kernel adds its
- * k-slices), then the pair's SwiGLU in double. */
-__global__ void __launch_bounds__(256)
-mv_reduce_kernel(const float *__restrict__ part, float *__restrict__ out,
-		 int64_t out_stride, int n_rows, int B, int ne, int S,
-		 bool pair)
-{
-	const int64_t per_e = (int64_t)B * n_rows, n = ne * per_e;
-	const int NM = pair ? 2 : 1;
-	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-	     i < n; i += (int64_t)gridDim.x * blockDim.x) {
+	if (!part)
+		return;
+	/* the tile's last range to finish adds them up: every CTA's
+	 * partials are visible device-wide before it counts itself
+	 * (__threadfence), and the last one fences again before reading
+	 * them from L2 */
+	__threadfence();
+	__syncthreads(); /* also: red's readers are done with sm[0] */
+	unsigned *cnt = a.cnt + e * a.tiles + blockIdx.x % a.tiles;
+	if (tid == 0)
+		sm[0] = atomicAdd(cnt, 1u) == (unsigned)a.S - 1;
+	__syncthreads();
+	if (!sm[0])
+		return;
+	__threadfence();
+	for (int b = 0; mine && b < a.B; b++) {
 		float g = 0.0f, u = 0.0f;
-		for (int z = 0; z < S; z++) {
-			g += part[(int64_t)z * NM * n + i];
-			if (pair)
-				u += part[((int64_t)z * NM + 1) * n + i];
+		for (int z = 0; z < a.S; z++) {
+			const float *pz = part + (int64_t)z * NM * pstride +
+					  (int64_t)b * a.n_rows;
+			g += __ldcg(pz);
+			if (PAIR)
+				u += __ldcg(pz + pstride);
 		}
-		float *o = out + (i / per_e) * out_stride + i % per_e;
-		if (pair) {
-			const double gd = g;
-			*o = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-		} else {
-			*o = g;
-		}
+		mv_store<PAIR>(out + (int64_t)b * a.n_rows, g, u);
 	}
+	if (tid == 0)
+		*cnt = 0; /* the next launch's (kernels on a stream are ordered) */
 }
 
 /* ---- host side -------------------------------------------------------- */
@@ -1021,7 +1034,8 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 	if (!mv_lookup(c->type, &m) || !mv_plan(c, m, &p))
 		return cudaErrorInvalidValue;
 	const size_t part_bytes = msg_matvec_part_bytes(c);
-	if (part_bytes && (!c->part || c->part_bytes < part_bytes))
+	if (part_bytes && (!c->part || c->part_bytes < part_bytes || !c->cnt ||
+			   (int64_t)p.tiles * p.ne > MSG_MV_CNT_MAX))
 		return cudaErrorInvalidValue;
 	const int BT = c->B == 1 ? 1 : 8;
 	const size_t xb = msg_xblk_bytes(c->q8);
@@ -1031,6 +1045,8 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 	a.xq_stride = c->xq_stride;
 	a.out_stride = c->out_stride;
 	a.part = p.S > 1 ? (float *)c->part : nullptr;
+	a.cnt = c->cnt;
+	a.S = p.S;
 	a.rs = c->rs;
 	a.n_rows = c->n_rows;
 	a.n_in = c->n_in;
@@ -1064,16 +1080,6 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 		cudaError_t ce = cudaGetLastError();
 		if (ce != cudaSuccess)
 			return ce;
-		if (p.S > 1) {
-			const int64_t n = (int64_t)ne * c->B * c->n_rows;
-			int64_t g = (n + 255) / 256;
-			g = g > 4096 ? 4096 : g;
-			mv_reduce_kernel<<<(unsigned)g, 256, 0, stream>>>(
-				a.part, a.out, c->out_stride, c->n_rows, c->B,
-				ne, p.S, c->pair);
-			if ((ce = cudaGetLastError()) != cudaSuccess)
-				return ce;
-		}
 	}
 	return cudaSuccess;
 }

@@ -98,6 +98,12 @@ void ms_gpu_graph_free(struct ms_gpu_graph *g)
 	(void)g;
 }
 
+size_t ms_gpu_graph_nodes(const struct ms_gpu_graph *g)
+{
+	(void)g;
+	return 0;
+}
+
 int ms_gpu_upload_async(struct ms_gpu_ctx *c, void *dev, const void *host,
 			size_t bytes, struct ms_err *err)
 {
@@ -418,6 +424,21 @@ int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x, const float *w,
 	return no_cuda(err);
 }
 
+int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x, const float *a,
+			const float *w, float *y, int64_t n, int64_t T,
+			float eps, struct ms_err *err)
+{
+	(void)c;
+	(void)x;
+	(void)a;
+	(void)w;
+	(void)y;
+	(void)n;
+	(void)T;
+	(void)eps;
+	return no_cuda(err);
+}
+
 int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a, int64_t n,
 	       struct ms_err *err)
 {
@@ -492,6 +513,25 @@ int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 	(void)scale;
 	(void)T;
 	(void)out;
+	return no_cuda(err);
+}
+
+int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
+			    const float *w, const float *sh, int64_t E,
+			    int64_t T, int64_t K, const float *norm_w,
+			    float eps, float *h, struct ms_err *err)
+{
+	(void)c;
+	(void)x;
+	(void)y;
+	(void)w;
+	(void)sh;
+	(void)E;
+	(void)T;
+	(void)K;
+	(void)norm_w;
+	(void)eps;
+	(void)h;
 	return no_cuda(err);
 }
 

@@ -117,8 +117,16 @@ __device__ float block_max_f(float v, float *sh)
 	return m;
 }
 
-/* 1 / sqrtf(mean of squares + eps) of x[0..n), as forward.c's rms_norm,
- * every thread of the block taking part. */
+/* The norm's scale, 1 / sqrtf(mean of squares + eps), from each thread's
+ * sum of squares s of its elements (i = threadIdx.x, + blockDim.x, ... in
+ * that order): every thread of the block taking part. */
+__device__ float rms_finish(double s, int64_t n, float eps, double *sh)
+{
+	s = block_sum_d(s, sh);
+	return 1.0f / sqrtf((float)(s / (double)n) + eps);
+}
+
+/* rms_finish's scale of x[0..n), as forward.c's rms_norm. */
 __device__ float rms_scale(const float *x, int64_t n, float eps, double *sh)
 {
 	double s = 0;
@@ -126,9 +134,45 @@ __device__ float rms_scale(const float *x, int64_t n, float eps, double *sh)
 		const double v = x[i];
 		s += v * v; /* exact in double: an FMA changes nothing */
 	}
-	s = block_sum_d(s, sh);
-	return 1.0f / sqrtf((float)(s / (double)n) + eps);
+	return rms_finish(s, n, eps, sh);
 }
+
+/* Element e of token t's MoE output added to its residual x: sum_j
+ * w[t][j] * y[t][j][e] in order, plus the shared expert's, rounded one
+ * by one as forward.c does (the value moe_combine_kernel stores). */
+__device__ __forceinline__ float combine_at(const float *x, const float *y,
+					    const float *w, const float *sh,
+					    int64_t E, int64_t K, int64_t t,
+					    int64_t e)
+{
+	float m = 0.0f;
+	for (int64_t j = 0; j < K; j++)
+		m = __fadd_rn(m, __fmul_rn(w[t * K + j], y[(t * K + j) * E + e]));
+	if (sh)
+		m = __fadd_rn(m, sh[t * E + e]);
+	return __fadd_rn(x[t * E + e], m);
+}
+
+/* The residual's updates that update_norm_kernel applies: x + a, and the
+ * MoE combine. */
+struct AddRow {
+	const float *a;
+	__device__ float operator()(const float *x, int64_t n, int64_t t,
+				    int64_t i) const
+	{
+		return __fadd_rn(x[t * n + i], a[t * n + i]);
+	}
+};
+
+struct CombineRow {
+	const float *y, *w, *sh;
+	int64_t K;
+	__device__ float operator()(const float *x, int64_t n, int64_t t,
+				    int64_t i) const
+	{
+		return combine_at(x, y, w, sh, n, K, t, i);
+	}
+};
 
 /* ---- kernels ------------------------------------------------------------- */
 
@@ -145,6 +189,32 @@ rms_norm_kernel(const float *x, const float *__restrict__ w, float *y,
 		const float *xr = x + t * n;
 		float *yr = y + t * n;
 		const float scale = rms_scale(xr, n, eps, sh);
+		for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+			yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+	}
+}
+
+/* One block per row: the residual's update (each element computed and
+ * stored by the one thread that owns it, its square summed as
+ * rms_scale sums it), then y = the RMS norm of the new row with w:
+ * rms_norm_kernel's bits on what add_kernel or moe_combine_kernel would
+ * have left in x. y must not overlap x or the update's inputs. */
+template <class Upd>
+__global__ void __launch_bounds__(256)
+update_norm_kernel(float *x, const float *__restrict__ w, float *y, int64_t n,
+		   int64_t T, float eps, Upd upd)
+{
+	extern __shared__ __align__(16) double norm_sm[];
+	double *sh = norm_sm;
+	for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+		float *xr = x + t * n, *yr = y + t * n;
+		double s = 0;
+		for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+			const float v = upd(x, n, t, i);
+			xr[i] = v;
+			s += (double)v * (double)v;
+		}
+		const float scale = rms_finish(s, n, eps, sh);
 		for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
 			yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 	}
@@ -364,14 +434,7 @@ moe_combine_kernel(float *__restrict__ x, const float *__restrict__ y,
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	     i < total; i += stride) {
-		const int64_t t = i / E, e = i % E;
-		float m = 0.0f;
-		for (int64_t j = 0; j < K; j++)
-			m = __fadd_rn(m, __fmul_rn(w[t * K + j],
-						   y[(t * K + j) * E + e]));
-		if (sh)
-			m = __fadd_rn(m, sh[i]);
-		x[i] = __fadd_rn(x[i], m);
+		x[i] = combine_at(x, y, w, sh, E, K, i / E, i % E);
 	}
 }
 
@@ -684,6 +747,25 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 	return launched(who, err);
 }
 
+extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
+				   const float *a, const float *w, float *y,
+				   int64_t n, int64_t T, float eps,
+				   struct ms_err *err)
+{
+	static const char who[] = "gpu add_rms_norm";
+	cudaStream_t st;
+	int rc = enter_rows(c, who, &st, n, T, err);
+	if (rc)
+		return rc;
+	if (!(eps >= 0.0f) || isinf(eps))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	NONNULL(who, "x,a,w,y", x, a, w, y);
+	const auto k = update_norm_kernel<AddRow>;
+	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps,
+						    AddRow{ a });
+	return launched(who, err);
+}
+
 extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 			       int64_t n, int64_t T, struct ms_err *err)
 {
@@ -909,6 +991,30 @@ extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 	moe_combine_kernel<<<blocks_for(E * T, 256), 256, 0, st>>>(x, y, w, sh,
 								    E, K,
 								    E * T);
+	return launched(who, err);
+}
+
+extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
+				       const float *y, const float *w,
+				       const float *sh, int64_t E, int64_t T,
+				       int64_t K, const float *norm_w,
+				       float eps, float *h, struct ms_err *err)
+{
+	static const char who[] = "gpu moe_combine_norm";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!dims_ok(E, T) || !dims_ok(E * T, K))
+		return ms_err_set(err, -EINVAL,
+				  "%s: %lld tokens of %lld, %lld experts each",
+				  who, (long long)T, (long long)E, (long long)K);
+	if (!(eps >= 0.0f) || isinf(eps))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	NONNULL(who, "x,y,w,norm_w,h", x, y, w, norm_w, h);
+	const auto k = update_norm_kernel<CombineRow>;
+	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, norm_w, h, E, T, eps,
+						    CombineRow{ y, w, sh, K });
 	return launched(who, err);
 }
 

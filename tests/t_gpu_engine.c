@@ -460,9 +460,16 @@ static void bench_decode(const char *path)
 			"bench gpu-decode: resident copies %g; streaming copies %g "
 			"(moestreamd) and %g (cache), hits %g and %g", rc, dc, cc, dh,
 			ch);
+		const cJSON *gr = cJSON_GetObjectItemCaseSensitive(
+			j, "resident_cuda_graph");
+		double nodes = jnum(j, "resident_graph_nodes");
+		T_CHECK(cJSON_IsTrue(gr) && nodes >= 1,
+			"bench gpu-decode: a CUDA graph %s, of %g nodes",
+			cJSON_IsTrue(gr) ? "made" : "not made", nodes);
 		printf("tiny     bench gpu-decode: no copy with every expert in "
-		       "VRAM; streaming %g copies in and %g hits from moestreamd, "
-		       "%g and %g from the engine's cache\n", dc, dh, cc, ch);
+		       "VRAM (a step's CUDA graph of %g nodes); streaming %g "
+		       "copies in and %g hits from moestreamd, %g and %g from "
+		       "the engine's cache\n", nodes, dc, dh, cc, ch);
 	}
 	cJSON_Delete(j);
 	free(out);

@@ -646,6 +646,96 @@ static void check_moe_combine(void)
 		}
 }
 
+/* ---- a residual update with the norm after it ------------------------------------- */
+
+/* Downloads n floats of a device buffer into a new host one. */
+static float *dev_copy(const float *d, int64_t n)
+{
+	float *h = t_xmalloc((size_t)n * sizeof(float));
+	t_dev_to(ctx, h, d, (size_t)n * sizeof(float));
+	return h;
+}
+
+/* ms_gpu_add_rms_norm and ms_gpu_moe_combine_norm: the bits of the two
+ * calls each replaces, both the residual x and the normed y (rows above
+ * and below the block size, one row and several; with and without the
+ * shared expert). */
+static void check_update_norm(void)
+{
+	static const int64_t shapes[][3] = { { 5120, 1, 8 }, { 96, 3, 4 },
+					     { 1000, 5, 2 }, { 7, 2, 1 } };
+	int same = 0, cases = 0;
+	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
+		for (int op = 0; op < 3; op++) {
+			const int64_t E = shapes[k][0], T = shapes[k][1],
+				      K = shapes[k][2];
+			const float eps = k % 2 ? 1e-5f : 1e-6f;
+			const size_t xb = (size_t)(E * T) * sizeof(float);
+			float *x = rand_floats(E * T, 3.0f);
+			float *a = rand_floats(E * T * K, 2.0f);
+			float *w = rand_floats(E, 1.5f);
+			float *r = rand_floats(T * K, 1.0f);
+			float *sh = rand_floats(E * T, 2.0f);
+			float *dx[2], *dh[2];
+			float *da = t_dev_from(a, xb * (size_t)K);
+			float *dw = t_dev_from(w, (size_t)E * sizeof(float));
+			float *dr = t_dev_from(r, (size_t)(T * K) * sizeof(float));
+			float *dsh = op == 2 ? t_dev_from(sh, xb) : NULL;
+			for (int m = 0; m < 2; m++) {
+				dx[m] = t_dev_from(x, xb);
+				dh[m] = t_dev_alloc(xb);
+				ms_gpu_memset(dh[m], 0xff, xb, NULL);
+			}
+			/* [0]: the two calls; [1]: the one */
+			if (op == 0) {
+				GPU_OK(ms_gpu_add(ctx, dx[0], da, E * T, err));
+				GPU_OK(ms_gpu_add_rms_norm(ctx, dx[1], da, dw, dh[1],
+							   E, T, eps, err));
+			} else {
+				GPU_OK(ms_gpu_moe_combine(ctx, dx[0], da, dr, dsh,
+							  E, T, K, err));
+				GPU_OK(ms_gpu_moe_combine_norm(ctx, dx[1], da, dr,
+							       dsh, E, T, K, dw,
+							       eps, dh[1], err));
+			}
+			GPU_OK(ms_gpu_rms_norm(ctx, dx[0], dw, dh[0], E, T, eps,
+					       err));
+			float *x0 = dev_copy(dx[0], E * T), *x1 = dev_copy(dx[1], E * T);
+			float *h0 = dev_copy(dh[0], E * T), *h1 = dev_copy(dh[1], E * T);
+			const bool ok = !memcmp(x0, x1, xb) && !memcmp(h0, h1, xb);
+			T_CHECK(ok, "%s E=%lld T=%lld K=%lld: against the "
+				"separate calls, x %s and the norm %s",
+				op == 0 ? "add_rms_norm"
+				: op == 1 ? "moe_combine_norm"
+					  : "moe_combine_norm (shared)",
+				(long long)E, (long long)T, (long long)K,
+				memcmp(x0, x1, xb) ? "differs" : "the same",
+				memcmp(h0, h1, xb) ? "differs" : "the same");
+			same += ok;
+			cases++;
+			for (int m = 0; m < 2; m++) {
+				ms_gpu_free(dx[m]);
+				ms_gpu_free(dh[m]);
+			}
+			ms_gpu_free(da);
+			ms_gpu_free(dw);
+			ms_gpu_free(dr);
+			ms_gpu_free(dsh);
+			free(x);
+			free(a);
+			free(w);
+			free(r);
+			free(sh);
+			free(x0);
+			free(x1);
+			free(h0);
+			free(h1);
+		}
+	printf("add_rms_norm, moe_combine_norm (with and without a shared "
+	       "expert): %d of %d cases the bits of the separate calls\n",
+	       same, cases);
+}
+
 /* ---- gather / scatter -------------------------------------------------------------- */
 
 static void check_rows(void)
@@ -1036,6 +1126,27 @@ static void check_errors(void)
 			    1, f, &err));
 	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
 			    1, NULL, &err));
+	E_(ms_gpu_add_rms_norm(NULL, f, f, f, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 0, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 4, 0, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, NULL, f, f, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, NULL, f, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, NULL, f, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 4, 1, -1.0f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, INT64_MAX / 2, 4, 1e-6f, &err));
+	E_(ms_gpu_moe_combine_norm(NULL, f, f, f, NULL, 4, 1, 2, f, 1e-6f, f,
+				   &err));
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 0, 1, 2, f, 1e-6f, f,
+				   &err));
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 0, f, 1e-6f, f,
+				   &err));
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, NULL, 1e-6f, f,
+				   &err));
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, 1e-6f, NULL,
+				   &err));
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, NAN, f,
+				   &err));
 	E_(ms_gpu_moe_combine(NULL, f, f, f, NULL, 4, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 0, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 0, 2, &err));
@@ -1107,6 +1218,11 @@ static void check_stubs(void)
 	t_check_no_cuda(ms_gpu_rms_norm(c, f, f, f, 4, 1, 1e-6f, &err), &err,
 		   "ms_gpu_rms_norm");
 	t_check_no_cuda(ms_gpu_add(c, f, f, 4, &err), &err, "ms_gpu_add");
+	t_check_no_cuda(ms_gpu_add_rms_norm(c, f, f, f, f, 4, 1, 1e-6f, &err),
+			&err, "ms_gpu_add_rms_norm");
+	t_check_no_cuda(ms_gpu_moe_combine_norm(c, f, f, f, NULL, 4, 1, 1, f,
+						1e-6f, f, &err),
+			&err, "ms_gpu_moe_combine_norm");
 	t_check_no_cuda(ms_gpu_add_bias(c, f, f, 4, 1, &err), &err,
 		   "ms_gpu_add_bias");
 	t_check_no_cuda(ms_gpu_rope_neox(c, f, p, NULL, 1e-6f, 1, 4, 4, 1, 1e4f,
@@ -1170,6 +1286,7 @@ int main(void)
 	check_kv_store();
 	check_attention();
 	check_moe_combine();
+	check_update_norm();
 	check_rows();
 	check_route_topk();
 	check_errors();

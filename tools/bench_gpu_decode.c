@@ -257,6 +257,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 	}
 	double tokps_a = N / a.decode_s, bound = best * 1e9 / bytes;
 	bool all_a = in->vram_all_experts, graph_a = ms_engine_info(e)->gpu_graph;
+	uint32_t nodes_a = ms_engine_info(e)->gpu_graph_nodes;
 	uint64_t slot = in->vram_expert_slots
 				? in->vram_expert_bytes / in->vram_expert_slots
 				: 0;
@@ -296,6 +297,11 @@ int bench_gpu_decode_main(int argc, char **argv)
 		       N, a.decode_s, tokps_a, bound, best, tokps_a / bound,
 		       (unsigned long long)copied_a, all_a ? "GPU" : "host",
 		       graph_a ? ", steps replayed from a CUDA graph" : "");
+		if (graph_a)
+			printf("resident   the step's CUDA graph: %u nodes (%.1f per "
+			       "block)\n", nodes_a,
+			       in->n_block_run ? (double)nodes_a / in->n_block_run
+						: 0.0);
 		if (graph_a)
 			printf("resident   the same, kernels launched one by one: "
 			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
@@ -366,6 +372,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 		cJSON_AddNumberToObject(j, "resident_copies", (double)copied_a);
 		cJSON_AddBoolToObject(j, "resident_gpu_routing", all_a);
 		cJSON_AddBoolToObject(j, "resident_cuda_graph", graph_a);
+		cJSON_AddNumberToObject(j, "resident_graph_nodes", nodes_a);
 		if (graph_a) {
 			cJSON_AddNumberToObject(j, "resident_eager_tokps", tokps_e);
 			cJSON_AddNumberToObject(j, "resident_eager_ratio",

@@ -239,6 +239,7 @@ struct ms_engine_info {
 					 back per layer */
 	bool gpu_graph;               /* and are replayed from a CUDA graph
 					 (set once one has been made) */
+	uint32_t gpu_graph_nodes;     /* that graph's nodes (kernels, copies) */
 	char vram_copy_mode[256];     /* where copies into VRAM read from: the
 					 GPU tier's host_mode ("registered
 					 ..." or "pageable: <why>") */

@@ -471,6 +471,13 @@ int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x, const float *w,
 int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a, int64_t n,
 	       struct ms_err *err);
 
+/* ms_gpu_add of T rows of n (x[t] += a[t]), then ms_gpu_rms_norm of the
+ * new x into y with w, in one launch: the bits of the two calls. y must
+ * not overlap x or a. */
+int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x, const float *a,
+			const float *w, float *y, int64_t n, int64_t T,
+			float eps, struct ms_err *err);
+
 /* x[t][i] += b[i] for T rows of n. */
 int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 		    int64_t n, int64_t T, struct ms_err *err);
@@ -546,6 +553,14 @@ int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x, const float *y,
 		       const float *w, const float *sh, int64_t E, int64_t T,
 		       int64_t K, struct ms_err *err);
 
+/* ms_gpu_moe_combine, then ms_gpu_rms_norm of the new x into h with
+ * norm_w and eps (the next block's norm), in one launch: the bits of the
+ * two calls. h must not overlap x, y, w or sh. */
+int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
+			    const float *w, const float *sh, int64_t E,
+			    int64_t T, int64_t K, const float *norm_w,
+			    float eps, float *h, struct ms_err *err);
+
 /* dst[i][.] = src[rows[i]][.] for n rows of E floats (rows int32). */
 int ms_gpu_gather_rows(struct ms_gpu_ctx *c, const float *src,
 		       const int32_t *rows, int64_t n, int64_t E, float *dst,
@@ -604,6 +619,9 @@ int ms_gpu_capture_end(struct ms_gpu_ctx *c, struct ms_gpu_graph **out,
 int ms_gpu_graph_launch(struct ms_gpu_ctx *c, struct ms_gpu_graph *g,
 			struct ms_err *err);
 void ms_gpu_graph_free(struct ms_gpu_graph *g); /* NULL is fine */
+/* The graph's nodes as captured: its kernels, copies and event records
+ * (0 for NULL). */
+size_t ms_gpu_graph_nodes(const struct ms_gpu_graph *g);
 
 /* Copies that run asynchronously on a context's stream: host must be
  * page-locked (ms_gpu_host_alloc in gpu_tier.h) or registered, and the

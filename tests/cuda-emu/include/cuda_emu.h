@@ -213,7 +213,15 @@ struct cudaDeviceProp {
 
 namespace emu {
 inline thread_local cudaError_t last_error = cudaSuccess;
-inline const int sms = 8;
+/* The multiprocessors the device says it has: 8, or EMU_SMS (1..1024;
+ * 132 to plan launches, tiles and splits as on an H100). */
+inline int sms_from_env()
+{
+	const char *v = getenv("EMU_SMS");
+	const int n = v ? atoi(v) : 0;
+	return n >= 1 && n <= 1024 ? n : 8;
+}
+inline const int sms = sms_from_env();
 
 /* every live stream, for cudaDeviceSynchronize and the implicitly
  * synchronising calls (cudaFree, cudaFreeHost, cudaHostUnregister) */
@@ -449,6 +457,14 @@ static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
 static inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
+/* The device's memory is the host's and its CTAs run on host threads: a
+ * fence is a host fence, an atomic a host atomic, an L2 load a load. */
+template <class T> static inline T __ldcg(const T *p) { return *p; }
+static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline unsigned atomicAdd(unsigned *p, unsigned v)
+{
+	return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
 static inline int __dp4a(int a, int b, int c)
 {
 	for (int i = 0; i < 4; i++)

@@ -66,6 +66,18 @@ static inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 	return cudaSuccess;
 }
 
+typedef void *cudaGraphNode_t;
+
+/* The count only (nodes must be NULL): what was recorded, one node each. */
+static inline cudaError_t cudaGraphGetNodes(cudaGraph_t g, cudaGraphNode_t *nodes,
+					    size_t *n)
+{
+	if (!g || nodes || !n)
+		return cudaErrorInvalidValue;
+	*n = g->ops.size();
+	return cudaSuccess;
+}
+
 static inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x,
 					       cudaGraph_t g,
 					       unsigned long long flags = 0)
