@@ -61,6 +61,10 @@ struct ms_gpu_eng {
 	/* per batch: [n_batch] each */
 	float *x, *h, *q, *k, *v, *att, *o, *sh, *ylist, *xg, *yg, *rlog, *rw,
 		*logits;
+	/* h prepared for the fused matvec by the norm that wrote it (NULL:
+	 * the shape has no prepared form), for batches of up to xq_max */
+	void *hq;
+	int64_t xq_max;
 	int32_t *rows;
 	/* the tokens' positions, one block [at0 | base0 | pos | npos] of
 	 * n_batch each, uploaded in one copy */
@@ -261,6 +265,11 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	    (rc = dmalloc(&g->bad, 4, &work, err)) ||
 	    (rc = ms_gpu_memset(g->bad, 0, 4, err)))
 		return rc;
+	g->xq_max = T < MS_GPU_MATVEC_MAX_TOKENS ? (int64_t)T
+						  : MS_GPU_MATVEC_MAX_TOKENS;
+	size_t hq_bytes = ms_gpu_xq_bytes((int64_t)E, g->xq_max);
+	if (hq_bytes && (rc = dmalloc(&g->hq, hq_bytes, &work, err)))
+		return rc;
 	/* the host's side of the copies, page-locked, in one piece */
 	size_t off[8], at = 0;
 	const size_t want_pin[8] = { T * E * 4, T * META_BYTES, 2 * T * XX * 4,
@@ -349,7 +358,7 @@ void ms_gpu_eng_close(struct ms_engine *e)
 			g->q,	 g->k,	     g->v,	 g->att,   g->o,
 			g->sh,	 g->ylist,   g->xg,	 g->yg,	   g->rlog,
 			g->rw,	 g->logits,  g->rows,	 g->meta,  (void *)g->tab,
-			g->dsel, g->bad };
+			g->dsel, g->bad,     g->hq };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		ms_gpu_free(dev[i]);
 	ms_gpu_host_free(g->pin);
@@ -493,8 +502,17 @@ static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
 			     w->ne[1], x, y, T, err);
 }
 
+/* h prepared (g->hq), for the norm writing h to write and the products
+ * reading it to read: NULL where the batch is too big for the fused
+ * matvec (or the shape has no prepared form). */
+static void *hq_of(const struct ms_gpu_eng *g, int64_t T)
+{
+	return T <= g->xq_max ? g->hq : NULL;
+}
+
+/* hq_in: h's prepared form, when the norm that wrote h wrote it. */
 static int attention(struct ms_engine *e, uint32_t b, int64_t T,
-		     struct ms_err *err)
+		     const void *hq_in, struct ms_err *err)
 {
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
@@ -511,7 +529,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		{ k->wk.type, dev_of(e, &k->wk), k->wk.ne[1], g->k },
 		{ k->wv.type, dev_of(e, &k->wv), k->wv.ne[1], g->v },
 	};
-	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, T, err)))
+	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, hq_in, T, err)))
 		return rc;
 	/* the biases there are, one launch; RoPE of q and k, one; the KV
 	 * stores, one */
@@ -539,7 +557,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		return rc;
 	/* the residual, and the FFN's norm of it in the same launch */
 	return ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
-				   E, T, e->eps, err);
+				   hq_of(g, T), E, T, e->eps, err);
 }
 
 /* The end of a block's FFN: its output into the residual (the MoE's
@@ -554,11 +572,11 @@ static int ffn_out(struct ms_engine *e, const float *next, int64_t T,
 	if (moe)
 		return next ? ms_gpu_moe_combine_norm(c, g->x, g->ylist, g->rw, sh,
 						      E, T, K, next, e->eps,
-						      g->h, err)
+						      g->h, hq_of(g, T), err)
 			    : ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, sh,
 						 E, T, K, err);
-	return next ? ms_gpu_add_rms_norm(c, g->x, g->o, next, g->h, E, T,
-					  e->eps, err)
+	return next ? ms_gpu_add_rms_norm(c, g->x, g->o, next, g->h,
+					  hq_of(g, T), E, T, e->eps, err)
 		    : ms_gpu_add(c, g->x, g->o, T * E, err);
 }
 
@@ -612,13 +630,14 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 	if (shared) {
 		struct ms_gpu_expert v = dense_view(e, &k->sh_gate, &k->sh_up,
 						    &k->sh_down);
-		if ((rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->sh, 1,
-					     MS_GPU_FFN_AUTO, err)))
+		if ((rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, 1),
+						g->sh, 1, err)))
 			return rc;
 	}
 	if ((rc = ms_gpu_experts_ffn_sel(c, &g->proto[layer],
 					 g->tab + (size_t)layer * X * 3, g->dsel,
-					 (int)K, g->h, g->ylist, err)))
+					 (int)K, g->h, hq_of(g, 1), g->ylist,
+					 err)))
 		return rc;
 	g->dev_hits += (uint64_t)K;
 	return ffn_out(e, next, 1, shared ? g->sh : NULL, true, err);
@@ -676,8 +695,8 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	if (shared) {
 		struct ms_gpu_expert v = dense_view(e, &k->sh_gate, &k->sh_up,
 						    &k->sh_down);
-		if ((rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->sh, T,
-					     MS_GPU_FFN_AUTO, err)))
+		if ((rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, T),
+						g->sh, T, err)))
 			return rc;
 	}
 	memcpy(g->p_rw, e->rw, (size_t)(T * K) * sizeof(float));
@@ -691,8 +710,8 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		 * (one token's experts are distinct: ex is rsel) */
 		if ((rc = experts_in(e, layer, ex, n, v, err)))
 			return rc;
-		rc = ms_gpu_experts_ffn(c, v, (int)n, g->h, 0, g->ylist, 1,
-					MS_GPU_FFN_AUTO, err);
+		rc = ms_gpu_experts_ffn_xq(c, v, (int)n, g->h, hq_of(g, 1),
+					   g->ylist, 1, err);
 		int r2 = experts_out(e, layer, ex, n, rc ? NULL : err);
 		if (rc || (rc = r2) ||
 		    (rc = ffn_out(e, next, T, shared ? g->sh : NULL, true, err)))
@@ -780,15 +799,15 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 					    : NULL;
 		if ((!b && (rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->attn_norm),
 						 g->h, E, T, e->eps, err))) ||
-		    (rc = attention(e, b, T, err)))
+		    (rc = attention(e, b, T, b ? hq_of(g, T) : NULL, err)))
 			return rc;
 		if (k->moe) {
 			rc = moe_ffn(e, b, T, next, err);
 		} else {
 			struct ms_gpu_expert v = dense_view(e, &k->gate, &k->up,
 							    &k->down);
-			rc = ms_gpu_experts_ffn(c, &v, 1, g->h, 0, g->o, T,
-						MS_GPU_FFN_AUTO, err);
+			rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, T),
+						   g->o, T, err);
 			if (!rc)
 				rc = ffn_out(e, next, T, NULL, false, err);
 		}

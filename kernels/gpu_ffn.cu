@@ -400,11 +400,13 @@ int matvec_ok(const struct ms_gpu_expert *e, int n, const struct plan *p,
 }
 
 /* The experts' matrices come from e[0..n), or with tab (device memory)
- * from its entries sel[i] (e then only gives the shape and types). */
+ * from its entries sel[i] (e then only gives the shape and types). With
+ * xq_in (one x for all: x_stride 0), x is read as already prepared
+ * there. */
 int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
-	       const struct plan *p, const float *x, int64_t x_stride,
-	       float *y, bool q8, const void *const *tab, const int32_t *sel,
-	       struct ms_err *err)
+	       const struct plan *p, const float *x, const void *xq_in,
+	       int64_t x_stride, float *y, bool q8, const void *const *tab,
+	       const int32_t *sel, struct ms_err *err)
 {
 	const int64_t E = p->E, F = p->F, B = p->B;
 	const int n_sets = x_stride ? n : 1;
@@ -480,7 +482,9 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 		return rc;
 	}
 	uint8_t *ws = (uint8_t *)c->ws;
-	void *xq = ws + o_xq, *hq = ws + o_hq;
+	const bool given = xq_in && n_sets == 1;
+	const void *xq = given ? xq_in : ws + o_xq;
+	void *hq = ws + o_hq;
 	float *h = (float *)(ws + o_h);
 	float *u = mixed ? (float *)(ws + o_u) : nullptr;
 	gu.part = up.part = dn.part = part ? ws + o_part : nullptr;
@@ -493,8 +497,9 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 
 	cudaError_t ce;
 	const char *what = "preparing x";
-	if ((ce = msg_prep_launch(x, nullptr, x_stride, xq, (int)E, (int)B,
-				  n_sets, q8, c->stream)) != cudaSuccess)
+	if (!given &&
+	    (ce = msg_prep_launch(x, nullptr, x_stride, ws + o_xq, (int)E,
+				  (int)B, n_sets, q8, c->stream)) != cudaSuccess)
 		goto fail;
 
 	/* gate and up -> h (or g, u) */
@@ -863,6 +868,19 @@ extern "C" int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split,
 	return 0;
 }
 
+bool msg_ctx_q8(const struct ms_gpu_ctx *c)
+{
+	return c->q8;
+}
+
+extern "C" size_t ms_gpu_xq_bytes(int64_t n, int64_t T)
+{
+	if (n < 32 || n % 32 || T < 1 || T > (int64_t)1 << 30 ||
+	    n > (int64_t)1 << 40)
+		return 0;
+	return (size_t)T * (size_t)(n / 32) * MSG_XBLK_BYTES;
+}
+
 extern "C" void *ms_gpu_ctx_stream(const struct ms_gpu_ctx *c)
 {
 	return c ? (void *)c->stream : nullptr;
@@ -873,11 +891,11 @@ extern "C" int ms_gpu_ctx_device(const struct ms_gpu_ctx *c)
 	return c ? c->device : -1;
 }
 
-extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
-				  const struct ms_gpu_expert *e, int n_experts,
-				  const float *x_dev, int64_t x_stride,
-				  float *y_dev, int64_t n_tokens,
-				  enum ms_gpu_ffn_path path, struct ms_err *err)
+/* ms_gpu_experts_ffn with x maybe prepared (xq, for the fused matvec). */
+static int experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+		       int n_experts, const float *x_dev, const void *xq,
+		       int64_t x_stride, float *y_dev, int64_t n_tokens,
+		       enum ms_gpu_ffn_path path, struct ms_err *err)
 {
 	int rc = ctx_enter(c, err);
 	if (rc)
@@ -905,16 +923,36 @@ extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
 	return path == MS_GPU_FFN_CUBLAS
 		       ? run_cublas(c, e, n_experts, &p, x_dev, x_stride, y_dev,
 				    err)
-		       : run_matvec(c, e, n_experts, &p, x_dev, x_stride, y_dev,
-				    path == MS_GPU_FFN_MATVEC_Q8, nullptr,
+		       : run_matvec(c, e, n_experts, &p, x_dev, xq, x_stride,
+				    y_dev, path == MS_GPU_FFN_MATVEC_Q8, nullptr,
 				    nullptr, err);
+}
+
+extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
+				  const struct ms_gpu_expert *e, int n_experts,
+				  const float *x_dev, int64_t x_stride,
+				  float *y_dev, int64_t n_tokens,
+				  enum ms_gpu_ffn_path path, struct ms_err *err)
+{
+	return experts_ffn(c, e, n_experts, x_dev, nullptr, x_stride, y_dev,
+			   n_tokens, path, err);
+}
+
+extern "C" int ms_gpu_experts_ffn_xq(struct ms_gpu_ctx *c,
+				     const struct ms_gpu_expert *e,
+				     int n_experts, const float *x_dev,
+				     const void *xq, float *y_dev,
+				     int64_t n_tokens, struct ms_err *err)
+{
+	return experts_ffn(c, e, n_experts, x_dev, xq, 0, y_dev, n_tokens,
+			   MS_GPU_FFN_AUTO, err);
 }
 
 extern "C" int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 				      const struct ms_gpu_expert *proto,
 				      const void *const *tab, const int32_t *sel,
-				      int n, const float *x_dev, float *y_dev,
-				      struct ms_err *err)
+				      int n, const float *x_dev, const void *xq,
+				      float *y_dev, struct ms_err *err)
 {
 	int rc = ctx_enter(c, err);
 	if (rc)
@@ -935,7 +973,8 @@ extern "C" int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 	if ((rc = check_experts(&e, 1, 1, &p, err)) ||
 	    (rc = matvec_ok(&e, 1, &p, err)))
 		return rc;
-	return run_matvec(c, &e, n, &p, x_dev, 0, y_dev, c->q8, tab, sel, err);
+	return run_matvec(c, &e, n, &p, x_dev, xq, 0, y_dev, c->q8, tab, sel,
+			  err);
 }
 
 extern "C" int ms_gpu_expert_ffn(struct ms_gpu_ctx *c,
@@ -1055,7 +1094,8 @@ static void mm_call(const struct ms_gpu_ctx *c, struct msg_mv_call *mv,
  * reduction) in turn, the partials' room shared. */
 static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 			int n, const uint64_t *rs, int64_t n_in,
-			const float *x_dev, int64_t n_tokens, struct ms_err *err)
+			const float *x_dev, const void *xq, int64_t n_tokens,
+			struct ms_err *err)
 {
 	const void *wa[MS_GPU_MM_MAX][1];
 	struct msg_mv_call mv[MS_GPU_MM_MAX];
@@ -1074,12 +1114,13 @@ static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 	if (rc)
 		return rc;
 	cudaError_t ce;
-	if ((ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
+	if (!xq &&
+	    (ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
 				  (int)n_in, (int)n_tokens, 1, c->q8,
 				  c->stream)) != cudaSuccess)
 		return cuda_fail(err, ce, "preparing x");
 	for (int i = 0; i < n; i++) {
-		mv[i].xq = (uint8_t *)c->ws + o_xq;
+		mv[i].xq = xq ? xq : (uint8_t *)c->ws + o_xq;
 		mv[i].part = mv[i].part_bytes ? (uint8_t *)c->ws + o_part
 					      : nullptr;
 		mv[i].cnt = c->cnt;
@@ -1091,8 +1132,8 @@ static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 
 extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
 			       const struct ms_gpu_mm *mm, int n, int64_t n_in,
-			       const float *x_dev, int64_t n_tokens,
-			       struct ms_err *err)
+			       const float *x_dev, const void *xq,
+			       int64_t n_tokens, struct ms_err *err)
 {
 	int rc = ctx_enter(c, err);
 	if (rc)
@@ -1119,7 +1160,7 @@ extern "C" int ms_gpu_matmul_n(struct ms_gpu_ctx *c,
 					   err);
 		return rc;
 	}
-	return mm_fused_run(c, mm, n, rs, n_in, x_dev, n_tokens, err);
+	return mm_fused_run(c, mm, n, rs, n_in, x_dev, xq, n_tokens, err);
 }
 
 extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
@@ -1141,7 +1182,8 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 		/* decode: the fused matvec, one "expert" (8-bit input with
 		 * ms_gpu_ctx_set_q8) */
 		const struct ms_gpu_mm one = { type, w_dev, n_out, y_dev };
-		return mm_fused_run(c, &one, 1, &rs, n_in, x_dev, n_tokens, err);
+		return mm_fused_run(c, &one, 1, &rs, n_in, x_dev, nullptr,
+				    n_tokens, err);
 	}
 	/* prefill: x to f16 once, then the rows in chunks dequantised to f16
 	 * and one GEMM each into their columns of y */

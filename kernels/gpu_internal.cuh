@@ -97,7 +97,7 @@ cudaError_t msg_f32_to_f16_launch(const float *src, void *dst, int64_t n,
 #define MSG_MV_MAX_EXPERTS 32
 
 /* Largest batch the fused matvec takes. */
-#define MSG_MV_MAX_TOKENS 8
+#define MSG_MV_MAX_TOKENS MS_GPU_MATVEC_MAX_TOKENS
 
 /* Most split-K ranges a matvec launch is cut into. */
 #define MSG_MV_MAX_SPLIT 16
@@ -111,6 +111,10 @@ int msg_matvec_align(uint32_t type);
 /* Bytes of one prepared block: MSG_XBLK8_BYTES with q8, else
  * MSG_XBLK_BYTES. */
 size_t msg_xblk_bytes(bool q8);
+
+/* Whether the context's fused matvec takes 8-bit inputs (what a prepared
+ * input must be). */
+bool msg_ctx_q8(const struct ms_gpu_ctx *c);
 
 /* Prepares the input: for each of n_sets sets (set i at in + i * in_stride
  * floats), B tokens of n floats (n % 32 == 0) -> n_sets * B * n / 32

@@ -238,7 +238,8 @@ int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 			   const struct ms_gpu_expert *proto,
 			   const void *const *tab, const int32_t *sel, int n,
-			   const float *x_dev, float *y_dev, struct ms_err *err)
+			   const float *x_dev, const void *xq, float *y_dev,
+			   struct ms_err *err)
 {
 	(void)c;
 	(void)proto;
@@ -246,7 +247,22 @@ int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 	(void)sel;
 	(void)n;
 	(void)x_dev;
+	(void)xq;
 	(void)y_dev;
+	return no_cuda(err);
+}
+
+int ms_gpu_experts_ffn_xq(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+			  int n_experts, const float *x_dev, const void *xq,
+			  float *y_dev, int64_t n_tokens, struct ms_err *err)
+{
+	(void)c;
+	(void)e;
+	(void)n_experts;
+	(void)x_dev;
+	(void)xq;
+	(void)y_dev;
+	(void)n_tokens;
 	return no_cuda(err);
 }
 
@@ -312,15 +328,23 @@ int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k, void *k_cache,
 	return no_cuda(err);
 }
 
+size_t ms_gpu_xq_bytes(int64_t n, int64_t T)
+{
+	(void)n;
+	(void)T;
+	return 0;
+}
+
 int ms_gpu_matmul_n(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm, int n,
-		    int64_t n_in, const float *x_dev, int64_t n_tokens,
-		    struct ms_err *err)
+		    int64_t n_in, const float *x_dev, const void *xq,
+		    int64_t n_tokens, struct ms_err *err)
 {
 	(void)c;
 	(void)mm;
 	(void)n;
 	(void)n_in;
 	(void)x_dev;
+	(void)xq;
 	(void)n_tokens;
 	return no_cuda(err);
 }
@@ -425,14 +449,15 @@ int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x, const float *w,
 }
 
 int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x, const float *a,
-			const float *w, float *y, int64_t n, int64_t T,
-			float eps, struct ms_err *err)
+			const float *w, float *y, void *yq, int64_t n,
+			int64_t T, float eps, struct ms_err *err)
 {
 	(void)c;
 	(void)x;
 	(void)a;
 	(void)w;
 	(void)y;
+	(void)yq;
 	(void)n;
 	(void)T;
 	(void)eps;
@@ -519,8 +544,9 @@ int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
 			    const float *w, const float *sh, int64_t E,
 			    int64_t T, int64_t K, const float *norm_w,
-			    float eps, float *h, struct ms_err *err)
+			    float eps, float *h, void *hq, struct ms_err *err)
 {
+	(void)hq;
 	(void)c;
 	(void)x;
 	(void)y;

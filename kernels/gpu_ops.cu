@@ -49,6 +49,7 @@
 #include <cuda_runtime.h>
 
 #include "gpu_internal.cuh"
+#include "gpu_prep.cuh"
 #include "gpu_quant.cuh"
 
 /* Largest element count of one call (rows x columns): offsets stay far from
@@ -198,11 +199,14 @@ rms_norm_kernel(const float *x, const float *__restrict__ w, float *y,
  * stored by the one thread that owns it, its square summed as
  * rms_scale sums it), then y = the RMS norm of the new row with w:
  * rms_norm_kernel's bits on what add_kernel or moe_combine_kernel would
- * have left in x. y must not overlap x or the update's inputs. */
+ * have left in x. y must not overlap x or the update's inputs. With yq,
+ * y is also written prepared for the fused matvec (8-bit blocks with
+ * q8): n is a multiple of 32, so each warp's elements of one pass of the
+ * loop are one whole block (blockDim is a multiple of 32). */
 template <class Upd>
 __global__ void __launch_bounds__(256)
-update_norm_kernel(float *x, const float *__restrict__ w, float *y, int64_t n,
-		   int64_t T, float eps, Upd upd)
+update_norm_kernel(float *x, const float *__restrict__ w, float *y,
+		   void *yq, bool q8, int64_t n, int64_t T, float eps, Upd upd)
 {
 	extern __shared__ __align__(16) double norm_sm[];
 	double *sh = norm_sm;
@@ -215,8 +219,15 @@ update_norm_kernel(float *x, const float *__restrict__ w, float *y, int64_t n,
 			s += (double)v * (double)v;
 		}
 		const float scale = rms_finish(s, n, eps, sh);
-		for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-			yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+		for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+			const float v = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+			yr[i] = v;
+			const int64_t blk = (t * n + i) / 32;
+			if (yq && q8)
+				msq::prep_block<1>(v, (msq::XBlk<1> *)yq + blk);
+			else if (yq)
+				msq::prep_block<3>(v, (msq::XBlk<3> *)yq + blk);
+		}
 	}
 }
 
@@ -747,22 +758,33 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 	return launched(who, err);
 }
 
+/* The checks of a norm's eps and of its prepared output's shape. */
+static int norm_args(const char *who, float eps, const void *yq, int64_t n,
+		     struct ms_err *err)
+{
+	if (!(eps >= 0.0f) || isinf(eps))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	if (yq && n % 32)
+		return ms_err_set(err, -EINVAL, "%s: a prepared output of rows "
+				  "of %lld (not a multiple of 32)", who,
+				  (long long)n);
+	return 0;
+}
+
 extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
 				   const float *a, const float *w, float *y,
-				   int64_t n, int64_t T, float eps,
+				   void *yq, int64_t n, int64_t T, float eps,
 				   struct ms_err *err)
 {
 	static const char who[] = "gpu add_rms_norm";
 	cudaStream_t st;
 	int rc = enter_rows(c, who, &st, n, T, err);
-	if (rc)
+	if (rc || (rc = norm_args(who, eps, yq, n, err)))
 		return rc;
-	if (!(eps >= 0.0f) || isinf(eps))
-		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
 	NONNULL(who, "x,a,w,y", x, a, w, y);
 	const auto k = update_norm_kernel<AddRow>;
-	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps,
-						    AddRow{ a });
+	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, yq, msg_ctx_q8(c),
+						    n, T, eps, AddRow{ a });
 	return launched(who, err);
 }
 
@@ -998,7 +1020,8 @@ extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
 				       const float *y, const float *w,
 				       const float *sh, int64_t E, int64_t T,
 				       int64_t K, const float *norm_w,
-				       float eps, float *h, struct ms_err *err)
+				       float eps, float *h, void *hq,
+				       struct ms_err *err)
 {
 	static const char who[] = "gpu moe_combine_norm";
 	cudaStream_t st;
@@ -1009,12 +1032,13 @@ extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
 		return ms_err_set(err, -EINVAL,
 				  "%s: %lld tokens of %lld, %lld experts each",
 				  who, (long long)T, (long long)E, (long long)K);
-	if (!(eps >= 0.0f) || isinf(eps))
-		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	if ((rc = norm_args(who, eps, hq, E, err)))
+		return rc;
 	NONNULL(who, "x,y,w,norm_w,h", x, y, w, norm_w, h);
 	const auto k = update_norm_kernel<CombineRow>;
-	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, norm_w, h, E, T, eps,
-						    CombineRow{ y, w, sh, K });
+	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(
+		x, norm_w, h, hq, msg_ctx_q8(c), E, T, eps,
+		CombineRow{ y, w, sh, K });
 	return launched(who, err);
 }
 

@@ -796,7 +796,7 @@ static void matmul_n_case(uint32_t type, const void *dw, const float *dx,
 	if (ms_gpu_ctx_set_split(ctx, 0, &err) ||
 	    ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(3 * B * n_out),
 			  &err) ||
-	    ms_gpu_matmul_n(ctx, mm, 3, n_in, dx, B, &err))
+	    ms_gpu_matmul_n(ctx, mm, 3, n_in, dx, NULL, B, &err))
 		t_fatal("matmul_n %s: %s", ms_type_name(type), err.msg);
 	t_dev_to(ctx, all, dy, sizeof(float) * (size_t)(3 * B * n_out));
 	int same = 0;

@@ -656,19 +656,63 @@ static float *dev_copy(const float *d, int64_t n)
 	return h;
 }
 
+/* Q8_0 weights of `rows` rows of n: scale 1/64 (f16 0x2400), random
+ * quants (device memory). */
+static void *q8_0_weights(int64_t rows, int64_t n)
+{
+	const size_t nb = (size_t)(rows * (n / 32)), bytes = nb * 34;
+	uint8_t *w = t_xmalloc(bytes);
+	for (size_t b = 0; b < nb; b++) {
+		w[b * 34] = 0x00;
+		w[b * 34 + 1] = 0x24;
+		for (int i = 0; i < 32; i++)
+			w[b * 34 + 2 + i] = (uint8_t)(t_rand(&rng) % 255);
+	}
+	void *d = t_dev_from(w, bytes);
+	free(w);
+	return d;
+}
+
+/* The prepared output a fused norm wrote at yq (both forms: the context's
+ * 8-bit setting off and on), checked where it is used: a product given
+ * yq has the bits of the same product preparing y itself. */
+static bool prepared_same(const float *dy, const void *yq, int64_t n,
+			  int64_t T)
+{
+	const int64_t R = 48;
+	void *dw = q8_0_weights(R, n);
+	float *out = t_dev_alloc((size_t)(2 * R * T) * sizeof(float));
+	struct ms_gpu_mm mm[2] = { { MS_TYPE_Q8_0, dw, R, out },
+				   { MS_TYPE_Q8_0, dw, R, out + R * T } };
+	GPU_OK(ms_gpu_matmul_n(ctx, &mm[0], 1, n, dy, yq, T, err));
+	GPU_OK(ms_gpu_matmul_n(ctx, &mm[1], 1, n, dy, NULL, T, err));
+	float *h = dev_copy(out, 2 * R * T);
+	bool same = !memcmp(h, h + R * T, (size_t)(R * T) * sizeof(float));
+	free(h);
+	ms_gpu_free(dw);
+	ms_gpu_free(out);
+	return same;
+}
+
 /* ms_gpu_add_rms_norm and ms_gpu_moe_combine_norm: the bits of the two
  * calls each replaces, both the residual x and the normed y (rows above
  * and below the block size, one row and several; with and without the
- * shared expert). */
+ * shared expert); with rows of a multiple of 32 also y prepared for the
+ * fused matvec, exact and 8-bit (prepared_same). */
 static void check_update_norm(void)
 {
 	static const int64_t shapes[][3] = { { 5120, 1, 8 }, { 96, 3, 4 },
 					     { 1000, 5, 2 }, { 7, 2, 1 } };
-	int same = 0, cases = 0;
+	int same = 0, cases = 0, prep_same = 0, prep_cases = 0;
 	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
-		for (int op = 0; op < 3; op++) {
+		for (int op = 0; op < 6; op++) {
 			const int64_t E = shapes[k][0], T = shapes[k][1],
 				      K = shapes[k][2];
+			/* ops 3..5: 0..2 again, 8-bit */
+			const bool q8 = op >= 3;
+			const bool prep = E % 32 == 0;
+			void *dq = prep ? t_dev_alloc(ms_gpu_xq_bytes(E, T)) : NULL;
+			GPU_OK(ms_gpu_ctx_set_q8(ctx, q8, err));
 			const float eps = k % 2 ? 1e-5f : 1e-6f;
 			const size_t xb = (size_t)(E * T) * sizeof(float);
 			float *x = rand_floats(E * T, 3.0f);
@@ -680,34 +724,46 @@ static void check_update_norm(void)
 			float *da = t_dev_from(a, xb * (size_t)K);
 			float *dw = t_dev_from(w, (size_t)E * sizeof(float));
 			float *dr = t_dev_from(r, (size_t)(T * K) * sizeof(float));
-			float *dsh = op == 2 ? t_dev_from(sh, xb) : NULL;
+			float *dsh = op % 3 == 2 ? t_dev_from(sh, xb) : NULL;
 			for (int m = 0; m < 2; m++) {
 				dx[m] = t_dev_from(x, xb);
 				dh[m] = t_dev_alloc(xb);
 				ms_gpu_memset(dh[m], 0xff, xb, NULL);
 			}
 			/* [0]: the two calls; [1]: the one */
-			if (op == 0) {
+			if (op % 3 == 0) {
 				GPU_OK(ms_gpu_add(ctx, dx[0], da, E * T, err));
 				GPU_OK(ms_gpu_add_rms_norm(ctx, dx[1], da, dw, dh[1],
-							   E, T, eps, err));
+							   dq, E, T, eps, err));
 			} else {
 				GPU_OK(ms_gpu_moe_combine(ctx, dx[0], da, dr, dsh,
 							  E, T, K, err));
 				GPU_OK(ms_gpu_moe_combine_norm(ctx, dx[1], da, dr,
 							       dsh, E, T, K, dw,
-							       eps, dh[1], err));
+							       eps, dh[1], dq,
+							       err));
 			}
 			GPU_OK(ms_gpu_rms_norm(ctx, dx[0], dw, dh[0], E, T, eps,
 					       err));
 			float *x0 = dev_copy(dx[0], E * T), *x1 = dev_copy(dx[1], E * T);
 			float *h0 = dev_copy(dh[0], E * T), *h1 = dev_copy(dh[1], E * T);
 			const bool ok = !memcmp(x0, x1, xb) && !memcmp(h0, h1, xb);
+			const char *name = op % 3 == 0 ? "add_rms_norm"
+					   : op % 3 == 1
+						   ? "moe_combine_norm"
+						   : "moe_combine_norm (shared)";
+			if (prep) {
+				const bool ps = prepared_same(dh[1], dq, E, T);
+				T_CHECK(ps, "%s E=%lld T=%lld %s: a product of its "
+					"prepared output differs from the same "
+					"product preparing the output itself",
+					name, (long long)E, (long long)T,
+					q8 ? "8-bit" : "exact");
+				prep_same += ps;
+				prep_cases++;
+			}
 			T_CHECK(ok, "%s E=%lld T=%lld K=%lld: against the "
-				"separate calls, x %s and the norm %s",
-				op == 0 ? "add_rms_norm"
-				: op == 1 ? "moe_combine_norm"
-					  : "moe_combine_norm (shared)",
+				"separate calls, x %s and the norm %s", name,
 				(long long)E, (long long)T, (long long)K,
 				memcmp(x0, x1, xb) ? "differs" : "the same",
 				memcmp(h0, h1, xb) ? "differs" : "the same");
@@ -721,6 +777,7 @@ static void check_update_norm(void)
 			ms_gpu_free(dw);
 			ms_gpu_free(dr);
 			ms_gpu_free(dsh);
+			ms_gpu_free(dq);
 			free(x);
 			free(a);
 			free(w);
@@ -731,9 +788,11 @@ static void check_update_norm(void)
 			free(h0);
 			free(h1);
 		}
+	GPU_OK(ms_gpu_ctx_set_q8(ctx, false, err));
 	printf("add_rms_norm, moe_combine_norm (with and without a shared "
-	       "expert): %d of %d cases the bits of the separate calls\n",
-	       same, cases);
+	       "expert): %d of %d cases the bits of the separate calls; their "
+	       "prepared output (exact and 8-bit) the bits of the products' own "
+	       "preparation in %d of %d\n", same, cases, prep_same, prep_cases);
 }
 
 /* ---- gather / scatter -------------------------------------------------------------- */
@@ -1126,27 +1185,32 @@ static void check_errors(void)
 			    1, f, &err));
 	E_(ms_gpu_attention(ctx, f, v, v, true, at, pos, 64, 2, 1, 64, 0.125f,
 			    1, NULL, &err));
-	E_(ms_gpu_add_rms_norm(NULL, f, f, f, f, 4, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 0, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 4, 0, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, NULL, f, f, f, 4, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, NULL, f, f, 4, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, NULL, f, 4, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, f, NULL, 4, 1, 1e-6f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, 4, 1, -1.0f, &err));
-	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, INT64_MAX / 2, 4, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(NULL, f, f, f, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, NULL, 0, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, NULL, 4, 0, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, NULL, f, f, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, NULL, f, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, NULL, f, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, NULL, NULL, 4, 1, 1e-6f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, NULL, 4, 1, -1.0f, &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, NULL, INT64_MAX / 2, 4, 1e-6f,
+			       &err));
 	E_(ms_gpu_moe_combine_norm(NULL, f, f, f, NULL, 4, 1, 2, f, 1e-6f, f,
-				   &err));
+				   NULL, &err));
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 0, 1, 2, f, 1e-6f, f,
-				   &err));
+				   NULL, &err));
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 0, f, 1e-6f, f,
-				   &err));
+				   NULL, &err));
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, NULL, 1e-6f, f,
-				   &err));
+				   NULL, &err));
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, 1e-6f, NULL,
-				   &err));
+				   NULL, &err));
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, NAN, f,
+				   NULL, &err));
+	/* a prepared output needs rows of a multiple of 32 */
+	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, 1e-6f, f, f,
 				   &err));
+	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, f, 4, 1, 1e-6f, &err));
 	E_(ms_gpu_moe_combine(NULL, f, f, f, NULL, 4, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 0, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 0, 2, &err));
@@ -1218,10 +1282,11 @@ static void check_stubs(void)
 	t_check_no_cuda(ms_gpu_rms_norm(c, f, f, f, 4, 1, 1e-6f, &err), &err,
 		   "ms_gpu_rms_norm");
 	t_check_no_cuda(ms_gpu_add(c, f, f, 4, &err), &err, "ms_gpu_add");
-	t_check_no_cuda(ms_gpu_add_rms_norm(c, f, f, f, f, 4, 1, 1e-6f, &err),
+	t_check_no_cuda(ms_gpu_add_rms_norm(c, f, f, f, f, NULL, 4, 1, 1e-6f,
+					    &err),
 			&err, "ms_gpu_add_rms_norm");
 	t_check_no_cuda(ms_gpu_moe_combine_norm(c, f, f, f, NULL, 4, 1, 1, f,
-						1e-6f, f, &err),
+						1e-6f, f, NULL, &err),
 			&err, "ms_gpu_moe_combine_norm");
 	t_check_no_cuda(ms_gpu_add_bias(c, f, f, 4, 1, &err), &err,
 		   "ms_gpu_add_bias");
@@ -1239,7 +1304,7 @@ static void check_stubs(void)
 	t_check_no_cuda(ms_gpu_add_bias_n(c, &bs, 1, 1, &err), &err,
 			"ms_gpu_add_bias_n");
 	const struct ms_gpu_mm mm = { MS_TYPE_Q4_0, f, 1, f };
-	t_check_no_cuda(ms_gpu_matmul_n(c, &mm, 1, 32, f, 1, &err), &err,
+	t_check_no_cuda(ms_gpu_matmul_n(c, &mm, 1, 32, f, NULL, 1, &err), &err,
 			"ms_gpu_matmul_n");
 	t_check_no_cuda(ms_gpu_attention(c, f, f, f, false, a, p, 4, 1, 1, 4, 0.5f,
 				    1, f, &err),

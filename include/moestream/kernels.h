@@ -417,10 +417,28 @@ struct ms_gpu_mm {
 /* n (1..MS_GPU_MM_MAX) products of the same input x [n_tokens][n_in], the
  * same bits as n calls of ms_gpu_matmul; when each takes the fused matvec,
  * x is prepared for them once (an attention's q, k and v: two launches
- * fewer). Same returns. */
+ * fewer), or not at all with xq (not NULL): x already prepared there by a
+ * norm of this context (ms_gpu_add_rms_norm's yq), since its 8-bit
+ * setting last changed (the caller's guarantee; xq is ignored where a
+ * product does not take the fused matvec). Same returns. */
 int ms_gpu_matmul_n(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm, int n,
-		    int64_t n_in, const float *x_dev, int64_t n_tokens,
-		    struct ms_err *err);
+		    int64_t n_in, const float *x_dev, const void *xq,
+		    int64_t n_tokens, struct ms_err *err);
+
+/* The largest batch the fused matvec (decode) takes; larger ones go
+ * through cuBLAS. */
+#define MS_GPU_MATVEC_MAX_TOKENS 8
+
+/* The bytes of an input prepared for the fused matvec (either form): T
+ * rows of n floats, n a multiple of 32; 0 for a shape that has none. */
+size_t ms_gpu_xq_bytes(int64_t n, int64_t T);
+
+/* ms_gpu_experts_ffn on one x for all (x_stride 0) and the path AUTO
+ * picks, with x maybe already prepared at xq (as ms_gpu_matmul_n takes
+ * it). */
+int ms_gpu_experts_ffn_xq(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
+			  int n_experts, const float *x_dev, const void *xq,
+			  float *y_dev, int64_t n_tokens, struct ms_err *err);
 
 /* For tools and tests: copies the expert `v` (host memory, as
  * ms_expert_ffn takes it) and x [n_tokens][n_embd] to device `device`,
@@ -473,10 +491,13 @@ int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a, int64_t n,
 
 /* ms_gpu_add of T rows of n (x[t] += a[t]), then ms_gpu_rms_norm of the
  * new x into y with w, in one launch: the bits of the two calls. y must
- * not overlap x or a. */
+ * not overlap x or a. yq (may be NULL; n a multiple of 32): y also
+ * prepared there for the fused matvec in the context's form, the bytes
+ * the products' own preparation would write (ms_gpu_xq_bytes(n, T) of
+ * room), for ms_gpu_matmul_n and the FFN calls that take an xq. */
 int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x, const float *a,
-			const float *w, float *y, int64_t n, int64_t T,
-			float eps, struct ms_err *err);
+			const float *w, float *y, void *yq, int64_t n,
+			int64_t T, float eps, struct ms_err *err);
 
 /* x[t][i] += b[i] for T rows of n. */
 int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
@@ -555,11 +576,12 @@ int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x, const float *y,
 
 /* ms_gpu_moe_combine, then ms_gpu_rms_norm of the new x into h with
  * norm_w and eps (the next block's norm), in one launch: the bits of the
- * two calls. h must not overlap x, y, w or sh. */
+ * two calls. h must not overlap x, y, w or sh. hq: as
+ * ms_gpu_add_rms_norm's yq. */
 int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
 			    const float *w, const float *sh, int64_t E,
 			    int64_t T, int64_t K, const float *norm_w,
-			    float eps, float *h, struct ms_err *err);
+			    float eps, float *h, void *hq, struct ms_err *err);
 
 /* dst[i][.] = src[rows[i]][.] for n rows of E floats (rows int32). */
 int ms_gpu_gather_rows(struct ms_gpu_ctx *c, const float *src,
@@ -592,14 +614,15 @@ int ms_gpu_route_topk(struct ms_gpu_ctx *c, const struct ms_router_params *p,
  * aligned as the matvec needs for its type (the caller's guarantee: these
  * addresses are not read on the host). `proto` gives what the experts
  * share (fused, n_embd, n_ff, types; its data is not read). Every expert
- * reads x_dev [n_embd]; y_dev + i * n_embd receives expert i's output.
+ * reads x_dev [n_embd] (already prepared at xq, if not NULL: as
+ * ms_gpu_matmul_n takes it); y_dev + i * n_embd receives expert i's output.
  * The fused matvec only (MATVEC_Q8 after ms_gpu_ctx_set_q8, else MATVEC),
  * bit-identical to ms_gpu_experts_ffn on the same experts. Asynchronous.
  * 0, -EINVAL, -ENOTSUP (a type without a matvec kernel), -ENOMEM, -EIO. */
 int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 			   const struct ms_gpu_expert *proto,
 			   const void *const *tab, const int32_t *sel, int n,
-			   const float *x_dev, float *y_dev,
+			   const float *x_dev, const void *xq, float *y_dev,
 			   struct ms_err *err);
 
 /* CUDA graphs: what the context queues between capture_begin and
