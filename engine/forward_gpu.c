@@ -99,11 +99,44 @@ struct ms_gpu_eng {
 	int graph_fails;
 	uint64_t dev_hits;           /* experts read through the device table
 					(the tier does not see those) */
+	/* gpu_profile: a mark between the parts of a one-token step; at:
+	 * the marks recorded in this step (0: not timing it), part_of[i]:
+	 * the part the time from mark i - 1 to mark i is spent in */
+	struct ms_gpu_marks *marks;
+	int n_marks, at;
+	uint8_t *part_of;
+	struct ms_gpu_profile prof;
 	int64_t *start;              /* [n_expert + 1] */
 	struct ms_gpu_expert *views; /* [GROUP_MAX] */
 	uint16_t hint16[GROUP_MAX];  /* the next MoE layer's guess */
 	uint32_t n_hint, hint_block;
 };
+
+/* A tensor's bytes (0 when absent). */
+static uint64_t rt_bytes(const struct ms_rt *t)
+{
+	uint64_t row = 0;
+	if (!t->data || ms_type_row_size(t->type, t->ne[0], &row, NULL))
+		return 0;
+	return row * (uint64_t)t->ne[1];
+}
+
+/* gpu_profile: the time since the last mark is part p's, which read
+ * `bytes` of weights; a mark now (nothing when this step is not timed;
+ * a mark that fails ends the timing of this step). */
+static void part_end(struct ms_engine *e, enum ms_gpu_part p, uint64_t bytes)
+{
+	struct ms_gpu_eng *g = e->gpu;
+	if (!g->at)
+		return;
+	if (g->at >= g->n_marks ||
+	    ms_gpu_marks_at(g->ctx, g->marks, g->at, NULL)) {
+		g->at = 0;
+		return;
+	}
+	g->part_of[g->at++] = (uint8_t)p;
+	g->prof.bytes[p] += bytes;
+}
 
 /* The device address of a resident tensor. */
 static const void *dev_of(const struct ms_engine *e, const struct ms_rt *t)
@@ -232,6 +265,15 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)) ||
 	    (rc = ms_gpu_ctx_set_q8(g->ctx, e->cfg.q8_activations, err)))
 		return rc;
+	if (e->cfg.gpu_profile) {
+		/* the step's first mark, 7 a block at most, head and copies */
+		g->n_marks = 4 + 7 * (int)e->n_run;
+		g->part_of = calloc((size_t)g->n_marks, 1);
+		if (!g->part_of)
+			return ms_err_set(err, -ENOMEM, "out of memory");
+		if ((rc = ms_gpu_marks_new(g->ctx, g->n_marks, &g->marks, err)))
+			return rc;
+	}
 	if ((rc = dmalloc(&g->res, e->resident_len, NULL, err)) ||
 	    (rc = ms_gpu_upload(g->res, e->resident, e->resident_len, err)))
 		return rc;
@@ -350,6 +392,8 @@ void ms_gpu_eng_close(struct ms_engine *e)
 	if (!g)
 		return;
 	ms_gpu_graph_free(g->graph);
+	ms_gpu_marks_free(g->marks);
+	free(g->part_of);
 	ms_gpu_tier_free(g->tier);
 	if (g->tclient)
 		ms_client_close(g->tclient);
@@ -550,14 +594,24 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	    (rc = ms_gpu_kv_store_kv(c, g->k, kc, g->v, vc, g->at0, HK, T,
 				     !e->cfg.kv_f32, err)))
 		return rc;
+	part_end(e, MS_GPU_PART_ATTN_IN,
+		 rt_bytes(&k->attn_norm) + rt_bytes(&k->wq) + rt_bytes(&k->wk) +
+			 rt_bytes(&k->wv) + rt_bytes(&k->bq) + rt_bytes(&k->bk) +
+			 rt_bytes(&k->bv) + rt_bytes(&k->q_norm) +
+			 rt_bytes(&k->k_norm));
 	if ((rc = ms_gpu_attention(c, g->q, kc, vc, !e->cfg.kv_f32, g->base0,
 				   g->npos, HK, H, e->n_head_kv, D,
-				   1.0f / sqrtf((float)D), T, g->att, err)) ||
-	    (rc = matmul(e, &k->wo, g->att, g->o, T, err)))
+				   1.0f / sqrtf((float)D), T, g->att, err)))
 		return rc;
+	part_end(e, MS_GPU_PART_ATTN, 0);
 	/* the residual, and the FFN's norm of it in the same launch */
-	return ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
-				   hq_of(g, T), E, T, e->eps, err);
+	if ((rc = matmul(e, &k->wo, g->att, g->o, T, err)) ||
+	    (rc = ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
+				      hq_of(g, T), E, T, e->eps, err)))
+		return rc;
+	part_end(e, MS_GPU_PART_ATTN_OUT,
+		 rt_bytes(&k->wo) + rt_bytes(&k->ffn_norm));
+	return 0;
 }
 
 /* The end of a block's FFN: its output into the residual (the MoE's
@@ -569,15 +623,26 @@ static int ffn_out(struct ms_engine *e, const float *next, int64_t T,
 	struct ms_gpu_eng *g = e->gpu;
 	struct ms_gpu_ctx *c = g->ctx;
 	int64_t E = e->n_embd, K = e->n_used;
+	int rc;
 	if (moe)
-		return next ? ms_gpu_moe_combine_norm(c, g->x, g->ylist, g->rw, sh,
-						      E, T, K, next, e->eps,
-						      g->h, hq_of(g, T), err)
-			    : ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, sh,
-						 E, T, K, err);
-	return next ? ms_gpu_add_rms_norm(c, g->x, g->o, next, g->h,
-					  hq_of(g, T), E, T, e->eps, err)
-		    : ms_gpu_add(c, g->x, g->o, T * E, err);
+		rc = next ? ms_gpu_moe_combine_norm(c, g->x, g->ylist, g->rw, sh,
+						    E, T, K, next, e->eps, g->h,
+						    hq_of(g, T), err)
+			  : ms_gpu_moe_combine(c, g->x, g->ylist, g->rw, sh, E,
+					       T, K, err);
+	else
+		rc = next ? ms_gpu_add_rms_norm(c, g->x, g->o, next, g->h,
+						hq_of(g, T), E, T, e->eps, err)
+			  : ms_gpu_add(c, g->x, g->o, T * E, err);
+	if (!rc)
+		part_end(e, MS_GPU_PART_FFN_OUT, 0);
+	return rc;
+}
+
+/* A shared expert's bytes. */
+static uint64_t shared_bytes(const struct ms_block *k)
+{
+	return rt_bytes(&k->sh_gate) + rt_bytes(&k->sh_up) + rt_bytes(&k->sh_down);
 }
 
 static struct ms_gpu_expert dense_view(const struct ms_engine *e,
@@ -627,18 +692,23 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 	    (rc = ms_gpu_route_topk(c, &e->router, g->rlog, dev_of(e, &k->probs_b),
 				    1, g->dsel, g->rw, g->bad, err)))
 		return rc;
+	part_end(e, MS_GPU_PART_ROUTER,
+		 rt_bytes(&k->gate_inp) + rt_bytes(&k->probs_b));
 	if (shared) {
 		struct ms_gpu_expert v = dense_view(e, &k->sh_gate, &k->sh_up,
 						    &k->sh_down);
 		if ((rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, 1),
 						g->sh, 1, err)))
 			return rc;
+		part_end(e, MS_GPU_PART_SHARED, shared_bytes(k));
 	}
 	if ((rc = ms_gpu_experts_ffn_sel(c, &g->proto[layer],
 					 g->tab + (size_t)layer * X * 3, g->dsel,
 					 (int)K, g->h, hq_of(g, 1), g->ylist,
 					 err)))
 		return rc;
+	part_end(e, MS_GPU_PART_EXPERTS,
+		 (uint64_t)K * e->model->layers[layer].expert_bytes);
 	g->dev_hits += (uint64_t)K;
 	return ffn_out(e, next, 1, shared ? g->sh : NULL, true, err);
 }
@@ -690,6 +760,11 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 			g->hint16[i] = (uint16_t)e->xlist[i];
 	}
 	uint32_t *ex = e->xlist, n = ms_eng_needed(e, b, T);
+	part_end(e, MS_GPU_PART_ROUTER,
+		 rt_bytes(&k->gate_inp) + rt_bytes(&k->probs_b) +
+			 (spec ? rt_bytes(&e->blk[nb].ffn_norm) +
+					 rt_bytes(&e->blk[nb].gate_inp)
+			       : 0));
 	/* the shared expert first: it runs while the misses are copied in */
 	bool shared = k->sh_gate.data != NULL;
 	if (shared) {
@@ -698,6 +773,7 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		if ((rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, T),
 						g->sh, T, err)))
 			return rc;
+		part_end(e, MS_GPU_PART_SHARED, shared_bytes(k));
 	}
 	memcpy(g->p_rw, e->rw, (size_t)(T * K) * sizeof(float));
 	if ((rc = ms_gpu_upload_async(c, g->rw, g->p_rw,
@@ -713,6 +789,9 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 		rc = ms_gpu_experts_ffn_xq(c, v, (int)n, g->h, hq_of(g, 1),
 					   g->ylist, 1, err);
 		int r2 = experts_out(e, layer, ex, n, rc ? NULL : err);
+		if (!rc && !r2)
+			part_end(e, MS_GPU_PART_EXPERTS,
+				 (uint64_t)n * e->model->layers[layer].expert_bytes);
 		if (rc || (rc = r2) ||
 		    (rc = ffn_out(e, next, T, shared ? g->sh : NULL, true, err)))
 			return rc;
@@ -779,11 +858,16 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 	struct ms_gpu_ctx *c = g->ctx;
 	int64_t E = e->n_embd;
 	int rc;
+	/* gpu_profile: one-token steps are timed, part by part */
+	g->at = 0;
+	if (g->marks && T == 1 && !ms_gpu_marks_at(c, g->marks, 0, NULL))
+		g->at = 1;
 	if ((rc = ms_gpu_upload_async(c, g->x, g->p_x,
 				      (size_t)(T * E) * sizeof(float), err)) ||
 	    (rc = ms_gpu_upload_async(c, g->meta, g->h_meta,
 				      (size_t)e->cfg.n_batch * META_BYTES, err)))
 		return rc;
+	part_end(e, MS_GPU_PART_IO, 0);
 	if (!g->all)
 		ms_eng_hint_first(e);
 	/* each residual update is launched with the norm that follows it
@@ -808,8 +892,12 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 							    &k->down);
 			rc = ms_gpu_experts_ffn_xq(c, &v, 1, g->h, hq_of(g, T),
 						   g->o, T, err);
-			if (!rc)
+			if (!rc) {
+				part_end(e, MS_GPU_PART_DENSE,
+					 rt_bytes(&k->gate) + rt_bytes(&k->up) +
+						 rt_bytes(&k->down));
 				rc = ffn_out(e, next, T, NULL, false, err);
+			}
 		}
 		if (rc)
 			return rc;
@@ -825,9 +913,32 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 				   n_out, e->eps, err)) ||
 	     (rc = matmul(e, &e->output, g->h, g->logits, n_out, err))))
 		return rc;
+	if (n_out)
+		part_end(e, MS_GPU_PART_HEAD,
+			 rt_bytes(&e->out_norm) + rt_bytes(&e->output));
 	if (g->all && (rc = ms_gpu_download_async(c, g->p_bad, g->bad, 4, err)))
 		return rc;
+	part_end(e, MS_GPU_PART_IO, 0);
 	return 0;
+}
+
+/* gpu_profile: after a timed step's sync, its parts' times. */
+static void parts_read(struct ms_gpu_eng *g)
+{
+	if (g->at < 2)
+		return;
+	double t[512], *tt = g->at <= 512 ? t : malloc(sizeof(double) * (size_t)g->at);
+	int ok = tt != NULL;
+	for (int i = 1; ok && i < g->at; i++)
+		ok = !ms_gpu_marks_ms(g->marks, i - 1, i, &tt[i], NULL);
+	if (ok) {
+		for (int i = 1; i < g->at; i++)
+			g->prof.ms[g->part_of[i]] += tt[i];
+		g->prof.steps++;
+	}
+	if (tt != t)
+		free(tt);
+	g->at = 0;
 }
 
 /* A one-token step with every expert in VRAM, from the graph: captured on
@@ -906,7 +1017,7 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 		g->p_out[r] = (int32_t)out_rows[r];
 	bool done = false;
 	if (g->all && T == 1 && n_out == 1 && !e->cfg.gpu_no_graph &&
-	    (rc = step_graph(e, &done, err)))
+	    !e->cfg.gpu_profile && (rc = step_graph(e, &done, err)))
 		return rc;
 	if (!done) {
 		if ((rc = queue_batch(e, T, n_out, err)))
@@ -917,6 +1028,7 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 	e->st.tokens += (uint64_t)T;
 	if ((rc = ms_gpu_stream_sync(ms_gpu_ctx_stream(c), err)))
 		return rc;
+	parts_read(g);
 	if (g->all && *g->p_bad) {
 		*g->p_bad = 0;
 		ms_gpu_memset(g->bad, 0, 4, NULL);
@@ -929,4 +1041,23 @@ int ms_gpu_eval_batch(struct ms_engine *e, const int32_t *ids, int64_t T,
 	return ms_gpu_download(logits, g->logits,
 			       (size_t)n_out * (size_t)e->n_vocab * sizeof(float),
 			       err);
+}
+
+const char *ms_gpu_part_name(enum ms_gpu_part p)
+{
+	static const char *const names[MS_GPU_PART_COUNT] = {
+		"io",	   "attn_in", "attn",	 "attn_out", "router",
+		"shared",  "experts", "dense",	 "ffn_out",  "head",
+	};
+	return (unsigned)p < MS_GPU_PART_COUNT ? names[p] : "?";
+}
+
+int ms_engine_gpu_profile(const struct ms_engine *e, struct ms_gpu_profile *out,
+			  struct ms_err *err)
+{
+	if (!e->gpu || !e->gpu->marks)
+		return ms_err_set(err, -EINVAL, "the engine is not a profiling "
+				  "GPU one (--device gpu with gpu_profile)");
+	*out = e->gpu->prof;
+	return 0;
 }

@@ -1343,6 +1343,75 @@ extern "C" int ms_gpu_ctx_mark(struct ms_gpu_ctx *c, struct ms_err *err)
 	return 0;
 }
 
+struct ms_gpu_marks {
+	int device, n;
+	cudaEvent_t *ev;
+};
+
+extern "C" int ms_gpu_marks_new(struct ms_gpu_ctx *c, int n,
+				struct ms_gpu_marks **out, struct ms_err *err)
+{
+	*out = nullptr;
+	int rc = ctx_enter(c, err);
+	if (rc)
+		return rc;
+	if (n < 1 || n > 4096)
+		return ms_err_set(err, -EINVAL, "gpu marks: %d (1..4096)", n);
+	struct ms_gpu_marks *m =
+		(struct ms_gpu_marks *)calloc(1, sizeof(struct ms_gpu_marks));
+	if (m)
+		m->ev = (cudaEvent_t *)calloc((size_t)n, sizeof(cudaEvent_t));
+	if (!m || !m->ev) {
+		free(m);
+		return ms_err_set(err, -ENOMEM, "gpu marks: out of memory");
+	}
+	m->device = c->device;
+	for (; m->n < n; m->n++) {
+		cudaError_t ce = cudaEventCreate(&m->ev[m->n]);
+		if (ce != cudaSuccess) {
+			ms_gpu_marks_free(m);
+			return cuda_fail(err, ce, "cudaEventCreate");
+		}
+	}
+	*out = m;
+	return 0;
+}
+
+extern "C" int ms_gpu_marks_at(struct ms_gpu_ctx *c, struct ms_gpu_marks *m,
+			       int i, struct ms_err *err)
+{
+	if (!c || !m || i < 0 || i >= m->n)
+		return ms_err_set(err, -EINVAL, "gpu marks: mark %d of %d", i,
+				  m ? m->n : 0);
+	CUDA_TRY(cudaEventRecord(m->ev[i], c->stream), "cudaEventRecord");
+	return 0;
+}
+
+extern "C" int ms_gpu_marks_ms(const struct ms_gpu_marks *m, int i, int j,
+			       double *ms, struct ms_err *err)
+{
+	if (!m || i < 0 || j < 0 || i >= m->n || j >= m->n)
+		return ms_err_set(err, -EINVAL, "gpu marks: %d to %d of %d", i,
+				  j, m ? m->n : 0);
+	float t = 0;
+	CUDA_TRY(cudaSetDevice(m->device), "cudaSetDevice");
+	CUDA_TRY(cudaEventElapsedTime(&t, m->ev[i], m->ev[j]),
+		 "cudaEventElapsedTime");
+	*ms = t;
+	return 0;
+}
+
+extern "C" void ms_gpu_marks_free(struct ms_gpu_marks *m)
+{
+	if (!m)
+		return;
+	cudaSetDevice(m->device);
+	for (int i = 0; i < m->n; i++)
+		cudaEventDestroy(m->ev[i]);
+	free(m->ev);
+	free(m);
+}
+
 extern "C" int ms_gpu_ctx_elapsed(struct ms_gpu_ctx *c, double *ms,
 				  struct ms_err *err)
 {

@@ -98,6 +98,41 @@ void ms_gpu_graph_free(struct ms_gpu_graph *g)
 	(void)g;
 }
 
+int ms_gpu_marks_new(struct ms_gpu_ctx *c, int n, struct ms_gpu_marks **out,
+		     struct ms_err *err)
+{
+	(void)c;
+	(void)n;
+	if (out)
+		*out = NULL;
+	return no_cuda(err);
+}
+
+int ms_gpu_marks_at(struct ms_gpu_ctx *c, struct ms_gpu_marks *m, int i,
+		    struct ms_err *err)
+{
+	(void)c;
+	(void)m;
+	(void)i;
+	return no_cuda(err);
+}
+
+int ms_gpu_marks_ms(const struct ms_gpu_marks *m, int i, int j, double *ms,
+		    struct ms_err *err)
+{
+	(void)m;
+	(void)i;
+	(void)j;
+	if (ms)
+		*ms = 0;
+	return no_cuda(err);
+}
+
+void ms_gpu_marks_free(struct ms_gpu_marks *m)
+{
+	(void)m;
+}
+
 size_t ms_gpu_graph_nodes(const struct ms_gpu_graph *g)
 {
 	(void)g;

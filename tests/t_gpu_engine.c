@@ -436,16 +436,48 @@ static double jnum(const cJSON *j, const char *k)
 	return cJSON_IsNumber(x) ? x->valuedouble : NAN;
 }
 
+/* bench gpu-decode --profile's parts: every one-token step of both passes
+ * timed, the parts' weight bytes adding up to the bytes a token reads (the
+ * bound's, exactly), time in every part that reads weights (the parts'
+ * time, an average over both passes, is printed beside the second pass's
+ * step, not held to it). */
+static void check_profile(const cJSON *j, double tokens)
+{
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "profile");
+	const cJSON *parts = cJSON_GetObjectItemCaseSensitive(p, "parts");
+	double steps = jnum(p, "steps"), bytes = 0, s = 0;
+	int n = 0, untimed = 0;
+	const cJSON *x;
+	cJSON_ArrayForEach(x, parts)
+	{
+		double b = jnum(x, "bytes_per_token"), t = jnum(x, "s_per_token");
+		bytes += b;
+		s += t;
+		n++;
+		untimed += b > 0 && !(t > 0);
+	}
+	double want = jnum(j, "bytes_per_token"), step = jnum(j, "profile_step_s");
+	T_CHECK(steps == 2 * tokens && n == MS_GPU_PART_COUNT && !untimed &&
+			bytes == want && s > 0,
+		"bench gpu-decode --profile: %g steps (%g expected), %d parts "
+		"(%d reading weights untimed), %.0f bytes a token (the bound's "
+		"%.0f), %.3g s of parts in a %.3g s step",
+		steps, 2 * tokens, n, untimed, bytes, want, s, step);
+	printf("tiny     bench gpu-decode --profile: %g steps, %d parts, %.0f "
+	       "bytes a token (the bound's %.0f), parts %.3g s of a %.3g s "
+	       "step\n", steps, n, bytes, want, s, step);
+}
+
 /* `moestream bench gpu-decode --stream-from both` runs its three parts: no
  * copy with every expert in VRAM, and the same copies and hits streaming
  * from moestreamd as from the engine's own cache (the same routing through
- * the same tier). */
+ * the same tier); with --profile, check_profile. */
 static void bench_decode(const char *path)
 {
 	char c[8192];
 	char *out = NULL;
 	snprintf(c, sizeof(c), "%s bench gpu-decode --model '%s' --tokens 4 "
-		 "--prompt 4 --stream-from both --json 2>/dev/null",
+		 "--prompt 4 --stream-from both --profile --json 2>/dev/null",
 		 t_build_path("moestream"), path);
 	int st = t_run(c, &out, 1 << 16);
 	cJSON *j = out ? cJSON_Parse(out) : NULL;
@@ -470,6 +502,7 @@ static void bench_decode(const char *path)
 		       "VRAM (a step's CUDA graph of %g nodes); streaming %g "
 		       "copies in and %g hits from moestreamd, %g and %g from "
 		       "the engine's cache\n", nodes, dc, dh, cc, ch);
+		check_profile(j, 4);
 	}
 	cJSON_Delete(j);
 	free(out);

@@ -1511,6 +1511,18 @@ static void check_stubs(void)
 		   "ms_gpu_ctx_elapsed");
 	t_check_no_cuda(ms_gpu_copy_bandwidth(NULL, 1 << 20, 1, &a, &b, &err), &err,
 		   "ms_gpu_copy_bandwidth");
+	struct ms_gpu_marks *mk = (struct ms_gpu_marks *)1;
+	t_check_no_cuda(ms_gpu_marks_new(NULL, 4, &mk, &err), &err,
+		   "ms_gpu_marks_new");
+	T_CHECK(!mk, "ms_gpu_marks_new without CUDA: a set of marks");
+	t_check_no_cuda(ms_gpu_marks_at(NULL, NULL, 0, &err), &err,
+		   "ms_gpu_marks_at");
+	t_check_no_cuda(ms_gpu_marks_ms(NULL, 0, 1, &a, &err), &err,
+		   "ms_gpu_marks_ms");
+	ms_gpu_marks_free(NULL);
+	T_CHECK(ms_gpu_xq_bytes(64, 1) == 0 && ms_gpu_graph_nodes(NULL) == 0,
+		"without CUDA: prepared inputs of %zu bytes, graphs of %zu nodes",
+		ms_gpu_xq_bytes(64, 1), ms_gpu_graph_nodes(NULL));
 	for (size_t t = 0; t < N_ALL; t++) {
 		T_CHECK(!ms_gpu_dequant_supported(all_types[t]),
 			"dequant supported without CUDA");

@@ -11,6 +11,10 @@
  *     experts; at the device's own copy rate (device-to-device, read +
  *     written bytes, as `bench gpu` measures it) that takes
  *     bytes / rate: the bound. Target: tok/s >= 0.5 x the bound.
+ *  1b. --profile: the resident steps again, launched one by one with a
+ *     GPU event between the parts of each block (ms_engine_gpu_profile):
+ *     per part the device's time per token, the weight bytes it read and
+ *     their rate against the copy rate, to say where a step's time goes.
  *  2. streaming (skipped with --no-stream): the same tokens through a
  *     private moestreamd whose RAM cache holds every expert (--stream-from
  *     daemon, the default), or through the engine's own expert cache
@@ -47,7 +51,7 @@
 
 static const char usage_line[] =
 	"usage: moestream bench gpu-decode --model M [--tokens N] [--prompt N] "
-	"[--no-stream | --stream-from daemon|cache|both] [--json]";
+	"[--no-stream | --stream-from daemon|cache|both] [--profile] [--json]";
 
 static void usage(FILE *f)
 {
@@ -79,6 +83,11 @@ static void usage(FILE *f)
 		"                moestreamd (default), the engine's own expert "
 		"cache (run\n"
 		"                without --socket), or each in turn\n"
+		"  --profile     the resident steps once more, launched one by one "
+		"with GPU events\n"
+		"                between the parts of each block: time per token, "
+		"bytes and GB/s\n"
+		"                per part (attention, router, experts, head, ...)\n"
 		"  --json        the figures as JSON\n"
 		"exit: 0 ran (the targets are reported, not enforced), 1 failed, "
 		"2 bad usage,\n3 no usable GPU\n",
@@ -154,6 +163,53 @@ static void print_stream(const char *name, const struct stream_res *r,
 	fflush(stdout);
 }
 
+/* --profile's table: per part, the device's time and the weight bytes per
+ * token and their rate against the copy rate. */
+static void print_profile(const struct ms_gpu_profile *p, double step_s,
+			  double copy_gbps)
+{
+	double n = p->steps ? (double)p->steps : 1, total = 0, bytes = 0;
+	for (int i = 0; i < MS_GPU_PART_COUNT; i++) {
+		total += p->ms[i];
+		bytes += (double)p->bytes[i];
+	}
+	printf("profile    %llu one-token steps launched one by one, a GPU "
+	       "event between the parts of each block (step %.3f ms on the "
+	       "host's clock):\n", (unsigned long long)p->steps, step_s * 1e3);
+	printf("profile    %-9s %10s %6s %10s %8s %8s\n", "part", "us/token",
+	       "share", "MB/token", "GB/s", "x copy");
+	for (int i = 0; i < MS_GPU_PART_COUNT; i++) {
+		double ms = p->ms[i] / n, mb = (double)p->bytes[i] / n / 1e6;
+		double gbps = ms > 0 ? mb / ms : 0; /* MB/ms = GB/s */
+		printf("profile    %-9s %10.1f %5.1f%% %10.2f %8.1f %8.3f\n",
+		       ms_gpu_part_name((enum ms_gpu_part)i), ms * 1e3,
+		       total > 0 ? 100 * p->ms[i] / total : 0, mb, gbps,
+		       copy_gbps > 0 ? gbps / copy_gbps : 0);
+	}
+	double ms = total / n, mb = bytes / n / 1e6;
+	printf("profile    %-9s %10.1f %5.1f%% %10.2f %8.1f %8.3f\n", "all",
+	       ms * 1e3, 100.0, mb, ms > 0 ? mb / ms : 0,
+	       ms > 0 && copy_gbps > 0 ? mb / ms / copy_gbps : 0);
+}
+
+/* The same table as JSON. */
+static cJSON *profile_json(const struct ms_gpu_profile *p)
+{
+	cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "parts");
+	double n = p->steps ? (double)p->steps : 1;
+	cJSON_AddNumberToObject(o, "steps", (double)p->steps);
+	for (int i = 0; i < MS_GPU_PART_COUNT; i++) {
+		cJSON *x = cJSON_CreateObject();
+		cJSON_AddStringToObject(x, "part",
+					ms_gpu_part_name((enum ms_gpu_part)i));
+		cJSON_AddNumberToObject(x, "s_per_token", p->ms[i] / 1e3 / n);
+		cJSON_AddNumberToObject(x, "bytes_per_token",
+					(double)p->bytes[i] / n);
+		cJSON_AddItemToArray(a, x);
+	}
+	return o;
+}
+
 int bench_gpu_decode_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -163,12 +219,14 @@ int bench_gpu_decode_main(int argc, char **argv)
 		{ "no-stream", no_argument, 0, 's' },
 		{ "stream-from", required_argument, 0, 'f' },
 		{ "json", no_argument, 0, 'j' },
+		{ "profile", no_argument, 0, 'P' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 }
 	};
 	const char *model = NULL;
 	uint32_t N = 32, P = 16;
 	bool stream = true, json = false, from_daemon = true, from_cache = false;
+	bool profile = false;
 	int o;
 	optind = 1;
 	while ((o = getopt_long(argc, argv, "m:n:p:jh", opts, NULL)) != -1) {
@@ -195,6 +253,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 			}
 			break;
 		case 'j': json = true; break;
+		case 'P': profile = true; break;
 		case 'h': usage(stdout); return 0;
 		default: return tool_bad_usage(usage_line);
 		}
@@ -281,6 +340,24 @@ int bench_gpu_decode_main(int argc, char **argv)
 		e = NULL;
 	}
 
+	/* 1c. where the time goes: the same steps, timed part by part */
+	struct ms_gpu_profile prof = { 0 };
+	double prof_step = 0;
+	if (profile) {
+		struct pass pp;
+		struct ms_engine_config cp = cfg;
+		cp.gpu_profile = true;
+		if (ms_engine_open(&e, &cp, &err) ||
+		    two_passes(e, ids, (int)P, (int)N, logits, &pp, &err) ||
+		    ms_engine_gpu_profile(e, &prof, &err)) {
+			tool_error(CMD, "%s", err.msg);
+			goto out;
+		}
+		prof_step = pp.decode_s / N;
+		ms_engine_close(e);
+		e = NULL;
+	}
+
 	/* the text as each part ends (a run cut short keeps what it had) */
 	if (!json) {
 		printf("bench gpu-decode: %s on %s%s\n", model, in->gpu_name,
@@ -305,6 +382,8 @@ int bench_gpu_decode_main(int argc, char **argv)
 		if (graph_a)
 			printf("resident   the same, kernels launched one by one: "
 			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
+		if (profile)
+			print_profile(&prof, prof_step, best);
 		fflush(stdout);
 	}
 
@@ -377,6 +456,10 @@ int bench_gpu_decode_main(int argc, char **argv)
 			cJSON_AddNumberToObject(j, "resident_eager_tokps", tokps_e);
 			cJSON_AddNumberToObject(j, "resident_eager_ratio",
 						tokps_e / bound);
+		}
+		if (profile) {
+			cJSON_AddItemToObject(j, "profile", profile_json(&prof));
+			cJSON_AddNumberToObject(j, "profile_step_s", prof_step);
 		}
 		for (int i = 0; i < 2; i++) {
 			if (!src[i].on)

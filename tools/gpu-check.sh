@@ -33,8 +33,10 @@
 #         3. `moestream bench gpu-decode` on the GLM-4.7 preset cut to 4 MoE
 #            layers (written to $TMPDIR, removed after): the GPU decoder's
 #            tok/s with every expert in VRAM (routing on the GPU, steps
-#            replayed from a CUDA graph; and the same launched one by one)
-#            against the device's copy rate over a token's bytes, and with
+#            replayed from a CUDA graph, its node count; and the same
+#            launched one by one) against the device's copy rate over a
+#            token's bytes, where that time goes (--profile: per part of a
+#            block, GPU events between them: us, MB and GB/s a token), and with
 #            experts streaming through a private moestreamd and through the
 #            engine's own expert cache (`run` without --socket) against
 #            max(copy, compute);
@@ -291,7 +293,7 @@ run() {
 		if [ $? -eq 0 ]; then
 			run_step decode-bench 150 env MOESTREAMD="$pack/moestreamd" \
 				"$pack/moestream" bench gpu-decode --model "$model" \
-				${GPU_CHECK_DECODE_ARGS:---stream-from both} | tee "$dtxt"
+				${GPU_CHECK_DECODE_ARGS:---stream-from both --profile} | tee "$dtxt"
 			drc=${PIPESTATUS[0]}
 		else
 			drc=1
@@ -333,7 +335,7 @@ run() {
 	fi
 	if [ "$drc" = 0 ]; then
 		echo "   -- moestream bench gpu-decode"
-		grep -E '^(per token|resident|streaming) ' "$dtxt" | sed 's/^/   /'
+		grep -E '^(per token|resident|profile|streaming) ' "$dtxt" | sed 's/^/   /'
 	fi
 	if [ "$trc2" = 0 ]; then
 		echo "   -- ${tier[*]##*/}"

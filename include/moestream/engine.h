@@ -204,6 +204,9 @@ struct ms_engine_config {
 	bool gpu_no_graph;      /* with every expert in VRAM, one-token steps
 				   are replayed from a CUDA graph (captured on
 				   the second); true: launched one by one */
+	bool gpu_profile;       /* one-token steps launched one by one (no
+				   graph) with a GPU event between the parts
+				   of each block: ms_engine_gpu_profile */
 	bool q8_activations;    /* compute as llama.cpp's CPU backend does:
 				   activations rounded to 8 bits before each
 				   quantised product, and (with the f16 KV
@@ -281,6 +284,42 @@ const struct ms_gguf *ms_engine_gguf(const struct ms_engine *e);
 int ms_engine_chat_template(const struct ms_engine *e, enum ms_chat_tmpl *out,
 			    struct ms_err *err);
 void ms_engine_get_stats(const struct ms_engine *e, struct ms_engine_stats *st);
+
+/* The parts of a one-token GPU step that gpu_profile times: the copies in
+ * and out (io), an attention's norm, q/k/v, biases, RoPE and KV store
+ * (attn_in), the attention itself, its output product with the residual
+ * and the FFN's norm (attn_out), a MoE block's router and top-k (with the
+ * host's routing where VRAM does not hold every expert), shared expert,
+ * routed experts (their copies' waits included), a dense block's FFN, an
+ * FFN's output into the residual with the next norm (ffn_out), and the
+ * output head. */
+enum ms_gpu_part {
+	MS_GPU_PART_IO,
+	MS_GPU_PART_ATTN_IN,
+	MS_GPU_PART_ATTN,
+	MS_GPU_PART_ATTN_OUT,
+	MS_GPU_PART_ROUTER,
+	MS_GPU_PART_SHARED,
+	MS_GPU_PART_EXPERTS,
+	MS_GPU_PART_DENSE,
+	MS_GPU_PART_FFN_OUT,
+	MS_GPU_PART_HEAD,
+	MS_GPU_PART_COUNT
+};
+const char *ms_gpu_part_name(enum ms_gpu_part p);
+
+/* Over the one-token steps since the engine opened (gpu_profile): the
+ * device's milliseconds in each part (GPU events around it on the stream:
+ * what the kernels took plus any wait for the host between them) and the
+ * weight bytes the part read (its tensors; the routed experts' as they
+ * are in the file). -EINVAL when the engine is not a profiling GPU one. */
+struct ms_gpu_profile {
+	uint64_t steps;
+	double ms[MS_GPU_PART_COUNT];
+	uint64_t bytes[MS_GPU_PART_COUNT];
+};
+int ms_engine_gpu_profile(const struct ms_engine *e, struct ms_gpu_profile *out,
+			  struct ms_err *err);
 /* Forgets the context (the KV cache) of every sequence; the next token of
  * each is at position 0. */
 void ms_engine_reset(struct ms_engine *e);

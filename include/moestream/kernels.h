@@ -462,6 +462,19 @@ int ms_gpu_fill_blocks(uint32_t type, void *dev, uint64_t bytes,
 int ms_gpu_ctx_mark(struct ms_gpu_ctx *c, struct ms_err *err);
 int ms_gpu_ctx_elapsed(struct ms_gpu_ctx *c, double *ms, struct ms_err *err);
 
+/* n (1..4096) timing marks on the context's stream, for the parts of a
+ * longer piece of work: ms_gpu_marks_at records mark i where the stream
+ * has got to (asynchronous), ms_gpu_marks_ms gives the milliseconds from
+ * mark i to mark j once both have passed (after a sync of the stream). */
+struct ms_gpu_marks;
+int ms_gpu_marks_new(struct ms_gpu_ctx *c, int n, struct ms_gpu_marks **out,
+		     struct ms_err *err);
+int ms_gpu_marks_at(struct ms_gpu_ctx *c, struct ms_gpu_marks *m, int i,
+		    struct ms_err *err);
+int ms_gpu_marks_ms(const struct ms_gpu_marks *m, int i, int j, double *ms,
+		    struct ms_err *err);
+void ms_gpu_marks_free(struct ms_gpu_marks *m); /* NULL is fine */
+
 /* The device's own copy rate: cudaMemcpyAsync device-to-device of `bytes`
  * (two buffers allocated and freed here), reps times after a warm-up copy;
  * *best_gbps and *median_gbps count bytes read plus bytes written, as a
