@@ -562,7 +562,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	struct ms_gpu_ctx *c = g->ctx;
 	const struct ms_block *k = &e->blk[b];
 	int64_t E = e->n_embd, H = e->n_head, D = e->head_dim;
-	int64_t HQ = H * D, HK = e->n_head_kv * D;
+	int64_t HK = e->n_head_kv * D;
 	size_t el = e->cfg.kv_f32 ? 4 : 2;
 	size_t boff = ms_eng_kv_at(e, 0, b, 0) * el;
 	uint8_t *kc = (uint8_t *)g->k_cache + boff, *vc = (uint8_t *)g->v_cache + boff;
@@ -575,24 +575,19 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	};
 	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, hq_in, T, err)))
 		return rc;
-	/* the biases there are, one launch; RoPE of q and k, one; the KV
-	 * stores, one */
-	struct ms_gpu_bias bias[3];
-	int nb = 0;
-	if (k->bq.data)
-		bias[nb++] = (struct ms_gpu_bias){ g->q, dev_of(e, &k->bq), HQ };
-	if (k->bk.data)
-		bias[nb++] = (struct ms_gpu_bias){ g->k, dev_of(e, &k->bk), HK };
-	if (k->bv.data)
-		bias[nb++] = (struct ms_gpu_bias){ g->v, dev_of(e, &k->bv), HK };
-	if (nb && (rc = ms_gpu_add_bias_n(c, bias, nb, T, err)))
-		return rc;
-	if ((rc = ms_gpu_rope_neox_qk(c, g->q, dev_of(e, &k->q_norm), H, g->k,
-				      dev_of(e, &k->k_norm), e->n_head_kv,
-				      g->pos, e->eps, D, e->n_rot, T,
-				      e->rope_base, e->freq_scale, err)) ||
-	    (rc = ms_gpu_kv_store_kv(c, g->k, kc, g->v, vc, g->at0, HK, T,
-				     !e->cfg.kv_f32, err)))
+	/* the biases, q and k's norms and RoPE, the KV stores: one launch */
+	const struct ms_gpu_qkv post = {
+		.q = g->q, .k = g->k, .v = g->v,
+		.bq = dev_of(e, &k->bq), .bk = dev_of(e, &k->bk),
+		.bv = dev_of(e, &k->bv),
+		.q_norm = dev_of(e, &k->q_norm), .k_norm = dev_of(e, &k->k_norm),
+		.n_head = H, .n_head_kv = e->n_head_kv, .head_dim = D,
+		.n_rot = e->n_rot, .pos = g->pos, .eps = e->eps,
+		.base = e->rope_base, .freq_scale = e->freq_scale,
+		.k_cache = kc, .v_cache = vc, .at = g->at0,
+		.f16 = !e->cfg.kv_f32,
+	};
+	if ((rc = ms_gpu_qkv_post(c, &post, T, err)))
 		return rc;
 	part_end(e, MS_GPU_PART_ATTN_IN,
 		 rt_bytes(&k->attn_norm) + rt_bytes(&k->wq) + rt_bytes(&k->wk) +

@@ -576,6 +576,15 @@ int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 	return no_cuda(err);
 }
 
+int ms_gpu_qkv_post(struct ms_gpu_ctx *c, const struct ms_gpu_qkv *q,
+		    int64_t T, struct ms_err *err)
+{
+	(void)c;
+	(void)q;
+	(void)T;
+	return no_cuda(err);
+}
+
 int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
 			    const float *w, const float *sh, int64_t E,
 			    int64_t T, int64_t K, const float *norm_w,

@@ -274,6 +274,48 @@ struct RopeSet {
 	int64_t n_head, rows;
 };
 
+/* One head's row v[hd] at position p, the whole block taking part: the
+ * optional RMS norm (nw), then the NEOX rotation. */
+__device__ void rope_row(float *v, const float *__restrict__ nw, double p,
+			 float eps, int64_t hd, int64_t n_rot, float base,
+			 float freq_scale, double *sh)
+{
+	const int64_t half = n_rot / 2;
+	float scale = 1.0f;
+	if (nw)
+		scale = rms_scale(v, hd, eps, sh);
+	for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
+		if (i >= n_rot) {
+			if (nw)
+				v[i] = __fmul_rn(__fmul_rn(v[i], scale), nw[i]);
+			continue;
+		}
+		if (i >= half)
+			continue;
+		float fa = v[i], fb = v[i + half];
+		if (nw) {
+			fa = __fmul_rn(__fmul_rn(fa, scale), nw[i]);
+			fb = __fmul_rn(__fmul_rn(fb, scale), nw[i + half]);
+		}
+		const double theta = p * (double)freq_scale *
+				     pow((double)base,
+					 -2.0 * (double)i / (double)n_rot);
+		const double c = cos(theta), s = sin(theta);
+		const double a = fa, b = fb;
+		v[i] = (float)(a * c - b * s);
+		v[i + half] = (float)(a * s + b * c);
+	}
+}
+
+/* A KV-cache element: an f16 (ms_f32_f16's bits) or the float. */
+__device__ __forceinline__ void kv_put(void *cache, int64_t o, float v, bool f16)
+{
+	if (f16)
+		((uint16_t *)cache)[o] = msq::f32_f16(v);
+	else
+		((float *)cache)[o] = v;
+}
+
 __global__ void __launch_bounds__(128)
 rope_neox_kernel(RopeSet a, RopeSet b2, const int32_t *__restrict__ pos,
 		 float eps, int64_t hd, int64_t n_rot, float base,
@@ -281,7 +323,6 @@ rope_neox_kernel(RopeSet a, RopeSet b2, const int32_t *__restrict__ pos,
 {
 	extern __shared__ __align__(16) double rope_sm[];
 	double *sh = rope_sm;
-	const int64_t half = n_rot / 2;
 	for (int64_t r2 = blockIdx.x; r2 < a.rows + b2.rows; r2 += gridDim.x) {
 		/* the block's row is a's or b2's: uniform across it */
 		const bool in_a = r2 < a.rows;
@@ -289,32 +330,54 @@ rope_neox_kernel(RopeSet a, RopeSet b2, const int32_t *__restrict__ pos,
 		const float *__restrict__ nw = in_a ? a.nw : b2.nw;
 		float *v = (in_a ? a.x : b2.x) + r * hd;
 		const double p = (double)pos[r / (in_a ? a.n_head : b2.n_head)];
-		float scale = 1.0f;
-		if (nw)
-			scale = rms_scale(v, hd, eps, sh);
-		for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
-			if (i >= n_rot) {
-				if (nw)
-					v[i] = __fmul_rn(__fmul_rn(v[i], scale),
-							 nw[i]);
-				continue;
-			}
-			if (i >= half)
-				continue;
-			float fa = v[i], fb = v[i + half];
-			if (nw) {
-				fa = __fmul_rn(__fmul_rn(fa, scale), nw[i]);
-				fb = __fmul_rn(__fmul_rn(fb, scale), nw[i + half]);
-			}
-			const double theta =
-				p * (double)freq_scale *
-				pow((double)base,
-				    -2.0 * (double)i / (double)n_rot);
-			const double c = cos(theta), s = sin(theta);
-			const double a = fa, b = fb;
-			v[i] = (float)(a * c - b * s);
-			v[i + half] = (float)(a * s + b * c);
+		rope_row(v, nw, p, eps, hd, n_rot, base, freq_scale, sh);
+	}
+}
+
+/* An attention's q, k and v after their products (ms_gpu_qkv_post): one
+ * block per head row, q's rows first, then k's, then v's. Each row: its
+ * bias added (each element by the thread that owns it), then for q and
+ * k the norm and RoPE (rope_row), then for k and v the row stored into
+ * its cache; barriers between the steps, whose elements other threads
+ * read. The bits of add_bias_kernel, rope_neox_kernel, kv_store_kernel. */
+struct QkvArgs {
+	float *x[3];
+	const float *b[3], *nw[2];
+	int64_t n_head[3];
+	void *cache[2];
+	const int64_t *at;
+	const int32_t *pos;
+	int64_t hd, n_rot, T;
+	float eps, base, freq_scale;
+	bool f16;
+};
+
+__global__ void __launch_bounds__(128)
+qkv_post_kernel(const __grid_constant__ QkvArgs a)
+{
+	extern __shared__ __align__(16) double qkv_sm[];
+	double *sh = qkv_sm;
+	const int64_t rq = a.T * a.n_head[0], rk = a.T * a.n_head[1];
+	for (int64_t r2 = blockIdx.x; r2 < rq + 2 * rk; r2 += gridDim.x) {
+		const int s = r2 < rq ? 0 : r2 < rq + rk ? 1 : 2; /* uniform */
+		const int64_t r = r2 - (s == 0 ? 0 : s == 1 ? rq : rq + rk);
+		const int64_t t = r / a.n_head[s], h = r % a.n_head[s];
+		float *v = a.x[s] + r * a.hd;
+		const float *b = a.b[s];
+		if (b)
+			for (int64_t i = threadIdx.x; i < a.hd; i += blockDim.x)
+				v[i] = __fadd_rn(v[i], b[h * a.hd + i]);
+		__syncthreads();
+		if (s < 2) {
+			rope_row(v, a.nw[s], (double)a.pos[t], a.eps, a.hd,
+				 a.n_rot, a.base, a.freq_scale, sh);
+			__syncthreads();
 		}
+		if (s > 0)
+			for (int64_t i = threadIdx.x; i < a.hd; i += blockDim.x)
+				kv_put(a.cache[s - 1], a.at[t] + h * a.hd + i, v[i],
+				       a.f16);
+		__syncthreads(); /* sh and v's last readers, before the next row */
 	}
 }
 
@@ -334,11 +397,8 @@ kv_store_kernel(const float *__restrict__ src, void *cache,
 		const int64_t i = one ? i2 : i2 - total;
 		const float *sp = one ? src : src2;
 		void *cp = one ? cache : cache2;
-		const int64_t t = i / n, o = at[t] + i % n;
-		if (f16)
-			((uint16_t *)cp)[o] = msq::f32_f16(sp[i]);
-		else
-			((float *)cp)[o] = sp[i];
+		const int64_t t = i / n;
+		kv_put(cp, at[t] + i % n, sp[i], f16);
 	}
 }
 
@@ -952,6 +1012,57 @@ extern "C" int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k,
 		return ms_err_set(err, -EINVAL, "gpu kv_store_kv: v is NULL");
 	return kv_launch(c, "gpu kv_store_kv", k, k_cache, v, v_cache, at, n, T,
 			 f16, err);
+}
+
+extern "C" int ms_gpu_qkv_post(struct ms_gpu_ctx *c,
+			       const struct ms_gpu_qkv *q, int64_t T,
+			       struct ms_err *err)
+{
+	static const char who[] = "gpu qkv_post";
+	cudaStream_t st;
+	int rc = ops_enter(c, who, &st, err);
+	if (rc)
+		return rc;
+	if (!q)
+		return ms_err_set(err, -EINVAL, "%s: NULL arguments", who);
+	if ((rc = rope_dims(who, q->n_head, q->head_dim, T, err)) ||
+	    (rc = rope_dims(who, q->n_head_kv, q->head_dim, T, err)) ||
+	    (rc = rope_args(who, q->head_dim, q->n_rot, q->base, q->freq_scale,
+			    q->q_norm || q->k_norm, q->eps, err)) ||
+	    (rc = kv_pair(who, q->k, q->k_cache, q->f16, err)) ||
+	    (rc = kv_pair(who, q->v, q->v_cache, q->f16, err)))
+		return rc;
+	if (q->n_head + 2 * q->n_head_kv > OPS_MAX_ELEMS / T)
+		return ms_err_set(err, -EINVAL, "%s: %lld + 2 x %lld heads of "
+				  "%lld tokens", who, (long long)q->n_head,
+				  (long long)q->n_head_kv, (long long)T);
+	NONNULL(who, "q,pos,at", q->q, q->pos, q->at);
+	QkvArgs a;
+	memset(&a, 0, sizeof(a));
+	a.x[0] = q->q;
+	a.x[1] = q->k;
+	a.x[2] = q->v;
+	a.b[0] = q->bq;
+	a.b[1] = q->bk;
+	a.b[2] = q->bv;
+	a.nw[0] = q->q_norm;
+	a.nw[1] = q->k_norm;
+	a.n_head[0] = q->n_head;
+	a.n_head[1] = a.n_head[2] = q->n_head_kv;
+	a.cache[0] = q->k_cache;
+	a.cache[1] = q->v_cache;
+	a.at = q->at;
+	a.pos = q->pos;
+	a.hd = q->head_dim;
+	a.n_rot = q->n_rot;
+	a.T = T;
+	a.eps = q->eps;
+	a.base = q->base;
+	a.freq_scale = q->freq_scale;
+	a.f16 = q->f16;
+	qkv_post_kernel<<<blocks_for(T * (q->n_head + 2 * q->n_head_kv), 1), 128,
+			  NORM_SMEM, st>>>(a);
+	return launched(who, err);
 }
 
 extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,

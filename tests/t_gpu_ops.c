@@ -295,6 +295,108 @@ static void check_rope_qk(void)
 	       "of 4 tensors the bits of rope_neox\n", same);
 }
 
+/* Compares n bytes of two device buffers. */
+static bool dev_same(const void *a, const void *b, size_t n)
+{
+	uint8_t *x = t_xmalloc(n), *y = t_xmalloc(n);
+	t_dev_to(ctx, x, a, n);
+	t_dev_to(ctx, y, b, n);
+	bool same = !memcmp(x, y, n);
+	free(x);
+	free(y);
+	return same;
+}
+
+/* ms_gpu_qkv_post against the three calls it replaces (ms_gpu_add_bias_n,
+ * ms_gpu_rope_neox_qk, ms_gpu_kv_store_kv): q, k, v and both caches bit
+ * for bit, with biases and norms each there or not, RoPE of the whole head
+ * and of half, f16 and f32 caches, one token and three. */
+static void check_qkv_post(void)
+{
+	const int64_t H = 6, HK = 2, D = 128, slots = 9;
+	int same = 0, cases = 0;
+	for (int v8 = 0; v8 < 16; v8++) {
+		const bool bias = v8 & 1, norm = v8 & 2, f16 = v8 & 4,
+			   half = v8 & 8;
+		const int64_t T = v8 % 3 == 1 ? 1 : 3, R = half ? D / 2 : D;
+		const size_t qb = (size_t)(H * D * T) * sizeof(float),
+			     kb = (size_t)(HK * D * T) * sizeof(float),
+			     cb = (size_t)(slots * HK * D) * (f16 ? 2 : 4);
+		float *q = rand_floats(H * D * T, 2.0f), *k = rand_floats(HK * D * T, 2.0f);
+		float *v = rand_floats(HK * D * T, 2.0f);
+		float *bq = rand_floats(H * D, 1.0f), *bk = rand_floats(HK * D, 1.0f);
+		float *bv = rand_floats(HK * D, 1.0f);
+		float *wq = rand_floats(D, 1.5f), *wk = rand_floats(D, 1.5f);
+		int32_t pos[3] = { 5, 0, 40000 };
+		int64_t at[3] = { 3 * HK * D, 0, 8 * HK * D };
+		float *dq[2], *dk[2], *dv[2];
+		void *kc[2], *vc[2];
+		for (int m = 0; m < 2; m++) {
+			dq[m] = t_dev_from(q, qb);
+			dk[m] = t_dev_from(k, kb);
+			dv[m] = t_dev_from(v, kb);
+			kc[m] = t_dev_alloc(cb);
+			vc[m] = t_dev_alloc(cb);
+			ms_gpu_memset(kc[m], 0, cb, NULL);
+			ms_gpu_memset(vc[m], 0, cb, NULL);
+		}
+		float *dbq = t_dev_from(bq, (size_t)(H * D) * sizeof(float));
+		float *dbk = t_dev_from(bk, (size_t)(HK * D) * sizeof(float));
+		float *dbv = t_dev_from(bv, (size_t)(HK * D) * sizeof(float));
+		float *dwq = t_dev_from(wq, (size_t)D * sizeof(float));
+		float *dwk = t_dev_from(wk, (size_t)D * sizeof(float));
+		int32_t *dp = t_dev_from(pos, sizeof(pos));
+		int64_t *da = t_dev_from(at, sizeof(at));
+		/* [0]: the three calls */
+		const struct ms_gpu_bias sets[3] = { { dq[0], dbq, H * D },
+						     { dk[0], dbk, HK * D },
+						     { dv[0], dbv, HK * D } };
+		if (bias)
+			GPU_OK(ms_gpu_add_bias_n(ctx, sets, 3, T, err));
+		GPU_OK(ms_gpu_rope_neox_qk(ctx, dq[0], norm ? dwq : NULL, H, dk[0],
+					   norm ? dwk : NULL, HK, dp, 1e-6f, D, R,
+					   T, 1e6f, 1.0f, err));
+		GPU_OK(ms_gpu_kv_store_kv(ctx, dk[0], kc[0], dv[0], vc[0], da,
+					  HK * D, T, f16, err));
+		/* [1]: the one */
+		const struct ms_gpu_qkv a = {
+			.q = dq[1], .k = dk[1], .v = dv[1],
+			.bq = bias ? dbq : NULL, .bk = bias ? dbk : NULL,
+			.bv = bias ? dbv : NULL,
+			.q_norm = norm ? dwq : NULL, .k_norm = norm ? dwk : NULL,
+			.n_head = H, .n_head_kv = HK, .head_dim = D, .n_rot = R,
+			.pos = dp, .eps = 1e-6f, .base = 1e6f, .freq_scale = 1.0f,
+			.k_cache = kc[1], .v_cache = vc[1], .at = da, .f16 = f16,
+		};
+		GPU_OK(ms_gpu_qkv_post(ctx, &a, T, err));
+		const bool ok = dev_same(dq[0], dq[1], qb) &&
+				dev_same(dk[0], dk[1], kb) &&
+				dev_same(dv[0], dv[1], kb) &&
+				dev_same(kc[0], kc[1], cb) && dev_same(vc[0], vc[1], cb);
+		T_CHECK(ok, "qkv_post T=%lld bias %d norm %d f16 %d rope of %lld: "
+			"not the bits of bias_n + rope_neox_qk + kv_store_kv",
+			(long long)T, bias, norm, f16, (long long)R);
+		same += ok;
+		cases++;
+		for (int m = 0; m < 2; m++) {
+			ms_gpu_free(dq[m]);
+			ms_gpu_free(dk[m]);
+			ms_gpu_free(dv[m]);
+			ms_gpu_free(kc[m]);
+			ms_gpu_free(vc[m]);
+		}
+		void *dd[] = { dbq, dbk, dbv, dwq, dwk, dp, da };
+		for (size_t i = 0; i < sizeof(dd) / sizeof(dd[0]); i++)
+			ms_gpu_free(dd[i]);
+		float *hh[] = { q, k, v, bq, bk, bv, wq, wk };
+		for (size_t i = 0; i < sizeof(hh) / sizeof(hh[0]); i++)
+			free(hh[i]);
+	}
+	printf("qkv_post (biases, norms, f16 and f32 caches, RoPE of all or "
+	       "half of 128, T 1 and 3): %d of %d cases the bits of bias_n + "
+	       "rope_neox_qk + kv_store_kv\n", same, cases);
+}
+
 static void check_rope(void)
 {
 	static const struct {
@@ -1211,6 +1313,31 @@ static void check_errors(void)
 	E_(ms_gpu_moe_combine_norm(ctx, f, f, f, NULL, 4, 1, 2, f, 1e-6f, f, f,
 				   &err));
 	E_(ms_gpu_add_rms_norm(ctx, f, f, f, f, f, 4, 1, 1e-6f, &err));
+	{
+		const struct ms_gpu_qkv ok = {
+			.q = f, .k = f, .v = f, .n_head = 2, .n_head_kv = 1,
+			.head_dim = 4, .n_rot = 4, .pos = pos, .eps = 1e-6f,
+			.base = 1e4f, .freq_scale = 1.0f, .k_cache = v,
+			.v_cache = v, .at = at, .f16 = true,
+		};
+		struct ms_gpu_qkv bad;
+		E_(ms_gpu_qkv_post(ctx, NULL, 1, &err));
+		E_(ms_gpu_qkv_post(ctx, &ok, 0, &err));
+		bad = ok, bad.q = NULL;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.k_cache = NULL;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.v = NULL;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.at = NULL;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.n_rot = 5;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.n_head_kv = 0;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+		bad = ok, bad.k_cache = (uint8_t *)v + 1;
+		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
+	}
 	E_(ms_gpu_moe_combine(NULL, f, f, f, NULL, 4, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 0, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 0, 2, &err));
@@ -1282,6 +1409,8 @@ static void check_stubs(void)
 	t_check_no_cuda(ms_gpu_rms_norm(c, f, f, f, 4, 1, 1e-6f, &err), &err,
 		   "ms_gpu_rms_norm");
 	t_check_no_cuda(ms_gpu_add(c, f, f, 4, &err), &err, "ms_gpu_add");
+	const struct ms_gpu_qkv qk = { .q = f };
+	t_check_no_cuda(ms_gpu_qkv_post(c, &qk, 1, &err), &err, "ms_gpu_qkv_post");
 	t_check_no_cuda(ms_gpu_add_rms_norm(c, f, f, f, f, NULL, 4, 1, 1e-6f,
 					    &err),
 			&err, "ms_gpu_add_rms_norm");
@@ -1352,6 +1481,7 @@ int main(void)
 	check_attention();
 	check_moe_combine();
 	check_update_norm();
+	check_qkv_post();
 	check_rows();
 	check_route_topk();
 	check_errors();

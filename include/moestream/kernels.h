@@ -564,6 +564,26 @@ int ms_gpu_kv_store_kv(struct ms_gpu_ctx *c, const float *k, void *k_cache,
 		       const float *v, void *v_cache, const int64_t *at,
 		       int64_t n, int64_t T, bool f16, struct ms_err *err);
 
+/* An attention's q [T][n_head][head_dim], k and v [T][n_head_kv][head_dim]
+ * after their products, for ms_gpu_qkv_post. */
+struct ms_gpu_qkv {
+	float *q, *k, *v;
+	const float *bq, *bk, *bv;     /* biases (each may be NULL) */
+	const float *q_norm, *k_norm;  /* per-head norms (each may be NULL) */
+	int64_t n_head, n_head_kv, head_dim, n_rot;
+	const int32_t *pos;            /* [T] */
+	float eps, base, freq_scale;
+	void *k_cache, *v_cache;       /* K and V stored at at[t] (int64) */
+	const int64_t *at;
+	bool f16;
+};
+
+/* In one launch: the biases added, q and k normed and rotated, k and v
+ * stored into the caches: the bits of ms_gpu_add_bias_n,
+ * ms_gpu_rope_neox_qk and ms_gpu_kv_store_kv on the same arguments. */
+int ms_gpu_qkv_post(struct ms_gpu_ctx *c, const struct ms_gpu_qkv *q,
+		    int64_t T, struct ms_err *err);
+
 /* Attention of T query tokens, n_head heads of size D (1..256), grouped:
  * head h reads kv head h / (n_head / n_head_kv) (n_head % n_head_kv == 0).
  * Token t's K row for position p < n_pos[t] (int32, >= 1) starts at
