@@ -63,7 +63,7 @@ struct ms_gpu_eng {
 		*logits;
 	/* h prepared for the fused matvec by the norm that wrote it (NULL:
 	 * the shape has no prepared form), for batches of up to xq_max */
-	void *hq;
+	void *hq, *attq;             /* and the attention's output's */
 	int64_t xq_max;
 	int32_t *rows;
 	/* the tokens' positions, one block [at0 | base0 | pos | npos] of
@@ -310,7 +310,10 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	g->xq_max = T < MS_GPU_MATVEC_MAX_TOKENS ? (int64_t)T
 						  : MS_GPU_MATVEC_MAX_TOKENS;
 	size_t hq_bytes = ms_gpu_xq_bytes((int64_t)E, g->xq_max);
-	if (hq_bytes && (rc = dmalloc(&g->hq, hq_bytes, &work, err)))
+	size_t aq_bytes = ms_gpu_xq_bytes((int64_t)HQ, g->xq_max);
+	if ((hq_bytes && (rc = dmalloc(&g->hq, hq_bytes, &work, err))) ||
+	    (aq_bytes && e->head_dim % 32 == 0 &&
+	     (rc = dmalloc(&g->attq, aq_bytes, &work, err))))
 		return rc;
 	/* the host's side of the copies, page-locked, in one piece */
 	size_t off[8], at = 0;
@@ -402,7 +405,7 @@ void ms_gpu_eng_close(struct ms_engine *e)
 			g->q,	 g->k,	     g->v,	 g->att,   g->o,
 			g->sh,	 g->ylist,   g->xg,	 g->yg,	   g->rlog,
 			g->rw,	 g->logits,  g->rows,	 g->meta,  (void *)g->tab,
-			g->dsel, g->bad,     g->hq };
+			g->dsel, g->bad,     g->hq,	 g->attq };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		ms_gpu_free(dev[i]);
 	ms_gpu_host_free(g->pin);
@@ -594,13 +597,19 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 			 rt_bytes(&k->wv) + rt_bytes(&k->bq) + rt_bytes(&k->bk) +
 			 rt_bytes(&k->bv) + rt_bytes(&k->q_norm) +
 			 rt_bytes(&k->k_norm));
-	if ((rc = ms_gpu_attention(c, g->q, kc, vc, !e->cfg.kv_f32, g->base0,
-				   g->npos, HK, H, e->n_head_kv, D,
-				   1.0f / sqrtf((float)D), T, g->att, err)))
+	/* its output also prepared for wo, where h is (T small enough) */
+	void *attq = hq_of(g, T) ? g->attq : NULL;
+	if ((rc = ms_gpu_attention_q(c, g->q, kc, vc, !e->cfg.kv_f32, g->base0,
+				     g->npos, HK, H, e->n_head_kv, D,
+				     1.0f / sqrtf((float)D), T, g->att, attq,
+				     err)))
 		return rc;
 	part_end(e, MS_GPU_PART_ATTN, 0);
 	/* the residual, and the FFN's norm of it in the same launch */
-	if ((rc = matmul(e, &k->wo, g->att, g->o, T, err)) ||
+	const struct ms_gpu_mm wo = { k->wo.type, dev_of(e, &k->wo), k->wo.ne[1],
+				      g->o };
+	if ((rc = ms_gpu_matmul_n(c, &wo, 1, k->wo.ne[0], g->att, attq, T,
+				  err)) ||
 	    (rc = ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
 				      hq_of(g, T), E, T, e->eps, err)))
 		return rc;
@@ -865,17 +874,23 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 	part_end(e, MS_GPU_PART_IO, 0);
 	if (!g->all)
 		ms_eng_hint_first(e);
+	/* the logits of every row, in order (a decode step's one): the
+	 * output norm is the last block's next norm, no rows gathered */
+	bool direct = n_out == T;
+	for (int64_t r = 0; direct && r < n_out; r++)
+		direct = g->p_out[r] == r;
 	/* each residual update is launched with the norm that follows it
 	 * (attention's + o with the FFN's norm, an FFN's output with the next
-	 * block's attention norm): h holds the normed residual at the top
-	 * of every block but the first */
+	 * block's attention norm, or the output norm): h holds the normed
+	 * residual at the top of every block but the first */
 	for (uint32_t b = 0; b < e->n_run; b++) {
 		if (e->stop && *e->stop)
 			return ms_err_set(err, -EINTR, "stopped");
 		const struct ms_block *k = &e->blk[b];
 		const float *next = b + 1 < e->n_run
 					    ? dev_of(e, &e->blk[b + 1].attn_norm)
-					    : NULL;
+				    : direct ? dev_of(e, &e->out_norm)
+					     : NULL;
 		if ((!b && (rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &k->attn_norm),
 						 g->h, E, T, e->eps, err))) ||
 		    (rc = attention(e, b, T, b ? hq_of(g, T) : NULL, err)))
@@ -900,7 +915,13 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 	/* g->rows is the stream's to overwrite (ordered after the kernels
 	 * that read it); p_out is not the rows' scratch, whose copy may still
 	 * be in flight */
-	if (n_out &&
+	const struct ms_gpu_mm head = { e->output.type, dev_of(e, &e->output),
+					e->output.ne[1], g->logits };
+	if (direct &&
+	    (rc = ms_gpu_matmul_n(c, &head, 1, e->output.ne[0], g->h,
+				  hq_of(g, T), T, err)))
+		return rc;
+	if (n_out && !direct &&
 	    ((rc = ms_gpu_upload_async(c, g->rows, g->p_out, (size_t)n_out * 4,
 				       err)) ||
 	     (rc = ms_gpu_gather_rows(c, g->x, g->rows, n_out, E, g->xg, err)) ||

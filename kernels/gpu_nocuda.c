@@ -585,6 +585,17 @@ int ms_gpu_qkv_post(struct ms_gpu_ctx *c, const struct ms_gpu_qkv *q,
 	return no_cuda(err);
 }
 
+int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
+		       const void *k_cache, const void *v_cache, bool f16,
+		       const int64_t *base, const int32_t *n_pos, int64_t stride,
+		       int64_t n_head, int64_t n_head_kv, int64_t D, float scale,
+		       int64_t T, float *out, void *out_q, struct ms_err *err)
+{
+	(void)out_q;
+	return ms_gpu_attention(c, q, k_cache, v_cache, f16, base, n_pos, stride,
+				n_head, n_head_kv, D, scale, T, out, err);
+}
+
 int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x, const float *y,
 			    const float *w, const float *sh, int64_t E,
 			    int64_t T, int64_t K, const float *norm_w,

@@ -410,13 +410,15 @@ kv_store_kernel(const float *__restrict__ src, void *cache,
  * sum and the V accumulators scaled by expf(m_old - m) first. For V, the
  * threads form nG = 256 / D groups of D (thread d of group g takes
  * dimension d of the tile's positions g, g + nG, ...); the groups' sums
- * are added at the end. */
+ * are added at the end. With oq (D a multiple of 32: whole warps write
+ * the output), the output is also written prepared for the fused matvec
+ * (8-bit with q8), as the norms' yq. */
 __global__ void __launch_bounds__(256)
 attention_kernel(const float *q, const void *kc, const void *vc, bool f16,
 		 const int64_t *__restrict__ base,
 		 const int32_t *__restrict__ n_pos, int64_t stride,
 		 int64_t n_head, int64_t group, int D, float scale, int64_t T,
-		 float *out)
+		 float *out, void *oq, bool q8)
 {
 	extern __shared__ __align__(16) double att_sm[];
 	double *dsh = att_sm; /* [32] */
@@ -493,6 +495,11 @@ attention_kernel(const float *q, const void *kc, const void *vc, bool f16,
 				o *= (float)(1.0 / sum);
 			}
 			out[r * D + tid] = o;
+			const int64_t blk = (r * D + tid) / 32;
+			if (oq && q8)
+				msq::prep_block<1>(o, (msq::XBlk<1> *)oq + blk);
+			else if (oq)
+				msq::prep_block<3>(o, (msq::XBlk<3> *)oq + blk);
 		}
 	}
 }
@@ -1065,13 +1072,13 @@ extern "C" int ms_gpu_qkv_post(struct ms_gpu_ctx *c,
 	return launched(who, err);
 }
 
-extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
-				const void *k_cache, const void *v_cache,
-				bool f16, const int64_t *base,
-				const int32_t *n_pos, int64_t stride,
-				int64_t n_head, int64_t n_head_kv, int64_t D,
-				float scale, int64_t T, float *out,
-				struct ms_err *err)
+extern "C" int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
+				  const void *k_cache, const void *v_cache,
+				  bool f16, const int64_t *base,
+				  const int32_t *n_pos, int64_t stride,
+				  int64_t n_head, int64_t n_head_kv, int64_t D,
+				  float scale, int64_t T, float *out,
+				  void *out_q, struct ms_err *err)
 {
 	static const char who[] = "gpu attention";
 	cudaStream_t st;
@@ -1098,12 +1105,29 @@ extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 	if (!isfinite(scale))
 		return ms_err_set(err, -EINVAL, "%s: scale %g", who,
 				  (double)scale);
+	if (out_q && D % 32)
+		return ms_err_set(err, -EINVAL, "%s: a prepared output of heads "
+				  "of %lld (not a multiple of 32)", who,
+				  (long long)D);
 	NONNULL(who, "q,k_cache,v_cache,base,n_pos,out", q, k_cache, v_cache,
 		base, n_pos, out);
 	attention_kernel<<<blocks_for(T * n_head, 1), 256, ATT_SMEM, st>>>(
 		q, k_cache, v_cache, f16, base, n_pos, stride, n_head,
-		n_head / n_head_kv, (int)D, scale, T, out);
+		n_head / n_head_kv, (int)D, scale, T, out, out_q, msg_ctx_q8(c));
 	return launched(who, err);
+}
+
+extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
+				const void *k_cache, const void *v_cache,
+				bool f16, const int64_t *base,
+				const int32_t *n_pos, int64_t stride,
+				int64_t n_head, int64_t n_head_kv, int64_t D,
+				float scale, int64_t T, float *out,
+				struct ms_err *err)
+{
+	return ms_gpu_attention_q(c, q, k_cache, v_cache, f16, base, n_pos,
+				  stride, n_head, n_head_kv, D, scale, T, out,
+				  nullptr, err);
 }
 
 extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,

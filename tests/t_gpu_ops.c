@@ -84,6 +84,20 @@ static double rel_l2(const float *got, const float *ref, int64_t n)
 		T_CHECK(rc_ == 0, "%s = %d: %s", #call, rc_, e_.msg);          \
 	} while (0)
 
+static bool prepared_same(const float *dy, const void *yq, int64_t n,
+			  int64_t T);
+
+/* Downloads n floats of a device buffer into a new host one. */
+static float *dev_copy(const float *d, int64_t n)
+{
+	float *h = t_xmalloc((size_t)n * sizeof(float));
+	t_dev_to(ctx, h, d, (size_t)n * sizeof(float));
+	return h;
+}
+
+/* attention_q cases whose prepared output was checked */
+static int att_prep;
+
 /* ---- C references (engine/forward.c's arithmetic) ------------------------- */
 
 static void ref_rms_norm(const float *x, const float *w, float *out,
@@ -662,6 +676,34 @@ static void check_attention(void)
 						stride, H, Hkv, D, scale, T, dout,
 						err));
 			t_dev_to(ctx, got, dout, (size_t)nq * sizeof(float));
+			/* its output prepared for wo, exact and 8-bit: the same
+			 * output, and a product of the prepared form the bits
+			 * of one preparing it itself */
+			for (int q8 = 0; D % 32 == 0 && q8 <= 1; q8++) {
+				void *doq = t_dev_alloc(ms_gpu_xq_bytes(H * D, T));
+				float *d2 = t_dev_alloc((size_t)nq * sizeof(float));
+				GPU_OK(ms_gpu_ctx_set_q8(ctx, q8, err));
+				GPU_OK(ms_gpu_attention_q(ctx, dq, dk, dv, f16, db, dn,
+							  stride, H, Hkv, D, scale,
+							  T, d2, doq, err));
+				float *g2 = dev_copy(d2, nq);
+				T_CHECK(!memcmp(g2, got, (size_t)nq * sizeof(float)) &&
+						prepared_same(d2, doq, H * D, T),
+					"attention_q %s T=%lld D=%lld %s: the output "
+					"%s, its prepared form's product %s",
+					f16 ? "f16" : "f32", (long long)T,
+					(long long)D, q8 ? "8-bit" : "exact",
+					memcmp(g2, got, (size_t)nq * sizeof(float))
+						? "differs"
+						: "the same",
+					prepared_same(d2, doq, H * D, T) ? "the same"
+									  : "differs");
+				att_prep++;
+				free(g2);
+				ms_gpu_free(doq);
+				ms_gpu_free(d2);
+			}
+			GPU_OK(ms_gpu_ctx_set_q8(ctx, false, err));
 			const double e = rel_l2(got, ref, nq);
 			T_CHECK(e <= TOL_ATT,
 				"attention %s T=%lld H=%lld/%lld D=%lld: %.3e",
@@ -750,13 +792,6 @@ static void check_moe_combine(void)
 
 /* ---- a residual update with the norm after it ------------------------------------- */
 
-/* Downloads n floats of a device buffer into a new host one. */
-static float *dev_copy(const float *d, int64_t n)
-{
-	float *h = t_xmalloc((size_t)n * sizeof(float));
-	t_dev_to(ctx, h, d, (size_t)n * sizeof(float));
-	return h;
-}
 
 /* Q8_0 weights of `rows` rows of n: scale 1/64 (f16 0x2400), random
  * quants (device memory). */
@@ -1338,6 +1373,9 @@ static void check_errors(void)
 		bad = ok, bad.k_cache = (uint8_t *)v + 1;
 		E_(ms_gpu_qkv_post(ctx, &bad, 1, &err));
 	}
+	/* a prepared output needs heads of a multiple of 32 */
+	E_(ms_gpu_attention_q(ctx, f, v, v, true, at, pos, 48, 2, 1, 48, 0.125f,
+			      1, f, f, &err));
 	E_(ms_gpu_moe_combine(NULL, f, f, f, NULL, 4, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 0, 1, 2, &err));
 	E_(ms_gpu_moe_combine(ctx, f, f, f, NULL, 4, 0, 2, &err));
@@ -1409,6 +1447,9 @@ static void check_stubs(void)
 	t_check_no_cuda(ms_gpu_rms_norm(c, f, f, f, 4, 1, 1e-6f, &err), &err,
 		   "ms_gpu_rms_norm");
 	t_check_no_cuda(ms_gpu_add(c, f, f, 4, &err), &err, "ms_gpu_add");
+	t_check_no_cuda(ms_gpu_attention_q(c, f, f, f, false, a, p, 4, 1, 1, 4,
+					   0.5f, 1, f, NULL, &err),
+			&err, "ms_gpu_attention_q");
 	const struct ms_gpu_qkv qk = { .q = f };
 	t_check_no_cuda(ms_gpu_qkv_post(c, &qk, 1, &err), &err, "ms_gpu_qkv_post");
 	t_check_no_cuda(ms_gpu_add_rms_norm(c, f, f, f, f, NULL, 4, 1, 1e-6f,
@@ -1485,8 +1526,10 @@ int main(void)
 	check_rows();
 	check_route_topk();
 	check_errors();
-	printf("worst attention relative L2 %.2e (bound %.0e)\n", worst_att,
-	       TOL_ATT);
+	printf("worst attention relative L2 %.2e (bound %.0e); %d attention_q "
+	       "cases with their prepared output the same as a product's own "
+	       "preparation\n", worst_att, TOL_ATT, att_prep);
+	T_CHECK(att_prep > 0, "no attention_q case had a prepared output");
 	ms_gpu_ctx_free(ctx);
 	return t_done();
 }

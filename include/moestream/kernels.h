@@ -599,6 +599,15 @@ int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 		     int64_t n_head, int64_t n_head_kv, int64_t D, float scale,
 		     int64_t T, float *out, struct ms_err *err);
 
+/* ms_gpu_attention, with its output also prepared at out_q (may be NULL;
+ * D a multiple of 32) for the fused matvec, as ms_gpu_add_rms_norm's yq:
+ * for the output projection. */
+int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
+		       const void *k_cache, const void *v_cache, bool f16,
+		       const int64_t *base, const int32_t *n_pos, int64_t stride,
+		       int64_t n_head, int64_t n_head_kv, int64_t D, float scale,
+		       int64_t T, float *out, void *out_q, struct ms_err *err);
+
 /* The MoE output of T tokens of E floats, K experts each: m[i] = sum_{j<K}
  * w[t*K + j] * y[(t*K + j) * E + i] (f32, j in order), then x[t*E + i] +=
  * sh ? m[i] + sh[t*E + i] : m[i] (sh, the shared expert's output, may be
