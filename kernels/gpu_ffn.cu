@@ -502,16 +502,23 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 				  (int)B, n_sets, q8, c->stream)) != cudaSuccess)
 		goto fail;
 
-	/* gate and up -> h (or g, u) */
+	/* gate and up -> h (or g, u), a pair whose tiles are whole blocks of
+	 * h also h prepared for down */
+	if (!mixed && msg_matvec_out_prep(&gu)) {
+		gu.out_q = hq;
+		gu.out_q_stride = dn.xq_stride;
+	}
 	what = "the gate/up matvec";
 	if ((ce = msg_matvec_launch(&gu, c->stream)) != cudaSuccess)
 		goto fail;
 	if (mixed && (ce = msg_matvec_launch(&up, c->stream)) != cudaSuccess)
 		goto fail;
 
-	/* h (mixed: silu(g) * u here) -> prepared */
+	/* h (mixed: silu(g) * u here) -> prepared, unless the pair kernel
+	 * wrote it so (above) */
 	what = "preparing h";
-	if ((ce = msg_prep_launch(h, u, B * F, hq, (int)F, (int)B, n, q8,
+	if (!gu.out_q &&
+	    (ce = msg_prep_launch(h, u, B * F, hq, (int)F, (int)B, n, q8,
 				  c->stream)) != cudaSuccess)
 		goto fail;
 

@@ -159,7 +159,16 @@ struct msg_mv_call {
 	 * it (the last CTA of each tile sets its counter back), not shared
 	 * with a launch that may run at the same time */
 	unsigned *cnt;
+	/* not NULL: the output also prepared there (q8's form) as the next
+	 * product's input, out_q_stride blocks per expert; only where
+	 * msg_matvec_out_prep says the launch can */
+	void *out_q;
+	int64_t out_q_stride;
 };
+
+/* Whether the launch can write its output prepared (out_q): its tiles are
+ * of 32 rows, n_rows a multiple of 32. */
+bool msg_matvec_out_prep(const struct msg_mv_call *c);
 
 /* Split-K counters a launch may use: one per tile of rows and expert (the
  * rule splits only launches of under a wave of CTAs). */

@@ -587,6 +587,8 @@ struct MvArgs {
 	float *part;   /* split-K partials [split][matrix][expert][B][row] */
 	unsigned *cnt; /* split-K: ranges done, per [expert][tile]; zero */
 	int S;         /* split-K ranges */
+	void *oq;      /* the output prepared too (mv_store), or NULL */
+	int64_t oq_stride; /* prepared blocks per expert */
 	int64_t rs;    /* bytes per row */
 	int n_rows;    /* output rows */
 	int n_in;      /* elements per row */
@@ -683,17 +685,24 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 	}
 }
 
-/* A row's result: the dot, or for a pair h = silu(g) * u in double, as
- * kernels/ffn.c computes it. */
-template <bool PAIR>
-__device__ __forceinline__ void mv_store(float *o, float g, float u)
+/* A row's result, token b: the dot, or for a pair h = silu(g) * u in
+ * double, as kernels/ffn.c computes it. With a.oq (a tile of 32 rows of a
+ * multiple of 32: the caller, warp 0, holds one whole block of 32
+ * outputs, every lane calling) the block is also written prepared there
+ * for the next product (the down projection), as prep_kernel would. */
+template <bool PAIR, int NP>
+__device__ __forceinline__ void mv_store(const MvArgs &a, float *out, int e,
+					 int b, int row, float g, float u)
 {
+	float v = g;
 	if (PAIR) {
 		const double gd = g;
-		*o = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-	} else {
-		*o = g;
+		v = (float)(gd / (1.0 + exp(-gd)) * (double)u);
 	}
+	out[(int64_t)b * a.n_rows] = v;
+	if (a.oq)
+		prep_block<NP>(v, (XBlk<NP> *)a.oq + e * a.oq_stride +
+					  ((int64_t)b * a.n_rows + row) / 32);
 }
 
 template <int T, int BT, bool PAIR, int NP>
@@ -774,7 +783,7 @@ mv_kernel(const __grid_constant__ MvArgs a)
 			if (PAIR)
 				pz[pstride + (int64_t)b * a.n_rows] = u;
 		} else {
-			mv_store<PAIR>(out + (int64_t)b * a.n_rows, g, u);
+			mv_store<PAIR, NP>(a, out, e, b, row, g, u);
 		}
 	}
 	if (!part)
@@ -801,7 +810,7 @@ mv_kernel(const __grid_constant__ MvArgs a)
 			if (PAIR)
 				u += __ldcg(pz + pstride);
 		}
-		mv_store<PAIR>(out + (int64_t)b * a.n_rows, g, u);
+		mv_store<PAIR, NP>(a, out, e, b, row, g, u);
 	}
 	if (tid == 0)
 		*cnt = 0; /* the next launch's (kernels on a stream are ordered) */
@@ -966,6 +975,14 @@ cudaError_t msg_prep_launch(const float *in, const float *in2,
 	return cudaGetLastError();
 }
 
+bool msg_matvec_out_prep(const struct msg_mv_call *c)
+{
+	MvInfo m;
+	MvPlan p;
+	return mv_lookup(c->type, &m) && mv_plan(c, m, &p) && p.tr_log2 == 5 &&
+	       c->n_rows % 32 == 0;
+}
+
 size_t msg_matvec_part_bytes(const struct msg_mv_call *c)
 {
 	MvInfo m;
@@ -985,6 +1002,8 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 	const size_t part_bytes = msg_matvec_part_bytes(c);
 	if (part_bytes && (!c->part || c->part_bytes < part_bytes || !c->cnt ||
 			   (int64_t)p.tiles * p.ne > MSG_MV_CNT_MAX))
+		return cudaErrorInvalidValue;
+	if (c->out_q && (p.tr_log2 != 5 || c->n_rows % 32))
 		return cudaErrorInvalidValue;
 	const int BT = c->B == 1 ? 1 : 8;
 	const size_t xb = msg_xblk_bytes(c->q8);
@@ -1023,6 +1042,10 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 		}
 		a.ne = ne;
 		a.xq = (const uint8_t *)c->xq + (size_t)(e0 * c->xq_stride) * xb;
+		a.oq = c->out_q ? (uint8_t *)c->out_q +
+					  (size_t)(e0 * c->out_q_stride) * xb
+				: nullptr;
+		a.oq_stride = c->out_q_stride;
 		a.out = c->out + e0 * c->out_stride;
 		const dim3 grid((unsigned)(p.tiles * p.S), (unsigned)ne);
 		k<<<grid, MV_THREADS, p.smem, stream>>>(a);
