@@ -794,6 +794,19 @@ int bias_launch(const struct ms_gpu_bias *b, int n, int64_t T, cudaStream_t st,
 
 } /* namespace */
 
+/* The checks of a norm's eps and of its prepared output's shape. */
+static int norm_args(const char *who, float eps, const void *yq, int64_t n,
+		     struct ms_err *err)
+{
+	if (!(eps >= 0.0f) || isinf(eps))
+		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
+	if (yq && n % 32)
+		return ms_err_set(err, -EINVAL, "%s: a prepared output of rows "
+				  "of %lld (not a multiple of 32)", who,
+				  (long long)n);
+	return 0;
+}
+
 extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
 			       const float *w, float *y, int64_t n, int64_t T,
 			       float eps, struct ms_err *err)
@@ -801,10 +814,8 @@ extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
 	static const char who[] = "gpu rms_norm";
 	cudaStream_t st;
 	int rc = enter_rows(c, who, &st, n, T, err);
-	if (rc)
+	if (rc || (rc = norm_args(who, eps, nullptr, n, err)))
 		return rc;
-	if (!(eps >= 0.0f) || isinf(eps))
-		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
 	NONNULL(who, "x,w,y", x, w, y);
 	rms_norm_kernel<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps);
 	return launched(who, err);
@@ -823,19 +834,6 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 	NONNULL(who, "x,a", x, a);
 	add_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, a, n);
 	return launched(who, err);
-}
-
-/* The checks of a norm's eps and of its prepared output's shape. */
-static int norm_args(const char *who, float eps, const void *yq, int64_t n,
-		     struct ms_err *err)
-{
-	if (!(eps >= 0.0f) || isinf(eps))
-		return ms_err_set(err, -EINVAL, "%s: eps %g", who, (double)eps);
-	if (yq && n % 32)
-		return ms_err_set(err, -EINVAL, "%s: a prepared output of rows "
-				  "of %lld (not a multiple of 32)", who,
-				  (long long)n);
-	return 0;
 }
 
 extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
@@ -1130,6 +1128,17 @@ extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
 				  nullptr, err);
 }
 
+/* The MoE combine's shape checked. */
+static int combine_dims(const char *who, int64_t E, int64_t T, int64_t K,
+			struct ms_err *err)
+{
+	if (!dims_ok(E, T) || !dims_ok(E * T, K))
+		return ms_err_set(err, -EINVAL,
+				  "%s: %lld tokens of %lld, %lld experts each",
+				  who, (long long)T, (long long)E, (long long)K);
+	return 0;
+}
+
 extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 				  const float *y, const float *w,
 				  const float *sh, int64_t E, int64_t T,
@@ -1138,12 +1147,8 @@ extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 	static const char who[] = "gpu moe_combine";
 	cudaStream_t st;
 	int rc = ops_enter(c, who, &st, err);
-	if (rc)
+	if (rc || (rc = combine_dims(who, E, T, K, err)))
 		return rc;
-	if (!dims_ok(E, T) || !dims_ok(E * T, K))
-		return ms_err_set(err, -EINVAL,
-				  "%s: %lld tokens of %lld, %lld experts each",
-				  who, (long long)T, (long long)E, (long long)K);
 	NONNULL(who, "x,y,w", x, y, w);
 	moe_combine_kernel<<<blocks_for(E * T, 256), 256, 0, st>>>(x, y, w, sh,
 								    E, K,
@@ -1161,12 +1166,8 @@ extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
 	static const char who[] = "gpu moe_combine_norm";
 	cudaStream_t st;
 	int rc = ops_enter(c, who, &st, err);
-	if (rc)
+	if (rc || (rc = combine_dims(who, E, T, K, err)))
 		return rc;
-	if (!dims_ok(E, T) || !dims_ok(E * T, K))
-		return ms_err_set(err, -EINVAL,
-				  "%s: %lld tokens of %lld, %lld experts each",
-				  who, (long long)T, (long long)E, (long long)K);
 	if ((rc = norm_args(who, eps, hq, E, err)))
 		return rc;
 	NONNULL(who, "x,y,w,norm_w,h", x, y, w, norm_w, h);
