@@ -486,6 +486,9 @@ int cmd_run(int argc, char **argv)
 						(double)s2.vram_misses);
 			cJSON_AddNumberToObject(j, "vram_copied_bytes",
 						(double)s2.vram_copied_bytes);
+			cJSON_AddNumberToObject(j, "cuda_graph_nodes",
+						info->gpu_graph ? info->gpu_graph_nodes
+								: 0);
 		}
 		char *str = cJSON_Print(j);
 		printf("%s\n", str);
@@ -514,6 +517,17 @@ int cmd_run(int argc, char **argv)
 				(unsigned long long)s2.vram_hits,
 				(unsigned long long)vr,
 				(double)s2.vram_copied_bytes / 1e9);
+			if (info->gpu_graph)
+				fprintf(stderr, "graph      decode steps replayed "
+					"from a CUDA graph of %u nodes\n",
+					info->gpu_graph_nodes);
+			else
+				fprintf(stderr, "graph      none: decode steps "
+					"launched kernel by kernel%s\n",
+					info->vram_all_experts
+						? ""
+						: " (experts not all in VRAM: "
+						  "routing is the host's)");
 		}
 	}
 	rc = 0;
