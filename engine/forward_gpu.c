@@ -105,6 +105,7 @@ struct ms_gpu_eng {
 	struct ms_gpu_marks *marks;
 	int n_marks, at;
 	uint8_t *part_of;
+	double *part_ms;             /* [n_marks]: a step's times, read */
 	struct ms_gpu_profile prof;
 	int64_t *start;              /* [n_expert + 1] */
 	struct ms_gpu_expert *views; /* [GROUP_MAX] */
@@ -269,7 +270,8 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 		/* the step's first mark, 7 a block at most, head and copies */
 		g->n_marks = 4 + 7 * (int)e->n_run;
 		g->part_of = calloc((size_t)g->n_marks, 1);
-		if (!g->part_of)
+		g->part_ms = calloc((size_t)g->n_marks, sizeof(*g->part_ms));
+		if (!g->part_of || !g->part_ms)
 			return ms_err_set(err, -ENOMEM, "out of memory");
 		if ((rc = ms_gpu_marks_new(g->ctx, g->n_marks, &g->marks, err)))
 			return rc;
@@ -397,6 +399,7 @@ void ms_gpu_eng_close(struct ms_engine *e)
 	ms_gpu_graph_free(g->graph);
 	ms_gpu_marks_free(g->marks);
 	free(g->part_of);
+	free(g->part_ms);
 	ms_gpu_tier_free(g->tier);
 	if (g->tclient)
 		ms_client_close(g->tclient);
@@ -542,11 +545,13 @@ static int experts_out(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
 
 /* ---- one batch ------------------------------------------------------------------------ */
 
+/* y = w . x for T tokens; xq (may be NULL): x already prepared, as
+ * ms_gpu_matmul_n takes it. */
 static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
-		  float *y, int64_t T, struct ms_err *err)
+		  const void *xq, float *y, int64_t T, struct ms_err *err)
 {
-	return ms_gpu_matmul(e->gpu->ctx, w->type, dev_of(e, w), w->ne[0],
-			     w->ne[1], x, y, T, err);
+	const struct ms_gpu_mm one = { w->type, dev_of(e, w), w->ne[1], y };
+	return ms_gpu_matmul_n(e->gpu->ctx, &one, 1, w->ne[0], x, xq, T, err);
 }
 
 /* h prepared (g->hq), for the norm writing h to write and the products
@@ -606,10 +611,7 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 		return rc;
 	part_end(e, MS_GPU_PART_ATTN, 0);
 	/* the residual, and the FFN's norm of it in the same launch */
-	const struct ms_gpu_mm wo = { k->wo.type, dev_of(e, &k->wo), k->wo.ne[1],
-				      g->o };
-	if ((rc = ms_gpu_matmul_n(c, &wo, 1, k->wo.ne[0], g->att, attq, T,
-				  err)) ||
+	if ((rc = matmul(e, &k->wo, g->att, attq, g->o, T, err)) ||
 	    (rc = ms_gpu_add_rms_norm(c, g->x, g->o, dev_of(e, &k->ffn_norm), g->h,
 				      hq_of(g, T), E, T, e->eps, err)))
 		return rc;
@@ -692,7 +694,7 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 	int64_t K = e->n_used;
 	bool shared = k->sh_gate.data != NULL;
 	int rc;
-	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, 1, err)) ||
+	if ((rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, 1, err)) ||
 	    (rc = ms_gpu_route_topk(c, &e->router, g->rlog, dev_of(e, &k->probs_b),
 				    1, g->dsel, g->rw, g->bad, err)))
 		return rc;
@@ -735,13 +737,13 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 &&
 			    T <= MS_ENG_SPEC_MAX_T;
 	g->n_hint = 0;
-	if ((rc = matmul(e, &k->gate_inp, g->h, g->rlog, T, err)))
+	if ((rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, T, err)))
 		return rc;
 	if (spec) {
 		const struct ms_block *n = &e->blk[nb];
 		if ((rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &n->ffn_norm), g->xg,
 					  E, T, e->eps, err)) ||
-		    (rc = matmul(e, &n->gate_inp, g->xg, g->rlog + T * X, T, err)))
+		    (rc = matmul(e, &n->gate_inp, g->xg, NULL, g->rlog + T * X, T, err)))
 			return rc;
 	}
 	if ((rc = ms_gpu_download_async(c, g->h_rlog, g->rlog,
@@ -915,11 +917,8 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 	/* g->rows is the stream's to overwrite (ordered after the kernels
 	 * that read it); p_out is not the rows' scratch, whose copy may still
 	 * be in flight */
-	const struct ms_gpu_mm head = { e->output.type, dev_of(e, &e->output),
-					e->output.ne[1], g->logits };
 	if (direct &&
-	    (rc = ms_gpu_matmul_n(c, &head, 1, e->output.ne[0], g->h,
-				  hq_of(g, T), T, err)))
+	    (rc = matmul(e, &e->output, g->h, hq_of(g, T), g->logits, T, err)))
 		return rc;
 	if (n_out && !direct &&
 	    ((rc = ms_gpu_upload_async(c, g->rows, g->p_out, (size_t)n_out * 4,
@@ -927,7 +926,7 @@ static int queue_batch(struct ms_engine *e, int64_t T, int64_t n_out,
 	     (rc = ms_gpu_gather_rows(c, g->x, g->rows, n_out, E, g->xg, err)) ||
 	     (rc = ms_gpu_rms_norm(c, g->xg, dev_of(e, &e->out_norm), g->h, E,
 				   n_out, e->eps, err)) ||
-	     (rc = matmul(e, &e->output, g->h, g->logits, n_out, err))))
+	     (rc = matmul(e, &e->output, g->h, NULL, g->logits, n_out, err))))
 		return rc;
 	if (n_out)
 		part_end(e, MS_GPU_PART_HEAD,
@@ -943,17 +942,15 @@ static void parts_read(struct ms_gpu_eng *g)
 {
 	if (g->at < 2)
 		return;
-	double t[512], *tt = g->at <= 512 ? t : malloc(sizeof(double) * (size_t)g->at);
-	int ok = tt != NULL;
+	/* all of a step's times or none of them */
+	bool ok = true;
 	for (int i = 1; ok && i < g->at; i++)
-		ok = !ms_gpu_marks_ms(g->marks, i - 1, i, &tt[i], NULL);
+		ok = !ms_gpu_marks_ms(g->marks, i - 1, i, &g->part_ms[i], NULL);
 	if (ok) {
 		for (int i = 1; i < g->at; i++)
-			g->prof.ms[g->part_of[i]] += tt[i];
+			g->prof.ms[g->part_of[i]] += g->part_ms[i];
 		g->prof.steps++;
 	}
-	if (tt != t)
-		free(tt);
 	g->at = 0;
 }
 
