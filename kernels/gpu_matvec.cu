@@ -30,18 +30,22 @@
  *    word 84 bytes further on, and each warp load touches a dozen cache
  *    lines: the L1 runs out long before DRAM does. So a CTA copies a tile of
  *    rows x a chunk of blocks into shared memory with 4-byte cp.async
- *    (consecutive lanes, consecutive words; the ragged first and last word
- *    of a row's chunk by bytes), double-buffered so that one chunk is in
- *    flight while the previous is computed, and threads decode from shared
- *    memory. A row's slot starts at the 4-byte word holding its first byte
- *    and is an odd number of words long, so lanes reading the same field
- *    of 32 different rows hit 32 different banks.
+ *    (a warp per row, consecutive lanes on consecutive words; the ragged
+ *    first and last word of a row's chunk by bytes, outside the copy
+ *    loop), double-buffered so that one chunk is in flight while the
+ *    previous is computed, and threads decode from shared memory. A row's
+ *    chunk is only ~300 bytes (a 32-row tile in ~10 KB), so what a warp
+ *    does per row and per 32 words counts as much as the decoding: the
+ *    copy loop is the copy and two pointer steps, and the row's pointer
+ *    steps from the previous one. A row's slot starts at the 4-byte word
+ *    holding its first byte and is an odd number of words long, so lanes
+ *    reading the same field of 32 different rows hit 32 different banks.
  *
  * Threads: 128 per CTA; a tile is tr = 32, 16 or 8 rows (fewer rows, more
  * CTAs, when the launch would not fill the device twice over); thread t
  * takes row t % tr and every (128/tr)-th unit of the chunk, a unit being
- * 32 to 128 elements of one block that share their packed bits. Lanes of a
- * warp work on the same columns of different rows, so the prepared input
+ * 32 to 128 elements of one block that share their packed bits. Lanes of
+ * a warp work on the same columns of different rows, so the prepared input
  * they read is one address per warp (one cache transaction, broadcast).
  * At the end the k-slices of each row are summed through shared memory in
  * a fixed order (the result does not depend on timing), and the pair kernel
@@ -601,41 +605,71 @@ struct MvArgs {
 	int sw;        /* words per row slot (odd) */
 };
 
+/* Word w of a slot whose row chunk is bytes [head, end) of the words from
+ * g4, built byte by byte from those bytes only (the word's others may lie
+ * outside the allocation); the rest are zero. */
+__device__ __forceinline__ uint32_t mv_ragged_word(const uint8_t *g4, int w,
+						   int head, int end)
+{
+	uint32_t v = 0;
+	for (int k = 0; k < 4; k++) {
+		const int p = 4 * w + k;
+		if (p >= head && p < end)
+			v |= (uint32_t)g4[p] << (8 * k);
+	}
+	return v;
+}
+
+/* One row's chunk, len bytes from g, into its slot, by one warp: the slot
+ * starts at the 4-byte word holding g's first byte. The words wholly inside
+ * the chunk go by 4-byte cp.async, consecutive lanes on consecutive words,
+ * in a loop that is only the copy and two pointer steps; the ragged first
+ * and last word (formats whose blocks or rows are not whole words: never
+ * for A4) by one lane each, after it. */
+template <bool A4>
+__device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
+					    uint32_t *slot, int lane)
+{
+	const int head = A4 ? 0 : (int)((uintptr_t)g & 3);
+	const uint8_t *g4 = g - head;
+	const int end = head + len;
+	const int wf = head != 0, wl = end >> 2; /* whole words: [wf, wl) */
+	const uint8_t *src = g4 + 4 * (wf + lane);
+	uint32_t *d = slot + wf + lane;
+	for (int w = wf + lane; w < wl; w += 32, src += 128, d += 32)
+		__pipeline_memcpy_async(d, src, 4);
+	if (A4)
+		return;
+	if (lane == 0 && head)
+		slot[0] = mv_ragged_word(g4, 0, head, end);
+	if (lane == 31 && (end & 3) && wl >= wf)
+		slot[wl] = mv_ragged_word(g4, wl, head, end);
+}
+
 /* Starts copying the chunk of blocks [b0, min(b0 + kc, kb1)) of the tile's
- * rows (both matrices for a pair) into dst: slot r (r < tr: matrix A, else
- * B) gets the 4-byte words that hold the row's chunk, from the one holding
- * its first byte. Rows past the end repeat the last row (loaded, computed,
- * never written). */
+ * rows (both matrices for a pair) into dst, a warp per row: slot r (r < tr:
+ * matrix A, else B) gets the 4-byte words that hold the row's chunk, from
+ * the one holding its first byte. Rows past the end repeat the last row
+ * (loaded, computed, never written). */
 template <class F, int NM>
 __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 					const uint8_t *wb, int row0, int tr,
 					int b0, int kb1, uint32_t *dst)
 {
+	constexpr int NW = MV_THREADS / 32;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int len = min(a.kc, kb1 - b0) * F::BS;
-	for (int r = warp; r < NM * tr; r += MV_THREADS / 32) {
-		const int m = NM > 1 && r >= tr;
-		const int rr = min(row0 + r - m * tr, a.n_rows - 1);
-		const uint8_t *g = (m ? wb : wa) + (int64_t)rr * a.rs +
-				   (int64_t)b0 * F::BS;
-		const int head = (int)((uintptr_t)g & 3);
-		const uint8_t *g4 = g - head;
-		uint32_t *slot = dst + r * a.sw;
-		const int words = (head + len + 3) >> 2;
-		for (int w = lane; w < words; w += 32) {
-			const int lo = 4 * w;
-			if (lo >= head && lo + 4 <= head + len) {
-				__pipeline_memcpy_async(slot + w, g4 + lo, 4);
-			} else {
-				uint32_t v = 0;
-				for (int k = 0; k < 4; k++) {
-					const int p = lo + k;
-					if (p >= head && p < head + len)
-						v |= (uint32_t)g4[p] << (8 * k);
-				}
-				slot[w] = v;
-			}
-		}
+	const int64_t off = (int64_t)b0 * F::BS, step = NW * a.rs;
+#pragma unroll
+	for (int m = 0; m < NM; m++) {
+		const uint8_t *base = (m ? wb : wa) + off;
+		const uint8_t *last = base + (int64_t)(a.n_rows - 1) * a.rs;
+		const uint8_t *g = base + (int64_t)(row0 + warp) * a.rs;
+		uint32_t *slot = dst + (m * tr + warp) * a.sw;
+		for (int r = row0 + warp; r < row0 + tr;
+		     r += NW, g += step, slot += NW * a.sw)
+			mv_load_row<F::A4>(r < a.n_rows ? g : last, len, slot,
+					   lane);
 	}
 }
 

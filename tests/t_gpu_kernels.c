@@ -978,6 +978,11 @@ static void check_split(void)
 	matmul_case(MS_TYPE_Q6_K, 1024, 256, 2, 3);
 	matmul_case(MS_TYPE_MXFP4, 1024, 96, 1, 5);
 	matmul_case(MS_TYPE_Q2_K, 2048, 64, 8, 8);
+	/* 37 rows: the last tile's rows past the end repeat the last row,
+	 * which is read from a buffer of exactly the matrix (under ASan, a
+	 * read past it fails), Q3_K's with ragged first and last words */
+	matmul_case(MS_TYPE_Q4_K, 512, 37, 1, 2);
+	matmul_case(MS_TYPE_Q3_K, 768, 37, 3, 2);
 	split_ffn_case(ty, 1024, 512, true, 2, 3, 4, MS_GPU_FFN_MATVEC,
 		       TOL_SPLIT);
 	split_ffn_case(ty, 1024, 512, false, 1, 1, 3, MS_GPU_FFN_MATVEC_Q8,
