@@ -44,9 +44,12 @@
  * Threads: 128 per CTA; a tile is tr = 32, 16 or 8 rows (fewer rows, more
  * CTAs, when the launch would not fill the device twice over); thread t
  * takes row t % tr and every (128/tr)-th unit of the chunk, a unit being
- * 32 to 128 elements of one block that share their packed bits. Lanes of
- * a warp work on the same columns of different rows, so the prepared input
- * they read is one address per warp (one cache transaction, broadcast).
+ * 32 to 128 elements of one block that share their packed bits (128/tr is
+ * a multiple of the units per block, so a thread's units are all the same
+ * unit of their blocks, and its scales' and bits' positions are fixed).
+ * Lanes of a warp work on the same columns of different rows, so the
+ * prepared input they read is one address per warp (one cache
+ * transaction, broadcast).
  * At the end the k-slices of each row are summed through shared memory in
  * a fixed order (the result does not depend on timing), and the pair kernel
  * writes h = silu(g) * u computed in double from the two f32 dots, as
@@ -681,20 +684,25 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 	   float (&accB)[BT])
 {
 	const int nxb = a.n_in / 32;
-	const int units = min(a.kc, kb1 - b0) * F::UPB;
+	const int nblk = min(a.kc, kb1 - b0);
 	const int64_t rr = min(row0 + rl, a.n_rows - 1);
 	const uint32_t *slA = buf + rl * a.sw;
 	const uint32_t *slB = buf + (tr + rl) * a.sw;
 	const int64_t off = rr * a.rs + (int64_t)b0 * F::BS;
 	const int headA = (int)((uintptr_t)(wa + off) & 3);
 	const int headB = PAIR ? (int)((uintptr_t)(wb + off) & 3) : 0;
-	for (int ui = ks; ui < units; ui += nks) {
-		const int blk = ui / F::UPB, u = ui % F::UPB;
+	/* units ks, ks + nks, ...: all unit u of their blocks (what depends
+	 * on u alone is worked out once, not per unit) */
+	static_assert((MV_THREADS >> 5) % F::UPB == 0,
+		      "the fewest k-slices (32-row tiles) must be a multiple "
+		      "of the units per block");
+	const int u = ks % F::UPB, bstep = nks / F::UPB;
+	for (int blk = ks / F::UPB; blk < nblk; blk += bstep) {
+		const XBlk<NP> *xk = xq + (b0 + blk) * (F::QK / 32);
 		typename F::Raw ra, rb;
 		F::load(ra, slA, headA + blk * F::BS, u);
 		if (PAIR)
 			F::load(rb, slB, headB + blk * F::BS, u);
-		const int kx0 = (b0 + blk) * (F::QK / 32);
 		/* unrolled at B = 1; at B = 8 the token loop is unrolled
 		 * instead (the accumulators must stay in registers) and
 		 * unrolling both spills: sub() takes a run-time s */
@@ -704,7 +712,7 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 			F::sub(ra, u, s, qa);
 			if (PAIR)
 				F::sub(rb, u, s, qb);
-			const XBlk<NP> *xs = xq + kx0 + F::xblk(u, s);
+			const XBlk<NP> *xs = xk + F::xblk(u, s);
 #pragma unroll
 			for (int b = 0; b < BT; b++) {
 				if (b < a.B) {
