@@ -920,10 +920,13 @@ struct MvPlan {
  * wave, rounded up, but no more than keeps at least one unit per k-slice
  * in each range (and at most MSG_MV_MAX_SPLIT). c->split: 0 this rule, 1
  * never, N >= 2 N ranges (at most one per block) whatever the rule says.
- * Chunks: about 10 KB of each matrix per buffer (two buffers, two matrices
- * for a pair: ~40 KB of shared memory, under the 48 KB every target gives
+ * Chunks: about 20 KB per buffer, 10 KB of each matrix for a pair (two
+ * buffers: ~40 KB of shared memory, under the 48 KB every target gives
  * without opting in), rounded to whole units per k-slice where possible,
- * at most a range.
+ * at most a range. The longer a row's chunk, the less of the loader's
+ * work is per row (a single matrix's rows take twice a pair's). Where the
+ * rounding holds, a thread takes the same units of the range whatever the
+ * chunk's length, so the result does not depend on it.
  */
 bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 {
@@ -959,7 +962,7 @@ bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 	p->S = (nb + p->kspan - 1) / p->kspan; /* no empty range */
 
 	const int kmul = nks / gcd_int(nks, m.upb);
-	int kc = (int)(10240 / (tr * m.bs));
+	int kc = (int)(20480 / (NM * tr * m.bs));
 	if (kc < 1)
 		kc = 1;
 	if (kc >= kmul)
