@@ -292,8 +292,7 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	/* the 6-bit scale of group g = 8u + j (j = 0..7), minus 32 */
 	static __device__ __forceinline__ int scale(const Raw &r, int u, int j)
 	{
-		const uint32_t b = byte3(r.ss, j);
-		const int lo = u ? (int)(b >> 4) : (int)(b & 0xf);
+		const int lo = (int)(byte3(r.ss, j) >> (4 * u)) & 0xf;
 		const int g = 8 * u + j;
 		const int hi = (int)(byte3(r.ss, 8 + (j & 3)) >> (2 * (g >> 2))) & 3;
 		return (lo | hi << 4) - 32;
@@ -301,11 +300,14 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
 	{
-		const int hb = 4 * u + s;
+		/* bit hb = 4u + s (0..7) of each hmask byte lands on bit 2
+		 * of the same byte after a rotation right by hb - 2, mod 32 */
+		const int rot = (4 * u + s + 30) & 31;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
 			o.q[w] = ((r.qs[w] >> (2 * s)) & 0x03030303u) |
-				 ((r.hm[w] >> hb) & 0x01010101u) << 2;
+				 (__funnelshift_r(r.hm[w], r.hm[w], rot) &
+				  0x04040404u);
 		o.A0 = r.d * (float)scale(r, u, 2 * s);
 		o.A1 = r.d * (float)scale(r, u, 2 * s + 1);
 		o.M0 = 4.0f * o.A0;
@@ -384,10 +386,13 @@ template <> struct Fmt<MS_TYPE_Q5_K> {
 						   Sub &o)
 	{
 		const int g = 2 * u + s;
+		/* bit g of each qh byte to its bit 4 (as Q3_K's hmask) */
+		const int rot = (g + 28) & 31;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
 			o.q[w] = ((r.qs[w] >> (4 * s)) & 0x0f0f0f0fu) |
-				 ((r.qh[w] >> g) & 0x01010101u) << 4;
+				 (__funnelshift_r(r.qh[w], r.qh[w], rot) &
+				  0x10101010u);
 		int sc, mn;
 		k4_scale_min(r.sc, g, sc, mn);
 		o.A0 = o.A1 = r.d * (float)sc;
@@ -427,10 +432,13 @@ template <> struct Fmt<MS_TYPE_Q6_K> {
 						   Sub &o)
 	{
 		const int c = u & 1, rq = c + 2 * s;
+		/* bits 2rq, 2rq + 1 of each qh byte to its bits 4, 5 */
+		const int rot = (2 * rq + 28) & 31;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
 			o.q[w] = ((r.ql[w] >> (4 * s)) & 0x0f0f0f0fu) |
-				 ((r.qh[w] >> (2 * rq)) & 0x03030303u) << 4;
+				 (__funnelshift_r(r.qh[w], r.qh[w], rot) &
+				  0x30303030u);
 		/* scales 8h + 2rq + k = byte 2c + k of word s of the half's 8 */
 		const uint32_t b = (s ? r.sc[1] : r.sc[0]) >> (16 * c);
 		o.A0 = r.d * (float)(int8_t)(b & 0xffu);
