@@ -15,6 +15,9 @@
 #                        timing (on 2 cores ~15 s to compile, ~15 s of tests;
 #                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~1 min;
 #                        EMU_TESTS= to choose)
+#   make ptx-loops       the fused matvec's unit and copy loops counted in PTX
+#                        instructions, per kernel (needs nvcc; no GPU): a
+#                        measure to compare builds by (tools/ptx-loops.py)
 #   make fuzz            libFuzzer targets for FUZZ_TIME seconds each (default 60)
 #   make bench           the end-to-end benchmark (issue 15), as root: llama.cpp
 #                        against moestream run (embedded and through moestreamd)
@@ -199,6 +202,16 @@ gpu-emu: tests
 	@$(MAKE) --no-print-directory ggml-ref
 	@TESTS="$(EMU_TESTS)" EMU_SAN=$(if $(SANITIZER),1,$(EMU_SAN)) tests/cuda-emu/build.sh $(O) $(EMU_O)
 	@MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) --jobs $(TEST_JOBS) $(addprefix $(EMU_O)/,$(EMU_TESTS))
+
+.PHONY: ptx-loops
+ptx-loops:
+ifeq ($(NVCC),)
+	@echo "ptx-loops: no nvcc (CUDA_HOME=$(CUDA_HOME)): the PTX comes from nvcc" >&2; exit 1
+else
+	@mkdir -p $(O)/ptx
+	$(call say,NVCC,kernels/gpu_matvec.cu -ptx)$(NVCC) -O2 -std=c++17 -Iinclude -arch=sm_90 -ptx kernels/gpu_matvec.cu -o $(O)/ptx/gpu_matvec.ptx
+	@python3 tools/ptx-loops.py $(O)/ptx/gpu_matvec.ptx $(PTX_ARGS)
+endif
 
 run:
 	@mk/deps.sh install

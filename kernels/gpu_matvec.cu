@@ -705,12 +705,15 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 		      "the fewest k-slices (32-row tiles) must be a multiple "
 		      "of the units per block");
 	const int u = ks % F::UPB, bstep = nks / F::UPB;
-	for (int blk = ks / F::UPB; blk < nblk; blk += bstep) {
+	/* the block's byte offsets in the slots step with it */
+	int boA = headA + ks / F::UPB * F::BS, boB = headB + ks / F::UPB * F::BS;
+	for (int blk = ks / F::UPB; blk < nblk;
+	     blk += bstep, boA += bstep * F::BS, boB += bstep * F::BS) {
 		const XBlk<NP> *xk = xq + (b0 + blk) * (F::QK / 32);
 		typename F::Raw ra, rb;
-		F::load(ra, slA, headA + blk * F::BS, u);
+		F::load(ra, slA, boA, u);
 		if (PAIR)
-			F::load(rb, slB, headB + blk * F::BS, u);
+			F::load(rb, slB, boB, u);
 		/* unrolled at B = 1; at B = 8 the token loop is unrolled
 		 * instead (the accumulators must stay in registers) and
 		 * unrolling both spills: sub() takes a run-time s */
