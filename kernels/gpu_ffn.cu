@@ -63,6 +63,7 @@ struct ms_gpu_ctx {
 	size_t ws_size;
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
 	int mv_split; /* msg_mv_call.split */
+	int mv_chunk; /* msg_mv_call.chunk */
 	bool capturing;  /* between ms_gpu_capture_begin and _end */
 	uint64_t ws_gen; /* bumped each time ws moves (a graph holds it) */
 };
@@ -432,6 +433,7 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	gu.B = (int)B;
 	gu.sms = c->sms;
 	gu.split = c->mv_split;
+	gu.chunk = c->mv_chunk;
 	gu.q8 = q8;
 	gu.xq_stride = n_sets > 1 ? B * (E / 32) : 0;
 	gu.out_stride = B * F;
@@ -875,6 +877,21 @@ extern "C" int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split,
 	return 0;
 }
 
+extern "C" int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes,
+				    struct ms_err *err)
+{
+	if (!c)
+		return ms_err_set(err, -EINVAL, "gpu: NULL context");
+	if (bytes && (bytes < MS_GPU_CHUNK_MIN || bytes > MS_GPU_CHUNK_MAX))
+		return ms_err_set(err, -EINVAL,
+				  "gpu: chunk of %d bytes: expected 0 (the "
+				  "default, %d) or %d..%d",
+				  bytes, MS_GPU_CHUNK_DEFAULT,
+				  MS_GPU_CHUNK_MIN, MS_GPU_CHUNK_MAX);
+	c->mv_chunk = bytes;
+	return 0;
+}
+
 bool msg_ctx_q8(const struct ms_gpu_ctx *c)
 {
 	return c->q8;
@@ -1093,6 +1110,7 @@ static void mm_call(const struct ms_gpu_ctx *c, struct msg_mv_call *mv,
 	mv->B = (int)n_tokens;
 	mv->sms = c->sms;
 	mv->split = c->mv_split;
+	mv->chunk = c->mv_chunk;
 	mv->part_bytes = msg_matvec_part_bytes(mv);
 }
 

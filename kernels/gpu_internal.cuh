@@ -153,6 +153,7 @@ struct msg_mv_call {
 	int B;   /* 1..MSG_MV_MAX_TOKENS */
 	int sms; /* multiprocessors, to size the tiles and the split */
 	int split; /* 0: the rule (gpu_matvec.cu); 1: never; N: N ranges */
+	int chunk; /* weight bytes per buffer; 0: MS_GPU_CHUNK_DEFAULT */
 	void *part; /* split-K partials */
 	size_t part_bytes;
 	/* split-K: MSG_MV_CNT_MAX counters, zero before the launch and after

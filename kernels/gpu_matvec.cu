@@ -931,13 +931,14 @@ struct MvPlan {
  * wave, rounded up, but no more than keeps at least one unit per k-slice
  * in each range (and at most MSG_MV_MAX_SPLIT). c->split: 0 this rule, 1
  * never, N >= 2 N ranges (at most one per block) whatever the rule says.
- * Chunks: about 20 KB per buffer, 10 KB of each matrix for a pair (two
- * buffers: ~40 KB of shared memory, under the 48 KB every target gives
- * without opting in), rounded to whole units per k-slice where possible,
- * at most a range. The longer a row's chunk, the less of the loader's
- * work is per row (a single matrix's rows take twice a pair's). Where the
- * rounding holds, a thread takes the same units of the range whatever the
- * chunk's length, so the result does not depend on it.
+ * Chunks: about c->chunk bytes per buffer (MS_GPU_CHUNK_DEFAULT, 20 KB:
+ * 10 KB of each matrix for a pair; two buffers: ~40 KB of shared memory,
+ * under the 48 KB every target gives without opting in), rounded to whole
+ * units per k-slice (kmul blocks: at most 16 of 34 bytes, or 8 of 110,
+ * in 8-row tiles, so always well under the limit), at most a range. The longer a row's chunk, the less of the loader's
+ * work is per row (a single matrix's rows take twice a pair's). A thread
+ * takes the same units of the range whatever the chunk's length, so the
+ * result does not depend on it (t_gpu_kernels checks every size).
  */
 bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 {
@@ -973,11 +974,9 @@ bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 	p->S = (nb + p->kspan - 1) / p->kspan; /* no empty range */
 
 	const int kmul = nks / gcd_int(nks, m.upb);
-	int kc = (int)(20480 / (NM * tr * m.bs));
-	if (kc < 1)
-		kc = 1;
-	if (kc >= kmul)
-		kc = (kc + kmul / 2) / kmul * kmul;
+	const int budget = c->chunk > 0 ? c->chunk : MS_GPU_CHUNK_DEFAULT;
+	int kc = (int)(budget / (NM * tr * m.bs));
+	kc = kc < kmul ? kmul : (kc + kmul / 2) / kmul * kmul;
 	if (kc > p->kspan)
 		kc = p->kspan;
 	for (;;) {

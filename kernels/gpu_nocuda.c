@@ -254,6 +254,13 @@ int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split, struct ms_err *err)
 	return no_cuda(err);
 }
 
+int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes, struct ms_err *err)
+{
+	(void)c;
+	(void)bytes;
+	return no_cuda(err);
+}
+
 int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 		       int n_experts, const float *x_dev, int64_t x_stride,
 		       float *y_dev, int64_t n_tokens,

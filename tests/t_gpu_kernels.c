@@ -23,6 +23,7 @@
  *    bits as ms_gpu_matmul for each;
  *  - split-K (ms_gpu_ctx_set_split): the same bits twice, within f32
  *    reassociation (3e-6) of the unsplit result, exact and q8;
+ *  - the chunk (ms_gpu_ctx_set_chunk): every size the default's bits;
  *  - the cuBLAS prefill path (B = 16, 64, 512) against the same reference
  *    with a bound derived from its f16 operands, see check_cublas;
  *  - the dense cuBLAS GEMV/GEMM, f32 (<= 1e-5) and f16 weights;
@@ -967,6 +968,72 @@ static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 	free(ref);
 }
 
+/* The chunk (ms_gpu_ctx_set_chunk) sets how many blocks of a row a CTA
+ * copies at a time, not which thread adds which unit: every chunk gives the
+ * default's bits, on the exact and the 8-bit path, at B = 1 and 3. */
+static void chunk_ffn_case(const uint32_t ty[3], int64_t E, int64_t F, int n)
+{
+	static const int chunks[] = { MS_GPU_CHUNK_MIN, 6144, 12288,
+				      MS_GPU_CHUNK_MAX };
+	static const enum ms_gpu_ffn_path paths[] = { MS_GPU_FFN_MATVEC,
+						      MS_GPU_FFN_MATVEC_Q8 };
+	struct hexpert *x = t_xmalloc(sizeof(*x) * (size_t)n);
+	struct ms_gpu_expert *ge = t_xmalloc(sizeof(*ge) * (size_t)n);
+	const int64_t B = 3;
+	const size_t xs = (size_t)(B * E), ny = xs * (size_t)n;
+	float *in = t_xmalloc(sizeof(float) * ny);
+	float *y0 = t_xmalloc(sizeof(float) * ny), *y = t_xmalloc(sizeof(float) * ny);
+	struct ms_err err = { 0 };
+	char nm[64];
+	for (int i = 0; i < n; i++) {
+		hexpert_make(&x[i], ty, E, F, true, 0);
+		ge[i] = x[i].g;
+	}
+	for (size_t i = 0; i < ny; i++)
+		in[i] = gauss();
+	float *din = t_dev_alloc(sizeof(float) * ny);
+	float *dout = t_dev_alloc(sizeof(float) * ny);
+	t_dev_up(din, in, sizeof(float) * ny);
+	int same = 0, cases = 0;
+	for (int p = 0; p < 2; p++)
+		for (int64_t b = 1; b <= B; b += B - 1)
+			for (int k = -1; k < (int)(sizeof(chunks) / sizeof(*chunks)); k++) {
+				if (ms_gpu_ctx_set_chunk(ctx, k < 0 ? 0 : chunks[k], &err) ||
+				    ms_gpu_memset(dout, 0xff, sizeof(float) * ny, &err) ||
+				    ms_gpu_experts_ffn(ctx, ge, n, din, (int64_t)xs, dout,
+						       b, paths[p], &err))
+					t_fatal("chunk ffn: %s", err.msg);
+				/* n experts' b x E outputs, one after another */
+				const size_t nb = (size_t)(n * b * E);
+				t_dev_to(ctx, k < 0 ? y0 : y, dout, sizeof(float) * nb);
+				if (k < 0)
+					continue;
+				cases++;
+				const bool eq = !memcmp(y, y0, sizeof(float) * nb);
+				same += eq;
+				T_CHECK(eq, "%s %s B=%lld chunk %d: not the default "
+					"chunk's bits (relative L2 %.3g)",
+					ms_gpu_ffn_path_name(paths[p]),
+					ty_name(ty, nm, sizeof(nm)), (long long)b,
+					chunks[k], rel_l2(y, y0, (int64_t)nb));
+			}
+	if (ms_gpu_ctx_set_chunk(ctx, 0, &err))
+		t_fatal("%s", err.msg);
+	printf("chunk     %s E=%lld F=%lld x%d: chunks of %d..%d bytes give "
+	       "the default's bits in %d of %d cases (exact and 8-bit, B = 1 "
+	       "and 3)\n", ty_name(ty, nm, sizeof(nm)), (long long)E,
+	       (long long)F, n, MS_GPU_CHUNK_MIN, MS_GPU_CHUNK_MAX, same, cases);
+	ms_gpu_free(din);
+	ms_gpu_free(dout);
+	for (int i = 0; i < n; i++)
+		hexpert_free(&x[i]);
+	free(x);
+	free(ge);
+	free(in);
+	free(y0);
+	free(y);
+}
+
 /* Split-K, on products and FFNs. The q8 FFN rounds h to 8 bits after
  * gate/up, and a reassociated f32 sum can land on the other side of a
  * rounding boundary (one step of one element of h, ~1e-4 of y here, and
@@ -989,6 +1056,23 @@ static void check_split(void)
 		       1e-3);
 	T_CHECK(ms_gpu_ctx_set_split(ctx, 17, &err) == -EINVAL,
 		"split 17 accepted");
+}
+
+static void check_chunk(void)
+{
+	struct ms_err err = { 0 };
+	const uint32_t glm[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+	const uint32_t k46[3] = { MS_TYPE_Q4_K, MS_TYPE_Q4_K, MS_TYPE_Q6_K };
+	chunk_ffn_case(glm, 2048, 1024, 2);
+	chunk_ffn_case(k46, 2048, 1024, 2);
+	T_CHECK(ms_gpu_ctx_set_chunk(ctx, MS_GPU_CHUNK_MIN - 1, &err) ==
+			-EINVAL && strstr(err.msg, "2047"),
+		"chunk %d accepted (%s)", MS_GPU_CHUNK_MIN - 1, err.msg);
+	T_CHECK(ms_gpu_ctx_set_chunk(ctx, MS_GPU_CHUNK_MAX + 1, &err) ==
+			-EINVAL,
+		"chunk %d accepted", MS_GPU_CHUNK_MAX + 1);
+	T_CHECK(ms_gpu_ctx_set_chunk(NULL, 0, &err) == -EINVAL,
+		"chunk on a NULL context accepted");
 }
 
 /* ---- cuBLAS prefill ------------------------------------------------------------ */
@@ -1412,7 +1496,7 @@ static void check_bench(void)
 			 "--mem",      "64M",	       "--time",
 			 "0.001",      "--types",      "q8_0,q5_0",
 			 "--no-prefill", "--json-out", jp,
-			 NULL };
+			 "--chunks",   "4K,8K",	       NULL };
 	int rc = bench_gpu_main((int)(sizeof(argv) / sizeof(argv[0])) - 1,
 				argv);
 	T_CHECK(rc == 0, "bench gpu: exit %d", rc);
@@ -1461,7 +1545,31 @@ static void check_bench(void)
 				name, confs[k], gb, r, copy);
 			checked += 2;
 		}
+		/* --chunks: one figure per size, in order */
+		cJSON *ch = cJSON_GetObjectItem(t, "q8_b1_e32_chunks"), *c;
+		T_CHECK(!mv || cJSON_GetArraySize(ch) == 2,
+			"bench gpu %s: %d chunk figures", name ? name : "?",
+			cJSON_GetArraySize(ch));
+		int k = 0;
+		cJSON_ArrayForEach(c, ch)
+		{
+			double by = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "bytes"));
+			double gb = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "gbps"));
+			double r = cJSON_GetNumberValue(
+				cJSON_GetObjectItem(c, "ratio"));
+			T_CHECK(by == 4096.0 * ++k && gb > 0 &&
+					fabs(r - gb / copy) <= 1e-9 * r,
+				"bench gpu %s chunk %g: %g GB/s, ratio %g", name,
+				by, gb, r);
+			checked++;
+		}
 	}
+	/* a size out of range is a usage error that names the range */
+	char *bad[] = { "bench gpu", "--chunks", "4K,1K", NULL };
+	T_CHECK(bench_gpu_main(3, bad) == 2, "bench gpu --chunks 4K,1K "
+		"accepted");
 	printf("bench gpu (64x64, q8_0 and q5_0): ran, JSON consistent (%d "
 	       "figures)\n",
 	       checked);
@@ -1511,6 +1619,8 @@ static void check_stubs(void)
 		   "ms_gpu_ctx_set_q8");
 	t_check_no_cuda(ms_gpu_ctx_set_split(NULL, 2, &err), &err,
 		   "ms_gpu_ctx_set_split");
+	t_check_no_cuda(ms_gpu_ctx_set_chunk(NULL, 4096, &err), &err,
+		   "ms_gpu_ctx_set_chunk");
 	t_check_no_cuda(ms_gpu_ctx_mark(NULL, &err), &err, "ms_gpu_ctx_mark");
 	t_check_no_cuda(ms_gpu_ctx_elapsed(NULL, &a, &err), &err,
 		   "ms_gpu_ctx_elapsed");
@@ -1578,6 +1688,7 @@ int main(int argc, char **argv)
 	check_matvec();
 	check_matvec_q8();
 	check_split();
+	check_chunk();
 	check_cublas();
 	check_dense();
 	check_errors();

@@ -65,6 +65,8 @@ static const uint32_t default_types[] = {
 
 /* The expert shape: GLM-4.7's unless --shape says otherwise. */
 static int64_t shape_embd = GLM_EMBD, shape_ff = GLM_FF;
+/* --chunks: the matvec chunk sizes to sweep (none by default) */
+static int sweep_chunks[BENCH_GPU_MAX_CHUNKS], n_sweep_chunks;
 
 static bool is_kquant(uint32_t t)
 {
@@ -212,6 +214,8 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 	rep->ring_bytes = ring_bytes;
 	rep->n_embd = shape_embd;
 	rep->n_ff = shape_ff;
+	rep->n_chunks = n_sweep_chunks;
+	memcpy(rep->chunks, sweep_chunks, sizeof(rep->chunks));
 	if ((rc = ms_gpu_ctx_init(&c, device, NULL, err)))
 		return rc;
 	void *st = ms_gpu_ctx_stream(c);
@@ -272,6 +276,23 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 					      ms_type_name(types[t]));
 				goto out;
 			}
+		/* the chunk sweep: the figure held to the target, per size */
+		for (int k = 0; k < rep->n_chunks; k++) {
+			double med, us;
+			if ((rc = ms_gpu_ctx_set_chunk(c, rep->chunks[k], err)) ||
+			    (rc = time_conf(c, &r, conf_experts[BENCH_GPU_E32],
+					    conf_tokens[BENCH_GPU_E32],
+					    MS_GPU_FFN_MATVEC_Q8, x, y,
+					    seconds / (2 * BENCH_GPU_NCONF),
+					    &row->chunk_gbps[k], &med, &us,
+					    err)) ||
+			    (rc = ms_gpu_ctx_set_chunk(c, 0, err))) {
+				ms_err_prefix(err, "%s, chunk of %d bytes",
+					      ms_type_name(types[t]),
+					      rep->chunks[k]);
+				goto out;
+			}
+		}
 		row->ran = true;
 		if (prefill && !rep->prefill_tokens && is_kquant(types[t])) {
 			double gb, med, us;
@@ -347,6 +368,27 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 					: 0,
 				gb[BENCH_GPU_B8]);
 		}
+	}
+	if (r->n_chunks) {
+		fprintf(f, "\nchunk sweep: q8, B = 1, 32 experts; GB/s (ratio) "
+			   "by the bytes a CTA copies at a time\n%-7s", "type");
+		for (int k = 0; k < r->n_chunks; k++)
+			fprintf(f, " %13d", r->chunks[k]);
+		fprintf(f, "\n");
+		for (int i = 0; i < r->n_rows; i++) {
+			const struct bench_gpu_row *w = &r->rows[i];
+			if (!w->ran)
+				continue;
+			fprintf(f, "%-7s", ms_type_name(w->type));
+			for (int k = 0; k < r->n_chunks; k++)
+				fprintf(f, " %6.0f (%4.2f)", w->chunk_gbps[k],
+					r->copy_gbps > 0
+						? w->chunk_gbps[k] / r->copy_gbps
+						: 0);
+			fprintf(f, "\n");
+		}
+		fprintf(f, "(the default chunk is %d bytes; the results are the "
+			   "same bits at every size)\n", MS_GPU_CHUNK_DEFAULT);
 	}
 	if (r->prefill_tokens)
 		fprintf(f,
@@ -435,6 +477,21 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 						? w->q8_gbps[k] / r->copy_gbps
 						: 0);
 			}
+			cJSON *ch = r->n_chunks ? cJSON_AddArrayToObject(
+							  t, "q8_b1_e32_chunks")
+						: NULL;
+			for (int k = 0; k < r->n_chunks; k++) {
+				cJSON *c = cJSON_CreateObject();
+				cJSON_AddNumberToObject(c, "bytes", r->chunks[k]);
+				cJSON_AddNumberToObject(c, "gbps",
+							w->chunk_gbps[k]);
+				cJSON_AddNumberToObject(
+					c, "ratio",
+					r->copy_gbps > 0
+						? w->chunk_gbps[k] / r->copy_gbps
+						: 0);
+				cJSON_AddItemToArray(ch, c);
+			}
 		}
 		cJSON_AddItemToArray(arr, t);
 	}
@@ -448,10 +505,47 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 	}
 }
 
+/* --chunks LIST: sizes like 5K or 20480, each MS_GPU_CHUNK_MIN..MAX. */
+static int parse_chunks(const char *arg)
+{
+	char buf[256];
+	if (strlen(arg) >= sizeof(buf)) {
+		tool_error(CMD, "--chunks: a list of at most %d sizes",
+			   BENCH_GPU_MAX_CHUNKS);
+		return -1;
+	}
+	snprintf(buf, sizeof(buf), "%s", arg);
+	n_sweep_chunks = 0;
+	char *save = NULL;
+	for (char *s = strtok_r(buf, ",", &save); s;
+	     s = strtok_r(NULL, ",", &save)) {
+		uint64_t v;
+		if (n_sweep_chunks == BENCH_GPU_MAX_CHUNKS) {
+			tool_error(CMD, "--chunks '%s': at most %d sizes", arg,
+				   BENCH_GPU_MAX_CHUNKS);
+			return -1;
+		}
+		if (ms_parse_size(s, &v) || v < MS_GPU_CHUNK_MIN ||
+		    v > MS_GPU_CHUNK_MAX) {
+			tool_error(CMD,
+				   "--chunks: '%s': expected a size of %d..%d "
+				   "bytes (like 10K)",
+				   s, MS_GPU_CHUNK_MIN, MS_GPU_CHUNK_MAX);
+			return -1;
+		}
+		sweep_chunks[n_sweep_chunks++] = (int)v;
+	}
+	if (!n_sweep_chunks) {
+		tool_error(CMD, "--chunks '%s': no size", arg);
+		return -1;
+	}
+	return 0;
+}
+
 static const char usage_line[] =
 	"usage: moestream bench gpu [--json] [--types LIST] [--time S] "
-	"[--device N] [--mem SIZE] [--shape E,F] [--no-prefill] "
-	"[--json-out FILE]";
+	"[--device N] [--mem SIZE] [--shape E,F] [--chunks LIST] "
+	"[--no-prefill] [--json-out FILE]";
 
 static void usage(FILE *f)
 {
@@ -477,6 +571,14 @@ static void usage(FILE *f)
 		"  --shape E,F     n_embd and n_ff of the expert (default "
 		"5120,1536; multiples\n"
 		"                  of 256 for the K-quants)\n"
+		"  --chunks LIST   also time the 8-bit kernel (B = 1, 32 "
+		"experts) with each of\n"
+		"                  these chunk sizes, the weight bytes a CTA "
+		"copies into shared\n"
+		"                  memory at a time (e.g. 5K,10K,20K; %d..%d; "
+		"default %d;\n"
+		"                  the results are the same bits at every "
+		"size)\n"
 		"  --no-prefill    skip the cuBLAS prefill line\n"
 		"  --json-out FILE the JSON to FILE as well as the table to "
 		"stdout\n"
@@ -484,7 +586,8 @@ static void usage(FILE *f)
 		"\n"
 		"exit: 0 ok; 1 a failure; 2 bad usage; 3 no GPU or built "
 		"without CUDA\n",
-		usage_line);
+		usage_line, MS_GPU_CHUNK_MIN, MS_GPU_CHUNK_MAX,
+		MS_GPU_CHUNK_DEFAULT);
 }
 
 int bench_gpu_main(int argc, char **argv)
@@ -498,6 +601,7 @@ int bench_gpu_main(int argc, char **argv)
 		{ "no-prefill", no_argument, 0, 'P' },
 		{ "shape", required_argument, 0, 'S' },
 		{ "json-out", required_argument, 0, 'J' },
+		{ "chunks", required_argument, 0, 'C' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -509,6 +613,7 @@ int bench_gpu_main(int argc, char **argv)
 	const char *json_out = NULL;
 	int c;
 	memcpy(types, default_types, sizeof(default_types));
+	n_sweep_chunks = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -547,6 +652,10 @@ int bench_gpu_main(int argc, char **argv)
 			break;
 		case 'J':
 			json_out = optarg;
+			break;
+		case 'C':
+			if (parse_chunks(optarg))
+				return tool_bad_usage(usage_line);
 			break;
 		case 'S': {
 			long long e = 0, f = 0;

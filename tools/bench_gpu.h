@@ -29,6 +29,7 @@ enum bench_gpu_conf {
 };
 
 #define BENCH_GPU_MAX_TYPES 32
+#define BENCH_GPU_MAX_CHUNKS 8
 
 struct bench_gpu_row {
 	uint32_t type;
@@ -43,6 +44,9 @@ struct bench_gpu_row {
 	double q8_gbps[BENCH_GPU_NCONF];
 	double q8_median[BENCH_GPU_NCONF];
 	double q8_us_call[BENCH_GPU_NCONF];
+	/* --chunks: the 8-bit kernel at B = 1, 32 experts, with each of the
+	 * report's chunk sizes (ms_gpu_ctx_set_chunk); best window */
+	double chunk_gbps[BENCH_GPU_MAX_CHUNKS];
 };
 
 struct bench_gpu_report {
@@ -52,6 +56,8 @@ struct bench_gpu_report {
 	uint64_t ring_bytes;   /* experts cycled over */
 	double copy_gbps, copy_median_gbps; /* read + write, D2D memcpy */
 	uint64_t copy_bytes;
+	int n_chunks; /* --chunks: the sizes swept, bytes */
+	int chunks[BENCH_GPU_MAX_CHUNKS];
 	int n_rows;
 	struct bench_gpu_row rows[BENCH_GPU_MAX_TYPES];
 	/* the prefill path once: cuBLAS at B = 512 on one expert */
@@ -76,8 +82,9 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f);
 void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o);
 
 /* `moestream bench gpu [--json] [--types LIST] [--time S] [--device N]
- * [--mem SIZE] [--shape E,F] [--no-prefill]`: exit 0, 1 (failed), 2 (usage), 3 (no GPU or
- * built without CUDA). argv[0] is the command's name. */
+ * [--mem SIZE] [--shape E,F] [--chunks LIST] [--no-prefill]`: exit 0, 1
+ * (failed), 2 (usage), 3 (no GPU or built without CUDA). argv[0] is the
+ * command's name. */
 int bench_gpu_main(int argc, char **argv);
 
 #endif

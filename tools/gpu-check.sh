@@ -29,7 +29,8 @@
 #            quantized weights and its ratio to the device-to-device copy
 #            bandwidth measured in the same run, for the exact kernel and the
 #            8-bit-activation one (q8 rows; t_gpu_kernels --bench is the
-#            same code: not run again);
+#            same code: not run again), and the 8-bit one at 32 experts
+#            with chunks of 5, 10 and 20 KB (--chunks);
 #         3. `moestream bench gpu-decode` on the GLM-4.7 preset cut to 4 MoE
 #            layers (written to $TMPDIR, removed after): the GPU decoder's
 #            tok/s with every expert in VRAM (routing on the GPU, steps
@@ -74,7 +75,8 @@
 #   run(command="tools/gpu-check.sh run build/gpu/gpu-pack",
 #       carry=["build/gpu/gpu-pack"], timeout_s=360)
 #
-# Knobs: GPU_CHECK_BENCH_TIME (seconds per type, 1), GPU_CHECK_BENCH_ARGS,
+# Knobs: GPU_CHECK_BENCH_TIME (seconds per type, 1), GPU_CHECK_CHUNKS (the
+# matvec chunk sizes bench gpu sweeps, 5K,10K,20K), GPU_CHECK_BENCH_ARGS,
 # GPU_CHECK_DECODE_ARGS and GPU_CHECK_TIER_ARGS (more options for the
 # benchmarks),
 # GPU_CHECK_TESTS (test names instead of all packed ones).
@@ -276,7 +278,10 @@ run() {
 
 	# 2. the kernel benchmark, through the command users run
 	local btxt=$res/bench.txt
+	# --chunks: the 8-bit kernel at three chunk sizes (the same bits at
+	# each), so one run says which the default should be
 	run_step bench 60 "$pack/moestream" bench gpu --time "${GPU_CHECK_BENCH_TIME:-1}" \
+		--chunks "${GPU_CHECK_CHUNKS:-5K,10K,20K}" \
 		--json-out "$res/bench.json" ${GPU_CHECK_BENCH_ARGS:-} | tee "$btxt"
 	local brc=${PIPESTATUS[0]}
 	if [ "$brc" -ne 0 ]; then
@@ -331,6 +336,7 @@ run() {
 	if [ "$brc" -eq 0 ]; then
 		echo "   -- moestream bench gpu"
 		sed -n '/^type /,/^$/p' "$btxt" | sed 's/^/   /'
+		sed -n '/^chunk sweep/,/^(the default/p' "$btxt" | sed 's/^/   /'
 		grep -E '^(note|gpu|target|prefill) ' "$btxt" | sed 's/^/   /'
 	fi
 	if [ "$drc" = 0 ]; then

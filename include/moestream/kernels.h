@@ -360,6 +360,19 @@ int ms_gpu_ctx_set_q8(struct ms_gpu_ctx *c, bool q8, struct ms_err *err);
  * one by f32 reassociation only. 0, -EINVAL. */
 int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split, struct ms_err *err);
 
+/* The fused matvec's chunk: the bytes of weights (all its rows, both
+ * matrices of a gate/up pair) a CTA copies into shared memory at a time,
+ * into one of two buffers (the two stay under 46 KB of shared memory).
+ * 0 (default): MS_GPU_CHUNK_DEFAULT; else MS_GPU_CHUNK_MIN..
+ * MS_GPU_CHUNK_MAX, rounded to whole blocks (and to whole units per
+ * thread where they fit). The results do not depend on it, bit for bit:
+ * a knob for benchmarks (`moestream bench gpu --chunks`) to find the
+ * fastest on a GPU. 0, -EINVAL. */
+#define MS_GPU_CHUNK_DEFAULT 20480
+#define MS_GPU_CHUNK_MIN 2048
+#define MS_GPU_CHUNK_MAX 22528
+int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes, struct ms_err *err);
+
 /* The FFN of n_experts experts that share fused, n_embd, n_ff and types
  * (one layer's routed experts), each on n_tokens inputs, unweighted:
  *   y_e = W_down_e . (silu(W_gate_e . x_e) * (W_up_e . x_e))
