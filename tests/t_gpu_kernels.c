@@ -900,43 +900,74 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 	free(ref);
 }
 
+/* n experts of types ty (E x F), each with B random inputs, on the host
+ * and the device, and a device output of the same size. */
+struct ffn_fix {
+	int n;
+	struct hexpert *x;
+	struct ms_gpu_expert *ge;
+	size_t xs, ny; /* one expert's inputs (B x E); all of them */
+	float *in, *din, *dout;
+};
+
+static void ffn_fix_make(struct ffn_fix *f, const uint32_t ty[3], int64_t E,
+			 int64_t F, bool fused, int n, int64_t B)
+{
+	f->n = n;
+	f->x = t_xmalloc(sizeof(*f->x) * (size_t)n);
+	f->ge = t_xmalloc(sizeof(*f->ge) * (size_t)n);
+	for (int i = 0; i < n; i++) {
+		hexpert_make(&f->x[i], ty, E, F, fused, 0);
+		f->ge[i] = f->x[i].g;
+	}
+	f->xs = (size_t)(B * E);
+	f->ny = f->xs * (size_t)n;
+	f->in = t_xmalloc(sizeof(float) * f->ny);
+	for (size_t i = 0; i < f->ny; i++)
+		f->in[i] = gauss();
+	f->din = t_dev_alloc(sizeof(float) * f->ny);
+	f->dout = t_dev_alloc(sizeof(float) * f->ny);
+	t_dev_up(f->din, f->in, sizeof(float) * f->ny);
+}
+
+static void ffn_fix_free(struct ffn_fix *f)
+{
+	ms_gpu_free(f->din);
+	ms_gpu_free(f->dout);
+	for (int i = 0; i < f->n; i++)
+		hexpert_free(&f->x[i]);
+	free(f->x);
+	free(f->ge);
+	free(f->in);
+}
+
 /* The expert FFN: unsplit, split into `split` ranges twice; split within
  * `tol` of unsplit, the same bits twice, and both against float64. */
 static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 			   bool fused, int n, int64_t B, int split,
 			   enum ms_gpu_ffn_path path, double tol)
 {
-	struct hexpert *x = t_xmalloc(sizeof(*x) * (size_t)n);
-	struct ms_gpu_expert *ge = t_xmalloc(sizeof(*ge) * (size_t)n);
-	const size_t xs = (size_t)(B * E), ny = xs * (size_t)n;
-	float *in = t_xmalloc(sizeof(float) * ny), *ref = t_xmalloc(sizeof(float) * xs);
-	float *y[3];
+	struct ffn_fix fx;
+	ffn_fix_make(&fx, ty, E, F, fused, n, B);
+	const size_t xs = fx.xs, ny = fx.ny;
+	float *ref = t_xmalloc(sizeof(float) * xs), *y[3];
 	struct ms_err err = { 0 };
 	char nm[64];
-	for (int i = 0; i < n; i++) {
-		hexpert_make(&x[i], ty, E, F, fused, 0);
-		ge[i] = x[i].g;
-	}
-	for (size_t i = 0; i < ny; i++)
-		in[i] = gauss();
-	float *din = t_dev_alloc(sizeof(float) * ny);
-	float *dout = t_dev_alloc(sizeof(float) * ny);
-	t_dev_up(din, in, sizeof(float) * ny);
 	for (int k = 0; k < 3; k++) {
 		y[k] = t_xmalloc(sizeof(float) * ny);
 		if (ms_gpu_ctx_set_split(ctx, k ? split : 1, &err) ||
-		    ms_gpu_memset(dout, 0xff, sizeof(float) * ny, &err) ||
-		    ms_gpu_experts_ffn(ctx, ge, n, din, (int64_t)xs, dout, B,
-				       path, &err))
+		    ms_gpu_memset(fx.dout, 0xff, sizeof(float) * ny, &err) ||
+		    ms_gpu_experts_ffn(ctx, fx.ge, n, fx.din, (int64_t)xs,
+				       fx.dout, B, path, &err))
 			t_fatal("split ffn: %s", err.msg);
-		t_dev_to(ctx, y[k], dout, sizeof(float) * ny);
+		t_dev_to(ctx, y[k], fx.dout, sizeof(float) * ny);
 	}
 	if (ms_gpu_ctx_set_split(ctx, 0, &err))
 		t_fatal("%s", err.msg);
 	const double es = rel_l2(y[1], y[0], (int64_t)ny);
 	double e = 0;
 	for (int i = 0; i < n; i++) {
-		ref_ffn(&x[i], in + (size_t)i * xs, ref, B);
+		ref_ffn(&fx.x[i], fx.in + (size_t)i * xs, ref, B);
 		const double ei = rel_l2(y[1] + (size_t)i * xs, ref, (int64_t)xs);
 		e = ei > e ? ei : e;
 	}
@@ -956,15 +987,9 @@ static void split_ffn_case(const uint32_t ty[3], int64_t E, int64_t F,
 	       ms_gpu_ffn_path_name(path), ty_name(ty, nm, sizeof(nm)),
 	       (long long)E, (long long)F, fused ? "fused" : "separate",
 	       (long long)B, n, split, es, tol, e);
-	ms_gpu_free(din);
-	ms_gpu_free(dout);
-	for (int i = 0; i < n; i++)
-		hexpert_free(&x[i]);
+	ffn_fix_free(&fx);
 	for (int k = 0; k < 3; k++)
 		free(y[k]);
-	free(x);
-	free(ge);
-	free(in);
 	free(ref);
 }
 
@@ -977,35 +1002,25 @@ static void chunk_ffn_case(const uint32_t ty[3], int64_t E, int64_t F, int n)
 				      MS_GPU_CHUNK_MAX };
 	static const enum ms_gpu_ffn_path paths[] = { MS_GPU_FFN_MATVEC,
 						      MS_GPU_FFN_MATVEC_Q8 };
-	struct hexpert *x = t_xmalloc(sizeof(*x) * (size_t)n);
-	struct ms_gpu_expert *ge = t_xmalloc(sizeof(*ge) * (size_t)n);
 	const int64_t B = 3;
-	const size_t xs = (size_t)(B * E), ny = xs * (size_t)n;
-	float *in = t_xmalloc(sizeof(float) * ny);
-	float *y0 = t_xmalloc(sizeof(float) * ny), *y = t_xmalloc(sizeof(float) * ny);
+	struct ffn_fix fx;
+	ffn_fix_make(&fx, ty, E, F, true, n, B);
+	float *y0 = t_xmalloc(sizeof(float) * fx.ny);
+	float *y = t_xmalloc(sizeof(float) * fx.ny);
 	struct ms_err err = { 0 };
 	char nm[64];
-	for (int i = 0; i < n; i++) {
-		hexpert_make(&x[i], ty, E, F, true, 0);
-		ge[i] = x[i].g;
-	}
-	for (size_t i = 0; i < ny; i++)
-		in[i] = gauss();
-	float *din = t_dev_alloc(sizeof(float) * ny);
-	float *dout = t_dev_alloc(sizeof(float) * ny);
-	t_dev_up(din, in, sizeof(float) * ny);
 	int same = 0, cases = 0;
 	for (int p = 0; p < 2; p++)
 		for (int64_t b = 1; b <= B; b += B - 1)
 			for (int k = -1; k < (int)(sizeof(chunks) / sizeof(*chunks)); k++) {
 				if (ms_gpu_ctx_set_chunk(ctx, k < 0 ? 0 : chunks[k], &err) ||
-				    ms_gpu_memset(dout, 0xff, sizeof(float) * ny, &err) ||
-				    ms_gpu_experts_ffn(ctx, ge, n, din, (int64_t)xs, dout,
-						       b, paths[p], &err))
+				    ms_gpu_memset(fx.dout, 0xff, sizeof(float) * fx.ny, &err) ||
+				    ms_gpu_experts_ffn(ctx, fx.ge, n, fx.din, (int64_t)fx.xs,
+						       fx.dout, b, paths[p], &err))
 					t_fatal("chunk ffn: %s", err.msg);
 				/* n experts' b x E outputs, one after another */
 				const size_t nb = (size_t)(n * b * E);
-				t_dev_to(ctx, k < 0 ? y0 : y, dout, sizeof(float) * nb);
+				t_dev_to(ctx, k < 0 ? y0 : y, fx.dout, sizeof(float) * nb);
 				if (k < 0)
 					continue;
 				cases++;
@@ -1023,13 +1038,7 @@ static void chunk_ffn_case(const uint32_t ty[3], int64_t E, int64_t F, int n)
 	       "the default's bits in %d of %d cases (exact and 8-bit, B = 1 "
 	       "and 3)\n", ty_name(ty, nm, sizeof(nm)), (long long)E,
 	       (long long)F, n, MS_GPU_CHUNK_MIN, MS_GPU_CHUNK_MAX, same, cases);
-	ms_gpu_free(din);
-	ms_gpu_free(dout);
-	for (int i = 0; i < n; i++)
-		hexpert_free(&x[i]);
-	free(x);
-	free(ge);
-	free(in);
+	ffn_fix_free(&fx);
 	free(y0);
 	free(y);
 }

@@ -325,6 +325,12 @@ out:
 	return rc;
 }
 
+/* GB/s of weights over the copy rate measured in the same run (0 if none). */
+static double copy_ratio(const struct bench_gpu_report *r, double gbps)
+{
+	return r->copy_gbps > 0 ? gbps / r->copy_gbps : 0;
+}
+
 void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 {
 	char b1[32];
@@ -363,9 +369,7 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 			fprintf(f, " %-7s %7.0f %7.0f %7.0f %6.2f %11.0f\n",
 				q8 ? "q8" : "exact", gb[BENCH_GPU_E1],
 				gb[BENCH_GPU_E8], gb[BENCH_GPU_E32],
-				r->copy_gbps > 0
-					? gb[BENCH_GPU_E32] / r->copy_gbps
-					: 0,
+				copy_ratio(r, gb[BENCH_GPU_E32]),
 				gb[BENCH_GPU_B8]);
 		}
 	}
@@ -382,9 +386,7 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 			fprintf(f, "%-7s", ms_type_name(w->type));
 			for (int k = 0; k < r->n_chunks; k++)
 				fprintf(f, " %6.0f (%4.2f)", w->chunk_gbps[k],
-					r->copy_gbps > 0
-						? w->chunk_gbps[k] / r->copy_gbps
-						: 0);
+					copy_ratio(r, w->chunk_gbps[k]));
 			fprintf(f, "\n");
 		}
 		fprintf(f, "(the default chunk is %d bytes; the results are the "
@@ -461,10 +463,7 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 				cJSON_AddNumberToObject(c, "us_per_call",
 							w->us_call[k]);
 				cJSON_AddNumberToObject(
-					c, "ratio",
-					r->copy_gbps > 0
-						? w->gbps[k] / r->copy_gbps
-						: 0);
+					c, "ratio", copy_ratio(r, w->gbps[k]));
 				cJSON_AddNumberToObject(c, "q8_gbps",
 							w->q8_gbps[k]);
 				cJSON_AddNumberToObject(c, "q8_gbps_median",
@@ -473,9 +472,7 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 							w->q8_us_call[k]);
 				cJSON_AddNumberToObject(
 					c, "q8_ratio",
-					r->copy_gbps > 0
-						? w->q8_gbps[k] / r->copy_gbps
-						: 0);
+					copy_ratio(r, w->q8_gbps[k]));
 			}
 			cJSON *ch = r->n_chunks ? cJSON_AddArrayToObject(
 							  t, "q8_b1_e32_chunks")
@@ -487,9 +484,7 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 							w->chunk_gbps[k]);
 				cJSON_AddNumberToObject(
 					c, "ratio",
-					r->copy_gbps > 0
-						? w->chunk_gbps[k] / r->copy_gbps
-						: 0);
+					copy_ratio(r, w->chunk_gbps[k]));
 				cJSON_AddItemToArray(ch, c);
 			}
 		}
