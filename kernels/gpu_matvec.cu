@@ -34,8 +34,8 @@
  *    first and last word of a row's chunk by bytes, outside the copy
  *    loop), double-buffered so that one chunk is in flight while the
  *    previous is computed, and threads decode from shared memory. A row's
- *    chunk is only ~300 bytes (a 32-row tile in ~10 KB), so what a warp
- *    does per row and per 32 words counts as much as the decoding: the
+ *    chunk is only 300-600 bytes (a 32-row tile in ~20 KB), so what a
+ *    warp does per row and per 32 words counts as much as the decoding: the
  *    copy loop is the copy and two pointer steps, and the row's pointer
  *    steps from the previous one. A row's slot starts at the 4-byte word
  *    holding its first byte and is an odd number of words long, so lanes
@@ -935,10 +935,11 @@ struct MvPlan {
  * 10 KB of each matrix for a pair; two buffers: ~40 KB of shared memory,
  * under the 48 KB every target gives without opting in), rounded to whole
  * units per k-slice (kmul blocks: at most 16 of 34 bytes, or 8 of 110,
- * in 8-row tiles, so always well under the limit), at most a range. The longer a row's chunk, the less of the loader's
- * work is per row (a single matrix's rows take twice a pair's). A thread
- * takes the same units of the range whatever the chunk's length, so the
- * result does not depend on it (t_gpu_kernels checks every size).
+ * in 8-row tiles, so always well under the limit), at most a range. The
+ * longer a row's chunk, the less of the loader's work is per row (a
+ * single matrix's rows take twice a pair's). A thread takes the same
+ * units of the range whatever the chunk's length, so the result does not
+ * depend on it (t_gpu_kernels checks sizes from the least to the most).
  */
 bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 {
