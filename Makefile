@@ -75,7 +75,9 @@ LIBS        := -luring -lnuma -linih -lcjson -lpcre2-8 -lpcre2-32 -lpthread -lm
 ifneq ($(NVCC),)
 ALL_CFLAGS  += -DMS_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
-NVCCFLAGS   := -O2 -std=c++17 -Iinclude -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-format-truncation \
+# -MMD -MP: X.cu.d beside X.cu.o, so a header's change rebuilds the .cu
+# objects that include it (kernels/*.cuh, include/moestream/*.h)
+NVCCFLAGS   := -O2 -std=c++17 -Iinclude -MMD -MP -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-format-truncation \
                $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 endif
 
