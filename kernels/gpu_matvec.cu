@@ -246,17 +246,29 @@ template <> struct Fmt<MS_TYPE_Q2_K> {
 	{
 		return 4 * u + s;
 	}
+	/* Sub-block s's 2 bits of each byte are masked where they lie for
+	 * s = 0, 1, 2 (q times 1, 4, 16) and moved down by 2 for s = 3 (q
+	 * times 16): one operation a word for three of the four. The power
+	 * of two goes into d exactly (d is an f16 value: no underflow), so
+	 * A x.s is the old one times 2^-k and the dot 2^k times the old one:
+	 * the same bits (and the three-digit sums stay as exact in f32: they
+	 * are multiples of 2^k). */
 	static __device__ __forceinline__ void sub(const Raw &r, int, int s,
 						   Sub &o)
 	{
+		const uint32_t m = s == 0 ? 0x03030303u
+				 : s == 1 ? 0x0c0c0c0cu
+					  : 0x30303030u;
+		const int sh = s == 3 ? 2 : 0;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = (r.qs[w] >> (2 * s)) & 0x03030303u;
+			o.q[w] = (r.qs[w] >> sh) & m;
+		const float d = r.d * (s == 0 ? 1.0f : s == 1 ? 0.25f : 0.0625f);
 		const uint32_t b = (s < 2 ? r.sc[0] : r.sc[1]) >> (16 * (s & 1));
 		const uint32_t b0 = b & 0xffu, b1 = (b >> 8) & 0xffu;
-		o.A0 = r.d * (float)(b0 & 0xf);
+		o.A0 = d * (float)(b0 & 0xf);
 		o.M0 = r.dmin * (float)(b0 >> 4);
-		o.A1 = r.d * (float)(b1 & 0xf);
+		o.A1 = d * (float)(b1 & 0xf);
 		o.M1 = r.dmin * (float)(b1 >> 4);
 	}
 };
