@@ -219,6 +219,29 @@ __device__ __forceinline__ void k4_scale_min(const uint32_t (&w)[3], int g,
  */
 template <int T> struct Fmt;
 
+/* Q2_K's and Q3_K's 2-bit fields of sub-block s (bits 2s, 2s + 1 of each
+ * byte), masked where they lie for s = 0, 1, 2 and moved down by 2 for s =
+ * 3: the field times 2^k2_pos(s) (1, 4, 16, 16), one operation a word for
+ * three of the four. k2_unit(s) = 2^-k2_pos(s) goes into the block's d,
+ * exactly (d is an f16 value: no underflow), so A x.s is 2^-k times the
+ * plain one and the dot 2^k times the plain one: the same bits. (The
+ * three-digit sums stay as exact in f32: they are multiples of 2^k.) */
+__device__ __forceinline__ uint32_t k2_field(uint32_t w, int s)
+{
+	return (w >> (s == 3 ? 2 : 0)) &
+	       (s == 0 ? 0x03030303u : s == 1 ? 0x0c0c0c0cu : 0x30303030u);
+}
+
+__device__ __forceinline__ int k2_pos(int s)
+{
+	return s == 0 ? 0 : s == 1 ? 2 : 4;
+}
+
+__device__ __forceinline__ float k2_unit(int s)
+{
+	return s == 0 ? 1.0f : s == 1 ? 0.25f : 0.0625f;
+}
+
 /* Q2_K, 84 B: scales[16] @0, qs[64] @16, d @80, dmin @82. Unit = half h
  * (128 elements: qs[32h .. 32h+31], scales[8h .. 8h+7]); sub-block j takes
  * bits 2j of those 32 bytes: groups 8h + 2j (bytes 0..15) and 8h + 2j + 1
@@ -246,24 +269,13 @@ template <> struct Fmt<MS_TYPE_Q2_K> {
 	{
 		return 4 * u + s;
 	}
-	/* Sub-block s's 2 bits of each byte are masked where they lie for
-	 * s = 0, 1, 2 (q times 1, 4, 16) and moved down by 2 for s = 3 (q
-	 * times 16): one operation a word for three of the four. The power
-	 * of two goes into d exactly (d is an f16 value: no underflow), so
-	 * A x.s is the old one times 2^-k and the dot 2^k times the old one:
-	 * the same bits (and the three-digit sums stay as exact in f32: they
-	 * are multiples of 2^k). */
 	static __device__ __forceinline__ void sub(const Raw &r, int, int s,
 						   Sub &o)
 	{
-		const uint32_t m = s == 0 ? 0x03030303u
-				 : s == 1 ? 0x0c0c0c0cu
-					  : 0x30303030u;
-		const int sh = s == 3 ? 2 : 0;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = (r.qs[w] >> sh) & m;
-		const float d = r.d * (s == 0 ? 1.0f : s == 1 ? 0.25f : 0.0625f);
+			o.q[w] = k2_field(r.qs[w], s);
+		const float d = r.d * k2_unit(s);
 		const uint32_t b = (s < 2 ? r.sc[0] : r.sc[1]) >> (16 * (s & 1));
 		const uint32_t b0 = b & 0xffu, b1 = (b >> 8) & 0xffu;
 		o.A0 = d * (float)(b0 & 0xf);
@@ -312,18 +324,20 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
 	{
-		/* bit hb = 4u + s (0..7) of each hmask byte lands on bit 2
-		 * of the same byte after a rotation right by hb - 2, mod 32 */
-		const int rot = (4 * u + s + 30) & 31;
+		/* the 2-bit field as Q2_K's (times 2^k2_pos); bit hb = 4u + s
+		 * (0..7) of each hmask byte lands on bit k2_pos + 2 of the
+		 * same byte after a rotation right by hb - k2_pos - 2, mod 32 */
+		const int hp = k2_pos(s) + 2, rot = (4 * u + s - hp) & 31;
+		const uint32_t hm = 0x01010101u << hp;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = ((r.qs[w] >> (2 * s)) & 0x03030303u) |
-				 (__funnelshift_r(r.hm[w], r.hm[w], rot) &
-				  0x04040404u);
-		o.A0 = r.d * (float)scale(r, u, 2 * s);
-		o.A1 = r.d * (float)scale(r, u, 2 * s + 1);
-		o.M0 = 4.0f * o.A0;
-		o.M1 = 4.0f * o.A1;
+			o.q[w] = k2_field(r.qs[w], s) |
+				 (__funnelshift_r(r.hm[w], r.hm[w], rot) & hm);
+		const float d = r.d * k2_unit(s), m = 4.0f / k2_unit(s);
+		o.A0 = d * (float)scale(r, u, 2 * s);
+		o.A1 = d * (float)scale(r, u, 2 * s + 1);
+		o.M0 = m * o.A0; /* 4 times the plain A: a power of two */
+		o.M1 = m * o.A1;
 	}
 };
 
