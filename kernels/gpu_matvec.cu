@@ -249,6 +249,8 @@ __device__ __forceinline__ float k2_unit(int s)
 template <> struct Fmt<MS_TYPE_Q2_K> {
 	static constexpr int QK = 256, BS = 84, UPB = 2, NSUB = 4, ALIGN = 4;
 	static constexpr bool A4 = true;
+	/* UQ: q is never negative (the dot reads it as unsigned bytes) */
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t qs[8], sc[2];
 		float d, dmin;
@@ -292,6 +294,7 @@ template <> struct Fmt<MS_TYPE_Q2_K> {
 template <> struct Fmt<MS_TYPE_Q3_K> {
 	static constexpr int QK = 256, BS = 110, UPB = 2, NSUB = 4, ALIGN = 2;
 	static constexpr bool A4 = false;
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t qs[8], hm[8], ss[3];
 		float d;
@@ -346,6 +349,7 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 template <> struct Fmt<MS_TYPE_Q4_K> {
 	static constexpr int QK = 256, BS = 144, UPB = 4, NSUB = 2, ALIGN = 4;
 	static constexpr bool A4 = true;
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t qs[8], sc[3];
 		float d, dmin;
@@ -370,12 +374,14 @@ template <> struct Fmt<MS_TYPE_Q4_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
 	{
+		/* the high nibbles masked where they lie (q x 16, read as
+		 * unsigned bytes), the 1/16 in d: exactly, as Q2_K's fields */
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = (r.qs[w] >> (4 * s)) & 0x0f0f0f0fu;
+			o.q[w] = r.qs[w] & (s ? 0xf0f0f0f0u : 0x0f0f0f0fu);
 		int sc, mn;
 		k4_scale_min(r.sc, 2 * u + s, sc, mn);
-		o.A0 = o.A1 = r.d * (float)sc;
+		o.A0 = o.A1 = r.d * (s ? 0.0625f : 1.0f) * (float)sc;
 		o.M0 = o.M1 = r.dmin * (float)mn;
 	}
 };
@@ -385,6 +391,7 @@ template <> struct Fmt<MS_TYPE_Q4_K> {
 template <> struct Fmt<MS_TYPE_Q5_K> {
 	static constexpr int QK = 256, BS = 176, UPB = 4, NSUB = 2, ALIGN = 4;
 	static constexpr bool A4 = true;
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t qs[8], qh[8], sc[3];
 		float d, dmin;
@@ -433,6 +440,7 @@ template <> struct Fmt<MS_TYPE_Q5_K> {
 template <> struct Fmt<MS_TYPE_Q6_K> {
 	static constexpr int QK = 256, BS = 210, UPB = 4, NSUB = 2, ALIGN = 2;
 	static constexpr bool A4 = false;
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t ql[8], qh[8], sc[2];
 		float d;
@@ -478,6 +486,7 @@ template <> struct Fmt<MS_TYPE_Q6_K> {
 template <> struct Fmt<MS_TYPE_Q8_0> {
 	static constexpr int QK = 32, BS = 34, UPB = 1, NSUB = 1, ALIGN = 2;
 	static constexpr bool A4 = false;
+	static constexpr bool UQ = false;
 	struct Raw {
 		uint32_t qs[8];
 		float d;
@@ -510,6 +519,7 @@ template <> struct Fmt<MS_TYPE_Q8_0> {
 template <> struct Fmt<MS_TYPE_Q4_0> {
 	static constexpr int QK = 32, BS = 18, UPB = 1, NSUB = 1, ALIGN = 2;
 	static constexpr bool A4 = false;
+	static constexpr bool UQ = true;
 	struct Raw {
 		uint32_t qs[4];
 		float d;
@@ -544,6 +554,7 @@ template <> struct Fmt<MS_TYPE_Q4_0> {
 template <> struct Fmt<MS_TYPE_MXFP4> {
 	static constexpr int QK = 32, BS = 17, UPB = 1, NSUB = 1, ALIGN = 1;
 	static constexpr bool A4 = false;
+	static constexpr bool UQ = false;
 	struct Raw {
 		uint32_t qs[4];
 		float d;
@@ -576,9 +587,31 @@ template <> struct Fmt<MS_TYPE_MXFP4> {
 	}
 };
 
+/* __dp4a with a's bytes unsigned (0..255) and b's signed: PTX has it,
+ * CUDA's intrinsics do not. */
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c)
+{
+#ifdef __CUDA_ARCH__
+	int d;
+	asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+	return d;
+#else
+	for (int i = 0; i < 4; i++)
+		c += (int)((a >> (8 * i)) & 0xffu) * (int)(int8_t)(b >> (8 * i));
+	return c;
+#endif
+}
+
+/* c + q . x over four bytes, x signed, q unsigned (UQ) or signed */
+template <bool UQ>
+__device__ __forceinline__ int dp4(uint32_t q, int x, int c)
+{
+	return UQ ? dp4a_us(q, x, c) : __dp4a((int)q, x, c);
+}
+
 /* acc += sum over the 32 elements of (A q - M) * x, x = s * X: 8 NP
- * __dp4a, exact int32 sums. */
-template <int NP>
+ * __dp4a, exact int32 sums; UQ: q's bytes are unsigned. */
+template <int NP, bool UQ>
 __device__ __forceinline__ void dot(const Sub &q, const XDig<NP> &x,
 				    float &acc)
 {
@@ -590,13 +623,13 @@ __device__ __forceinline__ void dot(const Sub &q, const XDig<NP> &x,
 	for (int w = 0; w < 4; w++)
 #pragma unroll
 		for (int p = 0; p < NP; p++) {
-			a[p][0] = __dp4a((int)q.q[w], x.p[p][w], a[p][0]);
-			a[p][1] = __dp4a((int)q.q[w + 4], x.p[p][w + 4],
-					 a[p][1]);
+			a[p][0] = dp4<UQ>(q.q[w], x.p[p][w], a[p][0]);
+			a[p][1] = dp4<UQ>(q.q[w + 4], x.p[p][w + 4],
+					      a[p][1]);
 		}
 	float v0, v1;
 	if (NP == 3) {
-		/* |a|, |b| <= 16 * 128 * 128 = 2^18: b * 256 + a fits */
+		/* |a|, |b| <= 16 * 255 * 128 < 2^19: b * 256 + a fits */
 		v0 = fmaf((float)a[NP - 1][0], 65536.0f,
 			  (float)(a[NP > 1][0] * 256 + a[0][0]));
 		v1 = fmaf((float)a[NP - 1][1], 65536.0f,
@@ -755,9 +788,9 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 				if (b < a.B) {
 					XDig<NP> xd;
 					ld_x<NP>(xs + (int64_t)b * nxb, xd);
-					dot<NP>(qa, xd, accA[b]);
+					dot<NP, F::UQ>(qa, xd, accA[b]);
 					if (PAIR)
-						dot<NP>(qb, xd, accB[b]);
+						dot<NP, F::UQ>(qb, xd, accB[b]);
 				}
 			}
 		}
