@@ -196,6 +196,15 @@ __device__ __forceinline__ uint32_t byte3(const uint32_t (&w)[3], int i)
 	return (v >> (8 * (i & 3))) & 0xffu;
 }
 
+/* Bit `from` (0..7) of each byte of w moved to bit `to` of the same byte
+ * (other bits anywhere: the caller masks): a rotation right by from - to,
+ * mod 32, whose wrap-around only ever carries byte 0's bits to byte 3's
+ * and back, not across the bits kept. Q3_K/Q5_K/Q6_K's high bits. */
+__device__ __forceinline__ uint32_t bytes_bit_to(uint32_t w, int from, int to)
+{
+	return __funnelshift_r(w, w, (from - to) & 31);
+}
+
 /* Q4_K/Q5_K's 6-bit scale and min of group g from the 12 packed bytes. */
 __device__ __forceinline__ void k4_scale_min(const uint32_t (&w)[3], int g,
 					     int &sc, int &mn)
@@ -327,15 +336,14 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
 	{
-		/* the 2-bit field as Q2_K's (times 2^k2_pos); bit hb = 4u + s
-		 * (0..7) of each hmask byte lands on bit k2_pos + 2 of the
-		 * same byte after a rotation right by hb - k2_pos - 2, mod 32 */
-		const int hp = k2_pos(s) + 2, rot = (4 * u + s - hp) & 31;
+		/* the 2-bit field as Q2_K's (times 2^k2_pos), hmask bit 4u + s
+		 * of each byte just above it */
+		const int hp = k2_pos(s) + 2;
 		const uint32_t hm = 0x01010101u << hp;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
 			o.q[w] = k2_field(r.qs[w], s) |
-				 (__funnelshift_r(r.hm[w], r.hm[w], rot) & hm);
+				 (bytes_bit_to(r.hm[w], 4 * u + s, hp) & hm);
 		const float d = r.d * k2_unit(s), m = 4.0f / k2_unit(s);
 		o.A0 = d * (float)scale(r, u, 2 * s);
 		o.A1 = d * (float)scale(r, u, 2 * s + 1);
@@ -419,13 +427,10 @@ template <> struct Fmt<MS_TYPE_Q5_K> {
 						   Sub &o)
 	{
 		const int g = 2 * u + s;
-		/* bit g of each qh byte to its bit 4 (as Q3_K's hmask) */
-		const int rot = (g + 28) & 31;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
 			o.q[w] = ((r.qs[w] >> (4 * s)) & 0x0f0f0f0fu) |
-				 (__funnelshift_r(r.qh[w], r.qh[w], rot) &
-				  0x10101010u);
+				 (bytes_bit_to(r.qh[w], g, 4) & 0x10101010u);
 		int sc, mn;
 		k4_scale_min(r.sc, g, sc, mn);
 		o.A0 = o.A1 = r.d * (float)sc;
@@ -466,13 +471,10 @@ template <> struct Fmt<MS_TYPE_Q6_K> {
 						   Sub &o)
 	{
 		const int c = u & 1, rq = c + 2 * s;
-		/* bits 2rq, 2rq + 1 of each qh byte to its bits 4, 5 */
-		const int rot = (2 * rq + 28) & 31;
 #pragma unroll
-		for (int w = 0; w < 8; w++)
+		for (int w = 0; w < 8; w++) /* qh bits 2rq, 2rq + 1 to 4, 5 */
 			o.q[w] = ((r.ql[w] >> (4 * s)) & 0x0f0f0f0fu) |
-				 (__funnelshift_r(r.qh[w], r.qh[w], rot) &
-				  0x30303030u);
+				 (bytes_bit_to(r.qh[w], 2 * rq, 4) & 0x30303030u);
 		/* scales 8h + 2rq + k = byte 2c + k of word s of the half's 8 */
 		const uint32_t b = (s ? r.sc[1] : r.sc[0]) >> (16 * c);
 		o.A0 = r.d * (float)(int8_t)(b & 0xffu);
@@ -966,16 +968,6 @@ bool mv_lookup(uint32_t type, MvInfo *m)
 	}
 }
 
-int gcd_int(int a, int b)
-{
-	while (b) {
-		int t = a % b;
-		a = b;
-		b = t;
-	}
-	return a;
-}
-
 /* How a call is cut: tiles, chunks, split-K ranges. */
 struct MvPlan {
 	int tr_log2, tiles, kc, sw, S, kspan, ne;
@@ -1033,7 +1025,9 @@ bool mv_plan(const struct msg_mv_call *c, const MvInfo &m, MvPlan *p)
 	p->kspan = (nb + S - 1) / S;
 	p->S = (nb + p->kspan - 1) / p->kspan; /* no empty range */
 
-	const int kmul = nks / gcd_int(nks, m.upb);
+	/* blocks a k-slice's units span: nks is a multiple of the units per
+	 * block (mv_compute's static_assert) */
+	const int kmul = nks / m.upb;
 	const int budget = c->chunk > 0 ? c->chunk : MS_GPU_CHUNK_DEFAULT;
 	int kc = (int)(budget / (NM * tr * m.bs));
 	kc = kc < kmul ? kmul : (kc + kmul / 2) / kmul * kmul;
