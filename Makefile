@@ -16,8 +16,9 @@
 #                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~1 min;
 #                        EMU_TESTS= to choose)
 #   make ptx-loops       the fused matvec's unit and copy loops counted in PTX
-#                        instructions, per kernel (needs nvcc; no GPU): a
-#                        measure to compare builds by (tools/ptx-loops.py)
+#                        and in sm_90 machine code, per kernel (needs nvcc;
+#                        no GPU): a measure to compare builds by
+#                        (tools/ptx-loops.py; PTX_ARGS=--ops by kind)
 #   make fuzz            libFuzzer targets for FUZZ_TIME seconds each (default 60)
 #   make bench           the end-to-end benchmark (issue 15), as root: llama.cpp
 #                        against moestream run (embedded and through moestreamd)
@@ -212,7 +213,8 @@ ifeq ($(NVCC),)
 else
 	@mkdir -p $(O)/ptx
 	$(call say,NVCC,kernels/gpu_matvec.cu -ptx)$(NVCC) -O2 -std=c++17 -Iinclude -arch=sm_90 -ptx kernels/gpu_matvec.cu -o $(O)/ptx/gpu_matvec.ptx
-	@python3 tools/ptx-loops.py $(O)/ptx/gpu_matvec.ptx $(PTX_ARGS)
+	$(call say,NVCC,kernels/gpu_matvec.cu -cubin)$(NVCC) -O2 -std=c++17 -Iinclude -arch=sm_90 -cubin kernels/gpu_matvec.cu -o $(O)/ptx/gpu_matvec.cubin
+	@python3 tools/ptx-loops.py $(O)/ptx/gpu_matvec.ptx --cubin $(O)/ptx/gpu_matvec.cubin $(PTX_ARGS)
 endif
 
 run:
