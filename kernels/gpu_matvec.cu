@@ -305,9 +305,24 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	static constexpr bool A4 = false;
 	static constexpr bool UQ = true;
 	struct Raw {
-		uint32_t qs[8], hm[8], ss[3];
+		uint32_t qs[8], hm[8], sc[2];
 		float d;
 	};
+	/* The half's 8 six-bit scales, groups 8u + j, as bytes j of sc[j / 4]
+	 * (0..63, not yet minus 32), four at a time: group g's low nibble is
+	 * the nibble u of byte j of scales[0..7], its high two bits are bits
+	 * 2 (g / 4) of byte 8 + j % 4, and g / 4 is 2u for j < 4, 2u + 1
+	 * above. */
+	static __device__ __forceinline__ void scales(Raw &r, const uint32_t *s,
+						      int bo, int u)
+	{
+		const uint32_t w0 = ldw<A4>(s, bo, 24), w1 = ldw<A4>(s, bo, 25);
+		const uint32_t hi = ldw<A4>(s, bo, 26) >> (4 * u);
+		r.sc[0] = ((w0 >> (4 * u)) & 0x0f0f0f0fu) |
+			  ((hi << 4) & 0x30303030u);
+		r.sc[1] = ((w1 >> (4 * u)) & 0x0f0f0f0fu) |
+			  ((hi << 2) & 0x30303030u);
+	}
 	static __device__ __forceinline__ void load(Raw &r, const uint32_t *s,
 						    int bo, int u)
 	{
@@ -316,22 +331,12 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 			r.qs[w] = ldw<A4>(s, bo, 8 + 8 * u + w);
 			r.hm[w] = ldw<A4>(s, bo, w);
 		}
-#pragma unroll
-		for (int i = 0; i < 3; i++)
-			r.ss[i] = ldw<A4>(s, bo, 24 + i);
+		scales(r, s, bo, u);
 		r.d = f16_f32_hw(ldw<A4>(s, bo, 27) & 0xffffu);
 	}
 	static __device__ __forceinline__ int xblk(int u, int s)
 	{
 		return 4 * u + s;
-	}
-	/* the 6-bit scale of group g = 8u + j (j = 0..7), minus 32 */
-	static __device__ __forceinline__ int scale(const Raw &r, int u, int j)
-	{
-		const int lo = (int)(byte3(r.ss, j) >> (4 * u)) & 0xf;
-		const int g = 8 * u + j;
-		const int hi = (int)(byte3(r.ss, 8 + (j & 3)) >> (2 * (g >> 2))) & 3;
-		return (lo | hi << 4) - 32;
 	}
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
@@ -345,8 +350,12 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 			o.q[w] = k2_field(r.qs[w], s) |
 				 (bytes_bit_to(r.hm[w], 4 * u + s, hp) & hm);
 		const float d = r.d * k2_unit(s), m = 4.0f / k2_unit(s);
-		o.A0 = d * (float)scale(r, u, 2 * s);
-		o.A1 = d * (float)scale(r, u, 2 * s + 1);
+		/* groups 2s, 2s + 1: bytes 2s % 4, + 1 of sc[s / 2]; the
+		 * scale minus 32 is a small integer, exact as a float either
+		 * way */
+		const uint32_t b = r.sc[s >> 1] >> (16 * (s & 1));
+		o.A0 = d * ((float)(b & 0xffu) - 32.0f);
+		o.A1 = d * ((float)((b >> 8) & 0xffu) - 32.0f);
 		o.M0 = m * o.A0; /* 4 times the plain A: a power of two */
 		o.M1 = m * o.A1;
 	}
@@ -768,9 +777,12 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 	const int u = ks % F::UPB, bstep = nks / F::UPB;
 	/* the block's byte offsets in the slots step with it */
 	int boA = headA + ks / F::UPB * F::BS, boB = headB + ks / F::UPB * F::BS;
-	for (int blk = ks / F::UPB; blk < nblk;
-	     blk += bstep, boA += bstep * F::BS, boB += bstep * F::BS) {
-		const XBlk<NP> *xk = xq + (b0 + blk) * (F::QK / 32);
+	/* and so does the block's prepared input: a pointer, not an index
+	 * multiplied out per block */
+	const XBlk<NP> *xk = xq + (b0 + ks / F::UPB) * (F::QK / 32);
+	for (int blk = ks / F::UPB; blk < nblk; blk += bstep,
+		 boA += bstep * F::BS, boB += bstep * F::BS,
+		 xk += bstep * (F::QK / 32)) {
 		typename F::Raw ra, rb;
 		F::load(ra, slA, boA, u);
 		if (PAIR)
@@ -787,7 +799,10 @@ mv_compute(const MvArgs &a, const uint8_t *wa, const uint8_t *wb,
 			const XBlk<NP> *xs = xk + F::xblk(u, s);
 #pragma unroll
 			for (int b = 0; b < BT; b++) {
-				if (b < a.B) {
+				/* BT = 1 is B = 1: no test (a branch
+				 * per sub-block would keep ptxas from
+				 * moving the next one's loads up) */
+				if (BT == 1 || b < a.B) {
 					XDig<NP> xd;
 					ld_x<NP>(xs + (int64_t)b * nxb, xd);
 					dot<NP, F::UQ>(qa, xd, accA[b]);
