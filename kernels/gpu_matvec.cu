@@ -229,26 +229,22 @@ __device__ __forceinline__ void k4_scale_min(const uint32_t (&w)[3], int g,
 template <int T> struct Fmt;
 
 /* Q2_K's and Q3_K's 2-bit fields of sub-block s (bits 2s, 2s + 1 of each
- * byte), masked where they lie for s = 0, 1, 2 and moved down by 2 for s =
- * 3: the field times 2^k2_pos(s) (1, 4, 16, 16), one operation a word for
- * three of the four. k2_unit(s) = 2^-k2_pos(s) goes into the block's d,
- * exactly (d is an f16 value: no underflow), so A x.s is 2^-k times the
- * plain one and the dot 2^k times the plain one: the same bits. (The
- * three-digit sums stay as exact in f32: they are multiples of 2^k.) */
-__device__ __forceinline__ uint32_t k2_field(uint32_t w, int s)
+ * byte), placed at bits pos, pos + 1: pos = 2s masks them where they lie,
+ * pos = 2s - 2 takes them from the bytes shifted down by 2 (one operation a
+ * word, and the shift is shared between the sub-blocks that use it). The
+ * word is then the field times 2^pos; k2_unit(pos) = 2^-pos goes into the
+ * block's d, exactly (d is an f16 value: no underflow), so A x.s is 2^-pos
+ * times the plain one and the dot 2^pos times the plain one: the same
+ * bits. (The three-digit sums stay as exact in f32: they are multiples of
+ * 2^pos.) */
+__device__ __forceinline__ uint32_t k2_field(uint32_t w, int s, int pos)
 {
-	return (w >> (s == 3 ? 2 : 0)) &
-	       (s == 0 ? 0x03030303u : s == 1 ? 0x0c0c0c0cu : 0x30303030u);
+	return (pos == 2 * s ? w : w >> 2) & (0x03030303u << pos);
 }
 
-__device__ __forceinline__ int k2_pos(int s)
+__device__ __forceinline__ float k2_unit(int pos)
 {
-	return s == 0 ? 0 : s == 1 ? 2 : 4;
-}
-
-__device__ __forceinline__ float k2_unit(int s)
-{
-	return s == 0 ? 1.0f : s == 1 ? 0.25f : 0.0625f;
+	return pos == 0 ? 1.0f : pos == 2 ? 0.25f : 0.0625f;
 }
 
 /* Q2_K, 84 B: scales[16] @0, qs[64] @16, d @80, dmin @82. Unit = half h
@@ -283,10 +279,12 @@ template <> struct Fmt<MS_TYPE_Q2_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int, int s,
 						   Sub &o)
 	{
+		/* pos = 0, 2, 4, 4: three of the four masked in place */
+		const int pos = s < 2 ? 2 * s : 4;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = k2_field(r.qs[w], s);
-		const float d = r.d * k2_unit(s);
+			o.q[w] = k2_field(r.qs[w], s, pos);
+		const float d = r.d * k2_unit(pos);
 		const uint32_t b = (s < 2 ? r.sc[0] : r.sc[1]) >> (16 * (s & 1));
 		const uint32_t b0 = b & 0xffu, b1 = (b >> 8) & 0xffu;
 		o.A0 = d * (float)(b0 & 0xf);
@@ -341,15 +339,18 @@ template <> struct Fmt<MS_TYPE_Q3_K> {
 	static __device__ __forceinline__ void sub(const Raw &r, int u, int s,
 						   Sub &o)
 	{
-		/* the 2-bit field as Q2_K's (times 2^k2_pos), hmask bit 4u + s
-		 * of each byte just above it */
-		const int hp = k2_pos(s) + 2;
+		/* the 2-bit field at pos = 0, 2, 2, 4 (fields 0 and 1 masked
+		 * where they lie, 2 and 3 from the bytes shifted down by 2),
+		 * hmask bit 4u + s of each byte just above it: it moves by 4u
+		 * - 2 for s = 0 and 2, by 4u - 3 for 1 and 3, so two rotations
+		 * of a word serve the four sub-blocks */
+		const int pos = s == 0 ? 0 : s == 3 ? 4 : 2, hp = pos + 2;
 		const uint32_t hm = 0x01010101u << hp;
 #pragma unroll
 		for (int w = 0; w < 8; w++)
-			o.q[w] = k2_field(r.qs[w], s) |
+			o.q[w] = k2_field(r.qs[w], s, pos) |
 				 (bytes_bit_to(r.hm[w], 4 * u + s, hp) & hm);
-		const float d = r.d * k2_unit(s), m = 4.0f / k2_unit(s);
+		const float d = r.d * k2_unit(pos), m = 4.0f / k2_unit(pos);
 		/* groups 2s, 2s + 1: bytes 2s % 4, + 1 of sc[s / 2]; the
 		 * scale minus 32 is a small integer, exact as a float either
 		 * way */
@@ -480,16 +481,27 @@ template <> struct Fmt<MS_TYPE_Q6_K> {
 						   Sub &o)
 	{
 		const int c = u & 1, rq = c + 2 * s;
+		/* the 6-bit q = nibble + 16 x (qh bits 2rq, 2rq + 1), times
+		 * 2^k: s = 0 (low nibbles, in place), k = 0: qh's bits moved
+		 * to 4, 5; s = 1 (high nibbles), k = 2c: qh's bits 2c + 4,
+		 * 2c + 5 left where they lie and the nibble shifted down to
+		 * just below them (4 - 2c), one shift a word either way.
+		 * 2^-k goes into d, exactly, as Q2_K's fields. */
+		const int k = s ? 2 * c : 0;
 #pragma unroll
-		for (int w = 0; w < 8; w++) /* qh bits 2rq, 2rq + 1 to 4, 5 */
-			o.q[w] = ((r.ql[w] >> (4 * s)) & 0x0f0f0f0fu) |
-				 (bytes_bit_to(r.qh[w], 2 * rq, 4) & 0x30303030u);
+		for (int w = 0; w < 8; w++)
+			o.q[w] = s ? ((r.ql[w] >> (4 - k)) & (0x0f0f0f0fu << k)) |
+					     (r.qh[w] & (0x30303030u << k))
+				   : (r.ql[w] & 0x0f0f0f0fu) |
+					     (bytes_bit_to(r.qh[w], 2 * rq, 4) &
+					      0x30303030u);
 		/* scales 8h + 2rq + k = byte 2c + k of word s of the half's 8 */
 		const uint32_t b = (s ? r.sc[1] : r.sc[0]) >> (16 * c);
-		o.A0 = r.d * (float)(int8_t)(b & 0xffu);
-		o.A1 = r.d * (float)(int8_t)((b >> 8) & 0xffu);
-		o.M0 = 32.0f * o.A0;
-		o.M1 = 32.0f * o.A1;
+		const float d = r.d * (k ? 0.25f : 1.0f);
+		o.A0 = d * (float)(int8_t)(b & 0xffu);
+		o.A1 = d * (float)(int8_t)((b >> 8) & 0xffu);
+		o.M0 = (k ? 128.0f : 32.0f) * o.A0; /* 32 x the plain A */
+		o.M1 = (k ? 128.0f : 32.0f) * o.A1;
 	}
 };
 
