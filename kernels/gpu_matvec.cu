@@ -92,6 +92,7 @@
  * it well means 16-byte shared reads in every format's load(), which is a
  * rewrite of each Fmt, left for a measured GPU session.
  */
+#include <limits.h>
 #include <stdint.h>
 
 #include <cuda_pipeline.h>
@@ -106,6 +107,11 @@ using namespace msq;
 namespace {
 
 constexpr int MV_THREADS = 128;
+/* a lane's copies of a row in one group (mv_load_row): 6 covers a 32-row
+ * tile's rows of one matrix (~160 words) in one. In sm_90 machine code: 23
+ * instructions a group of 6, 19 of 4, 27 of 8 (and at 8 ptxas gives
+ * Q4_K's single-matrix unit loop 136 instructions for 118) */
+constexpr int MV_CP_GROUP = 6;
 
 /* ---- the prepared input -------------------------------------------------- */
 
@@ -714,24 +720,43 @@ __device__ __forceinline__ uint32_t mv_ragged_word(const uint8_t *g4, int w,
 }
 
 /* One row's chunk, len bytes from g, into its slot, by one warp: the slot
- * starts at the 4-byte word holding g's first byte. The words wholly inside
- * the chunk go by 4-byte cp.async, consecutive lanes on consecutive words,
- * in a loop that is only the copy and two pointer steps; the ragged first
- * and last word (formats whose blocks or rows are not whole words: never
- * for A4) by one lane each, after it. */
+ * starts at the 4-byte word holding g's first byte, consecutive lanes on
+ * consecutive words, by 4-byte cp.async. A row's chunk is only 300-2500
+ * bytes, so what a row costs besides its copies counts: a lane's copies go
+ * in groups of MV_CP_GROUP, each at a fixed offset from one pointer (ptxas
+ * issues a group as one run of LDGSTS with the offsets in the
+ * instructions, where a copy at a time cost a dozen instructions and the
+ * peeled remainders of an unrolled loop some seventy a row). The ragged
+ * first and last word of a chunk (formats whose blocks or rows are not
+ * whole words: never for A4) are copied whole as well (whole): their other
+ * bytes are the neighbouring blocks', which no unit reads. Only where such
+ * a word may reach past the matrix (its first row's first chunk, its last
+ * row's last) do they go byte by byte, by one lane each, after the copies. */
 template <bool A4>
 __device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
-					    uint32_t *slot, int lane)
+					    uint32_t *slot, int lane,
+					    bool whole)
 {
 	const int head = A4 ? 0 : (int)((uintptr_t)g & 3);
 	const uint8_t *g4 = g - head;
 	const int end = head + len;
-	const int wf = head != 0, wl = end >> 2; /* whole words: [wf, wl) */
+	whole = A4 || whole;
+	/* the words copied whole: [wf, wl) */
+	const int wf = whole ? 0 : head != 0;
+	const int wl = whole ? (end + 3) >> 2 : end >> 2;
 	const uint8_t *src = g4 + 4 * (wf + lane);
 	uint32_t *d = slot + wf + lane;
-	for (int w = wf + lane; w < wl; w += 32, src += 128, d += 32)
-		__pipeline_memcpy_async(d, src, 4);
-	if (A4)
+#pragma unroll 1
+	for (int rem = wl - wf - lane; rem > 0;
+	     rem -= 32 * MV_CP_GROUP, src += 128 * MV_CP_GROUP,
+	     d += 32 * MV_CP_GROUP) {
+#pragma unroll
+		for (int q = 0; q < MV_CP_GROUP; q++)
+			if (32 * q < rem)
+				__pipeline_memcpy_async(d + 32 * q,
+							src + 128 * q, 4);
+	}
+	if (whole)
 		return;
 	if (lane == 0 && head)
 		slot[0] = mv_ragged_word(g4, 0, head, end);
@@ -753,6 +778,11 @@ __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int len = min(a.kc, kb1 - b0) * F::BS;
 	const int64_t off = (int64_t)b0 * F::BS, step = NW * a.rs;
+	/* the rows whose ragged words may lie past the matrix: the first
+	 * row at its first chunk, the last row (and those repeating it) at
+	 * its last */
+	const int r_first = b0 == 0 ? 0 : -1;
+	const int r_last = off + len == a.rs ? a.n_rows - 1 : INT_MAX;
 #pragma unroll
 	for (int m = 0; m < NM; m++) {
 		const uint8_t *base = (m ? wb : wa) + off;
@@ -762,7 +792,7 @@ __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 		for (int r = row0 + warp; r < row0 + tr;
 		     r += NW, g += step, slot += NW * a.sw)
 			mv_load_row<F::A4>(r < a.n_rows ? g : last, len, slot,
-					   lane);
+					   lane, r != r_first && r < r_last);
 	}
 }
 
