@@ -42,9 +42,12 @@ The SASS columns: the unit loop's instructions and per weight, and "int
 per w", those of them that run on the integer units (LOP3, SHF, IADD3,
 LEA, VIADD, ISETP, SEL, PRMT, IMAD, IDP...: SASS_INT), which on sm_90 issue
 64 lanes a clock per SM against 128 for FFMA/FMUL: the count that bounds
-the matvec's rate when the bytes arrive fast enough. --ops prints each
-loop's instructions by kind. Still a count, not a time: what the GPU
-spends waiting on memory only a profile on a GPU can say.
+the matvec's rate when the bytes arrive fast enough; the copy's innermost
+loop per LDGSTS, and "row loop", the loop around it over a warp's rows,
+whole (a row's copies, its setup and its ragged-word paths, some of which
+a row skips: what a row costs at most, about). --ops prints each loop's
+instructions by kind. Still a count, not a time: what the GPU spends
+waiting on memory only a profile on a GPU can say.
 """
 import re
 import struct
@@ -147,20 +150,33 @@ def sass_target(i, lo, hi):
     return i + 1 + off // 4
 
 
-def sass_innermost(ins, marker):
-    """The shortest loop (a backward BRA to its target) holding marker."""
-    best = None
+def sass_loops_with(ins, marker):
+    """(start, end) of every loop (a backward BRA to its target) holding
+    marker."""
+    res = []
     for i, (name, lo, hi) in enumerate(ins):
         if name != "BRA":
             continue
         t = sass_target(i, lo, hi)
-        if t > i:
-            continue
-        loop = ins[t:i + 1]
-        if any(x[0] == marker for x in loop) and \
-                (best is None or len(loop) < len(best)):
-            best = loop
-    return best
+        if t <= i and any(x[0] == marker for x in ins[t:i + 1]):
+            res.append((t, i))
+    return res
+
+
+def sass_innermost(ins, marker, outer=0):
+    """The shortest loop holding marker; outer=1: the shortest one around
+    that (for the copy, the loop over a warp's rows)."""
+    loops = sass_loops_with(ins, marker)
+    if not loops:
+        return None
+    best = min(loops, key=lambda l: l[1] - l[0])
+    if outer:
+        around = [l for l in loops if l != best and l[0] <= best[0] and
+                  l[1] >= best[1]]
+        if not around:
+            return None
+        best = min(around, key=lambda l: l[1] - l[0])
+    return ins[best[0]:best[1] + 1]
 
 
 def sass_loops(path):
@@ -174,7 +190,8 @@ def sass_loops(path):
             continue
         ins = sass_decode(text)
         res[tuple(int(g) for g in m.groups())] = (
-            sass_innermost(ins, "IDP"), sass_innermost(ins, "LDGSTS"))
+            sass_innermost(ins, "IDP"), sass_innermost(ins, "LDGSTS"),
+            sass_innermost(ins, "LDGSTS", outer=1))
     return res
 
 
@@ -232,8 +249,8 @@ def main(argv):
                "8-bit" if nd == 1 else "exact", bt, unit[0], unit[1],
                unit[0] / weights, copy[0] / copy[1]]
         if cubin:
-            su, sc = sass.get((t, bt, pair, nd), (None, None))
-            if su is None or sc is None:
+            su, sc, sr = sass.get((t, bt, pair, nd), (None, None, None))
+            if su is None or sc is None or sr is None:
                 sys.stderr.write("ptx-loops: no unit or copy loop in the "
                                  "machine code of mv_kernel<%d,%d,%d,%d> "
                                  "(%s)\n" % (t, bt, pair, nd, cubin))
@@ -247,7 +264,7 @@ def main(argv):
                 return 1
             n_int = sum(x[0] in SASS_INT for x in su)
             row += [len(su), len(su) / weights, n_int / weights,
-                    len(sc) / sum(x[0] == "LDGSTS" for x in sc)]
+                    len(sc) / sum(x[0] == "LDGSTS" for x in sc), len(sr)]
             if "--ops" in argv:
                 ops.append("%s %s %s B=%d unit: %s\n%s copy: %s" % (
                     row[0], row[1], row[2], bt, ops_line(su),
@@ -262,15 +279,16 @@ def main(argv):
         "type", "mat", "x", "B", "unit loop", "dp4a", "per weight",
         "copy per 32 w")
     if cubin:
-        head += "  | %9s %9s %9s %13s" % ("sass unit", "per w", "int per w",
-                                         "copy per cp")
+        head += "  | %9s %6s %9s %11s %8s" % ("sass unit", "per w",
+                                              "int per w", "copy per cp",
+                                              "row loop")
     if cubin:
         print("%-20s %-43s | %s" % ("", "PTX", "machine code (sm_90)"))
     print(head)
     for r in sorted(rows):
         line = "%-6s %-4s %-5s %2d %10d %5d %10.2f %14.2f" % r[:8]
         if cubin:
-            line += "  | %9d %9.2f %9.2f %13.2f" % r[8:]
+            line += "  | %9d %6.2f %9.2f %11.2f %8d" % r[8:]
         print(line)
     for o in sorted(ops):
         print(o)
