@@ -732,6 +732,23 @@ __device__ __forceinline__ uint32_t mv_ragged_word(const uint8_t *g4, int w,
  * bytes are the neighbouring blocks', which no unit reads. Only where such
  * a word may reach past the matrix (its first row's first chunk, its last
  * row's last) do they go byte by byte, by one lane each, after the copies. */
+/* Words [wf, wl) of the chunk whose first word is g4, into slot. */
+__device__ __forceinline__ void mv_copy_words(const uint8_t *g4, uint32_t *slot,
+					      int lane, int wf, int wl)
+{
+	const uint8_t *src = g4 + 4 * (wf + lane);
+	uint32_t *d = slot + wf + lane;
+#pragma unroll 1
+	for (int rem = wl - wf - lane; rem > 0; rem -= 32 * MV_CP_GROUP,
+		 src += 128 * MV_CP_GROUP, d += 32 * MV_CP_GROUP) {
+#pragma unroll
+		for (int q = 0; q < MV_CP_GROUP; q++)
+			if (32 * q < rem)
+				__pipeline_memcpy_async(d + 32 * q,
+							src + 128 * q, 4);
+	}
+}
+
 template <bool A4>
 __device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
 					    uint32_t *slot, int lane,
@@ -744,18 +761,7 @@ __device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
 	/* the words copied whole: [wf, wl) */
 	const int wf = whole ? 0 : head != 0;
 	const int wl = whole ? (end + 3) >> 2 : end >> 2;
-	const uint8_t *src = g4 + 4 * (wf + lane);
-	uint32_t *d = slot + wf + lane;
-#pragma unroll 1
-	for (int rem = wl - wf - lane; rem > 0;
-	     rem -= 32 * MV_CP_GROUP, src += 128 * MV_CP_GROUP,
-	     d += 32 * MV_CP_GROUP) {
-#pragma unroll
-		for (int q = 0; q < MV_CP_GROUP; q++)
-			if (32 * q < rem)
-				__pipeline_memcpy_async(d + 32 * q,
-							src + 128 * q, 4);
-	}
+	mv_copy_words(g4, slot, lane, wf, wl);
 	if (whole)
 		return;
 	if (lane == 0 && head)
@@ -768,7 +774,11 @@ __device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
  * rows (both matrices for a pair) into dst, a warp per row: slot r (r < tr:
  * matrix A, else B) gets the 4-byte words that hold the row's chunk, from
  * the one holding its first byte. Rows past the end repeat the last row
- * (loaded, computed, never written). */
+ * (loaded, computed, never written). Where rows are whole words apart
+ * (always for A4; for the others with an even number of 2-byte-aligned
+ * blocks, as every model's here) every row's chunk lies alike in its
+ * words, so what a row needs is worked out once for the tile, and a row is
+ * its pointers and its copies. */
 template <class F, int NM>
 __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 					const uint8_t *wb, int row0, int tr,
@@ -783,16 +793,25 @@ __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 	 * its last */
 	const int r_first = b0 == 0 ? 0 : -1;
 	const int r_last = off + len == a.rs ? a.n_rows - 1 : INT_MAX;
+	const bool alike = F::A4 || (a.rs & 3) == 0;
 #pragma unroll
 	for (int m = 0; m < NM; m++) {
 		const uint8_t *base = (m ? wb : wa) + off;
 		const uint8_t *last = base + (int64_t)(a.n_rows - 1) * a.rs;
 		const uint8_t *g = base + (int64_t)(row0 + warp) * a.rs;
 		uint32_t *slot = dst + (m * tr + warp) * a.sw;
+		const int head = F::A4 ? 0 : (int)((uintptr_t)base & 3);
+		const int nw = (head + len + 3) >> 2;
 		for (int r = row0 + warp; r < row0 + tr;
-		     r += NW, g += step, slot += NW * a.sw)
-			mv_load_row<F::A4>(r < a.n_rows ? g : last, len, slot,
-					   lane, r != r_first && r < r_last);
+		     r += NW, g += step, slot += NW * a.sw) {
+			const bool whole = r != r_first && r < r_last;
+			if (alike && (F::A4 || whole))
+				mv_copy_words((r < a.n_rows ? g : last) - head,
+					      slot, lane, 0, nw);
+			else
+				mv_load_row<F::A4>(r < a.n_rows ? g : last,
+						   len, slot, lane, whole);
+		}
 	}
 }
 

@@ -822,8 +822,11 @@ static void matmul_n_case(uint32_t type, const void *dw, const float *dx,
 /* ms_gpu_matmul (exact, q8; unsplit and split into `split` ranges) against
  * a float64 product; split results within TOL_SPLIT of the unsplit ones and
  * the same bits twice. */
-static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
-			int64_t B, int split)
+/* One product of n_out x n_in against float64, unsplit and split-K, exact
+ * and 8-bit; the matrix at byte off of its device buffer (its rows then
+ * start off bytes into their words). */
+static void matmul_case_at(uint32_t type, int64_t n_in, int64_t n_out,
+			   int64_t B, int split, size_t off)
 {
 	const struct ms_type_info *ti = ms_type_get(type);
 	const size_t bytes = (size_t)(n_out * (n_in / ti->blck)) * ti->type_size;
@@ -845,7 +848,7 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 				s += (double)wf[r * n_in + i] * in[b * n_in + i];
 			ref[b * n_out + r] = (float)s;
 		}
-	void *dw = t_dev_alloc(bytes);
+	uint8_t *dbuf = t_dev_alloc(bytes + off), *dw = dbuf + off;
 	float *dx = t_dev_alloc(sizeof(float) * (size_t)(B * n_in));
 	float *dy = t_dev_alloc(sizeof(float) * ny);
 	t_dev_up(dw, w, bytes);
@@ -866,21 +869,23 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 		const double e = rel_l2(y[q8][0], ref, (int64_t)ny);
 		const double es = rel_l2(y[q8][1], y[q8][0], (int64_t)ny);
 		const double tol = q8 ? TOL_Q8_PRODUCT : TOL_MATVEC;
-		T_CHECK(e <= tol, "matmul %s %s %lldx%lld B=%lld: %.3g > %.1g",
+		T_CHECK(e <= tol,
+			"matmul %s %s %lldx%lld B=%lld at +%zu: %.3g > %.1g",
 			ms_type_name(type), q8 ? "q8" : "exact",
-			(long long)n_out, (long long)n_in, (long long)B, e, tol);
+			(long long)n_out, (long long)n_in, (long long)B, off, e,
+			tol);
 		T_CHECK(es <= TOL_SPLIT, "matmul %s %s split %d: %.3g from "
 			"unsplit", ms_type_name(type), q8 ? "q8" : "exact",
 			split, es);
 		T_CHECK(!memcmp(y[q8][1], y[q8][2], sizeof(float) * ny),
 			"matmul %s split %d: two runs differ",
 			ms_type_name(type), split);
-		printf("matmul %-6s %s %lldx%lld B=%lld: relative L2 vs "
-		       "float64 %.2e (bound %.1e); split %d vs unsplit %.2e, "
-		       "same bits twice\n",
+		printf("matmul %-6s %s %lldx%lld B=%lld at +%zu: relative L2 "
+		       "vs float64 %.2e (bound %.1e); split %d vs unsplit "
+		       "%.2e, same bits twice\n",
 		       ms_type_name(type), q8 ? "q8   " : "exact",
-		       (long long)n_out, (long long)n_in, (long long)B, e, tol,
-		       split, es);
+		       (long long)n_out, (long long)n_in, (long long)B, off, e,
+		       tol, split, es);
 		if (q8)
 			worst_q8 = e > worst_q8 ? e : worst_q8;
 		matmul_n_case(type, dw, dx, n_in, n_out, B, q8);
@@ -888,7 +893,7 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 	if (ms_gpu_ctx_set_q8(ctx, false, &err) ||
 	    ms_gpu_ctx_set_split(ctx, 0, &err))
 		t_fatal("%s", err.msg);
-	ms_gpu_free(dw);
+	ms_gpu_free(dbuf);
 	ms_gpu_free(dx);
 	ms_gpu_free(dy);
 	for (int q8 = 0; q8 <= 1; q8++)
@@ -898,6 +903,12 @@ static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
 	free(wf);
 	free(in);
 	free(ref);
+}
+
+static void matmul_case(uint32_t type, int64_t n_in, int64_t n_out,
+			int64_t B, int split)
+{
+	matmul_case_at(type, n_in, n_out, B, split, 0);
 }
 
 /* n experts of types ty (E x F), each with B random inputs, on the host
@@ -1059,6 +1070,13 @@ static void check_split(void)
 	 * read past it fails), Q3_K's with ragged first and last words */
 	matmul_case(MS_TYPE_Q4_K, 512, 37, 1, 2);
 	matmul_case(MS_TYPE_Q3_K, 768, 37, 3, 2);
+	/* rows a whole number of words long (4 blocks of 110, 210 and 34 x
+	 * 32 bytes), the matrix 2 bytes into a word: every row's chunk
+	 * starts 2 bytes into its first word, and with 3 and 5 ranges
+	 * split-K's start at odd blocks too */
+	matmul_case_at(MS_TYPE_Q3_K, 1024, 96, 1, 3, 2);
+	matmul_case_at(MS_TYPE_Q6_K, 1024, 64, 1, 5, 2);
+	matmul_case_at(MS_TYPE_Q8_0, 1024, 64, 2, 3, 2);
 	split_ffn_case(ty, 1024, 512, true, 2, 3, 4, MS_GPU_FFN_MATVEC,
 		       TOL_SPLIT);
 	split_ffn_case(ty, 1024, 512, false, 1, 1, 3, MS_GPU_FFN_MATVEC_Q8,
