@@ -30,16 +30,18 @@
  *    word 84 bytes further on, and each warp load touches a dozen cache
  *    lines: the L1 runs out long before DRAM does. So a CTA copies a tile of
  *    rows x a chunk of blocks into shared memory with 4-byte cp.async
- *    (a warp per row, consecutive lanes on consecutive words; the ragged
- *    first and last word of a row's chunk by bytes, outside the copy
- *    loop), double-buffered so that one chunk is in flight while the
+ *    (a warp per row, consecutive lanes on consecutive words, the ragged
+ *    first and last word of a row's chunk whole where they lie inside the
+ *    matrix), double-buffered so that one chunk is in flight while the
  *    previous is computed, and threads decode from shared memory. A row's
  *    chunk is only 300-600 bytes (a 32-row tile in ~20 KB), so what a
- *    warp does per row and per 32 words counts as much as the decoding: the
- *    copy loop is the copy and two pointer steps, and the row's pointer
- *    steps from the previous one. A row's slot starts at the 4-byte word
- *    holding its first byte and is an odd number of words long, so lanes
- *    reading the same field of 32 different rows hit 32 different banks.
+ *    warp does per row counts about as much as the decoding: a lane's
+ *    copies of a row go in one group of LDGSTS at fixed offsets, and what
+ *    every row shares is worked out once a tile (mv_load). A row's slot
+ *    starts at the 4-byte word holding its first byte and is an odd number
+ *    of words long, so lanes reading the same field of 32 different rows
+ *    hit 32 different banks. `make ptx-loops` counts these loops in the
+ *    sm_90 machine code.
  *
  * Threads: 128 per CTA; a tile is tr = 32, 16 or 8 rows (fewer rows, more
  * CTAs, when the launch would not fill the device twice over); thread t
