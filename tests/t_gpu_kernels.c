@@ -1597,8 +1597,49 @@ static void check_bench(void)
 	char *bad[] = { "bench gpu", "--chunks", "4K,1K", NULL };
 	T_CHECK(bench_gpu_main(3, bad) == 2, "bench gpu --chunks 4K,1K "
 		"accepted");
+	cJSON_Delete(o);
+	free(js);
+
+	/* --calls: the target's calls alone, untimed (for a profiler): no
+	 * copy, no configurations, a total per type with a kernel */
+	char *calls[] = { "bench gpu",	  "--shape",	"64,64", "--mem",
+			  "64M",	  "--types",	"q8_0,q5_0",
+			  "--calls",	  "3",		"--json-out",
+			  jp,		  NULL };
+	rc = bench_gpu_main((int)(sizeof(calls) / sizeof(calls[0])) - 1,
+			    calls);
+	T_CHECK(rc == 0, "bench gpu --calls 3: exit %d", rc);
+	js = NULL;
+	f = fopen(jp, "rb");
+	if (f) {
+		js = t_xmalloc(1 << 20);
+		len = fread(js, 1, (1 << 20) - 1, f);
+		js[len] = 0;
+		fclose(f);
+	}
+	o = js ? cJSON_Parse(js) : NULL;
+	g = cJSON_GetObjectItem(o, "gpu");
+	T_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(g, "calls")) == 3 &&
+			cJSON_GetNumberValue(
+				cJSON_GetObjectItem(g, "copy_gbps")) == 0,
+		"bench gpu --calls 3: calls/copy in the JSON");
+	int with_ms = 0;
+	cJSON_ArrayForEach(t, cJSON_GetObjectItem(g, "types"))
+	{
+		double ms = cJSON_GetNumberValue(
+			cJSON_GetObjectItem(t, "calls_ms"));
+		bool mv = cJSON_IsTrue(cJSON_GetObjectItem(t, "matvec"));
+		T_CHECK(mv == (ms > 0) && !cJSON_GetObjectItem(t, "b1_e32"),
+			"bench gpu --calls: %s %g ms",
+			cJSON_GetStringValue(cJSON_GetObjectItem(t, "type")),
+			ms);
+		with_ms += ms > 0;
+	}
+	T_CHECK(with_ms == 1, "bench gpu --calls: %d types ran", with_ms);
+	char *bad2[] = { "bench gpu", "--calls", "0", NULL };
+	T_CHECK(bench_gpu_main(3, bad2) == 2, "bench gpu --calls 0 accepted");
 	printf("bench gpu (64x64, q8_0 and q5_0): ran, JSON consistent (%d "
-	       "figures)\n",
+	       "figures); --calls 3 ran the q8_0 calls alone\n",
 	       checked);
 	cJSON_Delete(o);
 	free(js);

@@ -65,6 +65,8 @@ static const uint32_t default_types[] = {
 
 /* The expert shape: GLM-4.7's unless --shape says otherwise. */
 static int64_t shape_embd = GLM_EMBD, shape_ff = GLM_FF;
+/* --calls N (0: the timed benchmark) */
+static int profile_calls;
 /* --chunks: the matvec chunk sizes to sweep (none by default) */
 static int sweep_chunks[BENCH_GPU_MAX_CHUNKS], n_sweep_chunks;
 
@@ -188,6 +190,27 @@ static int time_conf(struct ms_gpu_ctx *c, const struct ring *r, int n_e,
 	return 0;
 }
 
+/* --calls: n calls of the target's configuration (8-bit, B = 1, 32
+ * experts), untimed but for their total; the same launches time_conf
+ * makes. */
+static int untimed_calls(struct ms_gpu_ctx *c, const struct ring *r, int n,
+			 const float *x, float *y, double *ms,
+			 struct ms_err *err)
+{
+	const int n_e = conf_experts[BENCH_GPU_E32];
+	int rc;
+	if ((rc = ms_gpu_ctx_mark(c, err)))
+		return rc;
+	for (int i = 0; i < n; i++) {
+		const int start = (int)(((int64_t)i * n_e) % r->n);
+		if ((rc = ms_gpu_experts_ffn(c, &r->e[start], n_e, x, 0, y,
+					     conf_tokens[BENCH_GPU_E32],
+					     MS_GPU_FFN_MATVEC_Q8, err)))
+			return rc;
+	}
+	return ms_gpu_ctx_elapsed(c, ms, err);
+}
+
 int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 		  int device, uint64_t ring_bytes, bool prefill,
 		  struct bench_gpu_report *rep, struct ms_err *err)
@@ -214,8 +237,9 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 	rep->ring_bytes = ring_bytes;
 	rep->n_embd = shape_embd;
 	rep->n_ff = shape_ff;
-	rep->n_chunks = n_sweep_chunks;
+	rep->n_chunks = profile_calls ? 0 : n_sweep_chunks;
 	memcpy(rep->chunks, sweep_chunks, sizeof(rep->chunks));
+	rep->calls = profile_calls;
 	if ((rc = ms_gpu_ctx_init(&c, device, NULL, err)))
 		return rc;
 	void *st = ms_gpu_ctx_stream(c);
@@ -238,9 +262,9 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 	/* 512 MiB each way (10x an H100's L2), less only for a small --mem */
 	rep->copy_bytes = ring_bytes / 2 < (512ull << 20) ? ring_bytes / 2
 							   : 512ull << 20;
-	double best0, med0, best1, med1;
-	if ((rc = ms_gpu_copy_bandwidth(c, rep->copy_bytes, 20, &best0, &med0,
-					err)))
+	double best0 = 0, med0 = 0, best1 = 0, med1 = 0;
+	if (!rep->calls && (rc = ms_gpu_copy_bandwidth(c, rep->copy_bytes, 20,
+						       &best0, &med0, err)))
 		goto out;
 
 	for (int t = 0; t < n_types; t++) {
@@ -259,6 +283,17 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 		if ((rc = ring_make(&r, types[t], ring_bytes, st, err)))
 			goto out;
 		row->ring_experts = r.n;
+		if (rep->calls) {
+			if ((rc = untimed_calls(c, &r, rep->calls, x, y,
+						&row->calls_ms, err))) {
+				ms_err_prefix(err, "%s",
+					      ms_type_name(types[t]));
+				goto out;
+			}
+			row->ran = true;
+			ring_free(&r);
+			continue;
+		}
 		for (int k = 0; k < BENCH_GPU_NCONF; k++)
 			if ((rc = time_conf(c, &r, conf_experts[k],
 					    conf_tokens[k], MS_GPU_FFN_MATVEC,
@@ -311,8 +346,8 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 		}
 		ring_free(&r);
 	}
-	if ((rc = ms_gpu_copy_bandwidth(c, rep->copy_bytes, 20, &best1, &med1,
-					err)))
+	if (!rep->calls && (rc = ms_gpu_copy_bandwidth(c, rep->copy_bytes, 20,
+						       &best1, &med1, err)))
 		goto out;
 	rep->copy_gbps = best0 > best1 ? best0 : best1;
 	rep->copy_median_gbps = 0.5 * (med0 + med1);
@@ -337,6 +372,25 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 	if (strstr(ms_gpu_build_info(), "emulation"))
 		fprintf(f, "note        %s: no figure below is a GPU's\n",
 			ms_gpu_build_info());
+	if (r->calls) {
+		fprintf(f, "gpu         %s, %d SMs; nothing timed (--calls)\n",
+			r->device, r->sms);
+		for (int i = 0; i < r->n_rows; i++) {
+			const struct bench_gpu_row *w = &r->rows[i];
+			if (!w->ran) {
+				fprintf(f, "calls       %-6s no fused matvec "
+					"kernel\n", ms_type_name(w->type));
+				continue;
+			}
+			fprintf(f, "calls       %-6s %d of %d experts, "
+				"8-bit, B = 1 (n_embd %lld, n_ff %lld): "
+				"%.3f ms in all\n", ms_type_name(w->type),
+				r->calls, conf_experts[BENCH_GPU_E32],
+				(long long)r->n_embd, (long long)r->n_ff,
+				w->calls_ms);
+		}
+		return;
+	}
 	fprintf(f,
 		"gpu         %s, %d SMs; device-to-device copy %.0f GB/s (best, "
 		"read + write;\n            median %.0f), %s buffers\n",
@@ -439,6 +493,8 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 	cJSON_AddNumberToObject(ex, "n_embd", (double)r->n_embd);
 	cJSON_AddNumberToObject(ex, "n_ff", (double)r->n_ff);
 	cJSON_AddNumberToObject(g, "ring_bytes", (double)r->ring_bytes);
+	if (r->calls)
+		cJSON_AddNumberToObject(g, "calls", r->calls);
 	cJSON *arr = cJSON_AddArrayToObject(g, "types");
 	for (int i = 0; i < r->n_rows; i++) {
 		const struct bench_gpu_row *w = &r->rows[i];
@@ -447,7 +503,9 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 		cJSON_AddNumberToObject(t, "expert_bytes",
 					(double)w->expert_bytes);
 		cJSON_AddBoolToObject(t, "matvec", w->ran);
-		if (w->ran) {
+		if (w->ran && r->calls) {
+			cJSON_AddNumberToObject(t, "calls_ms", w->calls_ms);
+		} else if (w->ran) {
 			cJSON_AddNumberToObject(t, "ring_experts",
 						w->ring_experts);
 			for (int k = 0; k < BENCH_GPU_NCONF; k++) {
@@ -540,7 +598,7 @@ static int parse_chunks(const char *arg)
 static const char usage_line[] =
 	"usage: moestream bench gpu [--json] [--types LIST] [--time S] "
 	"[--device N] [--mem SIZE] [--shape E,F] [--chunks LIST] "
-	"[--no-prefill] [--json-out FILE]";
+	"[--calls N] [--no-prefill] [--json-out FILE]";
 
 static void usage(FILE *f)
 {
@@ -574,6 +632,12 @@ static void usage(FILE *f)
 		"default %d;\n"
 		"                  the results are the same bits at every "
 		"size)\n"
+		"  --calls N       time nothing: per type, N calls of the "
+		"figure held to the\n"
+		"                  target (8-bit, B = 1, 32 experts) and no "
+		"other launch, for a\n"
+		"                  profiler (1..1000; e.g. ncu --kernel-name "
+		"regex:mv_kernel)\n"
 		"  --no-prefill    skip the cuBLAS prefill line\n"
 		"  --json-out FILE the JSON to FILE as well as the table to "
 		"stdout\n"
@@ -597,6 +661,7 @@ int bench_gpu_main(int argc, char **argv)
 		{ "shape", required_argument, 0, 'S' },
 		{ "json-out", required_argument, 0, 'J' },
 		{ "chunks", required_argument, 0, 'C' },
+		{ "calls", required_argument, 0, 'N' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -609,6 +674,7 @@ int bench_gpu_main(int argc, char **argv)
 	int c;
 	memcpy(types, default_types, sizeof(default_types));
 	n_sweep_chunks = 0;
+	profile_calls = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -652,6 +718,18 @@ int bench_gpu_main(int argc, char **argv)
 			if (parse_chunks(optarg))
 				return tool_bad_usage(usage_line);
 			break;
+		case 'N': {
+			uint32_t u;
+			if (tool_parse_u32(CMD, "calls", optarg, &u))
+				return tool_bad_usage(usage_line);
+			if (u < 1 || u > 1000) {
+				tool_error(CMD, "--calls %u: expected 1..1000",
+					   u);
+				return tool_bad_usage(usage_line);
+			}
+			profile_calls = (int)u;
+			break;
+		}
 		case 'S': {
 			long long e = 0, f = 0;
 			char tail;

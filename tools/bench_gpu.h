@@ -47,6 +47,8 @@ struct bench_gpu_row {
 	/* --chunks: the 8-bit kernel at B = 1, 32 experts, with each of the
 	 * report's chunk sizes (ms_gpu_ctx_set_chunk); best window */
 	double chunk_gbps[BENCH_GPU_MAX_CHUNKS];
+	/* --calls: those calls' wall time, ms (one sync after them all) */
+	double calls_ms;
 };
 
 struct bench_gpu_report {
@@ -58,6 +60,10 @@ struct bench_gpu_report {
 	uint64_t copy_bytes;
 	int n_chunks; /* --chunks: the sizes swept, bytes */
 	int chunks[BENCH_GPU_MAX_CHUNKS];
+	/* --calls N: nothing timed; per type, N calls of the figure held to
+	 * the target (8-bit, B = 1, 32 experts) and no others, for a
+	 * profiler to look at those launches alone */
+	int calls;
 	int n_rows;
 	struct bench_gpu_row rows[BENCH_GPU_MAX_TYPES];
 	/* the prefill path once: cuBLAS at B = 512 on one expert */
@@ -82,7 +88,8 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f);
 void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o);
 
 /* `moestream bench gpu [--json] [--types LIST] [--time S] [--device N]
- * [--mem SIZE] [--shape E,F] [--chunks LIST] [--no-prefill]`: exit 0, 1
+ * [--mem SIZE] [--shape E,F] [--chunks LIST] [--calls N] [--no-prefill]`:
+ * exit 0, 1
  * (failed), 2 (usage), 3 (no GPU or built without CUDA). argv[0] is the
  * command's name. */
 int bench_gpu_main(int argc, char **argv);

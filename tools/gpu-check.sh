@@ -45,6 +45,14 @@
 #            where the pack has it; t_gpu_tier --bench is the same code):
 #            host->device GB/s from moestreamd's cache against pinned
 #            memory, copy/compute overlap;
+#         5. the 8-bit matvec under Nsight Compute (ncu, where the
+#            machine has it and it can read the counters; not a failure
+#            where it cannot): bench gpu --calls 3 per issue type, the last
+#            call's pair and down launches: duration, DRAM and SM
+#            throughput, issue slots, occupancy, warp states
+#            (GPU_CHECK_PROFILE: auto, the default, runs it last when 60 s
+#            of the deadline are left; early, before the decode benchmark;
+#            off; GPU_CHECK_PROFILE_TYPES, default q3_K q6_K q2_K q4_K);
 #       and ends with a short table. Every command is printed before it
 #       runs. Logs and the benchmarks' JSON go to PACK/results; when $OUT is
 #       set (the device tool's output folder) gpu-check.log, bench.json,
@@ -210,6 +218,47 @@ run_step() {
 	return $rc
 }
 
+# 5. where the 8-bit matvec's time goes, from the GPU's own counters: ncu
+# (Nsight Compute), where the machine has it and lets it read them (not
+# under gVisor, KINDS.md says), on `bench gpu --calls 3` per type, the
+# last call's two matvec launches (gate/up pair, then down), the clocks
+# left as they are (--clock-control none). Informational: no profiler, or
+# one that cannot read the counters, is said and is not a failure.
+# Sets prc (none: not run; 0: every type profiled).
+profile_step() {
+	local pack=$1 ptxt=$2 ncu t
+	prc=none
+	case ${GPU_CHECK_PROFILE:-auto} in off) return 0 ;; esac
+	ncu=$(command -v ncu 2>/dev/null ||
+		ls -d /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+	if [ -z "$ncu" ]; then
+		echo
+		echo "gpu-check: no ncu here (PATH, /usr/local/cuda/bin, /opt/nvidia/nsight-compute): no profile"
+		return 0
+	fi
+	if [ $((deadline - SECONDS)) -lt 60 ]; then
+		echo
+		echo "gpu-check: profile not run: under 60 s left before the ${deadline}s deadline (GPU_CHECK_PROFILE=early runs it before the decode benchmark)"
+		return 0
+	fi
+	: >"$ptxt"
+	prc=0
+	for t in ${GPU_CHECK_PROFILE_TYPES:-q3_K q6_K q2_K q4_K}; do
+		echo
+		echo "gpu-check: profiling $t (ncu on bench gpu --calls 3; into $ptxt)"
+		run_step "profile $t" 60 "$ncu" --clock-control none \
+			--kernel-name-base mangled \
+			--kernel-name 'regex:mv_kernelILi[0-9]+ELi1ELb[01]ELi1E' \
+			--launch-skip 4 --launch-count 2 \
+			--section SpeedOfLight --section Occupancy \
+			--section LaunchStats --section SchedulerStats \
+			--section WarpStateStats --section ComputeWorkloadAnalysis \
+			"$pack/moestream" bench gpu --calls 3 --types "$t" >>"$ptxt" 2>&1 || prc=$?
+	done
+	echo "gpu-check: the profile ($ncu) is in $ptxt"
+	grep -v '^+ ' "$ptxt" | grep -E '^ +(Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Issue Slots Busy|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy|Registers Per Thread|Grid Size)|mv_kernel|==ERROR|==PROF==' | head -n 120
+}
+
 run() {
 	local pack=${1:-build/gpu-pack}
 	[ -x "$pack/tests/t_gpu_kernels" ] || die "no $pack/tests/t_gpu_kernels: make the pack with 'tools/gpu-check.sh pack BUILD' and carry it"
@@ -289,6 +338,9 @@ run() {
 		status=1
 	fi
 
+	local ptxt=$res/profile.txt prc=none
+	[ "${GPU_CHECK_PROFILE:-auto}" = early ] && profile_step "$pack" "$ptxt"
+
 	# 3. the GPU decoder end to end (tools/bench_gpu_decode.c): the
 	# GLM-4.7 preset cut to 4 MoE layers, written outside the results
 	local dtxt=$res/bench-decode.txt drc=none model=${TMPDIR:-/tmp}/gpu-check-glm4.gguf
@@ -329,6 +381,8 @@ run() {
 		fi
 	fi
 
+	[ "${GPU_CHECK_PROFILE:-auto}" = auto ] && profile_step "$pack" "$ptxt"
+
 	echo
 	echo "== gpu-check summary ($SECONDS s)"
 	grep -E '^(PASS|FAIL|SKIP) ' "$log" | sed 's/^/   /'
@@ -346,6 +400,13 @@ run() {
 	if [ "$trc2" = 0 ]; then
 		echo "   -- ${tier[*]##*/}"
 		grep -E 'GB/s|target|overlap|ratio' "$ttxt" | head -n 16 | sed 's/^/   /'
+	fi
+	if [ "$prc" = 0 ]; then
+		echo "   -- ncu on bench gpu --calls 3 (the last call's pair and down launches; whole in profile.txt)"
+		grep -v '^+ ' "$ptxt" | grep -E '^ +(Duration|DRAM Throughput|Compute \(SM\) Throughput|Issue Slots Busy|Achieved Occupancy)|mv_kernel' |
+			sed -e 's/^ *//' -e 's/(anonymous namespace)::mv_kernel/mv_kernel/' | head -n 60 | sed 's/^/   /'
+	elif [ "$prc" != none ]; then
+		echo "   -- ncu: exit $prc (see profile.txt; not a failure)"
 	fi
 	if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
 		tar -czf "$OUT/results.tgz" -C "$res/.." "$(basename "$res")" 2>/dev/null
