@@ -109,7 +109,7 @@ using namespace msq;
 namespace {
 
 constexpr int MV_THREADS = 128;
-/* a lane's copies of a row in one group (mv_load_row): 6 covers a 32-row
+/* a lane's copies of a row in one group (mv_copy_words): 6 covers a 32-row
  * tile's rows of one matrix (~160 words) in one. In sm_90 machine code: 23
  * instructions a group of 6, 19 of 4, 27 of 8 (and at 8 ptxas gives
  * Q4_K's single-matrix unit loop 136 instructions for 118) */
@@ -721,20 +721,14 @@ __device__ __forceinline__ uint32_t mv_ragged_word(const uint8_t *g4, int w,
 	return v;
 }
 
-/* One row's chunk, len bytes from g, into its slot, by one warp: the slot
- * starts at the 4-byte word holding g's first byte, consecutive lanes on
- * consecutive words, by 4-byte cp.async. A row's chunk is only 300-2500
- * bytes, so what a row costs besides its copies counts: a lane's copies go
- * in groups of MV_CP_GROUP, each at a fixed offset from one pointer (ptxas
- * issues a group as one run of LDGSTS with the offsets in the
- * instructions, where a copy at a time cost a dozen instructions and the
- * peeled remainders of an unrolled loop some seventy a row). The ragged
- * first and last word of a chunk (formats whose blocks or rows are not
- * whole words: never for A4) are copied whole as well (whole): their other
- * bytes are the neighbouring blocks', which no unit reads. Only where such
- * a word may reach past the matrix (its first row's first chunk, its last
- * row's last) do they go byte by byte, by one lane each, after the copies. */
-/* Words [wf, wl) of the chunk whose first word is g4, into slot. */
+/* Words [wf, wl) of a row's chunk whose first word is g4 into its slot,
+ * by one warp, consecutive lanes on consecutive words, by 4-byte cp.async.
+ * A row's chunk is only 300-2500 bytes, so what a row costs besides its
+ * copies counts: a lane's copies go in groups of MV_CP_GROUP, each at a
+ * fixed offset from one pointer (ptxas issues a group as one run of LDGSTS
+ * with the offsets in the instructions, where a copy at a time cost a
+ * dozen instructions and the peeled remainders of an unrolled loop some
+ * seventy a row). */
 __device__ __forceinline__ void mv_copy_words(const uint8_t *g4, uint32_t *slot,
 					      int lane, int wf, int wl)
 {
@@ -751,15 +745,20 @@ __device__ __forceinline__ void mv_copy_words(const uint8_t *g4, uint32_t *slot,
 	}
 }
 
-template <bool A4>
+/* One row's chunk, len bytes from g, into its slot, for the formats whose
+ * blocks or rows are not whole words (never A4), where rows do not all lie
+ * alike in their words or this row may reach past the matrix: the slot
+ * starts at the word holding g's first byte. The ragged first and last
+ * word are copied whole as well where `whole` (the row lies inside the
+ * matrix: their other bytes are the neighbouring blocks', which no unit
+ * reads); else they go byte by byte, by one lane each, after the copies. */
 __device__ __forceinline__ void mv_load_row(const uint8_t *g, int len,
 					    uint32_t *slot, int lane,
 					    bool whole)
 {
-	const int head = A4 ? 0 : (int)((uintptr_t)g & 3);
+	const int head = (int)((uintptr_t)g & 3);
 	const uint8_t *g4 = g - head;
 	const int end = head + len;
-	whole = A4 || whole;
 	/* the words copied whole: [wf, wl) */
 	const int wf = whole ? 0 : head != 0;
 	const int wl = whole ? (end + 3) >> 2 : end >> 2;
@@ -807,12 +806,12 @@ __device__ __forceinline__ void mv_load(const MvArgs &a, const uint8_t *wa,
 		for (int r = row0 + warp; r < row0 + tr;
 		     r += NW, g += step, slot += NW * a.sw) {
 			const bool whole = r != r_first && r < r_last;
-			if (alike && (F::A4 || whole))
+			if (F::A4 || (alike && whole))
 				mv_copy_words((r < a.n_rows ? g : last) - head,
 					      slot, lane, 0, nw);
 			else
-				mv_load_row<F::A4>(r < a.n_rows ? g : last,
-						   len, slot, lane, whole);
+				mv_load_row(r < a.n_rows ? g : last, len, slot,
+					    lane, whole);
 		}
 	}
 }
