@@ -821,10 +821,8 @@ static void matmul_n_case(uint32_t type, const void *dw, const float *dx,
 
 /* ms_gpu_matmul (exact, q8; unsplit and split into `split` ranges) against
  * a float64 product; split results within TOL_SPLIT of the unsplit ones and
- * the same bits twice. */
-/* One product of n_out x n_in against float64, unsplit and split-K, exact
- * and 8-bit; the matrix at byte off of its device buffer (its rows then
- * start off bytes into their words). */
+ * the same bits twice. The matrix lies at byte off of its device buffer
+ * (its rows then start off bytes into their words). */
 static void matmul_case_at(uint32_t type, int64_t n_in, int64_t n_out,
 			   int64_t B, int split, size_t off)
 {
@@ -1527,15 +1525,7 @@ static void check_bench(void)
 	int rc = bench_gpu_main((int)(sizeof(argv) / sizeof(argv[0])) - 1,
 				argv);
 	T_CHECK(rc == 0, "bench gpu: exit %d", rc);
-	size_t len = 0;
-	char *js = NULL;
-	FILE *f = fopen(jp, "rb");
-	if (f) {
-		js = t_xmalloc(1 << 20);
-		len = fread(js, 1, (1 << 20) - 1, f);
-		js[len] = 0;
-		fclose(f);
-	}
+	char *js = t_read_text(jp);
 	cJSON *o = js ? cJSON_Parse(js) : NULL;
 	T_CHECK(o != NULL, "bench gpu --json-out: no JSON");
 	cJSON *g = cJSON_GetObjectItem(o, "gpu");
@@ -1609,14 +1599,7 @@ static void check_bench(void)
 	rc = bench_gpu_main((int)(sizeof(calls) / sizeof(calls[0])) - 1,
 			    calls);
 	T_CHECK(rc == 0, "bench gpu --calls 3: exit %d", rc);
-	js = NULL;
-	f = fopen(jp, "rb");
-	if (f) {
-		js = t_xmalloc(1 << 20);
-		len = fread(js, 1, (1 << 20) - 1, f);
-		js[len] = 0;
-		fclose(f);
-	}
+	js = t_read_text(jp);
 	o = js ? cJSON_Parse(js) : NULL;
 	g = cJSON_GetObjectItem(o, "gpu");
 	T_CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(g, "calls")) == 3 &&
@@ -1638,6 +1621,9 @@ static void check_bench(void)
 	T_CHECK(with_ms == 1, "bench gpu --calls: %d types ran", with_ms);
 	char *bad2[] = { "bench gpu", "--calls", "0", NULL };
 	T_CHECK(bench_gpu_main(3, bad2) == 2, "bench gpu --calls 0 accepted");
+	char *bad3[] = { "bench gpu", "--calls", "2", "--chunks", "4K", NULL };
+	T_CHECK(bench_gpu_main(5, bad3) == 2,
+		"bench gpu --calls 2 --chunks 4K accepted");
 	printf("bench gpu (64x64, q8_0 and q5_0): ran, JSON consistent (%d "
 	       "figures); --calls 3 ran the q8_0 calls alone\n",
 	       checked);

@@ -145,6 +145,22 @@ static int ring_make(struct ring *r, uint32_t type, uint64_t ring_bytes,
 	return 0;
 }
 
+/* k calls of n_e experts x B tokens, numbered from *call on: call i takes
+ * the ring's experts from i * n_e on, so the calls walk the ring. */
+static int ffn_calls(struct ms_gpu_ctx *c, const struct ring *r, int n_e,
+		     int B, enum ms_gpu_ffn_path path, const float *x, float *y,
+		     int *call, int k, struct ms_err *err)
+{
+	for (int i = 0; i < k; i++) {
+		const int start = (int)(((int64_t)(*call)++ * n_e) % r->n);
+		int rc = ms_gpu_experts_ffn(c, &r->e[start], n_e, x, 0, y, B,
+					    path, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* Times calls of n_e experts x B tokens for about `seconds`: windows of
  * >= WINDOW_MS; the best and median window in weight GB/s. */
 static int time_conf(struct ms_gpu_ctx *c, const struct ring *r, int n_e,
@@ -154,36 +170,26 @@ static int time_conf(struct ms_gpu_ctx *c, const struct ring *r, int n_e,
 {
 	double win[MAX_WINDOWS], ms = 0, spent = 0;
 	int call = 0, rc, nw = 0;
-#define RUN_CALLS(k)                                                           \
-	for (int i_ = 0; i_ < (k); i_++) {                                     \
-		int start_ = (int)(((int64_t)call++ * n_e) % r->n);            \
-		if ((rc = ms_gpu_experts_ffn(c, &r->e[start_], n_e, x, 0, y,   \
-					     B, path, err)))                   \
-			return rc;                                             \
-	}
 	/* warm-up (module load, workspace, cuBLAS), then the size of a
 	 * window from four calls */
-	RUN_CALLS(2);
-	if ((rc = ms_gpu_ctx_mark(c, err)))
-		return rc;
-	RUN_CALLS(4);
-	if ((rc = ms_gpu_ctx_elapsed(c, &ms, err)))
+	if ((rc = ffn_calls(c, r, n_e, B, path, x, y, &call, 2, err)) ||
+	    (rc = ms_gpu_ctx_mark(c, err)) ||
+	    (rc = ffn_calls(c, r, n_e, B, path, x, y, &call, 4, err)) ||
+	    (rc = ms_gpu_ctx_elapsed(c, &ms, err)))
 		return rc;
 	int k = ms > 0 ? (int)ceil(WINDOW_MS / (ms / 4)) : 1000;
 	k = k < 4 ? 4 : k > 1000 ? 1000 : k;
 	double best_ms = 1e30;
 	while (nw < MAX_WINDOWS && (nw < 5 || spent < seconds * 1e3)) {
-		if ((rc = ms_gpu_ctx_mark(c, err)))
-			return rc;
-		RUN_CALLS(k);
-		if ((rc = ms_gpu_ctx_elapsed(c, &ms, err)))
+		if ((rc = ms_gpu_ctx_mark(c, err)) ||
+		    (rc = ffn_calls(c, r, n_e, B, path, x, y, &call, k, err)) ||
+		    (rc = ms_gpu_ctx_elapsed(c, &ms, err)))
 			return rc;
 		spent += ms;
 		win[nw++] = (double)k * n_e * (double)r->bytes / (ms * 1e-3) / 1e9;
 		if (ms / k < best_ms)
 			best_ms = ms / k;
 	}
-#undef RUN_CALLS
 	*median = tool_median(win, (size_t)nw); /* sorts win */
 	*best = win[nw - 1];
 	*us_call = best_ms * 1e3;
@@ -197,17 +203,12 @@ static int untimed_calls(struct ms_gpu_ctx *c, const struct ring *r, int n,
 			 const float *x, float *y, double *ms,
 			 struct ms_err *err)
 {
-	const int n_e = conf_experts[BENCH_GPU_E32];
-	int rc;
-	if ((rc = ms_gpu_ctx_mark(c, err)))
+	int call = 0, rc;
+	if ((rc = ms_gpu_ctx_mark(c, err)) ||
+	    (rc = ffn_calls(c, r, conf_experts[BENCH_GPU_E32],
+			    conf_tokens[BENCH_GPU_E32], MS_GPU_FFN_MATVEC_Q8,
+			    x, y, &call, n, err)))
 		return rc;
-	for (int i = 0; i < n; i++) {
-		const int start = (int)(((int64_t)i * n_e) % r->n);
-		if ((rc = ms_gpu_experts_ffn(c, &r->e[start], n_e, x, 0, y,
-					     conf_tokens[BENCH_GPU_E32],
-					     MS_GPU_FFN_MATVEC_Q8, err)))
-			return rc;
-	}
 	return ms_gpu_ctx_elapsed(c, ms, err);
 }
 
@@ -237,7 +238,7 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 	rep->ring_bytes = ring_bytes;
 	rep->n_embd = shape_embd;
 	rep->n_ff = shape_ff;
-	rep->n_chunks = profile_calls ? 0 : n_sweep_chunks;
+	rep->n_chunks = n_sweep_chunks;
 	memcpy(rep->chunks, sweep_chunks, sizeof(rep->chunks));
 	rep->calls = profile_calls;
 	if ((rc = ms_gpu_ctx_init(&c, device, NULL, err)))
@@ -755,6 +756,11 @@ int bench_gpu_main(int argc, char **argv)
 	}
 	if (optind < argc) {
 		tool_error(CMD, "unexpected argument '%s'", argv[optind]);
+		return tool_bad_usage(usage_line);
+	}
+	if (profile_calls && n_sweep_chunks) {
+		tool_error(CMD, "--calls times nothing, so it has no chunk "
+			   "sweep: give --calls or --chunks, not both");
 		return tool_bad_usage(usage_line);
 	}
 	struct bench_gpu_report *rep = malloc(sizeof(*rep));

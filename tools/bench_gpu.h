@@ -89,9 +89,8 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o);
 
 /* `moestream bench gpu [--json] [--types LIST] [--time S] [--device N]
  * [--mem SIZE] [--shape E,F] [--chunks LIST] [--calls N] [--no-prefill]`:
- * exit 0, 1
- * (failed), 2 (usage), 3 (no GPU or built without CUDA). argv[0] is the
- * command's name. */
+ * exit 0, 1 (failed), 2 (usage), 3 (no GPU or built without CUDA).
+ * argv[0] is the command's name. */
 int bench_gpu_main(int argc, char **argv);
 
 #endif
