@@ -55,7 +55,9 @@ import sys
 
 TYPES = {2: "q4_0", 8: "q8_0", 10: "q2_K", 11: "q3_K", 12: "q4_K",
          13: "q5_K", 14: "q6_K", 39: "mxfp4"}
-ENTRY = re.compile(r"^\.entry\s+\S*mv_kernelILi(\d+)ELi(\d+)ELb([01])ELi(\d+)E")
+# mv_kernel<type, BT, pair, digits>'s mangled name, in PTX and in the cubin
+KERNEL = r"mv_kernelILi(\d+)ELi(\d+)ELb([01])ELi(\d+)E"
+ENTRY = re.compile(r"^\.entry\s+\S*" + KERNEL)
 LABEL = re.compile(r"^(\$L__BB\w+):")
 BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__BB\w+);")
 
@@ -112,7 +114,7 @@ SASS_OPS = {0x002: "MOV", 0x007: "SEL", 0x00b: "FSETP", 0x00c: "ISETP",
 # the integer units' kinds (bit 91 clear: not the uniform datapath's)
 SASS_INT = {"SEL", "ISETP", "IADD3", "LEA", "LOP3", "PRMT", "SHF", "IMAD",
             "IMAD.WIDE", "IDP", "VIADD", "MOV"}
-SASS_ENTRY = re.compile(r"mv_kernelILi(\d+)ELi(\d+)ELb([01])ELi(\d+)E")
+SASS_ENTRY = re.compile(KERNEL)
 
 
 def elf_sections(data):
@@ -180,7 +182,8 @@ def sass_innermost(ins, marker, outer=0):
 
 
 def sass_loops(path):
-    """{(type, bt, pair, digits): (unit loop, copy loop)} of a cubin."""
+    """{(type, bt, pair, digits): (unit loop, copy loop, row loop)} of a
+    cubin."""
     with open(path, "rb") as f:
         data = f.read()
     res = {}
