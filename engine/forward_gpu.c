@@ -264,8 +264,10 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 				  (double)(fixed + margin + 2 * K * slot) / 1e9);
 	if ((rc = ms_gpu_set_device(dev, err)) ||
 	    (rc = ms_gpu_ctx_init(&g->ctx, dev, NULL, err)) ||
-	    (rc = ms_gpu_ctx_set_q8(g->ctx, e->cfg.q8_activations, err)))
+	    (rc = ms_gpu_ctx_set_q8(g->ctx, e->cfg.q8_activations, err)) ||
+	    (e->cfg.gpu_no_pdl && (rc = ms_gpu_ctx_set_pdl(g->ctx, false, err))))
 		return rc;
+	e->info.gpu_pdl = ms_gpu_ctx_pdl(g->ctx);
 	if (e->cfg.gpu_profile) {
 		/* the step's first mark, 7 a block at most, head and copies */
 		g->n_marks = 4 + 7 * (int)e->n_run;
@@ -550,7 +552,7 @@ static int experts_out(struct ms_engine *e, uint32_t layer, const uint32_t *ex,
 static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
 		  const void *xq, float *y, int64_t T, struct ms_err *err)
 {
-	const struct ms_gpu_mm one = { w->type, dev_of(e, w), w->ne[1], y };
+	const struct ms_gpu_mm one = { w->type, dev_of(e, w), w->ne[1], y, true };
 	return ms_gpu_matmul_n(e->gpu->ctx, &one, 1, w->ne[0], x, xq, T, err);
 }
 
@@ -577,9 +579,9 @@ static int attention(struct ms_engine *e, uint32_t b, int64_t T,
 	int rc;
 	/* q, k and v of the same h: one preparation of h for the three */
 	const struct ms_gpu_mm qkv[3] = {
-		{ k->wq.type, dev_of(e, &k->wq), k->wq.ne[1], g->q },
-		{ k->wk.type, dev_of(e, &k->wk), k->wk.ne[1], g->k },
-		{ k->wv.type, dev_of(e, &k->wv), k->wv.ne[1], g->v },
+		{ k->wq.type, dev_of(e, &k->wq), k->wq.ne[1], g->q, true },
+		{ k->wk.type, dev_of(e, &k->wk), k->wk.ne[1], g->k, true },
+		{ k->wv.type, dev_of(e, &k->wv), k->wv.ne[1], g->v, true },
 	};
 	if ((rc = ms_gpu_matmul_n(c, qkv, 3, k->wq.ne[0], g->h, hq_in, T, err)))
 		return rc;
@@ -666,6 +668,7 @@ static struct ms_gpu_expert dense_view(const struct ms_engine *e,
 	v.data[0] = dev_of(e, gate);
 	v.data[1] = dev_of(e, up);
 	v.data[2] = dev_of(e, down);
+	v.resident = true; /* uploaded at open, never written */
 	return v;
 }
 
@@ -987,6 +990,18 @@ static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
 	}
 	uint64_t added = g->dev_hits - h0;
 	g->dev_hits = h0;
+	if ((rc || !g->graph) && ms_gpu_ctx_pdl(c)) {
+		/* a runtime that cannot capture PDL launches (CUDA before
+		 * 12.3): the graph saves more than PDL does, so PDL goes and
+		 * the next step captures again */
+		fprintf(stderr, "moestream: no CUDA graph of the decode step "
+			"with PDL launches (%s): PDL turned off, the graph "
+			"tried again without\n",
+			why.msg[0] ? why.msg : "capture failed");
+		ms_gpu_ctx_set_pdl(c, false, &why);
+		e->info.gpu_pdl = false;
+		return 0;
+	}
 	if (rc || !g->graph) {
 		if (!g->graph_fails++)
 			fprintf(stderr, "moestream: no CUDA graph of the decode step "

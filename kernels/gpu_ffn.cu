@@ -64,6 +64,8 @@ struct ms_gpu_ctx {
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
 	int mv_split; /* msg_mv_call.split */
 	int mv_chunk; /* msg_mv_call.chunk */
+	bool pdl_ok;  /* compute capability 9.0 or later */
+	bool pdl;     /* launches with PDL (ms_gpu_ctx_set_pdl) */
 	bool capturing;  /* between ms_gpu_capture_begin and _end */
 	uint64_t ws_gen; /* bumped each time ws moves (a graph holds it) */
 };
@@ -435,6 +437,10 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	gu.split = c->mv_split;
 	gu.chunk = c->mv_chunk;
 	gu.q8 = q8;
+	gu.pdl = c->pdl;
+	gu.early = !tab;
+	for (int i = 0; i < n && !tab; i++)
+		gu.early = gu.early && e[i].resident;
 	gu.xq_stride = n_sets > 1 ? B * (E / 32) : 0;
 	gu.out_stride = B * F;
 	gu.n_rows = (int)F;
@@ -501,7 +507,8 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	const char *what = "preparing x";
 	if (!given &&
 	    (ce = msg_prep_launch(x, nullptr, x_stride, ws + o_xq, (int)E,
-				  (int)B, n_sets, q8, c->stream)) != cudaSuccess)
+				  (int)B, n_sets, q8, c->stream, c->pdl)) !=
+		    cudaSuccess)
 		goto fail;
 
 	/* gate and up -> h (or g, u), a pair whose tiles are whole blocks of
@@ -521,7 +528,7 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	what = "preparing h";
 	if (!gu.out_q &&
 	    (ce = msg_prep_launch(h, u, B * F, hq, (int)F, (int)B, n, q8,
-				  c->stream)) != cudaSuccess)
+				  c->stream, c->pdl)) != cudaSuccess)
 		goto fail;
 
 	/* down -> y */
@@ -806,12 +813,17 @@ extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
 	if (!c)
 		return ms_err_set(err, -ENOMEM, "gpu: out of memory");
 	c->device = device;
+	int major;
 	if ((ce = cudaSetDevice(device)) != cudaSuccess ||
 	    (ce = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount,
+					 device)) != cudaSuccess ||
+	    (ce = cudaDeviceGetAttribute(&major,
+					 cudaDevAttrComputeCapabilityMajor,
 					 device)) != cudaSuccess) {
 		rc = cuda_fail(err, ce, "opening the device");
 		goto fail;
 	}
+	c->pdl = c->pdl_ok = major >= 9;
 	if (stream) {
 		c->stream = (cudaStream_t)stream;
 	} else {
@@ -892,9 +904,34 @@ extern "C" int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes,
 	return 0;
 }
 
+extern "C" int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on,
+				  struct ms_err *err)
+{
+	if (!c)
+		return ms_err_set(err, -EINVAL, "gpu: NULL context");
+	if (on && !c->pdl_ok)
+		return ms_err_set(err, -ENOTSUP,
+				  "gpu: programmatic dependent launch needs a "
+				  "device of compute capability 9.0 or later "
+				  "(Hopper); gpu %d is older",
+				  c->device);
+	c->pdl = on;
+	return 0;
+}
+
+extern "C" bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c)
+{
+	return c && c->pdl;
+}
+
 bool msg_ctx_q8(const struct ms_gpu_ctx *c)
 {
 	return c->q8;
+}
+
+bool msg_ctx_pdl(const struct ms_gpu_ctx *c)
+{
+	return c->pdl;
 }
 
 extern "C" size_t ms_gpu_xq_bytes(int64_t n, int64_t T)
@@ -1111,6 +1148,7 @@ static void mm_call(const struct ms_gpu_ctx *c, struct msg_mv_call *mv,
 	mv->sms = c->sms;
 	mv->split = c->mv_split;
 	mv->chunk = c->mv_chunk;
+	mv->pdl = c->pdl;
 	mv->part_bytes = msg_matvec_part_bytes(mv);
 }
 
@@ -1129,6 +1167,7 @@ static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 		wa[i][0] = mm[i].w;
 		mm_call(c, &mv[i], wa[i], mm[i].type, n_in, mm[i].n_out, rs[i],
 			mm[i].y, n_tokens);
+		mv[i].early = mm[i].resident;
 		part = mv[i].part_bytes > part ? mv[i].part_bytes : part;
 	}
 	carve cv = { 0 };
@@ -1142,7 +1181,7 @@ static int mm_fused_run(struct ms_gpu_ctx *c, const struct ms_gpu_mm *mm,
 	if (!xq &&
 	    (ce = msg_prep_launch(x_dev, nullptr, 0, (uint8_t *)c->ws + o_xq,
 				  (int)n_in, (int)n_tokens, 1, c->q8,
-				  c->stream)) != cudaSuccess)
+				  c->stream, c->pdl)) != cudaSuccess)
 		return cuda_fail(err, ce, "preparing x");
 	for (int i = 0; i < n; i++) {
 		mv[i].xq = xq ? xq : (uint8_t *)c->ws + o_xq;
@@ -1206,7 +1245,8 @@ extern "C" int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type,
 	if (mm_fused(type, w_dev, n_in, n_tokens)) {
 		/* decode: the fused matvec, one "expert" (8-bit input with
 		 * ms_gpu_ctx_set_q8) */
-		const struct ms_gpu_mm one = { type, w_dev, n_out, y_dev };
+		const struct ms_gpu_mm one = { type, w_dev, n_out, y_dev,
+					       false };
 		return mm_fused_run(c, &one, 1, &rs, n_in, x_dev, nullptr,
 				    n_tokens, err);
 	}

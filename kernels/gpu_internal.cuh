@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <stdint.h>
 
+#include <utility>
+
 #include <cuda_runtime.h>
 
 #include "moestream/kernels.h"
@@ -74,6 +76,54 @@ static inline int msg_find_device(int device, const char *prefix, int *n,
 	return 0;
 }
 
+/* ---- programmatic dependent launch (PDL) ----------------------------------
+ *
+ * On sm_90 and later a kernel launched with programmatic stream
+ * serialization may start before the kernel ahead of it on the stream
+ * (or in the graph) has ended: its CTAs are scheduled once every CTA of
+ * that kernel has triggered (each of ours triggers right after its own
+ * wait), so the launch's latency, and the matvec's first weight loads,
+ * overlap the end of the kernel before. What keeps it correct is one
+ * rule, kept by every kernel that msg_launch may launch with pdl: each
+ * thread calls msg_grid_wait() before it reads anything a kernel before
+ * it wrote, and before it writes anything. The wait returns once the
+ * kernel before has completed and its writes are visible (that kernel
+ * waited for the one before it in turn), and at once when the launch
+ * was not PDL. The one thing read before it: weights that nothing on the
+ * device writes (the matvec's first chunk, msg_mv_call.early). The CPU
+ * emulator of CUDA starts one CTA of each PDL launch before the kernel
+ * ahead of it runs at all, and checks that every thread waited.
+ */
+__device__ __forceinline__ void msg_grid_wait()
+{
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || !defined(__CUDACC__)
+	cudaGridDependencySynchronize();
+	cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
+/* Launches k<<<g, b, smem, s>>>(args), with programmatic stream
+ * serialization where pdl (msg_ctx_pdl: the device has it and it is not
+ * turned off). The launch's error, or the runtime's last one. */
+template <class... P, class... A>
+static inline cudaError_t msg_launch(void (*k)(P...), dim3 g, dim3 b,
+				     size_t smem, cudaStream_t s, bool pdl,
+				     A &&...args)
+{
+	cudaLaunchAttribute at[1] = {};
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	/* in order: gridDim, blockDim (names the CPU emulator's kernels take
+	 * as theirs), dynamicSmemBytes, stream, attrs, numAttrs */
+	cudaLaunchConfig_t cfg = { g, b, smem, s, at, pdl ? 1u : 0u };
+	const cudaError_t ce = cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+	const cudaError_t le = cudaGetLastError();
+	return ce != cudaSuccess ? ce : le;
+}
+
+/* Whether the context's launches are PDL (ms_gpu_ctx_set_pdl). */
+bool msg_ctx_pdl(const struct ms_gpu_ctx *c);
+
 /* ---- gpu_dequant.cu ----------------------------------------------------- */
 
 /* ms_gpu_dequant without the checks (the caller made them). */
@@ -123,7 +173,7 @@ bool msg_ctx_q8(const struct ms_gpu_ctx *c);
  * as the C FFN computes h. */
 cudaError_t msg_prep_launch(const float *in, const float *in2,
 			    int64_t in_stride, void *xq, int n, int B,
-			    int n_sets, bool q8, cudaStream_t stream);
+			    int n_sets, bool q8, cudaStream_t stream, bool pdl);
 
 /* One fused matvec over up to MSG_MV_MAX_EXPERTS experts of one type:
  *   pair:  out[e][b][r] = silu(A_e[r] . x_e[b]) * (B_e[r] . x_e[b])
@@ -165,6 +215,13 @@ struct msg_mv_call {
 	 * msg_matvec_out_prep says the launch can */
 	void *out_q;
 	int64_t out_q_stride;
+	/* launched with programmatic stream serialization (msg_launch) */
+	bool pdl;
+	/* with pdl, and not tab: wa's and wb's bytes are written by nothing
+	 * on the device (a model's resident tensors), so the first chunk is
+	 * loaded before the kernel's wait, under the end of the kernel
+	 * before */
+	bool early;
 };
 
 /* Whether the launch can write its output prepared (out_q): its tiles are

@@ -125,6 +125,7 @@ prep_kernel(const float *__restrict__ in, const float *__restrict__ in2,
 	    int64_t in_stride, XBlk<NP> *__restrict__ out, int n, int B,
 	    int64_t n_warps)
 {
+	msg_grid_wait();
 	const int lane = threadIdx.x & 31;
 	const int64_t gw =
 		((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -704,6 +705,7 @@ struct MvArgs {
 	int kspan;     /* blocks per split range */
 	int kc;        /* blocks per chunk */
 	int sw;        /* words per row slot (odd) */
+	bool early;    /* msg_mv_call.early (with pdl) */
 };
 
 /* Word w of a slot whose row chunk is bytes [head, end) of the words from
@@ -909,6 +911,11 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	const int e = blockIdx.y;
 	const int split = blockIdx.x / a.tiles;
 	const int row0 = (blockIdx.x % a.tiles) * tr;
+	/* PDL (gpu_internal.cuh): resident weights' first chunk is loaded
+	 * before the wait for the kernel before; anything else after it */
+	const bool early = a.early && !a.tab;
+	if (!early)
+		msg_grid_wait();
 	const uint8_t *wa, *wb;
 	if (a.tab) {
 		const int64_t t = (int64_t)a.sel[e] * 3 + a.tab_j;
@@ -931,6 +938,8 @@ mv_kernel(const __grid_constant__ MvArgs a)
 
 	mv_load<F, NM>(a, wa, wb, row0, tr, kb0, kb1, sm);
 	__pipeline_commit();
+	if (early)
+		msg_grid_wait();
 	for (int c = 0; c < nch; c++) {
 		if (c + 1 < nch)
 			mv_load<F, NM>(a, wa, wb, row0, tr, kb0 + (c + 1) * a.kc,
@@ -1144,21 +1153,19 @@ size_t msg_xblk_bytes(bool q8)
 
 cudaError_t msg_prep_launch(const float *in, const float *in2,
 			    int64_t in_stride, void *xq, int n, int B,
-			    int n_sets, bool q8, cudaStream_t stream)
+			    int n_sets, bool q8, cudaStream_t stream, bool pdl)
 {
 	const int64_t warps = (int64_t)n_sets * B * (n / 32);
 	const int64_t blocks = (warps + 7) / 8;
 	if (blocks > 0x7fffffff)
 		return cudaErrorInvalidValue;
-	const auto k1 = prep_kernel<1>;
-	const auto k3 = prep_kernel<3>;
 	if (q8)
-		k1<<<(unsigned)blocks, 256, 0, stream>>>(
-			in, in2, in_stride, (XBlk<1> *)xq, n, B, warps);
-	else
-		k3<<<(unsigned)blocks, 256, 0, stream>>>(
-			in, in2, in_stride, (XBlk<3> *)xq, n, B, warps);
-	return cudaGetLastError();
+		return msg_launch(prep_kernel<1>, dim3((unsigned)blocks), dim3(256),
+				  0, stream, pdl, in, in2, in_stride,
+				  (XBlk<1> *)xq, n, B, warps);
+	return msg_launch(prep_kernel<3>, dim3((unsigned)blocks), dim3(256), 0,
+			  stream, pdl, in, in2, in_stride, (XBlk<3> *)xq, n, B,
+			  warps);
 }
 
 bool msg_matvec_out_prep(const struct msg_mv_call *c)
@@ -1210,6 +1217,7 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 	a.kspan = p.kspan;
 	a.kc = p.kc;
 	a.sw = p.sw;
+	a.early = c->pdl && c->early;
 	const mv_kernel_t k = m.k[c->q8][BT == 8][c->pair];
 	for (int e0 = 0; e0 < c->n_e; e0 += MSG_MV_MAX_EXPERTS) {
 		const int ne = c->n_e - e0 < MSG_MV_MAX_EXPERTS
@@ -1234,8 +1242,8 @@ cudaError_t msg_matvec_launch(const struct msg_mv_call *c, cudaStream_t stream)
 		a.oq_stride = c->out_q_stride;
 		a.out = c->out + e0 * c->out_stride;
 		const dim3 grid((unsigned)(p.tiles * p.S), (unsigned)ne);
-		k<<<grid, MV_THREADS, p.smem, stream>>>(a);
-		cudaError_t ce = cudaGetLastError();
+		cudaError_t ce = msg_launch(k, grid, dim3(MV_THREADS), p.smem,
+					    stream, c->pdl, a);
 		if (ce != cudaSuccess)
 			return ce;
 	}

@@ -261,6 +261,19 @@ int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes, struct ms_err *err)
 	return no_cuda(err);
 }
 
+int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on, struct ms_err *err)
+{
+	(void)c;
+	(void)on;
+	return no_cuda(err);
+}
+
+bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c)
+{
+	(void)c;
+	return false;
+}
+
 int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 		       int n_experts, const float *x_dev, int64_t x_stride,
 		       float *y_dev, int64_t n_tokens,

@@ -37,9 +37,11 @@
  * blocks only; splitting the positions across blocks (flash-decoding) is
  * the next step when that matters.
  *
- * The launches keep the plain triple-chevron form with a stream, shared
- * memory is dynamic (`extern __shared__`, sized at the launch) and the
- * kernels use only what tests/cuda-emu emulates.
+ * Every launch goes through ops_launch (msg_launch: PDL where the context
+ * has it), and every kernel's threads first wait for the kernel before
+ * (msg_grid_wait, gpu_internal.cuh); shared memory is dynamic (`extern
+ * __shared__`, sized at the launch) and the kernels use only what
+ * tests/cuda-emu emulates.
  */
 #include <errno.h>
 #include <math.h>
@@ -184,6 +186,7 @@ __global__ void __launch_bounds__(256)
 rms_norm_kernel(const float *x, const float *__restrict__ w, float *y,
 		int64_t n, int64_t T, float eps)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double norm_sm[];
 	double *sh = norm_sm;
 	for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
@@ -208,6 +211,7 @@ __global__ void __launch_bounds__(256)
 update_norm_kernel(float *x, const float *__restrict__ w, float *y,
 		   void *yq, bool q8, int64_t n, int64_t T, float eps, Upd upd)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double norm_sm[];
 	double *sh = norm_sm;
 	for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
@@ -234,6 +238,7 @@ update_norm_kernel(float *x, const float *__restrict__ w, float *y,
 __global__ void __launch_bounds__(256)
 add_kernel(float *__restrict__ x, const float *__restrict__ a, int64_t n)
 {
+	msg_grid_wait();
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += stride)
@@ -251,6 +256,7 @@ struct BiasSets {
 __global__ void __launch_bounds__(256)
 add_bias_kernel(const __grid_constant__ BiasSets s, int nset)
 {
+	msg_grid_wait();
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	const int64_t total = s.at[nset];
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -321,6 +327,7 @@ rope_neox_kernel(RopeSet a, RopeSet b2, const int32_t *__restrict__ pos,
 		 float eps, int64_t hd, int64_t n_rot, float base,
 		 float freq_scale)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double rope_sm[];
 	double *sh = rope_sm;
 	for (int64_t r2 = blockIdx.x; r2 < a.rows + b2.rows; r2 += gridDim.x) {
@@ -355,6 +362,7 @@ struct QkvArgs {
 __global__ void __launch_bounds__(128)
 qkv_post_kernel(const __grid_constant__ QkvArgs a)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double qkv_sm[];
 	double *sh = qkv_sm;
 	const int64_t rq = a.T * a.n_head[0], rk = a.T * a.n_head[1];
@@ -389,6 +397,7 @@ kv_store_kernel(const float *__restrict__ src, void *cache,
 		const int64_t *__restrict__ at, int64_t n, int64_t total,
 		bool f16)
 {
+	msg_grid_wait();
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	const int64_t all = src2 ? 2 * total : total;
 	for (int64_t i2 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -420,6 +429,7 @@ attention_kernel(const float *q, const void *kc, const void *vc, bool f16,
 		 int64_t n_head, int64_t group, int D, float scale, int64_t T,
 		 float *out, void *oq, bool q8)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double att_sm[];
 	double *dsh = att_sm; /* [32] */
 	float *qs = (float *)(att_sm + 32); /* [ATT_MAX_D] */
@@ -509,6 +519,7 @@ moe_combine_kernel(float *__restrict__ x, const float *__restrict__ y,
 		   const float *__restrict__ w, const float *__restrict__ sh,
 		   int64_t E, int64_t K, int64_t total)
 {
+	msg_grid_wait();
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	     i < total; i += stride) {
@@ -521,6 +532,7 @@ __global__ void __launch_bounds__(256)
 rows_kernel(const float *__restrict__ src, const int32_t *__restrict__ rows,
 	    int64_t E, int64_t total, float *__restrict__ dst, bool scatter)
 {
+	msg_grid_wait();
 	const int64_t stride = (int64_t)gridDim.x * blockDim.x;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	     i < total; i += stride) {
@@ -603,6 +615,7 @@ route_topk_kernel(const float *__restrict__ logits,
 		  int gating, bool norm, float scale, int32_t *__restrict__ sel,
 		  float *__restrict__ w, int32_t *bad)
 {
+	msg_grid_wait();
 	extern __shared__ __align__(16) double route_sm[];
 	const int lane = (int)(threadIdx.x & 31), wid = (int)(threadIdx.x >> 5);
 	double *wd = route_sm + wid * MS_ROUTER_MAX_USED;
@@ -727,11 +740,17 @@ int ops_enter(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
 	return 0;
 }
 
-/* 0 when the launch just made went in, else -EIO etc. and the runtime's
- * message. */
-int launched(const char *who, struct ms_err *err)
+/* Launches k<<<blocks, threads, smem>>>(args) on c's stream, PDL where
+ * c's launches are (every kernel of this file waits first): 0 when it
+ * went in, else -EIO etc. and the runtime's message. */
+template <class... P, class... A>
+int ops_launch(const struct ms_gpu_ctx *c, const char *who,
+	       struct ms_err *err, void (*k)(P...), unsigned blocks,
+	       unsigned threads, size_t smem, A &&...args)
 {
-	cudaError_t ce = cudaGetLastError();
+	cudaError_t ce = msg_launch(k, dim3(blocks), dim3(threads), smem,
+				    (cudaStream_t)ms_gpu_ctx_stream(c),
+				    msg_ctx_pdl(c), std::forward<A>(args)...);
 	return ce == cudaSuccess ? 0 : msg_cuda_fail(err, who, ce, "launch");
 }
 
@@ -771,8 +790,8 @@ int enter_rows(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
 	} while (0)
 
 /* Launches add_bias_kernel over n sets, T rows each. */
-int bias_launch(const struct ms_gpu_bias *b, int n, int64_t T, cudaStream_t st,
-		const char *who, struct ms_err *err)
+int bias_launch(const struct ms_gpu_bias *b, int n, int64_t T,
+		const struct ms_gpu_ctx *c, const char *who, struct ms_err *err)
 {
 	BiasSets s;
 	memset(&s, 0, sizeof(s));
@@ -788,8 +807,8 @@ int bias_launch(const struct ms_gpu_bias *b, int n, int64_t T, cudaStream_t st,
 		at += b[k].n * T;
 	}
 	s.at[n] = at;
-	add_bias_kernel<<<blocks_for(at, 256), 256, 0, st>>>(s, n);
-	return launched(who, err);
+	return ops_launch(c, who, err, add_bias_kernel, blocks_for(at, 256),
+			  256, 0, s, n);
 }
 
 } /* namespace */
@@ -817,8 +836,8 @@ extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
 	if (rc || (rc = norm_args(who, eps, nullptr, n, err)))
 		return rc;
 	NONNULL(who, "x,w,y", x, w, y);
-	rms_norm_kernel<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, n, T, eps);
-	return launched(who, err);
+	return ops_launch(c, who, err, rms_norm_kernel, blocks_for(T, 1), 256,
+			  NORM_SMEM, x, w, y, n, T, eps);
 }
 
 extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
@@ -832,8 +851,8 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 	if (!dims_ok(n, 1))
 		return ms_err_set(err, -EINVAL, "%s: n %lld", who, (long long)n);
 	NONNULL(who, "x,a", x, a);
-	add_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, a, n);
-	return launched(who, err);
+	return ops_launch(c, who, err, add_kernel, blocks_for(n, 256), 256, 0,
+			  x, a, n);
 }
 
 extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
@@ -848,9 +867,8 @@ extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
 		return rc;
 	NONNULL(who, "x,a,w,y", x, a, w, y);
 	const auto k = update_norm_kernel<AddRow>;
-	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(x, w, y, yq, msg_ctx_q8(c),
-						    n, T, eps, AddRow{ a });
-	return launched(who, err);
+	return ops_launch(c, who, err, k, blocks_for(T, 1), 256, NORM_SMEM, x,
+			  w, y, yq, msg_ctx_q8(c), n, T, eps, AddRow{ a });
 }
 
 extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
@@ -863,7 +881,7 @@ extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 		return rc;
 	NONNULL(who, "x,b", x, b);
 	const struct ms_gpu_bias one = { x, b, n };
-	return bias_launch(&one, 1, T, st, who, err);
+	return bias_launch(&one, 1, T, c, who, err);
 }
 
 extern "C" int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias *b,
@@ -884,7 +902,7 @@ extern "C" int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias 
 					  k, (long long)T, (long long)b[k].n);
 		NONNULL(who, "x,b", b[k].x, b[k].b);
 	}
-	return bias_launch(b, n, T, st, who, err);
+	return bias_launch(b, n, T, c, who, err);
 }
 
 /* rope_neox's checks of what both tensors share. */
@@ -936,9 +954,9 @@ static int rope_launch(struct ms_gpu_ctx *c, const char *who, float *q,
 	NONNULL(who, "x,pos", q, pos);
 	const RopeSet a = { q, q_norm, n_head, n_head * T },
 		      b2 = { k, k_norm, k ? n_head_kv : 1, k ? n_head_kv * T : 0 };
-	rope_neox_kernel<<<blocks_for(a.rows + b2.rows, 1), 128, NORM_SMEM, st>>>(
-		a, b2, pos, eps, head_dim, n_rot, base, freq_scale);
-	return launched(who, err);
+	return ops_launch(c, who, err, rope_neox_kernel,
+			  blocks_for(a.rows + b2.rows, 1), 128, NORM_SMEM, a, b2,
+			  pos, eps, head_dim, n_rot, base, freq_scale);
 }
 
 extern "C" int ms_gpu_rope_neox(struct ms_gpu_ctx *c, float *x,
@@ -995,9 +1013,9 @@ static int kv_launch(struct ms_gpu_ctx *c, const char *who, const float *k,
 	if (v && n * T > OPS_MAX_ELEMS / 2)
 		return ms_err_set(err, -EINVAL, "%s: 2 x %lld rows of %lld", who,
 				  (long long)T, (long long)n);
-	kv_store_kernel<<<blocks_for((v ? 2 : 1) * n * T, 256), 256, 0, st>>>(
-		k, k_cache, v, v_cache, at, n, n * T, f16);
-	return launched(who, err);
+	return ops_launch(c, who, err, kv_store_kernel,
+			  blocks_for((v ? 2 : 1) * n * T, 256), 256, 0, k,
+			  k_cache, v, v_cache, at, n, n * T, f16);
 }
 
 extern "C" int ms_gpu_kv_store(struct ms_gpu_ctx *c, const float *src,
@@ -1065,9 +1083,9 @@ extern "C" int ms_gpu_qkv_post(struct ms_gpu_ctx *c,
 	a.base = q->base;
 	a.freq_scale = q->freq_scale;
 	a.f16 = q->f16;
-	qkv_post_kernel<<<blocks_for(T * (q->n_head + 2 * q->n_head_kv), 1), 128,
-			  NORM_SMEM, st>>>(a);
-	return launched(who, err);
+	return ops_launch(c, who, err, qkv_post_kernel,
+			  blocks_for(T * (q->n_head + 2 * q->n_head_kv), 1), 128,
+			  NORM_SMEM, a);
 }
 
 extern "C" int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
@@ -1109,10 +1127,11 @@ extern "C" int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
 				  (long long)D);
 	NONNULL(who, "q,k_cache,v_cache,base,n_pos,out", q, k_cache, v_cache,
 		base, n_pos, out);
-	attention_kernel<<<blocks_for(T * n_head, 1), 256, ATT_SMEM, st>>>(
-		q, k_cache, v_cache, f16, base, n_pos, stride, n_head,
-		n_head / n_head_kv, (int)D, scale, T, out, out_q, msg_ctx_q8(c));
-	return launched(who, err);
+	return ops_launch(c, who, err, attention_kernel,
+			  blocks_for(T * n_head, 1), 256, ATT_SMEM, q, k_cache,
+			  v_cache, f16, base, n_pos, stride, n_head,
+			  n_head / n_head_kv, (int)D, scale, T, out, out_q,
+			  msg_ctx_q8(c));
 }
 
 extern "C" int ms_gpu_attention(struct ms_gpu_ctx *c, const float *q,
@@ -1150,10 +1169,9 @@ extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 	if (rc || (rc = combine_dims(who, E, T, K, err)))
 		return rc;
 	NONNULL(who, "x,y,w", x, y, w);
-	moe_combine_kernel<<<blocks_for(E * T, 256), 256, 0, st>>>(x, y, w, sh,
-								    E, K,
-								    E * T);
-	return launched(who, err);
+	return ops_launch(c, who, err, moe_combine_kernel,
+			  blocks_for(E * T, 256), 256, 0, x, y, w, sh, E, K,
+			  E * T);
 }
 
 extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
@@ -1172,10 +1190,9 @@ extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
 		return rc;
 	NONNULL(who, "x,y,w,norm_w,h", x, y, w, norm_w, h);
 	const auto k = update_norm_kernel<CombineRow>;
-	k<<<blocks_for(T, 1), 256, NORM_SMEM, st>>>(
-		x, norm_w, h, hq, msg_ctx_q8(c), E, T, eps,
-		CombineRow{ y, w, sh, K });
-	return launched(who, err);
+	return ops_launch(c, who, err, k, blocks_for(T, 1), 256, NORM_SMEM, x,
+			  norm_w, h, hq, msg_ctx_q8(c), E, T, eps,
+			  CombineRow{ y, w, sh, K });
 }
 
 /* The checks and launch of gather and scatter. */
@@ -1188,9 +1205,8 @@ static int rows_call(struct ms_gpu_ctx *c, const char *who, const float *src,
 	if (rc)
 		return rc;
 	NONNULL(who, "src,rows,dst", src, rows, dst);
-	rows_kernel<<<blocks_for(n * E, 256), 256, 0, st>>>(src, rows, E, n * E,
-							     dst, scatter);
-	return launched(who, err);
+	return ops_launch(c, who, err, rows_kernel, blocks_for(n * E, 256),
+			  256, 0, src, rows, E, n * E, dst, scatter);
 }
 
 extern "C" int ms_gpu_gather_rows(struct ms_gpu_ctx *c, const float *src,
@@ -1243,10 +1259,9 @@ extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
 		return ms_err_set(err, -EINVAL, "%s: %lld tokens of %u logits",
 				  who, (long long)T, p->n_expert);
 	NONNULL(who, "logits,sel,w,bad", logits, sel, w, bad);
-	route_topk_kernel<<<blocks_for(T, ROUTE_WARPS), ROUTE_WARPS * 32,
-			    ROUTE_SMEM, st>>>(logits, probs_b, T,
-					      (int)p->n_expert, (int)p->n_used,
-					      (int)p->gating, p->norm, p->scale,
-					      sel, w, bad);
-	return launched(who, err);
+	return ops_launch(c, who, err, route_topk_kernel,
+			  blocks_for(T, ROUTE_WARPS), ROUTE_WARPS * 32,
+			  ROUTE_SMEM, logits, probs_b, T, (int)p->n_expert,
+			  (int)p->n_used, (int)p->gating, p->norm, p->scale,
+			  sel, w, bad);
 }

@@ -54,6 +54,7 @@
 #define N_PROMPT 32
 
 static bool q8_next; /* the next open_engine with 8-bit activations */
+static bool no_pdl_next; /* the next open_engine without PDL */
 
 static struct ms_engine *open_engine(const char *path, bool gpu,
 				     uint64_t vram, const char *sock)
@@ -61,8 +62,9 @@ static struct ms_engine *open_engine(const char *path, bool gpu,
 	struct ms_engine_config cfg = { .model = path, .n_ctx = 128, .n_batch = 16,
 					.quiet = true, .gpu = gpu,
 					.vram_experts = vram, .socket = sock,
-					.q8_activations = q8_next };
-	q8_next = false;
+					.q8_activations = q8_next,
+					.gpu_no_pdl = no_pdl_next };
+	q8_next = no_pdl_next = false;
 	struct ms_err err = { 0 };
 	struct ms_engine *e;
 	if (ms_engine_open(&e, &cfg, &err))
@@ -198,6 +200,7 @@ static void run_model(const char *name, const char *path, bool full)
 	struct ms_engine *gpu = open_engine(path, true, 0, NULL);
 	const struct ms_engine_info *gi = ms_engine_info(gpu);
 	int V = (int)gi->n_vocab;
+	bool gi_pdl = gi->gpu_pdl;
 	T_CHECK(gi->vram_all_experts, "%s: VRAM holds all %u experts' slots, "
 		"yet one-token steps do not route on the GPU", name,
 		gi->vram_expert_slots);
@@ -255,6 +258,41 @@ static void run_model(const char *name, const char *path, bool full)
 		ms_engine_close(cpu);
 		ms_engine_close(gpu);
 		cpu = gpu = NULL;
+	}
+
+	/* PDL against plain launches: the same bits. A kernel that read or
+	 * wrote before its wait would differ: on a GPU as a race, on the
+	 * emulator through the CTA it starts ahead of the kernel before. */
+	if (gi_pdl) {
+		const size_t lb = (size_t)N_POS * V * sizeof(float);
+		bool emu = strstr(ms_gpu_build_info(), "emulation") != NULL;
+		for (int k = 0; k < (emu ? 2 : 1); k++) {
+			/* k = 1: a runtime that cannot capture PDL launches
+			 * (the emulator's knob): the engine turns PDL off
+			 * and still makes its graph */
+			if (k)
+				setenv("EMU_CAPTURE_NO_PDL", "1", 1);
+			no_pdl_next = !k;
+			struct ms_engine *np = open_engine(path, true, 0, NULL);
+			float *c = forced(np, ids, V);
+			bool off = !ms_engine_info(np)->gpu_pdl,
+			     gr = ms_engine_info(np)->gpu_graph;
+			ms_engine_close(np);
+			if (k)
+				unsetenv("EMU_CAPTURE_NO_PDL");
+			T_CHECK(off && gr && !memcmp(b, c, lb),
+				"%s: %s: PDL %s, graph %s, logits %s PDL's",
+				name, k ? "PDL launches not captured" : "no PDL",
+				off ? "off" : "on", gr ? "made" : "not made",
+				memcmp(b, c, lb) ? "not the bits of" : "the bits of");
+			free(c);
+		}
+		printf("%-8s the logits of %d positions without PDL are the bits "
+		       "of PDL's%s\n", name, N_POS,
+		       emu ? "; with PDL launches not captured, PDL is turned "
+			     "off and the graph made" : "");
+	} else {
+		printf("%-8s no PDL on this device: nothing to compare\n", name);
 	}
 
 	/* the 8-bit matvec (decode steps; prompt batches are cuBLAS either
@@ -498,6 +536,13 @@ static void bench_decode(const char *path)
 		T_CHECK(cJSON_IsTrue(gr) && nodes >= 1,
 			"bench gpu-decode: a CUDA graph %s, of %g nodes",
 			cJSON_IsTrue(gr) ? "made" : "not made", nodes);
+		/* the emulated device is a Hopper: PDL, and its baseline */
+		const cJSON *pd = cJSON_GetObjectItemCaseSensitive(
+			j, "resident_pdl");
+		T_CHECK(cJSON_IsTrue(pd) && jnum(j, "resident_nopdl_tokps") > 0,
+			"bench gpu-decode: PDL %s, %g tok/s without it",
+			cJSON_IsTrue(pd) ? "on" : "off",
+			jnum(j, "resident_nopdl_tokps"));
 		printf("tiny     bench gpu-decode: no copy with every expert in "
 		       "VRAM (a step's CUDA graph of %g nodes); streaming %g "
 		       "copies in and %g hits from moestreamd, %g and %g from "

@@ -793,7 +793,8 @@ static void matmul_n_case(uint32_t type, const void *dw, const float *dx,
 	struct ms_gpu_mm mm[3];
 	for (int i = 0; i < 3; i++)
 		mm[i] = (struct ms_gpu_mm){ type, dw, rows[i],
-					    dy + (size_t)(i * B * n_out) };
+					    dy + (size_t)(i * B * n_out),
+					    true };
 	if (ms_gpu_ctx_set_split(ctx, 0, &err) ||
 	    ms_gpu_memset(dy, 0xff, sizeof(float) * (size_t)(3 * B * n_out),
 			  &err) ||
@@ -1098,6 +1099,83 @@ static void check_chunk(void)
 		"chunk %d accepted", MS_GPU_CHUNK_MAX + 1);
 	T_CHECK(ms_gpu_ctx_set_chunk(NULL, 0, &err) == -EINVAL,
 		"chunk on a NULL context accepted");
+}
+
+/* PDL (ms_gpu_ctx_set_pdl): on by default where the device has it, and the
+ * same bits as without it. Each case runs `rounds` FFNs back to back with
+ * no sync between them, on two inputs in turn (each call's preparations
+ * overwrite, with other values, what the call before read), the experts
+ * resident (their first chunk read before the kernels' wait): with PDL
+ * on a GPU the kernels overlap the ones before them, and on the CPU
+ * emulator one CTA of each runs ahead of the kernel before it, so a read
+ * or a write before the wait shows as different bits. */
+static void check_pdl(void)
+{
+	static const enum ms_gpu_ffn_path paths[] = { MS_GPU_FFN_MATVEC,
+						      MS_GPU_FFN_MATVEC_Q8 };
+	const uint32_t ty[3] = { MS_TYPE_Q2_K, MS_TYPE_Q2_K, MS_TYPE_Q3_K };
+	const int64_t E = 1024, F = 512, B = 3;
+	const int n = 3, rounds = 3;
+	struct ms_err err = { 0 };
+	const bool had = ms_gpu_ctx_pdl(ctx);
+	int rc = ms_gpu_ctx_set_pdl(ctx, true, &err);
+	T_CHECK(rc == 0 ? had : rc == -ENOTSUP && !had && strstr(err.msg, "9.0"),
+		"PDL: on by default: %d; turning it on: %d (%s)", had, rc,
+		err.msg);
+	T_CHECK(ms_gpu_ctx_set_pdl(NULL, false, &err) == -EINVAL,
+		"PDL on a NULL context accepted");
+	if (rc) {
+		printf("pdl       the device has no PDL (%s): nothing to "
+		       "compare\n", err.msg);
+		return;
+	}
+	struct ffn_fix fx;
+	ffn_fix_make(&fx, ty, E, F, true, n, B);
+	for (int i = 0; i < n; i++)
+		fx.ge[i].resident = true;
+	const size_t bytes = sizeof(float) * fx.ny;
+	float *y[2] = { t_xmalloc(bytes), t_xmalloc(bytes) };
+	/* the other input: the same values in reverse order */
+	for (size_t i = 0; i < fx.ny; i++)
+		y[0][i] = fx.in[fx.ny - 1 - i];
+	float *din2 = t_dev_from(y[0], bytes);
+	float *in[2] = { fx.din, din2 };
+	int same = 0, cases = 0;
+	char nm[64];
+	for (int p = 0; p < 2; p++)
+		for (int64_t b = 1; b <= B; b += B - 1) {
+			for (int on = 0; on < 2; on++) {
+				if (ms_gpu_ctx_set_pdl(ctx, on, &err) ||
+				    ms_gpu_memset(fx.dout, 0xff, bytes, &err))
+					t_fatal("pdl: %s", err.msg);
+				for (int r = 0; r < rounds; r++)
+					if (ms_gpu_experts_ffn(ctx, fx.ge, n,
+							       in[(rounds - 1 - r) & 1],
+							       (int64_t)fx.xs,
+							       fx.dout, b,
+							       paths[p], &err))
+						t_fatal("pdl ffn: %s", err.msg);
+				t_dev_to(ctx, y[on], fx.dout, bytes);
+			}
+			const size_t nb = (size_t)(n * b * E);
+			const bool eq = !memcmp(y[0], y[1], sizeof(float) * nb);
+			cases++;
+			same += eq;
+			T_CHECK(eq, "%s %s B=%lld: PDL's bits differ from "
+				"without it (relative L2 %.3g)",
+				ms_gpu_ffn_path_name(paths[p]),
+				ty_name(ty, nm, sizeof(nm)), (long long)b,
+				rel_l2(y[1], y[0], (int64_t)nb));
+		}
+	T_CHECK(ms_gpu_ctx_pdl(ctx), "PDL on, yet the context says off");
+	printf("pdl       %s E=%lld F=%lld x%d, %d FFNs back to back: PDL "
+	       "gives the bits of plain launches in %d of %d cases (exact "
+	       "and 8-bit, B = 1 and 3)\n", ty_name(ty, nm, sizeof(nm)),
+	       (long long)E, (long long)F, n, rounds, same, cases);
+	ffn_fix_free(&fx);
+	ms_gpu_free(din2);
+	free(y[0]);
+	free(y[1]);
 }
 
 /* ---- cuBLAS prefill ------------------------------------------------------------ */
@@ -1675,6 +1753,9 @@ static void check_stubs(void)
 		   "ms_gpu_ctx_set_split");
 	t_check_no_cuda(ms_gpu_ctx_set_chunk(NULL, 4096, &err), &err,
 		   "ms_gpu_ctx_set_chunk");
+	t_check_no_cuda(ms_gpu_ctx_set_pdl(NULL, true, &err), &err,
+		   "ms_gpu_ctx_set_pdl");
+	T_CHECK(!ms_gpu_ctx_pdl(NULL), "ms_gpu_ctx_pdl without CUDA: on");
 	t_check_no_cuda(ms_gpu_ctx_mark(NULL, &err), &err, "ms_gpu_ctx_mark");
 	t_check_no_cuda(ms_gpu_ctx_elapsed(NULL, &a, &err), &err,
 		   "ms_gpu_ctx_elapsed");
@@ -1743,6 +1824,7 @@ int main(int argc, char **argv)
 	check_matvec_q8();
 	check_split();
 	check_chunk();
+	check_pdl();
 	check_cublas();
 	check_dense();
 	check_errors();

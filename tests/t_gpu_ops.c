@@ -819,8 +819,10 @@ static bool prepared_same(const float *dy, const void *yq, int64_t n,
 	const int64_t R = 48;
 	void *dw = q8_0_weights(R, n);
 	float *out = t_dev_alloc((size_t)(2 * R * T) * sizeof(float));
-	struct ms_gpu_mm mm[2] = { { MS_TYPE_Q8_0, dw, R, out },
-				   { MS_TYPE_Q8_0, dw, R, out + R * T } };
+	/* resident: with PDL the weights are read before the wait, yq
+	 * (the norm's, just before) after it */
+	struct ms_gpu_mm mm[2] = { { MS_TYPE_Q8_0, dw, R, out, true },
+				   { MS_TYPE_Q8_0, dw, R, out + R * T, true } };
 	GPU_OK(ms_gpu_matmul_n(ctx, &mm[0], 1, n, dy, yq, T, err));
 	GPU_OK(ms_gpu_matmul_n(ctx, &mm[1], 1, n, dy, NULL, T, err));
 	float *h = dev_copy(out, 2 * R * T);
@@ -1473,7 +1475,7 @@ static void check_stubs(void)
 	const struct ms_gpu_bias bs = { f, f, 4 };
 	t_check_no_cuda(ms_gpu_add_bias_n(c, &bs, 1, 1, &err), &err,
 			"ms_gpu_add_bias_n");
-	const struct ms_gpu_mm mm = { MS_TYPE_Q4_0, f, 1, f };
+	const struct ms_gpu_mm mm = { MS_TYPE_Q4_0, f, 1, f, false };
 	t_check_no_cuda(ms_gpu_matmul_n(c, &mm, 1, 32, f, NULL, 1, &err), &err,
 			"ms_gpu_matmul_n");
 	t_check_no_cuda(ms_gpu_attention(c, f, f, f, false, a, p, 4, 1, 1, 4, 0.5f,

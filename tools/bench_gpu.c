@@ -243,6 +243,7 @@ int bench_gpu_run(const uint32_t *types, int n_types, double seconds,
 	rep->calls = profile_calls;
 	if ((rc = ms_gpu_ctx_init(&c, device, NULL, err)))
 		return rc;
+	rep->pdl = ms_gpu_ctx_pdl(c);
 	void *st = ms_gpu_ctx_stream(c);
 
 	/* inputs for up to 512 tokens (the prefill line), outputs for 32
@@ -400,10 +401,11 @@ void bench_gpu_print(const struct bench_gpu_report *r, FILE *f)
 	fprintf(f,
 		"expert      n_embd %lld, n_ff %lld%s, one type for "
 		"gate/up/down; fused matvec,\n            experts cycled over a "
-		"ring of %s; best 2 ms window\n\n",
+		"ring of %s; best 2 ms window; launches %s PDL\n\n",
 		(long long)r->n_embd, (long long)r->n_ff,
 		r->n_embd == GLM_EMBD && r->n_ff == GLM_FF ? " (GLM-4.7)" : "",
-		fmt_bytes(r->ring_bytes, b1, sizeof(b1)));
+		fmt_bytes(r->ring_bytes, b1, sizeof(b1)),
+		r->pdl ? "with" : "without");
 	fprintf(f, "%-7s %12s %-7s %7s %7s %7s %6s %11s\n", "type",
 		"bytes/expert", "kernel", "1 exp", "8 exp", "32 exp", "ratio",
 		"B=8 32 exp");
@@ -494,6 +496,7 @@ void bench_gpu_json(const struct bench_gpu_report *r, struct cJSON *o)
 	cJSON_AddNumberToObject(ex, "n_embd", (double)r->n_embd);
 	cJSON_AddNumberToObject(ex, "n_ff", (double)r->n_ff);
 	cJSON_AddNumberToObject(g, "ring_bytes", (double)r->ring_bytes);
+	cJSON_AddBoolToObject(g, "pdl", r->pdl);
 	if (r->calls)
 		cJSON_AddNumberToObject(g, "calls", r->calls);
 	cJSON *arr = cJSON_AddArrayToObject(g, "types");

@@ -56,6 +56,7 @@ struct bench_gpu_report {
 	int sms;
 	int64_t n_embd, n_ff;  /* the expert shape */
 	uint64_t ring_bytes;   /* experts cycled over */
+	bool pdl;              /* launches with PDL (ms_gpu_ctx_set_pdl) */
 	double copy_gbps, copy_median_gbps; /* read + write, D2D memcpy */
 	uint64_t copy_bytes;
 	int n_chunks; /* --chunks: the sizes swept, bytes */

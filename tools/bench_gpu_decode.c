@@ -11,6 +11,10 @@
  *     experts; at the device's own copy rate (device-to-device, read +
  *     written bytes, as `bench gpu` measures it) that takes
  *     bytes / rate: the bound. Target: tok/s >= 0.5 x the bound.
+ *     The same steps again with the step's kernels launched one by one
+ *     (no CUDA graph), and where the device has PDL, without it (each
+ *     kernel waiting for the one before to end): the baselines of the
+ *     graph's and PDL's gains.
  *  1b. --profile: the resident steps again, launched one by one with a
  *     GPU event between the parts of each block (ms_engine_gpu_profile):
  *     per part the device's time per token, the weight bytes it read and
@@ -63,7 +67,11 @@ static void usage(FILE *f)
 		"against the\n"
 		"             device's copy rate over the bytes a token reads "
 		"(resident tensors\n"
-		"             but the embedding, and its experts); target >= 0.5\n"
+		"             but the embedding, and its experts); target >= 0.5; "
+		"and the same\n"
+		"             without the CUDA graph, and without PDL (Hopper's "
+		"programmatic\n"
+		"             dependent launch), as baselines\n"
 		"  streaming  through a private moestreamd holding every expert in "
 		"RAM (or the\n"
 		"             engine's own expert cache: --stream-from), with a VRAM "
@@ -316,6 +324,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 	}
 	double tokps_a = N / a.decode_s, bound = best * 1e9 / bytes;
 	bool all_a = in->vram_all_experts, graph_a = ms_engine_info(e)->gpu_graph;
+	bool pdl_a = ms_engine_info(e)->gpu_pdl;
 	uint32_t nodes_a = ms_engine_info(e)->gpu_graph_nodes;
 	uint64_t slot = in->vram_expert_slots
 				? in->vram_expert_bytes / in->vram_expert_slots
@@ -340,7 +349,24 @@ int bench_gpu_decode_main(int argc, char **argv)
 		e = NULL;
 	}
 
-	/* 1c. where the time goes: the same steps, timed part by part */
+	/* 1c. the same without PDL: each kernel waits for the one before to
+	 * end (the baseline of PDL's gain) */
+	double tokps_n = 0;
+	if (pdl_a) {
+		struct pass pn;
+		struct ms_engine_config cn = cfg;
+		cn.gpu_no_pdl = true;
+		if (ms_engine_open(&e, &cn, &err) ||
+		    two_passes(e, ids, (int)P, (int)N, logits, &pn, &err)) {
+			tool_error(CMD, "%s", err.msg);
+			goto out;
+		}
+		tokps_n = N / pn.decode_s;
+		ms_engine_close(e);
+		e = NULL;
+	}
+
+	/* 1d. where the time goes: the same steps, timed part by part */
 	struct ms_gpu_profile prof = { 0 };
 	double prof_step = 0;
 	if (profile) {
@@ -370,10 +396,11 @@ int bench_gpu_decode_main(int argc, char **argv)
 		       expert / 1e6);
 		printf("resident   %u decode steps in %.3f s: %.2f tok/s; bound %.2f "
 		       "tok/s (copy rate %.0f GB/s); ratio %.3f (target >= 0.5); "
-		       "%llu copies in the timed pass; routing on the %s%s\n",
+		       "%llu copies in the timed pass; routing on the %s%s%s\n",
 		       N, a.decode_s, tokps_a, bound, best, tokps_a / bound,
 		       (unsigned long long)copied_a, all_a ? "GPU" : "host",
-		       graph_a ? ", steps replayed from a CUDA graph" : "");
+		       graph_a ? ", steps replayed from a CUDA graph" : "",
+		       pdl_a ? ", kernels launched with PDL" : "");
 		if (graph_a)
 			printf("resident   the step's CUDA graph: %u nodes (%.1f per "
 			       "block)\n", nodes_a,
@@ -382,6 +409,11 @@ int bench_gpu_decode_main(int argc, char **argv)
 		if (graph_a)
 			printf("resident   the same, kernels launched one by one: "
 			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
+		if (pdl_a)
+			printf("resident   the same without PDL (each kernel "
+			       "waits for the one before to end): %.2f tok/s; "
+			       "ratio %.3f; PDL's gain x%.3f\n", tokps_n,
+			       tokps_n / bound, tokps_a / tokps_n);
 		if (profile)
 			print_profile(&prof, prof_step, best);
 		fflush(stdout);
@@ -456,6 +488,12 @@ int bench_gpu_decode_main(int argc, char **argv)
 			cJSON_AddNumberToObject(j, "resident_eager_tokps", tokps_e);
 			cJSON_AddNumberToObject(j, "resident_eager_ratio",
 						tokps_e / bound);
+		}
+		cJSON_AddBoolToObject(j, "resident_pdl", pdl_a);
+		if (pdl_a) {
+			cJSON_AddNumberToObject(j, "resident_nopdl_tokps", tokps_n);
+			cJSON_AddNumberToObject(j, "resident_nopdl_ratio",
+						tokps_n / bound);
 		}
 		if (profile) {
 			cJSON_AddItemToObject(j, "profile", profile_json(&prof));

@@ -489,6 +489,7 @@ int cmd_run(int argc, char **argv)
 			cJSON_AddNumberToObject(j, "cuda_graph_nodes",
 						info->gpu_graph ? info->gpu_graph_nodes
 								: 0);
+			cJSON_AddBoolToObject(j, "pdl", info->gpu_pdl);
 		}
 		char *str = cJSON_Print(j);
 		printf("%s\n", str);
@@ -528,6 +529,12 @@ int cmd_run(int argc, char **argv)
 						? ""
 						: " (experts not all in VRAM: "
 						  "routing is the host's)");
+			fprintf(stderr, "PDL        %s\n",
+				info->gpu_pdl
+					? "on: each kernel may start while the "
+					  "one before ends"
+					: "off: each kernel waits for the one "
+					  "before (a device before Hopper)");
 		}
 	}
 	rc = 0;

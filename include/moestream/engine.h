@@ -204,6 +204,12 @@ struct ms_engine_config {
 	bool gpu_no_graph;      /* with every expert in VRAM, one-token steps
 				   are replayed from a CUDA graph (captured on
 				   the second); true: launched one by one */
+	bool gpu_no_pdl;        /* on a device that has it (Hopper on), each
+				   kernel of a step may start while the one
+				   before ends (programmatic dependent
+				   launch: ms_gpu_ctx_set_pdl); true: each
+				   waits for the one before, as plain
+				   launches do */
 	bool gpu_profile;       /* one-token steps launched one by one (no
 				   graph) with a GPU event between the parts
 				   of each block: ms_engine_gpu_profile */
@@ -243,6 +249,8 @@ struct ms_engine_info {
 	bool gpu_graph;               /* and are replayed from a CUDA graph
 					 (set once one has been made) */
 	uint32_t gpu_graph_nodes;     /* that graph's nodes (kernels, copies) */
+	bool gpu_pdl;                 /* kernels launched with programmatic
+					 dependent launch (gpu_no_pdl) */
 	char vram_copy_mode[256];     /* where copies into VRAM read from: the
 					 GPU tier's host_mode ("registered
 					 ..." or "pageable: <why>") */

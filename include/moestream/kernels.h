@@ -294,12 +294,16 @@ bool ms_gpu_matvec_supported(uint32_t type);
 
 /* One expert on the device: as struct ms_expert_view (gate/up/down, or
  * fused gate_up with gate rows first in data[0] and down in data[1]), the
- * data pointers device memory. */
+ * data pointers device memory. resident: no kernel writes its bytes (a
+ * model's resident tensors; a weight filled by a kernel of the same
+ * stream is not), so with PDL (ms_gpu_ctx_set_pdl) the fused matvec
+ * loads its first chunk before it waits for the kernel ahead of it. */
 struct ms_gpu_expert {
 	bool fused;
 	int64_t n_embd, n_ff;
 	uint32_t type[3];
 	const void *data[3];
+	bool resident;
 };
 
 /* Which GPU code computes the FFN. */
@@ -373,6 +377,22 @@ int ms_gpu_ctx_set_split(struct ms_gpu_ctx *c, int split, struct ms_err *err);
 #define MS_GPU_CHUNK_MAX 22528
 int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes, struct ms_err *err);
 
+/* Programmatic dependent launch (PDL): on a device of compute capability
+ * 9.0 or later (Hopper), the context's decode kernels (the fused matvec
+ * and its input preparation, norms, RoPE, attention, routing, the MoE
+ * combine) are launched so that each may start while the kernel before
+ * it on the stream ends, and waits inside for that kernel's results: the
+ * gap between launches, and the matvec's first weight loads (resident
+ * weights only), overlap the kernel before. The results are the same
+ * bits. On by default where the device has it; off: every launch waits
+ * for the one before, as a plain launch does. 0, or -ENOTSUP (on, and the
+ * device is older). */
+int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on, struct ms_err *err);
+
+/* Whether the context's launches are PDL (the default or the last
+ * ms_gpu_ctx_set_pdl). */
+bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c);
+
 /* The FFN of n_experts experts that share fused, n_embd, n_ff and types
  * (one layer's routed experts), each on n_tokens inputs, unweighted:
  *   y_e = W_down_e . (silu(W_gate_e . x_e) * (W_up_e . x_e))
@@ -418,12 +438,14 @@ int ms_gpu_matmul(struct ms_gpu_ctx *c, uint32_t type, const void *w_dev,
 		  int64_t n_in, int64_t n_out, const float *x_dev, float *y_dev,
 		  int64_t n_tokens, struct ms_err *err);
 
-/* One product of ms_gpu_matmul_n: y [n_tokens][n_out] = W . x. */
+/* One product of ms_gpu_matmul_n: y [n_tokens][n_out] = W . x;
+ * resident as struct ms_gpu_expert's. */
 struct ms_gpu_mm {
 	uint32_t type;
 	const void *w;
 	int64_t n_out;
 	float *y;
+	bool resident;
 };
 #define MS_GPU_MM_MAX 4
 

@@ -31,7 +31,12 @@
 # streams that run later, each on a host thread of its own (copies,
 # kernels, event records and waits, host functions, GemmEx), so that a
 # missing sync or event wait reads stale data here as on a GPU (the race
-# t_gpu_tier had, found on an H200, fails here now).
+# t_gpu_tier had, found on an H200, fails here now); programmatic dependent
+# launch (cudaLaunchKernelEx, the device a 9.0): one CTA of a PDL launch
+# runs up to its cudaGridDependencySynchronize before the kernel ahead of
+# it runs at all, so reading that kernel's output (or writing what it
+# reads) before the wait gives other bits, and a thread of a PDL launch
+# that never waits is reported.
 # cuBLAS's GemmEx is a double-precision host GEMM over the same f16
 # operands. With EMU_SAN=1 everything is built with ASan + UBSan, so an
 # out-of-bounds access to device or shared memory is a report (use a BUILD

@@ -11,7 +11,9 @@
  * double-precision host GEMM. Work queued on a stream (launches, async
  * copies, event records and waits, host functions, GemmEx) runs later on
  * that stream's own host thread (emu_stream below); the legacy stream runs
- * in the caller and waits for none of them.
+ * in the caller and waits for none of them. A launch with programmatic
+ * stream serialization (PDL) has one CTA started before the kernel ahead
+ * of it (emu::run_op), and every thread must wait for the grid.
  *
  * Not emulated: the GPU's own float behaviour (FMA contraction, canonical
  * NaNs, FTZ), timing, memory models weaker than the host's, the GPU's
@@ -107,15 +109,35 @@ typedef cudaError_t cudaError;
  * GPU. To make that the usual case rather than a matter of luck, a stream
  * starts each piece of work EMU_STREAM_DELAY_US microseconds (default 200;
  * 0: at once) after it could, as a GPU's copy or kernel takes time: the
- * host is then ahead of the streams, as it is on a GPU. */
+ * host is then ahead of the streams, as it is on a GPU.
+ *
+ * A launch is queued as what it is (emu::KOp), not as a closure: where a
+ * kernel launched with programmatic stream serialization (PDL,
+ * cudaLaunchKernelEx) follows another kernel, the stream starts one of its
+ * CTAs before that kernel (emu::run_op), as a GPU may. */
+namespace emu {
+struct KOp;
+}
+struct emu_stream;
+/* One piece of queued work: a launch (k) or anything else (f). */
+struct emu_op {
+	std::function<void()> f;
+	std::shared_ptr<emu::KOp> k;
+};
+namespace emu {
+/* Runs x (and the PDL launches right behind it) on stream s's thread;
+ * s NULL: a graph's ops, taken from `more` (cuda_emu.h, after the
+ * launches). */
+inline void run_op(emu_stream *s, emu_op x, std::deque<emu_op> *more);
+}
 struct emu_stream {
 	std::mutex mu;
 	std::condition_variable cv;
-	std::deque<std::function<void()>> q;
+	std::deque<emu_op> q;
 	/* stream capture (cuda_emu_graph.h): work queued while cap is set is
 	 * recorded there instead of run; cap_bad: a call the capture forbids
 	 * was made (the end of the capture then fails) */
-	std::vector<std::function<void()>> *cap = nullptr;
+	std::vector<emu_op> *cap = nullptr;
 	bool cap_bad = false;
 	bool busy = false, stop = false;
 	std::thread th; /* last: started once the rest is constructed */
@@ -142,20 +164,20 @@ struct emu_stream {
 	void run()
 	{
 		for (;;) {
-			std::function<void()> f;
+			emu_op x;
 			{
 				std::unique_lock<std::mutex> lk(mu);
 				cv.wait(lk, [&] { return stop || !q.empty(); });
 				if (q.empty())
 					return;
-				f = std::move(q.front());
+				x = std::move(q.front());
 				q.pop_front();
 				busy = true;
 			}
 			if (delay_us())
 				std::this_thread::sleep_for(
 					std::chrono::microseconds(delay_us()));
-			f();
+			emu::run_op(this, std::move(x), nullptr);
 			{
 				std::lock_guard<std::mutex> lk(mu);
 				busy = false;
@@ -163,14 +185,17 @@ struct emu_stream {
 			cv.notify_all();
 		}
 	}
-	void push(std::function<void()> f)
+	void push(emu_op x)
 	{
 		{
 			std::lock_guard<std::mutex> lk(mu);
-			q.push_back(std::move(f));
+			q.push_back(std::move(x));
 		}
 		cv.notify_all();
 	}
+	/* The next op if it is a PDL launch (taken off the queue), else an
+	 * empty one: what run_op pairs with the kernel it runs. */
+	emu_op take_pdl();
 	void drain()
 	{
 		std::unique_lock<std::mutex> lk(mu);
@@ -204,7 +229,10 @@ enum cudaMemcpyKind {
 	cudaMemcpyDeviceToHost = 2,
 	cudaMemcpyDeviceToDevice = 3,
 };
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr {
+	cudaDevAttrMultiProcessorCount = 16,
+	cudaDevAttrComputeCapabilityMajor = 75,
+};
 struct cudaDeviceProp {
 	char name[256];
 	size_t totalGlobalMem;
@@ -243,16 +271,21 @@ inline bool capture_violation()
 	return true;
 }
 
-/* Runs f on stream s: later on its thread, or now on the legacy stream;
+/* Runs x on stream s: later on its thread, or now on the legacy stream;
  * recorded instead while s is being captured. */
-inline void enqueue(cudaStream_t s, std::function<void()> f)
+inline void enqueue_op(cudaStream_t s, emu_op x)
 {
 	if (s && s->cap)
-		s->cap->push_back(std::move(f));
+		s->cap->push_back(std::move(x));
 	else if (s)
-		s->push(std::move(f));
+		s->push(std::move(x));
 	else
-		f();
+		run_op(nullptr, std::move(x), nullptr);
+}
+
+inline void enqueue(cudaStream_t s, std::function<void()> f)
+{
+	enqueue_op(s, emu_op{ std::move(f), nullptr });
 }
 
 inline void sync_all()
@@ -295,9 +328,12 @@ static inline cudaError_t cudaGetDeviceCount(int *n)
 	*n = 1;
 	return cudaSuccess;
 }
-static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int)
+/* The compute capability's major is 9 (Hopper: PDL, cudaLaunchKernelEx);
+ * every other attribute asked is emu::sms (the multiprocessors; for the
+ * host-registration ones in cuda_emu_rt.h, non-zero: supported). */
+static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int)
 {
-	*v = emu::sms;
+	*v = a == cudaDevAttrComputeCapabilityMajor ? 9 : emu::sms;
 	return cudaSuccess;
 }
 static inline cudaError_t cudaMalloc(void **p, size_t n)
@@ -629,6 +665,7 @@ struct Fiber {
 	void *sp;	/* emu_ctx_switch's */
 	unsigned char *stack = nullptr;
 	bool done = false;
+	bool gwaited = false; /* called cudaGridDependencySynchronize */
 	const Bar *waiting = nullptr;
 	std::vector<std::vector<Copy>> groups; /* committed cp.async groups */
 	std::vector<Copy> open;		       /* issued, not yet committed */
@@ -650,6 +687,11 @@ struct Worker {
 	unsigned char *smem = nullptr;
 	size_t smem_bytes = 0;
 	bool progress = false;
+	/* the launch is PDL (every thread must wait for the grid before its
+	 * end); hold: this CTA runs ahead of the kernel before it, and its
+	 * threads stop at the wait (gbar) until that kernel has run */
+	bool pdl = false, hold = false;
+	Bar gbar;
 	void (*body)(void *) = nullptr; /* one thread of the kernel */
 	void *arg = nullptr;
 	void *sched_fake = nullptr;
@@ -745,8 +787,8 @@ inline Fiber *fiber_new()
 	return f;
 }
 
-/* Runs CTA w->bid with nt threads to the end. */
-inline void run_cta(Worker *w, unsigned nt)
+/* Sets CTA w->bid up with nt threads, none started. */
+inline void cta_begin(Worker *w, unsigned nt)
 {
 	while (w->fibers.size() < nt)
 		w->fibers.emplace_back(fiber_new());
@@ -758,6 +800,7 @@ inline void run_cta(Worker *w, unsigned nt)
 		Fiber *f = w->fibers[t].get();
 		f->tid = { t, 0, 0 };
 		f->done = false;
+		f->gwaited = false;
 		f->waiting = nullptr;
 #if EMU_ASAN
 		/* the last CTA's fiber_main never returned: its frame's
@@ -783,7 +826,16 @@ inline void run_cta(Worker *w, unsigned nt)
 		makecontext(&f->ctx, fiber_main, 0);
 #endif
 	}
-	unsigned left = nt;
+}
+
+/* Runs the CTA's threads until they are all done (false), or, with
+ * w->hold, until none can go on and some wait for the grid (true: the
+ * caller runs the kernel before, then calls this again). */
+inline bool cta_loop(Worker *w, unsigned nt)
+{
+	unsigned left = 0;
+	for (unsigned t = 0; t < nt; t++)
+		left += !w->fibers[t]->done;
 	while (left) {
 		w->progress = false;
 		for (unsigned t = 0; t < nt; t++) {
@@ -806,6 +858,12 @@ inline void run_cta(Worker *w, unsigned nt)
 #endif
 			left -= f->done;
 		}
+		if (left && !w->progress && w->hold) {
+			for (unsigned t = 0; t < nt; t++)
+				if (!w->fibers[t]->done &&
+				    w->fibers[t]->waiting == &w->gbar)
+					return true;
+		}
 		if (left && !w->progress) {
 			unsigned at_sync = 0, at_warp = 0;
 			for (unsigned t = 0; t < nt; t++) {
@@ -824,6 +882,45 @@ inline void run_cta(Worker *w, unsigned nt)
 		}
 	}
 	w->cur = nullptr;
+	if (w->pdl) {
+		unsigned never = 0;
+		for (unsigned t = 0; t < nt; t++)
+			never += !w->fibers[t]->gwaited;
+		if (never) {
+			fprintf(stderr,
+				"emu: a launch with programmatic stream "
+				"serialization (PDL): %u of the %u threads of "
+				"block (%u,%u) never called "
+				"cudaGridDependencySynchronize (each must, "
+				"before it reads what the kernel before wrote)\n",
+				never, nt, w->bid.x, w->bid.y);
+			abort();
+		}
+	}
+	return false;
+}
+
+/* Runs CTA w->bid with nt threads to the end. */
+inline void run_cta(Worker *w, unsigned nt)
+{
+	cta_begin(w, nt);
+	cta_loop(w, nt);
+}
+
+/* cudaGridDependencySynchronize: a thread waits for the kernel before
+ * (here that kernel has run, unless this CTA was started ahead of it) */
+inline void grid_wait()
+{
+	Worker *w = t_w;
+	w->cur->gwaited = true;
+	if (!w->hold)
+		return;
+	const uint64_t g = w->gbar.gen;
+	w->progress = true;
+	w->cur->waiting = &w->gbar;
+	while (w->gbar.gen == g)
+		yield();
+	w->cur->waiting = nullptr;
 }
 
 inline std::mutex launch_mu;
@@ -859,13 +956,39 @@ inline void call(F k, Tup &t, std::index_sequence<I...>)
 	k(std::get<I>(t)...);
 }
 
-/* Runs a launch's CTAs on the worker threads (on the stream's thread, or
- * the caller's for the legacy stream). */
-inline void exec_launch(void (*body)(void *), void *arg, dim3 gg, dim3 bb,
-			size_t sm)
+/* A launch as queued: the kernel's thread body, its arguments (as they
+ * were at the call), the shape, and whether it is PDL. */
+struct KOp {
+	void (*body)(void *);
+	std::shared_ptr<void> st;
+	dim3 g, b;
+	size_t sm;
+	bool pdl;
+};
+
+/* Sets w up for one of k's CTAs (on this host thread: t_w is w). */
+inline void worker_setup(Worker *w, const KOp &k)
 {
-	const unsigned nt = bb.x * bb.y * bb.z;
-	const unsigned long ncta = (unsigned long)gg.x * gg.y;
+	const unsigned nt = k.b.x * k.b.y * k.b.z;
+	w->bdim = k.b;
+	w->gdim = k.g;
+	w->body = k.body;
+	w->arg = k.st.get();
+	w->smem_bytes = k.sm;
+	/* exact size: ASan sees an overrun of the last byte */
+	w->smem = (unsigned char *)malloc(k.sm ? k.sm : 1);
+	w->warp_bars.assign((nt + 31) / 32, Bar{});
+	w->warp_buf.assign(((nt + 31) / 32) * 32, 0);
+	w->pdl = k.pdl;
+	w->hold = false;
+}
+
+/* Runs a launch's CTAs on the worker threads (on the stream's thread, or
+ * the caller's for the legacy stream), all but CTA `skip` (-1: none). */
+inline void exec_launch(const KOp &k, long skip)
+{
+	const unsigned nt = k.b.x * k.b.y * k.b.z;
+	const unsigned long ncta = (unsigned long)k.g.x * k.g.y;
 	unsigned nw = host_threads();
 	if (nw > ncta)
 		nw = (unsigned)ncta;
@@ -876,17 +999,11 @@ inline void exec_launch(void (*body)(void *), void *arg, dim3 gg, dim3 bb,
 	auto work = [&](Worker *w) {
 		Worker *prev = t_w;
 		t_w = w;
-		w->bdim = bb;
-		w->gdim = gg;
-		w->body = body;
-		w->arg = arg;
-		w->smem_bytes = sm;
-		/* exact size: ASan sees an overrun of the last byte */
-		w->smem = (unsigned char *)malloc(sm ? sm : 1);
-		w->warp_bars.assign((nt + 31) / 32, Bar{});
-		w->warp_buf.assign(((nt + 31) / 32) * 32, 0);
+		worker_setup(w, k);
 		for (unsigned long i; (i = next++) < ncta;) {
-			w->bid = { (unsigned)(i % gg.x), (unsigned)(i / gg.x), 0 };
+			if ((long)i == skip)
+				continue;
+			w->bid = { (unsigned)(i % k.g.x), (unsigned)(i / k.g.x), 0 };
 			run_cta(w, nt);
 		}
 		free(w->smem);
@@ -901,12 +1018,90 @@ inline void exec_launch(void (*body)(void *), void *arg, dim3 gg, dim3 bb,
 		th.join();
 }
 
+/*
+ * PDL, as a GPU may run it: a kernel launched with programmatic stream
+ * serialization right after another kernel on the same stream (or graph)
+ * can start before that kernel ends; only its threads' wait
+ * (cudaGridDependencySynchronize) orders what follows after the kernel
+ * before, and whatever it reads or writes before the wait races with
+ * that kernel. Here one CTA of it (a different one each launch) runs up
+ * to the wait before the kernel before runs at all, so a read of that
+ * kernel's output before the wait sees the old bytes, and a write is seen
+ * by it: results then differ from the same launches without PDL. The
+ * rest of its CTAs run after, and every thread of every CTA must have
+ * waited (cta_loop says which did not).
+ */
+inline thread_local Worker *early_w;
+inline std::atomic<unsigned long> early_seq{ 0 };
+
+/* Starts CTA j of k ahead (to its threads' wait); false if it ran to the
+ * end (cta_loop has then reported the threads that did not wait). */
+inline void early_begin(const KOp &k, unsigned long j)
+{
+	if (!early_w)
+		early_w = new Worker(); /* one per host thread, kept */
+	Worker *w = early_w, *prev = t_w;
+	const unsigned nt = k.b.x * k.b.y * k.b.z;
+	t_w = w;
+	worker_setup(w, k);
+	w->hold = true;
+	w->bid = { (unsigned)(j % k.g.x), (unsigned)(j / k.g.x), 0 };
+	cta_begin(w, nt);
+	cta_loop(w, nt);
+	t_w = prev;
+}
+
+/* Lets the CTA early_begin started go on past its wait, to its end. */
+inline void early_end(const KOp &k)
+{
+	Worker *w = early_w, *prev = t_w;
+	const unsigned nt = k.b.x * k.b.y * k.b.z;
+	t_w = w;
+	w->hold = false;
+	w->gbar.gen++;
+	cta_loop(w, nt);
+	free(w->smem);
+	w->smem = nullptr;
+	t_w = prev;
+}
+
+inline void run_op(emu_stream *s, emu_op x, std::deque<emu_op> *more)
+{
+	long skip = -1;
+	while (x.k) {
+		/* the PDL launch right behind this kernel, if any */
+		emu_op y;
+		if (more) {
+			if (!more->empty() && more->front().k &&
+			    more->front().k->pdl) {
+				y = std::move(more->front());
+				more->pop_front();
+			}
+		} else if (s) {
+			y = s->take_pdl();
+		}
+		if (!y.k) {
+			exec_launch(*x.k, skip);
+			return;
+		}
+		const unsigned long ncta = (unsigned long)y.k->g.x * y.k->g.y;
+		const unsigned long j = early_seq++ * 2654435761ul % ncta;
+		early_begin(*y.k, j);
+		exec_launch(*x.k, skip);
+		early_end(*y.k);
+		x = std::move(y);
+		skip = (long)j;
+	}
+	x.f();
+}
+
 template <class... P> struct Launch {
 	void (*k)(P...);
 	dim3 g, b;
 	size_t smem;
 	cudaStream_t stream;
-	template <class... A> void operator()(A &&...args)
+	bool pdl;
+	template <class... A> cudaError_t operator()(A &&...args)
 	{
 		const unsigned nt = b.x * b.y * b.z;
 		if (nt == 0 || nt > 1024 || b.y != 1 || b.z != 1 || g.z != 1 ||
@@ -914,7 +1109,7 @@ template <class... P> struct Launch {
 			fprintf(stderr, "emu: bad launch %ux%u x %u, smem %zu\n",
 				g.x, g.y, nt, smem);
 			last_error = cudaErrorInvalidValue;
-			return;
+			return cudaErrorInvalidValue;
 		}
 		typedef std::tuple<std::decay_t<P>...> Params;
 		struct State {
@@ -930,11 +1125,20 @@ template <class... P> struct Launch {
 			Params local = s->params;
 			call(s->k, local, std::index_sequence_for<P...>{});
 		};
-		const dim3 gg = g, bb = b;
-		const size_t sm = smem;
-		enqueue(stream, [st, body, gg, bb, sm] {
-			exec_launch(body, st.get(), gg, bb, sm);
-		});
+		/* EMU_CAPTURE_NO_PDL=1: a runtime that cannot capture PDL
+		 * launches (the capture is invalidated) */
+		if (pdl && stream && stream->cap) {
+			const char *v = getenv("EMU_CAPTURE_NO_PDL");
+			if (v && *v == '1' && !stream->cap_bad) {
+				fprintf(stderr, "emu: a PDL launch during stream "
+					"capture (EMU_CAPTURE_NO_PDL=1)\n");
+				stream->cap_bad = true;
+			}
+		}
+		enqueue_op(stream,
+			   emu_op{ nullptr, std::make_shared<KOp>(KOp{
+						    body, st, g, b, smem, pdl }) });
+		return cudaSuccess;
 	}
 };
 
@@ -942,10 +1146,62 @@ template <class... P>
 inline Launch<P...> launcher(void (*k)(P...), dim3 g, dim3 b, size_t smem = 0,
 			     cudaStream_t s = 0)
 {
-	return Launch<P...>{ k, g, b, smem, s };
+	return Launch<P...>{ k, g, b, smem, s, false };
 }
 
 } // namespace emu
+
+inline emu_op emu_stream::take_pdl()
+{
+	std::lock_guard<std::mutex> lk(mu);
+	emu_op y;
+	if (!q.empty() && q.front().k && q.front().k->pdl) {
+		y = std::move(q.front());
+		q.pop_front();
+	}
+	return y;
+}
+
+/* cudaLaunchKernelEx with one attribute understood: programmatic stream
+ * serialization (PDL); any other is refused, as a GPU without it would. */
+enum cudaLaunchAttributeID {
+	cudaLaunchAttributeProgrammaticStreamSerialization = 6,
+};
+union cudaLaunchAttributeValue {
+	char pad[64];
+	unsigned char programmaticStreamSerializationAllowed;
+};
+struct cudaLaunchAttribute {
+	cudaLaunchAttributeID id;
+	char pad[8 - sizeof(cudaLaunchAttributeID)];
+	cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+	dim3 gridDim;
+	dim3 blockDim;
+	size_t dynamicSmemBytes;
+	cudaStream_t stream;
+	cudaLaunchAttribute *attrs;
+	unsigned int numAttrs;
+};
+template <class... P, class... A>
+static inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *c,
+					     void (*k)(P...), A &&...args)
+{
+	bool pdl = false;
+	for (unsigned i = 0; i < c->numAttrs; i++) {
+		if (c->attrs[i].id !=
+		    cudaLaunchAttributeProgrammaticStreamSerialization)
+			return cudaErrorInvalidValue;
+		pdl = c->attrs[i].val.programmaticStreamSerializationAllowed;
+	}
+	return emu::Launch<P...>{ k, c->gridDim, c->blockDim,
+				  c->dynamicSmemBytes, c->stream,
+				  pdl }(std::forward<A>(args)...);
+}
+
+static inline void cudaGridDependencySynchronize(void) { emu::grid_wait(); }
+static inline void cudaTriggerProgrammaticLaunchCompletion(void) {}
 
 #define threadIdx (emu::t_w->cur->tid)
 #define blockIdx (emu::t_w->bid)

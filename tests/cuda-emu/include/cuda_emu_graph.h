@@ -30,7 +30,7 @@ enum cudaStreamCaptureMode {
 };
 
 struct emu_graph {
-	std::vector<std::function<void()>> ops;
+	std::vector<emu_op> ops;
 };
 typedef emu_graph *cudaGraph_t;
 typedef emu_graph *cudaGraphExec_t;
@@ -40,7 +40,7 @@ static inline cudaError_t cudaStreamBeginCapture(cudaStream_t s,
 {
 	if (!s || s->cap || emu::capturing)
 		return cudaErrorInvalidValue; /* the legacy stream cannot */
-	s->cap = new std::vector<std::function<void()>>();
+	s->cap = new std::vector<emu_op>();
 	s->cap_bad = false;
 	emu::capturing = s;
 	return cudaSuccess;
@@ -50,7 +50,7 @@ static inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
 	if (!s || !s->cap || !g)
 		return cudaErrorInvalidValue;
-	std::vector<std::function<void()>> *ops = s->cap;
+	std::vector<emu_op> *ops = s->cap;
 	bool bad = s->cap_bad;
 	s->cap = nullptr;
 	s->cap_bad = false;
@@ -92,9 +92,15 @@ static inline cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s)
 {
 	if (!x)
 		return cudaErrorInvalidValue;
+	/* in order; a PDL launch after a kernel is paired with it as on a
+	 * stream (emu::run_op) */
 	emu::enqueue(s, [x] {
-		for (auto &f : x->ops)
-			f();
+		std::deque<emu_op> more(x->ops.begin(), x->ops.end());
+		while (!more.empty()) {
+			emu_op o = std::move(more.front());
+			more.pop_front();
+			emu::run_op(nullptr, std::move(o), &more);
+		}
 	});
 	return cudaSuccess;
 }
