@@ -1032,14 +1032,19 @@ inline void exec_launch(const KOp &k, long skip)
  * waited (cta_loop says which did not).
  */
 inline thread_local Worker *early_w;
+inline std::mutex early_mu;
+inline std::vector<std::unique_ptr<Worker>> early_workers; /* kept, as workers */
 inline std::atomic<unsigned long> early_seq{ 0 };
 
 /* Starts CTA j of k ahead (to its threads' wait); false if it ran to the
  * end (cta_loop has then reported the threads that did not wait). */
 inline void early_begin(const KOp &k, unsigned long j)
 {
-	if (!early_w)
-		early_w = new Worker(); /* one per host thread, kept */
+	if (!early_w) { /* one per host thread */
+		std::lock_guard<std::mutex> lk(early_mu);
+		early_workers.emplace_back(new Worker());
+		early_w = early_workers.back().get();
+	}
 	Worker *w = early_w, *prev = t_w;
 	const unsigned nt = k.b.x * k.b.y * k.b.z;
 	t_w = w;
