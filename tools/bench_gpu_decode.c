@@ -136,18 +136,39 @@ static int two_passes(struct ms_engine *e, const int32_t *ids, int P, int N,
 	return 0;
 }
 
+/* two_passes in an engine of its own, opened with cfg. */
+static int own_passes(const struct ms_engine_config *cfg, const int32_t *ids,
+		      uint32_t P, uint32_t N, float *logits, struct pass *b,
+		      struct ms_err *err)
+{
+	struct ms_engine *e = NULL;
+	int rc = ms_engine_open(&e, cfg, err);
+	if (!rc)
+		rc = two_passes(e, ids, (int)P, (int)N, logits, b, err);
+	ms_engine_close(e);
+	return rc;
+}
+
+/* The timed pass's tok/s, in an engine opened with cfg (a baseline). */
+static int baseline(const struct ms_engine_config *cfg, const int32_t *ids,
+		    uint32_t P, uint32_t N, float *logits, double *tokps,
+		    struct ms_err *err)
+{
+	struct pass b;
+	int rc = own_passes(cfg, ids, P, N, logits, &b, err);
+	if (!rc)
+		*tokps = N / b.decode_s;
+	return rc;
+}
+
 /* The same tokens with a VRAM cache of two layers' experts, on cfg's
  * source. */
 static int stream_part(const struct ms_engine_config *cfg, const int32_t *ids,
 		       uint32_t P, uint32_t N, float *logits,
 		       struct stream_res *r, struct ms_err *err)
 {
-	struct ms_engine *e = NULL;
 	struct pass b;
-	int rc = ms_engine_open(&e, cfg, err);
-	if (!rc)
-		rc = two_passes(e, ids, (int)P, (int)N, logits, &b, err);
-	ms_engine_close(e);
+	int rc = own_passes(cfg, ids, P, N, logits, &b, err);
 	if (rc)
 		return rc;
 	r->tokps = N / b.decode_s;
@@ -332,38 +353,17 @@ int bench_gpu_decode_main(int argc, char **argv)
 	ms_engine_close(e);
 	e = NULL;
 
-	/* 1b. the same with the step's kernels launched one by one (the
-	 * baseline of the graph's gain) */
-	double tokps_e = 0;
-	if (graph_a) {
-		struct pass pe;
-		struct ms_engine_config ce = cfg;
-		ce.gpu_no_graph = true;
-		if (ms_engine_open(&e, &ce, &err) ||
-		    two_passes(e, ids, (int)P, (int)N, logits, &pe, &err)) {
-			tool_error(CMD, "%s", err.msg);
-			goto out;
-		}
-		tokps_e = N / pe.decode_s;
-		ms_engine_close(e);
-		e = NULL;
-	}
-
-	/* 1c. the same without PDL: each kernel waits for the one before to
-	 * end (the baseline of PDL's gain) */
-	double tokps_n = 0;
-	if (pdl_a) {
-		struct pass pn;
-		struct ms_engine_config cn = cfg;
-		cn.gpu_no_pdl = true;
-		if (ms_engine_open(&e, &cn, &err) ||
-		    two_passes(e, ids, (int)P, (int)N, logits, &pn, &err)) {
-			tool_error(CMD, "%s", err.msg);
-			goto out;
-		}
-		tokps_n = N / pn.decode_s;
-		ms_engine_close(e);
-		e = NULL;
+	/* 1b. the same with the step's kernels launched one by one, and 1c.
+	 * without PDL (each kernel waiting for the one before to end): the
+	 * baselines of the graph's and PDL's gains */
+	double tokps_e = 0, tokps_n = 0;
+	struct ms_engine_config ce = cfg, cn = cfg;
+	ce.gpu_no_graph = true;
+	cn.gpu_no_pdl = true;
+	if ((graph_a && baseline(&ce, ids, P, N, logits, &tokps_e, &err)) ||
+	    (pdl_a && baseline(&cn, ids, P, N, logits, &tokps_n, &err))) {
+		tool_error(CMD, "%s", err.msg);
+		goto out;
 	}
 
 	/* 1d. where the time goes: the same steps, timed part by part */
