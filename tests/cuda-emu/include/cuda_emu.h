@@ -125,9 +125,9 @@ struct emu_op {
 	std::shared_ptr<emu::KOp> k;
 };
 namespace emu {
-/* Runs x (and the PDL launches right behind it) on stream s's thread;
- * s NULL: a graph's ops, taken from `more` (cuda_emu.h, after the
- * launches). */
+/* Runs x, and each PDL launch right behind it in turn, taken off stream
+ * s's queue or (a graph's replay) off `more`; both NULL: the legacy
+ * stream, nothing paired. Defined below the launches. */
 inline void run_op(emu_stream *s, emu_op x, std::deque<emu_op> *more);
 }
 struct emu_stream {
