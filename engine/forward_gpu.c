@@ -268,6 +268,9 @@ int ms_gpu_eng_open(struct ms_engine *e, struct ms_err *err)
 	    (e->cfg.gpu_no_pdl && (rc = ms_gpu_ctx_set_pdl(g->ctx, false, err))))
 		return rc;
 	e->info.gpu_pdl = ms_gpu_ctx_pdl(g->ctx);
+	snprintf(e->info.gpu_pdl_note, sizeof(e->info.gpu_pdl_note), "%s",
+		 e->cfg.gpu_no_pdl ? "turned off (gpu_no_pdl)"
+				   : ms_gpu_ctx_pdl_note(g->ctx));
 	if (e->cfg.gpu_profile) {
 		/* the step's first mark, 7 a block at most, head and copies */
 		g->n_marks = 4 + 7 * (int)e->n_run;
@@ -1000,6 +1003,9 @@ static int step_graph(struct ms_engine *e, bool *done, struct ms_err *err)
 			why.msg[0] ? why.msg : "capture failed");
 		ms_gpu_ctx_set_pdl(c, false, &why);
 		e->info.gpu_pdl = false;
+		snprintf(e->info.gpu_pdl_note, sizeof(e->info.gpu_pdl_note),
+			 "turned off: a CUDA graph of PDL launches could not be "
+			 "made");
 		return 0;
 	}
 	if (rc || !g->graph) {

@@ -64,8 +64,9 @@ struct ms_gpu_ctx {
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
 	int mv_split; /* msg_mv_call.split */
 	int mv_chunk; /* msg_mv_call.chunk */
-	bool pdl_ok;  /* compute capability 9.0 or later */
+	bool pdl_ok;  /* compute capability 9.0 or later, and a PDL launch ran */
 	bool pdl;     /* launches with PDL (ms_gpu_ctx_set_pdl) */
+	char pdl_note[192]; /* why not pdl_ok ("" when it is) */
 	bool capturing;  /* between ms_gpu_capture_begin and _end */
 	uint64_t ws_gen; /* bumped each time ws moves (a graph holds it) */
 };
@@ -79,6 +80,14 @@ struct ms_gpu_graph {
 namespace {
 
 /* ---- small kernels -------------------------------------------------------- */
+
+/* Nothing but the PDL wait: ms_gpu_ctx_init's check that PDL launches
+ * run here. */
+__global__ void pdl_probe_kernel(int unused)
+{
+	(void)unused;
+	msg_grid_wait();
+}
 
 /* h16[b][r] = f16((float)(silu(g) * u)), g = gu[b][r], u = gu[b][F + r]
  * (the GEMM's [B][2F] output, gate columns first). */
@@ -799,6 +808,29 @@ extern "C" int ms_gpu_stream_sync(void *stream, struct ms_err *err)
 	return 0;
 }
 
+/* A plain launch, then a PDL one behind it, on c's stream: PDL is the
+ * context's default when both ran (a runtime or a virtualised driver
+ * could refuse the launch attribute; every decode launch would then
+ * fail), else pdl_note says what was refused. */
+static void pdl_probe(struct ms_gpu_ctx *c)
+{
+	cudaError_t ce = msg_launch(pdl_probe_kernel, dim3(1), dim3(32), 0,
+				    c->stream, false, 0);
+	if (ce == cudaSuccess)
+		ce = msg_launch(pdl_probe_kernel, dim3(1), dim3(32), 0,
+				c->stream, true, 0);
+	if (ce == cudaSuccess)
+		ce = cudaStreamSynchronize(c->stream);
+	if (ce != cudaSuccess) {
+		cudaGetLastError(); /* not the next launch's */
+		snprintf(c->pdl_note, sizeof(c->pdl_note),
+			 "the runtime refused a PDL launch: %s (%s)",
+			 cudaGetErrorString(ce), cudaGetErrorName(ce));
+		return;
+	}
+	c->pdl = c->pdl_ok = true;
+}
+
 extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
 			       void *stream, struct ms_err *err)
 {
@@ -823,7 +855,10 @@ extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
 		rc = cuda_fail(err, ce, "opening the device");
 		goto fail;
 	}
-	c->pdl = c->pdl_ok = major >= 9;
+	if (major < 9)
+		snprintf(c->pdl_note, sizeof(c->pdl_note),
+			 "compute capability %d.x: PDL needs 9.0 (Hopper) or "
+			 "later", major);
 	if (stream) {
 		c->stream = (cudaStream_t)stream;
 	} else {
@@ -840,6 +875,8 @@ extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
 		rc = cuda_fail(err, ce, "cudaEventCreate");
 		goto fail;
 	}
+	if (major >= 9)
+		pdl_probe(c);
 	*out = c;
 	return 0;
 fail:
@@ -911,10 +948,8 @@ extern "C" int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on,
 		return ms_err_set(err, -EINVAL, "gpu: NULL context");
 	if (on && !c->pdl_ok)
 		return ms_err_set(err, -ENOTSUP,
-				  "gpu: programmatic dependent launch needs a "
-				  "device of compute capability 9.0 or later "
-				  "(Hopper); gpu %d is older",
-				  c->device);
+				  "gpu %d: no programmatic dependent launch: %s",
+				  c->device, c->pdl_note);
 	c->pdl = on;
 	return 0;
 }
@@ -922,6 +957,11 @@ extern "C" int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on,
 extern "C" bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c)
 {
 	return c && c->pdl;
+}
+
+extern "C" const char *ms_gpu_ctx_pdl_note(const struct ms_gpu_ctx *c)
+{
+	return c ? c->pdl_note : "";
 }
 
 bool msg_ctx_q8(const struct ms_gpu_ctx *c)

@@ -274,6 +274,12 @@ bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c)
 	return false;
 }
 
+const char *ms_gpu_ctx_pdl_note(const struct ms_gpu_ctx *c)
+{
+	(void)c;
+	return "built without CUDA";
+}
+
 int ms_gpu_experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 		       int n_experts, const float *x_dev, int64_t x_stride,
 		       float *y_dev, int64_t n_tokens,

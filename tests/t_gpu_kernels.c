@@ -1168,6 +1168,33 @@ static void check_pdl(void)
 				rel_l2(y[1], y[0], (int64_t)nb));
 		}
 	T_CHECK(ms_gpu_ctx_pdl(ctx), "PDL on, yet the context says off");
+	T_CHECK(!*ms_gpu_ctx_pdl_note(ctx), "PDL on, and a note: %s",
+		ms_gpu_ctx_pdl_note(ctx));
+	if (strstr(ms_gpu_build_info(), "emulation")) {
+		/* a runtime that refuses the launch attribute (the emulator's
+		 * EMU_NO_PDL): the context's trial launch finds it, PDL is
+		 * off and says why, and FFNs still run */
+		struct ms_gpu_ctx *c2 = NULL;
+		setenv("EMU_NO_PDL", "1", 1);
+		if (ms_gpu_ctx_init(&c2, 0, NULL, &err))
+			t_fatal("ctx: %s", err.msg);
+		const int r2 = ms_gpu_ctx_set_pdl(c2, true, &err);
+		const bool ran = !ms_gpu_experts_ffn(c2, fx.ge, n, fx.din,
+						     (int64_t)fx.xs, fx.dout, 1,
+						     MS_GPU_FFN_MATVEC_Q8, &err) &&
+				 !ms_gpu_stream_sync(ms_gpu_ctx_stream(c2), &err);
+		unsetenv("EMU_NO_PDL");
+		T_CHECK(!ms_gpu_ctx_pdl(c2) &&
+				strstr(ms_gpu_ctx_pdl_note(c2), "refused") &&
+				r2 == -ENOTSUP && ran,
+			"PDL refused: on %d, note '%s', set_pdl %d, an FFN %s",
+			ms_gpu_ctx_pdl(c2), ms_gpu_ctx_pdl_note(c2), r2,
+			ran ? "ran" : err.msg);
+		printf("pdl       a runtime that refuses PDL launches: the "
+		       "context says '%s' and launches plainly\n",
+		       ms_gpu_ctx_pdl_note(c2));
+		ms_gpu_ctx_free(c2);
+	}
 	printf("pdl       %s E=%lld F=%lld x%d, %d FFNs back to back: PDL "
 	       "gives the bits of plain launches in %d of %d cases (exact "
 	       "and 8-bit, B = 1 and 3)\n", ty_name(ty, nm, sizeof(nm)),
@@ -1755,7 +1782,8 @@ static void check_stubs(void)
 		   "ms_gpu_ctx_set_chunk");
 	t_check_no_cuda(ms_gpu_ctx_set_pdl(NULL, true, &err), &err,
 		   "ms_gpu_ctx_set_pdl");
-	T_CHECK(!ms_gpu_ctx_pdl(NULL), "ms_gpu_ctx_pdl without CUDA: on");
+	T_CHECK(!ms_gpu_ctx_pdl(NULL) && *ms_gpu_ctx_pdl_note(NULL),
+		"ms_gpu_ctx_pdl without CUDA: on, or no note");
 	t_check_no_cuda(ms_gpu_ctx_mark(NULL, &err), &err, "ms_gpu_ctx_mark");
 	t_check_no_cuda(ms_gpu_ctx_elapsed(NULL, &a, &err), &err,
 		   "ms_gpu_ctx_elapsed");

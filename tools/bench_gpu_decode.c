@@ -346,6 +346,8 @@ int bench_gpu_decode_main(int argc, char **argv)
 	double tokps_a = N / a.decode_s, bound = best * 1e9 / bytes;
 	bool all_a = in->vram_all_experts, graph_a = ms_engine_info(e)->gpu_graph;
 	bool pdl_a = ms_engine_info(e)->gpu_pdl;
+	char pdl_note[sizeof(ms_engine_info(e)->gpu_pdl_note)];
+	snprintf(pdl_note, sizeof(pdl_note), "%s", ms_engine_info(e)->gpu_pdl_note);
 	uint32_t nodes_a = ms_engine_info(e)->gpu_graph_nodes;
 	uint64_t slot = in->vram_expert_slots
 				? in->vram_expert_bytes / in->vram_expert_slots
@@ -409,6 +411,8 @@ int bench_gpu_decode_main(int argc, char **argv)
 		if (graph_a)
 			printf("resident   the same, kernels launched one by one: "
 			       "%.2f tok/s; ratio %.3f\n", tokps_e, tokps_e / bound);
+		if (!pdl_a)
+			printf("resident   no PDL: %s\n", pdl_note);
 		if (pdl_a)
 			printf("resident   the same without PDL (each kernel "
 			       "waits for the one before to end): %.2f tok/s; "

@@ -529,12 +529,13 @@ int cmd_run(int argc, char **argv)
 						? ""
 						: " (experts not all in VRAM: "
 						  "routing is the host's)");
-			fprintf(stderr, "PDL        %s\n",
-				info->gpu_pdl
-					? "on: each kernel may start while the "
-					  "one before ends"
-					: "off: each kernel waits for the one "
-					  "before (a device before Hopper)");
+			if (info->gpu_pdl)
+				fprintf(stderr, "PDL        on: each kernel may "
+					"start while the one before ends\n");
+			else
+				fprintf(stderr, "PDL        off: each kernel "
+					"waits for the one before (%s)\n",
+					info->gpu_pdl_note);
 		}
 	}
 	rc = 0;

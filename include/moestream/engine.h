@@ -251,6 +251,7 @@ struct ms_engine_info {
 	uint32_t gpu_graph_nodes;     /* that graph's nodes (kernels, copies) */
 	bool gpu_pdl;                 /* kernels launched with programmatic
 					 dependent launch (gpu_no_pdl) */
+	char gpu_pdl_note[192];       /* why not, when not ("" when on) */
 	char vram_copy_mode[256];     /* where copies into VRAM read from: the
 					 GPU tier's host_mode ("registered
 					 ..." or "pageable: <why>") */

@@ -384,14 +384,19 @@ int ms_gpu_ctx_set_chunk(struct ms_gpu_ctx *c, int bytes, struct ms_err *err);
  * it on the stream ends, and waits inside for that kernel's results: the
  * gap between launches, and the matvec's first weight loads (resident
  * weights only), overlap the kernel before. The results are the same
- * bits. On by default where the device has it; off: every launch waits
- * for the one before, as a plain launch does. 0, or -ENOTSUP (on, and the
- * device is older). */
+ * bits. On by default where the device has it and a trial launch at
+ * ms_gpu_ctx_init ran; off: every launch waits for the one before, as a
+ * plain launch does. 0, or -ENOTSUP (on, and the context cannot:
+ * ms_gpu_ctx_pdl_note says why). */
 int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on, struct ms_err *err);
-
 /* Whether the context's launches are PDL (the default or the last
  * ms_gpu_ctx_set_pdl). */
 bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c);
+
+/* Why the context cannot have PDL ("compute capability 8.6: ...", or
+ * "the runtime refused a PDL launch: ..." when ms_gpu_ctx_init's trial
+ * launch failed); "" when it can. */
+const char *ms_gpu_ctx_pdl_note(const struct ms_gpu_ctx *c);
 
 /* The FFN of n_experts experts that share fused, n_embd, n_ff and types
  * (one layer's routed experts), each on n_tokens inputs, unweighted:

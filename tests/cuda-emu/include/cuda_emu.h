@@ -1168,7 +1168,9 @@ inline emu_op emu_stream::take_pdl()
 }
 
 /* cudaLaunchKernelEx with one attribute understood: programmatic stream
- * serialization (PDL); any other is refused, as a GPU without it would. */
+ * serialization (PDL); any other is refused, as a GPU without it would,
+ * and with EMU_NO_PDL=1 that one too (cudaErrorNotSupported: a runtime
+ * that refuses it). */
 enum cudaLaunchAttributeID {
 	cudaLaunchAttributeProgrammaticStreamSerialization = 6,
 };
@@ -1200,6 +1202,9 @@ static inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *c,
 			return cudaErrorInvalidValue;
 		pdl = c->attrs[i].val.programmaticStreamSerializationAllowed;
 	}
+	const char *no = getenv("EMU_NO_PDL");
+	if (pdl && no && *no == '1')
+		return emu::last_error = cudaErrorNotSupported;
 	return emu::Launch<P...>{ k, c->gridDim, c->blockDim,
 				  c->dynamicSmemBytes, c->stream,
 				  pdl }(std::forward<A>(args)...);
