@@ -340,8 +340,10 @@ const char *ms_gpu_ffn_path_name(enum ms_gpu_ffn_path p); /* "auto", ... */
  * context per thread or per stream. */
 struct ms_gpu_ctx;
 
-/* stream: NULL makes the context its own non-blocking stream. 0, -EINVAL,
- * -ENODEV, -ENOMEM. */
+/* stream: NULL makes the context its own non-blocking stream. On a
+ * device of compute capability 9.0 or later it runs two tiny kernels on
+ * the stream and waits for them (PDL's trial: ms_gpu_ctx_set_pdl). 0,
+ * -EINVAL, -ENODEV, -ENOMEM. */
 int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device, void *stream,
 		    struct ms_err *err);
 void ms_gpu_ctx_free(struct ms_gpu_ctx *c); /* waits for its stream */
