@@ -64,9 +64,10 @@ struct ms_gpu_ctx {
 	bool q8;      /* AUTO's matvec is MATVEC_Q8 */
 	int mv_split; /* msg_mv_call.split */
 	int mv_chunk; /* msg_mv_call.chunk */
-	bool pdl_ok;  /* compute capability 9.0 or later, and a PDL launch ran */
 	bool pdl;     /* launches with PDL (ms_gpu_ctx_set_pdl) */
-	char pdl_note[192]; /* why not pdl_ok ("" when it is) */
+	/* why the context cannot have PDL: "" when it can (compute
+	 * capability 9.0 or later, and the trial launch ran) */
+	char pdl_note[192];
 	bool capturing;  /* between ms_gpu_capture_begin and _end */
 	uint64_t ws_gen; /* bumped each time ws moves (a graph holds it) */
 };
@@ -828,7 +829,7 @@ static void pdl_probe(struct ms_gpu_ctx *c)
 			 cudaGetErrorString(ce), cudaGetErrorName(ce));
 		return;
 	}
-	c->pdl = c->pdl_ok = true;
+	c->pdl = true;
 }
 
 extern "C" int ms_gpu_ctx_init(struct ms_gpu_ctx **out, int device,
@@ -946,7 +947,7 @@ extern "C" int ms_gpu_ctx_set_pdl(struct ms_gpu_ctx *c, bool on,
 {
 	if (!c)
 		return ms_err_set(err, -EINVAL, "gpu: NULL context");
-	if (on && !c->pdl_ok)
+	if (on && c->pdl_note[0])
 		return ms_err_set(err, -ENOTSUP,
 				  "gpu %d: no programmatic dependent launch: %s",
 				  c->device, c->pdl_note);
@@ -967,11 +968,6 @@ extern "C" const char *ms_gpu_ctx_pdl_note(const struct ms_gpu_ctx *c)
 bool msg_ctx_q8(const struct ms_gpu_ctx *c)
 {
 	return c->q8;
-}
-
-bool msg_ctx_pdl(const struct ms_gpu_ctx *c)
-{
-	return c->pdl;
 }
 
 extern "C" size_t ms_gpu_xq_bytes(int64_t n, int64_t T)

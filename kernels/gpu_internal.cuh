@@ -103,8 +103,8 @@ __device__ __forceinline__ void msg_grid_wait()
 }
 
 /* Launches k<<<g, b, smem, s>>>(args), with programmatic stream
- * serialization where pdl (msg_ctx_pdl: the device has it and it is not
- * turned off). The launch's error, or the runtime's last one. */
+ * serialization where pdl (ms_gpu_ctx_pdl: the device has it and it is
+ * not turned off). The launch's error, or the runtime's last one. */
 template <class... P, class... A>
 static inline cudaError_t msg_launch(void (*k)(P...), dim3 g, dim3 b,
 				     size_t smem, cudaStream_t s, bool pdl,
@@ -120,9 +120,6 @@ static inline cudaError_t msg_launch(void (*k)(P...), dim3 g, dim3 b,
 	const cudaError_t le = cudaGetLastError();
 	return ce != cudaSuccess ? ce : le;
 }
-
-/* Whether the context's launches are PDL (ms_gpu_ctx_set_pdl). */
-bool msg_ctx_pdl(const struct ms_gpu_ctx *c);
 
 /* ---- gpu_dequant.cu ----------------------------------------------------- */
 

@@ -727,16 +727,14 @@ bool dims_ok(int64_t a, int64_t b)
 	return a >= 1 && b >= 1 && a <= OPS_MAX_ELEMS / b;
 }
 
-/* The context's device made current, its stream in *st. */
-int ops_enter(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
-	      struct ms_err *err)
+/* The context's device made current (ops_launch takes its stream). */
+int ops_enter(struct ms_gpu_ctx *c, const char *who, struct ms_err *err)
 {
 	if (!c)
 		return ms_err_set(err, -EINVAL, "%s: NULL context", who);
 	cudaError_t ce = cudaSetDevice(ms_gpu_ctx_device(c));
 	if (ce != cudaSuccess)
 		return msg_cuda_fail(err, who, ce, "cudaSetDevice");
-	*st = (cudaStream_t)ms_gpu_ctx_stream(c);
 	return 0;
 }
 
@@ -750,7 +748,7 @@ int ops_launch(const struct ms_gpu_ctx *c, const char *who,
 {
 	cudaError_t ce = msg_launch(k, dim3(blocks), dim3(threads), smem,
 				    (cudaStream_t)ms_gpu_ctx_stream(c),
-				    msg_ctx_pdl(c), std::forward<A>(args)...);
+				    ms_gpu_ctx_pdl(c), std::forward<A>(args)...);
 	return ce == cudaSuccess ? 0 : msg_cuda_fail(err, who, ce, "launch");
 }
 
@@ -770,10 +768,10 @@ int nonnull(const char *who, const char *names, const void *const *p, int n,
 }
 
 /* ops_enter, then T rows of n elements checked ("%s: T rows of n"). */
-int enter_rows(struct ms_gpu_ctx *c, const char *who, cudaStream_t *st,
-	       int64_t n, int64_t T, struct ms_err *err)
+int enter_rows(struct ms_gpu_ctx *c, const char *who, int64_t n, int64_t T,
+	       struct ms_err *err)
 {
-	int rc = ops_enter(c, who, st, err);
+	int rc = ops_enter(c, who, err);
 	if (!rc && !dims_ok(n, T))
 		rc = ms_err_set(err, -EINVAL, "%s: %lld rows of %lld", who,
 				(long long)T, (long long)n);
@@ -831,8 +829,7 @@ extern "C" int ms_gpu_rms_norm(struct ms_gpu_ctx *c, const float *x,
 			       float eps, struct ms_err *err)
 {
 	static const char who[] = "gpu rms_norm";
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
+	int rc = enter_rows(c, who, n, T, err);
 	if (rc || (rc = norm_args(who, eps, nullptr, n, err)))
 		return rc;
 	NONNULL(who, "x,w,y", x, w, y);
@@ -844,8 +841,7 @@ extern "C" int ms_gpu_add(struct ms_gpu_ctx *c, float *x, const float *a,
 			  int64_t n, struct ms_err *err)
 {
 	static const char who[] = "gpu add";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc)
 		return rc;
 	if (!dims_ok(n, 1))
@@ -861,8 +857,7 @@ extern "C" int ms_gpu_add_rms_norm(struct ms_gpu_ctx *c, float *x,
 				   struct ms_err *err)
 {
 	static const char who[] = "gpu add_rms_norm";
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
+	int rc = enter_rows(c, who, n, T, err);
 	if (rc || (rc = norm_args(who, eps, yq, n, err)))
 		return rc;
 	NONNULL(who, "x,a,w,y", x, a, w, y);
@@ -875,8 +870,7 @@ extern "C" int ms_gpu_add_bias(struct ms_gpu_ctx *c, float *x, const float *b,
 			       int64_t n, int64_t T, struct ms_err *err)
 {
 	static const char who[] = "gpu add_bias";
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
+	int rc = enter_rows(c, who, n, T, err);
 	if (rc)
 		return rc;
 	NONNULL(who, "x,b", x, b);
@@ -888,8 +882,7 @@ extern "C" int ms_gpu_add_bias_n(struct ms_gpu_ctx *c, const struct ms_gpu_bias 
 				 int n, int64_t T, struct ms_err *err)
 {
 	static const char who[] = "gpu add_bias_n";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc)
 		return rc;
 	if (!b || n < 1 || n > MS_GPU_BIAS_MAX)
@@ -940,8 +933,7 @@ static int rope_launch(struct ms_gpu_ctx *c, const char *who, float *q,
 		float eps, int64_t head_dim, int64_t n_rot, int64_t T,
 		float base, float freq_scale, struct ms_err *err)
 {
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc || (rc = rope_dims(who, n_head, head_dim, T, err)) ||
 	    (k && (rc = rope_dims(who, n_head_kv, head_dim, T, err))) ||
 	    (rc = rope_args(who, head_dim, n_rot, base, freq_scale,
@@ -1004,8 +996,7 @@ static int kv_launch(struct ms_gpu_ctx *c, const char *who, const float *k,
 	      void *k_cache, const float *v, void *v_cache, const int64_t *at,
 	      int64_t n, int64_t T, bool f16, struct ms_err *err)
 {
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, n, T, err);
+	int rc = enter_rows(c, who, n, T, err);
 	if (rc || (rc = kv_pair(who, k, k_cache, f16, err)) ||
 	    (v && (rc = kv_pair(who, v, v_cache, f16, err))))
 		return rc;
@@ -1042,8 +1033,7 @@ extern "C" int ms_gpu_qkv_post(struct ms_gpu_ctx *c,
 			       struct ms_err *err)
 {
 	static const char who[] = "gpu qkv_post";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc)
 		return rc;
 	if (!q)
@@ -1097,8 +1087,7 @@ extern "C" int ms_gpu_attention_q(struct ms_gpu_ctx *c, const float *q,
 				  void *out_q, struct ms_err *err)
 {
 	static const char who[] = "gpu attention";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc)
 		return rc;
 	if (D < 1 || D > ATT_MAX_D)
@@ -1164,8 +1153,7 @@ extern "C" int ms_gpu_moe_combine(struct ms_gpu_ctx *c, float *x,
 				  int64_t K, struct ms_err *err)
 {
 	static const char who[] = "gpu moe_combine";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc || (rc = combine_dims(who, E, T, K, err)))
 		return rc;
 	NONNULL(who, "x,y,w", x, y, w);
@@ -1182,8 +1170,7 @@ extern "C" int ms_gpu_moe_combine_norm(struct ms_gpu_ctx *c, float *x,
 				       struct ms_err *err)
 {
 	static const char who[] = "gpu moe_combine_norm";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc || (rc = combine_dims(who, E, T, K, err)))
 		return rc;
 	if ((rc = norm_args(who, eps, hq, E, err)))
@@ -1200,8 +1187,7 @@ static int rows_call(struct ms_gpu_ctx *c, const char *who, const float *src,
 		     const int32_t *rows, int64_t n, int64_t E, float *dst,
 		     bool scatter, struct ms_err *err)
 {
-	cudaStream_t st;
-	int rc = enter_rows(c, who, &st, E, n, err);
+	int rc = enter_rows(c, who, E, n, err);
 	if (rc)
 		return rc;
 	NONNULL(who, "src,rows,dst", src, rows, dst);
@@ -1230,8 +1216,7 @@ extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
 				 int32_t *bad, struct ms_err *err)
 {
 	static const char who[] = "gpu route_topk";
-	cudaStream_t st;
-	int rc = ops_enter(c, who, &st, err);
+	int rc = ops_enter(c, who, err);
 	if (rc)
 		return rc;
 	/* router.c's check_params, and the kernel's bound on n_expert */
