@@ -12,9 +12,12 @@
 #                        indexing, tiling, barriers, shuffles, cp.async use,
 #                        launch limits and the numbers against the C reference,
 #                        not the GPU's float behaviour, the real cuBLAS, or any
-#                        timing (on 2 cores ~15 s to compile, ~15 s of tests;
-#                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~1 min;
-#                        EMU_TESTS= to choose)
+#                        timing (on 2 cores ~20 s to compile, ~60 s of tests;
+#                        EMU_SAN=1 or SANITIZER=... for ASan+UBSan, ~2 min;
+#                        EMU_TESTS= to choose); then the kernel tests again
+#                        with each CTA's threads run in reverse order, which
+#                        finds a missing barrier that forward order hides
+#                        (EMU_REVERSE_TESTS=, empty: none)
 #   make ptx-loops       the fused matvec's unit and copy loops counted in PTX
 #                        and in sm_90 machine code, per kernel (needs nvcc;
 #                        no GPU): a measure to compare builds by
@@ -200,11 +203,19 @@ check:
 EMU_O       ?= build/emu
 # t_kernel_cli: the commands with a (emulated) GPU, ffn --device gpu included
 EMU_TESTS   ?= $(patsubst tests/%.c,%,$(wildcard tests/t_gpu*.c)) t_kernel_cli
+# run a second time with EMU_ORDER=reverse (tests/cuda-emu/include/cuda_emu.h,
+# thread_order): the kernels' own tests, every kernel and shape class
+EMU_REVERSE_TESTS ?= t_gpu_kernels t_gpu_ops
+emu_reverse = $(filter $(EMU_TESTS),$(EMU_REVERSE_TESTS))
 .PHONY: gpu-emu
 gpu-emu: tests
 	@$(MAKE) --no-print-directory ggml-ref
 	@TESTS="$(EMU_TESTS)" EMU_SAN=$(if $(SANITIZER),1,$(EMU_SAN)) tests/cuda-emu/build.sh $(O) $(EMU_O)
 	@MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) --jobs $(TEST_JOBS) $(addprefix $(EMU_O)/,$(EMU_TESTS))
+ifneq ($(emu_reverse),)
+	@echo "gpu-emu: again with each CTA's threads in reverse order (EMU_ORDER=reverse): $(emu_reverse)"
+	@EMU_ORDER=reverse MS_BUILD=$(EMU_O) tests/run.sh --timeout $(TEST_TIMEOUT) --jobs $(TEST_JOBS) --logs $(EMU_O)/test-logs-reverse $(addprefix $(EMU_O)/,$(emu_reverse))
+endif
 
 .PHONY: ptx-loops
 ptx-loops:

@@ -1,10 +1,10 @@
 #!/bin/bash
 # tests/run.sh - run test programs, each under a timeout; exit 0 pass, 1 fail,
 # 77 skip. Ends with the line "N passed, N failed, N skipped"; exits 1 if any
-# test failed. Each test's output is kept in $MS_BUILD/test-logs/NAME.log and
-# the tail of a failure is printed.
+# test failed. Each test's output is kept in $MS_BUILD/test-logs/NAME.log (or
+# --logs DIR/NAME.log) and the tail of a failure is printed.
 #
-#   tests/run.sh [--timeout SECONDS] [--jobs N] PROGRAM...
+#   tests/run.sh [--timeout SECONDS] [--jobs N] [--logs DIR] PROGRAM...
 #
 # --jobs N (or MS_TEST_JOBS=N) runs up to N tests at a time, the lines
 # printed as they end; the tests named in ALONE below first, one at a time
@@ -21,14 +21,16 @@
 set -u
 timeout_s=300
 jobs=${MS_TEST_JOBS:-1}
+logs=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--timeout) timeout_s=$2; shift 2 ;;
 	--jobs) jobs=$2; shift 2 ;;
+	--logs) logs=$2; shift 2 ;;
 	*) break ;;
 	esac
 done
-[ $# -gt 0 ] || { echo "usage: tests/run.sh [--timeout SECONDS] [--jobs N] PROGRAM..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: tests/run.sh [--timeout SECONDS] [--jobs N] [--logs DIR] PROGRAM..." >&2; exit 2; }
 case $jobs in ''|*[!0-9]*|0) echo "tests/run.sh: --jobs $jobs: expected a count >= 1" >&2; exit 2 ;; esac
 
 # With --jobs > 1: run alone, before the others, the tests that hold memory
@@ -49,7 +51,7 @@ export MS_LLAMA_FETCH_FAILED=$root/llama-3.22.1/FETCH_FAILED
 export MS_TOKENIZERS=${MS_TOKENIZERS:-$root/tokenizers}
 export MS_OPENAI=${MS_OPENAI:-$root/openai-5.23.2/node_modules/openai}
 export MS_OPENAI_FETCH_FAILED=$root/openai-5.23.2/FETCH_FAILED
-logs=$MS_BUILD/test-logs
+logs=${logs:-$MS_BUILD/test-logs}
 mkdir -p "$logs"
 
 pass=0 fail=0 skip=0 failed=

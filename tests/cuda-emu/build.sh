@@ -23,7 +23,12 @@
 # it, `bench gpu` says its figures are not a GPU's). Indexing, tiling and
 # partial tiles against the C reference; the threads of a CTA as fibers
 # with real barriers (__syncthreads and warp shuffles wait for every thread
-# or lane; one that can never complete is reported as a deadlock); CTAs in
+# or lane; one that can never complete is reported as a deadlock), run in
+# threadIdx order between barriers, or with EMU_ORDER=reverse (make gpu-emu
+# runs the kernel tests so too) or random (EMU_SEED): a thread's shared
+# memory writes are seen by the threads after it and not by those before,
+# so a read with no barrier between it and the write it needs fails in one
+# of the two orders, whichever threads they are; CTAs in
 # any order on several host threads (EMU_THREADS, default one per CPU);
 # cp.async copies deferred until their group is waited for (reading early
 # sees stale data or the 0xcd shared memory starts with); launch limits
@@ -45,7 +50,8 @@
 # What it does not check: the GPU's own float behaviour (FMA contraction,
 # fast-math intrinsics, canonical NaNs, FTZ), the real cuBLAS (its
 # algorithms, tensor-core accumulation order), memory models weaker than the
-# host's (a missing __syncwarp or fence can pass here), the register and
+# host's (a missing fence between CTAs can pass here; a missing __syncwarp
+# between lanes fails in one of the orders), the register and
 # occupancy limits of a real compile, a GPU's own interleavings of
 # streams (here the host scheduler's), and timing: nothing it measures is a GPU figure. A real GPU run
 # (tools/gpu-check.sh) is still the verdict.

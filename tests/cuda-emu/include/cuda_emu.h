@@ -3,7 +3,8 @@
  * use, so that their exact source can run (and be checked, under ASan) on a
  * machine without a GPU; tests/cuda-emu/build.sh builds with it. A launch
  * runs its CTAs on a few host threads; the threads of a CTA are fibers with
- * real barriers (__syncthreads, warp shuffles; a deadlock is reported),
+ * real barriers (__syncthreads, warp shuffles; a deadlock is reported), run
+ * in threadIdx order, reverse or shuffled (EMU_ORDER, thread_order),
  * cp.async copies are deferred until the thread waits for their group
  * (reading a buffer too early sees stale bytes or the 0xcd poison shared
  * memory starts each CTA with), dynamic shared memory is an exact-size
@@ -584,11 +585,12 @@ static inline float __half2float(__half h)
  * CPU, never more than there are CTAs), each CTA whole on one of them, in
  * any order, as a GPU's multiprocessors would. The threads of a CTA are
  * fibers on that host thread, run round-robin in threadIdx
- * order: a fiber runs until it waits at a barrier (__syncthreads, or one of
- * the two a warp shuffle makes) or returns. A barrier thus costs a couple of
+ * order (or another, EMU_ORDER: thread_order): a fiber runs until it waits
+ * at a barrier (__syncthreads, or one of the two a warp shuffle makes) or
+ * returns. A barrier thus costs a couple of
  * context switches per thread rather than a trip through the OS scheduler
  * with hundreds of runnable threads, and the interleaving inside a CTA is
- * the same on every run. A CTA whose remaining threads all wait at barriers
+ * the same on every run (with EMU_ORDER=random, for the same EMU_SEED). A CTA whose remaining threads all wait at barriers
  * that cannot complete (a __syncthreads some threads skip, a shuffle with
  * lanes gone) is reported and aborts: a GPU would hang or worse.
  *
@@ -687,6 +689,9 @@ struct Worker {
 	unsigned char *smem = nullptr;
 	size_t smem_bytes = 0;
 	bool progress = false;
+	/* the order cta_loop runs the threads in, each round (thread_order) */
+	std::vector<unsigned> order;
+	uint64_t rng = 0;
 	/* the launch is PDL (every thread must wait for the grid before its
 	 * end); hold: this CTA runs ahead of the kernel before it, and its
 	 * threads stop at the wait (gbar) until that kernel has run */
@@ -787,6 +792,67 @@ inline Fiber *fiber_new()
 	return f;
 }
 
+/*
+ * The order a CTA's threads run in, each round of cta_loop (EMU_ORDER):
+ * "forward" (the default: threadIdx order), "reverse", or "random" (a
+ * fresh shuffle each round, seeded by EMU_SEED, the block and the round,
+ * so a run is repeatable). A thread runs until its next barrier, so
+ * between two barriers one thread's writes to shared memory are all seen
+ * by threads that run after it and none by threads that run before: a
+ * read with no barrier (or shuffle) between it and another thread's write
+ * gets the new bytes in one order and the old ones in another. Running
+ * the tests in reverse too therefore finds such a race whichever way
+ * round its two threads are, where one order alone hides half of them (a
+ * missing __syncthreads or __syncwarp, which a GPU may or may not forgive).
+ */
+enum { ORDER_FORWARD, ORDER_REVERSE, ORDER_RANDOM };
+inline int order_kind()
+{
+	static const int k = [] {
+		const char *e = getenv("EMU_ORDER");
+		if (!e || !*e || !strcmp(e, "forward"))
+			return (int)ORDER_FORWARD;
+		if (!strcmp(e, "reverse"))
+			return (int)ORDER_REVERSE;
+		if (!strcmp(e, "random"))
+			return (int)ORDER_RANDOM;
+		fprintf(stderr, "emu: EMU_ORDER=%s: expected forward, reverse "
+				"or random\n", e);
+		exit(2);
+	}();
+	return k;
+}
+
+inline uint64_t order_seed()
+{
+	static const uint64_t s = [] {
+		const char *e = getenv("EMU_SEED");
+		return e && *e ? (uint64_t)strtoull(e, nullptr, 0) : 1ull;
+	}();
+	return s;
+}
+
+/* w->order for the next round of nt threads. */
+inline void thread_order(Worker *w, unsigned nt)
+{
+	std::vector<unsigned> &o = w->order;
+	if (o.size() != nt) {
+		o.resize(nt);
+		for (unsigned t = 0; t < nt; t++)
+			o[t] = order_kind() == ORDER_REVERSE ? nt - 1 - t : t;
+	}
+	if (order_kind() != ORDER_RANDOM)
+		return;
+	for (unsigned t = nt; t > 1; t--) { /* Fisher-Yates, xorshift64* */
+		w->rng ^= w->rng >> 12;
+		w->rng ^= w->rng << 25;
+		w->rng ^= w->rng >> 27;
+		const unsigned j = (unsigned)((w->rng * 0x2545f4914f6cdd1dull) >>
+					      33) % t;
+		std::swap(o[t - 1], o[j]);
+	}
+}
+
 /* Sets CTA w->bid up with nt threads, none started. */
 inline void cta_begin(Worker *w, unsigned nt)
 {
@@ -796,6 +862,9 @@ inline void cta_begin(Worker *w, unsigned nt)
 	for (unsigned i = 0; i < (nt + 31) / 32; i++)
 		w->warp_bars[i] = Bar{ nt - 32 * i < 32 ? nt - 32 * i : 32, 0, 0 };
 	memset(w->smem, 0xcd, w->smem_bytes ? w->smem_bytes : 1);
+	w->order.clear();
+	w->rng = (order_seed() ^ ((uint64_t)w->bid.y << 32 | w->bid.x)) *
+			 0x9e3779b97f4a7c15ull | 1;
 	for (unsigned t = 0; t < nt; t++) {
 		Fiber *f = w->fibers[t].get();
 		f->tid = { t, 0, 0 };
@@ -838,8 +907,9 @@ inline bool cta_loop(Worker *w, unsigned nt)
 		left += !w->fibers[t]->done;
 	while (left) {
 		w->progress = false;
-		for (unsigned t = 0; t < nt; t++) {
-			Fiber *f = w->fibers[t].get();
+		thread_order(w, nt);
+		for (unsigned i = 0; i < nt; i++) {
+			Fiber *f = w->fibers[w->order[i]].get();
 			if (f->done)
 				continue;
 			w->cur = f;
