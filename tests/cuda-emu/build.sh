@@ -32,7 +32,9 @@
 # any order on several host threads (EMU_THREADS, default one per CPU);
 # cp.async copies deferred until their group is waited for (reading early
 # sees stale data or the 0xcd shared memory starts with); launch limits
-# (1024 threads, 48 KiB of shared memory); exact-size device allocations;
+# (1024 threads, 48 KiB of shared memory, and a kernel's own
+# __launch_bounds__: a GPU refuses a launch of more threads, its registers
+# allotted for fewer); exact-size device allocations;
 # streams that run later, each on a host thread of its own (copies,
 # kernels, event records and waits, host functions, GemmEx), so that a
 # missing sync or event wait reads stale data here as on a GPU (the race

@@ -2,7 +2,9 @@
 """Rewrites a .cu or .cuh file so that g++ can compile it against
 cuda_emu.h: KERNEL<<<cfg>>>(args) -> emu::launcher(KERNEL, cfg)(args), and
 `extern __shared__ [__align__(N)] T name[];` -> a pointer to the launch's
-dynamic shared memory (emu::dyn_smem()). Used by build.sh.
+dynamic shared memory (emu::dyn_smem()), and a kernel declared with
+__launch_bounds__(N, ...) checks at its start that its CTA has at most N
+threads (emu::launch_bound). Used by build.sh.
 
     transform.py IN.cu OUT.cpp"""
 import re, sys
@@ -29,6 +31,36 @@ while True:
     out.append(s[i:k])
     out.append('emu::launcher(' + s[k:j] + ', ' + s[j+3:e] + ')')
     i = e + 3
+s = ''.join(out)
+# __launch_bounds__(N[, M]) K(args) {  ->  ... {emu::launch_bound(N, "K");
+# (a GPU refuses a launch of more threads a CTA than the kernel was
+# compiled for; the emulator had dropped the attribute)
+out = []
+i = 0
+for m in re.finditer(r'__launch_bounds__\(', s):
+    if m.start() < i:
+        continue
+    a = m.end()
+    depth, k = 1, a
+    while depth:
+        if s[k] == '(': depth += 1
+        elif s[k] == ')': depth -= 1
+        k += 1
+    args = s[a:k-1]
+    bound = args.split(',')[0].strip()
+    name = re.match(r'\s*(\w+)', s[k:]).group(1)
+    # the body's brace: the first { after the parameter list
+    p0 = s.index('(', k)
+    depth, q = 1, p0 + 1
+    while depth:
+        if s[q] == '(': depth += 1
+        elif s[q] == ')': depth -= 1
+        q += 1
+    b = s.index('{', q)
+    out.append(s[i:b+1])
+    out.append('emu::launch_bound(%s, "%s");' % (bound, name))
+    i = b + 1
+out.append(s[i:])
 s = ''.join(out)
 s = re.sub(r'extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(\w+)\s+(\w+)\[\];',
            r'\1 *\2 = (\1 *)emu::dyn_smem();', s)

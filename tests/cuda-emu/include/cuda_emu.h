@@ -1290,6 +1290,26 @@ static inline void cudaTriggerProgrammaticLaunchCompletion(void) {}
 
 static inline void __syncthreads(void) { emu::bar_wait(emu::t_w->bar); }
 
+namespace emu {
+/* The first statement of a kernel declared __launch_bounds__(n, ...)
+ * (transform.py puts it there): a GPU will not launch such a kernel with
+ * more than n threads a CTA (its registers were allotted for n), so
+ * neither does the emulator. */
+inline void launch_bound(long n, const char *kernel)
+{
+	const Worker *w = t_w;
+	const unsigned long nt = (unsigned long)w->bdim.x * w->bdim.y *
+				 w->bdim.z;
+	if (nt > (unsigned long)n) {
+		fprintf(stderr, "emu: %s launched with %lu threads a block, "
+				"over its __launch_bounds__(%ld): a GPU refuses "
+				"the launch (too many resources requested)\n",
+			kernel, nt, n);
+		abort();
+	}
+}
+} // namespace emu
+
 template <class T>
 static inline T __shfl_sync(unsigned, T v, int src, int width = 32)
 {
