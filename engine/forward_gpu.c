@@ -559,6 +559,31 @@ static int matmul(struct ms_engine *e, const struct ms_rt *w, const float *x,
 	return ms_gpu_matmul_n(e->gpu->ctx, &one, 1, w->ne[0], x, xq, T, err);
 }
 
+/* Whether one token's router logits come from our kernel
+ * (ms_gpu_route_gemv_topk, ms_gpu_router_logits: each logit a double sum
+ * rounded to f32) rather than cuBLAS: an f32 router, 16-byte aligned, and
+ * not turned off (gpu_router_cublas). Both routings of a one-token step,
+ * on the device and on the host, take the same, so their logits are the
+ * same bits. */
+static bool own_router(const struct ms_engine *e, const struct ms_rt *w)
+{
+	return w->type == MS_TYPE_F32 && (uintptr_t)dev_of(e, w) % 16 == 0 &&
+	       w->ne[0] == e->n_embd && !e->cfg.gpu_router_cublas;
+}
+
+/* The router w's logits of T tokens x into out: ms_gpu_router_logits
+ * where one token's are our kernel's (own_router), else the product. */
+static int router_logits(struct ms_engine *e, const struct ms_rt *w,
+			 const float *x, float *out, int64_t T,
+			 struct ms_err *err)
+{
+	if (T == 1 && own_router(e, w))
+		return ms_gpu_router_logits(e->gpu->ctx, dev_of(e, w),
+					    e->n_embd, (uint32_t)w->ne[1], x,
+					    out, err);
+	return matmul(e, w, x, NULL, out, T, err);
+}
+
 /* h prepared (g->hq), for the norm writing h to write and the products
  * reading it to read: NULL where the batch is too big for the fused
  * matvec (or the shape has no prepared form). */
@@ -685,8 +710,9 @@ static void hint_copies(struct ms_gpu_eng *g)
 	g->n_hint = 0;
 }
 
-/* One token's MoE block with every expert in VRAM (g->all): the router,
- * its top-k (ms_gpu_route_topk), the shared expert, the chosen experts
+/* One token's MoE block with every expert in VRAM (g->all): the router
+ * and its top-k (one launch, ms_gpu_route_gemv_topk, for an f32 router;
+ * else the product, then ms_gpu_route_topk), the shared expert, the chosen experts
  * through the device table and the sum, all queued with nothing copied
  * back; what the host path would have done with the choice (hints,
  * speculation's score) has nothing to do here: no expert is copied. */
@@ -700,9 +726,20 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 	int64_t K = e->n_used;
 	bool shared = k->sh_gate.data != NULL;
 	int rc;
-	if ((rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, 1, err)) ||
-	    (rc = ms_gpu_route_topk(c, &e->router, g->rlog, dev_of(e, &k->probs_b),
-				    1, g->dsel, g->rw, g->bad, err)))
+	if (own_router(e, &k->gate_inp))
+		/* the product and the choice in one launch, the router's
+		 * weights read under the kernel before (PDL) */
+		rc = ms_gpu_route_gemv_topk(c, &e->router,
+					    dev_of(e, &k->gate_inp), e->n_embd,
+					    g->h, dev_of(e, &k->probs_b),
+					    g->rlog, g->dsel, g->rw, g->bad,
+					    err),
+		e->info.gpu_router_fused = true;
+	else if (!(rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, 1, err)))
+		rc = ms_gpu_route_topk(c, &e->router, g->rlog,
+				       dev_of(e, &k->probs_b), 1, g->dsel,
+				       g->rw, g->bad, err);
+	if (rc)
 		return rc;
 	part_end(e, MS_GPU_PART_ROUTER,
 		 rt_bytes(&k->gate_inp) + rt_bytes(&k->probs_b));
@@ -743,13 +780,14 @@ static int moe_ffn(struct ms_engine *e, uint32_t b, int64_t T,
 	bool spec = !e->cfg.no_speculate && !g->all && nb >= 0 &&
 			    T <= MS_ENG_SPEC_MAX_T;
 	g->n_hint = 0;
-	if ((rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, T, err)))
+	if ((rc = router_logits(e, &k->gate_inp, g->h, g->rlog, T, err)))
 		return rc;
 	if (spec) {
 		const struct ms_block *n = &e->blk[nb];
 		if ((rc = ms_gpu_rms_norm(c, g->x, dev_of(e, &n->ffn_norm), g->xg,
 					  E, T, e->eps, err)) ||
-		    (rc = matmul(e, &n->gate_inp, g->xg, NULL, g->rlog + T * X, T, err)))
+		    (rc = router_logits(e, &n->gate_inp, g->xg, g->rlog + T * X,
+					T, err)))
 			return rc;
 	}
 	if ((rc = ms_gpu_download_async(c, g->h_rlog, g->rlog,

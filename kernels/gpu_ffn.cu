@@ -56,8 +56,8 @@ struct ms_gpu_ctx {
 	cudaEvent_t ev0, ev1;
 	bool marked;
 	/* the workspace: ws_size bytes at ws, after the matvec's split-K
-	 * counters (cnt: MSG_MV_CNT_MAX, zeroed once, kept at zero by the
-	 * launches; one allocation, at cnt) */
+	 * counters (cnt: MSG_MV_CNT_MAX, then the router's one; zeroed once,
+	 * kept at zero by the launches; one allocation, at cnt) */
 	unsigned *cnt;
 	void *ws;
 	size_t ws_size;
@@ -236,10 +236,11 @@ int ctx_blas(struct ms_gpu_ctx *c, struct ms_err *err)
 	return 0;
 }
 
-/* The split-K counters' room at the front of the workspace's allocation
- * (a multiple of 256: the workspace stays 256-byte aligned). */
-#define WS_CNT_BYTES (((size_t)MSG_MV_CNT_MAX * sizeof(unsigned) + 255) & \
-		      ~(size_t)255)
+/* The split-K counters' room at the front of the workspace's allocation,
+ * and the router's after them (a multiple of 256: the workspace stays
+ * 256-byte aligned). */
+#define WS_CNT_BYTES ((((size_t)MSG_MV_CNT_MAX + 1) * sizeof(unsigned) + \
+		       255) & ~(size_t)255)
 
 /* Room for `bytes` of workspace (and the counters). */
 int ws_reserve(struct ms_gpu_ctx *c, size_t bytes, struct ms_err *err)
@@ -963,6 +964,14 @@ extern "C" bool ms_gpu_ctx_pdl(const struct ms_gpu_ctx *c)
 extern "C" const char *ms_gpu_ctx_pdl_note(const struct ms_gpu_ctx *c)
 {
 	return c ? c->pdl_note : "";
+}
+
+int msg_ctx_route_cnt(struct ms_gpu_ctx *c, unsigned **cnt,
+		      struct ms_err *err)
+{
+	int rc = ws_reserve(c, 0, err);
+	*cnt = rc ? nullptr : c->cnt + MSG_MV_CNT_MAX;
+	return rc;
 }
 
 bool msg_ctx_q8(const struct ms_gpu_ctx *c)

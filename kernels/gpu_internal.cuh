@@ -162,6 +162,10 @@ size_t msg_xblk_bytes(bool q8);
 /* Whether the context's fused matvec takes 8-bit inputs (what a prepared
  * input must be). */
 bool msg_ctx_q8(const struct ms_gpu_ctx *c);
+/* The router's ticket counter (ms_gpu_route_gemv_topk) into *cnt: zero
+ * between launches, the context's own. 0, or ws_reserve's error. */
+int msg_ctx_route_cnt(struct ms_gpu_ctx *c, unsigned **cnt,
+		      struct ms_err *err);
 
 /* Prepares the input: for each of n_sets sets (set i at in + i * in_stride
  * floats), B tokens of n floats (n % 32 == 0) -> n_sets * B * n / 32

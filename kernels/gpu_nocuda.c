@@ -698,6 +698,38 @@ int ms_gpu_route_topk(struct ms_gpu_ctx *c, const struct ms_router_params *p,
 	return no_cuda(err);
 }
 
+int ms_gpu_route_gemv_topk(struct ms_gpu_ctx *c,
+			   const struct ms_router_params *p, const float *w_dev,
+			   int64_t n_embd, const float *x,
+			   const float *probs_b, float *logits, int32_t *sel,
+			   float *w, int32_t *bad, struct ms_err *err)
+{
+	(void)c;
+	(void)p;
+	(void)w_dev;
+	(void)n_embd;
+	(void)x;
+	(void)probs_b;
+	(void)logits;
+	(void)sel;
+	(void)w;
+	(void)bad;
+	return no_cuda(err);
+}
+
+int ms_gpu_router_logits(struct ms_gpu_ctx *c, const float *w_dev,
+			 int64_t n_embd, uint32_t n_expert, const float *x,
+			 float *logits, struct ms_err *err)
+{
+	(void)c;
+	(void)w_dev;
+	(void)n_embd;
+	(void)n_expert;
+	(void)x;
+	(void)logits;
+	return no_cuda(err);
+}
+
 /* ---- the GPU tier (kernels/gpu_tier.cu, gpu_tier.h): every entry point
  * answers -ENOTSUP "built without CUDA" -------------------------------- */
 

@@ -1,7 +1,8 @@
 /*
  * gpu_ops.cu - the small kernels of a forward pass on the GPU: RMS norm,
  * residual adds and biases, per-head norm + NEOX RoPE, the KV-cache store,
- * attention over the cache, the MoE combine, and row gather/scatter.
+ * attention over the cache, the MoE router and its top-k, the MoE combine,
+ * and row gather/scatter.
  *
  * Each one keeps the arithmetic of the C forward pass (engine/forward.c) so
  * that a GPU pass can be held to the CPU's result:
@@ -31,6 +32,12 @@
  *    reduced in another order (a butterfly) and CUDA's exp/log1p may be
  *    an ulp from glibc's: the last bits of a double, so the choice is the
  *    host's and a weight is the same f32 but in the rarest case.
+ *  - the router's product for one token (route_gemv_topk_kernel): each
+ *    logit a sum in double of the f32 products, in a fixed order, rounded
+ *    to f32 (router.c's dots; the host's f32 matmul flushes its FMA chains
+ *    to double), and in the same launch the top-k above: one kernel where
+ *    cuBLAS's GEMV and the top-k were two, the router's weights loaded
+ *    before the PDL wait.
  *
  * Simple first: one block per row or per (token, head), grid-stride loops
  * beyond 65535 blocks. Attention for a single decode token uses n_head
@@ -72,6 +79,13 @@
 /* Tokens (warps) per routing CTA. */
 #define ROUTE_WARPS 4
 
+/* The router's product (route_gemv_topk_kernel): threads per CTA (one
+ * CTA per expert), and the float4 of the row each thread loads before the
+ * PDL wait (rows up to RG_THREADS * 4 * RG_EARLY = 8192 floats wholly;
+ * longer rows load the rest after it). */
+#define RG_THREADS 256
+#define RG_EARLY 8
+
 /* Dynamic shared memory: a norm's 32 doubles; attention's q, scores,
  * partial sums (floats), then 32 floats and 32 doubles for reductions. */
 #define NORM_SMEM (32 * sizeof(double))
@@ -79,6 +93,10 @@
 		  32 * sizeof(double))
 /* routing: each warp's selected weights, in double until the end */
 #define ROUTE_SMEM (ROUTE_WARPS * MS_ROUTER_MAX_USED * sizeof(double))
+/* the router's product: block_sum_d's 32 doubles, the weights, the
+ * logits, the last-CTA flag */
+#define RG_SMEM ((32 + MS_ROUTER_MAX_USED) * sizeof(double) + \
+		 ROUTE_MAX_EXPERT * sizeof(float) + 16)
 
 namespace {
 
@@ -594,7 +612,10 @@ __device__ void route_tail(double *wd, int k, int gating, bool norm,
 		wo[i] = (float)wd[i];
 }
 
-/* One warp per token, ROUTE_WARPS per CTA: ms_router_select's select_d.
+/* One token's choice by one warp: ms_router_select's select_d on its n
+ * logits lr (global or shared memory) and the bias pb (NULL: none), the
+ * ids best first into so[k], the weights into wo[k]; wd: k doubles of
+ * shared memory for the warp.
  *
  * Lane j holds experts j, j + 32, ... (ascending ids) in s[], a register
  * array indexed only by unrolled loops: first the logits, then the
@@ -609,6 +630,98 @@ __device__ void route_tail(double *wd, int k, int gating, bool norm,
  * lane ends with; the owner marks it taken (-inf; scores are finite).
  * Lane 0 writes the id and keeps the unbiased probability (route_prob
  * again from the logit) in shared memory, then route_tail. */
+__device__ void route_one(const float *lr, const float *__restrict__ pb,
+			  int n, int k, int gating, bool norm, float scale,
+			  int32_t *__restrict__ so, float *__restrict__ wo,
+			  int32_t *bad, double *wd)
+{
+	const int lane = (int)(threadIdx.x & 31);
+	double s[ROUTE_PER_LANE];
+	double mx = -INFINITY, sum = 0;
+	int nonfin = 0;
+#pragma unroll
+	for (int j = 0; j < ROUTE_PER_LANE; j++) {
+		const int e = j * 32 + lane;
+		s[j] = -INFINITY;
+		if (e >= n)
+			continue;
+		s[j] = (double)lr[e];
+		if (!isfinite(s[j]) || (pb && !isfinite(pb[e])))
+			nonfin = 1;
+		mx = s[j] > mx ? s[j] : mx;
+	}
+	for (int o = 16; o; o >>= 1)
+		nonfin |= __shfl_xor_sync(0xffffffffu, nonfin, o);
+	if (nonfin) { /* the whole warp: nonfin is the same in all */
+		for (int i = lane; i < k; i += 32) {
+			so[i] = i;
+			wo[i] = 0.0f;
+		}
+		if (lane == 0)
+			*bad = 1;
+		return;
+	}
+	if (gating == MS_GATING_SOFTMAX) {
+		for (int o = 16; o; o >>= 1) {
+			const double m = __shfl_xor_sync(0xffffffffu, mx, o);
+			mx = m > mx ? m : mx;
+		}
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane < n) {
+				s[j] = exp(s[j] - mx);
+				sum += s[j];
+			}
+		for (int o = 16; o; o >>= 1)
+			sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane < n)
+				s[j] /= sum;
+	} else if (gating != MS_GATING_SOFTMAX_WEIGHT) {
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane < n)
+				s[j] = route_prob(gating, s[j], 0, 0);
+	}
+	if (pb) {
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane < n)
+				s[j] += (double)pb[j * 32 + lane];
+	}
+
+	for (int i = 0; i < k; i++) {
+		double bs = -INFINITY;
+		int bi = INT32_MAX; /* none: this lane has none left */
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane < n && s[j] > bs) {
+				bs = s[j];
+				bi = j * 32 + lane;
+			}
+		for (int o = 16; o; o >>= 1) {
+			const double os = __shfl_xor_sync(0xffffffffu, bs, o);
+			const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+			if (os > bs || (os == bs && oi < bi)) {
+				bs = os;
+				bi = oi;
+			}
+		}
+#pragma unroll
+		for (int j = 0; j < ROUTE_PER_LANE; j++)
+			if (j * 32 + lane == bi)
+				s[j] = -INFINITY;
+		if (lane == 0) {
+			so[i] = bi;
+			wd[i] = route_prob(gating, (double)lr[bi], mx, sum);
+		}
+	}
+	if (lane == 0)
+		route_tail(wd, k, gating, norm, scale, wo);
+}
+
+/* One warp per token, ROUTE_WARPS per CTA: route_one on each row. */
 __global__ void __launch_bounds__(ROUTE_WARPS * 32)
 route_topk_kernel(const float *__restrict__ logits,
 		  const float *__restrict__ pb, int64_t T, int n, int k,
@@ -617,98 +730,89 @@ route_topk_kernel(const float *__restrict__ logits,
 {
 	msg_grid_wait();
 	extern __shared__ __align__(16) double route_sm[];
-	const int lane = (int)(threadIdx.x & 31), wid = (int)(threadIdx.x >> 5);
-	double *wd = route_sm + wid * MS_ROUTER_MAX_USED;
+	const int wid = (int)(threadIdx.x >> 5);
 	const int64_t step = (int64_t)gridDim.x * ROUTE_WARPS;
 	for (int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + wid; t < T;
-	     t += step) {
-		const float *lr = logits + t * n;
-		int32_t *so = sel + t * k;
-		float *wo = w + t * k;
-		double s[ROUTE_PER_LANE];
-		double mx = -INFINITY, sum = 0;
-		int nonfin = 0;
-#pragma unroll
-		for (int j = 0; j < ROUTE_PER_LANE; j++) {
-			const int e = j * 32 + lane;
-			s[j] = -INFINITY;
-			if (e >= n)
-				continue;
-			s[j] = (double)lr[e];
-			if (!isfinite(s[j]) || (pb && !isfinite(pb[e])))
-				nonfin = 1;
-			mx = s[j] > mx ? s[j] : mx;
-		}
-		for (int o = 16; o; o >>= 1)
-			nonfin |= __shfl_xor_sync(0xffffffffu, nonfin, o);
-		if (nonfin) { /* the whole warp: nonfin is the same in all */
-			for (int i = lane; i < k; i += 32) {
-				so[i] = i;
-				wo[i] = 0.0f;
-			}
-			if (lane == 0)
-				*bad = 1;
-			continue;
-		}
-		if (gating == MS_GATING_SOFTMAX) {
-			for (int o = 16; o; o >>= 1) {
-				const double m = __shfl_xor_sync(0xffffffffu, mx, o);
-				mx = m > mx ? m : mx;
-			}
-#pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane < n) {
-					s[j] = exp(s[j] - mx);
-					sum += s[j];
-				}
-			for (int o = 16; o; o >>= 1)
-				sum += __shfl_xor_sync(0xffffffffu, sum, o);
-#pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane < n)
-					s[j] /= sum;
-		} else if (gating != MS_GATING_SOFTMAX_WEIGHT) {
-#pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane < n)
-					s[j] = route_prob(gating, s[j], 0, 0);
-		}
-		if (pb) {
-#pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane < n)
-					s[j] += (double)pb[j * 32 + lane];
-		}
+	     t += step)
+		route_one(logits + t * n, pb, n, k, gating, norm, scale,
+			  sel + t * k, w + t * k, bad,
+			  route_sm + wid * MS_ROUTER_MAX_USED);
+}
 
-		for (int i = 0; i < k; i++) {
-			double bs = -INFINITY;
-			int bi = INT32_MAX; /* none: this lane has none left */
+/* The router's product and its choice in one launch, for one token: CTA
+ * r (of n) forms logit r = W[r] . h, each thread's share of the row in
+ * double, the block's sum in a fixed order (block_sum_d), rounded to f32
+ * as the host's router stores it. The row's first RG_EARLY float4 per
+ * thread are loaded before the PDL wait (W is a resident tensor: nothing
+ * on the device writes it), so the router's weights come in under the
+ * kernel before; h only after. Each CTA then takes a ticket (the
+ * split-K's pattern: a fence, an atomic count); the last one reads the n
+ * logits back from L2 into shared memory, sets the counter back to zero
+ * for the next launch and makes the choice with route_one: the same code,
+ * so the same bits, as ms_gpu_route_topk on these logits. With sel NULL
+ * the launch ends at the logits (ms_gpu_router_logits). */
+__global__ void __launch_bounds__(RG_THREADS)
+route_gemv_topk_kernel(const float *__restrict__ W, const float *h,
+		       int64_t E, const float *__restrict__ pb, int n, int k,
+		       int gating, bool norm, float scale, float *logits,
+		       int32_t *__restrict__ sel, float *__restrict__ w,
+		       int32_t *bad, unsigned *cnt)
+{
+	extern __shared__ __align__(16) double rg_sm[];
+	double *red = rg_sm, *wd = rg_sm + 32;
+	float *lg = (float *)(wd + MS_ROUTER_MAX_USED);
+	int *last = (int *)(lg + ROUTE_MAX_EXPERT);
+	const int tid = (int)threadIdx.x;
+	const int64_t n4 = E / 4;
+	const float4 *wr = (const float4 *)(W + (int64_t)blockIdx.x * E);
+	float4 wv[RG_EARLY];
 #pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane < n && s[j] > bs) {
-					bs = s[j];
-					bi = j * 32 + lane;
-				}
-			for (int o = 16; o; o >>= 1) {
-				const double os = __shfl_xor_sync(0xffffffffu, bs, o);
-				const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-				if (os > bs || (os == bs && oi < bi)) {
-					bs = os;
-					bi = oi;
-				}
-			}
-#pragma unroll
-			for (int j = 0; j < ROUTE_PER_LANE; j++)
-				if (j * 32 + lane == bi)
-					s[j] = -INFINITY;
-			if (lane == 0) {
-				so[i] = bi;
-				wd[i] = route_prob(gating, (double)lr[bi], mx, sum);
-			}
-		}
-		if (lane == 0)
-			route_tail(wd, k, gating, norm, scale, wo);
+	for (int j = 0; j < RG_EARLY; j++) {
+		const int64_t i = (int64_t)j * RG_THREADS + tid;
+		wv[j] = i < n4 ? __ldg(wr + i) : make_float4(0, 0, 0, 0);
 	}
+	msg_grid_wait();
+	const float4 *h4 = (const float4 *)h;
+	double acc = 0;
+#pragma unroll
+	for (int j = 0; j < RG_EARLY; j++) {
+		const int64_t i = (int64_t)j * RG_THREADS + tid;
+		if (i < n4) {
+			const float4 x = h4[i];
+			acc = fma((double)wv[j].x, (double)x.x, acc);
+			acc = fma((double)wv[j].y, (double)x.y, acc);
+			acc = fma((double)wv[j].z, (double)x.z, acc);
+			acc = fma((double)wv[j].w, (double)x.w, acc);
+		}
+	}
+	for (int64_t i = (int64_t)RG_EARLY * RG_THREADS + tid; i < n4;
+	     i += RG_THREADS) {
+		const float4 a = __ldg(wr + i), x = h4[i];
+		acc = fma((double)a.x, (double)x.x, acc);
+		acc = fma((double)a.y, (double)x.y, acc);
+		acc = fma((double)a.z, (double)x.z, acc);
+		acc = fma((double)a.w, (double)x.w, acc);
+	}
+	const double s = block_sum_d(acc, red);
+	if (tid == 0)
+		logits[blockIdx.x] = (float)s;
+	if (!sel) /* the logits alone (ms_gpu_router_logits) */
+		return;
+	if (tid == 0) {
+		__threadfence(); /* the logit is device-wide before the count */
+		*last = atomicAdd(cnt, 1u) == (unsigned)n - 1;
+	}
+	__syncthreads();
+	if (!*last)
+		return;
+	__threadfence();
+	for (int i = tid; i < n; i += RG_THREADS)
+		lg[i] = __ldcg(logits + i); /* from L2: the other CTAs' */
+	if (tid == 0)
+		*cnt = 0;
+	__syncthreads();
+	if (tid < 32)
+		route_one(lg, pb, n, k, gating, norm, scale, sel, w, bad, wd);
 }
 
 /* ---- host side ------------------------------------------------------------ */
@@ -1209,17 +1313,10 @@ extern "C" int ms_gpu_scatter_rows(struct ms_gpu_ctx *c, const float *src,
 	return rows_call(c, "gpu scatter_rows", src, rows, n, E, dst, true, err);
 }
 
-extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
-				 const struct ms_router_params *p,
-				 const float *logits, const float *probs_b,
-				 int64_t T, int32_t *sel, float *w,
-				 int32_t *bad, struct ms_err *err)
+/* router.c's check_params, and the kernels' bound on n_expert. */
+static int route_check(const char *who, const struct ms_router_params *p,
+		       int64_t T, struct ms_err *err)
 {
-	static const char who[] = "gpu route_topk";
-	int rc = ops_enter(c, who, err);
-	if (rc)
-		return rc;
-	/* router.c's check_params, and the kernel's bound on n_expert */
 	if (!p)
 		return ms_err_set(err, -EINVAL, "%s: NULL params", who);
 	if (p->gating <= MS_GATING_NONE || p->gating >= MS_GATING_COUNT)
@@ -1243,10 +1340,88 @@ extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
 	if (!dims_ok(p->n_expert, T))
 		return ms_err_set(err, -EINVAL, "%s: %lld tokens of %u logits",
 				  who, (long long)T, p->n_expert);
+	return 0;
+}
+
+extern "C" int ms_gpu_route_topk(struct ms_gpu_ctx *c,
+				 const struct ms_router_params *p,
+				 const float *logits, const float *probs_b,
+				 int64_t T, int32_t *sel, float *w,
+				 int32_t *bad, struct ms_err *err)
+{
+	static const char who[] = "gpu route_topk";
+	int rc = ops_enter(c, who, err);
+	if (rc || (rc = route_check(who, p, T, err)))
+		return rc;
 	NONNULL(who, "logits,sel,w,bad", logits, sel, w, bad);
 	return ops_launch(c, who, err, route_topk_kernel,
 			  blocks_for(T, ROUTE_WARPS), ROUTE_WARPS * 32,
 			  ROUTE_SMEM, logits, probs_b, T, (int)p->n_expert,
 			  (int)p->n_used, (int)p->gating, p->norm, p->scale,
 			  sel, w, bad);
+}
+
+/* The router product's shape and alignment (route_gemv_topk_kernel's
+ * float4 loads). */
+static int gemv_check(const char *who, const float *w_dev, int64_t n_embd,
+		      uint32_t n_expert, const float *x, struct ms_err *err)
+{
+	if (n_embd < 4 || n_embd % 4 || !dims_ok(n_embd, n_expert))
+		return ms_err_set(err, -EINVAL,
+				  "%s: rows of %lld floats: expected a multiple "
+				  "of 4",
+				  who, (long long)n_embd);
+	if ((uintptr_t)w_dev % 16 || (uintptr_t)x % 16)
+		return ms_err_set(err, -EINVAL,
+				  "%s: the weights (%p) and the input (%p) must "
+				  "be 16-byte aligned (float4 loads)",
+				  who, (const void *)w_dev, (const void *)x);
+	return 0;
+}
+
+extern "C" int ms_gpu_route_gemv_topk(struct ms_gpu_ctx *c,
+				      const struct ms_router_params *p,
+				      const float *w_dev, int64_t n_embd,
+				      const float *x, const float *probs_b,
+				      float *logits, int32_t *sel, float *w,
+				      int32_t *bad, struct ms_err *err)
+{
+	static const char who[] = "gpu route_gemv_topk";
+	int rc = ops_enter(c, who, err);
+	if (rc || (rc = route_check(who, p, 1, err)))
+		return rc;
+	NONNULL(who, "w_dev,x,logits,sel,w,bad", w_dev, x, logits, sel, w,
+		bad);
+	if ((rc = gemv_check(who, w_dev, n_embd, p->n_expert, x, err)))
+		return rc;
+	unsigned *cnt;
+	if ((rc = msg_ctx_route_cnt(c, &cnt, err)))
+		return rc;
+	return ops_launch(c, who, err, route_gemv_topk_kernel,
+			  (unsigned)p->n_expert, RG_THREADS, RG_SMEM, w_dev, x,
+			  n_embd, probs_b, (int)p->n_expert, (int)p->n_used,
+			  (int)p->gating, p->norm, p->scale, logits, sel, w,
+			  bad, cnt);
+}
+
+extern "C" int ms_gpu_router_logits(struct ms_gpu_ctx *c, const float *w_dev,
+				    int64_t n_embd, uint32_t n_expert,
+				    const float *x, float *logits,
+				    struct ms_err *err)
+{
+	static const char who[] = "gpu router_logits";
+	int rc = ops_enter(c, who, err);
+	if (rc)
+		return rc;
+	if (n_expert < 1 || n_expert > 65535)
+		return ms_err_set(err, -EINVAL, "%s: n_expert %u: expected "
+				  "1..65535", who, n_expert);
+	NONNULL(who, "w_dev,x,logits", w_dev, x, logits);
+	if ((rc = gemv_check(who, w_dev, n_embd, n_expert, x, err)))
+		return rc;
+	return ops_launch(c, who, err, route_gemv_topk_kernel, n_expert,
+			  RG_THREADS, RG_SMEM, w_dev, x, n_embd,
+			  (const float *)nullptr, (int)n_expert, 0, 0, false,
+			  0.0f, logits, (int32_t *)nullptr, (float *)nullptr,
+			  (int32_t *)nullptr, (unsigned *)nullptr);
 }

@@ -15,9 +15,10 @@
  *    CPU's own 8-bit path too, whose rounding is per 256 values, not 32);
  *  - greedy (tiny): 32 tokens from an 8-token prompt, the same ids;
  *  - the default engine has room for every expert: it loads them all at
- *    open and routes one-token steps on the GPU (ms_gpu_route_topk, the
- *    experts through a device table), from the second such step on
- *    replayed from a CUDA graph;
+ *    open and routes one-token steps on the GPU (the router's product and
+ *    top-k in one launch, ms_gpu_route_gemv_topk; the experts through a
+ *    device table), from the second such step on replayed from a CUDA
+ *    graph;
  *  - (tiny) a VRAM expert cache of only two layers' experts (every layer
  *    evicts and copies in again; routing on the host): the same logits,
  *    bit for bit, as with room for every expert (routing on the GPU),
@@ -211,6 +212,10 @@ static void run_model(const char *name, const char *path, bool full)
 	float *a = forced(cpu, ids, V), *b = forced(gpu, ids, V);
 	T_CHECK(ms_engine_info(gpu)->gpu_graph, "%s: the one-token steps were "
 		"not replayed from a CUDA graph", name);
+	/* every preset's router is f32: the one-launch router
+	 * (ms_gpu_route_gemv_topk) made those steps' choices */
+	T_CHECK(ms_engine_info(gpu)->gpu_router_fused, "%s: the one-token "
+		"steps did not route with the one-launch router", name);
 	double worst = 1, maxd = 0;
 	int same = 0, ties = 0;
 	for (int p = 0; p < N_POS; p++) {
@@ -543,6 +548,16 @@ static void bench_decode(const char *path)
 			"bench gpu-decode: PDL %s, %g tok/s without it",
 			cJSON_IsTrue(pd) ? "on" : "off",
 			jnum(j, "resident_nopdl_tokps"));
+		/* tiny's routers are f32: the one-launch router, and its
+		 * baseline through cuBLAS */
+		const cJSON *rf = cJSON_GetObjectItemCaseSensitive(
+			j, "resident_router_fused");
+		T_CHECK(cJSON_IsTrue(rf) &&
+				jnum(j, "resident_router_cublas_tokps") > 0,
+			"bench gpu-decode: the one-launch router %s, %g tok/s "
+			"through cuBLAS",
+			cJSON_IsTrue(rf) ? "used" : "not used",
+			jnum(j, "resident_router_cublas_tokps"));
 		printf("tiny     bench gpu-decode: no copy with every expert in "
 		       "VRAM (a step's CUDA graph of %g nodes); streaming %g "
 		       "copies in and %g hits from moestreamd, %g and %g from "

@@ -22,6 +22,11 @@
  *    other rows unaffected), a NaN bias (every row so), *bad left alone
  *    when no row is bad, nothing written past T rows: ids exact, weights
  *    exact or (rarely) 1 ulp, see check_route_topk;
+ *  - the router's product and top-k in one launch (route_gemv_topk): the
+ *    logits within 1 ulp of the double sums, the choice route_topk's bits
+ *    on them, after a kernel that writes its input (PDL), launched twice,
+ *    a NaN input; its logits alone (router_logits) the same bits
+ *    (check_route_gemv);
  *  - the launches that do two or three of these at once (an attention's
  *    biases, RoPE of q and k, the K and V stores): the bits of the single
  *    calls;
@@ -1213,6 +1218,188 @@ static void check_route_topk(void)
 	free(ref_w);
 }
 
+
+/* The router's product and its choice in one launch
+ * (ms_gpu_route_gemv_topk), for one token, against:
+ *  - the logits: the host's double sum of each row, rounded to f32; the
+ *    device adds the same products in another order, so a logit is the
+ *    same f32 or (its double that close to a rounding boundary) 1 ulp off;
+ *  - the choice: ms_gpu_route_topk on the launch's own logits, bit for bit
+ *    (the same code), and ms_router_select's ids on them;
+ *  - the input written by the kernel just before (an RMS norm, launched
+ *    PDL where the context is): the emulator runs one CTA of the router up
+ *    to its wait before that norm, so a read of x before the wait gives
+ *    other logits; with PDL off, the same bits;
+ *  - a second launch: the same bits (the ticket counter set back);
+ *  - a NaN in x: every logit NaN, ids 0..k-1, weight 0, *bad set;
+ *  - ms_gpu_router_logits: the same logits, bit for bit.
+ * Rows of 64 to 10240 floats (past the part loaded before the wait), 8 to
+ * 1024 experts. */
+static void check_route_gemv(void)
+{
+	static const struct {
+		uint32_t n, k;
+		int64_t E;
+		enum ms_gating g;
+		bool bias, norm;
+		float scale;
+	} cs[] = {
+		{ 160, 8, 5120, MS_GATING_SIGMOID, true, true, 2.5f },
+		{ 128, 8, 2048, MS_GATING_SOFTMAX, false, true, 0.0f },
+		{ 8, 2, 64, MS_GATING_SOFTMAX, false, false, 1.0f },
+		{ 1024, 64, 256, MS_GATING_SQRT_SOFTPLUS, false, true, 1.0f },
+		{ 64, 4, 10240, MS_GATING_SOFTMAX_WEIGHT, false, false, 0.0f },
+	};
+	int64_t lg_n = 0, lg_exact = 0, lg_ulp1 = 0, choices = 0;
+	int pdl_runs = 0;
+	const bool pdl0 = ms_gpu_ctx_pdl(ctx);
+	for (size_t ci = 0; ci < sizeof(cs) / sizeof(cs[0]); ci++) {
+		const uint32_t n = cs[ci].n, k = cs[ci].k;
+		const int64_t E = cs[ci].E;
+		const struct ms_router_params p = {
+			.gating = cs[ci].g, .norm = cs[ci].norm,
+			.scale = cs[ci].scale, .n_expert = n, .n_used = k,
+		};
+		float *W = rand_floats((int64_t)n * E, 0.05f);
+		float *x0 = rand_floats(E, 2.0f), *nw = rand_floats(E, 1.0f);
+		float *bias = cs[ci].bias ? rand_floats(n, 0.25f) : NULL;
+		float *dW = t_dev_from(W, (size_t)(n * E) * sizeof(float));
+		float *dx0 = t_dev_from(x0, (size_t)E * sizeof(float));
+		float *dnw = t_dev_from(nw, (size_t)E * sizeof(float));
+		float *dx = t_dev_from(nw, (size_t)E * sizeof(float)); /* stale */
+		float *db = bias ? t_dev_from(bias, n * sizeof(float)) : NULL;
+		float *dl = t_dev_alloc(n * sizeof(float));
+		int32_t *dsel = t_dev_alloc(2 * k * sizeof(int32_t));
+		float *dw = t_dev_alloc(2 * k * sizeof(float));
+		int32_t *dbad = t_dev_alloc(sizeof(int32_t));
+		float *x = t_xmalloc((size_t)E * sizeof(float));
+		float *gl = t_xmalloc(n * sizeof(float));
+		float *gl2 = t_xmalloc(n * sizeof(float));
+		/* the two runs' choices, one after the other as on the device */
+		int32_t gsel[2 * MS_ROUTER_MAX_USED], gsel2[MS_ROUTER_MAX_USED];
+		float gw[2 * MS_ROUTER_MAX_USED], gw2[MS_ROUTER_MAX_USED];
+		uint32_t ref_id[MS_ROUTER_MAX_USED];
+		float ref_w[MS_ROUTER_MAX_USED];
+		const int32_t zero = 0;
+		t_dev_up(dbad, &zero, sizeof(zero));
+		/* PDL (where the device has it), then without: the same bits */
+		for (int run = 0; run < 2; run++) {
+			struct ms_err e2 = { 0 };
+			if (run == 1 &&
+			    ms_gpu_ctx_set_pdl(ctx, false, &e2) != 0)
+				t_fatal("set_pdl: %s", e2.msg);
+			pdl_runs += ms_gpu_ctx_pdl(ctx);
+			GPU_OK(ms_gpu_rms_norm(ctx, dx0, dnw, dx, E, 1, 1e-5f,
+					       err));
+			GPU_OK(ms_gpu_route_gemv_topk(ctx, &p, dW, E, dx, db, dl,
+						      dsel + run * k,
+						      dw + run * k, dbad, err));
+			t_dev_to(ctx, run ? gl2 : gl, dl, n * sizeof(float));
+		}
+		if (pdl0)
+			GPU_OK(ms_gpu_ctx_set_pdl(ctx, true, err));
+		t_dev_to(ctx, gsel, dsel, 2 * k * sizeof(int32_t));
+		t_dev_to(ctx, gw, dw, 2 * k * sizeof(float));
+		t_dev_to(ctx, x, dx, (size_t)E * sizeof(float));
+		T_CHECK(!memcmp(gl, gl2, n * sizeof(float)) &&
+				!memcmp(gsel, gsel + k, k * sizeof(int32_t)) &&
+				!memcmp(gw, gw + k, k * sizeof(float)),
+			"route_gemv n=%u E=%lld: the second launch (PDL %s) "
+			"differs from the first",
+			n, (long long)E, pdl0 ? "off" : "off again");
+		/* the logits against the host's double sums of the normed x */
+		int64_t worst = -1;
+		uint32_t worst_d = 0;
+		for (uint32_t r = 0; r < n; r++) {
+			double acc = 0;
+			for (int64_t i = 0; i < E; i++)
+				acc += (double)W[r * E + i] * (double)x[i];
+			const uint32_t d = ulps_apart(gl[r], (float)acc);
+			lg_n++;
+			lg_exact += d == 0;
+			lg_ulp1 += d == 1;
+			if (d > worst_d) {
+				worst_d = d;
+				worst = r;
+			}
+		}
+		T_CHECK(worst_d <= 1,
+			"route_gemv n=%u E=%lld: logit %lld is %u ulps from the "
+			"double sum",
+			n, (long long)E, (long long)worst, worst_d);
+		/* the logits alone (ms_gpu_router_logits): the same bits */
+		GPU_OK(ms_gpu_router_logits(ctx, dW, E, n, dx, dl, err));
+		t_dev_to(ctx, gl2, dl, n * sizeof(float));
+		T_CHECK(!memcmp(gl, gl2, n * sizeof(float)),
+			"router_logits n=%u E=%lld: not route_gemv_topk's logits",
+			n, (long long)E);
+		/* the choice: route_topk's on these logits, bit for bit */
+		GPU_OK(ms_gpu_route_topk(ctx, &p, dl, db, 1, dsel + k, dw + k,
+					 dbad, err));
+		t_dev_to(ctx, gsel2, dsel + k, k * sizeof(int32_t));
+		t_dev_to(ctx, gw2, dw + k, k * sizeof(float));
+		T_CHECK(!memcmp(gsel, gsel2, k * sizeof(int32_t)) &&
+				!memcmp(gw, gw2, k * sizeof(float)),
+			"route_gemv n=%u E=%lld: its choice differs from "
+			"route_topk's on the same logits",
+			n, (long long)E);
+		struct ms_err e3 = { 0 };
+		T_CHECK(ms_router_select(&p, gl, bias, ref_id, ref_w, &e3) == 0,
+			"ms_router_select: %s", e3.msg);
+		for (uint32_t i = 0; i < k; i++)
+			T_CHECK(gsel[i] == (int32_t)ref_id[i] &&
+					ulps_apart(gw[i], ref_w[i]) <= 1,
+				"route_gemv n=%u: choice %u is %d w %.9g, "
+				"ms_router_select's %u w %.9g",
+				n, i, gsel[i], (double)gw[i], ref_id[i],
+				(double)ref_w[i]);
+		choices += k;
+		int32_t gbad = -1;
+		t_dev_to(ctx, &gbad, dbad, sizeof(gbad));
+		T_CHECK(gbad == 0, "route_gemv n=%u: *bad %d on finite input",
+			n, gbad);
+		/* a NaN in the input: every logit NaN, the fallback row */
+		x[E / 3] = NAN;
+		t_dev_up(dx, x, (size_t)E * sizeof(float));
+		GPU_OK(ms_gpu_route_gemv_topk(ctx, &p, dW, E, dx, db, dl, dsel,
+					      dw, dbad, err));
+		t_dev_to(ctx, gl, dl, n * sizeof(float));
+		t_dev_to(ctx, gsel, dsel, k * sizeof(int32_t));
+		t_dev_to(ctx, gw, dw, k * sizeof(float));
+		t_dev_to(ctx, &gbad, dbad, sizeof(gbad));
+		bool fallback = gbad == 1;
+		for (uint32_t r = 0; r < n; r++)
+			fallback &= isnan(gl[r]);
+		for (uint32_t i = 0; i < k; i++)
+			fallback &= gsel[i] == (int32_t)i && gw[i] == 0.0f;
+		T_CHECK(fallback,
+			"route_gemv n=%u: a NaN input gave *bad %d, id0 %d w0 %g",
+			n, gbad, gsel[0], (double)gw[0]);
+		ms_gpu_free(dW);
+		ms_gpu_free(dx0);
+		ms_gpu_free(dnw);
+		ms_gpu_free(dx);
+		ms_gpu_free(db);
+		ms_gpu_free(dl);
+		ms_gpu_free(dsel);
+		ms_gpu_free(dw);
+		ms_gpu_free(dbad);
+		free(W);
+		free(x0);
+		free(nw);
+		free(bias);
+		free(x);
+		free(gl);
+		free(gl2);
+	}
+	printf("route_gemv_topk: %zu cases (n_expert 8..1024, rows of 64..10240, "
+	       "after an RMS norm; PDL in %d launches): logits %lld exact and "
+	       "%lld 1 ulp from the double sums of %lld; %lld choices "
+	       "route_topk's bits and ms_router_select's ids\n",
+	       sizeof(cs) / sizeof(cs[0]), pdl_runs, (long long)lg_exact,
+	       (long long)lg_ulp1, (long long)lg_n, (long long)choices);
+}
+
 /* ---- argument checks ------------------------------------------------------------ */
 
 static int n_arg_checks;
@@ -1424,6 +1611,45 @@ static void check_errors(void)
 	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, NULL, f, pos, &err));
 	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, pos, NULL, pos, &err));
 	E_(ms_gpu_route_topk(ctx, &rp, f, NULL, 1, pos, f, NULL, &err));
+	/* the router's product: the same params, rows of a multiple of 4
+	 * floats, 16-byte aligned weights and input */
+	E_(ms_gpu_route_gemv_topk(NULL, &rp, f, 64, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, NULL, f, 64, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, RQ_(n_used, 0), f, 64, f, NULL, f, pos,
+				  f, pos, &err));
+	E_(ms_gpu_route_gemv_topk(ctx, RQ_(n_expert, 1025), f, 64, f, NULL, f,
+				  pos, f, pos, &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 0, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 62, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f + 1, 60, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 60, f + 2, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, NULL, 64, f, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 64, NULL, NULL, f, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 64, f, NULL, NULL, pos, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 64, f, NULL, f, NULL, f, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 64, f, NULL, f, pos, NULL, pos,
+				  &err));
+	E_(ms_gpu_route_gemv_topk(ctx, &rp, f, 64, f, NULL, f, pos, f, NULL,
+				  &err));
+	E_(ms_gpu_router_logits(NULL, f, 64, 8, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 64, 0, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 64, 65536, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 62, 8, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f + 1, 60, 8, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 60, 8, f + 3, f, &err));
+	E_(ms_gpu_router_logits(ctx, NULL, 64, 8, f, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 64, 8, NULL, f, &err));
+	E_(ms_gpu_router_logits(ctx, f, 64, 8, f, NULL, &err));
 #undef RQ_
 #undef E_
 	/* the stream is still good after all that */
@@ -1492,6 +1718,11 @@ static void check_stubs(void)
 					     .n_used = 1 };
 	t_check_no_cuda(ms_gpu_route_topk(c, &rp, f, NULL, 1, p, f, p, &err),
 			&err, "ms_gpu_route_topk");
+	t_check_no_cuda(ms_gpu_route_gemv_topk(c, &rp, f, 64, f, NULL, f, p, f,
+					       p, &err),
+			&err, "ms_gpu_route_gemv_topk");
+	t_check_no_cuda(ms_gpu_router_logits(c, f, 64, 8, f, f, &err), &err,
+			"ms_gpu_router_logits");
 }
 
 int main(void)
@@ -1527,6 +1758,7 @@ int main(void)
 	check_qkv_post();
 	check_rows();
 	check_route_topk();
+	check_route_gemv();
 	check_errors();
 	printf("worst attention relative L2 %.2e (bound %.0e); %d attention_q "
 	       "cases with their prepared output the same as a product's own "

@@ -346,6 +346,7 @@ int bench_gpu_decode_main(int argc, char **argv)
 	double tokps_a = N / a.decode_s, bound = best * 1e9 / bytes;
 	bool all_a = in->vram_all_experts, graph_a = ms_engine_info(e)->gpu_graph;
 	bool pdl_a = ms_engine_info(e)->gpu_pdl;
+	bool fused_a = ms_engine_info(e)->gpu_router_fused;
 	char pdl_note[sizeof(ms_engine_info(e)->gpu_pdl_note)];
 	snprintf(pdl_note, sizeof(pdl_note), "%s", ms_engine_info(e)->gpu_pdl_note);
 	uint32_t nodes_a = ms_engine_info(e)->gpu_graph_nodes;
@@ -358,12 +359,16 @@ int bench_gpu_decode_main(int argc, char **argv)
 	/* 1b. the same with the step's kernels launched one by one, and 1c.
 	 * without PDL (each kernel waiting for the one before to end): the
 	 * baselines of the graph's and PDL's gains */
-	double tokps_e = 0, tokps_n = 0;
-	struct ms_engine_config ce = cfg, cn = cfg;
+	double tokps_e = 0, tokps_n = 0, tokps_r = 0;
+	struct ms_engine_config ce = cfg, cn = cfg, cr = cfg;
 	ce.gpu_no_graph = true;
 	cn.gpu_no_pdl = true;
+	/* 1e. the router's product through cuBLAS and its top-k apart: the
+	 * baseline of the one-launch router's gain */
+	cr.gpu_router_cublas = true;
 	if ((graph_a && baseline(&ce, ids, P, N, logits, &tokps_e, &err)) ||
-	    (pdl_a && baseline(&cn, ids, P, N, logits, &tokps_n, &err))) {
+	    (pdl_a && baseline(&cn, ids, P, N, logits, &tokps_n, &err)) ||
+	    (fused_a && baseline(&cr, ids, P, N, logits, &tokps_r, &err))) {
 		tool_error(CMD, "%s", err.msg);
 		goto out;
 	}
@@ -418,6 +423,11 @@ int bench_gpu_decode_main(int argc, char **argv)
 			       "waits for the one before to end): %.2f tok/s; "
 			       "ratio %.3f; PDL's gain x%.3f\n", tokps_n,
 			       tokps_n / bound, tokps_a / tokps_n);
+		if (fused_a)
+			printf("resident   the same with the router's product "
+			       "through cuBLAS and its top-k apart: %.2f tok/s; "
+			       "ratio %.3f; the one-launch router's gain x%.3f\n",
+			       tokps_r, tokps_r / bound, tokps_a / tokps_r);
 		if (profile)
 			print_profile(&prof, prof_step, best);
 		fflush(stdout);
@@ -498,6 +508,13 @@ int bench_gpu_decode_main(int argc, char **argv)
 			cJSON_AddNumberToObject(j, "resident_nopdl_tokps", tokps_n);
 			cJSON_AddNumberToObject(j, "resident_nopdl_ratio",
 						tokps_n / bound);
+		}
+		cJSON_AddBoolToObject(j, "resident_router_fused", fused_a);
+		if (fused_a) {
+			cJSON_AddNumberToObject(j, "resident_router_cublas_tokps",
+						tokps_r);
+			cJSON_AddNumberToObject(j, "resident_router_cublas_ratio",
+						tokps_r / bound);
 		}
 		if (profile) {
 			cJSON_AddItemToObject(j, "profile", profile_json(&prof));

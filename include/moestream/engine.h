@@ -210,6 +210,11 @@ struct ms_engine_config {
 				   launch: ms_gpu_ctx_set_pdl); true: each
 				   waits for the one before, as plain
 				   launches do */
+	bool gpu_router_cublas; /* with every expert in VRAM, a one-token
+				   step's f32 router is one launch, its
+				   product and top-k (ms_gpu_route_gemv_topk);
+				   true: the product through cuBLAS, then the
+				   top-k (a baseline for bench gpu-decode) */
 	bool gpu_profile;       /* one-token steps launched one by one (no
 				   graph) with a GPU event between the parts
 				   of each block: ms_engine_gpu_profile */
@@ -252,6 +257,9 @@ struct ms_engine_info {
 	bool gpu_pdl;                 /* kernels launched with programmatic
 					 dependent launch (gpu_no_pdl) */
 	char gpu_pdl_note[192];       /* why not, when not ("" when on) */
+	bool gpu_router_fused;        /* a step has routed with the router's
+					 product and top-k in one launch
+					 (gpu_router_cublas) */
 	char vram_copy_mode[256];     /* where copies into VRAM read from: the
 					 GPU tier's host_mode ("registered
 					 ..." or "pageable: <why>") */

@@ -691,6 +691,32 @@ int ms_gpu_route_topk(struct ms_gpu_ctx *c, const struct ms_router_params *p,
 		      const float *logits, const float *probs_b, int64_t T,
 		      int32_t *sel, float *w, int32_t *bad, struct ms_err *err);
 
+/* The router's product and its top-k in one launch, for one token (the
+ * decode step): logits [n_expert] = W . x, W the router's f32 rows
+ * [n_expert][n_embd] on the device, x [n_embd]; each logit a sum in
+ * double, in a fixed order, rounded to f32 (ms_router_run's dots, to the
+ * last bits of a double); then ms_gpu_route_topk's choice on those
+ * logits, the same code and so the same bits (sel, w, bad as there). W
+ * is read before the kernel's PDL wait, so it must be a tensor nothing on
+ * the device writes (a model's resident router). n_embd a multiple of 4;
+ * W and x 16-byte aligned. Uses a counter of the context's workspace:
+ * not for two launches at once on one context. 0, -EINVAL, -ENOMEM,
+ * -EIO. */
+int ms_gpu_route_gemv_topk(struct ms_gpu_ctx *c,
+			   const struct ms_router_params *p, const float *w_dev,
+			   int64_t n_embd, const float *x,
+			   const float *probs_b, float *logits, int32_t *sel,
+			   float *w, int32_t *bad, struct ms_err *err);
+
+/* Its logits alone: logits [n_expert] = W . x for one token, the same bits
+ * as ms_gpu_route_gemv_topk's (n_expert 1..65535, the same shape and
+ * alignment; no counter). For a step that routes on the host, so that its
+ * logits are those of a step that routes on the device. 0, -EINVAL,
+ * -EIO. */
+int ms_gpu_router_logits(struct ms_gpu_ctx *c, const float *w_dev,
+			 int64_t n_embd, uint32_t n_expert, const float *x,
+			 float *logits, struct ms_err *err);
+
 /* ms_gpu_experts_ffn for one token whose experts the device chose: expert
  * i of the call (i < n) is entry sel[i] (int32, device memory) of tab, a
  * device array of three projection addresses per expert {gate, up, down}
