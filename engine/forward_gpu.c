@@ -505,8 +505,14 @@ static int all_in(struct ms_engine *e, struct ms_err *err)
 							  half * (uint64_t)v->n_ff
 						: v->data[1];
 				t[2] = v->data[v->fused ? 1 : 2];
-				if (x0 + i == 0)
+				if (x0 + i == 0) {
 					g->proto[layer] = *v;
+					/* every expert loaded here, none
+					 * copied again while g->all: the
+					 * matvec may read them before its
+					 * PDL wait */
+					g->proto[layer].resident = true;
+				}
 			}
 		}
 	}
@@ -751,10 +757,13 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 			return rc;
 		part_end(e, MS_GPU_PART_SHARED, shared_bytes(k));
 	}
+	/* with a shared expert between the top-k and these, sel is
+	 * complete before their first launch can start (PDL): it loads its
+	 * first weights under the shared expert's down */
 	if ((rc = ms_gpu_experts_ffn_sel(c, &g->proto[layer],
 					 g->tab + (size_t)layer * X * 3, g->dsel,
 					 (int)K, g->h, hq_of(g, 1), g->ylist,
-					 err)))
+					 shared, err)))
 		return rc;
 	part_end(e, MS_GPU_PART_EXPERTS,
 		 (uint64_t)K * e->model->layers[layer].expert_bytes);

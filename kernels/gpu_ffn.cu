@@ -414,13 +414,14 @@ int matvec_ok(const struct ms_gpu_expert *e, int n, const struct plan *p,
 }
 
 /* The experts' matrices come from e[0..n), or with tab (device memory)
- * from its entries sel[i] (e then only gives the shape and types). With
- * xq_in (one x for all: x_stride 0), x is read as already prepared
- * there. */
+ * from its entries sel[i] (e then only gives the shape, the types and
+ * resident). With xq_in (one x for all: x_stride 0), x is read as already
+ * prepared there. sel_before (with tab): sel was written by a launch
+ * before the last one ahead of this call (ms_gpu_experts_ffn_sel). */
 int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	       const struct plan *p, const float *x, const void *xq_in,
 	       int64_t x_stride, float *y, bool q8, const void *const *tab,
-	       const int32_t *sel, struct ms_err *err)
+	       const int32_t *sel, bool sel_before, struct ms_err *err)
 {
 	const int64_t E = p->E, F = p->F, B = p->B;
 	const int n_sets = x_stride ? n : 1;
@@ -449,8 +450,11 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	gu.chunk = c->mv_chunk;
 	gu.q8 = q8;
 	gu.pdl = c->pdl;
-	gu.early = !tab;
-	for (int i = 0; i < n && !tab; i++)
+	/* the first chunk before the PDL wait: resident weights (with tab,
+	 * the table's experts); the gate/up launch of a table's experts
+	 * only where sel's writer is not the launch just ahead of it (below) */
+	gu.early = true;
+	for (int i = 0; i < (tab ? 1 : n); i++)
 		gu.early = gu.early && e[i].resident;
 	gu.xq_stride = n_sets > 1 ? B * (E / 32) : 0;
 	gu.out_stride = B * F;
@@ -503,6 +507,13 @@ int run_matvec(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e, int n,
 	uint8_t *ws = (uint8_t *)c->ws;
 	const bool given = xq_in && n_sets == 1;
 	const void *xq = given ? xq_in : ws + o_xq;
+	/* a table's gate/up launch reads sel before its wait only where a
+	 * launch lies between it and sel's writer: the caller's (sel_before)
+	 * or x's preparation; up (mixed) and down come after gate/up, so
+	 * always do (a PDL launch starts once the one ahead of it has
+	 * waited, so what came before that one is complete) */
+	if (tab && given && !sel_before)
+		gu.early = false;
 	void *hq = ws + o_hq;
 	float *h = (float *)(ws + o_h);
 	float *u = mixed ? (float *)(ws + o_u) : nullptr;
@@ -1031,7 +1042,7 @@ static int experts_ffn(struct ms_gpu_ctx *c, const struct ms_gpu_expert *e,
 				    err)
 		       : run_matvec(c, e, n_experts, &p, x_dev, xq, x_stride,
 				    y_dev, path == MS_GPU_FFN_MATVEC_Q8, nullptr,
-				    nullptr, err);
+				    nullptr, false, err);
 }
 
 extern "C" int ms_gpu_experts_ffn(struct ms_gpu_ctx *c,
@@ -1058,7 +1069,8 @@ extern "C" int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 				      const struct ms_gpu_expert *proto,
 				      const void *const *tab, const int32_t *sel,
 				      int n, const float *x_dev, const void *xq,
-				      float *y_dev, struct ms_err *err)
+				      float *y_dev, bool sel_before,
+				      struct ms_err *err)
 {
 	int rc = ctx_enter(c, err);
 	if (rc)
@@ -1080,7 +1092,7 @@ extern "C" int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 	    (rc = matvec_ok(&e, 1, &p, err)))
 		return rc;
 	return run_matvec(c, &e, n, &p, x_dev, xq, 0, y_dev, c->q8, tab, sel,
-			  err);
+			  sel_before, err);
 }
 
 extern "C" int ms_gpu_expert_ffn(struct ms_gpu_ctx *c,

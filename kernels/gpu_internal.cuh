@@ -89,10 +89,17 @@ static inline int msg_find_device(int device, const char *prefix, int *n,
  * it wrote, and before it writes anything. The wait returns once the
  * kernel before has completed and its writes are visible (that kernel
  * waited for the one before it in turn), and at once when the launch
- * was not PDL. The one thing read before it: weights that nothing on the
- * device writes (the matvec's first chunk, msg_mv_call.early). The CPU
- * emulator of CUDA starts one CTA of each PDL launch before the kernel
- * ahead of it runs at all, and checks that every thread waited.
+ * was not PDL. What is read before it: weights that nothing on the
+ * device writes (the matvec's first chunk, msg_mv_call.early; the
+ * router's rows, gpu_ops.cu's route_gemv_topk_kernel), and what a launch
+ * two or more ahead wrote (a table matvec's sel, msg_mv_call.early): the
+ * launch just ahead lets this one start only after its own wait (a PDL
+ * launch of ours triggers right after it) or, a plain launch, after it
+ * started, once the launch ahead of it had ended; either way everything
+ * before the launch just ahead is then complete and visible (in L2: read
+ * it with __ldcg). The
+ * CPU emulator of CUDA starts one CTA of each PDL launch before the
+ * kernel ahead of it runs at all, and checks that every thread waited.
  */
 __device__ __forceinline__ void msg_grid_wait()
 {
@@ -218,10 +225,13 @@ struct msg_mv_call {
 	int64_t out_q_stride;
 	/* launched with programmatic stream serialization (msg_launch) */
 	bool pdl;
-	/* with pdl, and not tab: wa's and wb's bytes are written by nothing
-	 * on the device (a model's resident tensors), so the first chunk is
-	 * loaded before the kernel's wait, under the end of the kernel
-	 * before */
+	/* with pdl: wa's and wb's bytes are written by nothing on the
+	 * device (a model's resident tensors; with tab, the table and the
+	 * experts it names, and sel was written by a launch before the one
+	 * just ahead of this: that one starts only once its own wait has
+	 * seen the writer complete, and this one only once that one has
+	 * waited), so the first chunk is loaded before the kernel's wait,
+	 * under the end of the kernel before */
 	bool early;
 };
 

@@ -912,13 +912,17 @@ mv_kernel(const __grid_constant__ MvArgs a)
 	const int split = blockIdx.x / a.tiles;
 	const int row0 = (blockIdx.x % a.tiles) * tr;
 	/* PDL (gpu_internal.cuh): resident weights' first chunk is loaded
-	 * before the wait for the kernel before; anything else after it */
-	const bool early = a.early && !a.tab;
+	 * before the wait for the kernel before (with a table, its experts
+	 * found through sel, which is then complete: msg_mv_call.early);
+	 * anything else after it */
+	const bool early = a.early;
 	if (!early)
 		msg_grid_wait();
 	const uint8_t *wa, *wb;
 	if (a.tab) {
-		const int64_t t = (int64_t)a.sel[e] * 3 + a.tab_j;
+		/* sel from L2 (ld.global.cg): no line of it this SM's L1 may
+		 * hold from an earlier layer's choice */
+		const int64_t t = (int64_t)__ldcg(a.sel + e) * 3 + a.tab_j;
 		wa = a.tab[t];
 		wb = PAIR ? a.tab[t + 1] : wa;
 	} else {

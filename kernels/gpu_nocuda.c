@@ -300,7 +300,7 @@ int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 			   const struct ms_gpu_expert *proto,
 			   const void *const *tab, const int32_t *sel, int n,
 			   const float *x_dev, const void *xq, float *y_dev,
-			   struct ms_err *err)
+			   bool sel_before, struct ms_err *err)
 {
 	(void)c;
 	(void)proto;
@@ -310,6 +310,7 @@ int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 	(void)x_dev;
 	(void)xq;
 	(void)y_dev;
+	(void)sel_before;
 	return no_cuda(err);
 }
 

@@ -1101,6 +1101,118 @@ static void check_chunk(void)
 		"chunk on a NULL context accepted");
 }
 
+
+/* The experts of a device table (ms_gpu_experts_ffn_sel) under PDL: each
+ * of `rounds` steps is an RMS norm that writes h and its prepared form,
+ * a top-k that writes sel (two sets of logits in turn, so sel changes
+ * every step), a norm of other buffers when `between`, then the table's
+ * FFN of h with sel_before = `claim`. Returns y after the last step. */
+static void sel_steps(const struct ffn_fix *fx, const void *const *tab,
+		      bool between, bool claim, int rounds, float *y)
+{
+	const int64_t E = fx->x[0].v.n_embd;
+	const int k = 2;
+	struct ms_err err = { 0 };
+	const struct ms_router_params rp = { .gating = MS_GATING_SOFTMAX,
+					     .norm = true,
+					     .n_expert = (uint32_t)fx->n,
+					     .n_used = (uint32_t)k };
+	/* logits that choose {2, 0} and {1, 2} */
+	const float lg[2][3] = { { 1.0f, -1.0f, 2.0f }, { -1.0f, 2.0f, 1.0f } };
+	const int32_t sel0[2] = { 0, 1 };
+	float *dl = t_dev_from(lg, sizeof(lg));
+	int32_t *dsel = t_dev_from(sel0, sizeof(sel0));
+	float *dw = t_dev_alloc(sizeof(float) * k);
+	int32_t *dbad = t_dev_alloc(sizeof(int32_t));
+	float *nw = t_xmalloc(sizeof(float) * (size_t)E);
+	for (int64_t i = 0; i < E; i++)
+		nw[i] = 1.0f + 0.001f * (float)(i % 7);
+	float *dnw = t_dev_from(nw, sizeof(float) * (size_t)E);
+	float *dx = t_dev_from(fx->in, sizeof(float) * (size_t)E);
+	float *dz = t_dev_alloc(sizeof(float) * (size_t)E);
+	float *dh = t_dev_alloc(sizeof(float) * (size_t)E);
+	float *dd = t_dev_alloc(sizeof(float) * (size_t)E);
+	void *dq = t_dev_alloc(ms_gpu_xq_bytes(E, 1));
+	if (ms_gpu_memset(dz, 0, sizeof(float) * (size_t)E, &err))
+		t_fatal("sel steps: %s", err.msg);
+	for (int r = 0; r < rounds; r++)
+		if (ms_gpu_add_rms_norm(ctx, dx, dz, dnw, dh, dq, E, 1, 1e-5f,
+					&err) ||
+		    ms_gpu_route_topk(ctx, &rp, dl + 3 * (r & 1), NULL, 1, dsel,
+				      dw, dbad, &err) ||
+		    (between && ms_gpu_rms_norm(ctx, dx, dnw, dd, E, 1, 1e-5f,
+						&err)) ||
+		    ms_gpu_experts_ffn_sel(ctx, &fx->ge[0], tab, dsel, k, dh, dq,
+					   fx->dout, claim, &err))
+			t_fatal("sel steps: %s", err.msg);
+	t_dev_to(ctx, y, fx->dout, sizeof(float) * (size_t)(k * E));
+	ms_gpu_free(dl);
+	ms_gpu_free(dsel);
+	ms_gpu_free(dw);
+	ms_gpu_free(dbad);
+	ms_gpu_free(dnw);
+	ms_gpu_free(dx);
+	ms_gpu_free(dz);
+	ms_gpu_free(dh);
+	ms_gpu_free(dd);
+	ms_gpu_free(dq);
+	free(nw);
+}
+
+/* sel_steps with PDL and without: the same bits where the table's FFN
+ * claims no more than holds (sel written by the launch just ahead, no
+ * claim; a launch between, the claim); and on the emulator, which starts
+ * a CTA of each PDL launch before the launch ahead of it, a false claim
+ * (sel written just ahead) gives other bits: the test can see the race
+ * the claim would make on a GPU. Returns the cases that held. */
+static int check_pdl_sel(struct ffn_fix *fx)
+{
+	const int64_t E = fx->x[0].v.n_embd, F = fx->x[0].v.n_ff;
+	const int k = 2, rounds = 3;
+	struct ms_err err = { 0 };
+	uint64_t rs;
+	if (ms_type_row_size(fx->ge[0].type[0], E, &rs, &err))
+		t_fatal("pdl sel: %s", err.msg);
+	const void **h = t_xmalloc(sizeof(void *) * 3 * (size_t)fx->n);
+	for (int i = 0; i < fx->n; i++) {
+		const struct ms_gpu_expert *g = &fx->ge[i];
+		h[3 * i] = g->data[0];
+		h[3 * i + 1] = (const uint8_t *)g->data[0] + rs * (uint64_t)F;
+		h[3 * i + 2] = g->data[1];
+	}
+	const void *const *tab = t_dev_from(h, sizeof(void *) * 3 * (size_t)fx->n);
+	const size_t nb = sizeof(float) * (size_t)(k * E);
+	float *y[2] = { t_xmalloc(nb), t_xmalloc(nb) };
+	int held = 0;
+	static const struct {
+		bool between, claim, ok;
+	} cs[] = { { false, false, true }, { true, true, true },
+		   { false, true, false } };
+	const bool emu = strstr(ms_gpu_build_info(), "emulation") != NULL;
+	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+		if (!cs[i].ok && !emu)
+			continue; /* a race: on a GPU, either result */
+		for (int on = 0; on < 2; on++) {
+			if (ms_gpu_ctx_set_pdl(ctx, on, &err))
+				t_fatal("pdl sel: %s", err.msg);
+			sel_steps(fx, tab, cs[i].between, cs[i].claim, rounds,
+				  y[on]);
+		}
+		const bool eq = !memcmp(y[0], y[1], nb);
+		T_CHECK(eq == cs[i].ok,
+			"pdl: the table's FFN, sel written %s, sel_before %d: "
+			"PDL's bits %s without it's",
+			cs[i].between ? "two launches ahead" : "just ahead",
+			cs[i].claim, eq ? "are" : "differ from");
+		held += eq == cs[i].ok;
+	}
+	ms_gpu_free((void *)tab);
+	free(h);
+	free(y[0]);
+	free(y[1]);
+	return held;
+}
+
 /* PDL (ms_gpu_ctx_set_pdl): on by default where the device has it, and the
  * same bits as without it. Each case runs `rounds` FFNs back to back with
  * no sync between them, on two inputs in turn (each call's preparations
@@ -1167,6 +1279,9 @@ static void check_pdl(void)
 				ty_name(ty, nm, sizeof(nm)), (long long)b,
 				rel_l2(y[1], y[0], (int64_t)nb));
 		}
+	const int sel_held = check_pdl_sel(&fx);
+	if (ms_gpu_ctx_set_pdl(ctx, true, &err))
+		t_fatal("pdl: %s", err.msg);
 	T_CHECK(ms_gpu_ctx_pdl(ctx), "PDL on, yet the context says off");
 	T_CHECK(!*ms_gpu_ctx_pdl_note(ctx), "PDL on, and a note: %s",
 		ms_gpu_ctx_pdl_note(ctx));
@@ -1199,6 +1314,13 @@ static void check_pdl(void)
 	       "gives the bits of plain launches in %d of %d cases (exact "
 	       "and 8-bit, B = 1 and 3)\n", ty_name(ty, nm, sizeof(nm)),
 	       (long long)E, (long long)F, n, rounds, same, cases);
+	printf("pdl       a device table's experts (ffn_sel) after a top-k: "
+	       "%d of %d cases as expected (sel written just ahead, or two "
+	       "ahead with sel_before: PDL's bits%s)\n", sel_held,
+	       strstr(ms_gpu_build_info(), "emulation") ? 3 : 2,
+	       strstr(ms_gpu_build_info(), "emulation")
+		       ? "; sel_before claimed falsely: other bits, the race seen"
+		       : "");
 	ffn_fix_free(&fx);
 	ms_gpu_free(din2);
 	free(y[0]);

@@ -727,13 +727,19 @@ int ms_gpu_router_logits(struct ms_gpu_ctx *c, const float *w_dev,
  * reads x_dev [n_embd] (already prepared at xq, if not NULL: as
  * ms_gpu_matmul_n takes it); y_dev + i * n_embd receives expert i's output.
  * The fused matvec only (MATVEC_Q8 after ms_gpu_ctx_set_q8, else MATVEC),
- * bit-identical to ms_gpu_experts_ffn on the same experts. Asynchronous.
+ * bit-identical to ms_gpu_experts_ffn on the same experts. With PDL and
+ * proto->resident (nothing on the device writes tab or the experts it
+ * names) the products load their first weights before they wait for the
+ * kernel ahead: down always, gate/up where sel_before says that sel was
+ * written by a launch before the last one queued ahead of this call (a
+ * shared expert's FFN between the top-k and this; see gpu_internal.cuh's
+ * PDL rule) or x is not given prepared. Asynchronous.
  * 0, -EINVAL, -ENOTSUP (a type without a matvec kernel), -ENOMEM, -EIO. */
 int ms_gpu_experts_ffn_sel(struct ms_gpu_ctx *c,
 			   const struct ms_gpu_expert *proto,
 			   const void *const *tab, const int32_t *sel, int n,
 			   const float *x_dev, const void *xq, float *y_dev,
-			   struct ms_err *err);
+			   bool sel_before, struct ms_err *err);
 
 /* CUDA graphs: what the context queues between capture_begin and
  * capture_end (on its stream; nothing may wait for the device meanwhile:

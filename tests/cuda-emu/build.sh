@@ -41,8 +41,10 @@
 # t_gpu_tier had, found on an H200, fails here now); programmatic dependent
 # launch (cudaLaunchKernelEx, the device a 9.0): one CTA of a PDL launch
 # runs up to its cudaGridDependencySynchronize before the kernel ahead of
-# it runs at all, so reading that kernel's output (or writing what it
-# reads) before the wait gives other bits, and a thread of a PDL launch
+# it runs at all (that kernel's own early CTA included: it goes past its
+# wait only after), so reading that kernel's output (or writing what it
+# reads) before the wait gives other bits, while what was complete two
+# launches back is there to read, as on a GPU; a thread of a PDL launch
 # that never waits is reported.
 # cuBLAS's GemmEx is a double-precision host GEMM over the same f16
 # operands. With EMU_SAN=1 everything is built with ASan + UBSan, so an

@@ -14,7 +14,7 @@
  * that stream's own host thread (emu_stream below); the legacy stream runs
  * in the caller and waits for none of them. A launch with programmatic
  * stream serialization (PDL) has one CTA started before the kernel ahead
- * of it (emu::run_op), and every thread must wait for the grid.
+ * of it, wholly (emu::run_op), and every thread must wait for the grid.
  *
  * Not emulated: the GPU's own float behaviour (FMA contraction, canonical
  * NaNs, FTZ), timing, memory models weaker than the host's, the GPU's
@@ -1098,24 +1098,26 @@ inline void exec_launch(const KOp &k, long skip)
  * to the wait before the kernel before runs at all, so a read of that
  * kernel's output before the wait sees the old bytes, and a write is seen
  * by it: results then differ from the same launches without PDL. The
- * rest of its CTAs run after, and every thread of every CTA must have
- * waited (cta_loop says which did not).
+ * rest of its CTAs, and that one past its wait, run after the next PDL
+ * launch's early CTA has run to its own wait: so what that launch reads
+ * before its wait is what was complete two launches back (a kernel of
+ * one CTA included), nothing of the launch just ahead of it. Every
+ * thread of every CTA must have waited (cta_loop says which did not).
  */
-inline thread_local Worker *early_w;
+inline thread_local Worker *early_w[2]; /* the held CTAs of two launches */
 inline std::mutex early_mu;
 inline std::vector<std::unique_ptr<Worker>> early_workers; /* kept, as workers */
 inline std::atomic<unsigned long> early_seq{ 0 };
 
-/* Starts CTA j of k ahead (to its threads' wait); false if it ran to the
- * end (cta_loop has then reported the threads that did not wait). */
-inline void early_begin(const KOp &k, unsigned long j)
+/* Starts CTA j of k ahead (to its threads' wait) on early worker `slot`. */
+inline void early_begin(const KOp &k, unsigned long j, int slot)
 {
-	if (!early_w) { /* one per host thread */
+	if (!early_w[slot]) { /* two per host thread */
 		std::lock_guard<std::mutex> lk(early_mu);
 		early_workers.emplace_back(new Worker());
-		early_w = early_workers.back().get();
+		early_w[slot] = early_workers.back().get();
 	}
-	Worker *w = early_w, *prev = t_w;
+	Worker *w = early_w[slot], *prev = t_w;
 	const unsigned nt = k.b.x * k.b.y * k.b.z;
 	t_w = w;
 	worker_setup(w, k);
@@ -1126,10 +1128,11 @@ inline void early_begin(const KOp &k, unsigned long j)
 	t_w = prev;
 }
 
-/* Lets the CTA early_begin started go on past its wait, to its end. */
-inline void early_end(const KOp &k)
+/* Lets the CTA early_begin started on `slot` go on past its wait, to its
+ * end. */
+inline void early_end(const KOp &k, int slot)
 {
-	Worker *w = early_w, *prev = t_w;
+	Worker *w = early_w[slot], *prev = t_w;
 	const unsigned nt = k.b.x * k.b.y * k.b.z;
 	t_w = w;
 	w->hold = false;
@@ -1142,7 +1145,8 @@ inline void early_end(const KOp &k)
 
 inline void run_op(emu_stream *s, emu_op x, std::deque<emu_op> *more)
 {
-	long skip = -1;
+	long skip = -1;  /* x's CTA started ahead (held at its wait), if any */
+	int slot = 0;    /* the early worker holding it */
 	while (x.k) {
 		/* the PDL launch right behind this kernel, if any */
 		emu_op y;
@@ -1155,17 +1159,21 @@ inline void run_op(emu_stream *s, emu_op x, std::deque<emu_op> *more)
 		} else if (s) {
 			y = s->take_pdl();
 		}
-		if (!y.k) {
-			exec_launch(*x.k, skip);
-			return;
+		long j = -1;
+		if (y.k) {
+			const unsigned long ncta =
+				(unsigned long)y.k->g.x * y.k->g.y;
+			j = (long)(early_seq++ * 2654435761ul % ncta);
+			early_begin(*y.k, (unsigned long)j, slot ^ 1);
 		}
-		const unsigned long ncta = (unsigned long)y.k->g.x * y.k->g.y;
-		const unsigned long j = early_seq++ * 2654435761ul % ncta;
-		early_begin(*y.k, j);
 		exec_launch(*x.k, skip);
-		early_end(*y.k);
+		if (skip >= 0)
+			early_end(*x.k, slot);
+		if (!y.k)
+			return;
 		x = std::move(y);
-		skip = (long)j;
+		skip = j;
+		slot ^= 1;
 	}
 	x.f();
 }
