@@ -12,9 +12,11 @@
  *     written bytes, as `bench gpu` measures it) that takes
  *     bytes / rate: the bound. Target: tok/s >= 0.5 x the bound.
  *     The same steps again with the step's kernels launched one by one
- *     (no CUDA graph), and where the device has PDL, without it (each
- *     kernel waiting for the one before to end): the baselines of the
- *     graph's and PDL's gains.
+ *     (no CUDA graph), where the device has PDL, without it (each
+ *     kernel waiting for the one before to end), and where the steps
+ *     routed with the one-launch router (ms_gpu_route_gemv_topk), with
+ *     the router's product through cuBLAS and its top-k apart: the
+ *     baselines of the graph's, PDL's and that router's gains.
  *  1b. --profile: the resident steps again, launched one by one with a
  *     GPU event between the parts of each block (ms_engine_gpu_profile):
  *     per part the device's time per token, the weight bytes it read and
@@ -69,9 +71,10 @@ static void usage(FILE *f)
 		"(resident tensors\n"
 		"             but the embedding, and its experts); target >= 0.5; "
 		"and the same\n"
-		"             without the CUDA graph, and without PDL (Hopper's "
+		"             without the CUDA graph, without PDL (Hopper's "
 		"programmatic\n"
-		"             dependent launch), as baselines\n"
+		"             dependent launch), and with the router through "
+		"cuBLAS, as baselines\n"
 		"  streaming  through a private moestreamd holding every expert in "
 		"RAM (or the\n"
 		"             engine's own expert cache: --stream-from), with a VRAM "

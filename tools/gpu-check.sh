@@ -35,7 +35,8 @@
 #            layers (written to $TMPDIR, removed after): the GPU decoder's
 #            tok/s with every expert in VRAM (routing on the GPU, steps
 #            replayed from a CUDA graph, its node count; and the same
-#            launched one by one, and without PDL) against the device's
+#            launched one by one, without PDL, and with the router through
+#            cuBLAS) against the device's
 #            copy rate over a
 #            token's bytes, where that time goes (--profile: per part of a
 #            block, GPU events between them: us, MB and GB/s a token), and with
