@@ -718,10 +718,11 @@ static void hint_copies(struct ms_gpu_eng *g)
 
 /* One token's MoE block with every expert in VRAM (g->all): the router
  * and its top-k (one launch, ms_gpu_route_gemv_topk, for an f32 router;
- * else the product, then ms_gpu_route_topk), the shared expert, the chosen experts
- * through the device table and the sum, all queued with nothing copied
- * back; what the host path would have done with the choice (hints,
- * speculation's score) has nothing to do here: no expert is copied. */
+ * else the product, then ms_gpu_route_topk), the shared expert, the
+ * chosen experts through the device table and the sum, all queued with
+ * nothing copied back; what the host path would have done with the choice
+ * (hints, speculation's score) has nothing to do here: no expert is
+ * copied. */
 static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 		       struct ms_err *err)
 {
@@ -732,19 +733,21 @@ static int moe_ffn_dev(struct ms_engine *e, uint32_t b, const float *next,
 	int64_t K = e->n_used;
 	bool shared = k->sh_gate.data != NULL;
 	int rc;
-	if (own_router(e, &k->gate_inp))
+	if (own_router(e, &k->gate_inp)) {
 		/* the product and the choice in one launch, the router's
 		 * weights read under the kernel before (PDL) */
 		rc = ms_gpu_route_gemv_topk(c, &e->router,
 					    dev_of(e, &k->gate_inp), e->n_embd,
 					    g->h, dev_of(e, &k->probs_b),
 					    g->rlog, g->dsel, g->rw, g->bad,
-					    err),
+					    err);
 		e->info.gpu_router_fused = true;
-	else if (!(rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, 1, err)))
+	} else if (!(rc = matmul(e, &k->gate_inp, g->h, NULL, g->rlog, 1,
+				 err))) {
 		rc = ms_gpu_route_topk(c, &e->router, g->rlog,
 				       dev_of(e, &k->probs_b), 1, g->dsel,
 				       g->rw, g->bad, err);
+	}
 	if (rc)
 		return rc;
 	part_end(e, MS_GPU_PART_ROUTER,
