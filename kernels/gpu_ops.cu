@@ -739,6 +739,15 @@ route_topk_kernel(const float *__restrict__ logits,
 			  route_sm + wid * MS_ROUTER_MAX_USED);
 }
 
+/* acc + a . x over a float4's four products, in double, in order. */
+__device__ __forceinline__ double dot4_d(double acc, float4 a, float4 x)
+{
+	acc = fma((double)a.x, (double)x.x, acc);
+	acc = fma((double)a.y, (double)x.y, acc);
+	acc = fma((double)a.z, (double)x.z, acc);
+	return fma((double)a.w, (double)x.w, acc);
+}
+
 /* The router's product and its choice in one launch, for one token: CTA
  * r (of n) forms logit r = W[r] . h, each thread's share of the row in
  * double, the block's sum in a fixed order (block_sum_d), rounded to f32
@@ -777,22 +786,12 @@ route_gemv_topk_kernel(const float *__restrict__ W, const float *h,
 #pragma unroll
 	for (int j = 0; j < RG_EARLY; j++) {
 		const int64_t i = (int64_t)j * RG_THREADS + tid;
-		if (i < n4) {
-			const float4 x = h4[i];
-			acc = fma((double)wv[j].x, (double)x.x, acc);
-			acc = fma((double)wv[j].y, (double)x.y, acc);
-			acc = fma((double)wv[j].z, (double)x.z, acc);
-			acc = fma((double)wv[j].w, (double)x.w, acc);
-		}
+		if (i < n4)
+			acc = dot4_d(acc, wv[j], h4[i]);
 	}
 	for (int64_t i = (int64_t)RG_EARLY * RG_THREADS + tid; i < n4;
-	     i += RG_THREADS) {
-		const float4 a = __ldg(wr + i), x = h4[i];
-		acc = fma((double)a.x, (double)x.x, acc);
-		acc = fma((double)a.y, (double)x.y, acc);
-		acc = fma((double)a.z, (double)x.z, acc);
-		acc = fma((double)a.w, (double)x.w, acc);
-	}
+	     i += RG_THREADS)
+		acc = dot4_d(acc, __ldg(wr + i), h4[i]);
 	const double s = block_sum_d(acc, red);
 	if (tid == 0)
 		logits[blockIdx.x] = (float)s;
