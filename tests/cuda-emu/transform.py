@@ -35,28 +35,24 @@ s = ''.join(out)
 # __launch_bounds__(N[, M]) K(args) {  ->  ... {emu::launch_bound(N, "K");
 # (a GPU refuses a launch of more threads a CTA than the kernel was
 # compiled for; the emulator had dropped the attribute)
+def past_close(s, a):
+    """The index just past the ')' that closes the '(' before s[a]."""
+    depth = 1
+    while depth:
+        if s[a] == '(': depth += 1
+        elif s[a] == ')': depth -= 1
+        a += 1
+    return a
 out = []
 i = 0
 for m in re.finditer(r'__launch_bounds__\(', s):
     if m.start() < i:
         continue
-    a = m.end()
-    depth, k = 1, a
-    while depth:
-        if s[k] == '(': depth += 1
-        elif s[k] == ')': depth -= 1
-        k += 1
-    args = s[a:k-1]
-    bound = args.split(',')[0].strip()
+    k = past_close(s, m.end())
+    bound = s[m.end():k-1].split(',')[0].strip()
     name = re.match(r'\s*(\w+)', s[k:]).group(1)
     # the body's brace: the first { after the parameter list
-    p0 = s.index('(', k)
-    depth, q = 1, p0 + 1
-    while depth:
-        if s[q] == '(': depth += 1
-        elif s[q] == ')': depth -= 1
-        q += 1
-    b = s.index('{', q)
+    b = s.index('{', past_close(s, s.index('(', k) + 1))
     out.append(s[i:b+1])
     out.append('emu::launch_bound(%s, "%s");' % (bound, name))
     i = b + 1
