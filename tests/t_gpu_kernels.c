@@ -1101,7 +1101,6 @@ static void check_chunk(void)
 		"chunk on a NULL context accepted");
 }
 
-
 /* The experts of a device table (ms_gpu_experts_ffn_sel) under PDL: each
  * of `rounds` steps is an RMS norm that writes h and its prepared form,
  * a top-k that writes sel (two sets of logits in turn, so sel changes
@@ -1165,7 +1164,7 @@ static void sel_steps(const struct ffn_fix *fx, const void *const *tab,
  * a CTA of each PDL launch before the launch ahead of it, a false claim
  * (sel written just ahead) gives other bits: the test can see the race
  * the claim would make on a GPU. Returns the cases that held. */
-static int check_pdl_sel(struct ffn_fix *fx)
+static int check_pdl_sel(struct ffn_fix *fx, bool emu)
 {
 	const int64_t E = fx->x[0].v.n_embd, F = fx->x[0].v.n_ff;
 	const int k = 2, rounds = 3;
@@ -1188,7 +1187,6 @@ static int check_pdl_sel(struct ffn_fix *fx)
 		bool between, claim, ok;
 	} cs[] = { { false, false, true }, { true, true, true },
 		   { false, true, false } };
-	const bool emu = strstr(ms_gpu_build_info(), "emulation") != NULL;
 	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
 		if (!cs[i].ok && !emu)
 			continue; /* a race: on a GPU, either result */
@@ -1279,13 +1277,14 @@ static void check_pdl(void)
 				ty_name(ty, nm, sizeof(nm)), (long long)b,
 				rel_l2(y[1], y[0], (int64_t)nb));
 		}
-	const int sel_held = check_pdl_sel(&fx);
+	const bool emu = strstr(ms_gpu_build_info(), "emulation") != NULL;
+	const int sel_held = check_pdl_sel(&fx, emu);
 	if (ms_gpu_ctx_set_pdl(ctx, true, &err))
 		t_fatal("pdl: %s", err.msg);
 	T_CHECK(ms_gpu_ctx_pdl(ctx), "PDL on, yet the context says off");
 	T_CHECK(!*ms_gpu_ctx_pdl_note(ctx), "PDL on, and a note: %s",
 		ms_gpu_ctx_pdl_note(ctx));
-	if (strstr(ms_gpu_build_info(), "emulation")) {
+	if (emu) {
 		/* a runtime that refuses the launch attribute (the emulator's
 		 * EMU_NO_PDL): the context's trial launch finds it, PDL is
 		 * off and says why, and FFNs still run */
@@ -1317,10 +1316,9 @@ static void check_pdl(void)
 	printf("pdl       a device table's experts (ffn_sel) after a top-k: "
 	       "%d of %d cases as expected (sel written just ahead, or two "
 	       "ahead with sel_before: PDL's bits%s)\n", sel_held,
-	       strstr(ms_gpu_build_info(), "emulation") ? 3 : 2,
-	       strstr(ms_gpu_build_info(), "emulation")
-		       ? "; sel_before claimed falsely: other bits, the race seen"
-		       : "");
+	       emu ? 3 : 2,
+	       emu ? "; sel_before claimed falsely: other bits, the race seen"
+		   : "");
 	ffn_fix_free(&fx);
 	ms_gpu_free(din2);
 	free(y[0]);

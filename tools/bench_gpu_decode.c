@@ -359,15 +359,14 @@ int bench_gpu_decode_main(int argc, char **argv)
 	ms_engine_close(e);
 	e = NULL;
 
-	/* 1b. the same with the step's kernels launched one by one, and 1c.
-	 * without PDL (each kernel waiting for the one before to end): the
-	 * baselines of the graph's and PDL's gains */
+	/* 1b. the same with the step's kernels launched one by one, 1c.
+	 * without PDL (each kernel waiting for the one before to end), 1e.
+	 * with the router's product through cuBLAS and its top-k apart: the
+	 * baselines of the graph's, PDL's and the one-launch router's gains */
 	double tokps_e = 0, tokps_n = 0, tokps_r = 0;
 	struct ms_engine_config ce = cfg, cn = cfg, cr = cfg;
 	ce.gpu_no_graph = true;
 	cn.gpu_no_pdl = true;
-	/* 1e. the router's product through cuBLAS and its top-k apart: the
-	 * baseline of the one-launch router's gain */
 	cr.gpu_router_cublas = true;
 	if ((graph_a && baseline(&ce, ids, P, N, logits, &tokps_e, &err)) ||
 	    (pdl_a && baseline(&cn, ids, P, N, logits, &tokps_n, &err)) ||

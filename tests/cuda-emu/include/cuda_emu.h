@@ -587,11 +587,11 @@ static inline float __half2float(__half h)
  * fibers on that host thread, run round-robin in threadIdx
  * order (or another, EMU_ORDER: thread_order): a fiber runs until it waits
  * at a barrier (__syncthreads, or one of the two a warp shuffle makes) or
- * returns. A barrier thus costs a couple of
- * context switches per thread rather than a trip through the OS scheduler
- * with hundreds of runnable threads, and the interleaving inside a CTA is
- * the same on every run (with EMU_ORDER=random, for the same EMU_SEED). A CTA whose remaining threads all wait at barriers
- * that cannot complete (a __syncthreads some threads skip, a shuffle with
+ * returns. A barrier thus costs a couple of context switches per thread
+ * rather than a trip through the OS scheduler with hundreds of runnable
+ * threads, and the interleaving inside a CTA is the same on every run
+ * (with EMU_ORDER=random, for the same EMU_SEED). A CTA whose remaining
+ * threads all wait at barriers that cannot complete (a __syncthreads some threads skip, a shuffle with
  * lanes gone) is reported and aborts: a GPU would hang or worse.
  *
  * Each fiber has its own stack (mmap'ed, a guard page below it), its own
